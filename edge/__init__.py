@@ -1,0 +1,1 @@
+"""lanewatch edge service: lanes, occupancies, fusion, decisions, the alert journal and bus."""

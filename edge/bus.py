@@ -1,0 +1,73 @@
+"""The ZeroMQ ingest bus between drivers and the service, and gap accounting.
+
+Drivers ``connect`` a PUB socket to the service's ingest endpoint, which the service
+``bind``s as SUB, so any number of drivers join one endpoint and the service may restart
+without the drivers. Every record carries its source's sequence number; a
+:class:`SequenceTracker` turns those into counts of missed, duplicate and late records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import zmq
+
+from edge.records import Record
+
+# Records a driver buffers while the service is away before it drops (and counts) them.
+DRIVER_SNDHWM = 100_000
+
+
+def driver_publisher(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """A PUB socket connected to the service's ingest endpoint (``tcp://host:port`` or ``ipc://``)."""
+    sock = ctx.socket(zmq.PUB)
+    sock.setsockopt(zmq.SNDHWM, DRIVER_SNDHWM)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(endpoint)
+    return sock
+
+
+def publish(sock: zmq.Socket, record: Record) -> None:
+    """Send one record; never blocks (a full queue drops, as PUB does, and the gap shows in ``seq``)."""
+    sock.send_multipart(record.encode(), flags=zmq.NOBLOCK, copy=False)
+
+
+def service_ingest(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """The service's SUB socket, bound at ``endpoint`` and subscribed to every topic."""
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.bind(endpoint)
+    return sock
+
+
+@dataclass(slots=True)
+class SeqVerdict:
+    """What one sequence number means against what came before from the same source."""
+
+    missed: int = 0
+    """Records skipped between the previous one and this one (0 when contiguous)."""
+    stale: bool = False
+    """True when this number is at or below one already seen: a duplicate or late record."""
+    restarted: bool = False
+    """True when the source restarted its numbering at 0."""
+
+
+@dataclass
+class SequenceTracker:
+    """Per-key last sequence number; the first number seen from a key is never a gap."""
+
+    last: dict[tuple[str, ...], int] = field(default_factory=dict)
+
+    def observe(self, key: tuple[str, ...], seq: int) -> SeqVerdict:
+        prev = self.last.get(key)
+        if prev is None:
+            self.last[key] = seq
+            return SeqVerdict()
+        if seq == 0 and prev > 0:
+            self.last[key] = 0
+            return SeqVerdict(restarted=True)
+        if seq <= prev:
+            return SeqVerdict(stale=True)
+        self.last[key] = seq
+        return SeqVerdict(missed=seq - prev - 1)

@@ -1,0 +1,205 @@
+"""Prometheus metrics of the drivers and the service, and the small HTTP server for them.
+
+Names follow Prometheus practice: the ``lanewatch_`` prefix, base units (seconds, bytes,
+cps), ``_total`` on counters, and bounded label sets (lane, source, channel, kind, type,
+verdict, reason). Each process builds its own set on its own registry.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+FAST_BUCKETS_S = (1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2)
+
+
+class DriverMetrics:
+    """Metrics of one driver process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.lines = Counter(
+            "lanewatch_driver_lines_total", "Protocol lines read, by line type.", ["lane", "type"], registry=registry
+        )
+        self.parse_errors = Counter(
+            "lanewatch_driver_parse_errors_total",
+            "Input the driver could not parse, by kind of error.",
+            ["lane", "kind"],
+            registry=registry,
+        )
+        self.bytes_read = Counter(
+            "lanewatch_driver_read_bytes_total", "Bytes read from the device.", ["lane"], registry=registry
+        )
+        self.reconnects = Counter(
+            "lanewatch_driver_reconnects_total", "Attempts to reopen the device link.", ["lane"], registry=registry
+        )
+        self.connected = Gauge(
+            "lanewatch_driver_connected", "1 while the device link is open, else 0.", ["lane"], registry=registry
+        )
+        self.last_line = Gauge(
+            "lanewatch_driver_last_line_timestamp_seconds",
+            "Wall-clock time of the last line read (s since the epoch).",
+            ["lane"],
+            registry=registry,
+        )
+        self.published = Counter(
+            "lanewatch_driver_records_published_total", "Records published on the bus.", ["lane"], registry=registry
+        )
+        self.publish_drops = Counter(
+            "lanewatch_driver_publish_drops_total",
+            "Records dropped because the bus queue was full.",
+            ["lane"],
+            registry=registry,
+        )
+
+
+class ServiceMetrics:
+    """Metrics of the fusion service process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.records = Counter(
+            "lanewatch_bus_records_total", "Records received from drivers.", ["lane", "source"], registry=r
+        )
+        self.decode_errors = Counter(
+            "lanewatch_bus_decode_errors_total", "Bus messages that were not valid records.", ["kind"], registry=r
+        )
+        self.gaps = Counter(
+            "lanewatch_bus_sequence_gaps_total",
+            "Breaks in a source's sequence numbers (one per break).",
+            ["lane", "source"],
+            registry=r,
+        )
+        self.missed = Counter(
+            "lanewatch_bus_records_missed_total",
+            "Records never received, counted from sequence gaps.",
+            ["lane", "source"],
+            registry=r,
+        )
+        self.stale = Counter(
+            "lanewatch_bus_stale_records_total",
+            "Duplicate or late records (sequence number already passed), dropped.",
+            ["lane", "source"],
+            registry=r,
+        )
+        self.unknown_lane = Counter(
+            "lanewatch_bus_unknown_lane_records_total", "Records for a lane not in the configuration.", registry=r
+        )
+        self.last_record = Gauge(
+            "lanewatch_lane_last_record_timestamp_seconds",
+            "Wall-clock time the last record of a lane was stamped by its driver (s since the epoch).",
+            ["lane"],
+            registry=r,
+        )
+        self.link_up = Gauge(
+            "lanewatch_lane_link_up", "1 while the lane's driver reports its device link up.", ["lane"], registry=r
+        )
+        self.occupied = Gauge("lanewatch_lane_occupied", "1 while the lane is occupied.", ["lane"], registry=r)
+        self.occupancies = Counter(
+            "lanewatch_occupancies_total", "Occupancies ended, by how they ended.", ["lane", "end"], registry=r
+        )
+        self.lane_anomalies = Counter(
+            "lanewatch_lane_anomalies_total",
+            "Protocol sequence anomalies at a lane (duplicate end, late sample, tamper...).",
+            ["lane", "kind"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "lanewatch_decisions_total", "Decisions journaled, by verdict.", ["lane", "verdict"], registry=r
+        )
+        self.alarm_reasons = Counter(
+            "lanewatch_alarm_reasons_total", "Alarm reasons in journaled decisions.", ["lane", "reason"], registry=r
+        )
+        self.provisional = Counter(
+            "lanewatch_provisional_alarms_total", "Alarms raised mid-passage.", ["lane"], registry=r
+        )
+        self.background = Gauge(
+            "lanewatch_gamma_background_cps", "Gamma background estimate (cps).", ["lane", "channel"], registry=r
+        )
+        self.neutron_background = Gauge(
+            "lanewatch_neutron_background_cps", "Neutron background estimate (cps).", ["lane", "channel"], registry=r
+        )
+        self.fault = Gauge(
+            "lanewatch_detector_fault",
+            "1 while the portal reports a fault: gamma-low, gamma-high, neutron-high, tamper.",
+            ["lane", "fault"],
+            registry=r,
+        )
+        self.decision_latency = Histogram(
+            "lanewatch_decision_latency_seconds",
+            "From the end-of-occupancy line at the driver to the decision journaled and published (s).",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.kernel_time = Histogram(
+            "lanewatch_kernel_seconds",
+            "Time in detection kernels per call (s).",
+            ["kernel"],
+            buckets=FAST_BUCKETS_S,
+            registry=r,
+        )
+        self.journal_write = Histogram(
+            "lanewatch_journal_write_seconds",
+            "Journal commit time including fsync (s).",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.journal_size = Gauge("lanewatch_journal_size_bytes", "Journal database size on disk.", registry=r)
+        self.journal_errors = Counter("lanewatch_journal_errors_total", "Journal writes that failed.", registry=r)
+        self.journal_seq = Gauge("lanewatch_journal_last_seq", "Sequence number of the newest decision.", registry=r)
+        self.subscribers = Gauge("lanewatch_alert_subscribers", "Subscriptions open on the alert bus.", registry=r)
+        self.queries = Counter(
+            "lanewatch_journal_queries_total", "Queries answered by the journal endpoint.", ["op"], registry=r
+        )
+        self.watchdog_pings = Counter(
+            "lanewatch_watchdog_pings_total", "Watchdog keep-alives sent to systemd.", registry=r
+        )
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def serve_http(
+    address: str, registry: CollectorRegistry, health: Callable[[], dict[str, Any]]
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` from ``registry`` and ``/healthz`` from ``health()`` at ``host:port``.
+
+    ``/healthz`` answers 200 when ``health()["ok"]`` is true, else 503, with the JSON body.
+    Port 0 picks a free port (read it from ``server.server_port``).
+    """
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            report = health()
+            body = json.dumps(report, indent=1).encode()
+            status = "200 OK" if report.get("ok") else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"lanewatch: /metrics and /healthz\n"]
+
+    host, _, port = address.rpartition(":")
+    server = make_server(
+        host or "127.0.0.1", int(port), app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name=f"http-{address}", daemon=True)
+    thread.start()
+    return server, thread

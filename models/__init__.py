@@ -1,0 +1,1 @@
+"""The ONNX anomaly model, its training code and model card."""
