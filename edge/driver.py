@@ -100,6 +100,10 @@ class Driver(ABC):
     def run(self, stop: threading.Event) -> None:
         """Read the device and publish until ``stop`` is set (or, for a finite source, until it ends)."""
 
+    def health(self) -> dict[str, Any]:
+        """What the driver's ``/healthz`` reports; ``ok`` is false when the device link is unusable."""
+        return {"ok": True, "lane": self.publisher.lane, "source": self.publisher.source}
+
 
 def available(group: str = DRIVER_GROUP) -> list[str]:
     """Names registered in an entry-point group, sorted."""
