@@ -19,12 +19,28 @@ DRIVER_SNDHWM = 100_000
 
 
 def driver_publisher(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    """A PUB socket connected to the service's ingest endpoint (``tcp://host:port`` or ``ipc://``)."""
-    sock = ctx.socket(zmq.PUB)
+    """A publisher connected to the service's ingest endpoint (``tcp://host:port`` or ``ipc://``).
+
+    It is an XPUB: it publishes like a PUB, and it also receives the subscriptions of the
+    service, so :func:`wait_for_subscriber` can tell when records will really be delivered.
+    """
+    sock = ctx.socket(zmq.XPUB)
     sock.setsockopt(zmq.SNDHWM, DRIVER_SNDHWM)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(endpoint)
     return sock
+
+
+def wait_for_subscriber(sock: zmq.Socket, timeout_s: float) -> bool:
+    """Wait until a subscriber (the service) has subscribed on ``sock``; False after ``timeout_s``.
+
+    Records published before the service's subscription arrives are dropped by ZeroMQ, so a
+    driver calls this once before it starts reading its device.
+    """
+    if sock.poll(timeout_s * 1000, zmq.POLLIN):
+        sock.recv()
+        return True
+    return False
 
 
 def publish(sock: zmq.Socket, record: Record) -> None:
