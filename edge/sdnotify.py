@@ -135,10 +135,18 @@ class Notifier:
             return False
         return self.watchdog(now_mono_s)
 
-    def health(self, now_mono_s: float) -> dict[str, Any]:
-        """The ``watchdog`` part of the service's ``/healthz``: enabled, and age (s) of the last ping."""
+    def health(self, now_mono_s: float | None = None) -> dict[str, Any]:
+        """The ``watchdog`` part of the service's ``/healthz``.
+
+        ``enabled``: systemd expects keep-alives; ``last_ping_age_s``: age (s) of the last one
+        sent (None before the first); ``fed``: the last keep-alive is within the watchdog
+        interval (always true without a watchdog). ``now_mono_s`` defaults to ``time.monotonic()``.
+        """
+        now = time.monotonic() if now_mono_s is None else now_mono_s
         last = self.last_ping_mono_s
-        return {"enabled": self.watchdog_enabled, "last_ping_age_s": None if last is None else now_mono_s - last}
+        age = None if last is None else now - last
+        fed = self.watchdog_interval_s is None or (age is not None and age <= self.watchdog_interval_s)
+        return {"enabled": self.watchdog_enabled, "last_ping_age_s": age, "fed": fed}
 
     def close(self) -> None:
         """Close the notification socket (the notifier reopens it if used again)."""

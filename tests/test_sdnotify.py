@@ -57,7 +57,13 @@ def test_outside_systemd_every_call_is_a_noop() -> None:
     assert not notifier.watchdog_enabled
     assert notifier.ready("up") is False
     assert notifier.maybe_ping(123.0) is False
-    assert notifier.health(123.0) == {"enabled": False, "last_ping_age_s": None}
+    assert notifier.health(123.0) == {"enabled": False, "last_ping_age_s": None, "fed": True}
+
+
+def test_watchdog_not_fed_before_the_first_ping(path_socket: tuple[str, socket.socket]) -> None:
+    notifier = Notifier.from_env(environ={"NOTIFY_SOCKET": path_socket[0], "WATCHDOG_USEC": "1000000"})
+    report = notifier.health()
+    assert report == {"enabled": True, "last_ping_age_s": None, "fed": False}
 
 
 def test_watchdog_without_notify_socket_is_disabled() -> None:
@@ -113,7 +119,9 @@ def test_loop_pings_at_half_the_interval_and_counts(abstract_socket: tuple[str, 
         assert sent == [100.0, 102.0, 104.1, 110.0]
         assert _received(listener) == [b"WATCHDOG=1"] * 4
         assert metrics.registry.get_sample_value("lanewatch_watchdog_pings_total") == 4
-        assert notifier.health(111.5) == {"enabled": True, "last_ping_age_s": 1.5}
+        assert notifier.health(111.5) == {"enabled": True, "last_ping_age_s": 1.5, "fed": True}
+        # A loop that stops calling maybe_ping starves the watchdog: past one interval it is no longer fed.
+        assert notifier.health(114.5) == {"enabled": True, "last_ping_age_s": 4.5, "fed": False}
     finally:
         notifier.close()
 
