@@ -79,6 +79,8 @@ class LaneConfig:
     """Gamma detector channels of the portal monitor."""
     neutron_channels: int = 4
     """Neutron detector channels of the portal monitor."""
+    xray: str = ""
+    """host:port of the lane's X-ray scanner line stream ("" for a lane without a scanner)."""
 
 
 @dataclass(frozen=True)

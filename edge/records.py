@@ -47,6 +47,18 @@ class Kind(StrEnum):
     """Device setup line (SG1..SG3, SN1, SN2); values ``line`` (str) and ``fields`` (list of str)."""
     LINK = "link"
     """Driver link to its device went up or down; values ``up`` (bool) and ``url`` (str)."""
+    XRAY_SCAN_START = "xray_scan_start"
+    """An X-ray scan began; values ``scan_id``, ``t_ns`` (scanner clock, ns UTC), ``energies``, ``pixels``."""
+    XRAY_CALIBRATION = "xray_calibration"
+    """X-ray calibration lines; ``counts`` (lines, energies, pixels) uint16 ADU; values ``scan_id``,
+    ``frame`` ("dark": offset, beam off; "air": gain, beam on through air) and ``t_ns`` (list, ns UTC)."""
+    XRAY_LINES = "xray_lines"
+    """Consecutive X-ray image lines; ``counts`` (lines, energies, pixels) uint16 ADU, energy 0 the highest,
+    pixel 0 at the top; values ``scan_id``, ``first_line``, ``line_count``, and per line ``encoder_mm``
+    (vehicle travel since the scan began, mm), ``t_ns`` (ns UTC) and ``flags`` (frame flags)."""
+    XRAY_SCAN_END = "xray_scan_end"
+    """An X-ray scan ended; values ``scan_id``, ``lines`` (image lines received), ``missing`` (lines lost),
+    ``complete`` (false when cut short) and ``reason`` (scan_end, link_down, restarted, scan_id, stopped)."""
 
 
 @dataclass(slots=True)
