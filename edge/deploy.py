@@ -1,0 +1,248 @@
+"""``lanewatch install-units``: install the systemd units and an example configuration.
+
+The unit files live in the repository's ``systemd/`` directory; a wheel ships them as data
+files under ``<prefix>/share/lanewatch/systemd`` (see ``pyproject.toml``). They name the
+executable ``/opt/lanewatch/bin/lanewatch`` and the configuration
+``/etc/lanewatch/lanewatch.toml``; installing rewrites both to this installation's paths.
+
+The example configuration is generated from the dataclasses of :mod:`edge.config` and the
+docstrings under their fields, so it lists every key with its default and never drifts from
+what the parser accepts. An existing ``lanewatch.toml`` is never overwritten; the example is
+always refreshed beside it as ``lanewatch.toml.example``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import shutil
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from edge import config as config_module
+from edge.config import Config, ConfigError
+
+UNIT_TEMPLATE_EXEC = "/opt/lanewatch/bin/lanewatch"
+"""Executable path written in the unit files of the repository."""
+UNIT_TEMPLATE_CONFIG = "/etc/lanewatch/lanewatch.toml"
+"""Configuration path written in the unit files of the repository."""
+UNIT_FILES = ("lanewatch.service", "lanewatch-rpm@.service", "lanewatch-lane@.target", "lanewatch.target")
+CONFIG_NAME = "lanewatch.toml"
+EXAMPLE_LANE = {"id": "lane1", "rpm": "/dev/ttyUSB0", "driver_http": "127.0.0.1:9731"}
+"""Values of the one lane the example configuration shows (other lane keys keep their defaults)."""
+
+
+def unit_source_dir() -> Path:
+    """Where this installation's unit files are: the checkout's ``systemd/``, else the wheel's data files."""
+    candidates = [
+        Path(__file__).resolve().parent.parent / "systemd",
+        Path(sysconfig.get_path("data")) / "share" / "lanewatch" / "systemd",
+    ]
+    for directory in candidates:
+        if all((directory / name).is_file() for name in UNIT_FILES):
+            return directory
+    raise FileNotFoundError(f"lanewatch unit files not found in {' or '.join(map(str, candidates))}")
+
+
+def default_exec() -> str:
+    """The ``lanewatch`` executable of this installation (beside the running interpreter, else on PATH)."""
+    beside = Path(sys.executable).parent / "lanewatch"
+    if beside.is_file():
+        return str(beside)
+    return shutil.which("lanewatch") or UNIT_TEMPLATE_EXEC
+
+
+def systemd_escape(value: str) -> str:
+    """``value`` escaped for a unit instance name, as ``systemd-escape`` does (``%I`` gives it back)."""
+    out = []
+    for i, char in enumerate(value):
+        if char == "/":
+            out.append("-")
+        elif (char.isascii() and char.isalnum()) or char in ":_" or (char == "." and i > 0):
+            out.append(char)
+        else:
+            out.extend(f"\\x{byte:02x}" for byte in char.encode())
+    return "".join(out)
+
+
+def render_unit(text: str, exec_path: str, config_path: str) -> str:
+    """A unit file's text with this installation's executable and configuration paths."""
+    return text.replace(UNIT_TEMPLATE_EXEC, exec_path).replace(UNIT_TEMPLATE_CONFIG, config_path)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass, by field name."""
+    node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(node, ast.ClassDef)
+    docs: dict[str, str] = {}
+    for stmt, following in zip(node.body, node.body[1:], strict=False):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[stmt.target.id] = inspect.cleandoc(following.value.value)
+    return docs
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _table_lines(cls: type, values: dict[str, Any]) -> list[str]:
+    docs = field_docs(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        doc = docs.get(f.name)
+        if doc is None:
+            raise ConfigError(f"{cls.__name__}.{f.name}: configuration key without a docstring")
+        lines.extend(f"# {line}".rstrip() for line in doc.splitlines())
+        lines.append(f"{f.name} = {_toml_value(values[f.name])}")
+        lines.append("")
+    return lines
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def example_config() -> str:
+    """The example ``lanewatch.toml``: every key of :class:`~edge.config.Config`, documented, at its default."""
+    lines = [
+        "# lanewatch configuration. Every key is shown with its default value and its meaning;",
+        "# generated from edge/config.py by `lanewatch install-units`. Under systemd, relative paths",
+        "# are relative to the service's state directory, /var/lib/lanewatch.",
+        "",
+    ]
+    hints = get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += [f"[{f.name}]", *_table_lines(tp, _defaults(tp))]
+        elif get_origin(tp) is list and dataclasses.is_dataclass(get_args(tp)[0]):
+            item = get_args(tp)[0]
+            lines += [f"# One [[{f.name}]] table per lane; copy it for each lane at this site.", f"[[{f.name}]]"]
+            lines += _table_lines(item, {**_defaults(item), **EXAMPLE_LANE})
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lanewatch install-units``."""
+    parser.add_argument("--prefix", default="/", help="root directory to install into (default: /)")
+    parser.add_argument(
+        "--unit-dir", default="/etc/systemd/system", help="unit directory below the prefix (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--config-dir", default="/etc/lanewatch", help="configuration directory below the prefix (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--exec",
+        dest="exec_path",
+        default=None,
+        help="path of the lanewatch executable the units start (default: this installation's)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="show what would be written, write nothing")
+    parser.add_argument(
+        "--enable", nargs="+", default=[], metavar="LANE", help="print the systemctl commands that start these lanes"
+    )
+
+
+def _under(prefix: Path, path: str) -> Path:
+    return prefix / path.lstrip("/")
+
+
+def _write(path: Path, text: str, dry_run: bool, mode: int = 0o644) -> str:
+    """Write ``text`` to ``path`` unless unchanged; the word describing what happened."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return "unchanged"
+    action = "update" if path.exists() else "create"
+    if not dry_run:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        path.chmod(mode)
+    return action + (" (dry run)" if dry_run else "")
+
+
+def enable_commands(lanes: list[str]) -> list[str]:
+    """The systemctl commands that load the units and start the service and these lanes."""
+    targets = ["lanewatch.target", *(f"lanewatch-lane@{systemd_escape(lane)}.target" for lane in lanes)]
+    return ["systemctl daemon-reload", "systemctl enable --now " + " ".join(_shell_quote(t) for t in targets)]
+
+
+def _shell_quote(word: str) -> str:
+    return f"'{word}'" if "\\" in word else word
+
+
+def run(args: argparse.Namespace) -> int:
+    """Install the units and the example configuration; 0 on success, 1 on an error (reported)."""
+    prefix = Path(args.prefix)
+    exec_path = args.exec_path or default_exec()
+    config_path = str(Path(args.config_dir) / CONFIG_NAME)
+    try:
+        source = unit_source_dir()
+    except FileNotFoundError as exc:
+        print(f"lanewatch install-units: {exc}", file=sys.stderr)
+        return 1
+    unit_dir = _under(prefix, args.unit_dir)
+    config_dir = _under(prefix, args.config_dir)
+    example = example_config()
+    try:
+        for name in UNIT_FILES:
+            text = render_unit((source / name).read_text(encoding="utf-8"), exec_path, config_path)
+            print(f"{_write(unit_dir / name, text, args.dry_run)}: {unit_dir / name}")
+        example_path = config_dir / (CONFIG_NAME + ".example")
+        print(f"{_write(example_path, example, args.dry_run)}: {example_path}")
+        target = config_dir / CONFIG_NAME
+        kept = target.exists()
+        if kept:
+            print(f"kept (never overwritten): {target}")
+        else:
+            print(f"{_write(target, example, args.dry_run)}: {target}")
+    except OSError as exc:
+        print(f"lanewatch install-units: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    if args.enable and kept:
+        missing = _lanes_missing(target, args.enable)
+        if missing:
+            print(f"lanewatch install-units: {missing}", file=sys.stderr)
+            return 1
+    print(f"Edit {config_path} (one [[lanes]] table per lane), then:")
+    if args.enable:
+        for command in enable_commands(args.enable):
+            print(f"  {command}")
+    else:
+        print("  systemctl daemon-reload")
+        print("  systemctl enable --now lanewatch.target lanewatch-lane@<lane id>.target")
+    return 0
+
+
+def _lanes_missing(config_path: Path, lanes: list[str]) -> str:
+    """Why these lanes cannot be enabled with this configuration ("" when they can)."""
+    try:
+        known = {lane.id for lane in config_module.load(config_path).lanes}
+    except ConfigError as exc:
+        return str(exc)
+    missing = [lane for lane in lanes if lane not in known]
+    return f"{config_path} has no [[lanes]] entry for {', '.join(missing)}" if missing else ""
