@@ -2,11 +2,13 @@
 
 Names follow Prometheus practice: the ``lanewatch_`` prefix, base units (seconds, bytes,
 cps), ``_total`` on counters, and bounded label sets (lane, source, channel, kind, type,
-verdict, reason). Each process builds its own set on its own registry.
+verdict, reason). Each process builds its own set on its own registry, with the standard
+``process_*`` metrics (start time, CPU, memory, open files) beside them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -14,10 +16,16 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 FAST_BUCKETS_S = (1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2)
+
+
+def _add_process_metrics(registry: CollectorRegistry) -> None:
+    """Register the ``process_*`` collector once per registry (a registry may hold both metric sets)."""
+    with contextlib.suppress(ValueError):
+        ProcessCollector(registry=registry)
 
 
 class DriverMetrics:
@@ -25,6 +33,7 @@ class DriverMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        _add_process_metrics(registry)
         self.lines = Counter(
             "lanewatch_driver_lines_total", "Protocol lines read, by line type.", ["lane", "type"], registry=registry
         )
@@ -65,6 +74,7 @@ class ServiceMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        _add_process_metrics(registry)
         r = registry
         self.records = Counter(
             "lanewatch_bus_records_total", "Records received from drivers.", ["lane", "source"], registry=r
