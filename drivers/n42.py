@@ -16,7 +16,8 @@ Records published (see :class:`edge.records.Kind`):
   real time, s) and ``spectra`` (detectors, channels) uint32, then ``NEUTRON_SCAN``
   (neutron detectors, 1) per ``dt_s`` when the sample has neutron counts;
 * ``SPEED`` (``speed_kmh``) after the first occupied sample when the file records a speed;
-* ``OCCUPANCY_END`` (``device_occupancy``) right after the last sample of each occupied run.
+* ``OCCUPANCY_END`` (``device_occupancy``: the file's occupancy number, null when it gives none) right
+  after the last sample of each occupied run.
 
 K is the number of energy windows: the configured window edges (keV) select the channels
 whose centre energy lies in each window, per detector through the file's own energy
@@ -483,7 +484,7 @@ class N42ReplayDriver(Driver):
                         self.publisher.emit(Kind.SPEED, values={"speed_kmh": self.portal.speed_kmh})
                         speed_sent = True
                     if i + 1 == len(order) or not scans[i + 1]:
-                        values: dict[str, Any] = {"device_occupancy": self.portal.occupancy or 0}
+                        values: dict[str, Any] = {"device_occupancy": self.portal.occupancy}
                         if neutron_background_cps is not None:
                             values["neutron_background_cps"] = neutron_background_cps
                         self.publisher.emit(Kind.OCCUPANCY_END, values=values)
