@@ -1,0 +1,783 @@
+"""Dual-energy X-ray line-scan imaging: calibration, attenuation, material classes, profiles, dense regions, preview.
+
+Data layout
+-----------
+A line-scan image arrives as uint16 arrays ``(lines, energies, pixels)``. One *line* is one linac
+pulse: one column of the displayed image, across the vehicle's travel. A *pixel* is one detector
+element along the detector array. ``energies`` is 2 for interleaved dual energy (index
+:data:`LOW` = 0 is the low-energy pulse, :data:`HIGH` = 1 the high-energy pulse) or 1 for a
+single-energy image (then index 0 is the only energy and there is no material information).
+
+Every ``@njit`` kernel here has a plain-numpy twin named ``<kernel>_ref`` that computes the same
+result by array operations (and, for connected components, by a different algorithm), so the
+kernels can be checked against it on random inputs and benchmarked against it.
+
+Pipeline, per batch of lines as they arrive (:class:`ScanProcessor` runs it):
+
+1. :func:`calibrate`: transmission ``T = (raw - dark) / (air - dark)`` per pixel and energy,
+   clipped to ``[eps, t_max]``; ``dark`` is the detector signal with the beam off, ``air`` the signal
+   with nothing in the beam. A dead pixel (``air <= dark``) reads ``T = 1``: no information, shown
+   as air, never as a dense object.
+2. :func:`attenuation`: ``A = -ln T`` (dimensionless), the areal-density proxy ``mu * t``: for one
+   material ``A = (mu/rho) * rho * t`` with ``mu/rho`` in cm^2/g and ``rho * t`` in g/cm^2.
+3. :func:`classify`: one material class per pixel from the two attenuations (below).
+4. :func:`column_profile`: per line, the sum and the mean of the attenuation over the pixels; the
+   areal density along the vehicle that the lane matches against the radiation time profile.
+5. :func:`preview`: a reduced uint8 image, block means of the attenuation (white = air,
+   black = ``a_max`` or more).
+6. Dense regions: :func:`label_lines` labels the pixels with ``A >= a_dense`` *incrementally*,
+   batch by batch, with a union-find over labels that carries the last line of each batch into
+   the next, and accumulates per-label statistics (area, attenuation sum and max, class
+   histogram, bounding box) as it goes; :func:`resolve_regions` merges the labels at scan end,
+   which costs O(labels), not O(pixels), so the scan-end latency does not grow with the image.
+   The twin, :func:`regions_ref`, labels the whole accumulated mask at scan end by label
+   propagation. Connectivity is 4 (edge neighbours), as ``scipy.ndimage.label``'s default.
+
+Material classes
+----------------
+At MeV energies photons interact mostly by Compton scattering, whose mass attenuation falls with
+energy almost independently of Z; pair production, which grows as Z^2 and with energy above
+1.02 MeV, adds attenuation at the high energy for heavy elements. So the ratio
+
+    R = A_low / A_high = ln T_low / ln T_high
+
+is well above 1 for light (organic) matter and falls towards 1 as Z grows. This is the
+dual-energy method of Chen et al., Physics Procedia 66 (2015) 68-74, and of the calibrated
+"alpha curves" of MeV cargo scanners. The default thresholds are the midpoints between the
+ratios of reference materials from NIST XCOM mass attenuation coefficients at effective energies
+of 2 MeV (low beam) and 4 MeV (high beam), :data:`MASS_ATTENUATION_CM2_G`:
+
+========== ============ ================ ===========================================
+class      R range       reference        Z range (about)
+========== ============ ================ ===========================================
+organic    R >= 1.42     water 1.45, C 1.46  Z <= 10: food, wood, plastics, explosives
+inorganic  1.34 .. 1.42  Al 1.39          Z 11..20: glass, ceramics, light alloys
+metal      1.19 .. 1.34  Fe 1.29          Z 21..50: steel, copper, zinc
+high-Z     R < 1.19      Pb 1.10          Z > 50: lead, tungsten, uranium (shielding)
+========== ============ ================ ===========================================
+
+Real bremsstrahlung beams are polychromatic and harden with thickness, so the measured ratios
+are closer to 1 and depend on ``A_high``; a site calibrates them with step wedges of known
+materials and sets :class:`ImagingParams`. Dual energy stays ambiguous between high-Z and mid-Z
+behind thick cargo (Lalor & Danagoulian, arXiv 2301.05783): "high-Z" means "attenuates like
+high-Z", a reason for review, not an identification. Two classes are not materials:
+
+* ``air``: ``A_high < a_air`` (nothing in the beam, or too little to give a ratio).
+* ``unresolvable``: ``A_low > a_dark`` or ``A_high > a_dark`` (transmission below ``exp(-a_dark)``):
+  too few photons get through for the ratio to be told apart from its noise. Such pixels are
+  dense by definition, and are the ones that can hide anything.
+
+Single-energy images (``energies == 1``) give ``air``, ``unresolvable`` or ``unclassified``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numba import njit
+
+LOW = 0
+"""Energy index of the low-energy pulse in a dual-energy image."""
+HIGH = 1
+"""Energy index of the high-energy pulse in a dual-energy image."""
+
+AIR, ORGANIC, INORGANIC, METAL, HIGH_Z, UNRESOLVABLE, UNCLASSIFIED = range(7)
+CLASS_NAMES: tuple[str, ...] = ("air", "organic", "inorganic", "metal", "high_z", "unresolvable", "unclassified")
+"""Material class names, indexed by class code (uint8)."""
+N_CLASSES = len(CLASS_NAMES)
+
+MASS_ATTENUATION_CM2_G: dict[str, tuple[float, float]] = {
+    "water": (0.04942, 0.03403),
+    "carbon": (0.04442, 0.03047),
+    "aluminium": (0.04324, 0.03105),
+    "iron": (0.04265, 0.03312),
+    "lead": (0.04606, 0.04197),
+}
+"""Total mass attenuation coefficients mu/rho (cm^2/g, with coherent scattering), NIST XCOM, at the
+effective energies 2 MeV (low beam) and 4 MeV (high beam): ``(low, high)`` per reference material."""
+
+DENSITY_G_CM3: dict[str, float] = {"water": 1.0, "carbon": 2.0, "aluminium": 2.70, "iron": 7.87, "lead": 11.35}
+"""Densities (g/cm^3) of the reference materials, to turn a thickness (cm) into an areal density (g/cm^2)."""
+
+
+def _ratio(material: str) -> float:
+    low, high = MASS_ATTENUATION_CM2_G[material]
+    return low / high
+
+
+@dataclass(frozen=True)
+class ImagingParams:
+    """Thresholds of the imaging pipeline; defaults derived as documented in the module docstring."""
+
+    eps: float = 1e-4
+    """Lowest transmission kept (calibration clips below it): attenuation is at most -ln(eps) = 9.2."""
+    t_max: float = 1.25
+    """Highest transmission kept: detector noise above the air level, clipped here."""
+    a_air: float = 0.05
+    """High-energy attenuation below which a pixel is air (transmission above 95%)."""
+    a_dark: float = 5.3
+    """Attenuation above which (at either energy) a pixel is unresolvable (transmission below 0.5%)."""
+    r_organic: float = round((_ratio("water") + _ratio("aluminium")) / 2, 2)
+    """Lowest attenuation ratio A_low/A_high of organic matter (1.42, between water and aluminium)."""
+    r_inorganic: float = round((_ratio("aluminium") + _ratio("iron")) / 2, 2)
+    """Lowest ratio of inorganic matter (1.34, between aluminium and iron)."""
+    r_metal: float = round((_ratio("iron") + _ratio("lead")) / 2, 2)
+    """Lowest ratio of metal (1.19, between iron and lead); below it, high-Z."""
+    a_dense: float = 1.0
+    """High-energy attenuation from which a pixel is dense (T <= 37%: about 4 cm of steel or 2 cm of lead)."""
+    preview_block: tuple[int, int] = (4, 4)
+    """Preview block size (lines, pixels): each preview pixel is the mean of one block."""
+    preview_a_max: float = 6.0
+    """Attenuation shown black in the preview (0 is white)."""
+    min_region_px: int = 1
+    """Smallest dense region reported, in pixels."""
+
+
+# ---- calibration ----------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def calibrate(raw: np.ndarray, dark: np.ndarray, air: np.ndarray, eps: float, t_max: float) -> np.ndarray:
+    """Transmission (float32, shape of ``raw``) from raw uint16 ``(lines, energies, pixels)``.
+
+    ``dark`` and ``air`` are float32 ``(energies, pixels)`` detector levels; ``T`` is clipped to
+    ``[eps, t_max]``, and a pixel with ``air <= dark`` reads 1.
+    """
+    lines, energies, pixels = raw.shape
+    lo = np.float32(eps)
+    hi = np.float32(t_max)
+    one = np.float32(1.0)
+    out = np.empty((lines, energies, pixels), np.float32)
+    for i in range(lines):
+        for e in range(energies):
+            for p in range(pixels):
+                gain = air[e, p] - dark[e, p]
+                if gain > 0:
+                    t = (np.float32(raw[i, e, p]) - dark[e, p]) / gain
+                    out[i, e, p] = min(max(t, lo), hi)
+                else:
+                    out[i, e, p] = one
+    return out
+
+
+def calibrate_ref(raw: np.ndarray, dark: np.ndarray, air: np.ndarray, eps: float, t_max: float) -> np.ndarray:
+    """Numpy twin of :func:`calibrate`."""
+    gain = air - dark
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        t = (raw.astype(np.float32) - dark) / gain
+    t = np.clip(t, np.float32(eps), np.float32(t_max))
+    return np.where(gain > 0, t, np.float32(1.0)).astype(np.float32, copy=False)
+
+
+# ---- attenuation ----------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def attenuation(transmission: np.ndarray) -> np.ndarray:
+    """``A = -ln T`` (float32, same shape): the areal-density proxy mu*t of each pixel and energy."""
+    flat = transmission.reshape(-1)
+    out = np.empty(flat.size, np.float32)
+    for k in range(flat.size):
+        out[k] = -np.log(flat[k])
+    return out.reshape(transmission.shape)
+
+
+def attenuation_ref(transmission: np.ndarray) -> np.ndarray:
+    """Numpy twin of :func:`attenuation`."""
+    return -np.log(transmission)
+
+
+# ---- material classes -----------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def classify(
+    att: np.ndarray, a_air: float, a_dark: float, r_organic: float, r_inorganic: float, r_metal: float
+) -> np.ndarray:
+    """Material class codes (uint8 ``(lines, pixels)``) from attenuation ``(lines, energies, pixels)``.
+
+    Two energies give air / organic / inorganic / metal / high-Z / unresolvable from the ratio
+    ``A_low / A_high`` (computed in float64); one energy gives air / unresolvable / unclassified.
+    """
+    lines, energies, pixels = att.shape
+    out = np.empty((lines, pixels), np.uint8)
+    hi_e = energies - 1
+    for i in range(lines):
+        for p in range(pixels):
+            a_hi = att[i, hi_e, p]
+            a_lo = att[i, 0, p]
+            if a_lo > a_dark or a_hi > a_dark:
+                code = UNRESOLVABLE
+            elif a_hi < a_air:
+                code = AIR
+            elif energies == 1:
+                code = UNCLASSIFIED
+            else:
+                r = np.float64(a_lo) / np.float64(a_hi)
+                if r >= r_organic:
+                    code = ORGANIC
+                elif r >= r_inorganic:
+                    code = INORGANIC
+                elif r >= r_metal:
+                    code = METAL
+                else:
+                    code = HIGH_Z
+            out[i, p] = code
+    return out
+
+
+def classify_ref(
+    att: np.ndarray, a_air: float, a_dark: float, r_organic: float, r_inorganic: float, r_metal: float
+) -> np.ndarray:
+    """Numpy twin of :func:`classify`."""
+    a_lo = att[:, 0, :].astype(np.float64)
+    a_hi = att[:, -1, :].astype(np.float64)
+    out = np.full(a_hi.shape, UNCLASSIFIED if att.shape[1] == 1 else HIGH_Z, np.uint8)
+    if att.shape[1] == 2:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = a_lo / a_hi
+        for code, lowest in ((METAL, r_metal), (INORGANIC, r_inorganic), (ORGANIC, r_organic)):
+            out[r >= lowest] = code
+    out[a_hi < a_air] = AIR
+    out[(a_lo > a_dark) | (a_hi > a_dark)] = UNRESOLVABLE
+    return out
+
+
+# ---- column profile -------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def column_profile(plane: np.ndarray) -> np.ndarray:
+    """Per line of an attenuation plane ``(lines, pixels)``: float64 ``(lines, 2)`` of [sum, mean] over pixels."""
+    lines, pixels = plane.shape
+    out = np.empty((lines, 2), np.float64)
+    for i in range(lines):
+        s = 0.0
+        for p in range(pixels):
+            s += plane[i, p]
+        out[i, 0] = s
+        out[i, 1] = s / pixels if pixels else 0.0
+    return out
+
+
+def column_profile_ref(plane: np.ndarray) -> np.ndarray:
+    """Numpy twin of :func:`column_profile`."""
+    s = plane.astype(np.float64).sum(axis=1)
+    mean = s / plane.shape[1] if plane.shape[1] else np.zeros_like(s)
+    return np.stack([s, mean], axis=1)
+
+
+# ---- preview --------------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def preview(plane: np.ndarray, block_lines: int, block_px: int, a_max: float) -> np.ndarray:
+    """Block-mean preview (uint8 ``(ceil(lines/block_lines), ceil(pixels/block_px))``) of an attenuation plane.
+
+    A block's mean attenuation ``m`` shows as ``round(255 * (1 - clip(m / a_max, 0, 1)))``: 255 is air,
+    0 is ``a_max`` or denser. Blocks at the right and bottom edges may be partial.
+    """
+    lines, pixels = plane.shape
+    out_l = (lines + block_lines - 1) // block_lines
+    out_p = (pixels + block_px - 1) // block_px
+    out = np.empty((out_l, out_p), np.uint8)
+    colsum = np.empty(pixels, np.float64)
+    for bi in range(out_l):
+        first = bi * block_lines
+        n_l = min(block_lines, lines - first)
+        colsum[:] = 0.0
+        for i in range(first, first + n_l):
+            for p in range(pixels):
+                colsum[p] += plane[i, p]
+        for bp in range(out_p):
+            s = 0.0
+            for p in range(bp * block_px, min(pixels, (bp + 1) * block_px)):
+                s += colsum[p]
+            n = n_l * min(block_px, pixels - bp * block_px)
+            c = min(max(s / n / a_max, 0.0), 1.0)
+            out[bi, bp] = np.uint8(math.floor(255.0 * (1.0 - c) + 0.5))
+    return out
+
+
+def preview_ref(plane: np.ndarray, block_lines: int, block_px: int, a_max: float) -> np.ndarray:
+    """Numpy twin of :func:`preview`."""
+    lines, pixels = plane.shape
+    line_starts = np.arange(0, lines, block_lines)
+    px_starts = np.arange(0, pixels, block_px)
+    sums = np.add.reduceat(np.add.reduceat(plane.astype(np.float64), line_starts, axis=0), px_starts, axis=1)
+    counts = np.outer(np.diff(np.append(line_starts, lines)), np.diff(np.append(px_starts, pixels)))
+    c = np.clip(sums / counts / a_max, 0.0, 1.0)
+    return np.floor(255.0 * (1.0 - c) + 0.5).astype(np.uint8)
+
+
+# ---- dense regions: incremental connected components ---------------------------------------------
+@njit(cache=True, error_model="numpy")
+def _find(parent: np.ndarray, x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+@njit(cache=True, error_model="numpy")
+def label_lines(
+    plane: np.ndarray,
+    classes: np.ndarray,
+    a_dense: float,
+    line0: int,
+    prev: np.ndarray,
+    n_labels: int,
+    parent: np.ndarray,
+    area: np.ndarray,
+    att_sum: np.ndarray,
+    att_max: np.ndarray,
+    hist: np.ndarray,
+    bbox: np.ndarray,
+) -> int:
+    """Label the dense pixels (``plane >= a_dense``) of one batch of lines; returns the new label count.
+
+    ``plane`` is the attenuation ``(lines, pixels)`` used for density, ``classes`` the class codes
+    of the same pixels, ``line0`` the scan line index of the batch's first line. ``prev`` holds the
+    labels of the scan's previous line (0 = not dense) and is updated to this batch's last line.
+    Each run of dense pixels on a line joins the labels of the runs it touches on the line before
+    (union by smaller label, path halving). Labels start at 1; ``parent`` is the union-find forest
+    over them. Per label, ``area`` (px),
+    ``att_sum``, ``att_max``, ``hist`` (pixels per class) and ``bbox`` (first line, last line,
+    first pixel, last pixel) accumulate the pixels labelled while it was a root; they are merged
+    into the final roots by :func:`resolve_regions`. The arrays must have room for
+    ``n_labels + lines * ceil(pixels / 2) + 1`` labels (:class:`RegionLabeller` grows them).
+    """
+    lines, pixels = plane.shape
+    cur = np.zeros(pixels, np.int64)
+    for i in range(lines):
+        line = line0 + i
+        cur[:] = 0
+        p = 0
+        while p < pixels:
+            if not plane[i, p] >= a_dense:
+                p += 1
+                continue
+            start = p
+            while p < pixels and plane[i, p] >= a_dense:
+                p += 1
+            # One run [start, p): join every label above it, then add its pixels to the root.
+            lab = 0
+            for q in range(start, p):
+                up = prev[q]
+                if up == 0 or (q > start and prev[q - 1] == up):
+                    continue
+                root = _find(parent, up)
+                if lab == 0:
+                    lab = root
+                elif root != lab:
+                    parent[max(root, lab)] = min(root, lab)
+                    lab = min(root, lab)
+            if lab == 0:
+                n_labels += 1
+                lab = n_labels
+                parent[lab] = lab
+                area[lab] = 0
+                att_sum[lab] = 0.0
+                att_max[lab] = -np.inf
+                hist[lab, :] = 0
+                bbox[lab, 0] = line
+                bbox[lab, 1] = line
+                bbox[lab, 2] = start
+                bbox[lab, 3] = p - 1
+            s = 0.0
+            m = att_max[lab]
+            for q in range(start, p):
+                a = plane[i, q]
+                s += a
+                m = max(m, a)
+                hist[lab, classes[i, q]] += 1
+                cur[q] = lab
+            area[lab] += p - start
+            att_sum[lab] += s
+            att_max[lab] = m
+            bbox[lab, 0] = min(bbox[lab, 0], line)
+            bbox[lab, 1] = max(bbox[lab, 1], line)
+            bbox[lab, 2] = min(bbox[lab, 2], start)
+            bbox[lab, 3] = max(bbox[lab, 3], p - 1)
+        prev[:] = cur
+    return n_labels
+
+
+@njit(cache=True, error_model="numpy")
+def resolve_regions(
+    n_labels: int,
+    parent: np.ndarray,
+    area: np.ndarray,
+    att_sum: np.ndarray,
+    att_max: np.ndarray,
+    hist: np.ndarray,
+    bbox: np.ndarray,
+) -> np.ndarray:
+    """Merge every label's statistics into its final root; returns the roots (int64), one per region.
+
+    Costs O(labels): this is all that is left to do at scan end. A merged label's own statistics are
+    zeroed, so resolving again, or labelling more lines afterwards, stays correct.
+    """
+    for lab in range(1, n_labels + 1):
+        root = _find(parent, lab)
+        if root == lab:
+            continue
+        area[root] += area[lab]
+        att_sum[root] += att_sum[lab]
+        att_max[root] = max(att_max[root], att_max[lab])
+        hist[root, :] += hist[lab, :]
+        bbox[root, 0] = min(bbox[root, 0], bbox[lab, 0])
+        bbox[root, 1] = max(bbox[root, 1], bbox[lab, 1])
+        bbox[root, 2] = min(bbox[root, 2], bbox[lab, 2])
+        bbox[root, 3] = max(bbox[root, 3], bbox[lab, 3])
+        area[lab] = 0
+        att_sum[lab] = 0.0
+        att_max[lab] = -np.inf
+        hist[lab, :] = 0
+    roots = np.empty(n_labels, np.int64)
+    n = 0
+    for lab in range(1, n_labels + 1):
+        if parent[lab] == lab:
+            roots[n] = lab
+            n += 1
+    return roots[:n]
+
+
+@dataclass
+class RegionStats:
+    """Statistics of dense regions, one row per region, in a canonical order (first line, first pixel, ...)."""
+
+    area: np.ndarray
+    """Pixels per region (int64)."""
+    att_sum: np.ndarray
+    """Sum of the density attenuation over the region (float64)."""
+    att_max: np.ndarray
+    """Largest attenuation in the region (float32)."""
+    hist: np.ndarray
+    """Pixels per material class (int64, regions x N_CLASSES)."""
+    bbox: np.ndarray
+    """First line, last line, first pixel, last pixel (int64, regions x 4), inclusive."""
+
+    def __len__(self) -> int:
+        return len(self.area)
+
+    def sorted(self) -> RegionStats:
+        """The same regions in canonical order: by bounding box, then area."""
+        order = np.lexsort((self.area, self.bbox[:, 3], self.bbox[:, 1], self.bbox[:, 2], self.bbox[:, 0]))
+        return RegionStats(
+            self.area[order], self.att_sum[order], self.att_max[order], self.hist[order], self.bbox[order]
+        )
+
+
+def components_ref(mask: np.ndarray) -> np.ndarray:
+    """4-connected component labels (int64, 0 = background) of a boolean mask, by label propagation.
+
+    Each pixel starts with its own flat index + 1; rounds of (neighbour minimum, hooking the
+    pixel a label points to, pointer jumping) run until no label changes. A label always names a
+    pixel of the same component whose label is no larger, so the fixed point gives each component
+    the smallest index + 1 of its pixels.
+    """
+    lines, pixels = mask.shape
+    n = lines * pixels
+    on = mask.reshape(-1)
+    big = n + 1
+    lab = np.where(on, np.arange(1, n + 1, dtype=np.int64), 0)
+    idx = np.flatnonzero(on)
+    while True:
+        grid = np.where(mask, lab.reshape(lines, pixels), big)
+        nb = grid.copy()
+        np.minimum(nb[1:, :], grid[:-1, :], out=nb[1:, :])
+        np.minimum(nb[:-1, :], grid[1:, :], out=nb[:-1, :])
+        np.minimum(nb[:, 1:], grid[:, :-1], out=nb[:, 1:])
+        np.minimum(nb[:, :-1], grid[:, 1:], out=nb[:, :-1])
+        nb_on = nb.reshape(-1)[idx]
+        if np.array_equal(nb_on, lab[idx]):
+            return lab.reshape(lines, pixels)
+        np.minimum.at(lab, lab[idx] - 1, nb_on)
+        lab[idx] = np.minimum(lab[idx], nb_on)
+        while True:
+            jumped = lab[lab[idx] - 1]
+            if np.array_equal(jumped, lab[idx]):
+                break
+            lab[idx] = jumped
+
+
+def regions_ref(plane: np.ndarray, classes: np.ndarray, a_dense: float) -> RegionStats:
+    """Numpy twin of :class:`RegionLabeller`: dense-region statistics of a whole scan at once."""
+    labels = components_ref(plane >= a_dense)
+    on = labels > 0
+    comp_ids, comp = np.unique(labels[on], return_inverse=True)
+    k = len(comp_ids)
+    line_idx, px_idx = np.nonzero(on)
+    a = plane[on]
+    att_max = np.full(k, -np.inf, np.float32)
+    np.maximum.at(att_max, comp, a)
+    bbox = np.empty((k, 4), np.int64)
+    bbox[:, 0] = np.iinfo(np.int64).max
+    bbox[:, 1] = -1
+    bbox[:, 2] = np.iinfo(np.int64).max
+    bbox[:, 3] = -1
+    np.minimum.at(bbox[:, 0], comp, line_idx)
+    np.maximum.at(bbox[:, 1], comp, line_idx)
+    np.minimum.at(bbox[:, 2], comp, px_idx)
+    np.maximum.at(bbox[:, 3], comp, px_idx)
+    return RegionStats(
+        area=np.bincount(comp, minlength=k).astype(np.int64),
+        att_sum=np.bincount(comp, weights=a.astype(np.float64), minlength=k),
+        att_max=att_max,
+        hist=np.bincount(comp * N_CLASSES + classes[on], minlength=k * N_CLASSES).reshape(k, N_CLASSES),
+        bbox=bbox,
+    ).sorted()
+
+
+class RegionLabeller:
+    """Incremental dense-region labelling of one scan, batch by batch (state for :func:`label_lines`)."""
+
+    def __init__(self, pixels: int, a_dense: float) -> None:
+        self.pixels = pixels
+        self.a_dense = float(a_dense)
+        self.lines = 0
+        self.n_labels = 0
+        self.prev = np.zeros(pixels, np.int64)
+        self._alloc(1024)
+
+    def _alloc(self, capacity: int) -> None:
+        old = getattr(self, "parent", None)
+        arrays = {
+            "parent": np.zeros(capacity, np.int64),
+            "area": np.zeros(capacity, np.int64),
+            "att_sum": np.zeros(capacity, np.float64),
+            "att_max": np.zeros(capacity, np.float32),
+            "hist": np.zeros((capacity, N_CLASSES), np.int64),
+            "bbox": np.zeros((capacity, 4), np.int64),
+        }
+        for name, arr in arrays.items():
+            if old is not None:
+                arr[: self.n_labels + 1] = getattr(self, name)[: self.n_labels + 1]
+            setattr(self, name, arr)
+
+    def add(self, plane: np.ndarray, classes: np.ndarray) -> None:
+        """Label one batch: attenuation plane ``(lines, pixels)`` and its class codes ``(lines, pixels)``."""
+        lines = plane.shape[0]
+        need = self.n_labels + lines * ((self.pixels + 1) // 2) + 1
+        if need > len(self.parent):
+            self._alloc(max(need, 2 * len(self.parent)))
+        self.n_labels = label_lines(
+            plane,
+            classes,
+            self.a_dense,
+            self.lines,
+            self.prev,
+            self.n_labels,
+            self.parent,
+            self.area,
+            self.att_sum,
+            self.att_max,
+            self.hist,
+            self.bbox,
+        )
+        self.lines += lines
+
+    def finish(self) -> RegionStats:
+        """Statistics of every dense region of the scan so far (canonical order)."""
+        roots = resolve_regions(self.n_labels, self.parent, self.area, self.att_sum, self.att_max, self.hist, self.bbox)
+        return RegionStats(
+            self.area[roots], self.att_sum[roots], self.att_max[roots], self.hist[roots], self.bbox[roots]
+        ).sorted()
+
+
+# ---- scan processing ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Region:
+    """One dense region of a scan, in pixels and in millimetres."""
+
+    area_px: int
+    area_mm2: float
+    """Area (mm^2): pixels x pixel pitch (mm) x column spacing (mm)."""
+    mean_att: float
+    """Mean attenuation -ln T (high energy) over the region."""
+    max_att: float
+    material: str
+    """Majority material class of the region's pixels (a name of :data:`CLASS_NAMES`)."""
+    class_px: dict[str, int]
+    """Pixels of the region per material class (classes with none left out)."""
+    lines: tuple[int, int]
+    """First and last scan line (inclusive)."""
+    pixels: tuple[int, int]
+    """First and last detector pixel (inclusive)."""
+    bbox_mm: tuple[float, float, float, float]
+    """Bounding box (mm): start and end along the vehicle (lines x column spacing), start and end
+    along the detector (pixels x pixel pitch); ends are exclusive edges."""
+
+
+def regions_from_stats(
+    stats: RegionStats, pixel_pitch_mm: float, column_spacing_mm: float, min_px: int
+) -> list[Region]:
+    """:class:`Region`\\ s of at least ``min_px`` pixels from region statistics, with sizes in mm."""
+    out = []
+    for k in range(len(stats)):
+        area = int(stats.area[k])
+        if area < min_px:
+            continue
+        l0, l1, p0, p1 = (int(v) for v in stats.bbox[k])
+        hist = stats.hist[k]
+        out.append(
+            Region(
+                area_px=area,
+                area_mm2=area * pixel_pitch_mm * column_spacing_mm,
+                mean_att=float(stats.att_sum[k]) / area,
+                max_att=float(stats.att_max[k]),
+                material=CLASS_NAMES[int(np.argmax(hist))],
+                class_px={CLASS_NAMES[c]: int(hist[c]) for c in range(N_CLASSES) if hist[c]},
+                lines=(l0, l1),
+                pixels=(p0, p1),
+                bbox_mm=(
+                    l0 * column_spacing_mm,
+                    (l1 + 1) * column_spacing_mm,
+                    p0 * pixel_pitch_mm,
+                    (p1 + 1) * pixel_pitch_mm,
+                ),
+            )
+        )
+    return out
+
+
+@dataclass
+class BatchResult:
+    """What one batch of lines gives, as soon as it arrives."""
+
+    first_line: int
+    attenuation: np.ndarray
+    """float32 ``(lines, energies, pixels)``: -ln T."""
+    classes: np.ndarray
+    """uint8 ``(lines, pixels)`` material class codes."""
+    profile: np.ndarray
+    """float64 ``(lines, 2)``: sum and mean attenuation (density energy) per line."""
+
+
+@dataclass
+class ScanResult:
+    """What a whole scan gives at its end."""
+
+    lines: int
+    regions: list[Region]
+    profile: np.ndarray
+    """float64 ``(lines, 2)``: sum and mean attenuation per line, the whole scan."""
+    preview: np.ndarray
+    """uint8 block-mean preview of the whole scan, ``(lines / block, pixels / block)``, lines first."""
+    class_px: dict[str, int] = field(default_factory=dict)
+    """Pixels of the whole scan per material class."""
+
+
+Backend = Literal["numba", "numpy"]
+
+
+class ScanProcessor:
+    """Runs the imaging pipeline on one scan, batch by batch as lines arrive.
+
+    ``dark`` and ``air`` are the detector's levels ``(energies, pixels)`` (any real dtype);
+    ``pixel_pitch_mm`` the detector pixel size and ``column_spacing_mm`` the distance the vehicle
+    moves between pulses (speed in mm/s divided by the pulse rate in 1/s). ``backend="numpy"``
+    runs the numpy twins (regions then are labelled at :meth:`finish` over the accumulated mask).
+    """
+
+    def __init__(
+        self,
+        dark: np.ndarray,
+        air: np.ndarray,
+        *,
+        pixel_pitch_mm: float,
+        column_spacing_mm: float,
+        params: ImagingParams | None = None,
+        backend: Backend = "numba",
+    ) -> None:
+        if backend not in ("numba", "numpy"):
+            raise ValueError(f"backend must be 'numba' or 'numpy', got {backend!r}")
+        self.dark = np.ascontiguousarray(dark, np.float32)
+        self.air = np.ascontiguousarray(air, np.float32)
+        if self.dark.ndim != 2 or self.dark.shape != self.air.shape or self.dark.shape[0] not in (1, 2):
+            raise ValueError(f"dark and air must both be (energies 1 or 2, pixels), got {dark.shape} and {air.shape}")
+        self.energies, self.pixels = self.dark.shape
+        self.pixel_pitch_mm = pixel_pitch_mm
+        self.column_spacing_mm = column_spacing_mm
+        self.params = params or ImagingParams()
+        self.backend = backend
+        self.lines = 0
+        self._profiles: list[np.ndarray] = []
+        self._previews: list[np.ndarray] = []
+        self._pending = np.empty((0, self.pixels), np.float32)
+        self._class_px = np.zeros(N_CLASSES, np.int64)
+        self._labeller = RegionLabeller(self.pixels, self.params.a_dense) if backend == "numba" else None
+        self._planes: list[np.ndarray] = []
+        self._classes: list[np.ndarray] = []
+
+    def process(self, raw: np.ndarray) -> BatchResult:
+        """Process one batch of raw lines ``(lines, energies, pixels)`` (uint16)."""
+        if raw.ndim != 3 or raw.shape[1:] != (self.energies, self.pixels):
+            raise ValueError(f"batch must be (lines, {self.energies}, {self.pixels}), got {raw.shape}")
+        raw = np.ascontiguousarray(raw, np.uint16)
+        pr = self.params
+        numba = self.backend == "numba"
+        t = (calibrate if numba else calibrate_ref)(raw, self.dark, self.air, pr.eps, pr.t_max)
+        att = (attenuation if numba else attenuation_ref)(t)
+        classes = (classify if numba else classify_ref)(
+            att, pr.a_air, pr.a_dark, pr.r_organic, pr.r_inorganic, pr.r_metal
+        )
+        plane = np.ascontiguousarray(att[:, self.energies - 1, :])
+        profile = (column_profile if numba else column_profile_ref)(plane)
+        self._class_px += np.bincount(classes.reshape(-1), minlength=N_CLASSES)
+        self._add_preview(plane)
+        if self._labeller is not None:
+            self._labeller.add(plane, classes)
+        else:
+            self._planes.append(plane)
+            self._classes.append(classes)
+        self._profiles.append(profile)
+        first = self.lines
+        self.lines += raw.shape[0]
+        return BatchResult(first_line=first, attenuation=att, classes=classes, profile=profile)
+
+    def _add_preview(self, plane: np.ndarray) -> None:
+        """Preview the whole blocks of lines so far; keep the remainder for the next batch."""
+        block_lines = self.params.preview_block[0]
+        pending = np.concatenate([self._pending, plane]) if len(self._pending) else plane
+        whole = len(pending) // block_lines * block_lines
+        if whole:
+            self._previews.append(self._preview(pending[:whole]))
+        self._pending = pending[whole:].copy()
+
+    def _preview(self, plane: np.ndarray) -> np.ndarray:
+        block_lines, block_px = self.params.preview_block
+        fn = preview if self.backend == "numba" else preview_ref
+        return fn(np.ascontiguousarray(plane), block_lines, block_px, self.params.preview_a_max)
+
+    def finish(self) -> ScanResult:
+        """End the scan: resolve the dense regions, flush the preview, gather the profile."""
+        if len(self._pending):
+            self._previews.append(self._preview(self._pending))
+            self._pending = self._pending[:0]
+        if self._labeller is not None:
+            stats = self._labeller.finish()
+        elif self._planes:
+            stats = regions_ref(np.concatenate(self._planes), np.concatenate(self._classes), self.params.a_dense)
+        else:
+            stats = regions_ref(np.zeros((0, self.pixels), np.float32), np.zeros((0, self.pixels), np.uint8), 1.0)
+        block_px = self.params.preview_block[1]
+        return ScanResult(
+            lines=self.lines,
+            regions=regions_from_stats(stats, self.pixel_pitch_mm, self.column_spacing_mm, self.params.min_region_px),
+            profile=np.concatenate(self._profiles) if self._profiles else np.zeros((0, 2)),
+            preview=np.concatenate(self._previews)
+            if self._previews
+            else np.zeros((0, -(-self.pixels // block_px)), np.uint8),
+            class_px={CLASS_NAMES[c]: int(n) for c, n in enumerate(self._class_px) if n},
+        )
+
+
+def raw_from_attenuation(att: np.ndarray, dark: np.ndarray, air: np.ndarray) -> np.ndarray:
+    """Forward model: the raw uint16 lines ``(lines, energies, pixels)`` a detector reads for attenuation ``att``.
+
+    ``raw = dark + (air - dark) * exp(-att)``, rounded and clipped to uint16; for simulators and tests.
+    """
+    raw = dark + (air - dark) * np.exp(-np.asarray(att, np.float64))
+    return np.clip(np.rint(raw), 0, 65535).astype(np.uint16)
+
+
+def material_attenuation(material: str, thickness_cm: float) -> tuple[float, float]:
+    """Attenuation ``(A_low, A_high)`` of a slab of a reference material (:data:`MASS_ATTENUATION_CM2_G`)."""
+    low, high = MASS_ATTENUATION_CM2_G[material]
+    areal = DENSITY_G_CM3[material] * thickness_cm
+    return low * areal, high * areal
