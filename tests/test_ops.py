@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
@@ -18,9 +19,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from edge import config as config_module
 from edge import deploy
+from edge.metrics import DriverMetrics, ServiceMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
@@ -163,6 +166,181 @@ def test_units_keep_what_the_processes_need() -> None:
     assert driver["PrivateDevices"] == "no" and driver["SupplementaryGroups"] == "dialout"
     assert "char-ttyUSB rw" in (SYSTEMD / "lanewatch-rpm@.service").read_text()
     assert driver["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6"
+
+
+# ---- Prometheus rules and the Grafana dashboard ----------------------------------------------------
+SYNTHETIC_METRICS = {"up"}
+"""Series Prometheus itself makes for every target."""
+_SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+}
+_PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
+_PROMQL_WORDS |= {"offset", "inf", "nan"}
+
+
+def exported_names() -> set[str]:
+    """Every sample name the service and the drivers export, from their metric sets on a registry."""
+    registry = CollectorRegistry()
+    ServiceMetrics(registry)
+    DriverMetrics(registry)
+    return {family.name + suffix for family in registry.collect() for suffix in _SAMPLE_SUFFIXES[family.type]}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (strings, matchers, ranges, groupings and functions removed)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", text):
+        if text[match.end() :].lstrip().startswith("(") or match.group().lower() in _PROMQL_WORDS:
+            continue
+        names.add(match.group())
+    return names
+
+
+def rule_expressions() -> dict[str, str]:
+    """Alert name -> PromQL expression of ops/alerts.rules.yml (single-line or folded ``>-`` scalars)."""
+    lines = (OPS / "alerts.rules.yml").read_text().splitlines()
+    exprs: dict[str, str] = {}
+    alert = ""
+    for i, line in enumerate(lines):
+        if m := re.match(r"\s*- alert: (\w+)\s*$", line):
+            alert = m.group(1)
+        elif m := re.match(r"(\s*)expr: (.*)$", line):
+            indent, value = len(m.group(1)), m.group(2).strip()
+            if value in (">-", ">", "|", "|-"):
+                block = []
+                for follow in lines[i + 1 :]:
+                    if follow.strip() and len(follow) - len(follow.lstrip()) <= indent:
+                        break
+                    block.append(follow.strip())
+                value = " ".join(block).strip()
+            exprs[alert] = value
+    return exprs
+
+
+def dashboard() -> dict:
+    return json.loads((OPS / "grafana-dashboard.json").read_text())
+
+
+def dashboard_panels() -> list[dict]:
+    return [p for p in dashboard()["panels"] if p["type"] != "row"]
+
+
+def dashboard_expressions() -> dict[str, str]:
+    """``panel title/refId`` -> PromQL of every dashboard query and template variable."""
+    exprs = {f"{p['title']}/{t['refId']}": t["expr"] for p in dashboard_panels() for t in p["targets"]}
+    for var in dashboard()["templating"]["list"]:
+        if var["type"] == "query":
+            exprs[f"${var['name']}"] = re.fullmatch(r"label_values\((.+), \w+\)", var["definition"]).group(1)
+    return exprs
+
+
+def as_plain_promql(expr: str) -> str:
+    """A dashboard query with Grafana's variables replaced by values Prometheus accepts."""
+    for var, value in {"$__rate_interval": "1m", "$__range": "1h", "$lane": ".*"}.items():
+        expr = expr.replace(var, value)
+    return expr
+
+
+def test_promtool_checks_the_rules_and_the_scrape_config() -> None:
+    promtool = tool("promtool")
+    out = run_tool(promtool, "check", "rules", str(OPS / "alerts.rules.yml")).stdout
+    assert f"SUCCESS: {len(rule_expressions())} rules found" in out
+    run_tool(promtool, "check", "config", str(OPS / "prometheus.yml"))
+
+
+def test_every_alert_fires_in_the_promtool_rule_tests() -> None:
+    out = run_tool(tool("promtool"), "test", "rules", str(OPS / "alerts.tests.yml")).stdout
+    assert "SUCCESS" in out
+    tests = (OPS / "alerts.tests.yml").read_text()
+    fired = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:\n\s+- exp_labels:", tests))
+    assert set(rule_expressions()) <= fired, f"alerts without a firing test: {set(rule_expressions()) - fired}"
+
+
+def test_every_alert_has_a_severity_and_annotations() -> None:
+    text = (OPS / "alerts.rules.yml").read_text()
+    blocks = re.split(r"\n\s*- alert: ", text)[1:]
+    assert len(blocks) == len(rule_expressions())
+    for block in blocks:
+        name = block.split("\n", 1)[0]
+        assert re.search(r"severity: (critical|warning)\n", block), name
+        assert "summary: " in block and "description: " in block, name
+
+
+def test_rule_and_dashboard_queries_name_only_exported_metrics() -> None:
+    known = exported_names() | SYNTHETIC_METRICS
+    queries = {**{f"rule {k}": v for k, v in rule_expressions().items()}, **dashboard_expressions()}
+    assert len(queries) > 40
+    for where, expr in queries.items():
+        names = metric_names(expr)
+        assert names, f"{where}: no metric in {expr!r}"
+        assert names <= known, f"{where}: {sorted(names - known)} not exported; expression {expr!r}"
+
+
+def test_metric_name_extraction_sees_through_promql_syntax() -> None:
+    expr = (
+        "histogram_quantile(0.99, sum by (instance, le) "
+        '(rate(lanewatch_decision_latency_seconds_bucket{le!="1e3"}[10m]))) > 1e-3'
+        " and on(instance) time() - foo_seconds offset 5m unless bar"
+    )
+    assert metric_names(expr) == {"lanewatch_decision_latency_seconds_bucket", "foo_seconds", "bar"}
+
+
+def test_dashboard_shows_every_lanewatch_metric() -> None:
+    shown = set().union(*(metric_names(e) for e in dashboard_expressions().values()))
+    families = {re.sub(r"_(total|bucket|sum|count|created)$", "", n) for n in exported_names()}
+    lanewatch = {f for f in families if f.startswith("lanewatch_")}
+    missing = {f for f in lanewatch if not any(re.sub(r"_(total|bucket)$", "", s) == f for s in shown)}
+    assert not missing, f"metrics without a dashboard panel: {sorted(missing)}"
+
+
+def test_dashboard_layout_variables_and_datasource() -> None:
+    board = dashboard()
+    rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
+    assert rows == ["Lanes", "Detectors", "Latency", "Service health"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["lane"]["multi"] and variables["lane"]["includeAll"]
+    panels = dashboard_panels()
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for p in board["panels"]:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
+        area = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not area & cells, f"{p['title']} overlaps another panel"
+        cells |= area
+    for p in panels:
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        assert all(t["datasource"] == p["datasource"] for t in p["targets"]), p["title"]
+        assert p["description"], p["title"]
+    per_lane = [p["title"] for p in panels if any("lane" in t["legendFormat"] for t in p["targets"])]
+    for title in per_lane:
+        panel = next(p for p in panels if p["title"] == title)
+        assert any('lane=~"$lane"' in t["expr"] for t in panel["targets"]), f"{title} ignores the lane variable"
+    latency = next(p for p in panels if p["title"] == "Decision latency")
+    assert [t["expr"].split(",")[0] for t in latency["targets"]] == [
+        "histogram_quantile(0.5",
+        "histogram_quantile(0.99",
+    ]
+
+
+def test_dashboard_queries_parse_in_prometheus(tmp_path: Path) -> None:
+    """Every dashboard query, with Grafana's variables filled in, goes through promtool's PromQL parser."""
+    rules = ["groups:", "  - name: dashboard", "    rules:"]
+    for i, expr in enumerate(dashboard_expressions().values()):
+        rules += [f"      - record: dashboard:query{i}", f"        expr: {json.dumps(as_plain_promql(expr))}"]
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text("\n".join(rules) + "\n")
+    out = run_tool(tool("promtool"), "check", "rules", str(path)).stdout
+    assert f"SUCCESS: {len(dashboard_expressions())} rules found" in out
 
 
 # ---- example configuration ---------------------------------------------------------------------------
