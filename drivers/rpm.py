@@ -72,7 +72,7 @@ from typing import Any, ClassVar
 import numpy as np
 import serial
 
-from edge.config import Config, ConfigError
+from edge.config import Config, ConfigError, LaneConfig
 from edge.driver import Driver, RecordPublisher
 from edge.records import Kind
 
@@ -382,8 +382,16 @@ class RpmDriver(Driver):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, config: Config, publisher: RecordPublisher) -> RpmDriver:
-        """Build from ``--lane`` and the lane's configuration; ``--url``/``--baudrate`` override it."""
-        lane = config.lane(args.lane)
+        """Build from ``--lane`` and the lane's configuration; ``--url``/``--baudrate`` override it.
+
+        With ``--url``, a lane missing from the configuration takes the default channel counts.
+        """
+        try:
+            lane = config.lane(args.lane)
+        except ConfigError:
+            if not args.url:
+                raise
+            lane = LaneConfig(id=args.lane)
         url = args.url or lane.rpm
         if not url:
             raise ConfigError(f"{config.source}: lane {lane.id!r} has no rpm URL; set lanes.rpm or pass --url")
@@ -441,8 +449,8 @@ class RpmDriver(Driver):
         try:
             self._pump(port, stop)
         except (serial.SerialException, OSError) as exc:
-            # pyserial reports a peer that closed a socket:// link as SerialException("socket disconnected").
-            self._link_down(f"read failed: {exc}")
+            # A peer that closed a socket:// link: SerialException("read failed: socket disconnected").
+            self._link_down(str(exc))
         finally:
             self.port = None
             try:

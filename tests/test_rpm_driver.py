@@ -686,6 +686,10 @@ def test_from_args_reads_the_lane_and_options(zbus: Bus) -> None:
         RpmDriver.from_args(_parse_args(["--lane", "lane2"]), config, zbus.publisher)
     with pytest.raises(SystemExit):
         _parse_args(["--lane", "lane1", "--backoff-max", "-1"])
+    with pytest.raises(ConfigError, match="lane9"):
+        RpmDriver.from_args(_parse_args(["--lane", "lane9"]), config, zbus.publisher)
+    unconfigured = RpmDriver.from_args(_parse_args(["--lane", "lane9", "--url", "loop://"]), parse(""), zbus.publisher)
+    assert (unconfigured.url, unconfigured.gamma_channels, unconfigured.windows) == ("loop://", 4, 1)
 
 
 def test_registered_as_rpm() -> None:
