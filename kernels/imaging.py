@@ -5,8 +5,9 @@ Data layout
 A line-scan image arrives as uint16 arrays ``(lines, energies, pixels)``. One *line* is one linac
 pulse: one column of the displayed image, across the vehicle's travel. A *pixel* is one detector
 element along the detector array. ``energies`` is 2 for interleaved dual energy (index
-:data:`LOW` = 0 is the low-energy pulse, :data:`HIGH` = 1 the high-energy pulse) or 1 for a
-single-energy image (then index 0 is the only energy and there is no material information).
+:data:`HIGH` = 0 is the high-energy pulse, :data:`LOW` = 1 the low-energy pulse, as the scanners'
+line streams order them) or 1 for a single-energy image (index 0, the only energy, with no
+material information). Density and dense regions always use energy 0.
 
 Every ``@njit`` kernel here has a plain-numpy twin named ``<kernel>_ref`` that computes the same
 result by array operations (and, for connected components, by a different algorithm), so the
@@ -79,10 +80,10 @@ from typing import Literal
 import numpy as np
 from numba import njit
 
-LOW = 0
+HIGH = 0
+"""Energy index of the high-energy pulse in a dual-energy image (and of the only one in a single-energy image)."""
+LOW = 1
 """Energy index of the low-energy pulse in a dual-energy image."""
-HIGH = 1
-"""Energy index of the high-energy pulse in a dual-energy image."""
 
 AIR, ORGANIC, INORGANIC, METAL, HIGH_Z, UNRESOLVABLE, UNCLASSIFIED = range(7)
 CLASS_NAMES: tuple[str, ...] = ("air", "organic", "inorganic", "metal", "high_z", "unresolvable", "unclassified")
@@ -198,11 +199,11 @@ def classify(
     """
     lines, energies, pixels = att.shape
     out = np.empty((lines, pixels), np.uint8)
-    hi_e = energies - 1
+    lo_e = energies - 1
     for i in range(lines):
         for p in range(pixels):
-            a_hi = att[i, hi_e, p]
-            a_lo = att[i, 0, p]
+            a_hi = att[i, HIGH, p]
+            a_lo = att[i, lo_e, p]
             if a_lo > a_dark or a_hi > a_dark:
                 code = UNRESOLVABLE
             elif a_hi < a_air:
@@ -227,8 +228,8 @@ def classify_ref(
     att: np.ndarray, a_air: float, a_dark: float, r_organic: float, r_inorganic: float, r_metal: float
 ) -> np.ndarray:
     """Numpy twin of :func:`classify`."""
-    a_lo = att[:, 0, :].astype(np.float64)
-    a_hi = att[:, -1, :].astype(np.float64)
+    a_lo = att[:, -1, :].astype(np.float64)
+    a_hi = att[:, HIGH, :].astype(np.float64)
     out = np.full(a_hi.shape, UNCLASSIFIED if att.shape[1] == 1 else HIGH_Z, np.uint8)
     if att.shape[1] == 2:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -716,7 +717,7 @@ class ScanProcessor:
         classes = (classify if numba else classify_ref)(
             att, pr.a_air, pr.a_dark, pr.r_organic, pr.r_inorganic, pr.r_metal
         )
-        plane = np.ascontiguousarray(att[:, self.energies - 1, :])
+        plane = np.ascontiguousarray(att[:, HIGH, :])
         profile = (column_profile if numba else column_profile_ref)(plane)
         self._class_px += np.bincount(classes.reshape(-1), minlength=N_CLASSES)
         self._add_preview(plane)
