@@ -1,0 +1,282 @@
+"""The alert bus: journaled decisions pushed to consoles, and the journal answering their questions.
+
+Two sockets, both bound by the service and served from its poll loop:
+
+**Alerts** (XPUB at ``bus.alerts``). Every message has two frames, a topic and one JSON object:
+
+- ``[b"decision", decision]``: a decision, sent only after :meth:`Journal.append` returned,
+  so every ``seq`` a console sees is already durable. A console subscribes to ``decision``.
+- ``[b"provisional", alarm]``: an alarm raised mid-passage, before the occupancy ends; not
+  journaled, no ``seq``, superseded by the occupancy's decision.
+
+Delivery is best effort (a slow or disconnected subscriber loses messages), which is why
+``seq`` has no gaps in the journal's eyes: a subscriber that sees a jump asks the query
+endpoint for what it missed (see :mod:`edge.subscriber`). The ``lanewatch_alert_subscribers``
+gauge counts the open subscriptions that receive decisions (topic ``decision`` or a prefix of
+it, such as ``""``), from the subscribe and unsubscribe messages the XPUB passes up.
+
+**Query** (ROUTER at ``bus.query``). A request is one JSON frame (after the envelope: a DEALER
+sends just that frame, a REQ adds its empty delimiter); the reply comes back with the same
+envelope, one JSON frame. Requests:
+
+- ``{"op": "since", "seq": N, "limit": L}``: decisions with seq > N, ascending (L optional,
+  default and cap :data:`MAX_LIMIT`).
+- ``{"op": "get", "seq": N}``: the decision numbered N (``records`` empty if there is none).
+- ``{"op": "last"}``: the newest decision (``records`` empty for an empty journal).
+- ``{"op": "query", "lane": s, "verdict": s, "since": t, "until": t, "limit": L}``: the newest
+  L decisions matching every key given (all optional; ``since``/``until`` are ISO 8601 times
+  bounding the decision's ``end``), ascending.
+
+Reply: ``{"ok": true, "last_seq": N, "records": [...]}`` with N the journal's newest seq. A
+reply holds at most about :data:`MAX_REPLY_BYTES` of records (always at least one when any
+match): for ``since``, ask again from the last seq received until it reaches ``last_seq``.
+A request that cannot be understood gets ``{"ok": false, "error": "..."}``, is counted as op
+``invalid`` in ``lanewatch_journal_queries_total`` and logged; one the journal cannot answer
+gets ``ok: false`` too. The server goes on serving either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import zmq
+
+from edge.journal import VERDICTS, Journal, JournalError, utc_text
+from edge.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+DECISION_TOPIC = b"decision"
+PROVISIONAL_TOPIC = b"provisional"
+
+MAX_LIMIT = 1000
+"""Most records one query reply holds."""
+MAX_REPLY_BYTES = 1 << 20
+"""A query reply stops adding records past this many bytes of JSON (one record always fits)."""
+MAX_REQUESTS_PER_CALL = 32
+"""Requests :meth:`AlertBus.handle_query` answers per call, so queries cannot starve the service loop."""
+PUB_SNDHWM = 100
+"""Messages queued per subscriber before the bus drops them for that subscriber (which refetches them
+from the journal); bounds what a stalled console costs the service (decisions can be tens of kB)."""
+
+_OPS: dict[str, dict[str, bool]] = {
+    # op -> {key: required}
+    "since": {"seq": True, "limit": False},
+    "get": {"seq": True},
+    "last": {},
+    "query": {"lane": False, "verdict": False, "since": False, "until": False, "limit": False},
+}
+
+
+class AlertBusError(RuntimeError):
+    """The alert bus could not start (an endpoint could not be bound)."""
+
+
+class BadRequest(ValueError):
+    """A query request that does not follow the protocol; the message says why."""
+
+
+def _bind(sock: zmq.Socket, endpoint: str, what: str) -> str:
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise AlertBusError(f"cannot bind the {what} endpoint {endpoint}: {exc}") from exc
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def _int(request: dict[str, Any], key: str, default: int | None = None, minimum: int = 0) -> int:
+    value = request.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadRequest(f"{key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _text(request: dict[str, Any], key: str) -> str | None:
+    value = request.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{key!r} must be a string, got {value!r}")
+    return value
+
+
+def parse_request(payload: bytes) -> dict[str, Any]:
+    """The checked request in one query frame; raises :class:`BadRequest` when it breaks the protocol."""
+    try:
+        request = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request is not JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise BadRequest(f"request must be a JSON object, got {type(request).__name__}")
+    op = request.get("op")
+    if op not in _OPS:
+        raise BadRequest(f"unknown op {op!r}; expected one of {', '.join(_OPS)}")
+    keys = _OPS[op]
+    unknown = sorted(set(request) - set(keys) - {"op"})
+    if unknown:
+        raise BadRequest(f"unknown key {unknown[0]!r} for op {op!r}; expected {', '.join(keys) or 'none'}")
+    missing = [key for key, required in keys.items() if required and key not in request]
+    if missing:
+        raise BadRequest(f"op {op!r} needs {', '.join(repr(k) for k in missing)}")
+    if "seq" in keys:
+        _int(request, "seq")
+    if "limit" in keys:
+        request["limit"] = min(_int(request, "limit", MAX_LIMIT, minimum=1), MAX_LIMIT)
+    if op == "query":
+        _text(request, "lane")
+        verdict = _text(request, "verdict")
+        if verdict is not None and verdict not in VERDICTS:
+            raise BadRequest(f"'verdict' must be one of {', '.join(VERDICTS)}, got {verdict!r}")
+        for key in ("since", "until"):
+            if _text(request, key) is not None:
+                try:
+                    utc_text(request[key])
+                except ValueError as exc:
+                    raise BadRequest(f"{key!r}: {exc}") from None
+    return request
+
+
+class AlertBus:
+    """The service's alert publisher (XPUB) and journal query server (ROUTER).
+
+    Register :attr:`pub` and :attr:`router` in the service's ``zmq.Poller`` and call
+    :meth:`handle_pub` / :meth:`handle_query` when they are readable. ``alerts_endpoint``
+    and ``query_endpoint`` may use port ``*``; :attr:`alerts_endpoint` and
+    :attr:`query_endpoint` then hold the ports bound. ``sndhwm`` is how many messages may
+    wait for one subscriber. Raises :class:`AlertBusError` when an endpoint cannot be bound.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        alerts_endpoint: str,
+        query_endpoint: str,
+        journal: Journal,
+        metrics: ServiceMetrics | None = None,
+        *,
+        sndhwm: int = PUB_SNDHWM,
+    ) -> None:
+        self.journal = journal
+        self.metrics = metrics
+        self.subscriptions = 0
+        """Open subscriptions that receive decisions."""
+        self.pub = ctx.socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.XPUB_VERBOSER, 1)  # every subscribe and unsubscribe, so the count stays right
+        self.pub.setsockopt(zmq.SNDHWM, sndhwm)
+        self.pub.setsockopt(zmq.LINGER, 200)
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        try:
+            self.alerts_endpoint = _bind(self.pub, alerts_endpoint, "alerts")
+            self.query_endpoint = _bind(self.router, query_endpoint, "query")
+        except AlertBusError:
+            self.pub.close(linger=0)
+            self.router.close()
+            raise
+        self._set_gauge()
+
+    def _set_gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.subscribers.set(self.subscriptions)
+
+    def handle_pub(self) -> None:
+        """Take the subscribe/unsubscribe messages waiting on the XPUB and update the subscriber count."""
+        while True:
+            try:
+                frame = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if not frame or frame[0] not in (0, 1):
+                log.warning("alerts: unexpected message from a subscriber: %r", frame[:64])
+                continue
+            topic = frame[1:]
+            if DECISION_TOPIC.startswith(topic):
+                self.subscriptions = max(0, self.subscriptions + (1 if frame[0] == 1 else -1))
+        self._set_gauge()
+
+    def _send(self, topic: bytes, message: dict[str, Any]) -> None:
+        try:
+            self.pub.send_multipart([topic, json.dumps(message, separators=(",", ":")).encode()], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.error("alerts: cannot publish %s: %s", topic.decode(), exc)
+
+    def publish(self, decision: dict[str, Any]) -> None:
+        """Send a decision to every subscriber; call with what :meth:`Journal.append` returned."""
+        self._send(DECISION_TOPIC, decision)
+
+    def publish_provisional(self, alarm: dict[str, Any]) -> None:
+        """Send a mid-passage alarm (not journaled) to subscribers of ``provisional``."""
+        self._send(PROVISIONAL_TOPIC, alarm)
+
+    def handle_query(self) -> None:
+        """Answer the query requests waiting on the ROUTER (at most :data:`MAX_REQUESTS_PER_CALL`)."""
+        for _ in range(MAX_REQUESTS_PER_CALL):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            peer, rest = frames[0], frames[1:]
+            # A REQ peer puts an empty delimiter before its request; the reply goes back behind it.
+            cut = len(rest) - rest[::-1].index(b"") if b"" in rest else 0
+            envelope, body = [peer, *rest[:cut]], rest[cut:]
+            reply = self.answer(body[0] if len(body) == 1 else None, peer)
+            try:
+                self.router.send_multipart([*envelope, reply], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.warning("query: cannot reply to %s: %s", peer.hex(), exc)
+
+    def answer(self, payload: bytes | None, peer: bytes = b"") -> bytes:
+        """The JSON reply to one request frame (None: the message did not hold exactly one frame)."""
+        op = "invalid"
+        try:
+            if payload is None:
+                raise BadRequest("expected exactly one JSON frame after the envelope")
+            request = parse_request(payload)
+            op = request["op"]
+            records, newest_first = self._records(request)
+            last_seq = self.journal.last_seq()
+        except BadRequest as exc:
+            log.warning("query from %s: %s; request %r", peer.hex(), exc, (payload or b"")[:200])
+            return self._error(op, str(exc))
+        except JournalError as exc:
+            log.error("query from %s: %s", peer.hex(), exc)
+            return self._error(op, str(exc))
+        if self.metrics is not None:
+            self.metrics.queries.labels(op).inc()
+        parts = [json.dumps(record, separators=(",", ":")) for record in records]
+        kept, size = [], 0
+        for part in reversed(parts) if newest_first else parts:
+            if kept and size + len(part) > MAX_REPLY_BYTES:
+                break
+            kept.append(part)
+            size += len(part)
+        if newest_first:
+            kept.reverse()
+        return f'{{"ok":true,"last_seq":{last_seq},"records":[{",".join(kept)}]}}'.encode()
+
+    def _error(self, op: str, message: str) -> bytes:
+        if self.metrics is not None:
+            self.metrics.queries.labels(op).inc()
+        return json.dumps({"ok": False, "error": message}).encode()
+
+    def _records(self, request: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+        """The records a checked request asks for, and whether the newest ones matter most when trimming."""
+        op = request["op"]
+        if op == "since":
+            return self.journal.since(request["seq"], request["limit"], max_bytes=MAX_REPLY_BYTES), False
+        if op == "get":
+            record = self.journal.get(request["seq"])
+            return ([] if record is None else [record]), False
+        if op == "last":
+            last = self.journal.last_seq()
+            record = self.journal.get(last) if last else None
+            return ([] if record is None else [record]), False
+        filters = {key: request.get(key) for key in ("lane", "verdict", "since", "until")}
+        return self.journal.query(**filters, limit=request["limit"]), True
+
+    def close(self) -> None:
+        """Close both sockets (decisions still queued get up to 0.2 s to leave)."""
+        self.pub.close()
+        self.router.close()
+        self.subscriptions = 0
+        self._set_gauge()

@@ -1,0 +1,298 @@
+"""Following the alert bus without missing a decision: live messages, gaps filled from the journal.
+
+:class:`AlertSubscriber` subscribes to the service's alerts endpoint first, then asks the
+query endpoint for the backlog, and from then on yields decisions in strictly increasing
+``seq`` order, each once. Live delivery is only the fast path: whenever a live decision's
+``seq`` jumps past the next expected one, and every ``resync_s`` (a query of a few bytes
+when nothing is missing), it asks the journal for everything after the last ``seq`` it yielded, so
+decisions dropped by a full queue, sent while the link was down or published while the
+service restarted still arrive, in order, within about ``resync_s``. ``seq`` values the
+journal never gave out (none in normal operation) are simply not there to wait for.
+
+When the service stops, ZeroMQ reconnects the SUB socket by itself; a query that gets no
+answer within ``query_timeout_s`` closes its DEALER socket (so a late answer can never be
+taken for the next one) and the next try uses a new one. Only the first contact is bounded
+by ``connect_timeout_s`` and raises :class:`ServiceUnreachable`; after it, the subscriber
+waits for the service as long as its caller keeps iterating.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from edge.alerts import DECISION_TOPIC, MAX_LIMIT, PROVISIONAL_TOPIC
+
+log = logging.getLogger(__name__)
+
+
+class ServiceUnreachable(ConnectionError):
+    """The service's query endpoint did not answer in time."""
+
+
+class QueryError(RuntimeError):
+    """The query endpoint answered ``ok: false``; the message is its error."""
+
+
+class JournalClient:
+    """Requests to the journal query endpoint (see :mod:`edge.alerts` for the protocol).
+
+    Each request waits at most ``attempt_s`` for its reply; after a timeout the DEALER socket
+    is replaced, so replies can never be mismatched.
+    """
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, attempt_s: float = 1.0) -> None:
+        self.ctx = ctx
+        self.endpoint = endpoint
+        self.attempt_s = attempt_s
+        self.timeouts = 0
+        """Requests that got no reply in time."""
+        self._sock: zmq.Socket | None = None
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            self._sock = self.ctx.socket(zmq.DEALER)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.connect(self.endpoint)
+        return self._sock
+
+    def request(self, request: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+        """Send ``request`` and return the ``ok`` reply, retrying for up to ``timeout_s`` (default: one attempt).
+
+        Raises :class:`ServiceUnreachable` when no reply came in time and :class:`QueryError`
+        when the endpoint refused the request.
+        """
+        deadline = time.monotonic() + (self.attempt_s if timeout_s is None else timeout_s)
+        payload = json.dumps(request).encode()
+        while True:
+            wait_s = min(self.attempt_s, deadline - time.monotonic())
+            sock = self._socket()
+            sock.send(payload)
+            if sock.poll(max(1, int(wait_s * 1000))):
+                reply = json.loads(sock.recv())
+                if not reply.get("ok"):
+                    raise QueryError(f"{self.endpoint}: {reply.get('error', 'request refused')}")
+                return reply
+            self.timeouts += 1
+            self.close()
+            if time.monotonic() >= deadline:
+                raise ServiceUnreachable(
+                    f"no answer from the journal query endpoint {self.endpoint} "
+                    f"within {self.attempt_s if timeout_s is None else timeout_s:g} s"
+                )
+
+    def since(self, seq: int, limit: int = MAX_LIMIT, timeout_s: float | None = None) -> dict[str, Any]:
+        """Reply to ``{"op": "since"}``: decisions after ``seq`` (one page) and ``last_seq``."""
+        return self.request({"op": "since", "seq": seq, "limit": limit}, timeout_s)
+
+    def get(self, seq: int, timeout_s: float | None = None) -> dict[str, Any] | None:
+        """The decision numbered ``seq``, or None."""
+        records = self.request({"op": "get", "seq": seq}, timeout_s)["records"]
+        return records[0] if records else None
+
+    def last_seq(self, timeout_s: float | None = None) -> int:
+        """The journal's newest seq (0 when empty)."""
+        return int(self.request({"op": "last"}, timeout_s)["last_seq"])
+
+    def query(self, timeout_s: float | None = None, **filters: Any) -> dict[str, Any]:
+        """Reply to ``{"op": "query", **filters}`` (lane, verdict, since, until, limit)."""
+        return self.request({"op": "query", **filters}, timeout_s)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+
+@dataclass
+class SubscriberStats:
+    """What an :class:`AlertSubscriber` has seen, in decisions unless stated."""
+
+    backlog: int = 0
+    """Fetched from the journal when iteration started."""
+    live: int = 0
+    """Yielded as they arrived on the bus."""
+    filled: int = 0
+    """Fetched from the journal because live delivery missed them (gaps filled)."""
+    gaps: int = 0
+    """Times a gap was found: a jump in live seq, or a periodic resync that found decisions missing."""
+    duplicates: int = 0
+    """Live messages dropped because their seq was already yielded."""
+    provisional: int = 0
+    """Provisional alarms received."""
+    malformed: int = 0
+    """Bus messages that were not a decision or alarm (logged and dropped)."""
+
+
+class AlertSubscriber:
+    """Every decision after ``since``, once each, in seq order, live and across service restarts.
+
+    ``since``: ``None`` starts with the decisions journaled after iteration starts; ``N``
+    yields those with seq > N (``0``: the whole journal, then live ones). ``connect_timeout_s``
+    bounds the wait for the first answer of the service; ``resync_s`` is how often the
+    journal is asked whether anything was missed; ``rcvhwm`` is how many live
+    messages may wait unread (more are dropped and fetched again from the journal).
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        alerts_endpoint: str,
+        query_endpoint: str,
+        since: int | None = None,
+        *,
+        connect_timeout_s: float = 5.0,
+        resync_s: float = 1.0,
+        rcvhwm: int = 1000,
+    ) -> None:
+        if since is not None and since < 0:
+            raise ValueError(f"since must be None or a seq >= 0, got {since}")
+        self.cursor = since
+        """The seq of the last decision yielded (None until the start of a since=None subscriber is known)."""
+        self.connect_timeout_s = connect_timeout_s
+        self.resync_s = resync_s
+        self.stats = SubscriberStats()
+        self.client = JournalClient(ctx, query_endpoint)
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, DECISION_TOPIC)
+        self.sub.connect(alerts_endpoint)
+        self._provisional = False
+        self._reachable = True
+
+    def decisions(
+        self, follow: bool = True, timeout_s: float | None = None, provisional: bool = False
+    ) -> Iterator[dict[str, Any] | None]:
+        """Yield decisions in seq order: the backlog, then (``follow``) live ones until the caller stops.
+
+        ``follow=False`` stops once the journal's decisions up to now are yielded. While
+        following, ``timeout_s`` yields ``None`` after every ``timeout_s`` seconds in which
+        nothing else was yielded, so the caller can do other work (``None``: never).
+        ``provisional`` also yields live mid-passage alarms as ``{"provisional": True, ...}``,
+        as they arrive (they carry no seq). Raises :class:`ServiceUnreachable` when the service
+        does not answer the first request within ``connect_timeout_s``.
+        """
+        if provisional and not self._provisional:
+            self.sub.setsockopt(zmq.SUBSCRIBE, PROVISIONAL_TOPIC)
+            self._provisional = True
+        if self.cursor is None:
+            self.cursor = self.client.last_seq(self.connect_timeout_s)
+            first_timeout: float | None = None
+        else:
+            first_timeout = self.connect_timeout_s
+        for decision in self._catch_up(first_timeout):
+            self.stats.backlog += 1
+            yield decision
+        if not follow:
+            return
+        now = time.monotonic()
+        next_resync, next_tick = now + self.resync_s, now + (timeout_s or 0)
+        while True:
+            wake = min(next_resync, next_tick) if timeout_s is not None else next_resync
+            yielded = False
+            if self.sub.poll(max(0, int((wake - time.monotonic()) * 1000)) + 1):
+                for item in self._on_message(self.sub.recv_multipart()):
+                    yielded = True
+                    yield item
+            if time.monotonic() >= next_resync:
+                for item in self._fill():
+                    yielded = True
+                    yield item
+                next_resync = time.monotonic() + self.resync_s
+            now = time.monotonic()
+            if timeout_s is not None:
+                if yielded:
+                    next_tick = now + timeout_s
+                elif now >= next_tick:
+                    next_tick = now + timeout_s
+                    yield None
+
+    def _on_message(self, frames: list[bytes]) -> Iterator[dict[str, Any]]:
+        """What one bus message yields: a provisional alarm, the decision, or the decisions up to it."""
+        try:
+            topic, body = frames
+            message = json.loads(body)
+            if not isinstance(message, dict):
+                raise ValueError("not a JSON object")
+            if topic == DECISION_TOPIC:
+                seq = message["seq"]
+                if isinstance(seq, bool) or not isinstance(seq, int):
+                    raise ValueError(f"seq {seq!r} is not an integer")
+            elif topic != PROVISIONAL_TOPIC:
+                raise ValueError(f"unknown topic {topic[:40]!r}")
+        except (ValueError, KeyError) as exc:
+            self.stats.malformed += 1
+            log.warning("alerts: dropped a malformed message (%s): %r", exc, frames[:2])
+            return
+        if topic == PROVISIONAL_TOPIC:
+            if self._provisional:
+                self.stats.provisional += 1
+                yield {**message, "provisional": True}
+            return
+        assert self.cursor is not None
+        if seq <= self.cursor:
+            self.stats.duplicates += 1
+            return
+        if seq > self.cursor + 1:
+            yield from self._fill()
+            if not self._reachable or seq <= self.cursor:
+                return  # filled from the journal (it has it, being journaled before sent), or to be fetched later
+        self.cursor = seq
+        self.stats.live += 1
+        yield message
+
+    def _fill(self) -> Iterator[dict[str, Any]]:
+        """The decisions the journal has after the cursor, counted as gap fills; quiet while unreachable."""
+        found = 0
+        try:
+            for decision in self._catch_up(None):
+                if not found:
+                    self.stats.gaps += 1
+                found += 1
+                self.stats.filled += 1
+                yield decision
+        except (ServiceUnreachable, QueryError) as exc:
+            if self._reachable:
+                log.warning("%s; retrying every %g s", exc, self.resync_s)
+            self._reachable = False
+            return
+        if not self._reachable:
+            log.info("journal query endpoint %s answers again", self.client.endpoint)
+        self._reachable = True
+
+    def _catch_up(self, timeout_s: float | None) -> Iterator[dict[str, Any]]:
+        """Every decision the journal has after the cursor, page by page, advancing the cursor."""
+        assert self.cursor is not None
+        while True:
+            reply = self.client.since(self.cursor, timeout_s=timeout_s)
+            records = reply["records"]
+            if reply["last_seq"] < self.cursor:
+                log.warning(
+                    "journal's newest seq %d is below %d, the last one seen: was the journal replaced?",
+                    reply["last_seq"],
+                    self.cursor,
+                )
+            for decision in records:
+                if decision["seq"] > self.cursor:
+                    self.cursor = decision["seq"]
+                    yield decision
+            if not records or self.cursor >= reply["last_seq"]:
+                return
+
+    def close(self) -> None:
+        """Close both sockets (the context is the caller's)."""
+        self.sub.close(linger=0)
+        self.client.close()
+
+    def __enter__(self) -> AlertSubscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

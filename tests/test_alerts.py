@@ -1,0 +1,537 @@
+"""The alert bus, its subscribers and the console, over real ZeroMQ sockets on loopback and real journals."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from prometheus_client import CollectorRegistry
+from test_journal import make_decision
+
+from edge import console
+from edge.alerts import MAX_REPLY_BYTES, AlertBus, AlertBusError
+from edge.config import BusConfig, Config
+from edge.journal import Journal
+from edge.metrics import ServiceMetrics
+from edge.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
+
+WAIT_S = 10.0
+"""Upper bound of every wait in these tests; reaching it is a failure, never a pass."""
+
+
+class ServiceLoop:
+    """The alert bus served from its own thread, as the service's poll loop serves it.
+
+    Owns its context, journal and bus; the test hands it work through a queue, the way the
+    service's loop would journal then publish each decision.
+    """
+
+    def __init__(
+        self,
+        journal_path: Path,
+        alerts: str = "tcp://127.0.0.1:*",
+        query: str = "tcp://127.0.0.1:*",
+        **bus_options: Any,
+    ) -> None:
+        self.metrics = ServiceMetrics(CollectorRegistry())
+        self.ctx = zmq.Context()
+        self.journal = Journal(journal_path, self.metrics)
+        self.bus = AlertBus(self.ctx, alerts, query, self.journal, self.metrics, **bus_options)
+        self.alerts, self.query = self.bus.alerts_endpoint, self.bus.query_endpoint
+        self._work: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="service-loop", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.bus.pub, zmq.POLLIN)
+        poller.register(self.bus.router, zmq.POLLIN)
+        while not self._stop.is_set():
+            ready = dict(poller.poll(5))
+            if self.bus.pub in ready:
+                self.bus.handle_pub()
+            if self.bus.router in ready:
+                self.bus.handle_query()
+            while True:
+                try:
+                    job, future = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    future.set_result(job())
+                except Exception as exc:
+                    future.set_exception(exc)
+
+    def call(self, job: Callable[[], Any]) -> Any:
+        future: Future[Any] = Future()
+        self._work.put((job, future))
+        return future.result(timeout=WAIT_S)
+
+    def append(self, decision: dict[str, Any], publish: bool = True) -> dict[str, Any]:
+        """Journal then (unless told not to, as if the message were lost) publish one decision."""
+
+        def job() -> dict[str, Any]:
+            stored = self.journal.append(decision)
+            if publish:
+                self.bus.publish(stored)
+            return stored
+
+        return self.call(job)
+
+    def provisional(self, alarm: dict[str, Any]) -> None:
+        self.call(lambda: self.bus.publish_provisional(alarm))
+
+    def gauge(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else value
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=WAIT_S)
+        self.bus.close()
+        self.journal.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.term()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ServiceLoop]:
+    loop = ServiceLoop(tmp_path / "journal.db")
+    yield loop
+    loop.stop()
+
+
+@contextlib.contextmanager
+def subscriber(ctx: zmq.Context, loop: ServiceLoop, since: int | None, **kwargs: Any) -> Iterator[AlertSubscriber]:
+    sub = AlertSubscriber(ctx, loop.alerts, loop.query, since, **kwargs)
+    try:
+        yield sub
+    finally:
+        sub.close()
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until true; fail after WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def take(items: Iterator[dict[str, Any] | None], n: int) -> list[dict[str, Any]]:
+    """The next ``n`` items of a ``decisions(timeout_s=...)`` iterator; fail after WAIT_S."""
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + WAIT_S
+    while len(out) < n:
+        item = next(items)
+        if item is not None:
+            out.append(item)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"got {len(out)} of {n} items: {[i.get('seq') for i in out]}")
+    return out
+
+
+def seqs(items: list[dict[str, Any]]) -> list[int]:
+    return [item["seq"] for item in items]
+
+
+# ---- subscribers -------------------------------------------------------------------------------
+
+
+def test_late_subscriber_gets_the_backlog_then_live_decisions(ctx: zmq.Context, service: ServiceLoop) -> None:
+    stored = [service.append(make_decision(i)) for i in range(5)]
+    with subscriber(ctx, service, since=0, resync_s=60) as sub:
+        items = sub.decisions(follow=True, timeout_s=0.05)
+        assert take(items, 5) == stored
+        wait_until(lambda: service.gauge("lanewatch_alert_subscribers") == 1, "the subscription")
+        stored += [service.append(make_decision(i)) for i in range(5, 10)]
+        assert take(items, 5) == stored[5:]
+        assert dataclasses.astuple(sub.stats)[:3] == (5, 5, 0), sub.stats
+        assert sub.stats.duplicates == sub.stats.malformed == 0
+
+
+def test_since_none_starts_from_now_and_since_n_skips_older(ctx: zmq.Context, service: ServiceLoop) -> None:
+    for i in range(3):
+        service.append(make_decision(i))
+    with subscriber(ctx, service, since=None, resync_s=0.2) as now_sub, subscriber(ctx, service, since=1) as n_sub:
+        now_items = now_sub.decisions(follow=True, timeout_s=0.05)
+        assert next(now_items) is None, "nothing before iteration started"
+        assert seqs(list(n_sub.decisions(follow=False))) == [2, 3]
+        service.append(make_decision(3))
+        assert seqs(take(now_items, 1)) == [4]
+        assert seqs(list(n_sub.decisions(follow=False))) == [4], "a second iteration goes on from where it stopped"
+    with subscriber(ctx, service, since=None) as later:
+        assert list(later.decisions(follow=False)) == []
+
+
+def test_decisions_missed_on_the_wire_are_filled_from_the_journal(ctx: zmq.Context, service: ServiceLoop) -> None:
+    with subscriber(ctx, service, since=0, resync_s=60) as sub:
+        items = sub.decisions(follow=True, timeout_s=0.05)
+        assert next(items) is None
+        wait_until(lambda: service.gauge("lanewatch_alert_subscribers") == 1, "the subscription")
+        # only odd seqs reach the wire; the jumps must be filled from the journal, in order
+        stored = [service.append(make_decision(i), publish=i % 2 == 0) for i in range(10)]
+        got = take(items, 10)
+        assert got == stored
+        assert sub.stats.filled >= 4 and sub.stats.gaps >= 1, sub.stats
+        assert sub.stats.live + sub.stats.filled == 10
+
+
+def test_a_lost_last_decision_arrives_by_resync(ctx: zmq.Context, service: ServiceLoop) -> None:
+    with subscriber(ctx, service, since=0, resync_s=0.1) as sub:
+        items = sub.decisions(follow=True, timeout_s=0.05)
+        assert next(items) is None
+        wait_until(lambda: service.gauge("lanewatch_alert_subscribers") == 1, "the subscription")
+        sent = service.append(make_decision(0))
+        lost = service.append(make_decision(1), publish=False)
+        assert take(items, 2) == [sent, lost]
+        assert (sub.stats.live, sub.stats.filled, sub.stats.gaps) == (1, 1, 1)
+
+
+def test_overflowing_queues_lose_nothing(ctx: zmq.Context, tmp_path: Path) -> None:
+    # Queues of one message at both ends; the subscriber reads nothing while 300 decisions of
+    # about 30 kB are published, so the bus must drop most of them for it. (ipc:// here: loopback
+    # TCP buffers grow to tens of MB, while a Unix socket's hold about 200 kB.)
+    alerts, query = f"ipc://{tmp_path}/alerts", f"ipc://{tmp_path}/query"
+    loop = ServiceLoop(tmp_path / "j.db", alerts, query, sndhwm=1)
+    try:
+        with subscriber(ctx, loop, since=None, rcvhwm=1, resync_s=0.2) as sub:
+            items = sub.decisions(follow=True, timeout_s=0.05)
+            assert next(items) is None
+            wait_until(lambda: loop.gauge("lanewatch_alert_subscribers") == 1, "the subscription")
+            for i in range(300):
+                loop.append(make_decision(i, profile_len=2000))
+            got = take(items, 300)
+            assert seqs(got) == list(range(1, 301))
+            assert sub.stats.filled > 0, sub.stats
+            assert sub.stats.live + sub.stats.filled == 300
+    finally:
+        loop.stop()
+
+
+def test_subscriber_survives_a_service_restart(ctx: zmq.Context, tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    first = ServiceLoop(path)
+    alerts, query = first.alerts, first.query
+    with subscriber(ctx, first, since=0, resync_s=0.2) as sub:
+        items = sub.decisions(follow=True, timeout_s=0.05)
+        try:
+            before = [first.append(make_decision(i)) for i in range(3)]
+            assert take(items, 3) == before
+        finally:
+            first.stop()
+        # While the bus is down the subscriber keeps waiting (its queries time out and are retried).
+        deadline = time.monotonic() + WAIT_S
+        while sub.client.timeouts == 0 and time.monotonic() < deadline:
+            assert next(items) is None
+        # Decisions journaled by the old process that never went out on the wire:
+        with Journal(path) as journal:
+            unsent = [journal.append(make_decision(i)) for i in range(3, 6)]
+        second = ServiceLoop(path, alerts, query)
+        try:
+            after = [second.append(make_decision(i)) for i in range(6, 8)]
+            assert take(items, 5) == unsent + after
+            assert sub.stats.filled >= 3
+            assert sub.client.timeouts >= 1, "it queried a service that was gone"
+        finally:
+            second.stop()
+
+
+def test_subscriber_pages_through_a_large_backlog(ctx: zmq.Context, service: ServiceLoop) -> None:
+    stored = [service.append(make_decision(i, profile_len=2000)) for i in range(60)]
+    client = JournalClient(ctx, service.query)
+    try:
+        page = client.since(0)
+        assert 1 < len(page["records"]) < 60
+        assert page["records"] == stored[: len(page["records"])]
+        assert len(json.dumps(page, separators=(",", ":"))) <= MAX_REPLY_BYTES + 100
+        assert page["last_seq"] == 60
+    finally:
+        client.close()
+    with subscriber(ctx, service, since=0) as sub:
+        assert list(sub.decisions(follow=False)) == stored
+        assert sub.stats.backlog == 60
+
+
+def test_provisional_alarms_are_yielded_only_when_asked(ctx: zmq.Context, service: ServiceLoop) -> None:
+    alarm = {"lane": "L1", "occupancy_id": "L1-7", "reason": "gamma", "statistic": 6.2, "threshold": 4.8}
+    with subscriber(ctx, service, since=None) as plain, subscriber(ctx, service, since=None) as eager:
+        plain_items = plain.decisions(follow=True, timeout_s=0.05)
+        eager_items = eager.decisions(follow=True, timeout_s=0.05, provisional=True)
+        assert next(plain_items) is None and next(eager_items) is None
+        wait_until(lambda: service.gauge("lanewatch_alert_subscribers") == 2, "both subscriptions")
+        # the provisional subscription is sent after the decision one: wait until the bus has it
+        wait_until(lambda: (service.provisional(alarm), next(eager_items))[1] is not None, "a provisional alarm")
+        decision = service.append(make_decision(0, verdict="ALARM"))
+        rest = take(eager_items, 1)
+        while rest[-1].get("provisional"):
+            rest = take(eager_items, 1)
+        assert rest == [decision]
+        assert eager.stats.provisional >= 1
+        assert take(plain_items, 1) == [decision]
+        assert plain.stats.provisional == 0
+
+
+def test_an_unreachable_service_fails_fast(ctx: zmq.Context) -> None:
+    with socket_on_free_port(ctx) as (alerts, query):
+        sub = AlertSubscriber(ctx, alerts, query, since=0, connect_timeout_s=0.3)
+        try:
+            with pytest.raises(ServiceUnreachable, match=query):
+                next(sub.decisions(follow=True))
+        finally:
+            sub.close()
+
+
+@contextlib.contextmanager
+def socket_on_free_port(ctx: zmq.Context) -> Iterator[tuple[str, str]]:
+    """Two loopback endpoints with nothing listening (ports picked free by binding and releasing)."""
+    endpoints = []
+    for _ in range(2):
+        sock = ctx.socket(zmq.PULL)
+        sock.bind("tcp://127.0.0.1:*")
+        endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        sock.close(linger=0)
+    yield endpoints[0], endpoints[1]
+
+
+# ---- the bus -----------------------------------------------------------------------------------
+
+
+def test_subscriber_count_follows_connects_and_disconnects(ctx: zmq.Context, service: ServiceLoop) -> None:
+    def count() -> float:
+        return service.gauge("lanewatch_alert_subscribers")
+
+    assert count() == 0
+    socks = []
+    for topic in (b"decision", b"", b"provisional"):
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(service.alerts)
+        socks.append(sock)
+    # "provisional" does not receive decisions: two subscriptions count
+    wait_until(lambda: count() == 2, "two subscriptions")
+    sub = AlertSubscriber(ctx, service.alerts, service.query, since=None)
+    wait_until(lambda: count() == 3, "three subscriptions")
+    socks[1].setsockopt(zmq.UNSUBSCRIBE, b"")
+    wait_until(lambda: count() == 2, "an unsubscribe")
+    sub.close()
+    wait_until(lambda: count() == 1, "a closed subscriber")
+    for sock in socks:
+        sock.close(linger=0)
+    wait_until(lambda: count() == 0, "no subscriptions")
+    assert service.bus.subscriptions == 0
+
+
+@pytest.mark.parametrize(
+    ("frames", "error"),
+    [
+        ([b"not json"], "not JSON"),
+        ([b"\xff\xfe"], "not JSON"),
+        ([b"[1, 2]"], "JSON object"),
+        ([b'{"op": "drop table"}'], "unknown op"),
+        ([b'{"seq": 1}'], "unknown op"),
+        ([b'{"op": "since"}'], "needs 'seq'"),
+        ([b'{"op": "since", "seq": "5"}'], "'seq' must be an integer"),
+        ([b'{"op": "since", "seq": true}'], "'seq' must be an integer"),
+        ([b'{"op": "get", "seq": -1}'], "'seq' must be an integer >= 0"),
+        ([b'{"op": "since", "seq": 0, "limit": 0}'], "'limit' must be an integer >= 1"),
+        ([b'{"op": "last", "seq": 3}'], "unknown key 'seq'"),
+        ([b'{"op": "query", "verdict": "maybe"}'], "'verdict' must be one of"),
+        ([b'{"op": "query", "since": "last tuesday"}'], "ISO 8601"),
+        ([b'{"op": "query", "lane": 7}'], "'lane' must be a string"),
+        ([b'{"op": "last"}', b'{"op": "last"}'], "exactly one JSON frame"),
+        ([b""], "exactly one JSON frame"),
+    ],
+)
+def test_malformed_queries_get_an_error_and_the_server_goes_on(
+    ctx: zmq.Context, service: ServiceLoop, frames: list[bytes], error: str
+) -> None:
+    service.append(make_decision(0))
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(service.query)
+    try:
+        sock.send_multipart(frames)
+        assert sock.poll(int(WAIT_S * 1000)), "no reply"
+        reply = sock.recv_multipart()
+        answer = json.loads(reply[-1])
+        assert answer["ok"] is False and error in answer["error"], answer
+        assert service.gauge("lanewatch_journal_queries_total", {"op": "invalid"}) == 1
+        sock.send(b'{"op": "last"}')
+        assert sock.poll(int(WAIT_S * 1000)), "the server stopped answering"
+        answer = json.loads(sock.recv())
+        assert answer["ok"] is True and answer["last_seq"] == 1
+        assert service.gauge("lanewatch_journal_queries_total", {"op": "last"}) == 1
+    finally:
+        sock.close()
+
+
+def test_query_ops_for_dealer_and_req_clients(ctx: zmq.Context, service: ServiceLoop) -> None:
+    stored = [
+        service.append(make_decision(i, lane=f"L{i % 2}", verdict=("ALARM", "CLEAR")[i % 3 > 0])) for i in range(6)
+    ]
+    client = JournalClient(ctx, service.query)
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(service.query)
+    try:
+        assert client.last_seq() == 6
+        assert client.get(3) == stored[2]
+        assert client.get(99) is None
+        assert client.since(4)["records"] == stored[4:]
+        assert client.since(0, limit=2)["records"] == stored[:2]
+        alarms = client.query(lane="L0", verdict="ALARM")
+        assert alarms["records"] == [stored[0]] and alarms["last_seq"] == 6
+        assert client.query(limit=2)["records"] == stored[4:]
+        assert client.request({"op": "last"})["records"] == [stored[-1]]
+        with pytest.raises(QueryError, match="unknown op"):
+            client.request({"op": "nope"})
+        req.send_json({"op": "get", "seq": 2})
+        assert req.poll(int(WAIT_S * 1000))
+        assert req.recv_json() == {"ok": True, "last_seq": 6, "records": [stored[1]]}
+        assert service.gauge("lanewatch_journal_queries_total", {"op": "get"}) == 3
+    finally:
+        client.close()
+        req.close()
+
+
+def test_binding_a_taken_endpoint_fails_clearly(ctx: zmq.Context, service: ServiceLoop, tmp_path: Path) -> None:
+    with Journal(tmp_path / "other.db") as journal, pytest.raises(AlertBusError, match="cannot bind the alerts"):
+        AlertBus(ctx, service.alerts, "tcp://127.0.0.1:*", journal)
+
+
+# ---- the console -------------------------------------------------------------------------------
+
+
+def alarm_decision() -> dict[str, Any]:
+    decision = make_decision(42, lane="lane-3", verdict="ALARM")
+    decision["seq"] = 17
+    decision["end"] = "2024-05-01T14:03:04.500+02:00"
+    decision["alarms"] = [
+        {"reason": "gamma-norm", "statistic": 3.2, "threshold": 2.9, "location_m": 1.0, "alarm": False},
+        {"reason": "gamma-matched", "statistic": 7.2104, "threshold": 4.81, "location_m": 3.46, "alarm": True},
+        {"reason": "tamper", "statistic": None, "threshold": None, "location_m": None, "alarm": True},
+    ]
+    decision["baseline_verdict"] = "CLEAR"
+    return decision
+
+
+def test_format_row_shows_the_evidence() -> None:
+    row = console.format_row(alarm_decision(), color=False)
+    assert row.split()[:5] == ["17", "2024-05-01", "12:03:04", "lane-3", "ALARM"]
+    assert "CLEAR" in row and "\x1b[" not in row
+    reasons = row.split("CLEAR", 1)[1].strip()
+    assert reasons == "gamma-matched 7.21 > 4.81 at 3.5 m; tamper; gamma-norm 3.2 > 2.9 at 1.0 m released"
+    assert len(console.header()) <= len(row)
+    assert console.header().index("REASONS") == row.index("gamma-matched")
+    colored = console.format_row(alarm_decision(), color=True)
+    assert console.COLORS["ALARM"] in colored and console.COLORS["CLEAR"] in colored
+    assert (
+        colored.replace(console.COLORS["ALARM"], "").replace(console.COLORS["CLEAR"], "").replace(console.RESET, "")
+        == row
+    ), "colour adds escapes only"
+    incomplete = dict(make_decision(1, verdict="INCOMPLETE"), seq=2, end_reason="timeout")
+    assert console.format_row(incomplete, color=False).endswith(
+        "INCOMPLETE   CLEAR       ended by timeout; gamma 3.5 > 4.8 at 3.1 m released; neutron 1 > 7 released"
+    )
+    clear = dict(make_decision(1), seq=3, alarms=[])
+    assert console.format_row(clear, color=False).endswith("CLEAR       -")
+
+
+def test_format_provisional_is_distinct() -> None:
+    alarm = {"lane": "lane-3", "occupancy_id": "lane-3-99", "reason": "neutron", "statistic": 15, "threshold": 7}
+    line = console.format_provisional({**alarm, "time": "2024-05-01T12:00:00Z"}, color=False)
+    assert line.split()[:5] == ["~", "2024-05-01", "12:00:00", "lane-3", "PROVISIONAL"]
+    assert line.endswith("neutron 15 > 7  (occupancy lane-3-99)")
+    assert console.COLORS["PROVISIONAL"] in console.format_provisional(alarm, color=True)
+
+
+def console_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    console.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def bus_config(loop: ServiceLoop) -> Config:
+    return dataclasses.replace(Config(), bus=BusConfig(alerts=loop.alerts, query=loop.query), source="test.toml")
+
+
+def test_console_jsonl_round_trips(service: ServiceLoop, capsys: pytest.CaptureFixture[str]) -> None:
+    stored = [service.append(make_decision(i, lane=f"L{i % 2}")) for i in range(5)]
+    assert console.run(console_args("--since", "0", "--format", "jsonl"), bus_config(service)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == stored
+    assert console.run(console_args("--format", "jsonl", "--lane", "L1", "--last", "1"), bus_config(service)) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [stored[3]]
+
+
+def test_console_table_with_filters(service: ServiceLoop, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(6):
+        service.append(make_decision(i, verdict="ALARM" if i in (1, 4) else "CLEAR"))
+    assert console.run(console_args("--since", "0", "--verdict", "alarm"), bus_config(service)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == console.header(color=False)
+    assert [line.split()[0] for line in out[1:]] == ["2", "5"]
+    assert all("ALARM" in line and "\x1b[" not in line for line in out[1:])
+    assert console.run(console_args("--last", "2"), bus_config(service)) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["5", "6"]
+
+
+def test_console_follow_prints_new_decisions(service: ServiceLoop, tmp_path: Path) -> None:
+    """``--follow`` in a real process: the newest decision, then one journaled later, line by line."""
+    import subprocess
+    import sys
+
+    service.append(make_decision(0))
+    config = tmp_path / "lanewatch.toml"
+    config.write_text(f'[bus]\nalerts = "{service.alerts}"\nquery = "{service.query}"\n')
+    script = (
+        "import argparse, sys\n"
+        "from edge import config, console\n"
+        "parser = argparse.ArgumentParser()\n"
+        "parser.add_argument('--config')\n"
+        "console.add_arguments(parser)\n"
+        "args = parser.parse_args()\n"
+        "sys.exit(console.run(args, config.load(args.config)))\n"
+    )
+    argv = ["--config", str(config), "--follow", "--format", "jsonl", "--last", "1"]
+    proc = subprocess.Popen([sys.executable, "-c", script, *argv], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["seq"] == 1
+        wait_until(lambda: service.gauge("lanewatch_alert_subscribers") == 1, "the console's subscription")
+        later = service.append(make_decision(1))
+        assert json.loads(proc.stdout.readline()) == later
+    finally:
+        proc.terminate()
+        proc.wait(timeout=WAIT_S)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_console_says_when_the_service_is_not_running(ctx: zmq.Context, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket_on_free_port(ctx) as (alerts, query):
+        config = dataclasses.replace(Config(), bus=BusConfig(alerts=alerts, query=query), source="site.toml")
+        assert console.run(console_args("--follow", "--timeout", "0.3"), config) == 1
+        err = capsys.readouterr().err
+        assert query in err and "is the service running" in err and "site.toml" in err
+        assert console.run(console_args("--since", "0", "--timeout", "0.3"), config) == 1
