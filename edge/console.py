@@ -1,0 +1,207 @@
+"""``lanewatch alerts``: list or follow the journaled decisions, as a table or as JSON lines.
+
+Without ``--since`` it prints the newest ``--last`` decisions matching ``--lane`` /
+``--verdict``; ``--since SEQ`` prints every decision after journal seq ``SEQ`` instead (0:
+all of them). ``--follow`` then goes on with each new decision as it is journaled, never
+missing one (see :mod:`edge.subscriber`), and in table mode shows provisional mid-passage
+alarms as they are raised. ``--format jsonl`` prints each decision as one JSON object per
+line, exactly as journaled. Exit status 1 when the service does not answer within
+``--timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import zmq
+
+from edge.config import Config
+from edge.journal import VERDICTS
+from edge.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
+
+DEFAULT_LAST = 20
+RESET = "\x1b[0m"
+COLORS = {"ALARM": "\x1b[1;31m", "CLEAR": "\x1b[32m", "INCOMPLETE": "\x1b[33m", "PROVISIONAL": "\x1b[1;35m"}
+"""ANSI colours of the verdict column (used only when writing to a terminal)."""
+
+_COLUMNS = (("SEQ", 6, ">"), ("END (UTC)", 19, "<"), ("LANE", 10, "<"), ("VERDICT", 11, "<"), ("BASELINE", 10, "<"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``lanewatch alerts`` (the CLI adds ``--config``)."""
+    parser.add_argument(
+        "--since",
+        type=_non_negative_int,
+        metavar="SEQ",
+        help=f"every decision after journal seq SEQ (0: all); default: the newest --last ({DEFAULT_LAST})",
+    )
+    parser.add_argument(
+        "--last",
+        type=_positive_int,
+        default=DEFAULT_LAST,
+        metavar="N",
+        help=f"without --since, how many of the newest matching decisions to show (default {DEFAULT_LAST})",
+    )
+    parser.add_argument("--follow", action="store_true", help="keep printing new decisions as they are journaled")
+    parser.add_argument("--format", choices=["table", "jsonl"], default="table", help="output format (default table)")
+    parser.add_argument("--lane", help="only this lane's decisions")
+    parser.add_argument("--verdict", type=str.upper, choices=VERDICTS, help="only decisions with this verdict")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="give up when the service does not answer within S seconds (default 5)",
+    )
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seq >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1, got {value}")
+    return value
+
+
+def _paint(text: str, key: str, color: bool) -> str:
+    return f"{COLORS[key]}{text}{RESET}" if color and key in COLORS else text
+
+
+def _cells(values: tuple[str, ...], color_keys: dict[int, str], color: bool) -> str:
+    """Fixed-width columns (padded before colouring, so escapes do not shift them)."""
+    cells = []
+    for i, (value, (_, width, align)) in enumerate(zip(values, _COLUMNS, strict=True)):
+        cell = f"{value:{align}{width}}"
+        cells.append(_paint(cell, color_keys[i], color) if i in color_keys else cell)
+    return "  ".join(cells)
+
+
+def header(color: bool = False) -> str:
+    """The column titles of :func:`format_row` lines."""
+    line = _cells(tuple(name for name, _, _ in _COLUMNS), {}, False) + "  REASONS"
+    return f"\x1b[1m{line}{RESET}" if color else line
+
+
+def _time(value: Any) -> str:
+    """An ISO 8601 time as ``YYYY-MM-DD HH:MM:SS`` in UTC (unparseable values as given)."""
+    try:
+        when = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+
+
+def format_reason(alarm: dict[str, Any]) -> str:
+    """One alarm entry: ``gamma 7.21 > 4.8 at 3.1 m``; ``released`` when the test let it go."""
+    text = str(alarm.get("reason", "?"))
+    if alarm.get("statistic") is not None:
+        text += f" {_number(alarm['statistic'])}"
+        if alarm.get("threshold") is not None:
+            text += f" > {_number(alarm['threshold'])}"
+    if isinstance(alarm.get("location_m"), int | float):
+        text += f" at {alarm['location_m']:.1f} m"
+    if alarm.get("alarm") is False:
+        text += " released"
+    return text
+
+
+def format_row(decision: dict[str, Any], color: bool = False) -> str:
+    """One table line: seq, end time (UTC), lane, verdict, baseline verdict, then the alarm reasons."""
+    verdict = str(decision.get("verdict", "?"))
+    baseline = str(decision.get("baseline_verdict") or "-")
+    values = (str(decision.get("seq", "?")), _time(decision.get("end")), str(decision.get("lane", "?")), verdict)
+    row = _cells((*values, baseline), {3: verdict, 4: baseline}, color)
+    alarms = [a for a in decision.get("alarms") or [] if isinstance(a, dict)]
+    reasons = "; ".join(format_reason(a) for a in sorted(alarms, key=lambda a: not a.get("alarm")))
+    if verdict == "INCOMPLETE" and decision.get("end_reason"):
+        reasons = "; ".join(filter(None, [f"ended by {decision['end_reason']}", reasons]))
+    return f"{row}  {reasons or '-'}"
+
+
+def format_provisional(alarm: dict[str, Any], color: bool = False) -> str:
+    """One table line for a provisional (mid-passage) alarm: no seq, marked PROVISIONAL."""
+    when = alarm.get("time") or datetime.now(UTC).isoformat()
+    values = ("~", _time(when), str(alarm.get("lane", "?")), "PROVISIONAL", "")
+    occupancy = alarm.get("occupancy_id")
+    tail = f"  (occupancy {occupancy})" if occupancy else ""
+    return f"{_cells(values, {3: 'PROVISIONAL'}, color)}  {format_reason(alarm)}{tail}"
+
+
+def _matches(item: dict[str, Any], args: argparse.Namespace) -> bool:
+    if args.lane is not None and item.get("lane") != args.lane:
+        return False
+    if item.get("provisional"):
+        return args.verdict in (None, "ALARM")
+    return args.verdict is None or item.get("verdict") == args.verdict
+
+
+def _emit(item: dict[str, Any], args: argparse.Namespace, color: bool, out: TextIO) -> None:
+    if args.format == "jsonl":
+        out.write(json.dumps(item, separators=(",", ":")) + "\n")
+    elif item.get("provisional"):
+        out.write(format_provisional(item, color) + "\n")
+    else:
+        out.write(format_row(item, color) + "\n")
+    if args.follow:
+        out.flush()
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """List (and with ``--follow`` keep listing) decisions from the service named by ``config.bus``."""
+    out = sys.stdout
+    color = args.format == "table" and out.isatty()
+    ctx = zmq.Context()
+    client = JournalClient(ctx, config.bus.query)
+    subscriber: AlertSubscriber | None = None
+    try:
+        if args.format == "table":
+            out.write(header(color) + "\n")
+        since = args.since
+        if since is None:
+            reply = client.query(timeout_s=args.timeout, lane=args.lane, verdict=args.verdict, limit=args.last)
+            for decision in reply["records"]:
+                _emit(decision, args, color, out)
+            if not args.follow:
+                return 0
+            since = reply["last_seq"]
+        subscriber = AlertSubscriber(ctx, config.bus.alerts, config.bus.query, since, connect_timeout_s=args.timeout)
+        live_alarms = args.follow and args.format == "table"
+        for item in subscriber.decisions(follow=args.follow, provisional=live_alarms):
+            if item is not None and _matches(item, args):
+                _emit(item, args, color, out)
+        return 0
+    except ServiceUnreachable as exc:
+        print(f"lanewatch alerts: {exc}; is the service running? (configuration: {config.source})", file=sys.stderr)
+        return 1
+    except QueryError as exc:
+        print(f"lanewatch alerts: the service refused the request: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): stop quietly, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return 0
+    finally:
+        if subscriber is not None:
+            subscriber.close()
+        client.close()
+        ctx.term()
+        out.flush()
