@@ -219,7 +219,7 @@ WRITER_SCRIPT = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, sys.argv[2])
-    from tests.test_journal import make_decision
+    from test_journal import make_decision
     from edge.journal import Journal
     journal = Journal(sys.argv[1])
     i = int(sys.argv[4])
@@ -233,11 +233,11 @@ WRITER_SCRIPT = textwrap.dedent(
 
 def test_kill_9_loses_no_acknowledged_decision(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
-    repo = str(Path(__file__).resolve().parents[1])
+    tests_dir = str(Path(__file__).resolve().parent)
     acked: list[tuple[int, str]] = []
     for round_ in range(2):
         proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER_SCRIPT, str(path), repo, "300", str(1000 * round_)],
+            [sys.executable, "-c", WRITER_SCRIPT, str(path), tests_dir, "300", str(1000 * round_)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -280,7 +280,7 @@ FULL_DISK_SCRIPT = textwrap.dedent(
     """
     import resource, signal, sys
     sys.path.insert(0, sys.argv[2])
-    from tests.test_journal import make_decision
+    from test_journal import make_decision
     from edge.journal import Journal, JournalError
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit, write() fails with EFBIG
     journal = Journal(sys.argv[1])
@@ -302,9 +302,9 @@ FULL_DISK_SCRIPT = textwrap.dedent(
 
 def test_a_full_disk_raises_journal_error_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
-    repo = str(Path(__file__).resolve().parents[1])
+    tests_dir = str(Path(__file__).resolve().parent)
     out = subprocess.run(
-        [sys.executable, "-c", FULL_DISK_SCRIPT, str(path), repo, str(256 * 1024)],
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(path), tests_dir, str(256 * 1024)],
         capture_output=True,
         text=True,
         timeout=120,
