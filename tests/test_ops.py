@@ -11,19 +11,27 @@ import argparse
 import configparser
 import dataclasses
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from edge import config as config_module
-from edge import deploy
-from edge.metrics import DriverMetrics, ServiceMetrics
+from edge import deploy, status
+from edge.metrics import DriverMetrics, ServiceMetrics, serve_http
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
@@ -364,7 +372,11 @@ def test_example_config_documents_every_key_and_parses_to_the_defaults() -> None
 @pytest.mark.slow
 def test_wheel_ships_the_units_and_install_units_finds_them(tmp_path: Path) -> None:
     """Build the wheel, install it (without dependencies) in a fresh venv, install units from there."""
-    run_tool(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(REPO))
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    source = tmp_path / "src"
+    skip = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "tests", "benchmarks")
+    shutil.copytree(REPO, source, ignore=skip)
+    run_tool(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(source))
     (wheel,) = (tmp_path / "dist").glob("lanewatch-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         shipped = {Path(n).name: zf.read(n).decode() for n in zf.namelist() if "/share/lanewatch/systemd/" in n}
@@ -383,3 +395,300 @@ def test_wheel_ships_the_units_and_install_units_finds_them(tmp_path: Path) -> N
     proc = run_tool(str(venv / "bin" / "python"), "-c", script, "--prefix", str(root), cwd=tmp_path)
     assert proc.stdout.splitlines()[0] == str(venv / "share" / "lanewatch" / "systemd")
     assert str(venv / "bin" / "lanewatch") in (root / "etc/systemd/system/lanewatch.service").read_text()
+
+
+# ---- lanewatch status against /healthz endpoints ----------------------------------------------------------
+def healthy_service() -> dict[str, Any]:
+    """A service /healthz body in the shape the service produces."""
+    return {
+        "ok": True,
+        "lanes": {"lane1": {"link_up": True, "last_record_age_s": 0.4, "fresh": True, "occupied": False, "faults": []}},
+        "journal": {"path": "/var/lib/lanewatch/lanewatch-journal.db", "writable": True, "last_seq": 12},
+        "watchdog": {"enabled": True, "last_ping_age_s": 1.5, "fed": True},
+    }
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Callable[[Callable[[], dict[str, Any]]], str]]:
+    """Serve a /healthz function over real HTTP (the metrics module's server); returns host:port."""
+    servers = []
+
+    def start(health: Callable[[], dict[str, Any]]) -> str:
+        server, _ = serve_http("127.0.0.1:0", CollectorRegistry(), health)
+        servers.append(server)
+        return f"127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def status_of(config: config_module.Config, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:
+    parser = argparse.ArgumentParser()
+    status.add_arguments(parser)
+    code = status.run(parser.parse_args(list(flags)), config)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def site(service_http: str, driver_http: str = "") -> config_module.Config:
+    return config_module.Config(
+        service=config_module.ServiceConfig(http=service_http),
+        lanes=[config_module.LaneConfig(id="lane1", driver_http=driver_http)],
+    )
+
+
+def test_status_all_healthy(endpoint: Callable, capsys: pytest.CaptureFixture[str]) -> None:
+    driver = endpoint(lambda: {"ok": True, "lane": "lane1", "connected": True, "last_line_age_s": 0.3})
+    code, out = status_of(site(endpoint(healthy_service), driver), capsys)
+    assert code == 0, out
+    assert re.search(r"^lane1\s+connected\s+fresh \(0\.4 s\)\s+no\s+-$", out, re.M), out
+    assert "writable, last seq 12" in out and "watchdog: fed (last ping 1.5 s ago)" in out
+    assert out.rstrip().endswith("status: ok")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda h: h["lanes"]["lane1"].update(faults=["gamma-high", "tamper"]), "detector faults: gamma-high, tamper"),
+        (lambda h: h["lanes"]["lane1"].update(fresh=False, last_record_age_s=42.0), "no fresh samples"),
+        (lambda h: h["lanes"]["lane1"].update(link_up=False), "driver not connected"),
+        (lambda h: h.update(ok=False) or h["journal"].update(writable=False), "journal"),
+        (lambda h: h["watchdog"].update(fed=False, last_ping_age_s=25.0), "watchdog: STARVED"),
+    ],
+)
+def test_status_names_what_is_wrong_and_exits_1(
+    change: Callable[[dict[str, Any]], None], problem: str, endpoint: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = healthy_service()
+    change(report)
+    code, out = status_of(site(endpoint(lambda: report)), capsys)
+    assert code == 1, out
+    assert problem in out
+    assert out.rstrip().endswith("status: NOT OK")
+
+
+def test_status_reports_a_driver_that_is_down_or_unreachable(
+    endpoint: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service = endpoint(healthy_service)
+    down = endpoint(lambda: {"ok": False, "lane": "lane1", "connected": False, "last_line_age_s": None})
+    code, out = status_of(site(service, down), capsys)
+    assert code == 1 and "DISCONNECTED" in out and "driver reports not ok" in out
+
+    closed = free_ports(1)[0]
+    code, report = status_of(site(service, f"127.0.0.1:{closed}"), capsys, "--json")
+    lane = json.loads(report)["lanes"]["lane1"]
+    assert code == 1 and lane["driver_connected"] is None
+    assert any(p.startswith(f"driver unreachable: http://127.0.0.1:{closed}/healthz") for p in lane["problems"])
+
+
+def test_status_exits_2_when_the_service_is_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    closed = free_ports(1)[0]
+    code, out = status_of(site(f"127.0.0.1:{closed}"), capsys)
+    assert code == 2 and f"service 127.0.0.1:{closed}: UNREACHABLE" in out
+
+
+def test_status_treats_a_non_json_answer_as_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        answer = b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>a proxy page</html>"
+
+        def serve_once() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(answer)
+
+        thread = threading.Thread(target=serve_once)
+        thread.start()
+        code, out = status_of(site(f"127.0.0.1:{port}"), capsys, "--json")
+        thread.join(timeout=5)
+    report = json.loads(out)
+    assert code == 2 and "not JSON" in report["service"]["error"]
+
+
+# ---- a live site: simulator, service and driver as processes ---------------------------------------------
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback TCP ports free right now."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def http_get(address: str, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=2) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_for(what: str, check: Callable[[], bool], procs: list[subprocess.Popen], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                pytest.fail(f"{proc.args} exited with {proc.returncode} while waiting for {what}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class LiveSite:
+    """A simulated lane, the service (under a notification socket, as systemd runs it) and the lane's driver."""
+
+    def __init__(self, root: Path) -> None:
+        sim, service_http, driver_http, ingest, alerts, query = free_ports(6)
+        self.service_http = f"127.0.0.1:{service_http}"
+        self.driver_http = f"127.0.0.1:{driver_http}"
+        self.config = root / "lanewatch.toml"
+        self.config.write_text(
+            deploy.example_config()
+            .replace('"lanewatch-journal.db"', json.dumps(str(root / "journal.db")))
+            .replace('"127.0.0.1:9730"', json.dumps(self.service_http))
+            .replace('"tcp://127.0.0.1:7600"', f'"tcp://127.0.0.1:{ingest}"')
+            .replace('"tcp://127.0.0.1:7601"', f'"tcp://127.0.0.1:{alerts}"')
+            .replace('"tcp://127.0.0.1:7602"', f'"tcp://127.0.0.1:{query}"')
+            .replace('"/dev/ttyUSB0"', f'"socket://127.0.0.1:{sim}"')
+            .replace('"127.0.0.1:9731"', json.dumps(self.driver_http))
+        )
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(root / "notify"))
+        self.notify.setblocking(False)
+        self.datagrams: list[bytes] = []
+        exe = deploy.default_exec()
+        self.procs: list[subprocess.Popen] = []
+        self.logs = root
+        self._start("sim", [exe, "sim", "lane", "--port", str(sim), "--speedup", "5", "--seed", "11"])
+        wait_for(
+            "the simulator's port", lambda: socket.create_connection(("127.0.0.1", sim), 1).close() is None, self.procs
+        )
+        env = {**os.environ, "NOTIFY_SOCKET": str(root / "notify"), "WATCHDOG_USEC": "2000000"}
+        env["NUMBA_CACHE_DIR"] = str(root / "numba")
+        self._start("service", [exe, "run", "--config", str(self.config)], env)
+        self._start("driver", [exe, "driver", "rpm", "--config", str(self.config), "--lane", "lane1"])
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        log = (self.logs / f"{name}.log").open("wb")
+        self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env))
+        log.close()
+
+    def received(self) -> list[bytes]:
+        """Datagrams the service sent to its notification socket so far."""
+        while True:
+            try:
+                self.datagrams.append(self.notify.recv(4096))
+            except BlockingIOError:
+                return self.datagrams
+
+    def health(self, address: str) -> dict[str, Any]:
+        return json.loads(http_get(address, "/healthz")[1])
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.notify.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSite]:
+    tool("promtool")
+    root = tmp_path_factory.mktemp("site")
+    site = LiveSite(root)
+    try:
+        wait_for("the service's /healthz", lambda: http_get(site.service_http, "/healthz")[0] == 200, site.procs)
+        wait_for("the driver's link", lambda: site.health(site.driver_http)["connected"], site.procs)
+        wait_for("a journaled decision", lambda: site.health(site.service_http)["journal"]["last_seq"] >= 1, site.procs)
+        yield site
+    except BaseException:
+        for log in sorted(root.glob("*.log")):
+            print(f"---- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        raise
+    finally:
+        site.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["service", "driver"])
+def test_live_scrape_passes_promtool_check_metrics(live: LiveSite, which: str) -> None:
+    address = live.service_http if which == "service" else live.driver_http
+    code, body = http_get(address, "/metrics")
+    assert code == 200
+    proc = subprocess.run([tool("promtool"), "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert proc.returncode == 0 and not proc.stdout and not proc.stderr, (proc.stdout + proc.stderr).decode()
+    scraped = {line.split("{")[0].split(" ")[0] for line in body.decode().splitlines() if line and line[0] != "#"}
+    assert scraped <= exported_names(), f"exported but unknown to the metric sets: {scraped - exported_names()}"
+    expected = {
+        "service": {
+            "lanewatch_lane_last_record_timestamp_seconds",
+            "lanewatch_lane_link_up",
+            "lanewatch_decisions_total",
+            "lanewatch_decision_latency_seconds_bucket",
+            "lanewatch_gamma_background_cps",
+            "lanewatch_watchdog_pings_total",
+            "process_start_time_seconds",
+        },
+        "driver": {
+            "lanewatch_driver_connected",
+            "lanewatch_driver_last_line_timestamp_seconds",
+            "lanewatch_driver_lines_total",
+            "lanewatch_driver_records_published_total",
+            "process_start_time_seconds",
+        },
+    }[which]
+    assert expected <= scraped, f"missing from the live scrape: {expected - scraped}"
+
+
+@pytest.mark.slow
+def test_live_service_notifies_ready_and_feeds_the_watchdog(live: LiveSite) -> None:
+    """WATCHDOG_USEC=2 s: the running event loop pings about every second, each ping counted."""
+    wait_for("two watchdog pings", lambda: live.received().count(b"WATCHDOG=1") >= 2, live.procs, timeout_s=10)
+    messages = live.received()
+    assert messages[0].startswith(b"READY=1\nSTATUS=1 lanes"), messages[0]
+    _, body = http_get(live.service_http, "/metrics")
+    pings = re.search(rb"^lanewatch_watchdog_pings_total (\S+)$", body, re.M)
+    assert pings and float(pings.group(1)) >= 2
+    watchdog = live.health(live.service_http)["watchdog"]
+    assert watchdog["enabled"] and watchdog["fed"] and watchdog["last_ping_age_s"] < 2.0
+
+
+@pytest.mark.slow
+def test_live_status_command(live: LiveSite, tmp_path: Path) -> None:
+    exe = deploy.default_exec()
+    proc = subprocess.run([exe, "status", "--config", str(live.config)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^lane1\s+connected\s+fresh", proc.stdout, re.M), proc.stdout
+    assert "watchdog: fed" in proc.stdout and "status: ok" in proc.stdout
+
+    proc = subprocess.run(
+        [exe, "status", "--config", str(live.config), "--json"], capture_output=True, text=True, timeout=30
+    )
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0 and report["ok"] and report["lanes"]["lane1"]["driver"]["connected"]
+
+    # The same site seen with a lane whose driver is not running: not ok, and the lane says why.
+    extra = tmp_path / "two-lanes.toml"
+    closed = free_ports(1)[0]
+    extra.write_text(live.config.read_text() + f'\n[[lanes]]\nid = "lane2"\ndriver_http = "127.0.0.1:{closed}"\n')
+    proc = subprocess.run([exe, "status", "--config", str(extra)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "lane2: driver unreachable" in proc.stdout and "lane2: no fresh samples at the service" in proc.stdout
