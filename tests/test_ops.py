@@ -351,6 +351,27 @@ def test_dashboard_queries_parse_in_prometheus(tmp_path: Path) -> None:
     assert f"SUCCESS: {len(dashboard_expressions())} rules found" in out
 
 
+def deploying_section() -> str:
+    """The "Deploying at a lane" text: in README.md once merged there, else in systemd/DEPLOYING.md."""
+    for path in (REPO / "README.md", SYSTEMD / "DEPLOYING.md"):
+        text = path.read_text() if path.exists() else ""
+        if "## Deploying at a lane" in text:
+            return text.split("## Deploying at a lane", 1)[1].split("\n## ", 1)[0]
+    pytest.fail("no 'Deploying at a lane' section in README.md or systemd/DEPLOYING.md")
+
+
+def test_deploying_instructions_match_install_units() -> None:
+    text = deploying_section()
+    assert f"{deploy.UNIT_TEMPLATE_EXEC} install-units\n" in text
+    assert f"{deploy.UNIT_TEMPLATE_EXEC} install-units --enable lane1 lane2\n" in text
+    for command in deploy.enable_commands(["lane1", "lane2"]):
+        assert f"   {command}\n" in text
+    assert f"--config {deploy.UNIT_TEMPLATE_CONFIG}" in text
+    assert deploy.systemd_escape("north-1") in text and "/var/lib/lanewatch/" in text
+    for name in deploy.UNIT_FILES:
+        assert f"`{name}`" in text
+
+
 # ---- example configuration ---------------------------------------------------------------------------
 def test_example_config_documents_every_key_and_parses_to_the_defaults() -> None:
     text = deploy.example_config()
