@@ -150,11 +150,12 @@ def exposure(unit: Path) -> float:
     return float(match.group(1))
 
 
-def test_service_sandbox_exposure(tmp_path: Path) -> None:
+def test_service_sandbox_exposure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, unit_dir = install(tmp_path)
     service = exposure(unit_dir / "lanewatch.service")
     driver = exposure(unit_dir / "lanewatch-rpm@lane1.service")
-    print(f"\nsystemd-analyze security exposure: lanewatch.service {service}, lanewatch-rpm@.service {driver}")
+    with capsys.disabled():
+        print(f"\nsystemd-analyze security exposure: lanewatch.service {service}, lanewatch-rpm@.service {driver}")
     assert service <= MAX_EXPOSURE
     assert driver <= MAX_EXPOSURE + 1.0
 
