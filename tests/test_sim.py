@@ -304,23 +304,31 @@ def test_tcp_stream_is_well_formed_in_protocol_order_with_truth(tmp_path: Path) 
     assert any(t["device_gamma_alarm"] for t in truths)
 
 
-def test_device_alarm_follows_the_n_sigma_rule_on_its_tracked_background() -> None:
-    sim = LaneSimulator(seed=9, mix={"tc99m": 0.5, "cs137": 0.5}, count=6, speedup=math.inf, gap_s=12.0)
+def test_device_alarms_follow_its_rules_on_its_tracked_background() -> None:
+    sim = LaneSimulator(seed=9, mix={"tc99m": 0.3, "cs137": 0.2, "pu": 0.5}, count=8, speedup=math.inf, gap_s=12.0)
     lines = read_protocol(run_to_completion(sim))
-    backgrounds: list[float] = []
+    gamma_bg: list[int] = []
+    neutron_bg: list[int] = []
     window: list[int] = []
-    alarms = 0
+    alarms = {"GA": 0, "NA": 0}
     for line in lines:
         kind, *fields = line.split(",")
+        total = sum(int(f) for f in fields) if kind != "SP" else 0
         if kind == "GB":
-            backgrounds = [*backgrounds[-3:], sum(map(int, fields))]
+            gamma_bg = [*gamma_bg[-3:], total]  # the device keeps its last 4 readings
             window = []
+        elif kind == "NB":
+            neutron_bg = [*neutron_bg[-3:], total]
         elif kind in ("GS", "GA"):
-            window = [*window[-4:], sum(map(int, fields))]
-            expected = np.mean(backgrounds) * GAMMA_DT_S * len(window)
+            window = [*window[-4:], total]  # 1 s of 0.2 s samples
+            expected = np.mean(gamma_bg) * GAMMA_DT_S * len(window)
             assert (kind == "GA") == ((sum(window) - expected) / math.sqrt(expected) > 5.0), line
-            alarms += kind == "GA"
-    assert alarms > 0
+        elif kind in ("NS", "NA"):
+            assert (kind == "NA") == (total - np.mean(neutron_bg) > 12), line
+        elif kind == "GX":
+            assert int(fields[1]) == round(np.mean(neutron_bg) * 1000)
+        alarms[kind] = alarms.get(kind, 0) + 1
+    assert alarms["GA"] > 0 and alarms["NA"] > 0
 
 
 def read_protocol(data: bytes) -> list[str]:
