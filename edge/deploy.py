@@ -173,15 +173,21 @@ def _under(prefix: Path, path: str) -> Path:
     return prefix / path.lstrip("/")
 
 
-def _write(path: Path, text: str, dry_run: bool, mode: int = 0o644) -> str:
-    """Write ``text`` to ``path`` unless unchanged; the word describing what happened."""
+def _write(path: Path, text: str, dry_run: bool, create_only: bool = False) -> str:
+    """Write ``text`` to ``path`` (mode 0644) unless unchanged; the word describing what happened.
+
+    With ``create_only`` an existing file is left alone, checked and created in one step.
+    """
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return "unchanged"
     action = "update" if path.exists() else "create"
+    if create_only and action == "update":
+        return "kept (never overwritten)"
     if not dry_run:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        path.chmod(mode)
+        with path.open("x" if create_only else "w", encoding="utf-8") as f:
+            f.write(text)
+        path.chmod(0o644)
     return action + (" (dry run)" if dry_run else "")
 
 
@@ -216,10 +222,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{_write(example_path, example, args.dry_run)}: {example_path}")
         target = config_dir / CONFIG_NAME
         kept = target.exists()
-        if kept:
-            print(f"kept (never overwritten): {target}")
-        else:
-            print(f"{_write(target, example, args.dry_run)}: {target}")
+        print(f"{_write(target, example, args.dry_run, create_only=True)}: {target}")
     except OSError as exc:
         print(f"lanewatch install-units: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
