@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/lanewatch demo
 
-# Debian tools the tests drive for real: socat (pty pairs), promtool (metrics and rules checks).
+# Debian tools the tests drive for real: socat (pty pairs), promtool (metrics and rules checks),
+# systemd-analyze (unit verification and sandbox score).
 system-deps:
-	@if ! command -v socat >/dev/null || ! command -v promtool >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat prometheus >/dev/null; \
+	@if ! command -v socat >/dev/null || ! command -v promtool >/dev/null || ! command -v systemd-analyze >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat prometheus systemd >/dev/null; \
 	fi
 
 test: $(STAMP) system-deps

@@ -353,12 +353,10 @@ def test_dashboard_queries_parse_in_prometheus(tmp_path: Path) -> None:
 
 
 def deploying_section() -> str:
-    """The "Deploying at a lane" text: in README.md once merged there, else in systemd/DEPLOYING.md."""
-    for path in (REPO / "README.md", SYSTEMD / "DEPLOYING.md"):
-        text = path.read_text() if path.exists() else ""
-        if "## Deploying at a lane" in text:
-            return text.split("## Deploying at a lane", 1)[1].split("\n## ", 1)[0]
-    pytest.fail("no 'Deploying at a lane' section in README.md or systemd/DEPLOYING.md")
+    """The "Deploying at a lane" section of README.md."""
+    text = (REPO / "README.md").read_text()
+    assert "## Deploying at a lane" in text, "no 'Deploying at a lane' section in README.md"
+    return text.split("## Deploying at a lane", 1)[1].split("\n## ", 1)[0]
 
 
 def test_deploying_instructions_match_install_units() -> None:
