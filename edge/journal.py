@@ -17,7 +17,7 @@ writer); open it with ``Journal(path, readonly=True)`` or any SQLite client. The
     decision as JSON text (``encoding = 'json'``), or zlib-compressed JSON as a blob
     (``encoding = 'json+zlib'``) when that is at least :data:`COMPRESS_MIN_SAVING` smaller:
     a 41 kB decision with its count profiles compresses to 18 kB at level 1 in 0.35 ms,
-    under a typical commit, and halves the journal's growth on disk.
+    while the fsynced commit takes 0.3-3 ms, and the journal grows 2-3 times slower.
 
 The schema version is ``PRAGMA user_version``; :data:`MIGRATIONS` lists the steps from an
 empty file, each applied once in its own transaction.

@@ -75,10 +75,7 @@ class JournalClient:
             sock = self._socket()
             sock.send(payload)
             if sock.poll(max(1, int(wait_s * 1000))):
-                reply = json.loads(sock.recv())
-                if not reply.get("ok"):
-                    raise QueryError(f"{self.endpoint}: {reply.get('error', 'request refused')}")
-                return reply
+                return self._check(sock.recv_multipart()[-1])
             self.timeouts += 1
             self.close()
             if time.monotonic() >= deadline:
@@ -86,6 +83,18 @@ class JournalClient:
                     f"no answer from the journal query endpoint {self.endpoint} "
                     f"within {self.attempt_s if timeout_s is None else timeout_s:g} s"
                 )
+
+    def _check(self, frame: bytes) -> dict[str, Any]:
+        try:
+            reply = json.loads(frame)
+        except ValueError:
+            raise QueryError(f"{self.endpoint}: the reply is not JSON: {frame[:80]!r}") from None
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            error = reply.get("error", "request refused") if isinstance(reply, dict) else "reply is not an object"
+            raise QueryError(f"{self.endpoint}: {error}")
+        if not isinstance(reply.get("records"), list) or not isinstance(reply.get("last_seq"), int):
+            raise QueryError(f"{self.endpoint}: the reply lacks records or last_seq")
+        return reply
 
     def since(self, seq: int, limit: int = MAX_LIMIT, timeout_s: float | None = None) -> dict[str, Any]:
         """Reply to ``{"op": "since"}``: decisions after ``seq`` (one page) and ``last_seq``."""
@@ -133,10 +142,11 @@ class SubscriberStats:
 class AlertSubscriber:
     """Every decision after ``since``, once each, in seq order, live and across service restarts.
 
-    ``since``: ``None`` starts with the decisions journaled after iteration starts; ``N``
-    yields those with seq > N (``0``: the whole journal, then live ones). ``connect_timeout_s``
-    bounds the wait for the first answer of the service; ``resync_s`` is how often the
-    journal is asked whether anything was missed; ``rcvhwm`` is how many live
+    ``since``: ``None`` yields the decisions journaled after the subscriber was created (it
+    asks the service for its newest seq right away, and raises :class:`ServiceUnreachable`
+    when there is no answer); ``N`` yields those with seq > N (``0``: the whole journal, then
+    live ones). ``connect_timeout_s`` bounds the wait for the first answer of the service;
+    ``resync_s`` is how often the journal is asked whether anything was missed; ``rcvhwm`` is how many live
     messages may wait unread (more are dropped and fetched again from the journal).
     """
 
@@ -153,8 +163,8 @@ class AlertSubscriber:
     ) -> None:
         if since is not None and since < 0:
             raise ValueError(f"since must be None or a seq >= 0, got {since}")
-        self.cursor = since
-        """The seq of the last decision yielded (None until the start of a since=None subscriber is known)."""
+        self.cursor = since or 0
+        """The seq of the last decision yielded, or where to start."""
         self.connect_timeout_s = connect_timeout_s
         self.resync_s = resync_s
         self.stats = SubscriberStats()
@@ -163,9 +173,19 @@ class AlertSubscriber:
         self.sub.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, DECISION_TOPIC)
+        # provisional alarms too, from the start, so none is lost before decisions() asks for them
+        self.sub.setsockopt(zmq.SUBSCRIBE, PROVISIONAL_TOPIC)
         self.sub.connect(alerts_endpoint)
         self._provisional = False
         self._reachable = True
+        self._behind_warned = False
+        self._contacted = since is None
+        if since is None:
+            try:
+                self.cursor = self.client.last_seq(connect_timeout_s)
+            except BaseException:
+                self.close()
+                raise
 
     def decisions(
         self, follow: bool = True, timeout_s: float | None = None, provisional: bool = False
@@ -179,17 +199,11 @@ class AlertSubscriber:
         as they arrive (they carry no seq). Raises :class:`ServiceUnreachable` when the service
         does not answer the first request within ``connect_timeout_s``.
         """
-        if provisional and not self._provisional:
-            self.sub.setsockopt(zmq.SUBSCRIBE, PROVISIONAL_TOPIC)
-            self._provisional = True
-        if self.cursor is None:
-            self.cursor = self.client.last_seq(self.connect_timeout_s)
-            first_timeout: float | None = None
-        else:
-            first_timeout = self.connect_timeout_s
-        for decision in self._catch_up(first_timeout):
+        self._provisional = provisional
+        for decision in self._catch_up(None if self._contacted else self.connect_timeout_s):
             self.stats.backlog += 1
             yield decision
+        self._contacted = True
         if not follow:
             return
         now = time.monotonic()
@@ -236,7 +250,6 @@ class AlertSubscriber:
                 self.stats.provisional += 1
                 yield {**message, "provisional": True}
             return
-        assert self.cursor is not None
         if seq <= self.cursor:
             self.stats.duplicates += 1
             return
@@ -269,21 +282,22 @@ class AlertSubscriber:
 
     def _catch_up(self, timeout_s: float | None) -> Iterator[dict[str, Any]]:
         """Every decision the journal has after the cursor, page by page, advancing the cursor."""
-        assert self.cursor is not None
         while True:
             reply = self.client.since(self.cursor, timeout_s=timeout_s)
             records = reply["records"]
-            if reply["last_seq"] < self.cursor:
+            if reply["last_seq"] < self.cursor and not self._behind_warned:
+                self._behind_warned = True
                 log.warning(
                     "journal's newest seq %d is below %d, the last one seen: was the journal replaced?",
                     reply["last_seq"],
                     self.cursor,
                 )
+            start = self.cursor
             for decision in records:
                 if decision["seq"] > self.cursor:
                     self.cursor = decision["seq"]
                     yield decision
-            if not records or self.cursor >= reply["last_seq"]:
+            if self.cursor == start or self.cursor >= reply["last_seq"]:
                 return
 
     def close(self) -> None:

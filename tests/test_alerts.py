@@ -173,12 +173,14 @@ def test_since_none_starts_from_now_and_since_n_skips_older(ctx: zmq.Context, se
     for i in range(3):
         service.append(make_decision(i))
     with subscriber(ctx, service, since=None, resync_s=0.2) as now_sub, subscriber(ctx, service, since=1) as n_sub:
+        service.append(make_decision(3))  # after the subscriber was created, before it is read
         now_items = now_sub.decisions(follow=True, timeout_s=0.05)
-        assert next(now_items) is None, "nothing before iteration started"
-        assert seqs(list(n_sub.decisions(follow=False))) == [2, 3]
-        service.append(make_decision(3))
         assert seqs(take(now_items, 1)) == [4]
-        assert seqs(list(n_sub.decisions(follow=False))) == [4], "a second iteration goes on from where it stopped"
+        assert next(now_items) is None
+        assert seqs(list(n_sub.decisions(follow=False))) == [2, 3, 4]
+        service.append(make_decision(4))
+        assert seqs(take(now_items, 1)) == [5]
+        assert seqs(list(n_sub.decisions(follow=False))) == [5], "a second iteration goes on from where it stopped"
     with subscriber(ctx, service, since=None) as later:
         assert list(later.decisions(follow=False)) == []
 
@@ -299,6 +301,9 @@ def test_an_unreachable_service_fails_fast(ctx: zmq.Context) -> None:
                 next(sub.decisions(follow=True))
         finally:
             sub.close()
+        # from now on: "now" is asked for when the subscriber is created
+        with pytest.raises(ServiceUnreachable, match=query):
+            AlertSubscriber(ctx, alerts, query, since=None, connect_timeout_s=0.3)
 
 
 @contextlib.contextmanager
