@@ -12,6 +12,7 @@ line, exactly as journaled. Exit status 1 when the service does not answer withi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -109,15 +110,19 @@ def _number(value: Any) -> str:
 
 
 def format_reason(alarm: dict[str, Any]) -> str:
-    """One alarm entry: ``gamma 7.21 > 4.8 at 3.1 m``; ``released`` when the test let it go."""
+    """One alarm entry: ``gamma 7.21 > 4.8 at 3.1 m``; ``released`` when it crossed but did not alarm."""
     text = str(alarm.get("reason", "?"))
-    if alarm.get("statistic") is not None:
-        text += f" {_number(alarm['statistic'])}"
-        if alarm.get("threshold") is not None:
-            text += f" > {_number(alarm['threshold'])}"
+    statistic, threshold = alarm.get("statistic"), alarm.get("threshold")
+    crossed = True
+    if statistic is not None:
+        text += f" {_number(statistic)}"
+        if threshold is not None:
+            with contextlib.suppress(TypeError):
+                crossed = statistic > threshold
+            text += f" {'>' if crossed else '<='} {_number(threshold)}"
     if isinstance(alarm.get("location_m"), int | float):
         text += f" at {alarm['location_m']:.1f} m"
-    if alarm.get("alarm") is False:
+    if alarm.get("alarm") is False and crossed:
         text += " released"
     return text
 
@@ -171,11 +176,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
     client = JournalClient(ctx, config.bus.query)
     subscriber: AlertSubscriber | None = None
     try:
+        client.last_seq(timeout_s=args.timeout)  # the service answers: the table can start
         if args.format == "table":
             out.write(header(color) + "\n")
         since = args.since
         if since is None:
-            reply = client.query(timeout_s=args.timeout, lane=args.lane, verdict=args.verdict, limit=args.last)
+            reply = client.query(lane=args.lane, verdict=args.verdict, limit=args.last)
             for decision in reply["records"]:
                 _emit(decision, args, color, out)
             if not args.follow:
