@@ -33,6 +33,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -253,15 +254,21 @@ class Journal:
             raise
         return json.loads(body), True
 
-    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[int, str, str | bytes]]:
-        """(seq, encoding, body) rows of a query; raises JournalError when the database cannot be read."""
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, locked; a closed or unreadable journal raises JournalError."""
         try:
             with self._lock:
                 if self._closed:
                     raise JournalError(f"{self.path}: journal is closed")
-                return self._conn.execute(sql, params).fetchall()
+                yield self._conn
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot read journal: {exc}") from exc
+
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[int, str, str | bytes]]:
+        """(seq, encoding, body) rows of a query."""
+        with self._reading() as conn:
+            return conn.execute(sql, params).fetchall()
 
     def since(self, seq: int, limit: int = 1000, max_bytes: int | None = None) -> list[dict[str, Any]]:
         """Decisions with a seq above ``seq``, ascending, at most ``limit`` of them.
@@ -269,15 +276,16 @@ class Journal:
         ``max_bytes`` stops the list once the stored bodies (bytes) reach it; the first
         decision is always included, so paging always advances.
         """
-        out: list[dict[str, Any]] = []
+        rows: list[tuple[str, str | bytes]] = []
         size = 0
-        sql = "SELECT seq, encoding, body FROM decisions WHERE seq > ? ORDER BY seq LIMIT ?"
-        for _, encoding, body in self._rows(sql, (seq, max(0, limit))):
-            if max_bytes is not None and out and size + len(body) > max_bytes:
-                break
-            size += len(body)
-            out.append(_decode(encoding, body))
-        return out
+        sql = "SELECT encoding, body FROM decisions WHERE seq > ? ORDER BY seq LIMIT ?"
+        with self._reading() as conn:
+            for encoding, body in conn.execute(sql, (seq, max(0, limit))):  # rows are read only as needed
+                if max_bytes is not None and rows and size + len(body) > max_bytes:
+                    break
+                size += len(body)
+                rows.append((encoding, body))
+        return [_decode(encoding, body) for encoding, body in rows]
 
     def get(self, seq: int) -> dict[str, Any] | None:
         """The decision numbered ``seq``, or None."""
@@ -292,11 +300,8 @@ class Journal:
 
     def last_seq(self) -> int:
         """The highest seq ever given (0 for a new journal)."""
-        try:
-            with self._lock:
-                row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").fetchone()
-        except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: cannot read journal: {exc}") from exc
+        with self._reading() as conn:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").fetchone()
         return row[0] if row else 0
 
     def query(
