@@ -1,0 +1,299 @@
+"""One inspection lane: background tracking, occupancy segmentation, one decision per occupancy.
+
+State machine per lane::
+
+    IDLE --first gamma/neutron scan sample--> OCCUPIED
+    OCCUPIED --end-of-occupancy (GX)----------> IDLE   end_reason "gx"
+    OCCUPIED --background line (GX lost)------> IDLE   end_reason "background"
+    OCCUPIED --no GX after occupancy_timeout_s-> IDLE   end_reason "timeout"   (INCOMPLETE)
+    OCCUPIED --samples stop for sample_timeout_s> IDLE  end_reason "stalled"   (INCOMPLETE)
+
+A GX while IDLE is a duplicate end and is counted, not decided. A scan sample stamped earlier than
+the end of the occupancy just decided is late and is counted and dropped. Tamper lines set a
+fault and mark the occupancy. The lane learns its channel layout from the records: a portal
+with 8 spectroscopic detectors and one with 4 PVT panels are handled alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge import decision
+from edge.background import BackgroundEstimator
+from edge.config import DetectionConfig, LaneConfig
+from edge.detect import OccupancyAnalyzer
+from edge.metrics import ServiceMetrics
+from edge.records import Kind, Record
+
+log = logging.getLogger("lanewatch.lane")
+
+_FAULTS = {
+    (Kind.GAMMA_BACKGROUND, "fault_low"): "gamma-low",
+    (Kind.GAMMA_BACKGROUND, "fault_high"): "gamma-high",
+    (Kind.NEUTRON_BACKGROUND, "fault_high"): "neutron-high",
+}
+
+
+@dataclass
+class Provisional:
+    """An alarm raised mid-passage, before the occupancy is decided."""
+
+    alarm: dict[str, Any]
+
+
+@dataclass
+class Decided:
+    """The decision of an occupancy, ready for the journal; ``end_t_wall_ns`` stamps its end line."""
+
+    decision: dict[str, Any]
+    end_t_wall_ns: int
+
+
+@dataclass
+class _Occupancy:
+    analyzer: OccupancyAnalyzer
+    start_wall_ns: int
+    started_mono_ns: int
+    last_sample_mono_ns: int
+    gamma_shape: tuple[int, ...]
+    samples: int = 0
+    device_alarm: bool = False
+    tamper: bool = False
+    link_interruptions: int = 0
+    provisional_reasons: set[str] = field(default_factory=set)
+
+
+class Lane:
+    """Turns one lane's records into provisional alarms and decisions."""
+
+    def __init__(self, lane: LaneConfig, detection: DetectionConfig, metrics: ServiceMetrics) -> None:
+        self.id = lane.id
+        self.detection = detection
+        self.metrics = metrics
+        self.background: BackgroundEstimator | None = None
+        self.occupancy: _Occupancy | None = None
+        self.faults: set[str] = set()
+        self.link_up: bool | None = None
+        self.last_record_wall_ns: int | None = None
+        self.last_end_wall_ns = 0
+        self.setup: dict[str, list[str]] = {}
+        self.speed_kmh: float | None = None
+        windows = max(1, len(detection.energy_windows_kev) - 1)
+        self._gamma_shape: tuple[int, int] = (lane.gamma_channels, windows)
+        """(channels, K) of gamma records; learnt from the device, configured until then."""
+        self._neutron_channels = lane.neutron_channels
+
+    # ---- records -------------------------------------------------------------------------
+    def on_record(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        """Apply one record; returns what it caused (provisional alarms, a decision)."""
+        self.last_record_wall_ns = rec.t_wall_ns
+        self.metrics.last_record.labels(self.id).set(rec.t_wall_ns / 1e9)
+        return _HANDLERS.get(rec.kind, Lane._ignore)(self, rec, now_mono_ns)
+
+    def _on_link(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        self.link_up = bool(rec.values.get("up"))
+        self.metrics.link_up.labels(self.id).set(1 if self.link_up else 0)
+        if not self.link_up and self.occupancy is not None:
+            self.occupancy.link_interruptions += 1
+        return []
+
+    def _on_background(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        events = self._end(rec.t_wall_ns, "background", None) if self.occupancy is not None else []
+        for flag in ("fault_low", "fault_high"):
+            name = _FAULTS.get((rec.kind, flag))
+            if name:
+                self._set_fault(name, flag in rec.flags)
+        if rec.counts is None:
+            self._anomaly("missing-counts")
+            return events
+        estimator = self._estimator(rec)
+        if rec.kind is Kind.GAMMA_BACKGROUND:
+            accepted = estimator.update_gamma(rec.counts.astype(np.float64), rec.t_mono_ns, rec.flags)
+            if estimator.gamma_cps is not None:
+                for ch, cps in enumerate(estimator.gamma_cps.sum(axis=1)):
+                    self.metrics.background.labels(self.id, str(ch + 1)).set(float(cps))
+        else:
+            accepted = estimator.update_neutron(rec.counts.reshape(-1).astype(np.float64), rec.t_mono_ns, rec.flags)
+            if estimator.neutron_cps is not None:
+                for ch, cps in enumerate(estimator.neutron_cps):
+                    self.metrics.neutron_background.labels(self.id, str(ch + 1)).set(float(cps))
+        if not accepted:
+            self._anomaly("background-rejected")
+        return events
+
+    def _on_scan(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        if rec.counts is None or rec.dt_s <= 0:
+            self._anomaly("bad-sample")
+            return []
+        if rec.t_wall_ns < self.last_end_wall_ns:
+            self._anomaly("late-sample")
+            return []
+        events: list[Provisional | Decided] = []
+        occ = self.occupancy
+        if occ is not None and (
+            (rec.kind is Kind.GAMMA_SCAN and rec.counts.shape != occ.gamma_shape)
+            or (rec.kind is Kind.NEUTRON_SCAN and rec.counts.size != self._neutron_channels)
+        ):
+            self._anomaly("channel-mismatch")
+            return []
+        if occ is None:
+            occ = self._begin(rec, now_mono_ns)
+        occ.last_sample_mono_ns = now_mono_ns
+        occ.samples += 1
+        occ.device_alarm |= "device_alarm" in rec.flags
+        if rec.kind is Kind.GAMMA_SCAN:
+            raised = occ.analyzer.add_gamma(rec.counts, rec.dt_s)
+        else:
+            raised = occ.analyzer.add_neutron(rec.counts.reshape(-1), rec.dt_s)
+        for alarm in raised:
+            if alarm["reason"] in occ.provisional_reasons:
+                continue
+            occ.provisional_reasons.add(alarm["reason"])
+            self.metrics.provisional.labels(self.id).inc()
+            events.append(Provisional({"lane": self.id, "occupancy_id": self._occupancy_id(occ), **alarm}))
+        return events
+
+    def _on_speed(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        speed = rec.values.get("speed_kmh")
+        if not isinstance(speed, int | float) or not 0 < speed < 200:
+            self._anomaly("bad-speed")
+            return []
+        self.speed_kmh = float(speed)
+        if self.occupancy is not None:
+            self.occupancy.analyzer.set_speed(self.speed_kmh)
+        return []
+
+    def _on_end(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        if self.occupancy is None:
+            self._anomaly("duplicate-end")
+            return []
+        counter = rec.values.get("device_occupancy")
+        return self._end(rec.t_wall_ns, "gx", int(counter) if isinstance(counter, int) else None)
+
+    def _on_tamper(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        active = bool(rec.values.get("active"))
+        self._set_fault("tamper", active)
+        if active:
+            self._anomaly("tamper")
+            if self.occupancy is not None:
+                self.occupancy.tamper = True
+        return []
+
+    def _on_setup(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        self.setup[str(rec.values.get("line"))] = [str(f) for f in rec.values.get("fields", [])]
+        return []
+
+    def _ignore(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        return []
+
+    # ---- time ----------------------------------------------------------------------------
+    def on_tick(self, now_mono_ns: int) -> list[Provisional | Decided]:
+        """End an occupancy that overstayed its timeouts (verdict INCOMPLETE unless it alarmed)."""
+        occ = self.occupancy
+        if occ is None:
+            return []
+        if now_mono_ns - occ.last_sample_mono_ns > self.detection.sample_timeout_s * 1e9:
+            return self._end(time.time_ns(), "stalled", None)
+        if now_mono_ns - occ.started_mono_ns > self.detection.occupancy_timeout_s * 1e9:
+            return self._end(time.time_ns(), "timeout", None)
+        return []
+
+    # ---- internals -----------------------------------------------------------------------
+    def _estimator(self, rec: Record) -> BackgroundEstimator:
+        """The background estimator, rebuilt when the device's channel layout changes."""
+        assert rec.counts is not None
+        gamma_shape, neutron_channels = self._gamma_shape, self._neutron_channels
+        if rec.kind is Kind.GAMMA_BACKGROUND and rec.counts.ndim == 2:
+            gamma_shape = (rec.counts.shape[0], rec.counts.shape[1])
+        elif rec.kind is Kind.NEUTRON_BACKGROUND:
+            neutron_channels = rec.counts.size
+        return self._layout(gamma_shape, neutron_channels)
+
+    def _layout(self, gamma_shape: tuple[int, int], neutron_channels: int) -> BackgroundEstimator:
+        """The estimator for this channel layout; a change of layout starts a fresh one."""
+        if self.background is None or (gamma_shape, neutron_channels) != (self._gamma_shape, self._neutron_channels):
+            if self.background is not None:
+                self._anomaly("channel-layout-change")
+            self._gamma_shape, self._neutron_channels = gamma_shape, neutron_channels
+            self.background = BackgroundEstimator(
+                gamma_shape[0], gamma_shape[1], neutron_channels, self.detection.background_halflife_s
+            )
+        return self.background
+
+    def _begin(self, rec: Record, now_mono_ns: int) -> _Occupancy:
+        assert rec.counts is not None
+        gamma_shape, neutron_channels = self._gamma_shape, self._neutron_channels
+        if rec.kind is Kind.GAMMA_SCAN and rec.counts.ndim == 2:
+            gamma_shape = (rec.counts.shape[0], rec.counts.shape[1])
+        elif rec.kind is Kind.NEUTRON_SCAN:
+            neutron_channels = rec.counts.size
+        est = self._layout(gamma_shape, neutron_channels)
+        analyzer = OccupancyAnalyzer(self.detection, est.snapshot(), gamma_shape[0], neutron_channels)
+        analyzer.set_speed(self.speed_kmh or self.detection.default_speed_kmh)
+        occ = _Occupancy(
+            analyzer=analyzer,
+            start_wall_ns=rec.t_wall_ns,
+            started_mono_ns=now_mono_ns,
+            last_sample_mono_ns=now_mono_ns,
+            gamma_shape=gamma_shape,
+        )
+        self.occupancy = occ
+        self.metrics.occupied.labels(self.id).set(1)
+        return occ
+
+    def _end(self, end_wall_ns: int, end_reason: str, device_occupancy: int | None) -> list[Provisional | Decided]:
+        occ = self.occupancy
+        assert occ is not None
+        self.occupancy = None
+        self.last_end_wall_ns = end_wall_ns
+        self.metrics.occupied.labels(self.id).set(0)
+        self.metrics.occupancies.labels(self.id, end_reason).inc()
+        t0 = time.perf_counter()
+        analysis = occ.analyzer.finish()
+        self.metrics.kernel_time.labels("finish").observe(time.perf_counter() - t0)
+        record = decision.build(
+            lane=self.id,
+            start_wall_ns=occ.start_wall_ns,
+            end_wall_ns=end_wall_ns,
+            end_reason=end_reason,
+            device_occupancy=device_occupancy,
+            analysis=analysis,
+            samples=occ.samples,
+            device_alarm=occ.device_alarm,
+            tamper=occ.tamper,
+            link_interruptions=occ.link_interruptions,
+        )
+        if end_reason not in decision.COMPLETE_ENDS:
+            log.warning("lane %s: occupancy %s ended by %s", self.id, record["occupancy_id"], end_reason)
+        return [Decided(record, end_wall_ns)]
+
+    def _occupancy_id(self, occ: _Occupancy) -> str:
+        return f"{self.id}-{occ.start_wall_ns}"
+
+    def _set_fault(self, name: str, active: bool) -> None:
+        if active:
+            self.faults.add(name)
+        else:
+            self.faults.discard(name)
+        self.metrics.fault.labels(self.id, name).set(1 if active else 0)
+
+    def _anomaly(self, kind: str) -> None:
+        self.metrics.lane_anomalies.labels(self.id, kind).inc()
+
+
+_HANDLERS = {
+    Kind.LINK: Lane._on_link,
+    Kind.GAMMA_BACKGROUND: Lane._on_background,
+    Kind.NEUTRON_BACKGROUND: Lane._on_background,
+    Kind.GAMMA_SCAN: Lane._on_scan,
+    Kind.NEUTRON_SCAN: Lane._on_scan,
+    Kind.SPEED: Lane._on_speed,
+    Kind.OCCUPANCY_END: Lane._on_end,
+    Kind.TAMPER: Lane._on_tamper,
+    Kind.SETUP: Lane._on_setup,
+}
