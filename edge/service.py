@@ -1,0 +1,231 @@
+"""The fusion service: one process, one event loop, every lane.
+
+Loop: records arrive on the ingest SUB socket, are decoded and checked against their
+source's sequence, and go to their :class:`~edge.lane.Lane`. What a lane decides is written
+to the journal (durable, fsync'd) and only then published on the alert bus; a decision the
+journal could not take is kept and retried, never published unjournaled and never dropped.
+The same loop answers journal queries, ends overdue occupancies and feeds the systemd
+watchdog, so a stuck loop stops the pings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import zmq
+from prometheus_client import CollectorRegistry
+
+from edge import bus, detect
+from edge.alerts import AlertBus
+from edge.config import Config
+from edge.journal import Journal, JournalError
+from edge.lane import Decided, Lane, Provisional
+from edge.metrics import ServiceMetrics, serve_http
+from edge.records import DecodeError, decode
+from edge.sdnotify import Notifier
+
+log = logging.getLogger("lanewatch.service")
+
+TICK_S = 0.1
+"""Longest the loop sleeps (s): bounds timeout checks, retries and watchdog pings."""
+JOURNAL_CHECK_S = 5.0
+"""How often (s) the loop checks that the journal is still writable, for /healthz."""
+MAX_BATCH = 2000
+"""Most ingest messages handled before the loop looks at its other sockets."""
+
+
+class Service:
+    """Owns the sockets, the journal, the lanes and the HTTP endpoint of one lanewatch process."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None, http: bool = True) -> None:
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = ServiceMetrics(self.registry)
+        self.lanes = {lane.id: Lane(lane, config.detection, self.metrics) for lane in config.lanes}
+        self.sequences = bus.SequenceTracker()
+        self.pending: deque[Decided] = deque()
+        self.notifier = Notifier.from_env(self.metrics)
+        self._http = http
+        self._ctx: zmq.Context | None = None
+        self._unknown_lanes: set[str] = set()
+        self.started = False
+        self.last_seq = 0
+        self.journal_ok = False
+        self._next_journal_check = 0.0
+
+    # ---- life cycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Compile kernels, open the journal, bind sockets and the HTTP endpoint, then tell systemd READY."""
+        t0 = time.perf_counter()
+        detect.warm_up()
+        log.info("kernels ready in %.1f s", time.perf_counter() - t0)
+        self.journal = Journal(self.config.service.journal, self.metrics)
+        self.last_seq = self.journal.last_seq()
+        self.journal_ok = self.journal.writable()
+        self._ctx = zmq.Context()
+        self.ingest = bus.service_ingest(self._ctx, self.config.bus.ingest)
+        self.alerts = AlertBus(self._ctx, self.config.bus.alerts, self.config.bus.query, self.journal, self.metrics)
+        self.poller = zmq.Poller()
+        self.poller.register(self.ingest, zmq.POLLIN)
+        self.poller.register(self.alerts.pub, zmq.POLLIN)
+        self.poller.register(self.alerts.router, zmq.POLLIN)
+        if self._http:
+            self.http_server, _ = serve_http(self.config.service.http, self.registry, self.health)
+        self.started = True
+        self.notifier.ready(f"{len(self.lanes)} lanes, journal seq {self.last_seq}")
+        log.info(
+            "lanewatch service ready: %d lanes, ingest %s, alerts %s, query %s, http %s",
+            len(self.lanes),
+            self.config.bus.ingest,
+            self.config.bus.alerts,
+            self.config.bus.query,
+            self.config.service.http if self._http else "off",
+        )
+
+    def close(self) -> None:
+        """Decide nothing more, flush what is pending to the journal, close everything."""
+        self.notifier.stopping()
+        self._flush_pending()
+        if self._http:
+            self.http_server.shutdown()
+            self.http_server.server_close()
+        for sock in (self.ingest, self.alerts.pub, self.alerts.router):
+            sock.close(linger=0)
+        self.journal.close()
+        if self._ctx is not None:
+            self._ctx.term()
+
+    def run(self, stop: threading.Event) -> None:
+        """The event loop, until ``stop`` is set."""
+        while not stop.is_set():
+            self.step(TICK_S)
+
+    def step(self, timeout_s: float) -> None:
+        """One loop iteration: wait up to ``timeout_s`` for input, handle it, then do timed work."""
+        events = dict(self.poller.poll(timeout_s * 1000))
+        if self.ingest in events:
+            self._drain_ingest()
+        if self.alerts.router in events:
+            self.alerts.handle_query()
+        if self.alerts.pub in events:
+            self.alerts.handle_pub()
+        now = time.monotonic_ns()
+        for lane in self.lanes.values():
+            self._dispatch(lane.on_tick(now))
+        self._flush_pending()
+        now_s = time.monotonic()
+        if now_s >= self._next_journal_check:
+            self._next_journal_check = now_s + JOURNAL_CHECK_S
+            self.journal_ok = self.journal.writable()
+        self.notifier.maybe_ping(now_s)
+
+    # ---- ingest --------------------------------------------------------------------------
+    def _drain_ingest(self) -> None:
+        for _ in range(MAX_BATCH):
+            try:
+                frames = self.ingest.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.handle_frames(frames)
+
+    def handle_frames(self, frames: list[bytes]) -> None:
+        """Decode, sequence-check and route one bus message; bad input is counted and logged."""
+        try:
+            rec = decode(frames)
+        except DecodeError as exc:
+            self.metrics.decode_errors.labels(exc.kind).inc()
+            log.warning("undecodable bus message (%s): %s; topic %r", exc.kind, exc, frames[0][:64] if frames else b"")
+            return
+        lane = self.lanes.get(rec.lane)
+        if lane is None:
+            self.metrics.unknown_lane.inc()
+            if rec.lane not in self._unknown_lanes:
+                self._unknown_lanes.add(rec.lane)
+                log.warning("records for lane %r, which is not configured in %s", rec.lane, self.config.source)
+            return
+        self.metrics.records.labels(rec.lane, rec.source).inc()
+        verdict = self.sequences.observe((rec.lane, rec.source), rec.seq)
+        if verdict.stale:
+            self.metrics.stale.labels(rec.lane, rec.source).inc()
+            return
+        if verdict.missed:
+            self.metrics.gaps.labels(rec.lane, rec.source).inc()
+            self.metrics.missed.labels(rec.lane, rec.source).inc(verdict.missed)
+            log.warning(
+                "lane %s source %s: %d records missed before seq %d", rec.lane, rec.source, verdict.missed, rec.seq
+            )
+        self._dispatch(lane.on_record(rec, time.monotonic_ns()))
+
+    # ---- decisions -----------------------------------------------------------------------
+    def _dispatch(self, events: list[Provisional | Decided]) -> None:
+        for event in events:
+            if isinstance(event, Provisional):
+                self.alerts.publish_provisional(event.alarm)
+            else:
+                self.pending.append(event)
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        """Journal then publish each pending decision, oldest first; stop at the first journal failure."""
+        while self.pending:
+            event = self.pending[0]
+            try:
+                stored = self.journal.append(event.decision)
+            except JournalError as exc:
+                self.journal_ok = False
+                log.error("journal write failed, %d decisions held for retry: %s", len(self.pending), exc)
+                return
+            self.pending.popleft()
+            self.journal_ok = True
+            self.last_seq = stored["seq"]
+            self.alerts.publish(stored)
+            self.metrics.decisions.labels(stored["lane"], stored["verdict"]).inc()
+            for alarm in stored["alarms"]:
+                if alarm.get("alarm"):
+                    self.metrics.alarm_reasons.labels(stored["lane"], alarm["reason"]).inc()
+            self.metrics.decision_latency.observe(max(0.0, (time.time_ns() - event.end_t_wall_ns) / 1e9))
+
+    # ---- health --------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """What /healthz and ``lanewatch status`` report; ``ok`` only when every part is.
+
+        Called from the HTTP thread: it reads only plain attributes the loop keeps up to date.
+        """
+        now_ns = time.time_ns()
+        stale_ns = self.config.service.stale_after_s * 1e9
+        lanes = {}
+        for lane_id, lane in self.lanes.items():
+            age = None if lane.last_record_wall_ns is None else (now_ns - lane.last_record_wall_ns) / 1e9
+            fresh = age is not None and age * 1e9 <= stale_ns
+            lanes[lane_id] = {
+                "link_up": lane.link_up,
+                "last_record_age_s": None if age is None else round(age, 3),
+                "fresh": fresh,
+                "occupied": lane.occupancy is not None,
+                "faults": sorted(lane.faults),
+            }
+        writable = self.started and self.journal_ok
+        watchdog = self.notifier.health()
+        ok = (
+            writable
+            and not self.pending
+            and all(v["fresh"] and v["link_up"] is not False for v in lanes.values())
+            and watchdog.get("fed", True)
+        )
+        return {
+            "ok": bool(ok),
+            "pid": os.getpid(),
+            "lanes": lanes,
+            "journal": {
+                "path": self.config.service.journal,
+                "writable": bool(writable),
+                "last_seq": self.last_seq,
+                "pending": len(self.pending),
+            },
+            "watchdog": watchdog,
+        }
