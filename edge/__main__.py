@@ -1,0 +1,5 @@
+"""``python -m edge`` is the ``lanewatch`` command."""
+
+from edge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""The ``lanewatch`` command line.
+
+::
+
+    lanewatch demo                          simulated lanes, drivers, service and a live view
+    lanewatch run --config FILE             the fusion service
+    lanewatch driver NAME --lane ID ...     one device driver (rpm, n42, ...)
+    lanewatch sim NAME ...                  a device simulator (lane, ...)
+    lanewatch alerts --config FILE ...      decisions from the journal and the alert bus
+    lanewatch replay FILE.n42               the decision for one N42 portal file
+    lanewatch status --config FILE          health of the service and the drivers
+    lanewatch install-units ...             systemd units and an example configuration
+
+Drivers and simulators are looked up by name in their entry-point groups, so this module
+never imports one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from edge import config as config_mod
+from edge.config import Config, ConfigError
+from edge.driver import DRIVER_GROUP, SIMULATOR_GROUP, available, load_driver
+
+log = logging.getLogger("lanewatch")
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so loops end cleanly."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _config(path: str | None) -> Config:
+    return config_mod.load(path) if path else Config()
+
+
+# ---- commands ------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.service import Service
+
+    service = Service(_config(args.config))
+    stop = _stop_on_signals()
+    service.start()
+    try:
+        service.run(stop)
+    finally:
+        service.close()
+    return 0
+
+
+def cmd_driver(args: argparse.Namespace) -> int:
+    import zmq
+    from prometheus_client import CollectorRegistry
+
+    from edge import bus
+    from edge.driver import RecordPublisher
+    from edge.metrics import DriverMetrics, serve_http
+
+    config = _config(args.config)
+    cls = args.driver_cls
+    registry = CollectorRegistry()
+    ctx = zmq.Context()
+    sock = bus.driver_publisher(ctx, args.ingest or config.bus.ingest)
+    publisher = RecordPublisher(sock, args.lane, cls.name, DriverMetrics(registry))
+    driver = cls.from_args(args, config, publisher)
+    http = args.http
+    if http is None:
+        http = next((lane.driver_http for lane in config.lanes if lane.id == args.lane), "")
+    server = serve_http(http, registry, driver.health)[0] if http else None
+    stop = _stop_on_signals()
+    if not bus.wait_for_subscriber(sock, args.wait_service):
+        log.warning("no service subscribed at %s yet; publishing anyway", args.ingest or config.bus.ingest)
+    try:
+        driver.run(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+        sock.close()
+        ctx.term()
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    return int(args.sim_module.run(args))
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from edge import console
+
+    return console.run(args, _config(args.config))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edge import status
+
+    return status.run(args, _config(args.config))
+
+
+def cmd_install_units(args: argparse.Namespace) -> int:
+    from edge import deploy
+
+    return deploy.run(args)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from edge.replay import replay
+
+    return replay(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.demo import demo
+
+    return demo(args)
+
+
+# ---- parser --------------------------------------------------------------------------------
+def _load_plugin(name: str, group: str) -> Any:
+    """A registered driver or simulator; one that fails to import is reported and left out, not fatal."""
+    try:
+        return load_driver(name, group)
+    except Exception as exc:
+        print(f"lanewatch: {group} entry {name!r} cannot be loaded and is left out: {exc!r}", file=sys.stderr)
+        return None
+
+
+def _add_driver_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("driver", help="run one device driver")
+    names = p.add_subparsers(dest="driver", required=True, metavar="NAME")
+    for name in available(DRIVER_GROUP):
+        cls = _load_plugin(name, DRIVER_GROUP)
+        if cls is None:
+            continue
+        dp = names.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
+        dp.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
+        dp.add_argument("--lane", required=True, help="lane id (a [[lanes]] id of the configuration)")
+        dp.add_argument("--ingest", help="service ingest endpoint (default: [bus].ingest)")
+        dp.add_argument("--http", help="host:port for /metrics and /healthz (default: the lane's driver_http)")
+        dp.add_argument(
+            "--wait-service",
+            type=float,
+            default=5.0,
+            metavar="S",
+            help="seconds to wait for the service to subscribe before reading the device (default 5)",
+        )
+        cls.add_arguments(dp)
+        dp.set_defaults(func=cmd_driver, driver_cls=cls)
+
+
+def _add_sim_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sim", help="run a device simulator")
+    names = p.add_subparsers(dest="sim", required=True, metavar="NAME")
+    for name in available(SIMULATOR_GROUP):
+        module = _load_plugin(name, SIMULATOR_GROUP)
+        if module is None:
+            continue
+        doc = (module.__doc__ or "").strip().splitlines()
+        sp = names.add_parser(name, help=doc[0] if doc else None)
+        module.add_arguments(sp)
+        sp.set_defaults(func=cmd_sim, sim_module=module)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lanewatch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="simulated lanes, drivers, service and a live view of decisions")
+    p.add_argument("--lanes", type=int, default=3, help="simulated lanes (default 3)")
+    p.add_argument("--seed", type=int, default=2007, help="simulator seed (default 2007)")
+    p.add_argument("--speedup", type=float, default=1.0, help="simulated time per wall second (default 1)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
+    p.add_argument("--workdir", help="where the demo keeps its config and journal (default: a temp dir)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run the fusion service")
+    p.add_argument("--config", required=True, help="configuration file (TOML)")
+    p.set_defaults(func=cmd_run)
+
+    _add_driver_parsers(sub)
+    _add_sim_parsers(sub)
+
+    p = sub.add_parser("alerts", help="list or follow journaled decisions")
+    p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
+    _lazy_arguments(p, "console")
+    p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("replay", help="replay an N42 portal file and print its decision")
+    p.add_argument("file", help="ANSI N42.42 portal occupancy file")
+    p.add_argument("--speedup", type=float, default=0.0, help="replay speed; 0 = as fast as possible (default)")
+    p.add_argument("--windows-kev", help="energy window edges in keV, e.g. 30,400,3000 (default: gross counts)")
+    p.add_argument("--journal", help="journal file to keep (default: a temp file)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("status", help="health of the service and the drivers")
+    p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
+    _lazy_arguments(p, "status")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("install-units", help="install systemd units and an example configuration")
+    _lazy_arguments(p, "deploy")
+    p.set_defaults(func=cmd_install_units)
+    return parser
+
+
+def _lazy_arguments(parser: argparse.ArgumentParser, module: str) -> None:
+    """Let an ``edge`` module add the options of the command it implements."""
+    import importlib
+
+    add: Callable[[argparse.ArgumentParser], None] = importlib.import_module(f"edge.{module}").add_arguments
+    add(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"lanewatch: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"lanewatch: {exc}", file=sys.stderr)
+        return 1

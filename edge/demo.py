@@ -1,0 +1,167 @@
+"""``lanewatch demo``: simulated lanes, their drivers, the service, and a live view of decisions.
+
+Everything runs as the real processes of a deployment (``lanewatch sim``, ``lanewatch driver
+rpm``, ``lanewatch run``) on loopback ports, with a configuration written to the work
+directory; this process follows the alert bus and prints each decision as it is journaled.
+Ctrl-C stops them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import zmq
+
+from edge import console
+from edge.config import Config, load
+from edge.subscriber import AlertSubscriber
+
+WINDOWS_KEV = "30,400,3000"
+DEMO_MIX = (
+    "none=0.40,k40-fertilizer=0.12,ceramics=0.05,tc99m=0.04,i131=0.03,cs137=0.09,co60=0.05,"
+    "heu=0.05,pu=0.05,shielded-cs137=0.07,shielded-co60=0.05"
+)
+READY_TIMEOUT_S = 120.0
+"""Longest wait (s) for the service to answer: the first start compiles the kernels."""
+
+
+def free_ports(count: int, consecutive: bool = False) -> list[int]:
+    """Free loopback TCP ports (``consecutive``: a run of adjacent ones)."""
+    for _ in range(200):
+        with contextlib.ExitStack() as stack:
+            socks = []
+            first = socket.socket()
+            stack.enter_context(first)
+            first.bind(("127.0.0.1", 0))
+            socks.append(first)
+            base = first.getsockname()[1]
+            try:
+                for i in range(1, count):
+                    s = socket.socket()
+                    stack.enter_context(s)
+                    s.bind(("127.0.0.1", base + i if consecutive else 0))
+                    socks.append(s)
+            except OSError:
+                continue
+            return [s.getsockname()[1] for s in socks]
+    raise OSError("no free loopback ports")
+
+
+def write_config(path: Path, lanes: int, sim_base: int) -> None:
+    ingest, alerts, query, http, *drivers = free_ports(4 + lanes)
+    lines = [
+        "# lanewatch demo configuration (written by `lanewatch demo`)",
+        "[service]",
+        f'journal = "{path.parent / "journal.db"}"',
+        f'http = "127.0.0.1:{http}"',
+        "",
+        "[bus]",
+        f'ingest = "tcp://127.0.0.1:{ingest}"',
+        f'alerts = "tcp://127.0.0.1:{alerts}"',
+        f'query = "tcp://127.0.0.1:{query}"',
+        "",
+        "[detection]",
+        f"energy_windows_kev = [{WINDOWS_KEV.replace(',', ', ')}]",
+    ]
+    for i in range(lanes):
+        lines += [
+            "",
+            "[[lanes]]",
+            f'id = "lane{i + 1}"',
+            f'rpm = "socket://127.0.0.1:{sim_base + i}"',
+            f'driver_http = "127.0.0.1:{drivers[i]}"',
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _wait_http(address: str, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{address}/healthz", timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            time.sleep(0.3)
+    return False
+
+
+def demo(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lanewatch-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg_path = workdir / "lanewatch.toml"
+    sim_base = free_ports(args.lanes, consecutive=True)[0]
+    write_config(cfg_path, args.lanes, sim_base)
+    config = load(cfg_path)
+    me = [sys.executable, "-m", "edge", "--log-level", "INFO"]
+    sim = ["sim", "lane", "--lanes", str(args.lanes), "--port", str(sim_base), "--seed", str(args.seed)]
+    sim += ["--windows-kev", WINDOWS_KEV, "--mix", DEMO_MIX, "--speedup", str(args.speedup)]
+    sim += ["--truth", str(workdir / "truth.jsonl")]
+    commands = {"sim": [*me, *sim], "service": [*me, "run", "--config", str(cfg_path)]}
+    for lane in config.lanes:
+        commands[f"driver-{lane.id}"] = [*me, "driver", "rpm", "--config", str(cfg_path), "--lane", lane.id]
+    print(f"lanewatch demo: {args.lanes} simulated lanes; config, journal and logs in {workdir}")
+    print(f"  follow from another terminal: lanewatch alerts --config {cfg_path} --follow")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        for name in ("service", "sim", *[n for n in commands if n.startswith("driver-")]):
+            log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
+            procs[name] = subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT)
+        print("  compiling kernels and starting the service (the first run takes longer)...")
+        if not _wait_http(config.service.http, time.monotonic() + READY_TIMEOUT_S):
+            print(f"lanewatch demo: the service did not start; see {workdir / 'service.log'}", file=sys.stderr)
+            return 1
+        print("  live decisions (Ctrl-C to stop):\n")
+        print(console.header(color=sys.stdout.isatty()))
+        return _follow(config, args.duration, procs)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in procs.items():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                print(f"  {name} did not stop in 10 s; killing it", file=sys.stderr)
+                proc.kill()
+        print(f"\nlanewatch demo stopped; journal kept at {config.service.journal}")
+
+
+def _follow(config: Config, duration: float, procs: dict[str, subprocess.Popen[bytes]]) -> int:
+    color = sys.stdout.isatty()
+    ctx = zmq.Context()
+    sub = AlertSubscriber(ctx, config.bus.alerts, config.bus.query, since=0)
+    end = time.monotonic() + duration if duration else None
+    try:
+        for item in sub.decisions(follow=True, timeout_s=1.0, provisional=True):
+            if item is not None:
+                line = (
+                    console.format_provisional(item, color)
+                    if item.get("provisional")
+                    else console.format_row(item, color)
+                )
+                print(line, flush=True)
+            dead = [name for name, p in procs.items() if p.poll() is not None]
+            if dead:
+                logs = os.path.dirname(config.service.journal)
+                print(f"lanewatch demo: {', '.join(dead)} exited; see the logs in {logs}", file=sys.stderr)
+                return 1
+            if end is not None and time.monotonic() > end:
+                return 0
+    finally:
+        sub.close()
+        ctx.term()
+    return 0
