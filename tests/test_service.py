@@ -1,0 +1,273 @@
+"""The service end to end over real sockets: driver -> bus -> lane -> kernels -> journal -> subscriber."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from prometheus_client import CollectorRegistry
+
+from edge import bus
+from edge.config import Config, parse
+from edge.demo import free_ports
+from edge.driver import RecordPublisher, load_driver
+from edge.journal import Journal
+from edge.metrics import DriverMetrics
+from edge.records import Kind
+from edge.service import Service
+from edge.subscriber import AlertSubscriber
+
+
+def _config(tmp_path: Path, extra: str = "") -> Config:
+    ingest, alerts, query, http = free_ports(4)
+    text = f"""
+        [service]
+        journal = "{tmp_path / "journal.db"}"
+        http = "127.0.0.1:{http}"
+        [bus]
+        ingest = "tcp://127.0.0.1:{ingest}"
+        alerts = "tcp://127.0.0.1:{alerts}"
+        query = "tcp://127.0.0.1:{query}"
+        [detection]
+        sample_timeout_s = 1.0
+        {extra}
+        [[lanes]]
+        id = "lane1"
+    """
+    path = tmp_path / "lanewatch.toml"
+    path.write_text(text)
+    return parse(text, str(path))
+
+
+class Running:
+    """A service running in a thread of this process, with its own metrics registry."""
+
+    def __init__(self, config: Config) -> None:
+        self.registry = CollectorRegistry()
+        self.service = Service(config, self.registry)
+        self.service.start()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.service.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.service.close()
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    r = Running(_config(tmp_path))
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def _publisher(ctx: zmq.Context, config: Config, source: str = "rpm", wait_s: float = 5.0) -> RecordPublisher:
+    sock = bus.driver_publisher(ctx, config.bus.ingest)
+    assert bus.wait_for_subscriber(sock, wait_s), "the service did not subscribe"
+    return RecordPublisher(sock, "lane1", source, DriverMetrics(CollectorRegistry()))
+
+
+def _collect(ctx: zmq.Context, config: Config, count: int, since: int = 0, timeout_s: float = 30.0) -> list[dict]:
+    sub = AlertSubscriber(ctx, config.bus.alerts, config.bus.query, since=since, connect_timeout_s=timeout_s)
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        for item in sub.decisions(follow=True, timeout_s=0.5):
+            if item is not None:
+                got.append(item)
+            if len(got) >= count or time.monotonic() > deadline:
+                break
+    finally:
+        sub.close()
+    return got
+
+
+def _serve_once(payload: bytes) -> int:
+    """A TCP server on loopback that sends ``payload`` to its first client, then closes."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                time.sleep(0.5)  # pyserial discards input that arrives while it is still opening the port
+                for i in range(0, len(payload), 997):
+                    conn.sendall(payload[i : i + 997])
+                    time.sleep(0.0005)
+                time.sleep(0.5)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return port
+
+
+def test_srls_capture_gives_one_decision_per_gx(running: Running, ctx: zmq.Context, shared_data: Path) -> None:
+    config = running.service.config
+    payload = (shared_data / "rpm" / "srls_auto_capture.txt").read_bytes()
+    port = _serve_once(payload)
+    rpm = load_driver("rpm")
+    driver = rpm(_publisher(ctx, config), f"socket://127.0.0.1:{port}", backoff_max_s=0.2)
+    stop = threading.Event()
+    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
+    t.start()
+    decisions = _collect(ctx, config, 7)
+    stop.set()
+    t.join(5)
+    assert len(decisions) == 7
+    assert [d["seq"] for d in decisions] == sorted({d["seq"] for d in decisions})
+    assert all(d["device_occupancy"] == 0 for d in decisions)  # SRLS auto mode: counter always 0
+    assert len({d["occupancy_id"] for d in decisions}) == 7
+    assert all(d["verdict"] in ("CLEAR", "ALARM") and d["end_reason"] == "gx" for d in decisions)
+    # SRLS flagged gamma alarms (GA lines) in some occupancies: its alarms are strong, lanewatch sees them too.
+    flagged = [d for d in decisions if d["device_alarm"]]
+    assert flagged and all(d["verdict"] == "ALARM" for d in flagged)
+    assert running.value("lanewatch_decisions_total", lane="lane1", verdict="ALARM") == sum(
+        d["verdict"] == "ALARM" for d in decisions
+    )
+    for d in decisions:
+        assert len(d["profile"]["gamma"]) >= 1
+        assert d["start"] < d["end"] or d["start"] == d["end"]
+
+
+def _occupancy(pub: RecordPublisher, samples: int, rate: float = 48.0, gx: bool = True, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(samples):
+        pub.emit(Kind.GAMMA_SCAN, dt_s=0.2, counts=rng.poisson(rate, (4, 1)).astype(np.uint32))
+    if gx:
+        pub.emit(Kind.OCCUPANCY_END, values={"device_occupancy": 42, "neutron_background_cps": 3.0})
+
+
+def _background(pub: RecordPublisher, seed: int = 2, count: int = 3) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        pub.emit(Kind.GAMMA_BACKGROUND, counts=rng.poisson(240.0, (4, 1)).astype(np.uint32))
+        pub.emit(Kind.NEUTRON_BACKGROUND, counts=rng.poisson(3.0, (4, 1)).astype(np.uint32))
+
+
+def test_timeout_gives_incomplete_and_anomalies_are_counted(running: Running, ctx: zmq.Context) -> None:
+    config = running.service.config
+    pub = _publisher(ctx, config)
+    _background(pub)
+    pub.emit(Kind.OCCUPANCY_END, values={"device_occupancy": 1})  # GX while idle: a duplicate end
+    _occupancy(pub, 20, gx=False)  # samples stop: stalled after sample_timeout_s
+    decisions = _collect(ctx, config, 1)
+    assert decisions[0]["verdict"] == "INCOMPLETE"
+    assert decisions[0]["end_reason"] == "stalled"
+    assert running.value("lanewatch_lane_anomalies_total", lane="lane1", kind="duplicate-end") == 1
+    assert running.value("lanewatch_occupancies_total", lane="lane1", end="stalled") == 1
+
+
+def test_bad_bus_input_is_counted_and_the_service_goes_on(running: Running, ctx: zmq.Context) -> None:
+    config = running.service.config
+    raw = bus.driver_publisher(ctx, config.bus.ingest)
+    assert bus.wait_for_subscriber(raw, 5.0)
+    raw.send_multipart([b"rpm/lane1", b"\x00garbage"])
+    raw.send_multipart([b"junk"])
+    raw.send_multipart([b"rpm/lane9", b'{"v": 1, "kind": "nope"}'])
+    pub = _publisher(ctx, config)
+    pub.emit(Kind.GAMMA_SCAN, dt_s=0.2, counts=np.zeros((4, 1), np.uint32))
+    pub.seq += 5  # five records lost on the way
+    _occupancy(pub, 10)
+    decisions = _collect(ctx, config, 1)
+    assert decisions[0]["verdict"] in ("CLEAR", "ALARM")
+    assert running.value("lanewatch_bus_decode_errors_total", kind="header") == 1
+    assert running.value("lanewatch_bus_decode_errors_total", kind="frames") == 1
+    assert running.value("lanewatch_bus_decode_errors_total", kind="field") == 1
+    assert running.value("lanewatch_bus_records_missed_total", lane="lane1", source="rpm") == 5
+    assert running.value("lanewatch_bus_sequence_gaps_total", lane="lane1", source="rpm") == 1
+
+
+def test_strong_source_alarms_mid_passage_and_is_located(running: Running, ctx: zmq.Context) -> None:
+    config = running.service.config
+    pub = _publisher(ctx, config)
+    _background(pub)
+    sub = AlertSubscriber(ctx, config.bus.alerts, config.bus.query, since=None)
+    rng = np.random.default_rng(5)
+    pub.emit(Kind.SPEED, values={"speed_kmh": 7.2, "speed_mph": 4.47, "crossing_s": 0.15})
+    t = np.arange(60) * 0.2
+    excess = 120.0 / (1.0 + ((t - 6.0) * 2.0 / 2.0) ** 2)  # 2 m/s, source 12 m from the front
+    for e in excess:
+        pub.emit(Kind.GAMMA_SCAN, dt_s=0.2, counts=rng.poisson(48.0 + e / 4, (4, 1)).astype(np.uint32))
+    pub.emit(Kind.OCCUPANCY_END, values={"device_occupancy": 7})
+    seen: list[dict] = []
+    deadline = time.monotonic() + 30
+    for item in sub.decisions(follow=True, timeout_s=0.5, provisional=True):
+        if item is not None:
+            seen.append(item)
+        if any(not i.get("provisional") for i in seen) or time.monotonic() > deadline:
+            break
+    sub.close()
+    provisional = [i for i in seen if i.get("provisional")]
+    final = [i for i in seen if not i.get("provisional")]
+    assert provisional and provisional[0]["reason"] == "gamma"
+    assert final[0]["verdict"] == "ALARM"
+    gamma = next(a for a in final[0]["alarms"] if a["reason"] == "gamma")
+    assert gamma["statistic"] > gamma["threshold"]
+    assert abs(gamma["location_m"] - 12.0) < 3.0
+    assert final[0]["baseline_verdict"] == "ALARM"
+
+
+STARTUP_S = 120.0
+"""Longest a service process may take to start (it compiles its kernels unless they are cached)."""
+
+
+def _lanewatch(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115 - handed to the child
+    return subprocess.Popen([sys.executable, "-m", "edge", *args], stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stream_loses_no_journaled_decision(tmp_path: Path, ctx: zmq.Context) -> None:
+    config = _config(tmp_path)
+    cfg_path = Path(config.source)
+    service = _lanewatch("run", "--config", str(cfg_path), log=tmp_path / "service.log")
+    try:
+        pub = _publisher(ctx, config, wait_s=STARTUP_S)
+        _background(pub)
+        for i in range(5):
+            _occupancy(pub, 10, seed=i)
+        before = _collect(ctx, config, 5)
+        assert len(before) == 5
+        _occupancy(pub, 10, gx=False, seed=9)  # mid-occupancy when killed
+        service.send_signal(signal.SIGKILL)
+        service.wait(10)
+        with Journal(config.service.journal) as journal:
+            stored = journal.since(0)
+        assert [d["seq"] for d in stored] == [d["seq"] for d in before]
+        service = _lanewatch("run", "--config", str(cfg_path), log=tmp_path / "service.log")
+        pub2 = _publisher(ctx, config, wait_s=STARTUP_S)
+        _background(pub2)
+        _occupancy(pub2, 10, seed=11)
+        # a subscriber that starts late, from 0, sees the old and the new ones, in order, without gaps
+        after = _collect(ctx, config, 6, since=0)
+        seqs = [d["seq"] for d in after]
+        assert seqs[:5] == [d["seq"] for d in before]
+        assert len(seqs) == 6 and seqs[5] > seqs[4]
+    finally:
+        if service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+            service.wait(20)
+    assert service.returncode == 0, (tmp_path / "service.log").read_text()[-2000:]
+    assert os.path.exists(config.service.journal)
