@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import socket
 import threading
 import time
@@ -22,6 +23,8 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
+from drivers.sim.physics import Traffic
+from drivers.sim.xray import CALIBRATION_LINES, XraySimulator
 from drivers.xray import (
     AIR,
     DARK,
@@ -439,6 +442,39 @@ def test_scans_cross_the_bus_whole_in_batches(scanner: Scanner, zbus: Bus, regis
     assert [r.seq for r in records] == list(range(len(records)))
     assert registry.get_sample_value("lanewatch_driver_lines_total", {"lane": LANE, "type": "line"}) == 215
     assert registry.get_sample_value("lanewatch_driver_read_bytes_total", {"lane": LANE}) == len(stream)
+
+
+def test_simulated_scans_reach_the_bus_exactly(zbus: Bus, registry: CollectorRegistry) -> None:
+    with XraySimulator(seed=21, count=3, speedup=math.inf, pixels=128) as sim:
+        driver = XrayDriver(zbus.publisher, f"127.0.0.1:{sim.serve_tcp()}", batch_lines=100)
+        with running(driver):
+            deadline = time.monotonic() + TIMEOUT_S
+            while sim.clients() < 1:
+                assert time.monotonic() < deadline, "the driver never connected"
+                time.sleep(0.01)
+            sim.start()
+            records = zbus.collect(ended(3), timeout_s=60.0)
+    assert _errors(registry) == Counter()
+    traffic = Traffic(21)
+    for _ in range(3):
+        scan = sim.scan(traffic.next_passage())
+        mine = [r for r in records if r.values.get("scan_id") == scan.scan_id]
+        calib = {r.values["frame"]: r.counts for r in _of(mine, Kind.XRAY_CALIBRATION)}
+        assert calib["dark"].shape == (CALIBRATION_LINES, 2, 128)
+        np.testing.assert_array_equal(calib["dark"], scan.dark)
+        np.testing.assert_array_equal(calib["air"], scan.air)
+        image, numbers = reassemble(mine, scan.scan_id)
+        np.testing.assert_array_equal(image, scan.image)
+        assert numbers == list(range(len(scan.image)))
+        encoder = [e for r in _of(mine, Kind.XRAY_LINES) for e in r.values["encoder_mm"]]
+        np.testing.assert_array_equal(encoder, scan.encoder_mm)
+        assert mine[-1].values == {
+            "scan_id": scan.scan_id,
+            "lines": len(scan.image),
+            "missing": 0,
+            "complete": True,
+            "reason": "scan_end",
+        }
 
 
 def test_a_pause_mid_scan_publishes_the_lines_so_far(scanner: Scanner, zbus: Bus) -> None:
