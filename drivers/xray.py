@@ -46,7 +46,8 @@ Reading errors (the ``kind`` label of ``lanewatch_driver_parse_errors_total``):
 
 ``magic``        bytes where a frame should begin that are not a frame (one per junk run)
 ``version``      a frame of an unknown protocol version
-``size``         header_len, pixels, energies and payload_len that do not agree or exceed limits
+``size``         header_len, pixels, energies and payload_len that do not agree, or exceed the
+                 reader's limits (by default 8192 pixels, 4 energies, header_len 1024)
 ``flags``        DARK and AIR both set
 ``header``       a lane id that is not UTF-8
 ``crc``          a frame whose CRC does not match
@@ -203,7 +204,7 @@ class FrameReader:
     stream ends, to learn of a frame it cut off.
     """
 
-    def __init__(self, max_pixels: int = 16384, max_energies: int = 8) -> None:
+    def __init__(self, max_pixels: int = 8192, max_energies: int = 4) -> None:
         self.max_pixels = max_pixels
         self.max_energies = max_energies
         self._pending = bytearray()
@@ -221,6 +222,8 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[Frame | FrameError]:
         """Parse ``data`` (appended to what came before); frames and errors in stream order."""
+        if not isinstance(data, bytes):
+            data = bytes(data)  # frames are views into what was fed: it must not change under them
         out: list[Frame | FrameError] = []
         view = memoryview(data)
         used = 0
@@ -613,6 +616,7 @@ class XrayDriver(Driver):
         self.assembler = ScanAssembler(publisher, batch_lines, batch_s)
         self.connected = False
         self._link_up: bool | None = None
+        publisher.metrics.connected.labels(publisher.lane).set(0)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -642,8 +646,10 @@ class XrayDriver(Driver):
         scanner = args.scanner or config.lane(args.lane).xray
         if not scanner:
             raise ConfigError(f"{config.source}: lane {args.lane!r} has no xray scanner; set xray or pass --scanner")
-        if args.batch_lines < 1:
-            raise ConfigError(f"--batch-lines: expected at least 1, got {args.batch_lines}")
+        if args.batch_lines < 1 or args.batch_ms < 0:
+            raise ConfigError(
+                f"--batch-lines must be >= 1 and --batch-ms >= 0, got {args.batch_lines}, {args.batch_ms}"
+            )
         try:
             return cls(
                 publisher,
@@ -694,6 +700,7 @@ class XrayDriver(Driver):
         self.connected = up
         self.publisher.metrics.connected.labels(self.publisher.lane).set(1 if up else 0)
         if up == self._link_up:
+            log.debug("lane %s: X-ray scanner %s still down: %s", self.publisher.lane, self.url, reason)
             return
         self._link_up = up
         values: dict[str, Any] = {"up": up, "url": self.url}
