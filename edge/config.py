@@ -48,7 +48,7 @@ class DetectionConfig:
     baseline_n_sigma: float = 5.0
     """n of the fielded rule: alarm when the 1 s gross count exceeds BG + n*sqrt(BG)."""
     baseline_neutron_threshold: int = 12
-    """Fielded neutron rule: alarm when one neutron sample, summed over channels, exceeds this (counts)."""
+    """Fielded neutron rule: alarm when one neutron sample (4 tubes summed) exceeds its background by more than this."""
     energy_windows_kev: list[float] = field(default_factory=list)
     """Energy window edges in keV (K+1 values for K windows); empty for gross counts (K = 1)."""
     source_standoff_m: float = 2.0
@@ -57,6 +57,8 @@ class DetectionConfig:
     """Speed assumed (km/h) until the device reports one."""
     norm_min_extent: float = 0.5
     """Smallest fraction of the vehicle length over which an excess must spread to be NORM-consistent."""
+    occupancy_hold_in_s: float = 0.0
+    """Time (s) the portal keeps an occupancy open after the vehicle has left (its hold-in); 0 if unknown."""
     occupancy_timeout_s: float = 120.0
     """An occupancy with no end-of-occupancy line after this long (s) ends with verdict INCOMPLETE."""
     sample_timeout_s: float = 10.0
