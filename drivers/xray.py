@@ -245,10 +245,15 @@ class FrameReader:
         self._fed += len(data)
         return out
 
-    def finish(self) -> list[FrameError]:
-        """The stream ended: report a cut-off frame or trailing junk, and start afresh."""
-        out: list[FrameError] = []
-        if self._pending.startswith(MAGIC):
+    def finish(self) -> list[Frame | FrameError]:
+        """The stream ended: report a cut-off frame or trailing junk, and start afresh.
+
+        A frame cut off by the end is reported as ``short``, and what followed its first byte
+        is searched for whole frames, as after any other error (so a corrupted length cannot
+        hide the frames behind it); those are returned too.
+        """
+        out: list[Frame | FrameError] = []
+        while self._pending.startswith(MAGIC):
             out.append(
                 FrameError(
                     "short",
@@ -256,10 +261,13 @@ class FrameReader:
                     self._pending_offset,
                 )
             )
-        else:
-            self._junk += len(self._pending)
-            if self._junk and not self._resyncing:
-                out.append(self._junk_error())
+            self._resyncing = True
+            pos = self._parse(self._pending, 1, self._pending_offset, out)
+            del self._pending[:pos]
+            self._pending_offset += pos
+        self._junk += len(self._pending)
+        if self._junk and not self._resyncing:
+            out.append(self._junk_error())
         self._pending.clear()
         self._pending_offset = self._fed
         self._need = len(MAGIC)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from drivers.sim.physics import Traffic
@@ -252,6 +254,48 @@ def test_garbage_between_frames_and_fake_magics_are_skipped() -> None:
     kinds = Counter(errors_of(events))
     assert kinds["magic"] == expected["magic"]
     assert sum(kinds.values()) - kinds["magic"] == expected["fake"], kinds
+
+
+def _plain(line: int, pixels: int) -> bytes:
+    """A frame whose bytes outside the magic cannot form a magic (payload values below 0x4000)."""
+    data = (np.arange(ENERGIES * pixels, dtype=np.uint16).reshape(ENERGIES, pixels) * 7 + line) % 0x4000
+    return pack_frame(data, lane=LANE, scan_id=3, line=line, t_ns=line, encoder_mm=float(line))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pixels=st.lists(st.integers(1, 40), min_size=2, max_size=8),
+    broken=st.integers(0, 7),
+    byte=st.integers(0, 10_000),
+    flip=st.integers(1, 255),
+    junk=st.binary(max_size=64).map(lambda b: b.replace(b"L", b"l")),
+    cuts=st.lists(st.integers(0, 10_000), max_size=6),
+)
+def test_one_damaged_byte_costs_one_frame_and_one_error(
+    pixels: list[int], broken: int, byte: int, flip: int, junk: bytes, cuts: list[int]
+) -> None:
+    frames = [_plain(i, p) for i, p in enumerate(pixels)]
+    broken %= len(frames)
+    damaged = bytearray(frames[broken])
+    damaged[byte % len(damaged)] ^= flip
+    stream = b"".join(frames[:broken]) + bytes(damaged) + b"".join(frames[broken + 1 :]) + junk
+    reader = FrameReader()
+    events: list[Frame | FrameError] = []
+    last = 0
+    for cut in sorted({c % (len(stream) + 1) for c in cuts} | {len(stream)}):
+        events += reader.feed(stream[last:cut])
+        last = cut
+    events += reader.finish()
+    assert [f.line for f in frames_of(events)] == [i for i in range(len(frames)) if i != broken]
+    assert len(errors_of(events)) == 1 + (1 if junk and broken != len(frames) - 1 else 0), errors_of(events)
+
+
+def test_a_damaged_length_at_the_end_of_the_stream_hides_no_frame() -> None:
+    damaged = bytearray(_plain(1, 8))
+    damaged[8] = 0xF0  # header_len 240: the reader waits for bytes that never come
+    events = feed_in_pieces(FrameReader(), _plain(0, 8) + bytes(damaged) + _plain(2, 4), lambda: 50)
+    assert [f.line for f in frames_of(events)] == [0, 2]
+    assert errors_of(events) == ["short"]
 
 
 def test_ten_megabytes_of_junk_then_a_good_frame() -> None:
