@@ -134,10 +134,13 @@ def main(argv: list[str] | None = None) -> None:
         "--windows", type=float, nargs="+", default=[30.0, 400.0, 3000.0], help="energy window edges, keV"
     )
     parser.add_argument("--gamma-fap", type=float, default=None, help="gamma false-alarm probability per occupancy")
+    parser.add_argument("--neutron-fap", type=float, default=None, help="neutron false-alarm probability per occupancy")
     args = parser.parse_args(argv)
     cfg = DetectionConfig(energy_windows_kev=[] if args.gross else list(args.windows), occupancy_hold_in_s=HOLD_IN_S)
     if args.gamma_fap is not None:
         cfg = replace(cfg, gamma_false_alarm_probability=args.gamma_fap)
+    if args.neutron_fap is not None:
+        cfg = replace(cfg, neutron_false_alarm_probability=args.neutron_fap)
     warm_up()
     report(cfg, args.n, args.seed, run(cfg, args.n, args.seed))
 

@@ -14,12 +14,11 @@ Tests (kernels in :mod:`kernels`):
   sliding windows about as long as a point source takes to pass. The whole-occupancy excess is
   reported, not alarmed on: spread over the vehicle it is the He-3 ship effect of steel cargo.
 
-A gamma or harder-shape alarm is released as ``norm-consistent`` when its excess is harder than
-background (over the stretch where the excess is above half its peak, the low-window fraction is at
-least ``NORM_HARD_Z`` standard deviations below what background would give), spreads over at least
-``norm_min_extent`` of the vehicle (half-maximum width after removing the point-source width), holds no
-peak above its own local level (the matched filter against the uncapped flank level stays below the
-gamma threshold), and no softer-shape alarm stands. Softer excesses are never released.
+A gamma or harder-shape alarm is released as ``norm-consistent`` when its excess is spread (a uniform
+load over at least ``norm_min_extent`` of the vehicle explains it clearly better than any point source,
+``NORM_PREFERENCE``), holds no point source on top of that load, is harder than background over the
+load (the low-window fraction at least ``NORM_HARD_Z`` standard deviations below what background would
+give), and no softer-shape alarm stands. Softer excesses and point-like ones are never released.
 
 Thresholds come from the configured false-alarm probabilities per occupancy. The gamma budget is split
 evenly between the gross test (its two versions sharing that half) and the shape test (half per side);
@@ -79,6 +78,8 @@ NORM_HARD_Z = 1.0
 """How many standard deviations harder than background an excess must be to be NORM-consistent."""
 NORM_MODEL_ERROR = 0.15
 """Fraction of a uniform-load model of a NORM excess allowed as model error before a residual counts as a peak."""
+NORM_PREFERENCE = 9.0
+"""How much better (chi-square) a spread load must explain an excess than a point source for NORM release."""
 MAX_NEUTRON_WINDOW = 5
 """Longest sliding window (samples) of the neutron test."""
 JOINT_MIN_Z = 1.0
@@ -601,39 +602,38 @@ class OccupancyAnalyzer:
 
         ``profiles`` holds each alarming test's excess (counts per sample) and its variance: the gross
         excess, and the hard excess (low-window counts missing against the background's fraction).
-        NORM-like: spread (the uniform load whose smoothed profile has an excess's half-maximum width
-        covers at least ``norm_min_extent`` of the vehicle, for the widest of the excesses), without a
-        point source on top of any (the matched filter on the residual from its load, allowing
-        ``NORM_MODEL_ERROR`` of the model, stays below ``thr``), and harder than background over the
-        load by at least ``NORM_HARD_Z``.
+        Each must be NORM-like: a uniform load covering at least ``norm_min_extent`` of the vehicle
+        explains it better than any point source by ``NORM_PREFERENCE`` (chi-square units, allowing
+        ``NORM_MODEL_ERROR`` of either model), and no point source stands on top of that load (the
+        matched filter on the residual stays below ``thr``). Over the load the counts must be harder
+        than background by at least ``NORM_HARD_Z``.
         """
         n = profiles[0][0].shape[0]
         vehicle = max(n - self.cfg.occupancy_hold_in_s / plan.dt_s, 0.5 * n)
+        shortest = self.cfg.norm_min_extent * vehicle
         loads = []
         for excess, variance in profiles:
             smoothed = smooth(excess, plan.nominal)
             c = int(np.argmax(smoothed))
-            load = _load_width(half_max_span(smoothed, c), plan.nominal)
+            first = max(_load_width(half_max_span(smoothed, c), plan.nominal), shortest)
             centre = peak_refine(smoothed, c) + 0.5
-            model = smooth(_box(n, centre - load / 2, centre + load / 2), plan.nominal)
+            _, load, middle, model = max(
+                (_gain(m, excess, variance), length, middle, m)
+                for length in (first, 1.2 * first, 1.4 * first)
+                for middle in centre + np.arange(-2.0, 2.5)
+                for m in (smooth(_box(n, middle - length / 2, middle + length / 2), plan.nominal),)
+            )
             amplitude = float(np.dot(model, excess / variance) / max(np.dot(model, model / variance), 1e-300))
-            residual_var = variance + (NORM_MODEL_ERROR * amplitude * model) ** 2
+            allowed = variance + (NORM_MODEL_ERROR * amplitude * model) ** 2
+            if _gain(model, excess, allowed) - _point_gain(excess, allowed, plan) < NORM_PREFERENCE:
+                return None
             z_residual, _ = mf_series(
-                excess - amplitude * model + residual_var,
-                residual_var,
-                np.ones(n),
-                np.zeros(n),
-                plan.bank,
-                plan.halfw,
-                0.0,
+                excess - amplitude * model + allowed, allowed, np.ones(n), np.zeros(n), plan.bank, plan.halfw, 0.0
             )
             if float(np.max(z_residual)) > thr:
                 return None
-            loads.append((load, centre))
+            loads.append((load, middle))
         load, centre = max(loads)
-        extent = min(load / vehicle, 1.0)
-        if extent < self.cfg.norm_min_extent:
-            return None
         lo = max(0, math.floor(centre - load / 2))
         hi = min(n - 1, math.ceil(centre + load / 2) - 1)
         low, x, b = self._low.view, self._gross.view, self._softening.data[:n]
@@ -642,7 +642,7 @@ class OccupancyAnalyzer:
         if hardness < NORM_HARD_Z:
             return None
         norm = _alarm("norm-consistent", hardness, NORM_HARD_Z, centre * plan.dt_s, self.speed_kmh, None)
-        norm.update(alarm=False, extent=round(extent, 3), min_extent=self.cfg.norm_min_extent)
+        norm.update(alarm=False, extent=round(min(load / vehicle, 1.0), 3), min_extent=self.cfg.norm_min_extent)
         return norm
 
     # --------------------------------------------------------------- result
@@ -685,6 +685,30 @@ def _normal_quantile(log_p: float) -> float:
         if p > 1e-15
         else min(37.0, math.sqrt(-2.0 * log_p - math.log(-4.0 * math.pi * log_p)))
     )
+
+
+def _gain(model: np.ndarray, excess: np.ndarray, variance: np.ndarray) -> float:
+    """Chi-square reduction from fitting ``amplitude * model`` (amplitude >= 0) to ``excess`` of ``variance``."""
+    num = float(np.dot(model, excess / variance))
+    return num * num / max(float(np.dot(model, model / variance)), 1e-300) if num > 0 else 0.0
+
+
+def _point_gain(excess: np.ndarray, variance: np.ndarray, plan: GammaPlan) -> float:
+    """The best :func:`_gain` of a point source: any centre, templates up to the nominal width.
+
+    The bank's wider templates stand for sources farther than the standoff, which cannot be: a source
+    between the pillars is nearer one side than the lane centre line, so its profile is narrower.
+    """
+    hmax = (plan.bank.shape[1] - 1) // 2
+    best = 0.0
+    for factor, row, h in zip(BANK_FACTORS, plan.bank, plan.halfw, strict=True):
+        if factor > 1.0:
+            continue
+        w = row[hmax - h : hmax + h + 1]
+        num = smooth(excess / variance, w)
+        den = smooth(1.0 / variance, w * w)
+        best = max(best, float(np.max(np.where(num > 0, num * num / den, 0.0))))
+    return best
 
 
 def _box(n: int, lo: float, hi: float) -> np.ndarray:
