@@ -24,6 +24,7 @@ from edge import bus
 from edge.driver import RecordPublisher, load_driver
 from edge.metrics import DriverMetrics
 from edge.records import Kind, Record, decode
+from kernels import imaging as im
 
 REPO = Path(__file__).resolve().parents[1]
 LANE = "lane-7"
@@ -49,9 +50,27 @@ def test_processing_dx_decodes_with_the_documented_shape_and_range(dicos: Path) 
     assert image.pixel_spacing_mm is None
     assert image.acquired.startswith("20240103")
     assert image.scan_id == read_dicos(dicos / PROCESSING).scan_id < 2**63
+    # The sample is a ramp: pixel (row r, column c) holds 256 r + c.
+    np.testing.assert_array_equal(image.pixels, np.arange(128 * 256).reshape(128, 256))
     lines = image.lines()
     assert lines.shape == (256, 1, 128) and lines.flags.c_contiguous
-    assert lines[200, 0, 17] == image.pixels[17, 200]
+    assert lines[200, 0, 17] == image.pixels[17, 200] == 17 * 256 + 200
+
+
+def test_a_dicos_image_goes_through_the_imaging_pipeline(dicos: Path) -> None:
+    """Single energy, dark 0, air at the ramp's top: the dense region is every pixel with T <= 1/e."""
+    lines = read_dicos(dicos / PROCESSING).lines()
+    air = float(lines.max())
+    proc = im.ScanProcessor(np.zeros((1, 128)), np.full((1, 128), air), pixel_pitch_mm=2.0, column_spacing_mm=3.0)
+    proc.process(lines)
+    result = proc.finish()
+    value = np.arange(128 * 256) / air
+    dense, dark, clear = (value <= np.exp(-1.0)).sum(), (value < np.exp(-5.3)).sum(), (value > np.exp(-0.05)).sum()
+    assert [(r.area_px, r.lines, r.pixels, r.material) for r in result.regions] == [
+        (dense, (0, 255), (0, 47), "unclassified")
+    ]
+    assert result.regions[0].class_px == {"unresolvable": dark, "unclassified": dense - dark}
+    assert result.class_px == {"air": clear, "unresolvable": dark, "unclassified": 128 * 256 - clear - dark}
 
 
 def test_presentation_dx_jpeg_lossless_decodes_to_the_same_image(dicos: Path) -> None:
