@@ -752,10 +752,10 @@ class ScanProcessor:
             self._pending = self._pending[:0]
         if self._labeller is not None:
             stats = self._labeller.finish()
-        elif self._planes:
-            stats = regions_ref(np.concatenate(self._planes), np.concatenate(self._classes), self.params.a_dense)
         else:
-            stats = regions_ref(np.zeros((0, self.pixels), np.float32), np.zeros((0, self.pixels), np.uint8), 1.0)
+            planes = [np.zeros((0, self.pixels), np.float32), *self._planes]
+            classes = [np.zeros((0, self.pixels), np.uint8), *self._classes]
+            stats = regions_ref(np.concatenate(planes), np.concatenate(classes), self.params.a_dense)
         block_px = self.params.preview_block[1]
         return ScanResult(
             lines=self.lines,

@@ -310,3 +310,11 @@ def test_default_thresholds_follow_the_reference_materials() -> None:
     assert ratios["water"] > PARAMS.r_organic > ratios["aluminium"] > PARAMS.r_inorganic > ratios["iron"]
     assert ratios["iron"] > PARAMS.r_metal > ratios["lead"]
     assert (PARAMS.r_organic, PARAMS.r_inorganic, PARAMS.r_metal) == (1.42, 1.34, 1.19)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_a_scan_without_lines_ends_empty(backend: im.Backend) -> None:
+    proc = im.ScanProcessor(DARK, AIR, pixel_pitch_mm=PITCH_MM, column_spacing_mm=SPACING_MM, backend=backend)
+    result = proc.finish()
+    assert (result.lines, result.regions, result.class_px) == (0, [], {})
+    assert result.profile.shape == (0, 2) and result.preview.shape == (0, P // 4)
