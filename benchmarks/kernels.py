@@ -155,9 +155,9 @@ def batch_cases(n: int) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]
         ),
         ("smooth", lambda: locate.smooth(x - e, w), lambda: locate.smooth_ref(x - e, w)),
         (
-            "half_max_span",
-            lambda: locate.half_max_span(smoothed, peak),
-            lambda: locate.half_max_span_ref(smoothed, peak),
+            "half_max_edges",
+            lambda: locate.half_max_edges(smoothed, peak),
+            lambda: locate.half_max_edges_ref(smoothed, peak),
         ),
         ("peak_refine", lambda: locate.peak_refine(smoothed, peak), lambda: locate.peak_refine_ref(smoothed, peak)),
     ]

@@ -50,7 +50,7 @@ import numpy as np
 from edge.background import BackgroundSnapshot
 from edge.config import DetectionConfig
 from kernels.baseline import nsigma_series
-from kernels.locate import half_max_span, peak_refine, smooth
+from kernels.locate import half_max_edges, peak_refine, smooth
 from kernels.matched import mf_at, mf_series, point_templates
 from kernels.poisson import count_threshold, window_log_sf, window_sum_at, window_sum_max
 from kernels.shape import shape_at, shape_series, shape_span, softening_fit
@@ -76,10 +76,15 @@ MIN_SPEED_KMH = 1.0
 """Speeds below this (km/h; a vehicle stopped in the portal) are taken as this for the template widths."""
 NORM_HARD_Z = 1.0
 """How many standard deviations harder than background an excess must be to be NORM-consistent."""
-NORM_MODEL_ERROR = 0.15
+NORM_MODEL_ERROR = 0.1
 """Fraction of a uniform-load model of a NORM excess allowed as model error before a residual counts as a peak."""
+NORM_PEAK_Z = 3.0
+"""z of a point source on top of a NORM load above which the load is not released."""
 NORM_PREFERENCE = 9.0
 """How much better (chi-square) a spread load must explain an excess than a point source for NORM release."""
+NEUTRON_WINDOW_STANDOFFS = 2.8
+"""Length of the neutron sliding window, in standoffs travelled: the box that best catches a point
+source's 1/(1 + (x/d)^2) profile is 2.8 d long."""
 MAX_NEUTRON_WINDOW = 5
 """Longest sliding window (samples) of the neutron test."""
 JOINT_MIN_Z = 1.0
@@ -120,8 +125,6 @@ class GammaPlan:
     halfw: np.ndarray
     nominal: np.ndarray
     """The bank's middle template, trimmed to its own width (for smoothing an excess)."""
-    psf_width: float
-    """Half-maximum width (samples) of a point source's profile smoothed with ``nominal``."""
     rho1: tuple[float, ...]
     half: int
     """Largest template half-width: a centre is complete ``half`` samples after it."""
@@ -140,16 +143,12 @@ def gamma_plan(dt_s: float, speed_kmh: float, standoff_m: float) -> GammaPlan:
     hmax = (bank.shape[1] - 1) // 2
     mid = len(BANK_FACTORS) // 2
     nominal = bank[mid, hmax - halfw[mid] : hmax + halfw[mid] + 1].copy()
-    probe = np.zeros(8 * hmax + 1)
-    probe[3 * hmax : 5 * hmax + 1] = bank[mid]
-    smoothed = smooth(probe, nominal)
     return GammaPlan(
         dt_s=dt_s,
         scale=scale,
         bank=bank,
         halfw=halfw,
         nominal=nominal,
-        psf_width=float(half_max_span(smoothed, int(np.argmax(smoothed)))),
         rho1=tuple(float(np.dot(row[:-1], row[1:]) / np.dot(row, row)) for row in bank),
         half=int(halfw.max()),
         gap=max(1, math.ceil(FLANK_GAP_SCALES * scale)),
@@ -415,7 +414,8 @@ class OccupancyAnalyzer:
     # ------------------------------------------------------------- neutrons
     def _neutron_window(self) -> int:
         v = self.speed_kmh / 3.6
-        return int(min(MAX_NEUTRON_WINDOW, max(1, round(2.0 * self.cfg.source_standoff_m / (v * self.neutron_dt_s)))))
+        length = NEUTRON_WINDOW_STANDOFFS * self.cfg.source_standoff_m / (v * self.neutron_dt_s)
+        return int(min(MAX_NEUTRON_WINDOW, max(1, round(length))))
 
     def _neutron_thresholds(self, mean: float, relvar: float, n: int) -> list[int]:
         """Alarm counts for sliding windows of 1..m samples, Bonferroni over ``n`` positions."""
@@ -614,25 +614,24 @@ class OccupancyAnalyzer:
         loads = []
         for excess, variance in profiles:
             smoothed = smooth(excess, plan.nominal)
-            c = int(np.argmax(smoothed))
-            first = max(_load_width(half_max_span(smoothed, c), plan.nominal), shortest)
-            centre = peak_refine(smoothed, c) + 0.5
-            _, load, middle, model = max(
-                (_gain(m, excess, variance), length, middle, m)
-                for length in (first, 1.2 * first, 1.4 * first)
-                for middle in centre + np.arange(-2.0, 2.5)
-                for m in (smooth(_box(n, middle - length / 2, middle + length / 2), plan.nominal),)
+            left, right = half_max_edges(smoothed, int(np.argmax(smoothed)))
+            width = _load_width(right - left, plan.nominal)
+            middle = 0.5 * (left + right) + 0.5
+            left, right = middle - width / 2, middle + width / 2
+            step = 0.25 * plan.scale
+            _, start, end = max(
+                (_gain(smooth(_box(n, a, b), plan.nominal), excess, variance), a, b)
+                for a in left + step * np.arange(-3, 4)
+                for b in np.maximum(right + step * np.arange(-3, 4), a + shortest)
             )
+            model = smooth(_box(n, start, end), plan.nominal)
             amplitude = float(np.dot(model, excess / variance) / max(np.dot(model, model / variance), 1e-300))
             allowed = variance + (NORM_MODEL_ERROR * amplitude * model) ** 2
             if _gain(model, excess, allowed) - _point_gain(excess, allowed, plan) < NORM_PREFERENCE:
                 return None
-            z_residual, _ = mf_series(
-                excess - amplitude * model + allowed, allowed, np.ones(n), np.zeros(n), plan.bank, plan.halfw, 0.0
-            )
-            if float(np.max(z_residual)) > thr:
+            if _point_on_load_z(excess - amplitude * model, allowed, model, plan) > NORM_PEAK_Z:
                 return None
-            loads.append((load, middle))
+            loads.append((end - start, 0.5 * (start + end)))
         load, centre = max(loads)
         lo = max(0, math.floor(centre - load / 2))
         hi = min(n - 1, math.ceil(centre + load / 2) - 1)
@@ -641,8 +640,8 @@ class OccupancyAnalyzer:
         hardness = -shape_span(low, x, b, lo, hi, bg.p0, bg.var_p0, kappa, var_kappa)
         if hardness < NORM_HARD_Z:
             return None
-        norm = _alarm("norm-consistent", hardness, NORM_HARD_Z, centre * plan.dt_s, self.speed_kmh, None)
-        norm.update(alarm=False, extent=round(min(load / vehicle, 1.0), 3), min_extent=self.cfg.norm_min_extent)
+        norm = _alarm("norm-consistent", hardness, NORM_HARD_Z, float(centre) * plan.dt_s, self.speed_kmh, None)
+        norm.update(alarm=False, extent=round(float(min(load / vehicle, 1.0)), 3), min_extent=self.cfg.norm_min_extent)
         return norm
 
     # --------------------------------------------------------------- result
@@ -711,6 +710,25 @@ def _point_gain(excess: np.ndarray, variance: np.ndarray, plan: GammaPlan) -> fl
     return best
 
 
+def _point_on_load_z(residual: np.ndarray, variance: np.ndarray, model: np.ndarray, plan: GammaPlan) -> float:
+    """Largest z of a point source (any bank template, any centre) fitted together with the load ``model``.
+
+    ``residual`` is the excess minus the load fitted alone (so orthogonal to ``model`` in the metric
+    1/variance); the point's z is its projection on the residual over its norm once the part along the
+    load is taken out.
+    """
+    hmax = (plan.bank.shape[1] - 1) // 2
+    load = float(np.dot(model, model / variance))
+    best = -np.inf
+    for row, h in zip(plan.bank, plan.halfw, strict=True):
+        w = row[hmax - h : hmax + h + 1]
+        num = smooth(residual / variance, w)
+        along = smooth(model / variance, w)
+        norm = smooth(1.0 / variance, w * w) - along * along / max(load, 1e-300)
+        best = max(best, float(np.max(num / np.sqrt(np.maximum(norm, 1e-300)))))
+    return best
+
+
 def _box(n: int, lo: float, hi: float) -> np.ndarray:
     """Fraction of each sample ``[j, j + 1)`` of ``n`` covered by ``[lo, hi]`` (samples)."""
     j = np.arange(n, dtype=np.float64)
@@ -729,7 +747,8 @@ def _load_width(width: float, psf: np.ndarray) -> float:
         size = math.ceil(length) + 8 * h + 4
         middle = size / 2
         profile = smooth(smooth(_box(size, middle - length / 2 - 1e-6, middle + length / 2 + 1e-6), psf), psf)
-        return half_max_span(profile, int(np.argmax(profile)))
+        left, right = half_max_edges(profile, int(np.argmax(profile)))
+        return right - left
 
     if width <= fwhm(0.0):
         return 0.0

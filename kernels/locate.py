@@ -2,8 +2,9 @@
 
 ``peak_refine`` turns the arg-max of a statistic series into a fractional sample index by a parabola
 through the peak and its neighbours. ``smooth`` correlates a profile with a template (zero beyond the
-data). ``half_max_span`` measures the width (samples, with linear interpolation at the crossings) of
-the contiguous stretch around a peak where a smoothed excess stays above half its peak value.
+data). ``half_max_edges`` finds where (samples, with linear interpolation at the crossings) the
+contiguous stretch around a peak, where a smoothed excess stays above half its peak value, begins and
+ends.
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ def smooth(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def half_max_span(x: np.ndarray, c: int) -> float:
-    """Width (samples) of the stretch around ``c`` where ``x >= x[c] / 2``; 0 when ``x[c] <= 0``."""
+def half_max_edges(x: np.ndarray, c: int) -> tuple[float, float]:
+    """Edges (fractional samples) of the stretch around ``c`` where ``x >= x[c] / 2``; ``(c, c)`` if ``x[c] <= 0``.
+
+    A stretch reaching the end of the data ends half a sample beyond its last sample.
+    """
     n = x.shape[0]
     peak = x[c]
     if not peak > 0.0:
-        return 0.0
+        return float(c), float(c)
     half = 0.5 * peak
     lo = c
     while lo > 0 and x[lo - 1] >= half:
@@ -61,7 +65,7 @@ def half_max_span(x: np.ndarray, c: int) -> float:
     right = hi + 0.5
     if hi < n - 1:
         right = hi + (x[hi] - half) / (x[hi] - x[hi + 1])
-    return right - left
+    return left, right
 
 
 def peak_refine_ref(z: np.ndarray, c: int) -> float:
@@ -81,15 +85,15 @@ def smooth_ref(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.convolve(padded, w[::-1], mode="valid")
 
 
-def half_max_span_ref(x: np.ndarray, c: int) -> float:
-    """Numpy twin of :func:`half_max_span` (boolean runs)."""
+def half_max_edges_ref(x: np.ndarray, c: int) -> tuple[float, float]:
+    """Numpy twin of :func:`half_max_edges` (boolean runs)."""
     peak = x[c]
     if not peak > 0:
-        return 0.0
+        return float(c), float(c)
     half = 0.5 * peak
     below = np.flatnonzero(x < half)
     lo = int(below[below < c].max()) + 1 if np.any(below < c) else 0
     hi = int(below[below > c].min()) - 1 if np.any(below > c) else x.shape[0] - 1
     left = lo - 0.5 if lo == 0 else lo - (x[lo] - half) / (x[lo] - x[lo - 1])
     right = hi + 0.5 if hi == x.shape[0] - 1 else hi + (x[hi] - half) / (x[hi] - x[hi + 1])
-    return float(right - left)
+    return float(left), float(right)

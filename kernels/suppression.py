@@ -57,7 +57,7 @@ def flank_level_at(
     if np.isnan(left):
         return right, var_right
     tie = abs(left - right) <= _TIE * max(abs(left), abs(right))
-    if left > right or (tie and var_left <= var_right):
+    if (left > right and not tie) or (tie and var_left <= var_right):
         return left, var_left
     return right, var_right
 
@@ -125,7 +125,7 @@ def _take_left_ref(left: object, right: object, var_left: object, var_right: obj
     left, right = np.asarray(left, dtype=float), np.asarray(right, dtype=float)
     tie = np.abs(left - right) <= _TIE * np.maximum(np.abs(left), np.abs(right))
     with np.errstate(invalid="ignore"):
-        better = (left > right) | (tie & (np.asarray(var_left) <= np.asarray(var_right)))
+        better = ((left > right) & ~tie) | (tie & (np.asarray(var_left) <= np.asarray(var_right)))
     return np.isnan(right) | (~np.isnan(left) & better)
 
 

@@ -251,11 +251,12 @@ def test_locate_kernels_match_reference(x: np.ndarray, scale: float, data: st.Da
     close(smoothed, locate.smooth_ref(x, w))
     c = data.draw(st.integers(0, x.size - 1))
     close(locate.peak_refine(smoothed, c), locate.peak_refine_ref(smoothed, c))
-    close(locate.half_max_span(smoothed, c), locate.half_max_span_ref(smoothed, c))
+    close(locate.half_max_edges(smoothed, c), locate.half_max_edges_ref(smoothed, c))
 
 
-def test_half_max_span_known_value() -> None:
+def test_half_max_edges_known_value() -> None:
     """A triangle 0, 2, 4, 2, 0 crosses half its peak exactly at indices 1 and 3; the parabola through
     (0, 1), (1, 3), (2, 2) peaks at 1 + 1/6."""
-    assert locate.half_max_span(np.array([0.0, 2.0, 4.0, 2.0, 0.0]), 2) == pytest.approx(2.0)
+    assert locate.half_max_edges(np.array([0.0, 2.0, 4.0, 2.0, 0.0]), 2) == pytest.approx((1.0, 3.0))
+    assert locate.half_max_edges(np.array([3.0, 4.0, 1.0]), 1) == pytest.approx((-0.5, 1 + 2 / 3))
     assert locate.peak_refine(np.array([1.0, 3.0, 2.0]), 1) == pytest.approx(1 + 1 / 6)
