@@ -29,8 +29,8 @@ thresholds for the longest occupancy (``occupancy_timeout_s``), final ones for t
 samples, so every provisional alarm is also a final one.
 
 Without a tracked background (a file replay), the background is estimated from the occupancy itself:
-the median gross count per sample, the energy-window shape of the samples at or below it, and a
-sigma-clipped mean for neutrons. Then only the local-level version of the gross test runs, and there
+the lower quartile of the gross rate corrected to a mean, the energy-window shape of the samples at or
+below it, and a sigma-clipped mean for neutrons. Then only the local-level version of the gross test runs, and there
 are no provisional gamma alarms.
 
 Times ``t_offset_s`` are seconds from the start of the occupancy to the evidence (the source's closest
@@ -72,6 +72,8 @@ LEVEL_HALF = 2
 """Half-width (samples) of the window over which a sample's shielding level is measured."""
 SOFTENING_PRIOR_SD = 0.05
 """Prior spread of the shape test's shielding correction kappa (low-window fraction per unit s/(1-s))."""
+ESTIMATE_QUARTILE_Z = 0.674
+"""Standard deviations between the lower quartile and the mean of Poisson counts (background estimate)."""
 MIN_SPEED_KMH = 1.0
 """Speeds below this (km/h; a vehicle stopped in the portal) are taken as this for the template widths."""
 NORM_HARD_Z = 1.0
@@ -490,17 +492,26 @@ class OccupancyAnalyzer:
 
     # ---------------------------------------------------------------- gamma
     def _estimated_gamma(self) -> _GammaBackground:
-        """Background from the occupancy itself (no tracked background)."""
+        """Background from the occupancy itself (no tracked background).
+
+        The gross rate is the lower quartile of the samples' rates, corrected for Poisson spread (the
+        quartile of Poisson(mu) counts sits 0.674 sqrt(mu) below mu): a source, even one whose tail
+        covers half the occupancy, does not raise it. The energy-window shape comes from the samples
+        at or below that rate. Its uncertainty is that of a quartile of the samples.
+        """
         x, dts = self._gross.view, self._dts.view
         rate = x / dts
-        median = float(np.median(rate))
-        calm = self._win.view[rate <= median].sum(axis=0)
+        dt = float(dts.mean())
+        quartile = float(np.quantile(rate, 0.25)) * dt
+        level = (quartile + ESTIMATE_QUARTILE_Z * math.sqrt(max(quartile, 0.0))) / dt
+        calm = self._win.view[rate <= level].sum(axis=0)
         total = float(calm.sum())
         p0 = float(calm[0] / total) if total > 0 and self.windows >= 2 else 1.0
-        counts = max(median * float(dts.sum()) * 2.0 / math.pi, 1.0)
-        window_cps = calm / total * median if total > 0 else np.full(self.windows, median / self.windows)
+        # A quartile of n samples has the variance of a mean of about 0.54 n of them.
+        counts = max(level * float(dts.sum()) * 0.54, 1.0)
+        window_cps = calm / total * level if total > 0 else np.full(self.windows, level / self.windows)
         return _GammaBackground(
-            expected=median * dts,
+            expected=level * dts,
             relvar=1.0 / counts,
             p0=p0,
             var_p0=p0 * (1.0 - p0) / max(total, 1.0),

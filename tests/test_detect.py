@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -339,3 +340,22 @@ def test_estimator_refuses_malformed_readings() -> None:
         est.update_neutron(np.array([1.0, np.nan, 1.0, 1.0]), 0)
     with pytest.raises(ValueError):
         BackgroundEstimator(0, 2, 4, 60.0)
+
+
+def test_real_portal_file_without_background(shared_data: Path) -> None:
+    """The real spectroscopic portal occupancy (N42.42, 8 detectors, 0.25 s samples, no background
+    sample): the background comes from the occupancy, and the source passing shows where the counts peak."""
+    from drivers.n42 import load_portal, window_bounds, window_counts
+
+    portal = load_portal(shared_data / "n42" / "spectroscopic_portal_passthrough.n42")
+    bounds = window_bounds(portal.energy_edges_kev, CFG.energy_windows_kev)
+    gamma = np.stack([window_counts(s.spectra, bounds) for s in portal.samples]).astype(np.float64)
+    dt = portal.samples[0].real_time_s
+    result = analyze(CFG, BackgroundSnapshot(), gamma, np.zeros((0, 0)), dt, 1.0, portal.speed_kmh)
+    json.dumps(result, allow_nan=False)
+    assert result["background"]["origin"] == "estimated-from-occupancy"
+    assert result["background"]["gamma_total_cps"] < np.median(gamma.sum(axis=(1, 2))) / dt
+    peak_s = (int(np.argmax(gamma.sum(axis=(1, 2)))) + 0.5) * dt
+    gamma_alarm = alarms(result)["gamma"]
+    assert abs(gamma_alarm["t_offset_s"] - peak_s) < 1.0
+    assert gamma_alarm["location_m"] == pytest.approx(gamma_alarm["t_offset_s"] * portal.speed_kmh / 3.6, abs=0.01)
