@@ -78,7 +78,8 @@ class Lane:
         self.background: BackgroundEstimator | None = None
         self.occupancy: _Occupancy | None = None
         self.faults: set[str] = set()
-        self.link_up: bool | None = None
+        self.links: dict[str, bool] = {}
+        """Device link state reported by each source (driver) of the lane."""
         self.last_record_wall_ns: int | None = None
         self.last_end_wall_ns = 0
         self.setup: dict[str, list[str]] = {}
@@ -95,10 +96,16 @@ class Lane:
         self.metrics.last_record.labels(self.id).set(rec.t_wall_ns / 1e9)
         return _HANDLERS.get(rec.kind, Lane._ignore)(self, rec, now_mono_ns)
 
+    @property
+    def link_up(self) -> bool | None:
+        """True while every source of the lane reports its device link up; None before any report."""
+        return all(self.links.values()) if self.links else None
+
     def _on_link(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
-        self.link_up = bool(rec.values.get("up"))
+        up = bool(rec.values.get("up"))
+        self.links[rec.source] = up
         self.metrics.link_up.labels(self.id).set(1 if self.link_up else 0)
-        if not self.link_up and self.occupancy is not None:
+        if not up and self.occupancy is not None:
             self.occupancy.link_interruptions += 1
         return []
 
