@@ -7,8 +7,9 @@ background estimator is fed 1 s readings every 5 s, as a lane would be. Each occ
 :func:`edge.detect.analyze`, which also reports what the fielded rule (5 samples of 0.2 s summed over
 the gamma channels against BG + n sqrt(BG), and the fixed neutron threshold) says on the same counts.
 
-Prints, per source type: vehicles, probability of alarm for lanewatch and for the fielded rule, and for
-benign and NORM traffic the alarms per 1000 vehicles, side by side. Run::
+Prints, per source type: vehicles, probability of alarm for lanewatch and for the fielded rule (and
+how often each half of the fielded rule, gamma and neutron, fired), and for benign, NORM and medical
+traffic the alarms per 1000 vehicles, side by side. Run::
 
     python -m benchmarks.detection --n 2000 --seed 1
     python -m benchmarks.detection --n 2000 --seed 2 --gross
@@ -75,6 +76,12 @@ def run(cfg: DetectionConfig, n: int, seed: int) -> dict[str, Any]:
         row["n"] += 1
         row["lanewatch"] += result["verdict"] == "ALARM"
         row["baseline"] += result["baseline_verdict"] == "ALARM"
+        base = result["baseline"]
+        row["baseline gamma"] += base["max_sigma"] > base["n_sigma"]
+        row["baseline neutron"] += (
+            base["neutron_max"] is not None
+            and base["neutron_max"] - base["neutron_background"] > base["neutron_threshold"]
+        )
         for alarm in result["alarms"]:
             if alarm["alarm"]:
                 row[f"by {alarm['reason']}"] += 1
@@ -94,7 +101,10 @@ def report(cfg: DetectionConfig, n: int, seed: int, out: dict[str, Any]) -> None
         f"{cfg.neutron_false_alarm_probability:g}; fielded rule n = {cfg.baseline_n_sigma:g}, "
         f"neutron > {cfg.baseline_neutron_threshold}"
     )
-    header = f"{'source':16s} {'category':9s} {'n':>5s} {'lanewatch':>10s} {'fielded':>8s}  alarms by reason"
+    header = (
+        f"{'source':16s} {'category':9s} {'n':>5s} {'lanewatch':>10s} {'fielded':>8s} {'(gamma':>7s} {'neutron)':>8s}"
+        "  lanewatch alarms by reason"
+    )
     print(header)
     print("-" * len(header))
     for source, category in SOURCES.items():
@@ -104,9 +114,10 @@ def report(cfg: DetectionConfig, n: int, seed: int, out: dict[str, Any]) -> None
         reasons = ", ".join(f"{k[3:]} {v}" for k, v in sorted(row.items()) if k.startswith("by "))
         if row["released"]:
             reasons += f"; released as NORM {row['released']}"
+        n = row["n"]
         print(
-            f"{source:16s} {category:9s} {row['n']:5d} {row['lanewatch'] / row['n']:10.3f} "
-            f"{row['baseline'] / row['n']:8.3f}  {reasons}"
+            f"{source:16s} {category:9s} {n:5d} {row['lanewatch'] / n:10.3f} {row['baseline'] / n:8.3f} "
+            f"{row['baseline gamma'] / n:7.3f} {row['baseline neutron'] / n:8.3f}  {reasons}"
         )
     print()
     for category in ("benign", "norm", "medical"):

@@ -13,28 +13,34 @@ Tests (kernels in :mod:`kernels`):
 - ``neutron``: Poisson tail test (negative binomial with the uncertainty of the tracked background) on
   sliding windows about as long as a point source takes to pass. The whole-occupancy excess is
   reported, not alarmed on: spread over the vehicle it is the He-3 ship effect of steel cargo.
+- ``neutron-gamma``: neutron windows and the gamma evidence at the same place combined (a plutonium
+  source weak in both); reported only when no other test alarms.
 
 A gamma or harder-shape alarm is released as ``norm-consistent`` when its excess is spread (a uniform
 load over at least ``norm_min_extent`` of the vehicle explains it clearly better than any point source,
-``NORM_PREFERENCE``), holds no point source on top of that load, is harder than background over the
-load (the low-window fraction at least ``NORM_HARD_Z`` standard deviations below what background would
-give), and no softer-shape alarm stands. Softer excesses and point-like ones are never released.
+``NORM_PREFERENCE``), holds no point source on top of that load (``NORM_PEAK_Z``), is harder than
+background over the load (the low-window fraction at least ``NORM_HARD_Z`` standard deviations below
+what background would give), and no softer-shape alarm stands. Softer excesses and point-like ones are
+never released. The vehicle is the occupancy less the portal's ``occupancy_hold_in_s``.
 
 Thresholds come from the configured false-alarm probabilities per occupancy. The gamma budget is split
 evenly between the gross test (its two versions sharing that half) and the shape test (half per side);
 within a test the chance that the maximum over centres and templates crosses ``u`` is bounded by Rice's
 up-crossing formula for the template's lag-1 autocorrelation (never more than Bonferroni over the
-centres). The neutron budget is spread over the window positions (Bonferroni). Provisional alarms use
-thresholds for the longest occupancy (``occupancy_timeout_s``), final ones for the actual number of
-samples, so every provisional alarm is also a final one.
+centres), and a Cornish-Fisher term corrects each z for the skewness of its counts. The neutron budget
+is split between the sliding windows and the combined test, each Bonferroni over window positions.
+Provisional alarms use thresholds for the longest occupancy (``occupancy_timeout_s``), final ones for
+the actual number of samples, so every provisional alarm is also a final one.
 
-Without a tracked background (a file replay), the background is estimated from the occupancy itself:
-the lower quartile of the gross rate corrected to a mean, the energy-window shape of the samples at or
-below it, and a sigma-clipped mean for neutrons. Then only the local-level version of the gross test runs, and there
-are no provisional gamma alarms.
+Without a tracked background (a file replay, or a tracked gamma background below ``MIN_GAMMA_CPS``),
+the background is estimated from the occupancy itself: the lower quartile of the gross rate corrected
+to a mean, the energy-window shape of the samples at or below it, and a sigma-clipped mean for
+neutrons. Then only the local-level version of the gross test runs, and there are no provisional gamma
+alarms.
 
 Times ``t_offset_s`` are seconds from the start of the occupancy to the evidence (the source's closest
-approach); ``location_m`` is that time times the speed: metres from the vehicle's front.
+approach); ``location_m`` is that time times the speed: metres from the vehicle's front, with
+``location_sd_m`` its standard deviation.
 """
 
 from __future__ import annotations
@@ -72,6 +78,10 @@ LEVEL_HALF = 2
 """Half-width (samples) of the window over which a sample's shielding level is measured."""
 SOFTENING_PRIOR_SD = 0.05
 """Prior spread of the shape test's shielding correction kappa (low-window fraction per unit s/(1-s))."""
+MIN_GAMMA_CPS = 1.0
+"""A tracked gamma background below this (cps, all channels) is a dead counter, not a background."""
+MIN_NEUTRON_CPS = 0.1
+"""A tracked neutron background below this (cps, all tubes) is a dead counter, not a background."""
 ESTIMATE_QUARTILE_Z = 0.674
 """Standard deviations between the lower quartile and the mean of Poisson counts (background estimate)."""
 MIN_SPEED_KMH = 1.0
@@ -259,11 +269,11 @@ class OccupancyAnalyzer:
         self._neutron_cps: float | None = None
         self._neutron_relvar = 0.0
         self._gamma_evidence: np.ndarray | None = None
-        if background.gamma_cps is not None:
-            g = np.asarray(background.gamma_cps, dtype=np.float64)
-            if g.shape != (gamma_channels, self.windows):
-                raise ValueError(f"gamma background shape {g.shape} != ({gamma_channels}, {self.windows})")
-            total = max(float(g.sum()), 1e-9)
+        g = None if background.gamma_cps is None else np.asarray(background.gamma_cps, dtype=np.float64)
+        if g is not None and g.shape != (gamma_channels, self.windows):
+            raise ValueError(f"gamma background shape {g.shape} != ({gamma_channels}, {self.windows})")
+        if g is not None and float(g.sum()) >= MIN_GAMMA_CPS:
+            total = float(g.sum())
             counts = total * background.gamma_exposure_s
             p0 = float(g[:, 0].sum()) / total if self.windows >= 2 else 1.0
             self._tracked = _GammaBackground(
@@ -279,9 +289,10 @@ class OccupancyAnalyzer:
             nb = np.asarray(background.neutron_cps, dtype=np.float64).reshape(-1)
             if nb.shape != (neutron_channels,):
                 raise ValueError(f"neutron background shape {nb.shape} != ({neutron_channels},)")
-            self._neutron_cps = float(nb.sum())
-            counts = self._neutron_cps * background.neutron_exposure_s
-            self._neutron_relvar = 1.0 / counts if counts > 0 else 0.0
+            if float(nb.sum()) >= MIN_NEUTRON_CPS:
+                self._neutron_cps = float(nb.sum())
+                counts = self._neutron_cps * background.neutron_exposure_s
+                self._neutron_relvar = 1.0 / counts if counts > 0 else 0.0
 
     # ----------------------------------------------------------------- inputs
     def set_speed(self, speed_kmh: float) -> None:
@@ -657,7 +668,16 @@ class OccupancyAnalyzer:
 
     # --------------------------------------------------------------- result
     def finish(self) -> dict[str, Any]:
-        """The final analysis of the occupancy (JSON-serializable; see the module docstring)."""
+        """The final analysis of the occupancy, JSON-serializable.
+
+        Keys: ``alarms`` (entries with ``alarm`` true or false, see the module docstring), ``verdict``
+        ("ALARM" iff an entry alarms, else "CLEAR"), ``baseline_verdict`` and ``baseline`` (the fielded
+        rule on the same counts: ``max_sigma``, ``n_sigma``, ``neutron_max``, ``neutron_background``,
+        ``neutron_threshold``), ``profile`` (per-sample evidence: ``gross``, ``windows``, ``expected``,
+        ``mf_z``, ``shape_z``, ``neutron``, with ``dt_s``, ``neutron_dt_s`` and ``speed_kmh``),
+        ``background`` (cps used and ``origin``/``neutron_origin``: "tracked" or
+        "estimated-from-occupancy") and ``provisional`` (the alarms raised mid-passage).
+        """
         gamma_alarms, profile, background, baseline = self._finish_gamma()
         neutron_alarms, neutron_profile, neutron_background = self._finish_neutron()
         alarms = gamma_alarms + neutron_alarms

@@ -359,3 +359,12 @@ def test_real_portal_file_without_background(shared_data: Path) -> None:
     gamma_alarm = alarms(result)["gamma"]
     assert abs(gamma_alarm["t_offset_s"] - peak_s) < 1.0
     assert gamma_alarm["location_m"] == pytest.approx(gamma_alarm["t_offset_s"] * portal.speed_kmh / 3.6, abs=0.01)
+
+
+def test_dead_counter_background_is_not_used() -> None:
+    """A tracked background of zeros (a dead counter that was not flagged) falls back to the occupancy."""
+    dead = BackgroundSnapshot(np.zeros((4, 2)), np.zeros(4), 60.0, 60.0)
+    result = run(Vehicle(), 2, bg=dead)
+    assert result["verdict"] == "CLEAR"
+    assert result["background"]["origin"] == "estimated-from-occupancy"
+    assert result["background"]["neutron_origin"] == "estimated-from-occupancy"
