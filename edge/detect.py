@@ -850,3 +850,5 @@ def warm_up() -> None:
     neutron = rng.poisson(1.0, size=(8, 4)).astype(np.float64)
     analyze(cfg, bg, gamma, neutron, 0.2, 1.0, 8.0)
     analyze(cfg, BackgroundSnapshot(), gamma, neutron, 0.2, 1.0, 8.0)
+    # The one kernel only a NORM-like occupancy reaches.
+    half_max_edges(np.array([0.0, 1.0, 0.0]), 1)
