@@ -351,7 +351,7 @@ class OccupancyAnalyzer:
         if c >= 0 and "gamma" not in self.raised:
             z, t = mf_at(x, e, n, c, 1.0, bg.relvar, plan.bank, plan.halfw, thr.cf_gross)
             if z > thr.gross:
-                raised.append(self._raise("gamma", z, thr.gross, c, t, i))
+                raised.append(self._raise("gamma", z, thr.gross, t, i))
         if c >= 0 and self.windows >= 2 and "gamma-shape" not in self.raised:
             b = self._softening.data
             softening_covariate_into(x, e, n, i - LEVEL_HALF, LEVEL_HALF, b)
@@ -362,14 +362,14 @@ class OccupancyAnalyzer:
                 self._low.data, x, b, n, c, bg.p0, bg.var_p0, kappa, var_kappa, plan.bank, plan.halfw, thr.cf_shape
             )
             if abs(z) > thr.shape:
-                raised.append(self._raise("gamma-shape", z, thr.shape, c, t, i))
+                raised.append(self._raise("gamma-shape", z, thr.shape, t, i))
         c = i - plan.gap - plan.width
         if c >= 0 and "gamma" not in self.raised:
             level, var = flank_level_at(x, e, n, c, plan.gap, plan.width, True, self._gamma_total_cps * plan.dt_s)
             if level < 1.0:
                 z, t = mf_at(x, e, n, c, level, var + level * level * bg.relvar, plan.bank, plan.halfw, thr.cf_gross)
                 if z > thr.gross:
-                    raised.append(self._raise("gamma", z, thr.gross, c, t, i))
+                    raised.append(self._raise("gamma", z, thr.gross, t, i))
         return raised
 
     def _location_sd_m(self, template: int, z: float) -> float:
@@ -387,8 +387,15 @@ class OccupancyAnalyzer:
             alarm["direction"] = "softer" if z > 0 else "harder"
         return alarm
 
-    def _raise(self, reason: str, z: float, thr: float, c: int, template: int, i: int) -> dict[str, Any]:
-        alarm = self._entry(reason, z, thr, c, template)
+    def _raise(self, reason: str, z: float, thr: float, template: int, i: int) -> dict[str, Any]:
+        """A provisional alarm, located at the strongest gross excess seen so far.
+
+        The streaming test may cross on the flank of a strong source, before its window is centred on
+        it, so the window centre can lie metres ahead of the source; the excess peak is where it is.
+        """
+        n = i + 1
+        excess = np.convolve(self._gross.data[:n] - self._expected.data[:n], np.ones(3), "same")
+        alarm = self._entry(reason, z, thr, int(np.argmax(excess)), template)
         alarm["raised_at_s"] = round((i + 1) * self.gamma_dt_s, 3)
         self.raised[reason] = alarm
         return alarm
