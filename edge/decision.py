@@ -2,7 +2,8 @@
 
 Fields (the journal assigns ``seq``):
 
-- ``lane``, ``occupancy_id`` (unique: lane and start time in ns), ``device_occupancy`` (the
+- ``lane``, ``occupancy_id`` (unique: lane, start time in ns and the source and sequence
+  number of the record that opened it, since records read together share one stamp), ``device_occupancy`` (the
   portal's own GX counter, or None; SRLS in auto mode always sends 0, so it is not an id),
 - ``start``, ``end``: ISO 8601 UTC of the first sample and of the end of the occupancy, and
   ``start_ns``, ``end_ns`` the same instants in ns since the epoch, as the driver stamped them,
@@ -39,6 +40,7 @@ def verdict_of(analysis: dict[str, Any], end_reason: str, tamper: bool) -> str:
 def build(
     *,
     lane: str,
+    occupancy_id: str,
     start_wall_ns: int,
     end_wall_ns: int,
     end_reason: str,
@@ -55,7 +57,7 @@ def build(
         alarms.append({"reason": "tamper", "alarm": True, "statistic": None, "threshold": None, "location_m": None})
     return {
         "lane": lane,
-        "occupancy_id": f"{lane}-{start_wall_ns}",
+        "occupancy_id": occupancy_id,
         "device_occupancy": device_occupancy,
         "start": iso_utc(start_wall_ns),
         "end": iso_utc(end_wall_ns),

@@ -61,6 +61,8 @@ class _Occupancy:
     started_mono_ns: int
     last_sample_mono_ns: int
     gamma_shape: tuple[int, ...]
+    id: str
+    """Unique occupancy id: lane, start stamp (ns), and the source and seq of the opening record."""
     samples: int = 0
     device_alarm: bool = False
     tamper: bool = False
@@ -162,7 +164,7 @@ class Lane:
                 continue
             occ.provisional_reasons.add(alarm["reason"])
             self.metrics.provisional.labels(self.id).inc()
-            events.append(Provisional({"lane": self.id, "occupancy_id": self._occupancy_id(occ), **alarm}))
+            events.append(Provisional({"lane": self.id, "occupancy_id": occ.id, **alarm}))
         return events
 
     def _on_speed(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
@@ -248,6 +250,7 @@ class Lane:
             started_mono_ns=now_mono_ns,
             last_sample_mono_ns=now_mono_ns,
             gamma_shape=gamma_shape,
+            id=f"{self.id}-{rec.t_wall_ns}-{rec.source}{rec.seq}",
         )
         self.occupancy = occ
         self.metrics.occupied.labels(self.id).set(1)
@@ -265,6 +268,7 @@ class Lane:
         self.metrics.kernel_time.labels("finish").observe(time.perf_counter() - t0)
         record = decision.build(
             lane=self.id,
+            occupancy_id=occ.id,
             start_wall_ns=occ.start_wall_ns,
             end_wall_ns=end_wall_ns,
             end_reason=end_reason,
@@ -278,9 +282,6 @@ class Lane:
         if end_reason not in decision.COMPLETE_ENDS:
             log.warning("lane %s: occupancy %s ended by %s", self.id, record["occupancy_id"], end_reason)
         return [Decided(record, end_wall_ns)]
-
-    def _occupancy_id(self, occ: _Occupancy) -> str:
-        return f"{self.id}-{occ.start_wall_ns}"
 
     def _set_fault(self, name: str, active: bool) -> None:
         if active:
