@@ -10,6 +10,7 @@
     lanewatch replay FILE.n42               the decision for one N42 portal file
     lanewatch status --config FILE          health of the service and the drivers
     lanewatch install-units ...             systemd units and an example configuration
+    lanewatch model train|check ...         train or check the ONNX anomaly model
 
 Drivers and simulators are looked up by name in their entry-point groups, so this module
 never imports one.
@@ -54,6 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     service = Service(_config(args.config))
     stop = _stop_on_signals()
+    signal.signal(signal.SIGHUP, lambda signum, frame: service.model.request_reload())
     service.start()
     try:
         service.run(stop)
@@ -114,6 +116,12 @@ def cmd_install_units(args: argparse.Namespace) -> int:
     from edge import deploy
 
     return deploy.run(args)
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from edge import modelcli
+
+    return modelcli.run(args, _config(args.config))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -211,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
     _lazy_arguments(p, "status")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("model", help="train or check the ONNX anomaly model")
+    p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
+    _lazy_arguments(p, "modelcli")
+    p.set_defaults(func=cmd_model)
 
     p = sub.add_parser("install-units", help="install systemd units and an example configuration")
     _lazy_arguments(p, "deploy")

@@ -85,11 +85,28 @@ class LaneConfig:
     """host:port of the lane's X-ray scanner line stream ("" for a lane without a scanner)."""
 
 
+SHIPPED_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "anomaly.onnx")
+"""The anomaly model shipped with lanewatch (``models/anomaly.onnx`` beside the ``edge`` package)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = SHIPPED_MODEL
+    """ONNX anomaly model file scored on every decision (default: the shipped model; "" for none)."""
+    finding_threshold: float = 2.0
+    """Anomaly score (-log10 of the fraction of ordinary vehicles as unusual) from which a decision has a finding."""
+    alarm_threshold: float = 0.0
+    """Anomaly score from which a model-anomaly finding is an alarm (verdict ALARM); 0 for none: findings only."""
+    release_threshold: float = 2.0
+    """A NORM-consistent finding is marked release recommended only when the anomaly score is below this."""
+
+
 @dataclass(frozen=True)
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     bus: BusConfig = field(default_factory=BusConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     lanes: list[LaneConfig] = field(default_factory=list)
     source: str = "<defaults>"
     """Where this configuration came from (a path, or <defaults>)."""
@@ -181,6 +198,15 @@ def parse(text: str, source: str = "<string>") -> Config:
         raise ConfigError(f"{source}: detection.gamma_false_alarm_probability: expected a number in (0, 1)")
     if not 0 < cfg.detection.neutron_false_alarm_probability < 1:
         raise ConfigError(f"{source}: detection.neutron_false_alarm_probability: expected a number in (0, 1)")
+    m = cfg.model
+    for key in ("finding_threshold", "alarm_threshold", "release_threshold"):
+        if not 0 <= getattr(m, key) < float("inf"):
+            raise ConfigError(f"{source}: model.{key}: expected a finite non-negative score, got {getattr(m, key)!r}")
+    if m.alarm_threshold and m.finding_threshold > m.alarm_threshold:
+        raise ConfigError(
+            f"{source}: model.finding_threshold: expected at most alarm_threshold ({m.alarm_threshold}), "
+            f"got {m.finding_threshold}"
+        )
     return dataclasses.replace(cfg, source=source)
 
 

@@ -26,6 +26,7 @@ from edge.config import Config
 from edge.journal import Journal, JournalError
 from edge.lane import Decided, Lane, Provisional
 from edge.metrics import ServiceMetrics, serve_http
+from edge.model import ModelRunner
 from edge.records import DecodeError, decode
 from edge.sdnotify import Notifier
 
@@ -47,6 +48,7 @@ class Service:
         self.registry = registry or CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
         self.lanes = {lane.id: Lane(lane, config.detection, self.metrics) for lane in config.lanes}
+        self.model = ModelRunner(config.model, self.registry)
         self.sequences = bus.SequenceTracker()
         self.pending: deque[Decided] = deque()
         self.notifier = Notifier.from_env(self.metrics)
@@ -60,10 +62,12 @@ class Service:
 
     # ---- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
-        """Compile kernels, open the journal, bind sockets and the HTTP endpoint, then tell systemd READY."""
+        """Compile kernels, load the anomaly model, open the journal, bind sockets and the HTTP endpoint, then tell
+        systemd READY. A model file that cannot be used raises :class:`edge.model.ModelError` first."""
         t0 = time.perf_counter()
         detect.warm_up()
         log.info("kernels ready in %.1f s", time.perf_counter() - t0)
+        self.model.start()
         self.journal = Journal(self.config.service.journal, self.metrics)
         self.last_seq = self.journal.last_seq()
         self.journal_ok = self.journal.writable()
@@ -106,7 +110,9 @@ class Service:
             self.step(TICK_S)
 
     def step(self, timeout_s: float) -> None:
-        """One loop iteration: wait up to ``timeout_s`` for input, handle it, then do timed work."""
+        """One loop iteration: swap in a reloaded model if asked, wait up to ``timeout_s`` for input, handle it,
+        then do timed work."""
+        self.model.maybe_reload()
         events = dict(self.poller.poll(timeout_s * 1000))
         if self.ingest in events:
             self._drain_ingest()
@@ -167,6 +173,7 @@ class Service:
             if isinstance(event, Provisional):
                 self.alerts.publish_provisional(event.alarm)
             else:
+                self.model.review(event.decision)
                 self.pending.append(event)
         self._flush_pending()
 
