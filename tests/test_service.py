@@ -211,9 +211,8 @@ def test_strong_source_alarms_mid_passage_and_is_located(running: Running, ctx: 
     pub = _publisher(ctx, config)
     _background(pub)
     sub = AlertSubscriber(ctx, config.bus.alerts, config.bus.query, since=None)
-    deadline = time.monotonic() + 10
-    while running.value("lanewatch_alert_subscribers") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)  # provisional alarms are not journaled: subscribe before they are raised
+    stream = sub.decisions(follow=True, timeout_s=0.2, provisional=True)
+    assert next(stream) is None  # following live now: what comes next arrives in bus order
     rng = np.random.default_rng(5)
     pub.emit(Kind.SPEED, values={"speed_kmh": 7.2, "speed_mph": 4.47, "crossing_s": 0.15})
     t = np.arange(60) * 0.2
@@ -223,7 +222,7 @@ def test_strong_source_alarms_mid_passage_and_is_located(running: Running, ctx: 
     pub.emit(Kind.OCCUPANCY_END, values={"device_occupancy": 7})
     seen: list[dict] = []
     deadline = time.monotonic() + 30
-    for item in sub.decisions(follow=True, timeout_s=0.5, provisional=True):
+    for item in stream:
         if item is not None:
             seen.append(item)
         if any(not i.get("provisional") for i in seen) or time.monotonic() > deadline:
