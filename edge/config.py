@@ -68,6 +68,28 @@ class DetectionConfig:
 
 
 @dataclass(frozen=True)
+class FusionConfig:
+    scan_wait_s: float = 5.0
+    """At a lane with an X-ray scanner, longest wait (s) after an occupancy ends for its scan to end; then the
+    decision is made with the part of the scan that arrived, or without one."""
+    scan_timeout_s: float = 120.0
+    """A scan still open this long (s) after it started, with no occupancy waiting for it, is closed incomplete."""
+    match_tolerance_s: float = 2.0
+    """A scan belongs to the occupancy whose time span its own overlaps, both widened by this much (s)."""
+    hotspot_z: float = 3.0
+    """Smallest matched-filter z at an image's high-Z object that makes a radiation hotspot there (below the alarm
+    thresholds) a shielded source suspected."""
+    colocation_sigma: float = 2.0
+    """A radiation location and an image object are co-located within this many standard deviations of both."""
+    shield_min_area_mm2: float = 2500.0
+    """Smallest high-Z object (mm^2 as imaged) that could shield a source."""
+    shield_min_lead_mm: float = 8.0
+    """Smallest lead-equivalent thickness (mm) of a high-Z object that could shield a source."""
+    too_dark_fraction: float = 0.3
+    """image-too-dark when at least this fraction of the vehicle's image lets too few photons through to see."""
+
+
+@dataclass(frozen=True)
 class LaneConfig:
     id: str
     """Lane identifier, unique; used in topics, metrics labels and decisions."""
@@ -83,6 +105,10 @@ class LaneConfig:
     """Neutron detector channels of the portal monitor."""
     xray: str = ""
     """host:port of the lane's X-ray scanner line stream ("" for a lane without a scanner)."""
+    xray_http: str = ""
+    """host:port where this lane's X-ray driver serves /metrics and /healthz ("" for none)."""
+    xray_detector_mm: float = 4600.0
+    """Length (mm) of the X-ray scanner's detector column, top to bottom: the pixel pitch is this over the pixels."""
 
 
 SHIPPED_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "anomaly.onnx")
@@ -106,6 +132,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     bus: BusConfig = field(default_factory=BusConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lanes: list[LaneConfig] = field(default_factory=list)
     source: str = "<defaults>"

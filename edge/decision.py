@@ -13,13 +13,34 @@ Fields (the journal assigns ``seq``):
   (``alarm`` false on entries released as NORM-consistent, with the reason explained),
 - ``baseline_verdict``: what the fielded n-sigma rule said, and ``baseline`` its numbers,
 - ``end_reason``, ``samples``, ``device_alarm`` (the portal's own GA/NA flag), ``tamper``,
-  ``link_interruptions``, ``speed_kmh``, ``background``, ``profile`` (arrays to draw evidence).
+  ``link_interruptions``, ``speed_kmh``, ``background``, ``profile`` (arrays to draw evidence),
+- ``xray`` (only at a lane with an X-ray scanner, or when a scan was fused): the scan's id, source,
+  status (``complete``, ``incomplete``, or ``missing`` when no scan came), registration, image objects
+  and dense regions on the metres axis, image profile and a preview PNG (base64); see :mod:`edge.fusion`.
+
+Verdict rules, in order:
+
+1. ``ALARM`` when any ``alarms`` entry has ``alarm`` true: a radiation test, ``tamper``, or a fused
+   finding: ``shielded-source-suspected`` (high-Z object where the radiation alarms or a weak hotspot
+   lies) or ``image-review`` (high-Z object large enough to shield a source, no radiation excess).
+   ``norm-consistent`` (with ``release_recommended`` when the image agrees) and ``image-too-dark``
+   never alarm: they explain, and the second says the image cannot clear the load.
+2. else ``INCOMPLETE`` when the occupancy's data is not whole (no end line) and for a scan decided
+   without an occupancy (no radiation measurement at all);
+3. else ``CLEAR``. An occupancy whose scan never came is decided on its radiation alone.
+
+A scan without an occupancy gets its own decision (:func:`build_scan_only`): ``occupancy_id``
+``<lane>-xray-<start ns>-<source><scan id>``, its start and end, ``end_reason`` ``no-occupancy``, no
+radiation fields (``samples`` 0, ``profile`` empty) and the image findings as ``alarms``.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge.scan import Scan
 
 VERDICTS = ("CLEAR", "ALARM", "INCOMPLETE")
 COMPLETE_ENDS = ("gx", "background")
@@ -32,6 +53,7 @@ def iso_utc(t_wall_ns: int) -> str:
 
 
 def verdict_of(analysis: dict[str, Any], end_reason: str, tamper: bool) -> str:
+    """The verdict from the alarms (fused findings included), the end reason and the tamper flag."""
     if tamper or any(a.get("alarm") for a in analysis["alarms"]):
         return "ALARM"
     return "CLEAR" if end_reason in COMPLETE_ENDS else "INCOMPLETE"
@@ -50,12 +72,14 @@ def build(
     device_alarm: bool,
     tamper: bool,
     link_interruptions: int,
+    xray: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The decision for one occupancy from its analysis (see :mod:`edge.detect`)."""
+    """The decision for one occupancy from its analysis (see :mod:`edge.detect`), with its fused
+    findings among the analysis' alarms and its ``xray`` section when the lane has a scanner."""
     alarms = list(analysis["alarms"])
     if tamper:
         alarms.append({"reason": "tamper", "alarm": True, "statistic": None, "threshold": None, "location_m": None})
-    return {
+    record = {
         "lane": lane,
         "occupancy_id": occupancy_id,
         "device_occupancy": device_occupancy,
@@ -75,4 +99,34 @@ def build(
         "speed_kmh": analysis["profile"].get("speed_kmh"),
         "background": analysis.get("background"),
         "profile": analysis["profile"],
+    }
+    if xray is not None:
+        record["xray"] = xray
+    return record
+
+
+def build_scan_only(scan: Scan, alarms: list[dict[str, Any]], xray: dict[str, Any]) -> dict[str, Any]:
+    """The decision for an X-ray scan that matched no occupancy: its image findings and ``xray`` section alone."""
+    alarming = any(a.get("alarm") for a in alarms)
+    return {
+        "lane": scan.lane,
+        "occupancy_id": f"{scan.lane}-xray-{scan.start_wall_ns}-{scan.source}{scan.scan_id}",
+        "device_occupancy": None,
+        "start": iso_utc(scan.start_wall_ns),
+        "end": iso_utc(scan.end_wall_ns),
+        "start_ns": scan.start_wall_ns,
+        "end_ns": scan.end_wall_ns,
+        "verdict": "ALARM" if alarming else "INCOMPLETE",
+        "alarms": alarms,
+        "baseline_verdict": None,
+        "baseline": None,
+        "end_reason": "no-occupancy",
+        "samples": 0,
+        "device_alarm": False,
+        "tamper": False,
+        "link_interruptions": 0,
+        "speed_kmh": None,
+        "background": None,
+        "profile": {},
+        "xray": xray,
     }

@@ -8,6 +8,17 @@ State machine per lane::
     OCCUPIED --no GX after occupancy_timeout_s-> IDLE   end_reason "timeout"   (INCOMPLETE)
     OCCUPIED --samples stop for sample_timeout_s> IDLE  end_reason "stalled"   (INCOMPLETE)
 
+X-ray records go to the lane's :class:`~edge.scan.ScanAssembler`. A scan belongs to the
+occupancy whose time span (first sample to end line, by the drivers' stamps) its own overlaps, both
+widened by ``match_tolerance_s``; of several, the one overlapping most. At a lane with a scanner
+(``xray`` configured) an ended occupancy waits for its scan to end, at most ``scan_wait_s``: then an
+open scan is cut and fused as it is, and without any scan the decision is made on radiation alone
+(``xray.status`` ``missing``, anomaly ``xray-scan-missing``). A finished scan that no occupancy
+claims within ``scan_wait_s`` (plus the tolerance) of its end, and that overlaps no open occupancy,
+is a scan without an occupancy: counted (anomaly ``xray-no-occupancy``), logged, and journaled as an
+image-only decision (:func:`edge.decision.build_scan_only`). A lane without a scanner decides at
+once, as before, fusing a scan only if one has already ended.
+
 A GX while IDLE is a duplicate end and is counted, not decided. A scan sample stamped earlier than
 the end of the occupancy just decided is late and is counted and dropped. Tamper lines set a
 fault and mark the occupancy. The lane learns its channel layout from the records: a portal
@@ -23,12 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from edge import decision
+from edge import decision, fusion
 from edge.background import BackgroundEstimator
-from edge.config import DetectionConfig, LaneConfig
+from edge.config import DetectionConfig, FusionConfig, LaneConfig
 from edge.detect import OccupancyAnalyzer
 from edge.metrics import ServiceMetrics
 from edge.records import Kind, Record
+from edge.scan import Scan, ScanAssembler
 
 log = logging.getLogger("lanewatch.lane")
 
@@ -55,6 +67,20 @@ class Decided:
 
 
 @dataclass
+class _Ended:
+    """An ended occupancy's analysis and facts, waiting (at a lane with a scanner) for its scan."""
+
+    facts: dict[str, Any]
+    """Keyword arguments of :func:`edge.decision.build` but the analysis."""
+    analysis: dict[str, Any]
+    deadline_mono_ns: int
+
+    @property
+    def span_ns(self) -> tuple[int, int]:
+        return self.facts["start_wall_ns"], self.facts["end_wall_ns"]
+
+
+@dataclass
 class _Occupancy:
     analyzer: OccupancyAnalyzer
     start_wall_ns: int
@@ -73,10 +99,23 @@ class _Occupancy:
 class Lane:
     """Turns one lane's records into provisional alarms and decisions."""
 
-    def __init__(self, lane: LaneConfig, detection: DetectionConfig, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        lane: LaneConfig,
+        detection: DetectionConfig,
+        metrics: ServiceMetrics,
+        fusion_cfg: FusionConfig | None = None,
+    ) -> None:
         self.id = lane.id
         self.detection = detection
         self.metrics = metrics
+        self.fusion = fusion_cfg or FusionConfig()
+        self.has_scanner = bool(lane.xray)
+        self.scans = ScanAssembler(lane, detection, self.fusion, metrics)
+        self.finished_scans: list[Scan] = []
+        """Scans that ended and await their occupancy (or, after a while, an image-only decision)."""
+        self.waiting: list[_Ended] = []
+        """Ended occupancies waiting for their scan."""
         self.background: BackgroundEstimator | None = None
         self.occupancy: _Occupancy | None = None
         self.faults: set[str] = set()
@@ -112,7 +151,7 @@ class Lane:
         return []
 
     def _on_background(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
-        events = self._end(rec.t_wall_ns, "background", None) if self.occupancy is not None else []
+        events = self._end(rec.t_wall_ns, "background", None, now_mono_ns) if self.occupancy is not None else []
         for flag in ("fault_low", "fault_high"):
             name = _FAULTS.get((rec.kind, flag))
             if name:
@@ -182,7 +221,7 @@ class Lane:
             self._anomaly("duplicate-end")
             return []
         counter = rec.values.get("device_occupancy")
-        return self._end(rec.t_wall_ns, "gx", int(counter) if isinstance(counter, int) else None)
+        return self._end(rec.t_wall_ns, "gx", int(counter) if isinstance(counter, int) else None, now_mono_ns)
 
     def _on_tamper(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
         active = bool(rec.values.get("active"))
@@ -202,15 +241,19 @@ class Lane:
 
     # ---- time ----------------------------------------------------------------------------
     def on_tick(self, now_mono_ns: int) -> list[Provisional | Decided]:
-        """End an occupancy that overstayed its timeouts (verdict INCOMPLETE unless it alarmed)."""
+        """End an occupancy that overstayed its timeouts (verdict INCOMPLETE unless it alarmed), close scans
+        that overstayed theirs, and decide what waited long enough for a scan."""
+        events: list[Provisional | Decided] = []
         occ = self.occupancy
-        if occ is None:
-            return []
-        if now_mono_ns - occ.last_sample_mono_ns > self.detection.sample_timeout_s * 1e9:
-            return self._end(time.time_ns(), "stalled", None)
-        if now_mono_ns - occ.started_mono_ns > self.detection.occupancy_timeout_s * 1e9:
-            return self._end(time.time_ns(), "timeout", None)
-        return []
+        if occ is not None:
+            if now_mono_ns - occ.last_sample_mono_ns > self.detection.sample_timeout_s * 1e9:
+                events = self._end(time.time_ns(), "stalled", None, now_mono_ns)
+            elif now_mono_ns - occ.started_mono_ns > self.detection.occupancy_timeout_s * 1e9:
+                events = self._end(time.time_ns(), "timeout", None, now_mono_ns)
+        self.finished_scans += self.scans.on_tick(now_mono_ns)
+        if self.waiting or self.finished_scans:
+            events += self._match(now_mono_ns)
+        return events
 
     # ---- internals -----------------------------------------------------------------------
     def _estimator(self, rec: Record) -> BackgroundEstimator:
@@ -256,7 +299,9 @@ class Lane:
         self.metrics.occupied.labels(self.id).set(1)
         return occ
 
-    def _end(self, end_wall_ns: int, end_reason: str, device_occupancy: int | None) -> list[Provisional | Decided]:
+    def _end(
+        self, end_wall_ns: int, end_reason: str, device_occupancy: int | None, now_mono_ns: int
+    ) -> list[Provisional | Decided]:
         occ = self.occupancy
         assert occ is not None
         self.occupancy = None
@@ -266,22 +311,110 @@ class Lane:
         t0 = time.perf_counter()
         analysis = occ.analyzer.finish()
         self.metrics.kernel_time.labels("finish").observe(time.perf_counter() - t0)
-        record = decision.build(
-            lane=self.id,
-            occupancy_id=occ.id,
-            start_wall_ns=occ.start_wall_ns,
-            end_wall_ns=end_wall_ns,
-            end_reason=end_reason,
-            device_occupancy=device_occupancy,
-            analysis=analysis,
-            samples=occ.samples,
-            device_alarm=occ.device_alarm,
-            tamper=occ.tamper,
-            link_interruptions=occ.link_interruptions,
-        )
         if end_reason not in decision.COMPLETE_ENDS:
-            log.warning("lane %s: occupancy %s ended by %s", self.id, record["occupancy_id"], end_reason)
-        return [Decided(record, end_wall_ns)]
+            log.warning("lane %s: occupancy %s ended by %s", self.id, occ.id, end_reason)
+        facts = {
+            "lane": self.id,
+            "occupancy_id": occ.id,
+            "start_wall_ns": occ.start_wall_ns,
+            "end_wall_ns": end_wall_ns,
+            "end_reason": end_reason,
+            "device_occupancy": device_occupancy,
+            "samples": occ.samples,
+            "device_alarm": occ.device_alarm,
+            "tamper": occ.tamper,
+            "link_interruptions": occ.link_interruptions,
+        }
+        ended = _Ended(facts, analysis, now_mono_ns + round(self.fusion.scan_wait_s * 1e9))
+        if not self.has_scanner and not self.finished_scans:
+            return [self._decide(ended, None)]
+        self.waiting.append(ended)
+        return self._match(now_mono_ns)
+
+    # ---- scans ---------------------------------------------------------------------------
+    def _on_xray(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        ended = self.scans.on_record(rec, now_mono_ns)
+        if not ended:
+            return []
+        self.finished_scans += ended
+        return self._match(now_mono_ns)
+
+    def _overlap_ns(self, a: tuple[int, int], b: tuple[int, int]) -> int | None:
+        """Overlap (ns; negative: the gap) of two spans; None when farther apart than the tolerance allows."""
+        overlap = min(a[1], b[1]) - max(a[0], b[0])
+        return overlap if overlap >= -2 * self.fusion.match_tolerance_s * 1e9 else None
+
+    def _match(self, now_mono_ns: int) -> list[Provisional | Decided]:
+        """Pair ended occupancies with scans, decide what is ready, and journal lone scans that waited long enough."""
+        events: list[Provisional | Decided] = []
+        for ended in list(self.waiting):
+            best: tuple[int, Scan | None, str] | None = None
+            for scan in self.finished_scans:
+                overlap = self._overlap_ns(ended.span_ns, scan.span_ns())
+                if overlap is not None and (best is None or overlap > best[0]):
+                    best = (overlap, scan, scan.source)
+            for source, start_ns, last_ns in self.scans.open_spans():
+                overlap = self._overlap_ns(ended.span_ns, (start_ns, last_ns))
+                if overlap is not None and (best is None or overlap > best[0]):
+                    best = (overlap, None, source)
+            expired = now_mono_ns >= ended.deadline_mono_ns or not self.has_scanner
+            scan: Scan | None = None
+            if best is not None and best[1] is not None:
+                scan = best[1]
+                self.finished_scans.remove(scan)
+            elif best is not None and expired:
+                scan = self.scans.cut(best[2], now_mono_ns)
+            elif expired and self.has_scanner:
+                self._anomaly("xray-scan-missing")
+                log.warning(
+                    "lane %s: no X-ray scan for occupancy %s within %.1f s of its end",
+                    self.id,
+                    ended.facts["occupancy_id"],
+                    self.fusion.scan_wait_s,
+                )
+            elif not expired:
+                continue
+            self.waiting.remove(ended)
+            events.append(self._decide(ended, scan))
+        return events + self._lone_scans(now_mono_ns)
+
+    def _lone_scans(self, now_mono_ns: int) -> list[Provisional | Decided]:
+        """Image-only decisions for finished scans that no occupancy claimed in time."""
+        grace = (self.fusion.scan_wait_s + self.fusion.match_tolerance_s) * 1e9
+        occ = self.occupancy
+        events: list[Provisional | Decided] = []
+        for scan in list(self.finished_scans):
+            if now_mono_ns - scan.end_mono_ns < grace:
+                continue
+            if occ is not None and self._overlap_ns((occ.start_wall_ns, time.time_ns()), scan.span_ns()) is not None:
+                continue
+            self.finished_scans.remove(scan)
+            self._anomaly("xray-no-occupancy")
+            log.warning(
+                "lane %s: X-ray scan %s from %s (%s to %s) matches no occupancy; journaled on its own",
+                self.id,
+                scan.scan_id,
+                scan.source,
+                decision.iso_utc(scan.start_wall_ns),
+                decision.iso_utc(scan.end_wall_ns),
+            )
+            fused = fusion.fuse(None, scan, self.fusion, self.detection)
+            events.append(Decided(decision.build_scan_only(scan, fused.alarms, fused.xray), scan.end_wall_ns))
+        return events
+
+    def _decide(self, ended: _Ended, scan: Scan | None) -> Decided:
+        """The decision of an ended occupancy, fused with ``scan`` when there is one; its stamp is the later end."""
+        analysis, xray = ended.analysis, None
+        stamp = ended.facts["end_wall_ns"]
+        if scan is not None:
+            t0 = time.perf_counter()
+            fused = fusion.fuse(analysis, scan, self.fusion, self.detection)
+            self.metrics.kernel_time.labels("fusion").observe(time.perf_counter() - t0)
+            analysis, xray = {**analysis, "alarms": fused.alarms}, fused.xray
+            stamp = max(stamp, scan.end_wall_ns)
+        elif self.has_scanner:
+            xray = {"status": "missing"}
+        return Decided(decision.build(**ended.facts, analysis=analysis, xray=xray), stamp)
 
     def _set_fault(self, name: str, active: bool) -> None:
         if active:
@@ -304,4 +437,8 @@ _HANDLERS = {
     Kind.OCCUPANCY_END: Lane._on_end,
     Kind.TAMPER: Lane._on_tamper,
     Kind.SETUP: Lane._on_setup,
+    Kind.XRAY_SCAN_START: Lane._on_xray,
+    Kind.XRAY_CALIBRATION: Lane._on_xray,
+    Kind.XRAY_LINES: Lane._on_xray,
+    Kind.XRAY_SCAN_END: Lane._on_xray,
 }

@@ -47,7 +47,7 @@ class Service:
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
-        self.lanes = {lane.id: Lane(lane, config.detection, self.metrics) for lane in config.lanes}
+        self.lanes = {lane.id: Lane(lane, config.detection, self.metrics, config.fusion) for lane in config.lanes}
         self.model = ModelRunner(config.model, self.registry)
         self.sequences = bus.SequenceTracker()
         self.pending: deque[Decided] = deque()
