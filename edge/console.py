@@ -12,7 +12,6 @@ line, exactly as journaled. Exit status 1 when the service does not answer withi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -110,20 +109,28 @@ def _number(value: Any) -> str:
 
 
 def format_reason(alarm: dict[str, Any]) -> str:
-    """One alarm entry: ``gamma 7.21 > 4.8 at 3.1 m``; ``released`` when it crossed but did not alarm."""
+    """One alarm entry: ``gamma 7.21 > 4.8 at 3.1 m``; ``released`` when it crossed but did not alarm.
+
+    A two-sided test (the energy-window shape test) shows its direction and compares the size of its
+    statistic: ``gamma-shape harder |-7.49| > 5.42``.
+    """
     text = str(alarm.get("reason", "?"))
+    if text == "norm-consistent" and isinstance(alarm.get("extent"), int | float):
+        return f"norm-consistent: harder than background, spread over {alarm['extent']:.0%} of the vehicle"
     statistic, threshold = alarm.get("statistic"), alarm.get("threshold")
     crossed = True
-    if statistic is not None:
-        text += f" {_number(statistic)}"
-        if threshold is not None:
-            with contextlib.suppress(TypeError):
-                crossed = statistic > threshold
+    if alarm.get("direction"):
+        text += f" {alarm['direction']}"
+    if isinstance(statistic, int | float):
+        size = abs(statistic) if alarm.get("direction") else statistic
+        text += f" |{_number(statistic)}|" if alarm.get("direction") else f" {_number(statistic)}"
+        if isinstance(threshold, int | float):
+            crossed = size > threshold
             text += f" {'>' if crossed else '<='} {_number(threshold)}"
     if isinstance(alarm.get("location_m"), int | float):
         text += f" at {alarm['location_m']:.1f} m"
     if alarm.get("alarm") is False and crossed:
-        text += " released"
+        text += f" released as {alarm['released_as']}" if alarm.get("released_as") else " released"
     return text
 
 

@@ -542,3 +542,19 @@ def test_console_says_when_the_service_is_not_running(ctx: zmq.Context, capsys: 
         assert query in err and "is the service running" in err and "site.toml" in err
         assert out == "", "no table header for a table that cannot come"
         assert console.run(console_args("--since", "0", "--timeout", "0.3"), config) == 1
+
+
+def test_reasons_read_as_an_operator_would() -> None:
+    shape = {"reason": "gamma-shape", "statistic": -7.49, "threshold": 5.42, "direction": "harder", "location_m": 5.8}
+    assert console.format_reason(shape) == "gamma-shape harder |-7.49| > 5.42 at 5.8 m"
+    released = {
+        "reason": "gamma",
+        "statistic": 23.1,
+        "threshold": 4.79,
+        "alarm": False,
+        "released_as": "norm-consistent",
+        "location_m": 6.2,
+    }
+    assert console.format_reason(released) == "gamma 23.1 > 4.79 at 6.2 m released as norm-consistent"
+    norm = {"reason": "norm-consistent", "statistic": 12.5, "threshold": 1.0, "alarm": False, "extent": 0.83}
+    assert console.format_reason(norm) == "norm-consistent: harder than background, spread over 83% of the vehicle"
