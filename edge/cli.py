@@ -7,6 +7,7 @@
     lanewatch driver NAME --lane ID ...     one device driver (rpm, n42, ...)
     lanewatch sim NAME ...                  a device simulator (lane, ...)
     lanewatch alerts --config FILE ...      decisions from the journal and the alert bus
+    lanewatch evidence SEQ --out DIR        one decision's X-ray image with overlays, profile and JSON
     lanewatch replay FILE.n42               the decision for one N42 portal file
     lanewatch status --config FILE          health of the service and the drivers
     lanewatch install-units ...             systemd units and an example configuration
@@ -104,6 +105,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from edge import console
 
     return console.run(args, _config(args.config))
+
+
+def cmd_evidence(args: argparse.Namespace) -> int:
+    from edge import evidence
+
+    return evidence.run(args, _config(args.config))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -206,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
     _lazy_arguments(p, "console")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("evidence", help="write one decision's evidence: X-ray image with overlays, profile, JSON")
+    p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
+    _lazy_arguments(p, "evidence")
+    p.set_defaults(func=cmd_evidence)
 
     p = sub.add_parser("replay", help="replay an N42 portal file and print its decision")
     p.add_argument("file", help="ANSI N42.42 portal occupancy file")

@@ -108,6 +108,8 @@ PREVIEW_MAX_BYTES = 100_000
 """Largest preview PNG (bytes) kept in a decision; a larger one is made smaller until it fits."""
 MAX_REGIONS = 20
 """Most dense regions and image objects listed in a decision (the largest)."""
+REGION_MIN_MM2 = 10_000.0
+"""Smallest dense region of the imaging pipeline listed in a decision (mm^2): 10 cm x 10 cm."""
 _SQRT12 = math.sqrt(12.0)
 
 
@@ -804,7 +806,9 @@ def fuse(analysis: dict[str, Any] | None, scan: Scan, cfg: FusionConfig, detecti
 def _regions(result: im.ScanResult, ctx: _Context) -> list[dict[str, Any]]:
     """The imaging pipeline's dense regions (largest first) on the vehicle axis, for overlays."""
     out = []
-    for region in sorted(result.regions, key=lambda r: -r.area_px)[:MAX_REGIONS]:
+    cell_mm2 = ctx.image.pitch_mm * ctx.reg.spacing_mm
+    large = [r for r in result.regions if r.area_px * cell_mm2 >= REGION_MIN_MM2]
+    for region in sorted(large, key=lambda r: -r.area_px)[:MAX_REGIONS]:
         a, b = ctx.reg.span_m(*region.lines)
         out.append(
             {
@@ -812,7 +816,7 @@ def _regions(result: im.ScanResult, ctx: _Context) -> list[dict[str, Any]]:
                 "lines": list(region.lines),
                 "pixels": list(region.pixels),
                 "material": region.material,
-                "area_mm2": _r(region.area_px * ctx.image.pitch_mm * ctx.reg.spacing_mm, 0),
+                "area_mm2": _r(region.area_px * cell_mm2, 0),
                 "mean_att": _r(region.mean_att),
                 "max_att": _r(region.max_att),
             }
