@@ -4,12 +4,38 @@ and scans through the service over real sockets (simulator frames, the real DICO
 
 from __future__ import annotations
 
+import base64
+import io
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from PIL import Image
+from prometheus_client import CollectorRegistry
 from scipy import ndimage
 
+from drivers.dicos import publish_scan, read_dicos
+from drivers.sim.lane import LaneSimulator
+from drivers.sim.physics import HOLD_IN_S, Passage, Traffic
+from drivers.sim.xray import XrayScan, XrayScanner, XraySimulator
+from drivers.xray import XrayDriver
+from edge import bus
+from edge.config import Config, parse
+from edge.demo import free_ports
+from edge.driver import RecordPublisher, load_driver
+from edge.metrics import DriverMetrics
+from edge.records import Kind
+from edge.service import Service
+from edge.subscriber import AlertSubscriber
 from kernels.fusion import label4, label4_ref, opening_rows, opening_rows_ref
 
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True)
@@ -57,3 +83,310 @@ def test_labels_match_label_propagation_and_scipy(mask: np.ndarray) -> None:
     if mask.any():
         first = np.flatnonzero(mask.reshape(-1))[0]
         assert got.reshape(-1)[first] == first + 1
+
+
+# ---- through the service -------------------------------------------------------------------------------
+WINDOWS = [30.0, 400.0, 3000.0]
+SEED = 8
+"""Simulator seed whose first three shielded Cs-137 vehicles all carry a lead shield the image shows."""
+MIX = {"shielded-cs137": 1.0}
+PIXELS = 256
+
+
+def _config(tmp_path: Path, lanes: str, fusion: str = "") -> Config:
+    ingest, alerts, query, http = free_ports(4)
+    text = f"""
+        [service]
+        journal = "{tmp_path / "journal.db"}"
+        http = "127.0.0.1:{http}"
+        [bus]
+        ingest = "tcp://127.0.0.1:{ingest}"
+        alerts = "tcp://127.0.0.1:{alerts}"
+        query = "tcp://127.0.0.1:{query}"
+        [detection]
+        energy_windows_kev = {WINDOWS}
+        occupancy_hold_in_s = {HOLD_IN_S}
+        sample_timeout_s = 2.0
+        [fusion]
+        {fusion}
+        {lanes}
+    """
+    path = tmp_path / "lanewatch.toml"
+    path.write_text(text)
+    return parse(text, str(path))
+
+
+class Running:
+    """A service in a thread of this process, with its own metrics registry."""
+
+    def __init__(self, config: Config) -> None:
+        self.registry = CollectorRegistry()
+        self.service = Service(config, self.registry)
+        self.service.start()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.service.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.service.close()
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def _publisher(ctx: zmq.Context, config: Config, lane: str, source: str) -> RecordPublisher:
+    sock = bus.driver_publisher(ctx, config.bus.ingest)
+    assert bus.wait_for_subscriber(sock, 10.0), "the service did not subscribe"
+    return RecordPublisher(sock, lane, source, DriverMetrics(CollectorRegistry()))
+
+
+def _collect(ctx: zmq.Context, config: Config, count: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    sub = AlertSubscriber(ctx, config.bus.alerts, config.bus.query, since=0, connect_timeout_s=timeout_s)
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        for item in sub.decisions(follow=True, timeout_s=0.5):
+            if item is not None:
+                got.append(item)
+            if len(got) >= count or time.monotonic() > deadline:
+                break
+    finally:
+        sub.close()
+    return got
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _run(target: Callable[[threading.Event], None], stops: list[threading.Event]) -> threading.Thread:
+    stop = threading.Event()
+    stops.append(stop)
+    thread = threading.Thread(target=target, args=(stop,), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_simulated_lane_with_scanner_fuses_each_vehicle_at_its_place(tmp_path: Path, ctx: zmq.Context) -> None:
+    """The lane and X-ray simulators with one seed image the same three vehicles; each decision carries its
+    scan, registered on metres from the front, and the lead shield's place agrees with the truth."""
+    count, speedup = 3, 4.0
+    xray_sim = XraySimulator(SEED, MIX, speedup=speedup, count=count, pixels=PIXELS)
+    lane_sim = LaneSimulator(SEED, WINDOWS, MIX, speedup=speedup, count=count)
+    xray_port, rpm_port = xray_sim.serve_tcp(), lane_sim.serve_tcp()
+    lanes = f'[[lanes]]\nid = "lane1"\nrpm = "socket://127.0.0.1:{rpm_port}"\nxray = "127.0.0.1:{xray_port}"'
+    config = _config(tmp_path, lanes)
+    running = Running(config)
+    stops: list[threading.Event] = []
+    threads = []
+    try:
+        rpm = load_driver("rpm")(
+            _publisher(ctx, config, "lane1", "rpm"), f"socket://127.0.0.1:{rpm_port}", windows=len(WINDOWS) - 1
+        )
+        xray = XrayDriver(_publisher(ctx, config, "lane1", "xray"), f"127.0.0.1:{xray_port}")
+        threads = [_run(rpm.run, stops), _run(xray.run, stops)]
+        lane = running.service.lanes["lane1"]
+        _wait(lambda: lane.links.get("rpm") and lane.links.get("xray"), 10.0, "both drivers to connect")
+        time.sleep(0.6)  # pyserial drops what arrives while it is still opening the port
+        xray_sim.start()
+        lane_sim.start()
+        decisions = _collect(ctx, config, count)
+    finally:
+        for stop in stops:
+            stop.set()
+        for thread in threads:
+            thread.join(10)
+        xray_sim.stop()
+        lane_sim.stop()
+        running.close()
+    assert len(decisions) == count
+    assert running.value("lanewatch_lane_anomalies_total", lane="lane1", kind="xray-no-occupancy") == 0
+    for decision, truth in zip(decisions, xray_sim.truths, strict=True):
+        xray = decision["xray"]
+        assert xray["scan_id"] == truth["scan_id"] and xray["status"] == "complete"
+        registration = xray["registration"]
+        assert registration["method"] == "encoder" and registration["origin"] == "vehicle-front"
+        assert registration["front_line"] == pytest.approx(truth["front_encoder_mm"] / truth["line_spacing_mm"], abs=1)
+        lengths = xray["vehicle_length_m"]
+        assert lengths["image"] == pytest.approx(truth["passage"]["length_m"], abs=0.05)
+        assert lengths["radiation"] == pytest.approx(truth["passage"]["length_m"], abs=0.6)
+        shield = next(o for o in truth["objects"] if o["role"] == "shield")
+        assert shield["material"] == "lead"
+        found = [a for a in decision["alarms"] if a["reason"] in ("shielded-source-suspected", "image-review")]
+        assert len(found) == 1 and found[0]["alarm"] and decision["verdict"] == "ALARM"
+        centre_m = sum(shield["x_mm"]) / 2000.0
+        # within two stated standard deviations, and the stated one is honest (a few cells at most)
+        assert abs(found[0]["location_m"] - centre_m) <= 2 * found[0]["location_sd_m"]
+        assert found[0]["location_sd_m"] < 0.03
+        obj = found[0]["object"]
+        assert obj["material"] == "high_z" and obj["shields"]
+        assert obj["x_m"][0] <= shield["x_mm"][0] / 1000 + 0.03 and obj["x_m"][1] >= shield["x_mm"][1] / 1000 - 0.03
+        source = truth["passage"]["sources"][0]["position_m"]
+        for alarm in decision["alarms"]:
+            if alarm["reason"] == "gamma" and alarm["alarm"]:
+                sd = math.hypot(alarm["location_sd_m"], registration["radiation_origin_sd_m"])
+                assert abs(alarm["location_m"] - source) <= 3 * sd
+        if found[0]["reason"] == "shielded-source-suspected":
+            assert found[0]["radiation"]["separation_sigma"] <= 2.0
+        preview = Image.open(io.BytesIO(base64.b64decode(xray["preview"]["png_base64"])))
+        assert preview.size == (xray["preview"]["width"], xray["preview"]["height"])
+
+
+def test_dicos_sample_through_the_service_is_a_scan_without_an_occupancy(
+    tmp_path: Path, ctx: zmq.Context, shared_data: Path
+) -> None:
+    config = _config(tmp_path, '[[lanes]]\nid = "lane1"', "scan_wait_s = 0.3\nmatch_tolerance_s = 0.2")
+    running = Running(config)
+    try:
+        image = read_dicos(shared_data / "dicos" / "SimpleProcessingDX.dcs")
+        publish_scan(_publisher(ctx, config, "lane1", "dicos"), image)
+        decisions = _collect(ctx, config, 1, timeout_s=20.0)
+    finally:
+        running.close()
+    assert len(decisions) == 1
+    decision = decisions[0]
+    assert decision["end_reason"] == "no-occupancy" and decision["verdict"] == "INCOMPLETE"
+    assert decision["occupancy_id"].startswith("lane1-xray-") and decision["samples"] == 0
+    xray = decision["xray"]
+    assert xray["scan_id"] == image.scan_id and xray["source"] == "dicos" and xray["status"] == "complete"
+    assert xray["lines"] == 256 and xray["pixels"] == 128 and xray["energies"] == 1
+    assert xray["calibration"] == "estimated" and xray["meta"]["file"] == "SimpleProcessingDX.dcs"
+    # the ramp is dark from its first column: no vehicle front, positions from the first line, no common axis
+    assert xray["registration"]["origin"] == "first-line" and xray["registration"]["front_sd_m"] is None
+    # one energy: the ramp's dense part is one unclassified region, and nothing is called high-Z
+    assert [r["material"] for r in xray["regions"]] == ["unclassified"]
+    assert xray["regions"][0]["lines"] == [0, 255] and xray["regions"][0]["pixels"] == [0, 47]
+    assert not [a for a in decision["alarms"] if a["reason"] in ("image-review", "shielded-source-suspected")]
+    preview = Image.open(io.BytesIO(base64.b64decode(xray["preview"]["png_base64"])))
+    # no pixel spacing in the file: pitch 4600 mm / 128 = 36 mm, line spacing the same; cells of one pixel
+    assert xray["pixel_pitch_mm"] == pytest.approx(4600.0 / 128) and xray["cell_mm"] == [35.9, 35.9]
+    assert preview.size == (256, 128)
+    column = np.asarray(preview)[:, 0].tolist()  # the ramp brightens down the detector: black at the top
+    assert column == sorted(column) and column[0] == 0 and column[-1] > 200
+    assert running.value("lanewatch_lane_anomalies_total", lane="lane1", kind="xray-no-occupancy") == 1
+
+
+def _scan_lines(pub: RecordPublisher, scan: XrayScan, first: int, last: int) -> None:
+    for a in range(first, last, 64):
+        b = min(a + 64, last)
+        pub.emit(
+            Kind.XRAY_LINES,
+            counts=scan.image[a:b],
+            values={
+                "scan_id": scan.scan_id,
+                "first_line": a,
+                "line_count": b - a,
+                "encoder_mm": [float(v) for v in scan.encoder_mm[a:b]],
+                "t_ns": [time.time_ns()] * (b - a),
+                "flags": [0] * (b - a),
+            },
+        )
+
+
+def _scan_start(pub: RecordPublisher, scan: XrayScan) -> None:
+    pub.emit(
+        Kind.XRAY_SCAN_START,
+        values={"scan_id": scan.scan_id, "t_ns": time.time_ns(), "energies": 2, "pixels": scan.image.shape[2]},
+    )
+    for frame, lines in (("dark", scan.dark), ("air", scan.air)):
+        pub.emit(Kind.XRAY_CALIBRATION, counts=lines, values={"scan_id": scan.scan_id, "frame": frame, "t_ns": [0]})
+
+
+def _occupancy(pub: RecordPublisher, passage: Passage, end: bool = True) -> None:
+    for j, sample in enumerate(passage.gamma):
+        pub.emit(Kind.GAMMA_SCAN, dt_s=0.2, counts=sample.astype(np.uint32))
+        if j % 5 == 4:
+            pub.emit(Kind.NEUTRON_SCAN, dt_s=1.0, counts=passage.neutron[j // 5].reshape(-1, 1).astype(np.uint32))
+        if j == 5:
+            pub.emit(Kind.SPEED, values={"speed_kmh": passage.speed_kmh})
+    if end:
+        pub.emit(Kind.OCCUPANCY_END, values={"device_occupancy": passage.index})
+
+
+def _background(pubs: list[RecordPublisher], traffic: Traffic) -> None:
+    """Three background readings, the same to each publisher's lane."""
+    for _ in range(3):
+        gamma, neutron = traffic.background_reading(1.0)
+        for pub in pubs:
+            pub.emit(Kind.GAMMA_BACKGROUND, counts=gamma.astype(np.uint32))
+            pub.emit(Kind.NEUTRON_BACKGROUND, counts=neutron.reshape(-1, 1).astype(np.uint32))
+
+
+SCANNER_LANES = '[[lanes]]\nid = "lane1"\nxray = "127.0.0.1:1"\n[[lanes]]\nid = "lane2"'
+
+
+def test_a_scan_that_never_ends_is_cut_for_its_occupancy_or_times_out_alone(tmp_path: Path, ctx: zmq.Context) -> None:
+    config = _config(tmp_path, SCANNER_LANES, "scan_wait_s = 0.5\nmatch_tolerance_s = 0.3\nscan_timeout_s = 1.5")
+    traffic = Traffic(SEED, WINDOWS, MIX)
+    first, second = traffic.next_passage(), traffic.next_passage()
+    scanner = XrayScanner(SEED, pixels=64)
+    running = Running(config)
+    try:
+        rpm, xray = _publisher(ctx, config, "lane1", "rpm"), _publisher(ctx, config, "lane1", "xray")
+        _background([rpm], traffic)
+        scan = scanner.scan(first)
+        _scan_start(xray, scan)
+        _scan_lines(xray, scan, 0, 300)
+        _occupancy(rpm, first)  # ends while its scan is still open, and the scan never ends
+        cut = _collect(ctx, config, 1, timeout_s=20.0)
+        _scan_lines(xray, scan, 300, 400)  # lines of the cut scan: dropped
+        lone = scanner.scan(second)
+        _scan_start(xray, lone)
+        _scan_lines(xray, lone, 0, 200)  # no occupancy, no end
+        decisions = _collect(ctx, config, 2, timeout_s=20.0)
+    finally:
+        running.close()
+    assert len(cut) == 1 and len(decisions) == 2
+    fused = cut[0]["xray"]
+    assert fused["scan_id"] == scan.scan_id and fused["status"] == "incomplete" and fused["end_reason"] == "cut"
+    assert fused["lines"] == 300 and cut[0]["end_reason"] == "gx" and cut[0]["samples"] > 0
+    alone = decisions[1]
+    assert alone["end_reason"] == "no-occupancy" and alone["verdict"] in ("INCOMPLETE", "ALARM")
+    assert alone["xray"]["scan_id"] == lone.scan_id and alone["xray"]["end_reason"] == "timeout"
+    assert alone["xray"]["lines"] == 200
+    anomalies = {
+        kind: running.value("lanewatch_lane_anomalies_total", lane="lane1", kind=kind)
+        for kind in ("xray-incomplete", "xray-no-occupancy", "xray-no-scan")
+    }
+    assert anomalies == {"xray-incomplete": 2, "xray-no-occupancy": 1, "xray-no-scan": 0}
+
+
+def test_occupancy_without_scan_and_lane_without_scanner(tmp_path: Path, ctx: zmq.Context) -> None:
+    """At a scanner lane a missing scan is waited for, reported and the decision made on radiation alone; a lane
+    without a scanner decides at once, with no ``xray`` section, as before."""
+    config = _config(tmp_path, SCANNER_LANES, "scan_wait_s = 1.0")
+    traffic = Traffic(SEED, WINDOWS, MIX)
+    passage = traffic.next_passage()
+    running = Running(config)
+    try:
+        with_scanner, plain = _publisher(ctx, config, "lane1", "rpm"), _publisher(ctx, config, "lane2", "rpm")
+        _background([with_scanner, plain], traffic)
+        t0 = time.monotonic()
+        _occupancy(plain, passage)
+        first = _collect(ctx, config, 1, timeout_s=20.0)
+        plain_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        _occupancy(with_scanner, passage)
+        both = _collect(ctx, config, 2, timeout_s=20.0)
+        waited_s = time.monotonic() - t0
+    finally:
+        running.close()
+    assert first[0]["lane"] == "lane2" and "xray" not in first[0]
+    assert plain_s < 1.0 <= waited_s
+    missing = both[1]
+    assert missing["lane"] == "lane1" and missing["xray"] == {"status": "missing"}
+    assert missing["verdict"] == first[0]["verdict"] and missing["alarms"] == first[0]["alarms"]
+    assert running.value("lanewatch_lane_anomalies_total", lane="lane1", kind="xray-scan-missing") == 1
+    assert running.value("lanewatch_lane_anomalies_total", lane="lane2", kind="xray-scan-missing") == 0
