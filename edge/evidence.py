@@ -252,15 +252,6 @@ def render(decision: dict[str, Any]) -> Image.Image:
         rows_per_px = img_h / (xray.get("pixels") or img.height)
         for region in xray.get("regions") or []:
             _box(draw, region, px, top, rows_per_px, COLOURS.get(region.get("material", ""), (0, 0, 0)), 1)
-        for obj in xray.get("objects") or []:
-            colour = COLOURS.get(obj.get("material", ""), (0, 0, 0))
-            left = _box(draw, obj, px, top, rows_per_px, colour, 3)
-            draw.text(
-                (left, max(top, top + obj["pixels"][0] * rows_per_px - 12)),
-                f"{obj.get('lead_mm')} mm Pb",
-                fill=colour,
-                font=font,
-            )
         bands_bottom = top + img_h
         top += img_h + GAP
     if data["radiation"]["gross"]:
@@ -305,6 +296,11 @@ def render(decision: dict[str, Any]) -> Image.Image:
                 fill=FINDING_COLOUR,
                 font=font,
             )
+    for obj in xray.get("objects") or [] if found is not None else []:  # over the bands, so their colour shows
+        colour = COLOURS.get(obj.get("material", ""), (0, 0, 0))
+        left = _box(draw, obj, px, MARGIN // 2, rows_per_px, colour, 3)
+        label_at = (left, max(MARGIN // 2, MARGIN // 2 + obj["pixels"][0] * rows_per_px - 12))
+        draw.text(label_at, f"{obj.get('lead_mm')} mm Pb", fill=colour, font=font)
     _axis(draw, font, px, lay.x0_m, lay.x0_m + (right - MARGIN) * lay.m_per_px, top - GAP + 4)
     return canvas
 

@@ -1,0 +1,213 @@
+"""``lanewatch evidence``: the files it writes for journaled decisions, from the journal file and the query endpoint.
+
+Decisions come from a real lane fed the simulators' vehicles (a shielded source imaged by the X-ray
+scanner simulator, and the same vehicle at a lane without a scanner) into a journal file; the command
+runs as a process, as an operator runs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, Traffic
+from drivers.sim.xray import LINE_RATE_HZ, XrayScanner
+from edge import evidence
+from edge.config import DetectionConfig, LaneConfig, parse
+from edge.demo import free_ports
+from edge.journal import Journal
+from edge.lane import Decided, Lane
+from edge.metrics import ServiceMetrics
+from edge.records import Kind, Record
+from edge.service import Service
+
+WINDOWS = [30.0, 400.0, 3000.0]
+SEED = 8
+"""The first shielded Cs-137 vehicle of this seed carries a lead shield the image shows."""
+
+
+class _Feed:
+    """Records of one lane stamped on a simulated clock (ns), fed straight to a :class:`Lane`."""
+
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+        self.seq: dict[str, int] = {}
+        self.decided: list[dict[str, Any]] = []
+
+    def __call__(self, t_ns: int, kind: Kind, source: str, **fields: Any) -> None:
+        seq = self.seq.get(source, 0)
+        self.seq[source] = seq + 1
+        rec = Record(kind=kind, lane=self.lane.id, source=source, seq=seq, t_wall_ns=t_ns, t_mono_ns=t_ns, **fields)
+        self.decided += [e.decision for e in self.lane.on_record(rec, t_ns) if isinstance(e, Decided)]
+
+
+def _passage_decisions(scanner_lane: bool) -> list[dict[str, Any]]:
+    """The decision of the first vehicle of ``SEED`` at a lane with (or without) the X-ray scanner simulator."""
+    detection = DetectionConfig(energy_windows_kev=WINDOWS, occupancy_hold_in_s=HOLD_IN_S)
+    lane = Lane(
+        LaneConfig(id="lane1", xray="127.0.0.1:1" if scanner_lane else ""),
+        detection,
+        ServiceMetrics(CollectorRegistry()),
+    )
+    feed = _Feed(lane)
+    traffic = Traffic(SEED, WINDOWS, {"shielded-cs137": 1.0})
+    t = 1_800_000_000 * 10**9
+    for _ in range(3):
+        gamma, neutron = traffic.background_reading(1.0)
+        feed(t, Kind.GAMMA_BACKGROUND, "rpm", counts=gamma)
+        feed(t, Kind.NEUTRON_BACKGROUND, "rpm", counts=neutron.reshape(-1, 1))
+        t += 5 * 10**9
+    passage = traffic.next_passage()
+    events: list[tuple[int, Kind, str, dict[str, Any]]] = []
+    if scanner_lane:
+        scan = XrayScanner(SEED, pixels=256).scan(passage)
+        line_ns = round(1e9 / LINE_RATE_HZ)
+        start = {"scan_id": scan.scan_id, "t_ns": t, "energies": 2, "pixels": 256}
+        events.append((t - 40 * line_ns, Kind.XRAY_SCAN_START, "xray", {"values": start}))
+        for frame, lines in (("dark", scan.dark), ("air", scan.air)):
+            calibration = {"scan_id": scan.scan_id, "frame": frame, "t_ns": [t]}
+            events.append((t - 20 * line_ns, Kind.XRAY_CALIBRATION, "xray", {"counts": lines, "values": calibration}))
+        for a in range(0, len(scan.image), 64):
+            b = min(a + 64, len(scan.image))
+            values = {
+                "scan_id": scan.scan_id,
+                "first_line": a,
+                "line_count": b - a,
+                "encoder_mm": scan.encoder_mm[a:b].tolist(),
+                "t_ns": [t + i * line_ns for i in range(a, b)],
+                "flags": [0] * (b - a),
+            }
+            events.append((t + b * line_ns, Kind.XRAY_LINES, "xray", {"counts": scan.image[a:b], "values": values}))
+        end = {"scan_id": scan.scan_id, "lines": len(scan.image), "missing": 0, "complete": True, "reason": "scan_end"}
+        events.append((t + len(scan.image) * line_ns, Kind.XRAY_SCAN_END, "xray", {"values": end}))
+    step = round(GAMMA_DT_S * 1e9)
+    for j, sample in enumerate(passage.gamma):
+        events.append((t + (j + 1) * step, Kind.GAMMA_SCAN, "rpm", {"dt_s": GAMMA_DT_S, "counts": sample}))
+        if j % 5 == 4:
+            neutron = passage.neutron[j // 5].reshape(-1, 1)
+            events.append((t + (j + 1) * step, Kind.NEUTRON_SCAN, "rpm", {"dt_s": 1.0, "counts": neutron}))
+        if j == 5:
+            events.append((t + (j + 1) * step, Kind.SPEED, "rpm", {"values": {"speed_kmh": passage.speed_kmh}}))
+    end_ns = t + len(passage.gamma) * step
+    events.append((end_ns, Kind.OCCUPANCY_END, "rpm", {"values": {"device_occupancy": 1}}))
+    for when, kind, source, fields in sorted(events, key=lambda e: e[0]):
+        feed(when, kind, source, **fields)
+    return feed.decided
+
+
+@pytest.fixture(scope="module")
+def journal_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A journal with the fused decision (seq 1) and the same vehicle at a lane without a scanner (seq 2)."""
+    path = tmp_path_factory.mktemp("evidence") / "journal.db"
+    fused, plain = _passage_decisions(True), _passage_decisions(False)
+    assert len(fused) == len(plain) == 1
+    with Journal(path) as journal:
+        journal.append(fused[0])
+        journal.append({**plain[0], "occupancy_id": plain[0]["occupancy_id"] + "-plain"})
+    return path
+
+
+def _evidence(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", "evidence", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _check_files(out: Path, seq: int, stored: dict[str, Any]) -> Image.Image:
+    """The three files exist and say what the journal holds; returns the decoded evidence image."""
+    decision = json.loads((out / f"decision-{seq}.json").read_text())
+    assert decision == stored
+    profile = json.loads((out / f"profile-{seq}.json").read_text())
+    rad = profile["radiation"]
+    assert len(rad["location_m"]) == len(rad["gross"]) == len(stored["profile"]["gross"]) > 10
+    step = stored["speed_kmh"] / 3.6 * stored["profile"]["dt_s"]
+    assert rad["location_m"][:2] == pytest.approx([0.5 * step, 1.5 * step], abs=1e-3)
+    assert len(profile["findings"]) == sum(isinstance(a.get("location_m"), float) for a in stored["alarms"])
+    image = Image.open(out / f"evidence-{seq}.png")
+    image.load()
+    assert image.format == "PNG" and image.mode == "RGB"
+    return image
+
+
+def test_evidence_of_a_fused_decision_from_the_journal_file(journal_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = _evidence("1", "--out", str(out), "--journal", str(journal_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == [
+        str(out / f"{name}-1.{ext}") for name, ext in (("evidence", "png"), ("profile", "json"), ("decision", "json"))
+    ]
+    with Journal(journal_path, readonly=True) as journal:
+        stored = journal.get(1)
+    assert stored is not None
+    image = _check_files(out, 1, stored)
+    preview_info = stored["xray"]["preview"]
+    preview = Image.open(io.BytesIO(base64.b64decode(preview_info["png_base64"])))
+    lay = evidence.layout(stored, preview)
+    assert image.size == (lay.width, lay.height)
+    # the scan is drawn where the metres axis puts it, as the preview scaled up: compare the grey levels
+    w, h = lay.image_size
+    left = round(lay.px(preview_info["x_m"][0]))
+    drawn = np.asarray(image.convert("L"))[evidence.MARGIN // 2 : evidence.MARGIN // 2 + h, left : left + w]
+    expected = np.asarray(preview.resize((w, h), Image.Resampling.NEAREST), dtype=float)
+    assert np.corrcoef(drawn.reshape(-1), expected.reshape(-1))[0, 1] > 0.9
+    # the lead shield's box is drawn in the high-Z colour around the fused finding's place
+    found = next(a for a in stored["alarms"] if a["reason"] in ("shielded-source-suspected", "image-review"))
+    x = round(lay.px(found["object"]["x_m"][0]))
+    rows = np.asarray(image)[evidence.MARGIN // 2 : evidence.MARGIN // 2 + h, x - 1 : x + 2]
+    assert (rows == evidence.COLOURS["high_z"]).all(axis=-1).any()
+
+
+def test_evidence_of_a_radiation_only_decision_through_the_query_endpoint(journal_path: Path, tmp_path: Path) -> None:
+    ingest, alerts, query, http = free_ports(4)
+    text = f"""
+        [service]
+        journal = "{journal_path}"
+        http = "127.0.0.1:{http}"
+        [bus]
+        ingest = "tcp://127.0.0.1:{ingest}"
+        alerts = "tcp://127.0.0.1:{alerts}"
+        query = "tcp://127.0.0.1:{query}"
+        [[lanes]]
+        id = "lane1"
+    """
+    config_path = tmp_path / "lanewatch.toml"
+    config_path.write_text(text)
+    service = Service(parse(text, str(config_path)), CollectorRegistry())
+    service.start()
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        out = tmp_path / "out"
+        done = _evidence("2", "--out", str(out), "--config", str(config_path), "--query")
+        missing = _evidence("7", "--out", str(out), "--config", str(config_path), "--query")
+        stored = service.journal.get(2)
+    finally:
+        stop.set()
+        thread.join(10)
+        service.close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert stored is not None and "xray" not in stored
+    image = _check_files(out, 2, stored)
+    lay = evidence.layout(stored, None)
+    assert image.size == (lay.width, lay.height) and lay.image_size == (0, 0) and lay.plots == 2
+    assert missing.returncode == 1 and "no decision numbered 7" in missing.stdout
+
+
+def test_evidence_refuses_what_it_cannot_read(journal_path: Path, tmp_path: Path) -> None:
+    gone = _evidence("1", "--out", str(tmp_path / "out"), "--journal", str(tmp_path / "none.db"))
+    assert gone.returncode == 1 and "cannot read decision 1" in gone.stdout
+    assert not (tmp_path / "out").exists()
+    bad = _evidence("0", "--out", str(tmp_path / "out"), "--journal", str(journal_path))
+    assert bad.returncode == 2
