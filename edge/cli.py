@@ -81,8 +81,9 @@ def cmd_driver(args: argparse.Namespace) -> int:
     publisher = RecordPublisher(sock, args.lane, cls.name, DriverMetrics(registry))
     driver = cls.from_args(args, config, publisher)
     http = args.http
-    if http is None:
-        http = next((lane.driver_http for lane in config.lanes if lane.id == args.lane), "")
+    if http is None:  # the lane's X-ray driver has its own endpoint, beside the portal's driver
+        key = "xray_http" if cls.name == "xray" else "driver_http"
+        http = next((getattr(lane, key) for lane in config.lanes if lane.id == args.lane), "")
     server = serve_http(http, registry, driver.health)[0] if http else None
     stop = _stop_on_signals()
     if not bus.wait_for_subscriber(sock, args.wait_service):
@@ -164,7 +165,10 @@ def _add_driver_parsers(sub: argparse._SubParsersAction) -> None:
         dp.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
         dp.add_argument("--lane", required=True, help="lane id (a [[lanes]] id of the configuration)")
         dp.add_argument("--ingest", help="service ingest endpoint (default: [bus].ingest)")
-        dp.add_argument("--http", help="host:port for /metrics and /healthz (default: the lane's driver_http)")
+        dp.add_argument(
+            "--http",
+            help="host:port for /metrics and /healthz (default: the lane's driver_http, or xray_http)",
+        )
         dp.add_argument(
             "--wait-service",
             type=float,

@@ -1,9 +1,11 @@
 """``lanewatch demo``: simulated lanes, their drivers, the service, and a live view of decisions.
 
-Everything runs as the real processes of a deployment (``lanewatch sim``, ``lanewatch driver
-rpm``, ``lanewatch run``) on loopback ports, with a configuration written to the work
-directory; this process follows the alert bus and prints each decision as it is journaled.
-Ctrl-C stops them all.
+Everything runs as the real processes of a deployment (``lanewatch sim lane`` and ``lanewatch sim
+xray``, ``lanewatch driver rpm`` and ``lanewatch driver xray`` per lane, ``lanewatch run``) on
+loopback ports, with a configuration written to the work directory; this process follows the alert
+bus and prints each decision as it is journaled. Every lane has both sensors: the X-ray simulator
+runs with the lane simulator's seed, mix, gap and speedup, so it images the vehicles whose radiation
+the portal reports, and the decisions are fused. Ctrl-C stops them all.
 """
 
 from __future__ import annotations
@@ -57,8 +59,14 @@ def free_ports(count: int, consecutive: bool = False) -> list[int]:
     raise OSError("no free loopback ports")
 
 
-def write_config(path: Path, lanes: int, sim_base: int) -> None:
-    ingest, alerts, query, http, *drivers = free_ports(4 + lanes)
+XRAY_PIXELS = 512
+"""Detector pixels of the simulated scanners (9 mm pitch): enough to see a shield, light on two cores."""
+GAP_S = 4.0
+"""Empty time (s, simulated) between vehicles, the same for both simulators of a lane."""
+
+
+def write_config(path: Path, lanes: int, sim_base: int, xray_base: int) -> None:
+    ingest, alerts, query, http, *drivers = free_ports(4 + 2 * lanes)
     lines = [
         "# lanewatch demo configuration (written by `lanewatch demo`)",
         "[service]",
@@ -80,6 +88,8 @@ def write_config(path: Path, lanes: int, sim_base: int) -> None:
             f'id = "lane{i + 1}"',
             f'rpm = "socket://127.0.0.1:{sim_base + i}"',
             f'driver_http = "127.0.0.1:{drivers[i]}"',
+            f'xray = "127.0.0.1:{xray_base + i}"',
+            f'xray_http = "127.0.0.1:{drivers[lanes + i]}"',
         ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -100,22 +110,35 @@ def demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lanewatch-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "lanewatch.toml"
-    sim_base = free_ports(args.lanes, consecutive=True)[0]
-    write_config(cfg_path, args.lanes, sim_base)
+    ports = free_ports(2 * args.lanes, consecutive=True)
+    sim_base, xray_base = ports[0], ports[args.lanes]
+    write_config(cfg_path, args.lanes, sim_base, xray_base)
     config = load(cfg_path)
     me = [sys.executable, "-m", "edge", "--log-level", "INFO"]
-    sim = ["sim", "lane", "--lanes", str(args.lanes), "--port", str(sim_base), "--seed", str(args.seed)]
-    sim += ["--windows-kev", WINDOWS_KEV, "--mix", DEMO_MIX, "--speedup", str(args.speedup)]
+    same = ["--lanes", str(args.lanes), "--seed", str(args.seed), "--mix", DEMO_MIX]
+    same += ["--gap", str(GAP_S), "--speedup", str(args.speedup)]
+    sim = ["sim", "lane", *same, "--port", str(sim_base), "--windows-kev", WINDOWS_KEV]
     sim += ["--truth", str(workdir / "truth.jsonl")]
-    commands = {"sim": [*me, *sim], "service": [*me, "run", "--config", str(cfg_path)]}
+    xsim = ["sim", "xray", *same, "--port", str(xray_base), "--pixels", str(XRAY_PIXELS)]
+    xsim += ["--truth", str(workdir / "xray-truth.jsonl")]
+    commands = {
+        "service": [*me, "run", "--config", str(cfg_path)],
+        "sim": [*me, *sim],
+        "xray-sim": [*me, *xsim],
+    }
     for lane in config.lanes:
-        commands[f"driver-{lane.id}"] = [*me, "driver", "rpm", "--config", str(cfg_path), "--lane", lane.id]
-    print(f"lanewatch demo: {args.lanes} simulated lanes; config, journal and logs in {workdir}")
+        for driver in ("rpm", "xray"):
+            commands[f"driver-{driver}-{lane.id}"] = [
+                *me, "driver", driver, "--config", str(cfg_path), "--lane", lane.id
+            ]  # fmt: skip
+    print(f"lanewatch demo: {args.lanes} simulated lanes with a portal monitor and an X-ray scanner each")
+    print(f"  config, journal and logs in {workdir}")
     print(f"  follow from another terminal: lanewatch alerts --config {cfg_path} --follow")
+    print(f"  evidence of a decision:       lanewatch evidence SEQ --out DIR --config {cfg_path}")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        for name in ("service", "sim", *[n for n in commands if n.startswith("driver-")]):
+        for name in ("service", "sim", "xray-sim", *[n for n in commands if n.startswith("driver-")]):
             log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
             procs[name] = subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT)
         print("  compiling kernels and starting the service (the first run takes longer)...")
