@@ -28,13 +28,13 @@ Image analysis
 The imaging pipeline (:mod:`kernels.imaging`) classifies each pixel by its dual-energy ratio, but a
 shield inside a load is seen *through* the load: the ratio of the sum is mostly the load's. So the
 fusion works on the excess over the load. The scan is reduced to cells of about :data:`GRID_MM`:
-the mean attenuation of both energies over the cell's pixels that the calibration did not clip
-(:data:`MEASURE_MAX`), the share of pixels the high energy does not get through (``dark``: beyond
-the imaging ``a_dark``) and the share of air. The load under each cell is the grey opening of the
-image along the vehicle over :data:`OBJECT_MAX_M` (:func:`kernels.fusion.opening_rows`); the excess
-(image minus opening) of at least :data:`EXCESS_MIN` in cells that are not dark forms objects
-(4-connected), and an object's material is its excess ratio ``sum(excess low) / sum(excess high)``
-against the imaging thresholds: below ``r_metal`` it attenuates like high-Z. Its lead-equivalent
+the mean attenuation of both energies over the cell's pixels the high energy gets through (at most
+the imaging ``a_dark``), the share of the other pixels (``dark``) and the share of air. The load
+under each cell is the grey opening of the image along the vehicle over :data:`OBJECT_MAX_M`
+(:func:`kernels.fusion.opening_rows`); the excess (image minus opening) of at least
+:data:`EXCESS_MIN` in cells that are not dark forms objects (4-connected), and an object's material
+is its excess ratio ``sum(excess low) / sum(excess high)`` against the imaging thresholds: below
+``r_metal`` it attenuates like high-Z. Its lead-equivalent
 thickness is the mean high-energy excess over lead's attenuation per mm (:data:`LEAD_ATT_PER_MM`).
 A single-energy image has no ratio: its objects are ``dense`` of unknown material, never high-Z.
 
@@ -71,7 +71,7 @@ from PIL import Image
 
 from edge.config import DetectionConfig, FusionConfig
 from kernels import imaging as im
-from kernels.fusion import label4, opening_rows
+from kernels.fusion import cell_sums, label4, opening_rows
 
 if TYPE_CHECKING:
     from edge.scan import Scan
@@ -82,8 +82,6 @@ OBJECT_MAX_M = 0.6
 """Longest object (m along the vehicle) the excess over the load brings out; longer ones count as load."""
 EXCESS_MIN = 0.25
 """High-energy attenuation excess over the load from which a cell belongs to an object (about 5 mm of lead)."""
-MEASURE_MAX = 7.5
-"""Attenuation (either energy; transmission 0.055 %) up to which a pixel enters its cell's mean."""
 DARK_CELL = 0.5
 """A cell with at least this share of pixels the high energy does not get through is dark: not searched for
 objects, and counted as unseeable."""
@@ -156,9 +154,11 @@ class GridImage:
 class ImageGrid:
     """Builds the :class:`GridImage` of one scan batch by batch, from what the imaging pipeline gives.
 
-    A pixel enters its cell's mean attenuation while both energies stay below :data:`MEASURE_MAX`:
-    the pipeline calls a pixel unresolvable sooner (its own ratio too noisy), but a cell's mean over
-    many pixels still measures, and leaving out only what the calibration clips keeps it unbiased.
+    A pixel enters its cell's means while the high energy gets through (attenuation at most ``a_dark``),
+    whatever the low energy does: the pipeline calls a pixel unresolvable when either energy is dark
+    (its own ratio too noisy), but a cell's mean over many pixels still measures the low energy, and
+    choosing pixels by the high energy alone does not bias it (choosing by the low would: near the
+    limit, the pixels whose noise went down would stay).
     """
 
     def __init__(self, energies: int, pixels: int, block_lines: int, block_px: int, a_dark: float) -> None:
@@ -175,20 +175,8 @@ class ImageGrid:
 
     def add(self, attenuation: np.ndarray, classes: np.ndarray) -> None:
         """One batch: attenuation ``(lines, energies, pixels)`` and class codes ``(lines, pixels)``."""
-        high, low = attenuation[:, im.HIGH, :], attenuation[:, -1, :]
-        measured = (high < MEASURE_MAX) & (low < MEASURE_MAX)
-        air = classes == im.AIR
-        per_line = np.stack(
-            [
-                np.add.reduceat(np.where(measured, high, 0.0), self._starts, axis=1),
-                np.add.reduceat(np.where(measured, low, 0.0), self._starts, axis=1),
-                np.add.reduceat(measured, self._starts, axis=1),
-                np.add.reduceat(high > self.a_dark, self._starts, axis=1),
-                np.add.reduceat(air, self._starts, axis=1),
-            ],
-            axis=1,
-        ).astype(np.float32)
-        self._nonair.append((~air).sum(axis=1))
+        per_line, nonair = cell_sums(attenuation, classes, self.block_px, self.a_dark, im.AIR)
+        self._nonair.append(nonair)
         stacked = per_line if self._pending is None else np.concatenate([self._pending, per_line])
         whole = len(stacked) // self.block_lines * self.block_lines
         if whole:
@@ -196,12 +184,12 @@ class ImageGrid:
         self._pending = stacked[whole:] if whole < len(stacked) else None
 
     def _reduce(self, lines: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Cells (high, low, dark, air) of whole rows of lines ``(lines, 5, columns)`` of per-line sums."""
+        """Cells (high, low, dark, air) of whole rows of lines ``(lines, 4, columns)`` of per-line sums."""
         starts = np.arange(0, len(lines), self.block_lines)
         sums = np.add.reduceat(lines, starts, axis=0)
         total = np.diff(np.append(starts, len(lines)))[:, None].astype(np.float32) * self._px[None, :]
         measured = np.maximum(sums[:, 2], 1.0)
-        return sums[:, 0] / measured, sums[:, 1] / measured, sums[:, 3] / total, sums[:, 4] / total
+        return sums[:, 0] / measured, sums[:, 1] / measured, 1.0 - sums[:, 2] / total, sums[:, 3] / total
 
     def finish(self) -> GridImage:
         """The reduced image of the lines so far (a last partial row of cells included)."""
@@ -284,17 +272,23 @@ def find_objects(grid: GridImage, pitch_mm: float, spacing_mm: float, params: im
     sum_low = np.bincount(index, weights=excess_low[mask], minlength=n)
     peak = np.full(n, -np.inf)
     np.maximum.at(peak, index, excess_high[mask])
+    first_row, first_col = np.full(n, rows.max()), np.full(n, cols.max())
+    last_row, last_col = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    np.minimum.at(first_row, index, rows)
+    np.minimum.at(first_col, index, cols)
+    np.maximum.at(last_row, index, rows)
+    np.maximum.at(last_col, index, cols)
     cell_mm2 = grid.block_lines * spacing_mm * grid.block_px * pitch_mm
     out = []
-    for k in range(n):
-        if cells[k] < 2:
-            continue
-        r, c = rows[index == k], cols[index == k]
+    for k in np.flatnonzero(cells >= 2):
         ratio = float(sum_low[k] / sum_high[k]) if grid.energies == 2 else None
         out.append(
             ImageObject(
-                lines=grid.row_lines(int(r.min()), int(r.max())),
-                pixels=(int(c.min()) * grid.block_px, min((int(c.max()) + 1) * grid.block_px, grid.pixels) - 1),
+                lines=grid.row_lines(int(first_row[k]), int(last_row[k])),
+                pixels=(
+                    int(first_col[k]) * grid.block_px,
+                    min((int(last_col[k]) + 1) * grid.block_px, grid.pixels) - 1,
+                ),
                 area_mm2=float(cells[k] * cell_mm2),
                 excess=float(sum_high[k] / cells[k]),
                 max_excess=float(peak[k]),
@@ -327,7 +321,7 @@ def encode_preview(preview: np.ndarray, lines: int, pixels: int) -> Preview | No
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         small = img.resize(size, Image.Resampling.BOX) if size != img.size else img
         buf = io.BytesIO()
-        small.save(buf, format="PNG", compress_level=6)
+        small.save(buf, format="PNG", compress_level=3)
         if buf.tell() <= PREVIEW_MAX_BYTES or min(size) == 1:
             return Preview(buf.getvalue(), size[0], size[1], lines / size[0], pixels / size[1])
         scale *= 0.75

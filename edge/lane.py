@@ -40,7 +40,7 @@ from edge.config import DetectionConfig, FusionConfig, LaneConfig
 from edge.detect import OccupancyAnalyzer
 from edge.metrics import ServiceMetrics
 from edge.records import Kind, Record
-from edge.scan import Scan, ScanAssembler
+from edge.scan import Scan, ScanAssembler, warm_up
 
 log = logging.getLogger("lanewatch.lane")
 
@@ -112,6 +112,8 @@ class Lane:
         self.fusion = fusion_cfg or FusionConfig()
         self.has_scanner = bool(lane.xray)
         self.scans = ScanAssembler(lane, detection, self.fusion, metrics)
+        if self.has_scanner:
+            warm_up()
         self.finished_scans: list[Scan] = []
         """Scans that ended and await their occupancy (or, after a while, an image-only decision)."""
         self.waiting: list[_Ended] = []

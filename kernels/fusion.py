@@ -28,27 +28,19 @@ def _running(a: np.ndarray, half: int, minimum: bool) -> np.ndarray:
     """
     n, m = a.shape
     w = 2 * half + 1
-    size = n + 2 * half
-    size = (size + w - 1) // w * w
+    size = (n + 2 * half + w - 1) // w * w
     neutral = np.inf if minimum else -np.inf
-    pre = np.empty((size, m), np.float64)
-    suf = np.empty((size, m), np.float64)
-    for k in range(size):
-        src = k - half
-        for j in range(m):
-            v = a[src, j] if 0 <= src < n else neutral
-            if k % w != 0:
-                prev = pre[k - 1, j]
-                v = min(v, prev) if minimum else max(v, prev)
-            pre[k, j] = v
-    for k in range(size - 1, -1, -1):
-        src = k - half
-        for j in range(m):
-            v = a[src, j] if 0 <= src < n else neutral
-            if (k + 1) % w != 0:
-                nxt = suf[k + 1, j]
-                v = min(v, nxt) if minimum else max(v, nxt)
-            suf[k, j] = v
+    padded = np.full((size, m), neutral, a.dtype)
+    padded[half : half + n] = a
+    pre = padded.copy()
+    suf = padded.copy()
+    for start in range(0, size, w):
+        for k in range(start + 1, start + w):
+            for j in range(m):
+                pre[k, j] = min(pre[k, j], pre[k - 1, j]) if minimum else max(pre[k, j], pre[k - 1, j])
+        for k in range(start + w - 2, start - 1, -1):
+            for j in range(m):
+                suf[k, j] = min(suf[k, j], suf[k + 1, j]) if minimum else max(suf[k, j], suf[k + 1, j])
     out = np.empty((n, m), a.dtype)
     for i in range(n):
         for j in range(m):
@@ -80,6 +72,14 @@ def opening_rows_ref(a: np.ndarray, half: int) -> np.ndarray:
 
 
 @njit(cache=True, error_model="numpy")
+def _root(parent: np.ndarray, x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+@njit(cache=True, error_model="numpy")
 def label4(mask: np.ndarray) -> np.ndarray:
     """4-connected component labels (int64, 0 = background) of a boolean ``(rows, columns)`` mask.
 
@@ -88,41 +88,69 @@ def label4(mask: np.ndarray) -> np.ndarray:
     (union-find, roots the smallest index), then every pixel gets its root.
     """
     rows, cols = mask.shape
-    n = rows * cols
-    parent = np.arange(n, dtype=np.int64)
+    parent = np.arange(rows * cols, dtype=np.int64)
     for i in range(rows):
         for j in range(cols):
             if not mask[i, j]:
                 continue
             k = i * cols + j
-            for nb in (k - cols if i > 0 else -1, k - 1 if j > 0 else -1):
-                if nb < 0 or not mask[nb // cols, nb % cols]:
-                    continue
-                a = nb
-                while parent[a] != a:
-                    parent[a] = parent[parent[a]]
-                    a = parent[a]
-                b = k
-                while parent[b] != b:
-                    parent[b] = parent[parent[b]]
-                    b = parent[b]
-                if a < b:
-                    parent[b] = a
-                elif b < a:
-                    parent[a] = b
+            if i > 0 and mask[i - 1, j]:
+                a, b = _root(parent, k - cols), _root(parent, k)
+                parent[max(a, b)] = min(a, b)
+            if j > 0 and mask[i, j - 1]:
+                a, b = _root(parent, k - 1), _root(parent, k)
+                parent[max(a, b)] = min(a, b)
     out = np.zeros((rows, cols), np.int64)
     for i in range(rows):
         for j in range(cols):
             if mask[i, j]:
-                k = i * cols + j
-                r = k
-                while parent[r] != r:
-                    r = parent[r]
-                parent[k] = r
-                out[i, j] = r + 1
+                out[i, j] = _root(parent, i * cols + j) + 1
     return out
 
 
 def label4_ref(mask: np.ndarray) -> np.ndarray:
     """Numpy twin of :func:`label4`: label propagation (:func:`kernels.imaging.components_ref`)."""
     return components_ref(np.asarray(mask, bool))
+
+
+@njit(cache=True, error_model="numpy")
+def cell_sums(
+    att: np.ndarray, classes: np.ndarray, block_px: int, a_dark: float, air_code: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per line and cell of ``block_px`` pixels, the sums a reduced image is made of; and each line's non-air pixels.
+
+    ``att`` is attenuation ``(lines, energies, pixels)`` (energy 0 high, the last low), ``classes`` the class codes
+    ``(lines, pixels)``. A pixel is measured when its high-energy attenuation is at most ``a_dark``. Returns float32
+    ``(lines, 4, cells)``: high-energy and low-energy attenuation summed over the measured pixels, measured pixels,
+    and air pixels (class ``air_code``); and int64 ``(lines,)``: the pixels of each line that are not air.
+    """
+    lines, energies, pixels = att.shape
+    cells = (pixels + block_px - 1) // block_px
+    out = np.zeros((lines, 4, cells), np.float32)
+    nonair = np.zeros(lines, np.int64)
+    for i in range(lines):
+        for p in range(pixels):
+            c = p // block_px
+            high = att[i, 0, p]
+            if high <= a_dark:
+                out[i, 0, c] += high
+                out[i, 1, c] += att[i, energies - 1, p]
+                out[i, 2, c] += 1.0
+            if classes[i, p] == air_code:
+                out[i, 3, c] += 1.0
+            else:
+                nonair[i] += 1
+    return out, nonair
+
+
+def cell_sums_ref(
+    att: np.ndarray, classes: np.ndarray, block_px: int, a_dark: float, air_code: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy twin of :func:`cell_sums` (sums by ``np.add.reduceat`` over the cells' first pixels)."""
+    high, low = att[:, 0, :], att[:, -1, :]
+    measured = high <= a_dark
+    air = classes == air_code
+    starts = np.arange(0, att.shape[2], block_px)
+    parts = [np.where(measured, high, 0.0), np.where(measured, low, 0.0), measured, air]
+    out = np.stack([np.add.reduceat(np.asarray(part, np.float64), starts, axis=1) for part in parts], axis=1)
+    return out.astype(np.float32), (~air).sum(axis=1).astype(np.int64)

@@ -36,7 +36,8 @@ from edge.metrics import DriverMetrics
 from edge.records import Kind
 from edge.service import Service
 from edge.subscriber import AlertSubscriber
-from kernels.fusion import label4, label4_ref, opening_rows, opening_rows_ref
+from kernels.fusion import cell_sums, cell_sums_ref, label4, label4_ref, opening_rows, opening_rows_ref
+from kernels.imaging import AIR
 
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True)
 
@@ -68,6 +69,28 @@ def test_opening_removes_short_bumps_and_keeps_plateaus() -> None:
     got = opening_rows(a, 3)
     assert np.all(got[:, 0] == 0.0)
     np.testing.assert_array_equal(got[:, 1], a[:, 1])
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int]:
+    lines, energies, pixels = draw(st.integers(0, 6)), draw(st.sampled_from([1, 2])), draw(st.integers(1, 30))
+    att = draw(hnp.arrays(np.float32, (lines, energies, pixels), elements=st.floats(-0.25, 9.25, width=32)))
+    classes = draw(hnp.arrays(np.uint8, (lines, pixels), elements=st.integers(0, 6)))
+    return att, classes, draw(st.integers(1, 8))
+
+
+@PROPERTY
+@given(batches(), st.sampled_from([1.0, 5.3]))
+def test_cell_sums_match_their_twin(batch: tuple[np.ndarray, np.ndarray, int], a_dark: float) -> None:
+    att, classes, block = batch
+    got, nonair = cell_sums(att, classes, block, a_dark, AIR)
+    want, want_nonair = cell_sums_ref(att, classes, block, a_dark, AIR)
+    assert got.shape == (att.shape[0], 4, -(-att.shape[2] // block)) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(nonair, want_nonair)
+    # every pixel is measured or dark, air or not
+    assert np.all(got[:, 2].sum(axis=1) == (att[:, 0, :] <= a_dark).sum(axis=1))
+    assert np.all(got[:, 3].sum(axis=1) + nonair == att.shape[2])
 
 
 @PROPERTY
