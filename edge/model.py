@@ -25,8 +25,9 @@ Combination policy (:func:`apply_policy`), explainable tests first:
   judged it (its own ``release_recommended``). Without a score it is never recommended;
 - every scored decision records ``model``: version, score and thresholds (or why it has no score).
 
-Occupancies that did not end with their data whole (verdict INCOMPLETE: timeout, stalled samples)
-and those without gamma samples are not scored: ``model.score`` is None with the reason.
+Decisions whose radiation data is not whole (an occupancy ended by timeout or stalled samples, a scan
+with no occupancy) and those without gamma samples are not scored: ``model.score`` is None and
+``model.unscored`` says why (``ended by <end reason>``, ``no usable profile``).
 
 :class:`ModelRunner` is what the service holds: it owns the session, scores each decision before it
 is journaled, counts and logs what goes wrong without ever failing a decision, and swaps in a new
@@ -338,7 +339,7 @@ class ModelRunner:
         reason: str | None = None
         t0 = time.perf_counter()
         if decision.get("end_reason") not in COMPLETE_ENDS:
-            reason = "incomplete occupancy"
+            reason = f"ended by {decision.get('end_reason')}"
         else:
             try:
                 score = model.score(decision)

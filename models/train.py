@@ -65,12 +65,12 @@ class Trained:
     seconds: float
 
 
-def plan(seed: int, vehicles: int, offset: int = 0) -> list[corpus.Chunk]:
+def plan(seed: int, vehicles: int, offset: int = 0, images: bool = True) -> list[corpus.Chunk]:
     """Chunks of ordinary traffic for ``vehicles`` vehicles (rounded up to whole chunks of at most CHUNK_VEHICLES)."""
     count = max(1, math.ceil(vehicles / CHUNK_VEHICLES))
     per = math.ceil(vehicles / count)
     seeds = [SEED_STRIDE * seed + offset + i for i in range(count)]
-    return corpus.chunks(seeds, per, corpus.benign_mix())
+    return corpus.chunks(seeds, per, corpus.benign_mix(), images)
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
@@ -105,11 +105,18 @@ def train(
     workers: int = 1,
     date: str | None = None,
     progress: bool = False,
+    images: bool = True,
 ) -> Trained:
-    """Run the whole pipeline and write the model to ``out``; see the module docstring."""
+    """Run the whole pipeline and write the model to ``out``; see the module docstring.
+
+    ``images`` False leaves the image variants out of both corpora (a quick run: the model then knows
+    lanes without a scanner only, and scores every image as unusual).
+    """
     t0 = time.perf_counter()
-    train_set = _simulate(plan(seed, train_vehicles), workers, "training vehicles", progress)
-    cal_set = _simulate(plan(seed, calibration_vehicles, CALIBRATION_OFFSET), workers, "calibration vehicles", progress)
+    train_plan = plan(seed, train_vehicles, 0, images)
+    cal_plan = plan(seed, calibration_vehicles, CALIBRATION_OFFSET, images)
+    train_set = _simulate(train_plan, workers, "training vehicles", progress)
+    cal_set = _simulate(cal_plan, workers, "calibration vehicles", progress)
     with _bar(200, "EM iterations", progress) as bar:
         model = mixture.fit(train_set.features, components, seed, step=lambda ll: bar.update(1))
     cal_nll = mixture.nll(model, cal_set.features)
@@ -142,9 +149,10 @@ def train(
             {
                 "generator": "models.corpus (drivers.sim.physics.Traffic, benign mix: no threats)",
                 "energy_windows_kev": list(corpus.WINDOWS_KEV),
-                "variants": list(corpus.VARIANTS),
-                "train_seeds": [c.seed for c in plan(seed, train_vehicles)],
-                "calibration_seeds": [c.seed for c in plan(seed, calibration_vehicles, CALIBRATION_OFFSET)],
+                "variants": sorted(set(train_set.variant.tolist())),
+                "image_pixels": corpus.IMAGE_PIXELS if images else None,
+                "train_seeds": [c.seed for c in train_plan],
+                "calibration_seeds": [c.seed for c in cal_plan],
                 "train_rows": len(train_set),
                 "calibration_rows": len(cal_set),
                 "train_sources": dict(sorted(Counter(train_set.source.tolist()).items())),
@@ -188,18 +196,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m models.train`` and ``lanewatch model train``."""
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"model file to write (default {DEFAULT_OUT})")
     parser.add_argument("--seed", type=int, default=1, help="training seed (default 1)")
+    parser.add_argument("--train-vehicles", type=int, default=8000, help="ordinary vehicles to train on (default 8000)")
     parser.add_argument(
-        "--train-vehicles", type=int, default=10_000, help="ordinary vehicles to train on (default 10000)"
+        "--calibration-vehicles", type=int, default=8000, help="ordinary vehicles to calibrate on (default 8000)"
     )
-    parser.add_argument(
-        "--calibration-vehicles", type=int, default=10_000, help="ordinary vehicles to calibrate on (default 10000)"
-    )
-    parser.add_argument("--components", type=int, default=8, help="mixture components (default 8)")
+    parser.add_argument("--components", type=int, default=12, help="mixture components (default 12)")
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="simulation processes (default: one per core)"
     )
     parser.add_argument("--date", help="date recorded in the model (ISO, default today): fix it for byte-equal files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-images",
+        action="store_true",
+        help="leave out the X-ray image variants (quick runs; lanes without scanner)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -226,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
             workers=max(1, args.workers),
             date=args.date,
             progress=not args.no_progress and sys.stderr.isatty(),
+            images=not args.no_images,
         )
     except ValueError as exc:
         print(f"train: {exc}", file=sys.stderr)

@@ -142,3 +142,37 @@ def test_features_do_not_depend_on_the_background_level(benign: list) -> None:
         assert _value(w, name) == pytest.approx(_value(v, name), abs=1e-5)
     for name in ("gross_z", "gross_z_3", "soft_z", "soft_z_1"):
         assert _value(w, name) == pytest.approx(np.sqrt(2) * _value(v, name), rel=1e-4, abs=1e-4)
+
+
+def test_image_block_from_the_fused_decision_of_a_lead_shielded_source() -> None:
+    """A lead-shielded Cs-137: the image shows a high-Z object where the radiation peaks; without the image,
+    the same vehicle's image block is all zeros and its radiation block the same."""
+    seen = {
+        variant: (truth, record)
+        for truth, variant, record in corpus.simulate(corpus.Chunk(4, 1, {"shielded-cs137": 1.0}))
+    }
+    assert set(seen) == set(corpus.VARIANTS)
+    truth, fused = seen["windows+image"]
+    assert truth["sources"][0]["shielding"]["material"] == "lead"
+    v, plain = extract(fused), extract(seen["windows"][1])
+    image = [i for i, n in enumerate(FEATURE_NAMES) if n.startswith("image_")]
+    radiation = [i for i in range(features.N_FEATURES) if i not in image]
+    np.testing.assert_array_equal(v[radiation], plain[radiation])
+    assert np.all(plain[image] == 0)
+    assert _value(v, "image_present") == 1
+    fractions = sum(_value(v, f"image_{c}") for c in features.IMAGE_CLASSES)
+    assert 0.9 < fractions <= 1.001  # the rest is air seen between the vehicle's parts
+    assert _value(v, "image_shield_objects") >= 1 and _value(v, "image_high_z_lead_mm") > 8.0
+    assert _value(v, "image_lead_mm_at_peak") == _value(v, "image_high_z_lead_mm")
+    assert abs(_value(v, "image_length_diff_m")) < 0.5
+    assert 0.0 < _value(v, "image_att_mean") < _value(v, "image_att_max")
+    # the gross portal's fused decision has the same image block
+    np.testing.assert_array_equal(extract(seen["gross+image"][1])[image], v[image])
+
+
+def test_an_xray_section_without_an_image_encodes_as_no_image(benign: list) -> None:
+    record = copy.deepcopy(benign[4][1])
+    for xray in ({"scan_id": 3, "status": "missing"}, {"profile": {"x_m": [], "mean_att": []}}, "junk"):
+        record["xray"] = xray
+        v = extract(record)
+        assert all(_value(v, n) == 0 for n in FEATURE_NAMES if n.startswith("image_"))

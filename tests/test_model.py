@@ -39,7 +39,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model retrained from a tiny corpus (the smallest calibration set allowed)."""
     out = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
     train.train(
-        seed=7, train_vehicles=150, calibration_vehicles=1000, components=2, out=out, workers=2, date="2026-01-01"
+        seed=7,
+        train_vehicles=150,
+        calibration_vehicles=1000,
+        components=2,
+        out=out,
+        workers=2,
+        date="2026-01-01",
+        images=False,
     )
     return out
 
@@ -92,7 +99,14 @@ def test_tiny_retraining_is_deterministic_and_valid(tiny: Path, tmp_path: Path) 
 
     again = tmp_path / "again.onnx"
     train.train(
-        seed=7, train_vehicles=150, calibration_vehicles=1000, components=2, out=again, workers=1, date="2026-01-01"
+        seed=7,
+        train_vehicles=150,
+        calibration_vehicles=1000,
+        components=2,
+        out=again,
+        workers=1,
+        date="2026-01-01",
+        images=False,
     )
     assert again.read_bytes() == tiny.read_bytes()  # same seed: same file, whatever the worker count
     onnx.checker.check_model(onnx.load(str(tiny)), full_check=True)
@@ -319,6 +333,7 @@ def test_runner_scores_skips_and_counts(tiny: Path, benign_decision: dict[str, A
     assert registry.get_sample_value("lanewatch_model_score_count", {"lane": "t"}) == 1
     incomplete = runner.review(dict(copy.deepcopy(benign_decision), end_reason="stalled", verdict="INCOMPLETE"))
     assert incomplete["model"]["score"] is None and incomplete["verdict"] == "INCOMPLETE"
+    assert incomplete["model"]["unscored"] == "ended by stalled"
     empty = copy.deepcopy(benign_decision)
     empty["profile"] = {}
     assert runner.review(empty)["model"]["unscored"] == "no usable profile"

@@ -1,0 +1,259 @@
+"""Anomaly model: inference time per occupancy, model size, and its quality on held-out simulated traffic.
+
+One command gives the figures of the model card (``models/README.md``)::
+
+    python -m benchmarks.model                       # the shipped model, 10000 ordinary and 3000 threat vehicles
+    python -m benchmarks.model --model F.onnx --ordinary 2000 --threats 600
+
+Held-out data: the training corpus generator (:mod:`models.corpus`) on seeds from
+``models.train.HELD_OUT_BASE`` up, which no training or calibration run uses: ordinary traffic (the
+training mix: benign, NORM, medical) and threat traffic (the simulator's threat scenarios). Every
+vehicle is seen by a portal with energy windows and by a gross-counting one; each kind of lane gets
+its own table.
+
+Quality, per threat type: the model's ROC AUC against ordinary vehicles; its probability of detection
+at 1 and 10 false alarms per 1000 ordinary vehicles (thresholds: the held-out ordinary scores'
+quantiles); the rule tests alone (their fixed operating point, with their own alarm rate on ordinary
+traffic, NORM and medical nuisance alarms included); and the rules plus the model alarming from those
+two thresholds (an alarm when either does). Then the combination policy as configured
+(:func:`edge.model.apply_policy` with ``alarm_threshold`` 3 and 2): what it gains (threats alarmed only
+by the model, threats released as NORM that it holds back) and loses (ordinary vehicles it alarms on,
+NORM releases it does not recommend).
+
+Timing: feature extraction plus one onnxruntime run per occupancy, on one core (the process is pinned),
+p50 and p99, against the rule tests' analysis of the same occupancies (``edge.detect.analyze``) in the
+same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.config import SHIPPED_MODEL, ModelConfig
+from edge.model import AnomalyModel, apply_policy, load
+from models import corpus
+from models.train import CHUNK_VEHICLES, HELD_OUT_BASE
+
+ORDINARY_OFFSET = 0
+THREAT_OFFSET = 10_000
+TIMING_OFFSET = 20_000
+"""Seed offsets (from HELD_OUT_BASE) of the held-out ordinary, threat and timing corpora."""
+RATES = (1, 10)
+"""False alarms per 1000 ordinary vehicles at which detection is reported."""
+POLICY_THRESHOLDS = (3.0, 2.0)
+"""``alarm_threshold`` values the policy is scored at (nominally 1 and 10 ordinary vehicles in 1000)."""
+
+
+def _chunks(offset: int, vehicles: int, mix: dict[str, float]) -> list[corpus.Chunk]:
+    count = max(1, math.ceil(vehicles / CHUNK_VEHICLES))
+    seeds = [HELD_OUT_BASE + offset + i for i in range(count)]
+    return corpus.chunks(seeds, math.ceil(vehicles / count), mix)
+
+
+def auc(negative: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve: P(positive scores above negative), ties counted half."""
+    if len(negative) == 0 or len(positive) == 0:
+        return math.nan
+    both = np.concatenate([negative, positive])
+    order = both.argsort(kind="stable")
+    ranks = np.empty(len(both))
+    ranks[order] = np.arange(1, len(both) + 1)
+    for value in np.unique(both):  # average ranks of ties
+        tie = both == value
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    r = ranks[len(negative) :].sum()
+    return float((r - len(positive) * (len(positive) + 1) / 2) / (len(negative) * len(positive)))
+
+
+def _rule_alarm(decisions: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([d["verdict"] == "ALARM" for d in decisions])
+
+
+def quality(model: AnomalyModel, ordinary: corpus.Corpus, threats: corpus.Corpus, variant: str) -> dict[str, Any]:
+    """The quality table of one kind of lane (``variant``)."""
+    o = ordinary.select(ordinary.variant == variant)
+    t = threats.select(threats.variant == variant)
+    o_score, t_score = model.score_vectors(o.features), model.score_vectors(t.features)
+    o_rule, t_rule = _rule_alarm(o.decisions), _rule_alarm(t.decisions)
+    thresholds = {rate: float(np.quantile(o_score, 1.0 - rate / 1000.0)) for rate in RATES}
+    rows = []
+    for source in sorted(set(t.source.tolist())):
+        m = t.source == source
+        s, rule = t_score[m], t_rule[m]
+        row = {"source": source, "n": int(m.sum()), "auc": auc(o_score, s), "rules": float(rule.mean())}
+        for rate, thr in thresholds.items():
+            row[f"model@{rate}"] = float(np.mean(s > thr))
+            row[f"both@{rate}"] = float(np.mean(rule | (s > thr)))
+        rows.append(row)
+    all_threats = {"source": "all threats", "n": len(t), "auc": auc(o_score, t_score), "rules": float(t_rule.mean())}
+    for rate, thr in thresholds.items():
+        all_threats[f"model@{rate}"] = float(np.mean(t_score > thr))
+        all_threats[f"both@{rate}"] = float(np.mean(t_rule | (t_score > thr)))
+    rows.append(all_threats)
+    ordinary_rates = {"rules": 1000 * float(o_rule.mean())}
+    for rate, thr in thresholds.items():
+        ordinary_rates[f"model@{rate}"] = 1000 * float(np.mean(o_score > thr))
+        ordinary_rates[f"both@{rate}"] = 1000 * float(np.mean(o_rule | (o_score > thr)))
+    return {
+        "variant": variant,
+        "ordinary": len(o),
+        "thresholds": thresholds,
+        "rows": rows,
+        "ordinary_per_1000": ordinary_rates,
+        "policy": [policy(o, o_score, t, t_score, thr) for thr in POLICY_THRESHOLDS],
+    }
+
+
+def policy(
+    o: corpus.Corpus, o_score: np.ndarray, t: corpus.Corpus, t_score: np.ndarray, alarm_threshold: float
+) -> dict[str, Any]:
+    """What :func:`edge.model.apply_policy` with ``alarm_threshold`` gains and loses against the rules alone."""
+    cfg = ModelConfig(alarm_threshold=alarm_threshold, finding_threshold=min(2.0, alarm_threshold))
+
+    def run(c: corpus.Corpus, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        before = _rule_alarm(c.decisions)
+        after = [
+            apply_policy(copy.deepcopy(d), float(s), cfg, "bench") for d, s in zip(c.decisions, scores, strict=True)
+        ]
+        return before, np.array([d["verdict"] == "ALARM" for d in after]), after
+
+    o_before, o_after, o_dec = run(o, o_score)
+    t_before, t_after, t_dec = run(t, t_score)
+
+    def released(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [a for d in decisions for a in d["alarms"] if a.get("reason") == "norm-consistent"]
+
+    o_norm = released(o_dec)
+    t_masked = [i for i, d in enumerate(t.decisions) if any(a.get("reason") == "norm-consistent" for a in d["alarms"])]
+    return {
+        "alarm_threshold": alarm_threshold,
+        "threats_gained": int(np.sum(t_after & ~t_before)),
+        "threats": len(t),
+        "threats_rules": int(t_before.sum()),
+        "ordinary_added": int(np.sum(o_after & ~o_before)),
+        "ordinary": len(o),
+        "norm_releases": len(o_norm),
+        "norm_release_recommended": sum(bool(a["release_recommended"]) for a in o_norm),
+        "threats_released_as_norm": len(t_masked),
+        "masked_threats_alarmed": int(sum(t_after[i] for i in t_masked)),
+        "masked_threats_not_recommended": sum(
+            1 for i in t_masked for a in released([t_dec[i]]) if not a["release_recommended"]
+        ),
+    }
+
+
+def timing(model: AnomalyModel, vehicles: int) -> dict[str, Any]:
+    """Feature extraction plus inference per occupancy, against the radiation analysis (p50, p99 in us)."""
+    from drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, Traffic
+    from edge.background import BackgroundEstimator
+    from edge.config import DetectionConfig
+    from edge.detect import analyze
+
+    chunk = _chunks(TIMING_OFFSET, vehicles, corpus.benign_mix())[0]
+    records = [record for _, variant, record in corpus.simulate(chunk) if variant == "windows"]
+    cfg = DetectionConfig(energy_windows_kev=list(corpus.WINDOWS_KEV), occupancy_hold_in_s=HOLD_IN_S)
+    traffic = Traffic(chunk.seed, windows_kev=corpus.WINDOWS_KEV, mix=chunk.mix)
+    est = BackgroundEstimator(4, traffic.K, 4, cfg.background_halflife_s)
+    corpus._feed(traffic, est, corpus.WARM_UP_S)
+    passages = [traffic.next_passage() for _ in range(len(records))]
+    snap = est.snapshot()
+    analyze(cfg, snap, passages[0].gamma, passages[0].neutron, GAMMA_DT_S, NEUTRON_DT_S, passages[0].speed_kmh)
+    model_s, rules_s = [], []
+    for _ in range(5):
+        for record, p in zip(records, passages, strict=True):
+            t0 = time.perf_counter()
+            model.score(record)
+            t1 = time.perf_counter()
+            analyze(cfg, snap, p.gamma, p.neutron, GAMMA_DT_S, NEUTRON_DT_S, p.speed_kmh)
+            t2 = time.perf_counter()
+            model_s.append(t1 - t0)
+            rules_s.append(t2 - t1)
+    m, r = np.array(model_s) * 1e6, np.array(rules_s) * 1e6
+    return {
+        "occupancies": len(m),
+        "model_p50_us": float(np.percentile(m, 50)),
+        "model_p99_us": float(np.percentile(m, 99)),
+        "rules_p50_us": float(np.percentile(r, 50)),
+        "rules_p99_us": float(np.percentile(r, 99)),
+    }
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:5.1f}"
+
+
+def report(path: str, model: AnomalyModel, tables: list[dict[str, Any]], times: dict[str, Any]) -> None:
+    """Print the figures (markdown tables, as in the model card)."""
+    size = Path(path).stat().st_size
+    print(f"model {model.version} ({path}), schema {model.info.schema}")
+    print(f"size: {size / 1024:.0f} KiB ({size} bytes; budget 5 MiB: {size / (5 << 20):.1%} of it)")
+    print(
+        f"inference per occupancy (features + onnxruntime, one core, {times['occupancies']} runs): "
+        f"p50 {times['model_p50_us']:.0f} us, p99 {times['model_p99_us']:.0f} us (budget p99 1000 us); "
+        f"radiation analysis of the same occupancies: p50 {times['rules_p50_us']:.0f} us, "
+        f"p99 {times['rules_p99_us']:.0f} us; model / analysis at p50: "
+        f"{times['model_p50_us'] / times['rules_p50_us']:.2f}"
+    )
+    for table in tables:
+        rates = table["ordinary_per_1000"]
+        thr = table["thresholds"]
+        print(f"\n### {table['variant']} lane: {table['ordinary']} held-out ordinary vehicles")
+        print(
+            f"thresholds (score): {thr[1]:.2f} at 1 and {thr[10]:.2f} at 10 per 1000 ordinary vehicles; "
+            f"alarms per 1000 ordinary vehicles: rules {rates['rules']:.1f}, rules + model "
+            f"{rates['both@1']:.1f} (at 1) and {rates['both@10']:.1f} (at 10)\n"
+        )
+        print(
+            "| threat | n | model AUC | model Pd @1/1000 | model Pd @10/1000 | rules Pd | rules + model @1 "
+            "| rules + model @10 |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for row in table["rows"]:
+            print(
+                f"| {row['source']} | {row['n']} | {row['auc']:.3f} | {_pct(row['model@1'])} % | "
+                f"{_pct(row['model@10'])} % | {_pct(row['rules'])} % | {_pct(row['both@1'])} % | "
+                f"{_pct(row['both@10'])} % |"
+            )
+        print()
+        for p in table["policy"]:
+            print(
+                f"policy, alarm_threshold {p['alarm_threshold']:g}: gains {p['threats_gained']} of {p['threats']} "
+                f"threats (rules alone: {p['threats_rules']}); of {p['threats_released_as_norm']} threats the rules "
+                f"released as NORM, alarms {p['masked_threats_alarmed']} and withholds the release recommendation "
+                f"from {p['masked_threats_not_recommended']}; loses: {p['ordinary_added']} of {p['ordinary']} "
+                f"ordinary vehicles alarmed ({1000 * p['ordinary_added'] / p['ordinary']:.1f} per 1000), "
+                f"{p['norm_releases'] - p['norm_release_recommended']} of {p['norm_releases']} NORM releases "
+                "not recommended"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=SHIPPED_MODEL, help="model file (default: the shipped model)")
+    parser.add_argument("--ordinary", type=int, default=10_000, help="held-out ordinary vehicles (default 10000)")
+    parser.add_argument("--threats", type=int, default=3000, help="held-out threat vehicles (default 3000)")
+    parser.add_argument("--timing", type=int, default=200, help="occupancies timed (default 200)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="simulation processes")
+    args = parser.parse_args(argv)
+    model = load(args.model)
+    ordinary = corpus.build(_chunks(ORDINARY_OFFSET, args.ordinary, corpus.benign_mix()), workers=args.workers)
+    threats = corpus.build(_chunks(THREAT_OFFSET, args.threats, corpus.threat_mix()), workers=args.workers)
+    tables = [quality(model, ordinary, threats, variant) for variant in corpus.VARIANTS]
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    times = timing(model, args.timing)
+    report(args.model, model, tables, times)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
