@@ -106,7 +106,7 @@ class LaneConfig:
     xray: str = ""
     """host:port of the lane's X-ray scanner line stream ("" for a lane without a scanner)."""
     xray_http: str = ""
-    """host:port where this lane's X-ray driver serves /metrics and /healthz ("" for none)."""
+    """host:port where this lane's X-ray driver serves /metrics and /healthz ("" for none); its ``--http`` default."""
     xray_detector_mm: float = 4600.0
     """Length (mm) of the X-ray scanner's detector column, top to bottom: the pixel pitch is this over the pixels."""
 

@@ -1,8 +1,8 @@
 """``lanewatch evidence``: the files it writes for journaled decisions, from the journal file and the query endpoint.
 
-Decisions come from a real lane fed the simulators' vehicles (a shielded source imaged by the X-ray
-scanner simulator, and the same vehicle at a lane without a scanner) into a journal file; the command
-runs as a process, as an operator runs it.
+Decisions come from a real lane fed the simulators' vehicles as the drivers' records (a shielded
+source imaged by the X-ray scanner simulator, and the same vehicle at a lane without a scanner) into
+a journal file; the command runs as a process, as an operator runs it.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, Traffic
-from drivers.sim.xray import LINE_RATE_HZ, XrayScanner
+from benchmarks.fusion import LaneFeed, passage_records
+from drivers.sim.physics import HOLD_IN_S, Traffic
+from drivers.sim.xray import XrayScanner
 from edge import evidence
 from edge.config import DetectionConfig, LaneConfig, parse
 from edge.demo import free_ports
 from edge.journal import Journal
-from edge.lane import Decided, Lane
+from edge.lane import Lane
 from edge.metrics import ServiceMetrics
-from edge.records import Kind, Record
 from edge.service import Service
 
 WINDOWS = [30.0, 400.0, 3000.0]
@@ -37,72 +37,17 @@ SEED = 8
 """The first shielded Cs-137 vehicle of this seed carries a lead shield the image shows."""
 
 
-class _Feed:
-    """Records of one lane stamped on a simulated clock (ns), fed straight to a :class:`Lane`."""
-
-    def __init__(self, lane: Lane) -> None:
-        self.lane = lane
-        self.seq: dict[str, int] = {}
-        self.decided: list[dict[str, Any]] = []
-
-    def __call__(self, t_ns: int, kind: Kind, source: str, **fields: Any) -> None:
-        seq = self.seq.get(source, 0)
-        self.seq[source] = seq + 1
-        rec = Record(kind=kind, lane=self.lane.id, source=source, seq=seq, t_wall_ns=t_ns, t_mono_ns=t_ns, **fields)
-        self.decided += [e.decision for e in self.lane.on_record(rec, t_ns) if isinstance(e, Decided)]
-
-
 def _passage_decisions(scanner_lane: bool) -> list[dict[str, Any]]:
     """The decision of the first vehicle of ``SEED`` at a lane with (or without) the X-ray scanner simulator."""
     detection = DetectionConfig(energy_windows_kev=WINDOWS, occupancy_hold_in_s=HOLD_IN_S)
-    lane = Lane(
-        LaneConfig(id="lane1", xray="127.0.0.1:1" if scanner_lane else ""),
-        detection,
-        ServiceMetrics(CollectorRegistry()),
-    )
-    feed = _Feed(lane)
+    lane_config = LaneConfig(id="lane1", xray="127.0.0.1:1" if scanner_lane else "")
+    feed = LaneFeed(Lane(lane_config, detection, ServiceMetrics(CollectorRegistry())))
     traffic = Traffic(SEED, WINDOWS, {"shielded-cs137": 1.0})
-    t = 1_800_000_000 * 10**9
-    for _ in range(3):
-        gamma, neutron = traffic.background_reading(1.0)
-        feed(t, Kind.GAMMA_BACKGROUND, "rpm", counts=gamma)
-        feed(t, Kind.NEUTRON_BACKGROUND, "rpm", counts=neutron.reshape(-1, 1))
-        t += 5 * 10**9
+    t = feed.background(traffic, 1_800_000_000 * 10**9, 15.0)
     passage = traffic.next_passage()
-    events: list[tuple[int, Kind, str, dict[str, Any]]] = []
-    if scanner_lane:
-        scan = XrayScanner(SEED, pixels=256).scan(passage)
-        line_ns = round(1e9 / LINE_RATE_HZ)
-        start = {"scan_id": scan.scan_id, "t_ns": t, "energies": 2, "pixels": 256}
-        events.append((t - 40 * line_ns, Kind.XRAY_SCAN_START, "xray", {"values": start}))
-        for frame, lines in (("dark", scan.dark), ("air", scan.air)):
-            calibration = {"scan_id": scan.scan_id, "frame": frame, "t_ns": [t]}
-            events.append((t - 20 * line_ns, Kind.XRAY_CALIBRATION, "xray", {"counts": lines, "values": calibration}))
-        for a in range(0, len(scan.image), 64):
-            b = min(a + 64, len(scan.image))
-            values = {
-                "scan_id": scan.scan_id,
-                "first_line": a,
-                "line_count": b - a,
-                "encoder_mm": scan.encoder_mm[a:b].tolist(),
-                "t_ns": [t + i * line_ns for i in range(a, b)],
-                "flags": [0] * (b - a),
-            }
-            events.append((t + b * line_ns, Kind.XRAY_LINES, "xray", {"counts": scan.image[a:b], "values": values}))
-        end = {"scan_id": scan.scan_id, "lines": len(scan.image), "missing": 0, "complete": True, "reason": "scan_end"}
-        events.append((t + len(scan.image) * line_ns, Kind.XRAY_SCAN_END, "xray", {"values": end}))
-    step = round(GAMMA_DT_S * 1e9)
-    for j, sample in enumerate(passage.gamma):
-        events.append((t + (j + 1) * step, Kind.GAMMA_SCAN, "rpm", {"dt_s": GAMMA_DT_S, "counts": sample}))
-        if j % 5 == 4:
-            neutron = passage.neutron[j // 5].reshape(-1, 1)
-            events.append((t + (j + 1) * step, Kind.NEUTRON_SCAN, "rpm", {"dt_s": 1.0, "counts": neutron}))
-        if j == 5:
-            events.append((t + (j + 1) * step, Kind.SPEED, "rpm", {"values": {"speed_kmh": passage.speed_kmh}}))
-    end_ns = t + len(passage.gamma) * step
-    events.append((end_ns, Kind.OCCUPANCY_END, "rpm", {"values": {"device_occupancy": 1}}))
-    for when, kind, source, fields in sorted(events, key=lambda e: e[0]):
-        feed(when, kind, source, **fields)
+    scan = XrayScanner(SEED, pixels=256).scan(passage) if scanner_lane else None
+    for when, kind, source, fields in passage_records(passage, scan, t):
+        feed(when, kind, source, fields)
     return feed.decided
 
 

@@ -32,6 +32,7 @@ from edge import bus
 from edge.config import Config, parse
 from edge.demo import free_ports
 from edge.driver import RecordPublisher, load_driver
+from edge.fusion import register
 from edge.metrics import DriverMetrics
 from edge.records import Kind
 from edge.service import Service
@@ -106,6 +107,29 @@ def test_labels_match_label_propagation_and_scipy(mask: np.ndarray) -> None:
     if mask.any():
         first = np.flatnonzero(mask.reshape(-1))[0]
         assert got.reshape(-1)[first] == first + 1
+
+
+# ---- registration -------------------------------------------------------------------------------------
+def test_registration_takes_the_encoder_else_time_times_speed_else_the_line_index() -> None:
+    lines = 100
+    nonair = np.r_[np.zeros(10), np.full(80, 50), np.zeros(10)]  # the vehicle fills lines 10..89
+    t_ns = np.arange(lines) * 1_000_000  # a line per ms
+    no_encoder = np.full(lines, np.nan)
+    by_time = register(no_encoder, t_ns, nonair, 100, speed_kmh=36.0, nominal_spacing_mm=5.0)  # 10 mm per line
+    assert by_time.method == "time" and by_time.spacing_mm == pytest.approx(10.0)
+    assert by_time.front_line == 10 and by_time.rear_line == 89 and by_time.origin == "vehicle-front"
+    assert by_time.front_mm == pytest.approx(95.0)  # between the last air line and the first vehicle line
+    assert by_time.sd_m == pytest.approx(0.010 / math.sqrt(12))
+    assert by_time.metres(10) == pytest.approx(0.005) and by_time.image_length_m() == pytest.approx(0.80)
+    assert by_time.span_m(10, 19) == pytest.approx((0.0, 0.1))
+    by_index = register(no_encoder, np.zeros(lines, np.int64), nonair, 100, 36.0, nominal_spacing_mm=5.0)
+    assert by_index.method == "line" and by_index.image_length_m() == pytest.approx(0.40)
+    encoder = np.arange(lines) * 6.5
+    by_encoder = register(encoder, np.zeros(lines, np.int64), nonair, 100, 36.0, 5.0)
+    assert by_encoder.method == "encoder" and by_encoder.image_length_m() == pytest.approx(80 * 0.0065)
+    # a vehicle already in the beam at the first line: no front, no common axis with the radiation
+    in_beam = register(encoder, t_ns, np.full(lines, 50), 100, 36.0, 5.0)
+    assert in_beam.origin == "first-line" and in_beam.sd_m is None and in_beam.rear_line is None
 
 
 # ---- through the service -------------------------------------------------------------------------------
