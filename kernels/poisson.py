@@ -6,6 +6,18 @@ negative binomial: Poisson over a gamma-distributed mean, variance ``mu + relvar
 is the Poisson case. ``count_threshold(mu, relvar, log_alpha)`` is the smallest count ``k`` with
 ``P(X >= k) <= alpha``; a window alarms when its count reaches it. Everything is in log space, so
 false-alarm probabilities of 1e-12 at means of thousands of counts are exact to rounding.
+
+Steel in a vehicle adds cosmic-ray spallation neutrons (the He-3 "ship effect"), in bursts, so the
+counts are overdispersed. ``ship_window_null`` gives a window's null count as a negative binomial of
+matched mean and variance: with ``B`` the background count of the window, ``H`` its summed ship
+covariate (suppression above the knee times seconds, see :mod:`edge.detect`), ``rate`` the expected
+ship counts per unit of covariate, ``rate_relvar`` the relative variance of that rate from vehicle to
+vehicle and ``dispersion`` the variance-to-mean ratio of the bursts::
+
+    mean     = B + rate H
+    variance = B + relvar B^2 + dispersion rate H + rate_relvar (rate H)^2
+
+and the negative binomial's relative variance is ``(variance - mean) / mean^2`` (never below 0).
 """
 
 from __future__ import annotations
@@ -148,6 +160,68 @@ def window_sum_max(x: np.ndarray, m: int) -> tuple[float, int]:
     return best, best_i
 
 
+@numba.njit(cache=True)
+def ship_window_null(
+    h: np.ndarray,
+    i: int,
+    m: int,
+    mu: float,
+    relvar: float,
+    rate: float,
+    rate_relvar: float,
+    dispersion: float,
+) -> tuple[float, float]:
+    """``(mean, relvar)`` of the null count of the ``m`` samples ending at ``i`` (fewer at the start).
+
+    ``h`` is the ship covariate per sample, ``mu`` the background mean per sample (relative variance
+    ``relvar`` of its estimate); see the module docstring.
+    """
+    k = min(i + 1, m)
+    cov = 0.0
+    for j in range(i - k + 1, i + 1):
+        cov += h[j]
+    b = mu * k
+    ship = rate * cov
+    mean = b + ship
+    variance = b + relvar * b * b + dispersion * ship + rate_relvar * ship * ship
+    if mean <= 0.0:
+        return 0.0, 0.0
+    return mean, max(variance - mean, 0.0) / (mean * mean)
+
+
+@numba.njit(cache=True)
+def ship_window_log_sf(
+    x: np.ndarray,
+    h: np.ndarray,
+    m: int,
+    mu: float,
+    relvar: float,
+    rate: float,
+    rate_relvar: float,
+    dispersion: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every window of ``m`` samples (all of them when fewer): ``log P(X >= count)`` under the ship-effect null.
+
+    Returns ``(log_sf, mean, relvar)`` per window; entry ``k`` is the window ending at ``k + m - 1``.
+    """
+    n = x.shape[0]
+    m = min(m, n)
+    out = np.empty(n - m + 1)
+    means = np.empty(n - m + 1)
+    relvars = np.empty(n - m + 1)
+    s = 0.0
+    for i in range(n):
+        s += x[i]
+        if i >= m:
+            s -= x[i - m]
+        if i >= m - 1:
+            mean, r = ship_window_null(h, i, m, mu, relvar, rate, rate_relvar, dispersion)
+            out[i - m + 1] = count_log_sf(int(s + 0.5), mean, r)
+            means[i - m + 1] = mean
+            relvars[i - m + 1] = r
+    return out, means, relvars
+
+
 _lgamma = np.frompyfunc(math.lgamma, 1, 1)
 
 
@@ -211,3 +285,33 @@ def window_sum_max_ref(x: np.ndarray, m: int) -> tuple[float, int]:
     sums = np.convolve(np.asarray(x, dtype=np.float64), np.ones(m), mode="valid")
     i = int(np.argmax(sums))
     return float(sums[i]), i + m - 1
+
+
+def ship_window_null_ref(
+    h: np.ndarray, i: int, m: int, mu: float, relvar: float, rate: float, rate_relvar: float, dispersion: float
+) -> tuple[float, float]:
+    """Numpy twin of :func:`ship_window_null`."""
+    k = min(i + 1, m)
+    b = mu * k
+    ship = rate * float(np.sum(h[i - k + 1 : i + 1]))
+    mean = b + ship
+    variance = b + relvar * b**2 + dispersion * ship + rate_relvar * ship**2
+    if mean <= 0:
+        return 0.0, 0.0
+    return mean, max(variance - mean, 0.0) / mean**2
+
+
+def ship_window_log_sf_ref(
+    x: np.ndarray, h: np.ndarray, m: int, mu: float, relvar: float, rate: float, rate_relvar: float, dispersion: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Numpy twin of :func:`ship_window_log_sf`: convolved window sums, moments from the summed covariate."""
+    m = min(m, x.shape[0])
+    sums = np.convolve(np.asarray(x, dtype=np.float64), np.ones(m), mode="valid")
+    ship = rate * np.convolve(np.asarray(h, dtype=np.float64), np.ones(m), mode="valid")
+    b = mu * m
+    mean = b + ship
+    variance = b + relvar * b**2 + dispersion * ship + rate_relvar * ship**2
+    relvars = np.where(mean > 0, np.maximum(variance - mean, 0.0) / np.where(mean > 0, mean, 1.0) ** 2, 0.0)
+    mean = np.maximum(mean, 0.0)
+    log_sf = np.array([count_log_sf_ref(int(s + 0.5), mn, r) for s, mn, r in zip(sums, mean, relvars, strict=True)])
+    return log_sf, mean, relvars

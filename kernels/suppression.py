@@ -17,6 +17,10 @@ With no usable flank the level is NaN.
 ``softening_covariate_into`` gives, per sample, how shielded its surroundings are (from the plain ratio
 observed/expected over a few samples around it): the covariate of the shape test's correction for the
 way shielding changes the background spectrum (:mod:`kernels.shape`).
+
+``span_levels`` gives the plain ratio observed/expected over longer spans (the neutron samples): how
+much background the vehicle blocks there, the covariate of the ship-effect neutron null
+(:mod:`kernels.poisson`).
 """
 
 from __future__ import annotations
@@ -89,6 +93,41 @@ def softening_covariate_into(x: np.ndarray, e: np.ndarray, n: int, lo: int, half
             obs += x[k]
             exp += e[k]
         out[j] = max(0.0, exp / obs - 1.0) if obs > 0.0 else 0.0
+
+
+@numba.njit(cache=True)
+def span_levels(x: np.ndarray, e: np.ndarray, dts: np.ndarray, span_s: float, m: int) -> np.ndarray:
+    """Observed/expected gross ratio over each of ``m`` consecutive spans of ``span_s`` seconds.
+
+    ``x`` and ``e`` are observed and expected counts of samples lasting ``dts`` seconds, in time order
+    from the start of the occupancy; a sample belongs to the span holding its midpoint. A span with
+    nothing expected has level 1.
+    """
+    obs = np.zeros(m)
+    exp = np.zeros(m)
+    t = 0.0
+    for i in range(x.shape[0]):
+        j = int((t + 0.5 * dts[i]) / span_s)
+        t += dts[i]
+        if 0 <= j < m:
+            obs[j] += x[i]
+            exp[j] += e[i]
+    out = np.ones(m)
+    for j in range(m):
+        if exp[j] > 0.0:
+            out[j] = obs[j] / exp[j]
+    return out
+
+
+def span_levels_ref(x: np.ndarray, e: np.ndarray, dts: np.ndarray, span_s: float, m: int) -> np.ndarray:
+    """Numpy twin of :func:`span_levels`."""
+    dts = np.asarray(dts, dtype=np.float64)
+    mid = np.concatenate(([0.0], np.cumsum(dts)[:-1])) + 0.5 * dts
+    j = (mid / span_s).astype(np.int64)
+    keep = (j >= 0) & (j < m)
+    obs = np.bincount(j[keep], np.asarray(x, dtype=np.float64)[keep], minlength=m)[:m]
+    exp = np.bincount(j[keep], np.asarray(e, dtype=np.float64)[keep], minlength=m)[:m]
+    return np.where(exp > 0, obs / np.where(exp > 0, exp, 1.0), 1.0)
 
 
 def softening_covariate_ref(x: np.ndarray, e: np.ndarray, half: int) -> np.ndarray:

@@ -193,6 +193,28 @@ def test_flank_level_takes_the_less_shielded_side() -> None:
 
 
 @SETTINGS
+@given(
+    x=profiles(),
+    dt=st.sampled_from([0.1, 0.2, 0.25, 0.5]),
+    span=st.sampled_from([0.5, 1.0, 2.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_span_levels_match_reference(x: np.ndarray, dt: float, span: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    e = rng.uniform(0.0, 400.0, x.size) * (rng.random(x.size) > 0.1)
+    dts = dt * rng.uniform(0.9, 1.1, x.size)
+    m = int(dts.sum() / span) + 2
+    close(suppression.span_levels(x, e, dts, span, m), suppression.span_levels_ref(x, e, dts, span, m))
+
+
+def test_span_levels_known_value() -> None:
+    """Ten samples of 0.2 s: the first second seen at 80 % of expectation, the second at 100 %, a third empty."""
+    x = np.array([80.0] * 5 + [100.0] * 5)
+    level = suppression.span_levels(x, np.full(10, 100.0), np.full(10, 0.2), 1.0, 3)
+    assert level == pytest.approx([0.8, 1.0, 1.0])
+
+
+@SETTINGS
 @given(x=profiles(), half=st.integers(0, 4), seed=st.integers(0, 2**32 - 1))
 def test_softening_covariate_matches_reference(x: np.ndarray, half: int, seed: int) -> None:
     e = np.random.default_rng(seed).uniform(1.0, 400.0, x.size)
@@ -240,6 +262,44 @@ def test_window_kernels_match_reference(x: np.ndarray, m: int, mu: float, relvar
     for i in range(x.size):
         close(poisson.window_sum_at(x, i, m), poisson.window_sum_at_ref(x, i, m))
     close(poisson.window_log_sf(x, m, mu, relvar), poisson.window_log_sf_ref(x, m, mu, relvar))
+
+
+@SETTINGS
+@given(
+    x=profiles(max_size=40),
+    m=st.integers(1, 6),
+    mu=st.floats(0.5, 50.0),
+    relvar=st.sampled_from([0.0, 0.01]),
+    ship=st.tuples(st.floats(0.0, 20.0), st.floats(0.0, 1.0), st.floats(1.0, 5.0)),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_ship_window_kernels_match_reference(
+    x: np.ndarray, m: int, mu: float, relvar: float, ship: tuple[float, float, float], seed: int
+) -> None:
+    h = np.random.default_rng(seed).uniform(0.0, 0.3, x.size) * (np.arange(x.size) % 3 > 0)
+    close(
+        poisson.ship_window_log_sf(x, h, m, mu, relvar, *ship),
+        poisson.ship_window_log_sf_ref(x, h, m, mu, relvar, *ship),
+    )
+    for i in range(x.size):
+        close(
+            poisson.ship_window_null(h, i, m, mu, relvar, *ship),
+            poisson.ship_window_null_ref(h, i, m, mu, relvar, *ship),
+        )
+
+
+def test_ship_window_null_known_values() -> None:
+    """Without steel the null is the background's (Poisson, or negative binomial with its uncertainty); steel
+    adds rate H to the mean and dispersion rate H + rate_relvar (rate H)^2 to the variance."""
+    h = np.array([0.0, 0.0, 0.1, 0.2])
+    assert poisson.ship_window_null(h, 1, 2, 5.0, 0.0, 10.0, 0.5, 3.0) == pytest.approx((10.0, 0.0))
+    assert poisson.ship_window_null(h, 1, 2, 5.0, 0.01, 10.0, 0.5, 3.0) == pytest.approx((10.0, 0.01))
+    mean, relvar = poisson.ship_window_null(h, 3, 2, 5.0, 0.0, 10.0, 0.5, 3.0)
+    assert mean == pytest.approx(13.0)
+    assert mean + relvar * mean**2 == pytest.approx(10.0 + 3.0 * 3.0 + 0.5 * 9.0)
+    log_sf, means, _ = poisson.ship_window_log_sf(np.array([5.0, 5.0, 7.0, 9.0]), h, 2, 5.0, 0.0, 10.0, 0.5, 3.0)
+    assert means == pytest.approx([10.0, 11.0, 13.0])
+    assert log_sf[0] == pytest.approx(stats.poisson.logsf(9, 10.0))
 
 
 # --------------------------------------------------------------------------- location and extent
