@@ -36,13 +36,15 @@ def _log_pmf(k: int, mu: float, relvar: float) -> float:
     if relvar <= 0.0:
         return k * math.log(mu) - mu - math.lgamma(k + 1.0)
     a = 1.0 / relvar
-    return (
-        math.lgamma(k + a)
-        - math.lgamma(a)
-        - math.lgamma(k + 1.0)
-        + a * math.log(a / (a + mu))
-        + k * math.log(mu / (a + mu))
-    )
+    # log Gamma(k + a) - log Gamma(a) - k log a: as a sum when a is large (near-Poisson), where the
+    # difference of log-gammas would cancel to a few digits.
+    if a > k:
+        rising = 0.0
+        for j in range(k):
+            rising += math.log1p(j / a)
+    else:
+        rising = math.lgamma(k + a) - math.lgamma(a) - k * math.log(a)
+    return rising - math.lgamma(k + 1.0) + k * math.log(mu) - (k + a) * math.log1p(mu / a)
 
 
 @numba.njit(cache=True)
@@ -234,13 +236,8 @@ def _log_tails_ref(mu: float, relvar: float, top: int) -> np.ndarray:
         logs = j * np.log(mu) - mu - lg
     else:
         a = 1 / relvar
-        logs = (
-            _lgamma(j + a).astype(np.float64)
-            - math.lgamma(a)
-            - lg
-            + a * np.log(a / (a + mu))
-            + j * np.log(mu / (a + mu))
-        )
+        rising = np.concatenate(([0.0], np.cumsum(np.log1p(j[:-1] / a))))
+        logs = rising - lg + j * np.log(mu) - (j + a) * np.log1p(mu / a)
     tails = np.logaddexp.accumulate(logs[::-1])[::-1]
     heads = np.concatenate(([-np.inf], np.logaddexp.accumulate(logs)[:-1]))
     with np.errstate(divide="ignore"):
