@@ -7,7 +7,7 @@ while a vehicle passes, at realistic sizes: ``--samples`` samples so far (60 = 1
 templates about 25 samples wide (8 km/h, 2 m standoff). Batch path: the whole-occupancy forms the final
 analysis runs, on ``--batch`` samples (600 = the 120 s occupancy limit). Each line prints the time per
 call for Numba and numpy and their ratio (target >= 5 on the per-sample path). Finally the streaming
-analyzer's own cost per gamma sample, Python included, for 200 lanes at 5 Hz.
+analyzer's own cost per gamma sample (neutron samples included), Python included, for 200 lanes at 5 Hz.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from edge.background import BackgroundSnapshot
 from edge.config import DetectionConfig
-from edge.detect import OccupancyAnalyzer, gamma_plan, warm_up
+from edge.detect import OccupancyAnalyzer, gamma_plan, ship_covariate, warm_up
 from kernels import baseline, locate, matched, poisson, shape, suppression
 
 SPEED_KMH = 8.0
@@ -50,7 +50,8 @@ def per_call(fn: Callable[[], Any], repeat: int) -> float:
 
 
 def inputs(n: int, seed: int = 0) -> dict[str, Any]:
-    """Counts of a passing vehicle with a source: gross, low window, expected, softening covariate, neutrons."""
+    """Counts of a passing vehicle with a source: gross, low window, expected, softening covariate, neutrons
+    (1 s samples) and their ship-effect covariate."""
     rng = np.random.default_rng(seed)
     e = np.full(n, 188.0)
     x = rng.poisson(e * 0.85 + 60.0 / (1.0 + ((np.arange(n) - n / 2) / 4.5) ** 2)).astype(np.float64)
@@ -58,12 +59,14 @@ def inputs(n: int, seed: int = 0) -> dict[str, Any]:
     b = np.zeros(n)
     suppression.softening_covariate_into(x, e, n, 0, 2, b)
     plan = gamma_plan(DT_S, SPEED_KMH, STANDOFF_M)
+    m = max(n // 5, 2)
     return {
         "x": x,
         "e": e,
         "low": low,
         "b": b,
-        "neutron": rng.poisson(14.0, max(n // 5, 2)).astype(np.float64),
+        "neutron": rng.poisson(14.0, m).astype(np.float64),
+        "ship": ship_covariate(suppression.span_levels(x, e, np.full(n, DT_S), 1.0, m), 1.0),
         "bank": plan.bank,
         "halfw": plan.halfw,
         "w": plan.nominal,
@@ -75,6 +78,7 @@ def per_sample_cases(n: int) -> list[tuple[str, Callable[[], Any], Callable[[], 
     x, e, low, b, bank, halfw = d["x"], d["e"], d["low"], d["b"], d["bank"], d["halfw"]
     c = n - 1 - int(halfw.max())
     out = np.zeros(n)
+    dts = np.full(n, DT_S)
     return [
         (
             "nsigma_at",
@@ -111,6 +115,21 @@ def per_sample_cases(n: int) -> list[tuple[str, Callable[[], Any], Callable[[], 
             lambda: poisson.window_sum_at(d["neutron"], d["neutron"].size - 1, 2),
             lambda: poisson.window_sum_at_ref(d["neutron"], d["neutron"].size - 1, 2),
         ),
+        (
+            "span_levels (neutron)",
+            lambda: suppression.span_levels(x, e, dts, 1.0, d["ship"].size),
+            lambda: suppression.span_levels_ref(x, e, dts, 1.0, d["ship"].size),
+        ),
+        (
+            "ship_window_null (neutron)",
+            lambda: poisson.ship_window_null(d["ship"], d["ship"].size - 1, 3, 14.0, 0.003, 10.0, 0.5, 3.4),
+            lambda: poisson.ship_window_null_ref(d["ship"], d["ship"].size - 1, 3, 14.0, 0.003, 10.0, 0.5, 3.4),
+        ),
+        (
+            "count_threshold (neutron)",
+            lambda: poisson.count_threshold(45.0, 0.01, -11.0),
+            lambda: poisson.count_threshold_ref(45.0, 0.01, -11.0),
+        ),
     ]
 
 
@@ -144,14 +163,9 @@ def batch_cases(n: int) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]
             lambda: shape.shape_series_ref(low, x, b, 0.63, 1e-6, 0.0025, bank, halfw, 3.6),
         ),
         (
-            "window_log_sf (neutron)",
-            lambda: poisson.window_log_sf(d["neutron"], 2, 14.0, 0.003),
-            lambda: poisson.window_log_sf_ref(d["neutron"], 2, 14.0, 0.003),
-        ),
-        (
-            "count_threshold",
-            lambda: poisson.count_threshold(28.0, 0.003, -13.0),
-            lambda: poisson.count_threshold_ref(28.0, 0.003, -13.0),
+            "ship_window_log_sf (neutron)",
+            lambda: poisson.ship_window_log_sf(d["neutron"], d["ship"], 3, 14.0, 0.003, 10.0, 0.5, 3.4),
+            lambda: poisson.ship_window_log_sf_ref(d["neutron"], d["ship"], 3, 14.0, 0.003, 10.0, 0.5, 3.4),
         ),
         ("smooth", lambda: locate.smooth(x - e, w), lambda: locate.smooth_ref(x - e, w)),
         (
@@ -176,17 +190,22 @@ def table(title: str, cases: list[tuple[str, Callable[[], Any], Callable[[], Any
 
 
 def analyzer_cost(repeat: int) -> float:
-    """Seconds per gamma sample of the streaming analyzer (Python and kernels), finish included."""
+    """Seconds per gamma sample of the streaming analyzer (Python and kernels, a 1 s neutron sample every
+    fifth gamma sample), finish included."""
     cfg = DetectionConfig(energy_windows_kev=[30.0, 400.0, 3000.0])
     bg = BackgroundSnapshot(np.full((4, 2), [150.0, 85.0]), np.full(4, 3.0), 60.0, 60.0)
     rng = np.random.default_rng(2)
     gamma = rng.poisson(np.full((60, 4, 2), [30.0, 17.0])).astype(np.float64)
+    neutron = rng.poisson(3.0, (12, 4)).astype(np.float64)
+    per_neutron = round(1.0 / DT_S)
 
     def occupancy() -> None:
         analyzer = OccupancyAnalyzer(cfg, bg, 4, 4)
         analyzer.set_speed(SPEED_KMH)
-        for sample in gamma:
+        for i, sample in enumerate(gamma):
             analyzer.add_gamma(sample, DT_S)
+            if (i + 1) % per_neutron == 0:
+                analyzer.add_neutron(neutron[i // per_neutron], 1.0)
         analyzer.finish()
 
     return per_call(occupancy, repeat) / gamma.shape[0]

@@ -43,8 +43,9 @@ class BusConfig:
 class DetectionConfig:
     gamma_false_alarm_probability: float = 1e-4
     """False-alarm probability per occupancy for the gamma tests, all windows and templates together."""
-    neutron_false_alarm_probability: float = 1e-4
-    """False-alarm probability per occupancy for the neutron test."""
+    neutron_false_alarm_probability: float = 9e-4
+    """False-alarm probability per occupancy for the neutron tests together (counts alone, and combined with the
+    gamma evidence); with the gamma budget, one false alarm per 1000 vehicles."""
     baseline_n_sigma: float = 5.0
     """n of the fielded rule: alarm when the 1 s gross count exceeds BG + n*sqrt(BG)."""
     baseline_neutron_threshold: int = 12

@@ -115,51 +115,12 @@ def count_threshold(mu: float, relvar: float, log_alpha: float) -> int:
 
 
 @numba.njit(cache=True)
-def window_log_sf(x: np.ndarray, m: int, mu: float, relvar: float) -> np.ndarray:
-    """``log P(X >= window sum)`` for every window of ``m`` consecutive samples (all of them when fewer).
-
-    ``x`` counts per sample (whole numbers), ``mu`` the background mean per sample; the window's count
-    is Poisson or negative binomial of mean ``m * mu`` (see :func:`count_log_sf`). Entry ``k`` is the
-    window ending at sample ``k + m - 1``.
-    """
-    n = x.shape[0]
-    m = min(m, n)
-    out = np.empty(n - m + 1)
-    s = 0.0
-    for i in range(n):
-        s += x[i]
-        if i >= m:
-            s -= x[i - m]
-        if i >= m - 1:
-            out[i - m + 1] = count_log_sf(int(s + 0.5), mu * m, relvar)
-    return out
-
-
-@numba.njit(cache=True)
 def window_sum_at(x: np.ndarray, i: int, m: int) -> float:
     """Sum of the ``m`` samples ending at ``i`` (fewer at the start)."""
     s = 0.0
     for j in range(max(0, i - m + 1), i + 1):
         s += x[j]
     return s
-
-
-@numba.njit(cache=True)
-def window_sum_max(x: np.ndarray, m: int) -> tuple[float, int]:
-    """Largest sum of ``m`` consecutive samples (all of them when fewer) and the index it ends at."""
-    n = x.shape[0]
-    m = min(m, n)
-    best = -np.inf
-    best_i = -1
-    s = 0.0
-    for i in range(n):
-        s += x[i]
-        if i >= m:
-            s -= x[i - m]
-        if i >= m - 1 and s > best:
-            best = s
-            best_i = i
-    return best, best_i
 
 
 @numba.njit(cache=True)
@@ -245,13 +206,6 @@ def _log_tails_ref(mu: float, relvar: float, top: int) -> np.ndarray:
     return np.where(tails < math.log(0.5), tails, exact)[: top + 1]
 
 
-def window_log_sf_ref(x: np.ndarray, m: int, mu: float, relvar: float) -> np.ndarray:
-    """Numpy twin of :func:`window_log_sf`."""
-    m = min(m, x.shape[0])
-    sums = np.convolve(np.asarray(x, dtype=np.float64), np.ones(m), mode="valid")
-    return np.array([count_log_sf_ref(int(s + 0.5), mu * m, relvar) for s in sums])
-
-
 def count_log_sf_ref(k: int, mu: float, relvar: float) -> float:
     """Numpy twin of :func:`count_log_sf`: explicit pmf terms, summed with logaddexp."""
     if k <= 0:
@@ -274,14 +228,6 @@ def count_threshold_ref(mu: float, relvar: float, log_alpha: float) -> int:
 def window_sum_at_ref(x: np.ndarray, i: int, m: int) -> float:
     """Numpy twin of :func:`window_sum_at`."""
     return float(np.sum(x[max(0, i - m + 1) : i + 1]))
-
-
-def window_sum_max_ref(x: np.ndarray, m: int) -> tuple[float, int]:
-    """Numpy twin of :func:`window_sum_max`."""
-    m = min(m, x.shape[0])
-    sums = np.convolve(np.asarray(x, dtype=np.float64), np.ones(m), mode="valid")
-    i = int(np.argmax(sums))
-    return float(sums[i]), i + m - 1
 
 
 def ship_window_null_ref(

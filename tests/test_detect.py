@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge import detect
 from edge.background import BackgroundEstimator, BackgroundSnapshot
 from edge.config import DetectionConfig
 from edge.detect import OccupancyAnalyzer, analyze, warm_up
@@ -45,6 +46,9 @@ class Vehicle:
     norm_cps: float = 0.0
     norm_low: float = 0.25
     neutron_cps: float = 0.0
+    ship_cps: float = 0.0
+    """He-3 ship effect: spallation neutrons (cps, all tubes) while the cargo is between the pillars, in bursts of
+    1 + Poisson(1) neutrons spread over the tubes."""
     hold_in_s: float = 1.0
     standoff_m: float = 2.0
 
@@ -73,7 +77,14 @@ class Vehicle:
         if self.neutron_cps and self.source_m is not None:
             xn = (np.arange(m) + 0.5) * v
             neutron = neutron + self.neutron_cps / 4 / (1.0 + ((xn - self.source_m) / d) ** 2)[:, None]
-        return rng.poisson(lam).astype(np.float64), rng.poisson(neutron).astype(np.float64)
+        gamma, counts = rng.poisson(lam).astype(np.float64), rng.poisson(neutron).astype(np.float64)
+        if self.ship_cps:
+            xn = (np.arange(m) + 0.5) * v
+            steel = (xn >= self.cab_m + self.gap_m) & (xn < self.length_m)
+            bursts = rng.poisson(self.ship_cps / 2.0 * steel)
+            spallation = bursts + rng.poisson(bursts)
+            counts += np.array([rng.multinomial(k, np.full(4, 0.25)) for k in spallation])
+        return gamma, counts
 
 
 def snapshot(exposure_s: float = 200.0) -> BackgroundSnapshot:
@@ -206,6 +217,44 @@ def test_neutron_source_alarms() -> None:
     for hit in filter(None, hits):
         assert hit["statistic"] >= hit["threshold"]
         assert abs(hit["location_m"] - 8.0) < 4.0
+
+
+def test_ship_effect_null_holds_its_false_alarm_probability(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steel cargo blocking 30 % of the background adds spallation bursts at a rate that varies from vehicle to
+    vehicle (gamma distributed about 1.5 cps, relative variance 0.4): over 1500 slow passages the neutron alarm
+    rate stays within the configured probability (plus three binomial standard deviations). Without the ship
+    effect in the null the same passages alarm far more often."""
+    p, n = 0.02, 1500
+    cfg = replace(CFG, neutron_false_alarm_probability=p)
+    rates = np.random.default_rng(11).gamma(1 / 0.4, 0.4 * 1.5, n)
+    passages = [Vehicle(length_m=20.0, speed_kmh=5.0, cargo_shield=0.3, ship_cps=rate) for rate in rates]
+
+    def neutron_alarms() -> int:
+        return sum(
+            any(reason.startswith("neutron") for reason in alarms(run(v, seed, cfg))) for seed, v in enumerate(passages)
+        )
+
+    limit = n * p + 3 * math.sqrt(n * p * (1 - p))
+    modelled = neutron_alarms()
+    monkeypatch.setattr(detect, "SHIP_RATE", 0.0)
+    assert modelled <= limit < neutron_alarms(), (modelled, limit)
+
+
+def test_plutonium_like_source_found_by_neutrons_with_the_gamma_shape() -> None:
+    """A neutron source too weak to be found reliably on its counts alone, with a weak soft gamma emission below
+    the gamma tests' thresholds (plutonium-like): the combined neutron-gamma test finds it most of the time."""
+    neutron_only = Vehicle(length_m=16.0, source_m=9.0, neutron_cps=15.0, cargo_shield=0.12)
+    both = replace(neutron_only, source_cps=120.0, source_low=0.97)
+    alone = [alarms(run(neutron_only, seed)) for seed in range(40)]
+    joint = [alarms(run(both, seed)) for seed in range(40)]
+    assert sum(bool(a) for a in alone) <= 28
+    assert sum(bool(a) for a in joint) >= 32
+    assert sum("gamma" in a or "gamma-shape" in a for a in joint) <= 4
+    found = [a.get("neutron-gamma") for a in joint if "neutron-gamma" in a]
+    assert len(found) >= 5
+    for entry in found:
+        assert entry["statistic"] > entry["threshold"] and entry["neutron_z"] >= 1.0 and entry["gamma_z"] > 0
+        assert abs(entry["location_m"] - 9.0) < 4.0
 
 
 def test_whole_occupancy_neutron_excess_is_reported_not_alarmed() -> None:

@@ -256,15 +256,6 @@ def test_poisson_thresholds_known_values(mu: float) -> None:
 
 
 @SETTINGS
-@given(x=profiles(max_size=40), m=st.integers(1, 6), mu=st.floats(0.5, 50.0), relvar=st.sampled_from([0.0, 0.01]))
-def test_window_kernels_match_reference(x: np.ndarray, m: int, mu: float, relvar: float) -> None:
-    close(poisson.window_sum_max(x, m), poisson.window_sum_max_ref(x, m))
-    for i in range(x.size):
-        close(poisson.window_sum_at(x, i, m), poisson.window_sum_at_ref(x, i, m))
-    close(poisson.window_log_sf(x, m, mu, relvar), poisson.window_log_sf_ref(x, m, mu, relvar))
-
-
-@SETTINGS
 @given(
     x=profiles(max_size=40),
     m=st.integers(1, 6),
@@ -273,7 +264,7 @@ def test_window_kernels_match_reference(x: np.ndarray, m: int, mu: float, relvar
     ship=st.tuples(st.floats(0.0, 20.0), st.floats(0.0, 1.0), st.floats(1.0, 5.0)),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_ship_window_kernels_match_reference(
+def test_window_kernels_match_reference(
     x: np.ndarray, m: int, mu: float, relvar: float, ship: tuple[float, float, float], seed: int
 ) -> None:
     h = np.random.default_rng(seed).uniform(0.0, 0.3, x.size) * (np.arange(x.size) % 3 > 0)
@@ -282,6 +273,7 @@ def test_ship_window_kernels_match_reference(
         poisson.ship_window_log_sf_ref(x, h, m, mu, relvar, *ship),
     )
     for i in range(x.size):
+        close(poisson.window_sum_at(x, i, m), poisson.window_sum_at_ref(x, i, m))
         close(
             poisson.ship_window_null(h, i, m, mu, relvar, *ship),
             poisson.ship_window_null_ref(h, i, m, mu, relvar, *ship),
