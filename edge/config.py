@@ -74,7 +74,8 @@ class FusionConfig:
     """At a lane with an X-ray scanner, longest wait (s) after an occupancy ends for its scan to end; then the
     decision is made with the part of the scan that arrived, or without one."""
     scan_timeout_s: float = 120.0
-    """A scan still open this long (s) after it started, with no occupancy waiting for it, is closed incomplete."""
+    """A scan still open this long (s) after it started is closed incomplete (an occupancy that waited
+    ``scan_wait_s`` for it cuts it sooner)."""
     match_tolerance_s: float = 2.0
     """A scan belongs to the occupancy whose time span its own overlaps, both widened by this much (s)."""
     hotspot_z: float = 3.0

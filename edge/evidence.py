@@ -156,7 +156,7 @@ def profile_data(decision: dict[str, Any]) -> dict[str, Any]:
     return {
         "seq": decision.get("seq"),
         "occupancy_id": decision.get("occupancy_id"),
-        "axis": "metres behind the vehicle front",
+        "axis": axis_name(decision),
         "radiation": {**radiation, "thresholds": {k: thresholds.get(k) for k in ("gamma", "gamma-shape")}},
         "neutron": {
             "dt_s": neutron_dt,
@@ -301,7 +301,7 @@ def render(decision: dict[str, Any]) -> Image.Image:
         left = _box(draw, obj, px, MARGIN // 2, rows_per_px, colour, 3)
         label_at = (left, max(MARGIN // 2, MARGIN // 2 + obj["pixels"][0] * rows_per_px - 12))
         draw.text(label_at, f"{obj.get('lead_mm')} mm Pb", fill=colour, font=font)
-    _axis(draw, font, px, lay.x0_m, lay.x0_m + (right - MARGIN) * lay.m_per_px, top - GAP + 4)
+    _axis(draw, font, px, lay.x0_m, lay.x0_m + (right - MARGIN) * lay.m_per_px, top - GAP + 4, data["axis"])
     return canvas
 
 
@@ -355,8 +355,16 @@ def _plot(
     draw.text((MARGIN + 4, top + 2), f"{label}  [{lo:.4g}, {hi:.4g}]", fill=(0, 0, 0), font=font)
 
 
-def _axis(draw: ImageDraw.ImageDraw, font: Any, px: Any, x0: float, x1: float, y: int) -> None:
-    """Metre ticks under the drawing."""
+def axis_name(decision: dict[str, Any]) -> str:
+    """What the metres count from: the vehicle front, or the scan's first line when its image shows no front."""
+    registration = (decision.get("xray") or {}).get("registration") or {}
+    if registration.get("origin") == "first-line":
+        return "metres from the scan's first line"
+    return "metres behind the vehicle front"
+
+
+def _axis(draw: ImageDraw.ImageDraw, font: Any, px: Any, x0: float, x1: float, y: int, name: str) -> None:
+    """Metre ticks under the drawing, and what they count from."""
     step = 1.0 if x1 - x0 <= 30 else 5.0
     tick = math.ceil(x0 / step) * step
     while tick <= x1:
@@ -364,4 +372,4 @@ def _axis(draw: ImageDraw.ImageDraw, font: Any, px: Any, x0: float, x1: float, y
         draw.line([(x, y), (x, y + 5)], fill=(0, 0, 0))
         draw.text((x - 6, y + 7), f"{tick:g}", fill=(0, 0, 0), font=font)
         tick += step
-    draw.text((px(x1) - 150, y + 20), "metres behind the vehicle front", fill=(0, 0, 0), font=font)
+    draw.text((px(x1) - 6 * len(name), y + 20), name, fill=(0, 0, 0), font=font)

@@ -18,18 +18,22 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from benchmarks.fusion import LaneFeed, passage_records
+from drivers.dicos import publish_scan, read_dicos
 from drivers.sim.physics import HOLD_IN_S, Traffic
 from drivers.sim.xray import XrayScanner
-from edge import evidence
+from edge import bus, evidence
 from edge.config import DetectionConfig, LaneConfig, parse
 from edge.demo import free_ports
+from edge.driver import RecordPublisher
 from edge.journal import Journal
-from edge.lane import Lane
-from edge.metrics import ServiceMetrics
+from edge.lane import Decided, Lane
+from edge.metrics import DriverMetrics, ServiceMetrics
+from edge.records import decode
 from edge.service import Service
 
 WINDOWS = [30.0, 400.0, 3000.0]
@@ -79,10 +83,10 @@ def _check_files(out: Path, seq: int, stored: dict[str, Any]) -> Image.Image:
     step = stored["speed_kmh"] / 3.6 * stored["profile"]["dt_s"]
     assert rad["location_m"][:2] == pytest.approx([0.5 * step, 1.5 * step], abs=1e-3)
     assert len(profile["findings"]) == sum(isinstance(a.get("location_m"), float) for a in stored["alarms"])
-    image = Image.open(out / f"evidence-{seq}.png")
-    image.load()
-    assert image.format == "PNG" and image.mode == "RGB"
-    return image
+    with Image.open(out / f"evidence-{seq}.png") as image:
+        image.load()
+        assert image.format == "PNG" and image.mode == "RGB"
+        return image.copy()
 
 
 def test_evidence_of_a_fused_decision_from_the_journal_file(journal_path: Path, tmp_path: Path) -> None:
@@ -156,3 +160,50 @@ def test_evidence_refuses_what_it_cannot_read(journal_path: Path, tmp_path: Path
     assert not (tmp_path / "out").exists()
     bad = _evidence("0", "--out", str(tmp_path / "out"), "--journal", str(journal_path))
     assert bad.returncode == 2
+
+
+def test_evidence_of_a_scan_without_an_occupancy(tmp_path: Path, shared_data: Path) -> None:
+    """The DICOS sample, published by the import's own code over a real bus, decided alone: image, no plots."""
+    ctx = zmq.Context()
+    try:
+        sub = ctx.socket(zmq.SUB)
+        port = sub.bind_to_random_port("tcp://127.0.0.1")
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        pub = bus.driver_publisher(ctx, f"tcp://127.0.0.1:{port}")
+        for _ in range(100):  # a socket takes in its new peer when it is used: poll the SUB while waiting
+            sub.poll(0)
+            if bus.wait_for_subscriber(pub, 0.05):
+                break
+        else:
+            pytest.fail("the subscription never reached the publisher")
+        sent = publish_scan(
+            RecordPublisher(pub, "lane1", "dicos", DriverMetrics(CollectorRegistry())),
+            read_dicos(shared_data / "dicos" / "SimpleProcessingDX.dcs"),
+        )
+        records = [decode(sub.recv_multipart()) for _ in range(sent)]
+        pub.close(0)
+        sub.close(0)
+    finally:
+        ctx.term()
+    lane = Lane(LaneConfig(id="lane1"), DetectionConfig(), ServiceMetrics(CollectorRegistry()))
+    decided = [e.decision for r in records for e in lane.on_record(r, r.t_mono_ns) if isinstance(e, Decided)]
+    later = records[-1].t_mono_ns + round(10 * 1e9)
+    decided += [e.decision for e in lane.on_tick(later) if isinstance(e, Decided)]
+    assert len(decided) == 1 and decided[0]["end_reason"] == "no-occupancy"
+    path = tmp_path / "journal.db"
+    with Journal(path) as journal:
+        stored = journal.append(decided[0])
+    out = tmp_path / "out"
+    done = _evidence(str(stored["seq"]), "--out", str(out), "--journal", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    with Image.open(out / f"evidence-{stored['seq']}.png") as image:
+        size = image.size
+    preview = Image.open(io.BytesIO(base64.b64decode(stored["xray"]["preview"]["png_base64"])))
+    lay = evidence.layout(stored, preview)
+    scale = round(evidence.TARGET_WIDTH / preview.width)  # drawn a whole number of times larger, no plots
+    assert size == (lay.width, lay.height) and lay.plots == 0
+    assert lay.image_size == (scale * preview.width, scale * preview.height) and lay.height == (
+        evidence.MARGIN // 2 + lay.image_size[1] + evidence.MARGIN
+    )
+    profile = json.loads((out / f"profile-{stored['seq']}.json").read_text())
+    assert profile["axis"] == "metres from the scan's first line" and profile["radiation"]["gross"] == []
