@@ -148,7 +148,7 @@ def cell_sums_ref(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Numpy twin of :func:`cell_sums` (sums by ``np.add.reduceat`` over the cells' first pixels)."""
     high, low = att[:, 0, :], att[:, -1, :]
-    measured = high <= a_dark
+    measured = high.astype(np.float64) <= a_dark  # compared in float64, as the kernel does
     air = classes == air_code
     starts = np.arange(0, att.shape[2], block_px)
     parts = [np.where(measured, high, 0.0), np.where(measured, low, 0.0), measured, air]

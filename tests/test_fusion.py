@@ -90,7 +90,7 @@ def test_cell_sums_match_their_twin(batch: tuple[np.ndarray, np.ndarray, int], a
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(nonair, want_nonair)
     # every pixel is measured or dark, air or not
-    assert np.all(got[:, 2].sum(axis=1) == (att[:, 0, :] <= a_dark).sum(axis=1))
+    assert np.all(got[:, 2].sum(axis=1) == (att[:, 0, :].astype(np.float64) <= a_dark).sum(axis=1))
     assert np.all(got[:, 3].sum(axis=1) + nonair == att.shape[2])
 
 
