@@ -63,7 +63,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -336,7 +336,7 @@ class ImageFindings:
     preview: Preview | None
     pitch_mm: float
     spacing_mm: float
-    params: im.ImagingParams = field(default_factory=im.ImagingParams)
+    params: im.ImagingParams
 
 
 def analyze_image(
@@ -572,14 +572,10 @@ class _Context:
                 }
         if best is not None:
             return best
-        samples = self.sample_z()
-        if samples is None:
+        window = self.window(obj)
+        if window is None:
             return None
-        x, z, which = samples
-        sd = math.sqrt(self.weak_sd(self.cfg.hotspot_z) ** 2 + self.radiation_origin_sd**2 + sd_obj**2)
-        near = np.flatnonzero(np.array([_distance(float(v), span) for v in x]) <= k * sd)
-        if not near.size:
-            return None
+        x, z, which, near, sd = window
         i = int(near[np.argmax(z[near])])
         if not z[i] >= self.cfg.hotspot_z:
             return None
@@ -594,16 +590,23 @@ class _Context:
             "separation_sigma": _r(d / sd),
         }
 
-    def max_z_at(self, obj: ImageObject) -> float | None:
-        """Largest gamma z (gross or softer shape) within the co-location window of ``obj``."""
+    def window(self, obj: ImageObject) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, float] | None:
+        """The gamma samples co-located with ``obj`` for a hotspot of ``hotspot_z``: :meth:`sample_z`'s arrays,
+        the indices of the samples within ``colocation_sigma`` standard deviations, and that deviation (m);
+        None without a profile or when no sample is that near."""
         samples = self.sample_z()
         if samples is None:
             return None
-        x, z, _ = samples
+        x, z, which = samples
         span = self.object_span(obj)
         sd = math.sqrt(self.weak_sd(self.cfg.hotspot_z) ** 2 + self.radiation_origin_sd**2 + self.object_sd() ** 2)
-        near = [i for i, v in enumerate(x) if _distance(float(v), span) <= self.cfg.colocation_sigma * sd]
-        return _r(float(np.max(z[near]))) if near else None
+        near = np.flatnonzero([_distance(float(v), span) <= self.cfg.colocation_sigma * sd for v in x])
+        return (x, z, which, near, sd) if near.size else None
+
+    def max_z_at(self, obj: ImageObject) -> float | None:
+        """Largest gamma z (gross or softer shape) co-located with ``obj``."""
+        window = self.window(obj)
+        return None if window is None else _r(float(np.max(window[1][window[3]])))
 
     # ---- findings -----------------------------------------------------------------------------
     def object_findings(self, alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
