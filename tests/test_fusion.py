@@ -5,6 +5,7 @@ and scans through the service over real sockets (simulator frames, the real DICO
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import math
 import threading
@@ -29,7 +30,7 @@ from drivers.sim.physics import HOLD_IN_S, Passage, Traffic
 from drivers.sim.xray import XrayScan, XrayScanner, XraySimulator
 from drivers.xray import XrayDriver
 from edge import bus
-from edge.config import Config, parse
+from edge.config import Config, FusionConfig, parse
 from edge.demo import free_ports
 from edge.driver import RecordPublisher, load_driver
 from edge.fusion import register
@@ -437,3 +438,10 @@ def test_occupancy_without_scan_and_lane_without_scanner(tmp_path: Path, ctx: zm
     assert missing["verdict"] == first[0]["verdict"] and missing["alarms"] == first[0]["alarms"]
     assert running.value("lanewatch_lane_anomalies_total", lane="lane1", kind="xray-scan-missing") == 1
     assert running.value("lanewatch_lane_anomalies_total", lane="lane2", kind="xray-scan-missing") == 0
+
+
+def test_readme_documents_every_fusion_key() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### `[fusion]`", 1)[1].split("\n### ", 1)[0]
+    keys = [f.name for f in dataclasses.fields(FusionConfig)]
+    assert [key for key in keys if f"| `{key}` | `{getattr(FusionConfig(), key)}` |" not in section] == []
