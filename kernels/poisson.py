@@ -28,6 +28,8 @@ import numba
 import numpy as np
 
 _SERIES_EPS = 1e-17
+_SUM_ABOVE = 1e4
+"""Negative binomial size above which the rising factorial is summed term by term (see ``_log_pmf``)."""
 _MAX_TERMS = 1_000_000
 
 
@@ -37,8 +39,8 @@ def _log_pmf(k: int, mu: float, relvar: float) -> float:
         return k * math.log(mu) - mu - math.lgamma(k + 1.0)
     a = 1.0 / relvar
     # log Gamma(k + a) - log Gamma(a) - k log a: as a sum when a is large (near-Poisson), where the
-    # difference of log-gammas would cancel to a few digits.
-    if a > k:
+    # difference of log-gammas would lose about log10(a) digits.
+    if a > max(k, _SUM_ABOVE):
         rising = 0.0
         for j in range(k):
             rising += math.log1p(j / a)
