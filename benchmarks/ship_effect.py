@@ -42,12 +42,12 @@ import argparse
 import math
 from dataclasses import dataclass, replace
 from statistics import NormalDist
-from typing import Any
 
 import numpy as np
 
 from benchmarks.detection import MEAN_GAP_S, READING_INTERVAL_S, WARM_UP_S, _feed
 from drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, Traffic
+from drivers.sim.physics import Passage as SimPassage
 from edge import detect
 from edge.background import BackgroundEstimator, BackgroundSnapshot
 from edge.config import DetectionConfig
@@ -68,8 +68,8 @@ OCCUPANCY_PROBABILITIES = (1e-3, 1e-2, 5e-2)
 class Passage:
     """What the fit needs of one benign vehicle: per neutron sample counts (all tubes), suppression, background."""
 
-    vehicle: Any
-    """The simulated passage (:class:`drivers.sim.physics.Passage`)."""
+    vehicle: SimPassage
+    """The simulated passage."""
     snapshot: BackgroundSnapshot
     counts: np.ndarray
     suppression: np.ndarray
@@ -97,7 +97,7 @@ def passages(seeds: list[int], n: int) -> list[Passage]:
     out = []
     for seed in seeds:
         traffic = Traffic(seed, windows_kev=WINDOWS_KEV, mix={"none": 1.0})
-        est = BackgroundEstimator(4, traffic.K, 4, 60.0)
+        est = BackgroundEstimator(4, traffic.K, 4, DetectionConfig().background_halflife_s)
         rng = np.random.default_rng(seed + 1_000_003)
         _feed(traffic, est, WARM_UP_S)
         for _ in range(n):
