@@ -143,6 +143,8 @@ def policy(
         "ordinary": len(o),
         "norm_releases": len(o_norm),
         "norm_release_recommended": sum(bool(a["release_recommended"]) for a in o_norm),
+        "norm_model_disagrees": sum(not a["model_agrees"] for a in o_norm),
+        "norm_image_disagrees": sum(not a.get("image", {}).get("agrees", True) for a in o_norm),
         "threats_released_as_norm": len(t_masked),
         "masked_threats_alarmed": int(sum(t_after[i] for i in t_masked)),
         "masked_threats_not_recommended": sum(
@@ -232,7 +234,8 @@ def report(path: str, model: AnomalyModel, tables: list[dict[str, Any]], times: 
                 f"from {p['masked_threats_not_recommended']}; loses: {p['ordinary_added']} of {p['ordinary']} "
                 f"ordinary vehicles alarmed ({1000 * p['ordinary_added'] / p['ordinary']:.1f} per 1000), "
                 f"{p['norm_releases'] - p['norm_release_recommended']} of {p['norm_releases']} NORM releases "
-                "not recommended"
+                f"not recommended (the model disagrees on {p['norm_model_disagrees']}, the image on "
+                f"{p['norm_image_disagrees']})"
             )
 
 
