@@ -194,41 +194,40 @@ def extract(decision: Mapping[str, Any]) -> np.ndarray:
     if not isinstance(speed, int | float) or not speed > 0:
         raise FeatureError(f"speed_kmh must be a positive number, got {speed!r}")
     step_m = speed / 3.6 * dt
-    put = out.__setitem__
-    put(_INDEX["speed_kmh"], speed)
-    put(_INDEX["occupancy_m"], step_m * n)
+    out[_INDEX["speed_kmh"]] = speed
+    out[_INDEX["occupancy_m"]] = step_m * n
 
     # shadow shielding: the expectation (shielding-corrected) against the unshielded background
     bins8, bins4 = _position_bins(n, GROSS_BINS), _position_bins(n, COARSE_BINS)
     total_cps = background.get("gamma_total_cps")
     if isinstance(total_cps, int | float) and total_cps > 0:
         open_beam = total_cps * dt
-        put(_INDEX["suppression_mean"], 1.0 - float(expected.sum()) / (open_beam * n))
+        out[_INDEX["suppression_mean"]] = 1.0 - float(expected.sum()) / (open_beam * n)
         per_bin = _binned_sum(expected, bins4, COARSE_BINS)
         counts = np.bincount(bins4, minlength=COARSE_BINS)
         for i in range(COARSE_BINS):
             if counts[i]:
-                put(_INDEX[f"suppression_{i}"], 1.0 - per_bin[i] / (open_beam * counts[i]))
+                out[_INDEX[f"suppression_{i}"]] = 1.0 - per_bin[i] / (open_beam * counts[i])
 
     # gross counts
-    put(_INDEX["gross_z"], _z(float(gross.sum()), float(expected.sum())))
+    out[_INDEX["gross_z"]] = _z(float(gross.sum()), float(expected.sum()))
     g8, e8 = _binned_sum(gross, bins8, GROSS_BINS), _binned_sum(expected, bins8, GROSS_BINS)
     for i in range(GROSS_BINS):
-        put(_INDEX[f"gross_z_{i}"], _z(g8[i], e8[i]))
+        out[_INDEX[f"gross_z_{i}"]] = _z(g8[i], e8[i])
     mf = _array(profile.get("mf_z"))
     mf = np.where(np.isfinite(mf), mf, -np.inf) if mf.size == n else np.full(n, -np.inf)
     peak = int(np.argmax(mf)) if np.any(np.isfinite(mf)) else int(np.argmax(gross - expected))
     if np.isfinite(mf[peak]):
-        put(_INDEX["mf_z_max"], mf[peak])
-    put(_INDEX["mf_peak_pos"], (peak + 0.5) / n)
+        out[_INDEX["mf_z_max"]] = mf[peak]
+    out[_INDEX["mf_peak_pos"]] = (peak + 0.5) / n
     half = max(1, math.ceil(PEAK_HALF_M / step_m))
     near = np.zeros(n, dtype=bool)
     near[max(0, peak - half) : peak + half + 1] = True
-    put(_INDEX["gross_peak_z"], _z(float(gross[near].sum()), float(expected[near].sum())))
-    put(_INDEX["gross_off_peak_z"], _z(float(gross[~near].sum()), float(expected[~near].sum())))
+    out[_INDEX["gross_peak_z"]] = _z(float(gross[near].sum()), float(expected[near].sum()))
+    out[_INDEX["gross_off_peak_z"]] = _z(float(gross[~near].sum()), float(expected[~near].sum()))
     sigma = (decision.get("baseline") or {}).get("max_sigma")
     if isinstance(sigma, int | float) and math.isfinite(sigma):
-        put(_INDEX["fielded_sigma"], sigma)
+        out[_INDEX["fielded_sigma"]] = sigma
 
     _windows(out, profile, background, gross, near, bins4)
     _neutrons(out, profile, (peak + 0.5) * dt, half * dt)
@@ -318,49 +317,48 @@ def _image(out: np.ndarray, xray: Any, peak_m: float, occupancy_m: float) -> Non
     x, att = x[ok], att[ok]
     if x.size == 0:
         return
-    put = out.__setitem__
-    put(_INDEX["image_present"], 1.0)
+    out[_INDEX["image_present"]] = 1.0
     fractions = xray.get("class_fractions") or {}
     for c in IMAGE_CLASSES:
-        put(_INDEX[f"image_{c}"], _number(fractions.get(c)))
-    put(_INDEX["image_dark_fraction"], _number(xray.get("dark_fraction")))
+        out[_INDEX[f"image_{c}"]] = _number(fractions.get(c))
+    out[_INDEX["image_dark_fraction"]] = _number(xray.get("dark_fraction"))
     lengths = xray.get("vehicle_length_m") or {}
     image_length = _number(lengths.get("image"))
     radiation_length = _number(lengths.get("radiation"))
     length = image_length or radiation_length or occupancy_m
     on = (x >= 0.0) & (x <= length)
     vehicle = att[on] if on.any() else att
-    put(_INDEX["image_att_mean"], float(vehicle.mean()))
-    put(_INDEX["image_att_max"], float(vehicle.max()))
+    out[_INDEX["image_att_mean"]] = float(vehicle.mean())
+    out[_INDEX["image_att_max"]] = float(vehicle.max())
     quarter = np.minimum((np.clip(x, 0.0, length) / max(length, 1e-9) * COARSE_BINS).astype(np.int64), COARSE_BINS - 1)
     for i in range(COARSE_BINS):
         sel = on & (quarter == i)
         if sel.any():
-            put(_INDEX[f"image_att_{i}"], float(att[sel].mean()))
+            out[_INDEX[f"image_att_{i}"]] = float(att[sel].mean())
     near = np.abs(x - peak_m) <= PEAK_HALF_M
     if near.any():
-        put(_INDEX["image_att_at_peak"], float(att[near].mean()))
+        out[_INDEX["image_att_at_peak"]] = float(att[near].mean())
     if image_length and radiation_length:
-        put(_INDEX["image_length_diff_m"], image_length - radiation_length)
+        out[_INDEX["image_length_diff_m"]] = image_length - radiation_length
     objects = [o for o in xray.get("objects") or [] if isinstance(o, Mapping)]
-    put(_INDEX["image_objects"], float(len(objects)))
+    out[_INDEX["image_objects"]] = float(len(objects))
     lead = [_number(o.get("lead_mm")) for o in objects]
     area = [_number(o.get("area_mm2")) / 1e4 for o in objects]
     high_z = [i for i, o in enumerate(objects) if o.get("material") == "high_z"]
-    put(_INDEX["image_object_lead_mm"], max(lead, default=0.0))
-    put(_INDEX["image_object_area"], max(area, default=0.0))
-    put(_INDEX["image_high_z_area"], sum(area[i] for i in high_z))
-    put(_INDEX["image_high_z_lead_mm"], max((lead[i] for i in high_z), default=0.0))
-    put(_INDEX["image_shield_objects"], float(sum(1 for o in objects if o.get("shields") is True)))
+    out[_INDEX["image_object_lead_mm"]] = max(lead, default=0.0)
+    out[_INDEX["image_object_area"]] = max(area, default=0.0)
+    out[_INDEX["image_high_z_area"]] = sum(area[i] for i in high_z)
+    out[_INDEX["image_high_z_lead_mm"]] = max((lead[i] for i in high_z), default=0.0)
+    out[_INDEX["image_shield_objects"]] = float(sum(1 for o in objects if o.get("shields") is True))
     at_peak = [
         lead[i]
         for i, o in enumerate(objects)
         if (span := _span(o)) is not None and span[0] - PEAK_HALF_M <= peak_m <= span[1] + PEAK_HALF_M
     ]
-    put(_INDEX["image_lead_mm_at_peak"], max(at_peak, default=0.0))
+    out[_INDEX["image_lead_mm_at_peak"]] = max(at_peak, default=0.0)
     regions = [r for r in xray.get("regions") or [] if isinstance(r, Mapping)]
-    put(_INDEX["image_dense_area"], sum(_number(r.get("area_mm2")) for r in regions) / 1e4)
-    put(_INDEX["image_dense_max_att"], max((_number(r.get("max_att")) for r in regions), default=0.0))
+    out[_INDEX["image_dense_area"]] = sum(_number(r.get("area_mm2")) for r in regions) / 1e4
+    out[_INDEX["image_dense_max_att"]] = max((_number(r.get("max_att")) for r in regions), default=0.0)
 
 
 def describe() -> list[dict[str, str]]:
