@@ -19,6 +19,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SCORE_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
+"""Anomaly score buckets: -log10 of the fraction of ordinary vehicles at least as unusual."""
+INFERENCE_BUCKETS_S = (2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 FAST_BUCKETS_S = (1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2)
 
 
@@ -171,6 +174,42 @@ class ServiceMetrics:
         )
         self.watchdog_pings = Counter(
             "lanewatch_watchdog_pings_total", "Watchdog keep-alives sent to systemd.", registry=r
+        )
+
+
+class ModelMetrics:
+    """Prometheus metrics of the anomaly model, on the service's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.scores = Histogram(
+            "lanewatch_model_score", "Anomaly scores of decisions.", ["lane"], buckets=SCORE_BUCKETS, registry=registry
+        )
+        self.inference = Histogram(
+            "lanewatch_model_inference_seconds",
+            "Time to extract features and score one decision.",
+            buckets=INFERENCE_BUCKETS_S,
+            registry=registry,
+        )
+        self.unscored = Counter(
+            "lanewatch_model_unscored_total",
+            "Decisions left without an anomaly score, by reason.",
+            ["lane", "reason"],
+            registry=registry,
+        )
+        self.findings = Counter(
+            "lanewatch_model_findings_total",
+            "Decisions with a model-anomaly finding, by whether it alarmed.",
+            ["lane", "alarm"],
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "lanewatch_model_reloads_total",
+            "Requests to reload the model file, by result (loaded, refused).",
+            ["result"],
+            registry=registry,
+        )
+        self.loaded = Gauge(
+            "lanewatch_model_info", "1 for the model version in use.", ["version", "schema"], registry=registry
         )
 
 

@@ -47,11 +47,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 from edge import features
 from edge.config import ConfigError, ModelConfig
 from edge.decision import COMPLETE_ENDS
+from edge.metrics import ModelMetrics
 
 log = logging.getLogger("lanewatch.model")
 
@@ -65,8 +66,6 @@ FINDING = "model-anomaly"
 """Reason of the model's entry in a decision's alarms."""
 WARM_RUNS = 20
 """Inferences run at load so the first decision does not pay for allocation."""
-SCORE_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
-INFERENCE_BUCKETS_S = (2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 
 
 class ModelError(ConfigError):
@@ -234,42 +233,6 @@ def apply_policy(
         )
         decision["verdict"] = "ALARM"
     return decision
-
-
-class ModelMetrics:
-    """Prometheus metrics of the anomaly model, on the service's registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.scores = Histogram(
-            "lanewatch_model_score", "Anomaly scores of decisions.", ["lane"], buckets=SCORE_BUCKETS, registry=registry
-        )
-        self.inference = Histogram(
-            "lanewatch_model_inference_seconds",
-            "Time to extract features and score one decision.",
-            buckets=INFERENCE_BUCKETS_S,
-            registry=registry,
-        )
-        self.unscored = Counter(
-            "lanewatch_model_unscored_total",
-            "Decisions left without an anomaly score, by reason.",
-            ["lane", "reason"],
-            registry=registry,
-        )
-        self.findings = Counter(
-            "lanewatch_model_findings_total",
-            "Decisions with a model-anomaly finding, by whether it alarmed.",
-            ["lane", "alarm"],
-            registry=registry,
-        )
-        self.reloads = Counter(
-            "lanewatch_model_reloads_total",
-            "Requests to reload the model file, by result (loaded, refused).",
-            ["result"],
-            registry=registry,
-        )
-        self.loaded = Gauge(
-            "lanewatch_model_info", "1 for the model version in use.", ["version", "schema"], registry=registry
-        )
 
 
 class ModelRunner:

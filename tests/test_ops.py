@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from edge import config as config_module
 from edge import deploy, status
-from edge.metrics import DriverMetrics, ServiceMetrics, serve_http
+from edge.metrics import DriverMetrics, ModelMetrics, ServiceMetrics, serve_http
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
@@ -194,6 +194,7 @@ def exported_names() -> set[str]:
     """Every sample name the service and the drivers export, from their metric sets on a registry."""
     registry = CollectorRegistry()
     ServiceMetrics(registry)
+    ModelMetrics(registry)
     DriverMetrics(registry)
     return {family.name + suffix for family in registry.collect() for suffix in _SAMPLE_SUFFIXES[family.type]}
 
