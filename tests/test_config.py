@@ -88,6 +88,8 @@ def _keys() -> list[str]:
         ("bus", config.BusConfig),
         ("detection", config.DetectionConfig),
         ("lanes", config.LaneConfig),
+        ("fusion", config.FusionConfig),
+        ("model", config.ModelConfig),
     ]:
         keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
     return keys
