@@ -67,9 +67,9 @@ class Deployment:
         return proc
 
     def start_service(self, timeout_s: float = 120.0) -> None:
-        self.spawn("service", "run", "--config", str(self.config_path))
+        service = self.spawn("service", "run", "--config", str(self.config_path))
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and service.poll() is None:
             try:
                 urllib.request.urlopen(f"http://{self.config.service.http}/healthz", timeout=1).close()
                 return
@@ -77,7 +77,8 @@ class Deployment:
                 return
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError(f"service did not start; see {self.dir / 'service.log'}")
+        log = (self.dir / "service.log").read_text()[-2000:]
+        raise RuntimeError(f"service did not start; {self.dir / 'service.log'} ends with:\n{log}")
 
     def health(self) -> dict:
         try:

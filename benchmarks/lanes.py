@@ -136,7 +136,8 @@ def ingest_ceiling(seconds: float = 5.0) -> float:
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVHWM, 0)
     sock = bus.driver_publisher(ctx, f"tcp://127.0.0.1:{port}")
-    bus.wait_for_subscriber(sock, 5.0)
+    while not bus.wait_for_subscriber(sock, 0.05):
+        sub.poll(10)  # a bound SUB sends its subscription to a new peer only when it is used
     pub = RecordPublisher(sock, "lane1", "rpm", DriverMetrics(CollectorRegistry()))
     counts = np.full((4, 1), 48, np.uint32)
     n = 0
