@@ -32,7 +32,13 @@ UNIT_TEMPLATE_EXEC = "/opt/lanewatch/bin/lanewatch"
 """Executable path written in the unit files of the repository."""
 UNIT_TEMPLATE_CONFIG = "/etc/lanewatch/lanewatch.toml"
 """Configuration path written in the unit files of the repository."""
-UNIT_FILES = ("lanewatch.service", "lanewatch-rpm@.service", "lanewatch-lane@.target", "lanewatch.target")
+UNIT_FILES = (
+    "lanewatch.service",
+    "lanewatch-rpm@.service",
+    "lanewatch-xray@.service",
+    "lanewatch-lane@.target",
+    "lanewatch.target",
+)
 CONFIG_NAME = "lanewatch.toml"
 EXAMPLE_LANE = {"id": "lane1", "rpm": "/dev/ttyUSB0", "driver_http": "127.0.0.1:9731"}
 """Values of the one lane the example configuration shows (other lane keys keep their defaults)."""
@@ -191,10 +197,18 @@ def _write(path: Path, text: str, dry_run: bool, create_only: bool = False) -> s
     return action + (" (dry run)" if dry_run else "")
 
 
-def enable_commands(lanes: list[str]) -> list[str]:
-    """The systemctl commands that load the units and start the service and these lanes."""
+def enable_commands(lanes: list[str], scanner_lanes: list[str] | None = None) -> list[str]:
+    """The systemctl commands that load the units and start the service and these lanes.
+
+    Lanes in ``scanner_lanes`` (those with an X-ray scanner, ``xray`` set) also get their X-ray
+    driver enabled, which adds it to the lane's target.
+    """
     targets = ["lanewatch.target", *(f"lanewatch-lane@{systemd_escape(lane)}.target" for lane in lanes)]
-    return ["systemctl daemon-reload", "systemctl enable --now " + " ".join(_shell_quote(t) for t in targets)]
+    commands = ["systemctl daemon-reload", "systemctl enable --now " + " ".join(_shell_quote(t) for t in targets)]
+    if scanner_lanes:
+        drivers = (f"lanewatch-xray@{systemd_escape(lane)}.service" for lane in scanner_lanes)
+        commands.append("systemctl enable --now " + " ".join(_shell_quote(d) for d in drivers))
+    return commands
 
 
 def _shell_quote(word: str) -> str:
@@ -226,14 +240,15 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"lanewatch install-units: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
+    scanner_lanes: list[str] = []
     if args.enable and kept:
-        missing = _lanes_missing(target, args.enable)
-        if missing:
-            print(f"lanewatch install-units: {missing}", file=sys.stderr)
+        scanner_lanes, problem = _scanner_lanes(target, args.enable)
+        if problem:
+            print(f"lanewatch install-units: {problem}", file=sys.stderr)
             return 1
     print(f"Edit {config_path} (one [[lanes]] table per lane), then:")
     if args.enable:
-        for command in enable_commands(args.enable):
+        for command in enable_commands(args.enable, scanner_lanes):
             print(f"  {command}")
     else:
         print("  systemctl daemon-reload")
@@ -241,11 +256,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lanes_missing(config_path: Path, lanes: list[str]) -> str:
-    """Why these lanes cannot be enabled with this configuration ("" when they can)."""
+def _scanner_lanes(config_path: Path, lanes: list[str]) -> tuple[list[str], str]:
+    """Those of ``lanes`` with an X-ray scanner (``xray`` set), and why they cannot be enabled ("" when they can)."""
     try:
-        known = {lane.id for lane in config_module.load(config_path).lanes}
+        known = {lane.id: lane for lane in config_module.load(config_path).lanes}
     except ConfigError as exc:
-        return str(exc)
+        return [], str(exc)
     missing = [lane for lane in lanes if lane not in known]
-    return f"{config_path} has no [[lanes]] entry for {', '.join(missing)}" if missing else ""
+    if missing:
+        return [], f"{config_path} has no [[lanes]] entry for {', '.join(missing)}"
+    return [lane for lane in lanes if known[lane].xray], ""

@@ -89,15 +89,20 @@ def test_install_units_writes_units_and_config_and_keeps_an_edited_config(
     assert config_path.read_text() == deploy.example_config()
     assert (tmp_path / "etc" / "lanewatch" / "lanewatch.toml.example").read_text() == deploy.example_config()
 
-    edited = deploy.example_config().replace('id = "lane1"', 'id = "north-1"')
-    config_path.write_text(edited)
     capsys.readouterr()
+    assert install(tmp_path, "--enable", "lane1")[0] == 0
+    assert "lanewatch-xray@lane1" not in capsys.readouterr().out, "lane1 of the example has no scanner"
+
+    edited = deploy.example_config().replace('id = "lane1"', 'id = "north-1"')
+    edited = edited.replace('\nxray = ""', '\nxray = "192.0.2.20:1700"')
+    config_path.write_text(edited)
     assert install(tmp_path, "--enable", "north-1")[0] == 0
     out = capsys.readouterr().out
     assert config_path.read_text() == edited
     assert f"kept (never overwritten): {config_path}" in out
     assert "unchanged: " + str(unit_dir / "lanewatch.service") in out
     assert "systemctl enable --now lanewatch.target 'lanewatch-lane@north\\x2d1.target'" in out
+    assert "systemctl enable --now 'lanewatch-xray@north\\x2d1.service'" in out
 
     assert install(tmp_path, "--enable", "south-2")[0] == 1
     assert "no [[lanes]] entry for south-2" in capsys.readouterr().err
@@ -127,7 +132,8 @@ def test_lane_ids_are_escaped_as_systemd_escape_does(lane: str) -> None:
 def test_systemd_analyze_verify_accepts_every_unit(tmp_path: Path) -> None:
     analyze = tool("systemd-analyze")
     _, unit_dir = install(tmp_path)
-    names = ["lanewatch.service", "lanewatch.target", "lanewatch-rpm@lane1.service", "lanewatch-lane@lane1.target"]
+    names = ["lanewatch.service", "lanewatch.target", "lanewatch-lane@lane1.target"]
+    names += ["lanewatch-rpm@lane1.service", "lanewatch-xray@lane1.service"]
     for name in names:
         proc = run_tool(analyze, "verify", str(unit_dir / name), check=False)
         # verify exits 0 even for unknown keys and bad values; it only warns on stderr, so stderr must be empty.
@@ -154,10 +160,14 @@ def test_service_sandbox_exposure(tmp_path: Path, capsys: pytest.CaptureFixture[
     _, unit_dir = install(tmp_path)
     service = exposure(unit_dir / "lanewatch.service")
     driver = exposure(unit_dir / "lanewatch-rpm@lane1.service")
+    xray = exposure(unit_dir / "lanewatch-xray@lane1.service")
     with capsys.disabled():
-        print(f"\nsystemd-analyze security exposure: lanewatch.service {service}, lanewatch-rpm@.service {driver}")
-    assert service <= MAX_EXPOSURE
-    assert driver <= MAX_EXPOSURE + 1.0
+        print(
+            f"\nsystemd-analyze security exposure: lanewatch.service {service}, lanewatch-rpm@.service {driver},"
+            f" lanewatch-xray@.service {xray}"
+        )
+    assert service <= MAX_EXPOSURE and xray <= MAX_EXPOSURE
+    assert driver <= MAX_EXPOSURE + 1.0, "serial ports: no PrivateDevices=, no PrivateUsers="
 
 
 def test_units_keep_what_the_processes_need() -> None:
@@ -175,6 +185,20 @@ def test_units_keep_what_the_processes_need() -> None:
     assert driver["PrivateDevices"] == "no" and driver["SupplementaryGroups"] == "dialout"
     assert "char-ttyUSB rw" in (SYSTEMD / "lanewatch-rpm@.service").read_text()
     assert driver["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6"
+
+    # The X-ray driver: the same unit but for devices (none: TCP only), and enabled per lane with a scanner.
+    xray = unit_sections(SYSTEMD / "lanewatch-xray@.service")
+    assert xray["Service"]["ExecStart"] == driver["ExecStart"].replace(" driver rpm ", " driver xray ")
+    assert xray["Service"]["PrivateDevices"] == "yes" and "SupplementaryGroups" not in xray["Service"]
+    assert "DeviceAllow" not in (SYSTEMD / "lanewatch-xray@.service").read_text()
+    differ = {"ExecStart", "SupplementaryGroups", "PrivateUsers", "PrivateDevices", "DeviceAllow"}
+    assert {k: v for k, v in xray["Service"].items() if k not in differ} == {
+        k: v for k, v in driver.items() if k not in differ
+    }
+    assert xray["Unit"]["PartOf"] == "lanewatch-lane@%i.target"
+    assert xray["Install"]["WantedBy"] == "lanewatch-lane@%i.target"
+    lane = unit_sections(SYSTEMD / "lanewatch-lane@.target")["Unit"]
+    assert lane["Wants"] == "lanewatch-rpm@%i.service", "not every lane has a scanner"
 
 
 # ---- Prometheus rules and the Grafana dashboard ----------------------------------------------------
@@ -364,7 +388,7 @@ def test_deploying_instructions_match_install_units() -> None:
     text = deploying_section()
     assert f"{deploy.UNIT_TEMPLATE_EXEC} install-units\n" in text
     assert f"{deploy.UNIT_TEMPLATE_EXEC} install-units --enable lane1 lane2\n" in text
-    for command in deploy.enable_commands(["lane1", "lane2"]):
+    for command in deploy.enable_commands(["lane1", "lane2"], scanner_lanes=["lane2"]):
         assert f"   {command}\n" in text
     assert f"--config {deploy.UNIT_TEMPLATE_CONFIG}" in text
     assert deploy.systemd_escape("north-1") in text and "/var/lib/lanewatch/" in text
