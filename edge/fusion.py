@@ -41,9 +41,12 @@ A single-energy image has no ratio: its objects are ``dense`` of unknown materia
 Fused findings (``alarms`` entries of the decision; see :mod:`edge.decision` for the verdict)
 ----------------------------------------------------------------------------------------------
 ``shielded-source-suspected`` (alarm)
-    A high-Z object large enough to shield a source (``shield_min_area_mm2``, ``shield_min_lead_mm``)
-    co-located with a radiation alarm's location, or with a weak hotspot: the gamma matched filter
-    (or the softer-shape test) reaching ``hotspot_z`` at the object, below the alarm thresholds.
+    A high-Z object large enough to shield a source (``shield_min_area_mm2``, ``shield_min_lead_mm``,
+    :data:`SHIELD_MIN_SIZE_MM` along and across) co-located with a radiation alarm's location, or with a
+    weak hotspot: the gamma matched filter (or the softer-shape test) reaching ``hotspot_z`` at the
+    object, below the alarm thresholds. Not with a weak hotspot when the radiation analysis released the
+    excess as ``norm-consistent``: that release found no point source on top of the spread load anywhere
+    in the vehicle, so the matched filter's peak there is the load's plateau, not a localized source.
 ``image-review`` (alarm)
     Such an object with no radiation excess at it: the image must be looked at.
 ``norm-consistent`` (the radiation analysis' own entry, released)
@@ -108,6 +111,13 @@ MAX_REGIONS = 20
 """Most dense regions and image objects listed in a decision (the largest)."""
 REGION_MIN_MM2 = 10_000.0
 """Smallest dense region of the imaging pipeline listed in a decision (mm^2): 10 cm x 10 cm."""
+SHIELD_MIN_SIZE_MM = 50.0
+"""Smallest extent (mm, as imaged) of a high-Z object along the vehicle and down the detector for it to shield a
+source. A shield must enclose the source on every side the portal's detectors see: a Cs-137 capsule (about 1 cm)
+in a pig with walls of ``shield_min_lead_mm`` or more is some 6 cm across or more, and an object's imaged extent
+can fall one analysis cell (:data:`GRID_MM`) short of its true one when its edge cells are only partly covered.
+A thin wall or frame seen edge-on (one cell along the vehicle, tall down the detector) is dense and high-Z but
+encloses nothing, so it is not a shield whatever its area."""
 _SQRT12 = math.sqrt(12.0)
 
 
@@ -230,6 +240,10 @@ class ImageObject:
     """Excess ratio low/high; None in a single-energy scan."""
     material: str
     """Class of the excess ratio (:data:`kernels.imaging.CLASS_NAMES`), ``dense`` in a single-energy scan."""
+    length_mm: float
+    """Extent along the vehicle (mm): its cell rows' lines times the line spacing."""
+    height_mm: float
+    """Extent down the detector (mm): its cell columns' pixels times the pixel pitch."""
 
     @property
     def lead_mm(self) -> float:
@@ -237,11 +251,12 @@ class ImageObject:
         return self.excess / LEAD_ATT_PER_MM
 
     def shields(self, cfg: FusionConfig) -> bool:
-        """High-Z and large enough to shield a source."""
+        """High-Z and large enough to shield a source: area, lead equivalent, :data:`SHIELD_MIN_SIZE_MM` both ways."""
         return (
             self.material == "high_z"
             and self.area_mm2 >= cfg.shield_min_area_mm2
             and self.lead_mm >= cfg.shield_min_lead_mm
+            and min(self.length_mm, self.height_mm) >= SHIELD_MIN_SIZE_MM
         )
 
 
@@ -282,18 +297,19 @@ def find_objects(grid: GridImage, pitch_mm: float, spacing_mm: float, params: im
     out = []
     for k in np.flatnonzero(cells >= 2):
         ratio = float(sum_low[k] / sum_high[k]) if grid.energies == 2 else None
+        lines = grid.row_lines(int(first_row[k]), int(last_row[k]))
+        pixels = int(first_col[k]) * grid.block_px, min((int(last_col[k]) + 1) * grid.block_px, grid.pixels) - 1
         out.append(
             ImageObject(
-                lines=grid.row_lines(int(first_row[k]), int(last_row[k])),
-                pixels=(
-                    int(first_col[k]) * grid.block_px,
-                    min((int(last_col[k]) + 1) * grid.block_px, grid.pixels) - 1,
-                ),
+                lines=lines,
+                pixels=pixels,
                 area_mm2=float(cells[k] * cell_mm2),
                 excess=float(sum_high[k] / cells[k]),
                 max_excess=float(peak[k]),
                 ratio=ratio,
                 material="dense" if ratio is None else _material(ratio, params),
+                length_mm=(lines[1] - lines[0] + 1) * spacing_mm,
+                height_mm=(pixels[1] - pixels[0] + 1) * pitch_mm,
             )
         )
     return out
@@ -463,6 +479,11 @@ class Fusion:
     xray: dict[str, Any]
 
 
+def _norm_released(alarms: list[dict[str, Any]]) -> bool:
+    """Whether the radiation analysis released an excess as NORM (a spread load with no point source on it)."""
+    return any(a.get("reason") == "norm-consistent" or a.get("released_as") == "norm-consistent" for a in alarms)
+
+
 def _distance(x: float, span: tuple[float, float]) -> float:
     """Distance (m) from ``x`` to the interval ``span`` (0 inside)."""
     return max(span[0] - x, 0.0, x - span[1])
@@ -551,7 +572,8 @@ class _Context:
         return math.hypot(2.0 * self.detection.source_standoff_m / max(abs(z), 1.0), self.step_m / _SQRT12)
 
     def evidence(self, obj: ImageObject, alarms: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """The radiation evidence co-located with ``obj``: the closest alarm, else the strongest weak hotspot."""
+        """The radiation evidence co-located with ``obj``: the closest alarm, else the strongest weak hotspot
+        (none when the analysis released its excess as NORM: the hotspot would be the spread load's plateau)."""
         span, sd_obj, k = self.object_span(obj), self.object_sd(), self.cfg.colocation_sigma
         best: dict[str, Any] | None = None
         for alarm in alarms:
@@ -570,7 +592,7 @@ class _Context:
                     "separation_m": _r(d),
                     "separation_sigma": _r(d / sd),
                 }
-        if best is not None:
+        if best is not None or _norm_released(alarms):
             return best
         window = self.window(obj)
         if window is None:
