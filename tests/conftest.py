@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,3 +18,11 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"shared data directory {path} is missing: check out shared/ beside the repository", pytrace=False)
     return path
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    """A ZeroMQ context for the test, destroyed with whatever sockets it still has."""
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)

@@ -106,13 +106,6 @@ class ServiceLoop:
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.term()
-
-
-@pytest.fixture
 def service(tmp_path: Path) -> Iterator[ServiceLoop]:
     loop = ServiceLoop(tmp_path / "journal.db")
     yield loop

@@ -10,7 +10,7 @@ import io
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from scipy import ndimage
+from support import Running
 
 from drivers.dicos import publish_scan, read_dicos
 from drivers.sim.lane import LaneSimulator
@@ -36,7 +37,6 @@ from edge.driver import RecordPublisher, load_driver
 from edge.fusion import register
 from edge.metrics import DriverMetrics
 from edge.records import Kind
-from edge.service import Service
 from edge.subscriber import AlertSubscriber
 from kernels.fusion import cell_sums, cell_sums_ref, label4, label4_ref, opening_rows, opening_rows_ref
 from kernels.imaging import AIR
@@ -162,33 +162,6 @@ def _config(tmp_path: Path, lanes: str, fusion: str = "") -> Config:
     path = tmp_path / "lanewatch.toml"
     path.write_text(text)
     return parse(text, str(path))
-
-
-class Running:
-    """A service in a thread of this process, with its own metrics registry."""
-
-    def __init__(self, config: Config) -> None:
-        self.registry = CollectorRegistry()
-        self.service = Service(config, self.registry)
-        self.service.start()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.service.run, args=(self.stop,), daemon=True)
-        self.thread.start()
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.service.close()
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
 
 
 def _publisher(ctx: zmq.Context, config: Config, lane: str, source: str) -> RecordPublisher:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import zmq
 from prometheus_client import CollectorRegistry
+from support import Running
 
 from edge import bus
 from edge.config import Config, parse
@@ -24,7 +25,6 @@ from edge.driver import RecordPublisher, load_driver
 from edge.journal import Journal
 from edge.metrics import DriverMetrics
 from edge.records import Kind
-from edge.service import Service
 from edge.subscriber import AlertSubscriber
 
 
@@ -49,38 +49,11 @@ def _config(tmp_path: Path, extra: str = "") -> Config:
     return parse(text, str(path))
 
 
-class Running:
-    """A service running in a thread of this process, with its own metrics registry."""
-
-    def __init__(self, config: Config) -> None:
-        self.registry = CollectorRegistry()
-        self.service = Service(config, self.registry)
-        self.service.start()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.service.run, args=(self.stop,), daemon=True)
-        self.thread.start()
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.service.close()
-
-
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Running]:
     r = Running(_config(tmp_path))
     yield r
     r.close()
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
 
 
 def _publisher(ctx: zmq.Context, config: Config, source: str = "rpm", wait_s: float = 5.0) -> RecordPublisher:
