@@ -20,6 +20,7 @@ never imports one.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -102,34 +103,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return int(args.sim_module.run(args))
 
 
-def cmd_alerts(args: argparse.Namespace) -> int:
-    from edge import console
-
-    return console.run(args, _config(args.config))
-
-
-def cmd_evidence(args: argparse.Namespace) -> int:
-    from edge import evidence
-
-    return evidence.run(args, _config(args.config))
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from edge import status
-
-    return status.run(args, _config(args.config))
-
-
 def cmd_install_units(args: argparse.Namespace) -> int:
     from edge import deploy
 
     return deploy.run(args)
-
-
-def cmd_model(args: argparse.Namespace) -> int:
-    from edge import modelcli
-
-    return modelcli.run(args, _config(args.config))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -212,16 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_driver_parsers(sub)
     _add_sim_parsers(sub)
-
-    p = sub.add_parser("alerts", help="list or follow journaled decisions")
-    p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
-    _lazy_arguments(p, "console")
-    p.set_defaults(func=cmd_alerts)
-
-    p = sub.add_parser("evidence", help="write one decision's evidence: X-ray image with overlays, profile, JSON")
-    p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
-    _lazy_arguments(p, "evidence")
-    p.set_defaults(func=cmd_evidence)
+    for name, module, help_text in CONFIG_COMMANDS:
+        _add_config_command(sub, name, module, help_text)
 
     p = sub.add_parser("replay", help="replay an N42 portal file and print its decision")
     p.add_argument("file", help="ANSI N42.42 portal occupancy file")
@@ -231,26 +200,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("status", help="health of the service and the drivers")
-    p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
-    _lazy_arguments(p, "status")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("model", help="train or check the ONNX anomaly model")
-    p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
-    _lazy_arguments(p, "modelcli")
-    p.set_defaults(func=cmd_model)
-
     p = sub.add_parser("install-units", help="install systemd units and an example configuration")
     _lazy_arguments(p, "deploy")
     p.set_defaults(func=cmd_install_units)
     return parser
 
 
+CONFIG_COMMANDS = (
+    ("alerts", "console", "list or follow journaled decisions"),
+    ("evidence", "evidence", "write one decision's evidence: X-ray image with overlays, profile, JSON"),
+    ("status", "status", "health of the service and the drivers"),
+    ("model", "modelcli", "train or check the ONNX anomaly model"),
+)
+"""Commands implemented by an ``edge`` module's ``add_arguments(parser)`` and ``run(args, config)``."""
+
+
+def _add_config_command(sub: argparse._SubParsersAction, name: str, module: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
+    _lazy_arguments(p, module)
+
+    def command(args: argparse.Namespace) -> int:
+        return int(importlib.import_module(f"edge.{module}").run(args, _config(args.config)))
+
+    p.set_defaults(func=command)
+
+
 def _lazy_arguments(parser: argparse.ArgumentParser, module: str) -> None:
     """Let an ``edge`` module add the options of the command it implements."""
-    import importlib
-
     add: Callable[[argparse.ArgumentParser], None] = importlib.import_module(f"edge.{module}").add_arguments
     add(parser)
 
