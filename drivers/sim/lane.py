@@ -42,7 +42,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import termios
 import threading
 import time
@@ -56,6 +55,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from drivers.sim.fanout import TcpFanout
 from drivers.sim.physics import (
     GAMMA_DT_S,
     HOLD_IN_S,
@@ -171,11 +171,10 @@ class LaneSimulator:
         self._rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,)))
         self._device = _DeviceState()
 
+        self._tcp = TcpFanout(f"lane simulator (seed {seed})", greeting=self._setup_bytes, nodelay=True)
         self._lock = threading.Lock()
-        self._clients: list[socket.socket] = []
-        self._listeners: list[socket.socket] = []
+        """Guards the ptys."""
         self._ptys: list[tuple[int, int]] = []
-        self._threads: list[threading.Thread] = []
         self._runner: threading.Thread | None = None
         self._stop = threading.Event()
         self._all_sent = threading.Event()
@@ -187,13 +186,7 @@ class LaneSimulator:
     # --- serving --------------------------------------------------------------------------
     def serve_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (0 = any free port) and stream to every client; returns the port."""
-        listener = socket.create_server((host, port))
-        listener.settimeout(0.1)
-        self._listeners.append(listener)
-        thread = threading.Thread(target=self._accept, args=(listener,), name=f"lane-sim-accept-{port}", daemon=True)
-        self._threads.append(thread)
-        thread.start()
-        return listener.getsockname()[1]
+        return self._tcp.listen(host, port)
 
     def serve_pty(self) -> str:
         """Open a pseudo-terminal in raw mode and stream into it; returns the device path to open."""
@@ -204,21 +197,6 @@ class LaneSimulator:
             self._ptys.append((master, slave))
             self._write_pty(master, slave, self._setup_bytes())
         return os.ttyname(slave)
-
-    def _accept(self, listener: socket.socket) -> None:
-        while not self._stop.is_set():
-            try:
-                client, peer = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client.settimeout(2.0)
-            log.info("lane simulator (seed %s): client %s connected", self.seed, peer)
-            with self._lock:
-                if self._send_client(client, self._setup_bytes()):
-                    self._clients.append(client)
 
     def _setup_bytes(self) -> bytes:
         lld, uld = self.windows_kev[0], self.windows_kev[-1]
@@ -234,17 +212,6 @@ class LaneSimulator:
             "SN2,000070,001700",
         ]
         return "".join(line + "\r\n" for line in lines).encode("ascii")
-
-    def _send_client(self, client: socket.socket, data: bytes) -> bool:
-        """Send to one client; a client that is gone or too slow (2 s) is closed and False returned."""
-        try:
-            client.sendall(data)
-            return True
-        except OSError as exc:
-            log.info("lane simulator (seed %s): client dropped (%s)", self.seed, exc)
-            with contextlib.suppress(OSError):
-                client.close()
-            return False
 
     def _write_pty(self, master: int, slave: int, data: bytes) -> None:
         """Write into the pty; if its buffer is full (no reader), discard what is buffered and retry once."""
@@ -263,8 +230,8 @@ class LaneSimulator:
         self.lines_dropped += data.count(b"\n")
 
     def _broadcast(self, data: bytes) -> None:
+        self._tcp.broadcast(data)
         with self._lock:
-            self._clients = [c for c in self._clients if self._send_client(c, data)]
             for master, slave in self._ptys:
                 self._write_pty(master, slave, data)
 
@@ -279,18 +246,15 @@ class LaneSimulator:
     def stop(self) -> None:
         """Stop streaming, close every client, listener and pty. Safe to call more than once."""
         self._stop.set()
-        for thread in [self._runner, *self._threads]:
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=5.0)
+        if self._runner is not None and self._runner is not threading.current_thread():
+            self._runner.join(timeout=5.0)
+        self._tcp.close()
         with self._lock:
-            for sock in [*self._clients, *self._listeners]:
-                with contextlib.suppress(OSError):
-                    sock.close()
             for master, slave in self._ptys:
                 for fd in (master, slave):
                     with contextlib.suppress(OSError):
                         os.close(fd)
-            self._clients, self._listeners, self._ptys = [], [], []
+            self._ptys = []
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until ``count`` occupancies were sent (or the simulator stopped); False on timeout."""
@@ -422,7 +386,7 @@ def _windows_arg(text: str) -> list[float]:
         ) from None
 
 
-def _mix_arg(text: str) -> dict[str, float]:
+def parse_mix(text: str) -> dict[str, float]:
     mix: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, weight = item.partition("=")
@@ -448,7 +412,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pty", action="store_true", help="serve a pseudo-terminal (no TCP unless --port is given)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the first lane (default 0)")
     parser.add_argument("--windows-kev", type=_windows_arg, default=None, help="energy window edges, e.g. 30,400,3000")
-    parser.add_argument("--mix", type=_mix_arg, default=None, help="scenario weights, e.g. none=0.5,cs137=0.1")
+    parser.add_argument("--mix", type=parse_mix, default=None, help="scenario weights, e.g. none=0.5,cs137=0.1")
     parser.add_argument("--gap", type=float, default=4.0, help="seconds between occupancies (default 4)")
     parser.add_argument("--speedup", type=float, default=1.0, help="time compression, 1 = real time (default 1)")
     parser.add_argument("--count", type=int, default=None, help="stop after this many occupancies per lane")

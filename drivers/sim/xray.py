@@ -60,13 +60,11 @@ Truth
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -77,7 +75,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from drivers.sim.lane import _mix_arg, truth_path_for
+from drivers.sim.fanout import TcpFanout
+from drivers.sim.lane import parse_mix, truth_path_for
 from drivers.sim.physics import Passage, Traffic
 from drivers.xray import AIR, DARK, SCAN_END, SCAN_START, pack_frame
 
@@ -871,10 +870,7 @@ class XraySimulator:
         """Scans whose last frame has been sent."""
         self.truths: list[dict[str, Any]] = []
         """Truth of every scan sent, in order."""
-        self._lock = threading.Lock()
-        self._clients: list[socket.socket] = []
-        self._listeners: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
+        self._tcp = TcpFanout(f"X-ray simulator (seed {seed})")
         self._runner: threading.Thread | None = None
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -885,44 +881,11 @@ class XraySimulator:
 
     def serve_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (0 = any free port); every client gets the stream from then on. Returns the port."""
-        listener = socket.create_server((host, port))
-        listener.settimeout(0.1)
-        self._listeners.append(listener)
-        thread = threading.Thread(target=self._accept, args=(listener,), name=f"xray-sim-accept-{port}", daemon=True)
-        self._threads.append(thread)
-        thread.start()
-        return listener.getsockname()[1]
-
-    def _accept(self, listener: socket.socket) -> None:
-        while not self._stop.is_set():
-            try:
-                client, peer = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(2.0)
-            log.info("X-ray simulator (seed %s): client %s connected", self.seed, peer)
-            with self._lock:
-                self._clients.append(client)
+        return self._tcp.listen(host, port)
 
     def clients(self) -> int:
         """Clients connected now."""
-        with self._lock:
-            return len(self._clients)
-
-    def _broadcast(self, data: bytes) -> None:
-        with self._lock:
-            alive = []
-            for client in self._clients:
-                try:
-                    client.sendall(data)
-                    alive.append(client)
-                except OSError as exc:
-                    log.info("X-ray simulator (seed %s): client dropped (%s)", self.seed, exc)
-                    with contextlib.suppress(OSError):
-                        client.close()
-            self._clients = alive
+        return self._tcp.clients()
 
     def start(self) -> None:
         """Start scanning in a background thread."""
@@ -934,14 +897,9 @@ class XraySimulator:
     def stop(self) -> None:
         """Stop, close every client and listener. Safe to call more than once."""
         self._stop.set()
-        for thread in [self._runner, *self._threads]:
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=5.0)
-        with self._lock:
-            for sock in [*self._clients, *self._listeners]:
-                with contextlib.suppress(OSError):
-                    sock.close()
-            self._clients, self._listeners = [], []
+        if self._runner is not None and self._runner is not threading.current_thread():
+            self._runner.join(timeout=5.0)
+        self._tcp.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until ``count`` scans were sent; False on timeout or when stopped first."""
@@ -994,7 +952,7 @@ class XraySimulator:
             now_sim = (time.monotonic() - t0) * self.speedup
             k = int(np.searchsorted(due, now_sim, side="right")) if math.isfinite(self.speedup) else scan.frame_count
             k = min(max(k, j + 1), j + MAX_SEND_FRAMES)
-            self._broadcast(b"".join(next(frames) for _ in range(j, k)))
+            self._tcp.broadcast(b"".join(next(frames) for _ in range(j, k)))
             j = k
         record = {**scan.truth, "start": start, "end": datetime.now(UTC).isoformat(timespec="milliseconds")}
         self.truths.append(record)
@@ -1018,7 +976,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the first lane; use the lane simulator's (default 0)"
     )
-    parser.add_argument("--mix", type=_mix_arg, default=None, help="scenario weights, as for the lane simulator")
+    parser.add_argument("--mix", type=parse_mix, default=None, help="scenario weights, as for the lane simulator")
     parser.add_argument("--gap", type=float, default=4.0, help="seconds between vehicles (default 4)")
     parser.add_argument("--speedup", type=float, default=1.0, help="time compression, 1 = real time (default 1)")
     parser.add_argument("--count", type=int, default=None, help="stop after this many scans per lane")
