@@ -1,13 +1,67 @@
-"""Test support shared by the end-to-end tests: a real service running in a thread of the test process."""
+"""Test support shared by several test files: a real service in a thread, and a real ingest bus."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 
+import zmq
 from prometheus_client import CollectorRegistry
 
+from edge import bus
 from edge.config import Config
+from edge.driver import RecordPublisher
+from edge.metrics import DriverMetrics
+from edge.records import Record, decode
 from edge.service import Service
+
+TIMEOUT_S = 5.0
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class IngestBus:
+    """The service's SUB bound on loopback and a driver's publisher connected to it, subscription settled."""
+
+    def __init__(self, lane: str, source: str, registry: CollectorRegistry) -> None:
+        self.ctx = zmq.Context()
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.sub = bus.service_ingest(self.ctx, self.endpoint)
+        self.pub = bus.driver_publisher(self.ctx, self.endpoint)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        deadline = time.monotonic() + TIMEOUT_S
+        while not bus.wait_for_subscriber(self.pub, 0.02):  # a bound SUB attaches a peer only when used
+            assert self.sub.poll(0) == 0 and time.monotonic() < deadline, "the SUB never subscribed"
+        self.publisher = RecordPublisher(self.pub, lane, source, DriverMetrics(registry))
+        self.records: list[Record] = []
+
+    def collect(self, done: Callable[[list[Record]], bool], timeout_s: float = TIMEOUT_S) -> list[Record]:
+        """Receive records (into ``self.records``) until ``done(self.records)``; fail after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not done(self.records):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"timed out with {Counter(r.kind.value for r in self.records)}"
+            if self.sub.poll(int(min(remaining, 0.1) * 1000)):
+                self.records.append(decode(self.sub.recv_multipart()))
+        return self.records
+
+    def drain(self, duration_s: float) -> list[Record]:
+        """Receive whatever arrives within ``duration_s``."""
+        deadline = time.monotonic() + duration_s
+        return self.collect(lambda _: time.monotonic() >= deadline, duration_s + TIMEOUT_S)
+
+    def close(self) -> None:
+        self.pub.close(0)
+        self.sub.close(0)
+        self.ctx.term()
 
 
 class Running:

@@ -15,23 +15,20 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 from prometheus_client import CollectorRegistry
+from support import IngestBus, free_port
 
 from drivers.rpm import ERROR_KINDS, MAX_LINE_BYTES, LineError, LineSplitter, RpmDriver, parse_line
-from edge import bus
 from edge.config import ConfigError, parse
-from edge.driver import RecordPublisher, load_driver
-from edge.metrics import DriverMetrics
-from edge.records import Kind, Record, decode
+from edge.driver import load_driver
+from edge.records import Kind, Record
 
 LANE = "lane1"
-PROBE = b"probe"
 TIMEOUT_S = 10.0
 SRLS_TYPES = {"GA": 21, "GB": 6, "GS": 231, "GX": 7, "NA": 5, "NB": 7, "NS": 41, "SP": 35}
 
@@ -261,12 +258,6 @@ def test_splitter_joins_pieces_and_bounds_memory() -> None:
 # ----------------------------------------------------------------------------- transports
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LineServer:
     """A plain TCP server on loopback standing in for the portal's TCP port; it can go away and come back."""
 
@@ -329,60 +320,14 @@ def server() -> Iterator[LineServer]:
     srv.drop()
 
 
-class Bus:
-    """A SUB socket bound on loopback and a driver publisher connected to it, joined before use."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.ctx = zmq.Context()
-        self.endpoint = f"tcp://127.0.0.1:{_free_port()}"
-        self.sub = bus.service_ingest(self.ctx, self.endpoint)
-        self.pub = bus.driver_publisher(self.ctx, self.endpoint)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self._join()
-        self.publisher = RecordPublisher(self.pub, LANE, "rpm", DriverMetrics(registry))
-        self.records: list[Record] = []
-
-    def _join(self) -> None:
-        """Send probes until the SUB receives one: its subscription has then reached the PUB."""
-        deadline = time.monotonic() + TIMEOUT_S
-        while time.monotonic() < deadline:
-            self.pub.send_multipart([PROBE, b""])
-            if self.sub.poll(20):
-                assert self.sub.recv_multipart()[0] == PROBE
-                return
-        raise AssertionError("SUB never joined the PUB")
-
-    def collect(self, done: Callable[[list[Record]], bool], timeout_s: float = TIMEOUT_S) -> list[Record]:
-        """Receive records (into ``self.records``) until ``done(self.records)``; fail after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while not done(self.records):
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"timed out with {len(self.records)} records: {Counter(r.kind for r in self.records)}"
-            if self.sub.poll(int(min(remaining, 0.1) * 1000)):
-                frames = self.sub.recv_multipart()
-                if frames[0] != PROBE:
-                    self.records.append(decode(frames))
-        return self.records
-
-    def drain(self, duration_s: float) -> list[Record]:
-        """Receive whatever arrives within ``duration_s``."""
-        deadline = time.monotonic() + duration_s
-        return self.collect(lambda _: time.monotonic() >= deadline, duration_s + TIMEOUT_S)
-
-    def close(self) -> None:
-        self.pub.close(0)
-        self.sub.close(0)
-        self.ctx.term()
-
-
 @pytest.fixture
 def registry() -> CollectorRegistry:
     return CollectorRegistry()
 
 
 @pytest.fixture
-def zbus(registry: CollectorRegistry) -> Iterator[Bus]:
-    b = Bus(registry)
+def zbus(registry: CollectorRegistry) -> Iterator[IngestBus]:
+    b = IngestBus(LANE, "rpm", registry)
     yield b
     b.close()
 
@@ -417,12 +362,14 @@ def _errors(registry: CollectorRegistry, kind: str) -> float:
     return _sample(registry, "lanewatch_driver_parse_errors_total", kind=kind)
 
 
-def _driver(zbus: Bus, url: str, **kwargs: float) -> RpmDriver:
+def _driver(zbus: IngestBus, url: str, **kwargs: float) -> RpmDriver:
     options = {"backoff_max_s": 0.3, "backoff_min_s": 0.05} | kwargs
     return RpmDriver(zbus.publisher, url, **options)
 
 
-def test_srls_capture_over_tcp(shared_data: Path, server: LineServer, zbus: Bus, registry: CollectorRegistry) -> None:
+def test_srls_capture_over_tcp(
+    shared_data: Path, server: LineServer, zbus: IngestBus, registry: CollectorRegistry
+) -> None:
     capture = (shared_data / "rpm" / "srls_auto_capture.txt").read_bytes()
     lines = capture.splitlines(keepends=True)
     assert len(lines) == 353
@@ -476,7 +423,7 @@ def test_srls_capture_over_tcp(shared_data: Path, server: LineServer, zbus: Bus,
     assert health["last_line_age_s"] >= 0 and health["url"] == server.url and health["lane"] == LANE
 
 
-def test_pty_serial_port(zbus: Bus, registry: CollectorRegistry) -> None:
+def test_pty_serial_port(zbus: IngestBus, registry: CollectorRegistry) -> None:
     master, slave = os.openpty()
     try:
         driver = _driver(zbus, os.ttyname(slave), baudrate=19200)
@@ -495,7 +442,7 @@ def test_pty_serial_port(zbus: Bus, registry: CollectorRegistry) -> None:
         os.close(slave)
 
 
-def test_loop_url(zbus: Bus, registry: CollectorRegistry) -> None:
+def test_loop_url(zbus: IngestBus, registry: CollectorRegistry) -> None:
     driver = _driver(zbus, "loop://")
     with running(driver):
         zbus.collect(lambda rs: _links(rs) == [True])
@@ -512,7 +459,7 @@ def test_loop_url(zbus: Bus, registry: CollectorRegistry) -> None:
 
 
 def test_bad_lines_are_counted_logged_and_skipped(
-    server: LineServer, zbus: Bus, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+    server: LineServer, zbus: IngestBus, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = b"GS,000001,000002,000003,000004\r\n"
     bad = {
@@ -549,7 +496,7 @@ def test_bad_lines_are_counted_logged_and_skipped(
 
 
 def test_reconnects_after_the_portal_drops_mid_occupancy(
-    shared_data: Path, server: LineServer, zbus: Bus, registry: CollectorRegistry
+    shared_data: Path, server: LineServer, zbus: IngestBus, registry: CollectorRegistry
 ) -> None:
     lines = (shared_data / "rpm" / "srls_auto_capture.txt").read_bytes().splitlines(keepends=True)
     before, after = lines[:12], lines[12:40]  # line 12 is inside the first occupancy
@@ -586,8 +533,8 @@ def test_reconnects_after_the_portal_drops_mid_occupancy(
     assert health["ok"] and health["connected"]
 
 
-def test_link_down_when_the_device_cannot_be_opened(zbus: Bus, registry: CollectorRegistry) -> None:
-    url = f"socket://127.0.0.1:{_free_port()}"
+def test_link_down_when_the_device_cannot_be_opened(zbus: IngestBus, registry: CollectorRegistry) -> None:
+    url = f"socket://127.0.0.1:{free_port()}"
     driver = _driver(zbus, url, backoff_min_s=0.01, backoff_max_s=0.02)
     with running(driver):
         records = zbus.collect(lambda rs: len(rs) >= 1)
@@ -603,20 +550,20 @@ def test_link_down_when_the_device_cannot_be_opened(zbus: Bus, registry: Collect
     assert _sample(registry, "lanewatch_driver_connected") == 0
 
 
-def test_stops_promptly_while_backing_off(zbus: Bus) -> None:
-    driver = _driver(zbus, f"socket://127.0.0.1:{_free_port()}", backoff_min_s=30.0, backoff_max_s=30.0)
+def test_stops_promptly_while_backing_off(zbus: IngestBus) -> None:
+    driver = _driver(zbus, f"socket://127.0.0.1:{free_port()}", backoff_min_s=30.0, backoff_max_s=30.0)
     with running(driver):  # joins with a 2 s limit, far below the 30 s backoff
         zbus.collect(lambda rs: _links(rs) == [False])
 
 
-def test_stops_promptly_while_blocked_in_read(server: LineServer, zbus: Bus) -> None:
+def test_stops_promptly_while_blocked_in_read(server: LineServer, zbus: IngestBus) -> None:
     driver = _driver(zbus, server.url)
     with running(driver):
         zbus.collect(lambda rs: _links(rs) == [True])
         server.accept()  # a portal that never sends
 
 
-def test_health_goes_stale_without_lines(server: LineServer, zbus: Bus) -> None:
+def test_health_goes_stale_without_lines(server: LineServer, zbus: IngestBus) -> None:
     driver = _driver(zbus, server.url, stale_after_s=0.3)
     assert driver.health()["ok"] is False and driver.health()["connected"] is False
     with running(driver):
@@ -657,7 +604,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_from_args_reads_the_lane_and_options(zbus: Bus) -> None:
+def test_from_args_reads_the_lane_and_options(zbus: IngestBus) -> None:
     config = parse(CONFIG)
     driver = RpmDriver.from_args(_parse_args(["--lane", "lane1"]), config, zbus.publisher)
     assert (driver.url, driver.baudrate, driver.gamma_channels, driver.neutron_channels, driver.windows) == (

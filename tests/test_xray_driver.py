@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from support import IngestBus, free_port
 
 from drivers.sim.physics import Traffic
 from drivers.sim.xray import CALIBRATION_LINES, XraySimulator
@@ -41,11 +41,9 @@ from drivers.xray import (
     XrayDriver,
     pack_frame,
 )
-from edge import bus
 from edge.config import ConfigError, parse
-from edge.driver import RecordPublisher, load_driver
-from edge.metrics import DriverMetrics
-from edge.records import Kind, Record, decode
+from edge.driver import load_driver
+from edge.records import Kind, Record
 
 LANE = "lane1"
 TIMEOUT_S = 10.0
@@ -315,12 +313,6 @@ def test_ten_megabytes_of_junk_then_a_good_frame() -> None:
 # ----------------------------------------------------------------------------- driver over TCP and ZeroMQ
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Scanner:
     """A TCP listener on loopback standing in for the scanner: each accepted client gets one script."""
 
@@ -366,45 +358,14 @@ def scanner() -> Iterator[Scanner]:
     s.close()
 
 
-class Bus:
-    """The service's SUB bound on loopback and the driver's publisher connected to it, subscription settled."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.ctx = zmq.Context()
-        endpoint = f"tcp://127.0.0.1:{_free_port()}"
-        self.sub = bus.service_ingest(self.ctx, endpoint)
-        self.pub = bus.driver_publisher(self.ctx, endpoint)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        deadline = time.monotonic() + TIMEOUT_S
-        while not bus.wait_for_subscriber(self.pub, 0.02):  # the bound SUB attaches a peer only when used
-            assert self.sub.poll(0) == 0 and time.monotonic() < deadline, "the SUB never subscribed"
-        self.publisher = RecordPublisher(self.pub, LANE, "xray", DriverMetrics(registry))
-        self.records: list[Record] = []
-
-    def collect(self, done: Callable[[list[Record]], bool], timeout_s: float = TIMEOUT_S) -> list[Record]:
-        """Receive records until ``done(records)``; fail after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while not done(self.records):
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"timed out with {Counter(r.kind.value for r in self.records)}"
-            if self.sub.poll(int(min(remaining, 0.1) * 1000)):
-                self.records.append(decode(self.sub.recv_multipart()))
-        return self.records
-
-    def close(self) -> None:
-        self.pub.close(0)
-        self.sub.close(0)
-        self.ctx.term()
-
-
 @pytest.fixture
 def registry() -> CollectorRegistry:
     return CollectorRegistry()
 
 
 @pytest.fixture
-def zbus(registry: CollectorRegistry) -> Iterator[Bus]:
-    b = Bus(registry)
+def zbus(registry: CollectorRegistry) -> Iterator[IngestBus]:
+    b = IngestBus(LANE, "xray", registry)
     yield b
     b.close()
 
@@ -422,7 +383,7 @@ def running(driver: XrayDriver) -> Iterator[threading.Event]:
         assert not thread.is_alive(), "driver did not stop within 2 s"
 
 
-def _driver(zbus: Bus, scanner: Scanner, **kwargs: float) -> XrayDriver:
+def _driver(zbus: IngestBus, scanner: Scanner, **kwargs: float) -> XrayDriver:
     options = {"backoff_min_s": 0.05, "backoff_max_s": 0.2} | kwargs
     return XrayDriver(zbus.publisher, scanner.address, **options)
 
@@ -453,7 +414,7 @@ def _of(records: list[Record], kind: Kind) -> list[Record]:
     return [r for r in records if r.kind is kind]
 
 
-def test_scans_cross_the_bus_whole_in_batches(scanner: Scanner, zbus: Bus, registry: CollectorRegistry) -> None:
+def test_scans_cross_the_bus_whole_in_batches(scanner: Scanner, zbus: IngestBus, registry: CollectorRegistry) -> None:
     rng = np.random.default_rng(5)
     images = [_lines(rng, 150), _lines(rng, 64), _lines(rng, 1)]
     darks, airs = [_lines(rng, 3) for _ in images], [_lines(rng, 4) for _ in images]
@@ -488,7 +449,7 @@ def test_scans_cross_the_bus_whole_in_batches(scanner: Scanner, zbus: Bus, regis
     assert registry.get_sample_value("lanewatch_driver_read_bytes_total", {"lane": LANE}) == len(stream)
 
 
-def test_simulated_scans_reach_the_bus_exactly(zbus: Bus, registry: CollectorRegistry) -> None:
+def test_simulated_scans_reach_the_bus_exactly(zbus: IngestBus, registry: CollectorRegistry) -> None:
     with XraySimulator(seed=21, count=3, speedup=math.inf, pixels=128) as sim:
         driver = XrayDriver(zbus.publisher, f"127.0.0.1:{sim.serve_tcp()}", batch_lines=100)
         with running(driver):
@@ -521,7 +482,7 @@ def test_simulated_scans_reach_the_bus_exactly(zbus: Bus, registry: CollectorReg
         }
 
 
-def test_a_pause_mid_scan_publishes_the_lines_so_far(scanner: Scanner, zbus: Bus) -> None:
+def test_a_pause_mid_scan_publishes_the_lines_so_far(scanner: Scanner, zbus: IngestBus) -> None:
     rng = np.random.default_rng(6)
     frames = scan_frames(1, _lines(rng, 10))
     scanner.serve([b"".join(frames[:4]), 1.0, b"".join(frames[4:])], close=False)
@@ -533,7 +494,7 @@ def test_a_pause_mid_scan_publishes_the_lines_so_far(scanner: Scanner, zbus: Bus
 
 
 def test_sequence_errors_are_counted_and_the_stream_goes_on(
-    scanner: Scanner, zbus: Bus, registry: CollectorRegistry
+    scanner: Scanner, zbus: IngestBus, registry: CollectorRegistry
 ) -> None:
     rng = np.random.default_rng(7)
     img = _lines(rng, 8)
@@ -564,7 +525,7 @@ def test_sequence_errors_are_counted_and_the_stream_goes_on(
 
 
 def test_byte_errors_on_the_wire_are_counted_and_survived(
-    scanner: Scanner, zbus: Bus, registry: CollectorRegistry
+    scanner: Scanner, zbus: IngestBus, registry: CollectorRegistry
 ) -> None:
     rng = np.random.default_rng(8)
     img = _lines(rng, 12)
@@ -580,7 +541,9 @@ def test_byte_errors_on_the_wire_are_counted_and_survived(
     np.testing.assert_array_equal(reassemble(records, 2)[0], img)
 
 
-def test_reconnects_after_the_scanner_closes_mid_scan(scanner: Scanner, zbus: Bus, registry: CollectorRegistry) -> None:
+def test_reconnects_after_the_scanner_closes_mid_scan(
+    scanner: Scanner, zbus: IngestBus, registry: CollectorRegistry
+) -> None:
     rng = np.random.default_rng(9)
     first, second = _lines(rng, 40), _lines(rng, 30)
     cut = scan_frames(1, first, dark=_lines(rng, 2))
@@ -600,8 +563,8 @@ def test_reconnects_after_the_scanner_closes_mid_scan(scanner: Scanner, zbus: Bu
     assert registry.get_sample_value("lanewatch_driver_reconnects_total", {"lane": LANE}) >= 1
 
 
-def test_link_down_while_the_scanner_refuses_and_stops_promptly(zbus: Bus, registry: CollectorRegistry) -> None:
-    driver = XrayDriver(zbus.publisher, f"127.0.0.1:{_free_port()}", backoff_min_s=0.05, backoff_max_s=0.1)
+def test_link_down_while_the_scanner_refuses_and_stops_promptly(zbus: IngestBus, registry: CollectorRegistry) -> None:
+    driver = XrayDriver(zbus.publisher, f"127.0.0.1:{free_port()}", backoff_min_s=0.05, backoff_max_s=0.1)
     with running(driver):
         records = zbus.collect(lambda rs: len(rs) >= 1)
         time.sleep(0.5)
@@ -612,7 +575,7 @@ def test_link_down_while_the_scanner_refuses_and_stops_promptly(zbus: Bus, regis
     assert registry.get_sample_value("lanewatch_driver_connected", {"lane": LANE}) == 0
 
 
-def test_health_follows_the_link(scanner: Scanner, zbus: Bus) -> None:
+def test_health_follows_the_link(scanner: Scanner, zbus: IngestBus) -> None:
     scanner.serve([b"".join(scan_frames(3, _lines(np.random.default_rng(10), 2), end=False))], close=False)
     driver = _driver(zbus, scanner)
     with running(driver):
@@ -639,7 +602,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_from_args_takes_the_lane_key_or_the_option(zbus: Bus) -> None:
+def test_from_args_takes_the_lane_key_or_the_option(zbus: IngestBus) -> None:
     config = parse('[[lanes]]\nid = "lane1"\nxray = "10.0.0.5:4001"\n[[lanes]]\nid = "lane2"\n', "test.toml")
     driver = XrayDriver.from_args(_args(["--lane", "lane1", "--batch-lines", "8"]), config, zbus.publisher)
     assert (driver.host, driver.port, driver.assembler.batch_lines) == ("10.0.0.5", 4001, 8)
