@@ -1,10 +1,10 @@
 """Detection quality: lanewatch against the fielded n-sigma rule on simulated traffic.
 
-Vehicles come from the lane simulator's physics (:class:`drivers.sim.physics.Traffic`): benign loads,
+Vehicles come from the lane simulator's physics (:class:`lanewatch.drivers.sim.physics.Traffic`): benign loads,
 NORM (potash, ceramics), medical patients and threat sources, with shadow shielding, drifting
 background and the He-3 ship effect. Between vehicles the lane sits empty for a while and the
 background estimator is fed 1 s readings every 5 s, as a lane would be. Each occupancy goes through
-:func:`edge.detect.analyze`, which also reports what the fielded rule (5 samples of 0.2 s summed over
+:func:`lanewatch.edge.lane.detect.analyze`, which also reports what the fielded rule (5 samples of 0.2 s summed over
 the gamma channels against BG + n sqrt(BG), and the fixed neutron threshold) says on the same counts.
 
 Prints, per source type: vehicles, probability of alarm for lanewatch and for the fielded rule (and
@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, SOURCES, Traffic
-from edge.background import BackgroundEstimator, BackgroundSnapshot
-from edge.config import DetectionConfig
-from edge.detect import analyze, warm_up
+from lanewatch.drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, SOURCES, Traffic
+from lanewatch.edge.config import DetectionConfig
+from lanewatch.edge.lane.background import BackgroundEstimator, BackgroundSnapshot
+from lanewatch.edge.lane.detect import analyze, warm_up
 
 READING_INTERVAL_S = 5.0
 """Background readings while the lane is empty, one every this many seconds (s), each a 1 s count."""

@@ -1,9 +1,9 @@
 """Radiation/X-ray fusion: detection quality against the simulators' truth, and decision latency from scan end.
 
 Quality (``python -m benchmarks.fusion quality [--n 1200] [--seed 1] [--pixels 512]``)
-    Vehicles from the lane simulator's physics (:class:`drivers.sim.physics.Traffic`) and their scans
+    Vehicles from the lane simulator's physics (:class:`lanewatch.drivers.sim.physics.Traffic`) and their scans
     from the X-ray scanner simulator with the same seed go, as the drivers' records on a shared clock,
-    through a :class:`edge.lane.Lane` with a scanner, which keeps its background from readings every
+    through a :class:`lanewatch.edge.lane.occupancy.Lane` with a scanner, which keeps its background from readings every
     5 s between vehicles as at a lane. Side by side per truth category and shield material: the share
     of vehicles the radiation tests alone alarm on (the decision's radiation entries), and the share
     the fused decision alarms on; for shielded sources also how often a fused finding lies within
@@ -41,15 +41,15 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.harness import Deployment, percentiles
 from benchmarks.latency import background_lines, floor
-from drivers.sim.lane import counts_line, speed_line
-from drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, Passage, Traffic
-from drivers.sim.xray import LINE_RATE_HZ, XrayScan, XrayScanner
-from edge.config import DetectionConfig, LaneConfig
-from edge.detect import warm_up
-from edge.lane import Decided, Lane
-from edge.metrics import ServiceMetrics
-from edge.records import Kind, Record
-from edge.subscriber import AlertSubscriber
+from lanewatch.drivers.sim.lane import counts_line, speed_line
+from lanewatch.drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, Passage, Traffic
+from lanewatch.drivers.sim.xray import LINE_RATE_HZ, XrayScan, XrayScanner
+from lanewatch.edge.bus.records import Kind, Record
+from lanewatch.edge.config import DetectionConfig, LaneConfig
+from lanewatch.edge.decisions.subscriber import AlertSubscriber
+from lanewatch.edge.lane.detect import warm_up
+from lanewatch.edge.lane.occupancy import Decided, Lane
+from lanewatch.edge.ops.metrics import ServiceMetrics
 
 WINDOWS_KEV = [30.0, 400.0, 3000.0]
 QUALITY_MIX = {"none": 0.5, "shielded-cs137": 0.2, "shielded-co60": 0.2, "k40-fertilizer": 0.05, "ceramics": 0.05}
@@ -71,8 +71,8 @@ def passage_records(passage: Passage, scan: XrayScan | None, t0_ns: int) -> list
 
     The vehicle front reaches the portal and the beam at ``t0_ns``: gamma samples every 0.2 s after, a
     neutron sample every 1 s and at the end, a speed every 6 samples, the end line after the last
-    sample (as :mod:`drivers.sim.lane` sends them); the scan's calibration lines just before ``t0_ns``
-    and its lines in batches of 64 at the line rate (as :mod:`drivers.xray` publishes them).
+    sample (as :mod:`lanewatch.drivers.sim.lane` sends them); the scan's calibration lines just before ``t0_ns``
+    and its lines in batches of 64 at the line rate (as :mod:`lanewatch.drivers.xray` publishes them).
     """
     events: list[Event] = []
     step = round(GAMMA_DT_S * 1e9)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.config import Config, load
-from edge.demo import free_ports
+from lanewatch.edge.commands.demo import free_ports
+from lanewatch.edge.config import Config, load
 
 
 def percentiles(values_s: list[float]) -> dict[str, float]:
@@ -58,7 +58,7 @@ class Deployment:
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "--log-level", "WARNING", *args],
+            [sys.executable, "-m", "lanewatch.edge", "--log-level", "WARNING", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

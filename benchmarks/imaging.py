@@ -2,7 +2,7 @@
 
     python -m benchmarks.imaging [--lines 3000] [--pixels 2048] [--batch 64] [--repeat 3]
 
-Runs :class:`kernels.imaging.ScanProcessor` (calibrate, attenuate, classify, profile, dense-region
+Runs :class:`lanewatch.kernels.imaging.ScanProcessor` (calibrate, attenuate, classify, profile, dense-region
 labelling, preview) over a synthetic truck scan fed in batches, as a scanner delivers it, then
 ends the scan (regions resolved, preview flushed). It prints lines per second and the multiple of
 real time at 300 lines/s (one linac pulse per line) for the Numba kernels and for their numpy
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from kernels import imaging as im
+from lanewatch.kernels import imaging as im
 
 REAL_TIME_LINES_S = 300.0
 """Lines per second of a scanner at 300 linac pulses per second."""

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.background import BackgroundSnapshot
-from edge.config import DetectionConfig
-from edge.detect import OccupancyAnalyzer, gamma_plan, ship_covariate, warm_up
-from kernels import baseline, locate, matched, poisson, shape, suppression
+from lanewatch.edge.config import DetectionConfig
+from lanewatch.edge.lane.background import BackgroundSnapshot
+from lanewatch.edge.lane.detect import OccupancyAnalyzer, gamma_plan, ship_covariate, warm_up
+from lanewatch.kernels import baseline, locate, matched, poisson, shape, suppression
 
 SPEED_KMH = 8.0
 DT_S = 0.2

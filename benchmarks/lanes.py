@@ -25,11 +25,11 @@ import zmq
 from prometheus_client import CollectorRegistry
 
 from benchmarks.harness import Deployment, percentiles
-from edge import bus
-from edge.driver import RecordPublisher
-from edge.metrics import DriverMetrics
-from edge.records import Kind, decode
-from edge.subscriber import AlertSubscriber
+from lanewatch.edge.bus import ingest
+from lanewatch.edge.bus.driver import RecordPublisher
+from lanewatch.edge.bus.records import Kind, decode
+from lanewatch.edge.decisions.subscriber import AlertSubscriber
+from lanewatch.edge.ops.metrics import DriverMetrics
 
 RATE_HZ = 5.0
 OCCUPIED_S = 10.0
@@ -40,8 +40,8 @@ BUDGET_S = 1.0
 def generate(endpoint: str, lanes: int, seconds: float, lag_out: mp.Queue) -> None:
     """Publish ``lanes`` lanes of portal records in real time for ``seconds``; report the worst lag (s)."""
     ctx = zmq.Context()
-    sock = bus.driver_publisher(ctx, endpoint)
-    bus.wait_for_subscriber(sock, 10.0)
+    sock = ingest.driver_publisher(ctx, endpoint)
+    ingest.wait_for_subscriber(sock, 10.0)
     metrics = DriverMetrics(CollectorRegistry())
     pubs = [RecordPublisher(sock, f"lane{i + 1}", "rpm", metrics) for i in range(lanes)]
     rng = np.random.default_rng(3)
@@ -135,8 +135,8 @@ def ingest_ceiling(seconds: float = 5.0) -> float:
     port = sub.bind_to_random_port("tcp://127.0.0.1")
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVHWM, 0)
-    sock = bus.driver_publisher(ctx, f"tcp://127.0.0.1:{port}")
-    while not bus.wait_for_subscriber(sock, 0.05):
+    sock = ingest.driver_publisher(ctx, f"tcp://127.0.0.1:{port}")
+    while not ingest.wait_for_subscriber(sock, 0.05):
         sub.poll(10)  # a bound SUB sends its subscription to a new peer only when it is used
     pub = RecordPublisher(sock, "lane1", "rpm", DriverMetrics(CollectorRegistry()))
     counts = np.full((4, 1), 48, np.uint32)

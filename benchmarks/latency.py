@@ -2,7 +2,7 @@
 received by a subscriber, over real processes and sockets.
 
 A TCP server here plays the portal (RPM line protocol), ``lanewatch driver rpm`` reads it,
-``lanewatch run`` decides, and an :class:`~edge.subscriber.AlertSubscriber` here receives. The
+``lanewatch run`` decides, and an :class:`~lanewatch.edge.decisions.subscriber.AlertSubscriber` here receives. The
 latency of a decision is its receipt time minus ``end_ns``, the driver's arrival stamp of GX.
 Occupancies are sent one after another, each when the previous decision has arrived.
 
@@ -26,7 +26,7 @@ import numpy as np
 import zmq
 
 from benchmarks.harness import Deployment, percentiles
-from edge.subscriber import AlertSubscriber
+from lanewatch.edge.decisions.subscriber import AlertSubscriber
 
 SAMPLES = 25
 """Gamma samples per occupancy (5 s at 0.2 s)."""

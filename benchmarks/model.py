@@ -5,8 +5,8 @@ One command gives the figures of the model card (``models/README.md``)::
     python -m benchmarks.model                       # the shipped model, 10000 ordinary and 3000 threat vehicles
     python -m benchmarks.model --model F.onnx --ordinary 2000 --threats 600
 
-Held-out data: the training corpus generator (:mod:`models.corpus`) on seeds from
-``models.train.HELD_OUT_BASE`` up, which no training or calibration run uses: ordinary traffic (the
+Held-out data: the training corpus generator (:mod:`lanewatch.models.corpus`) on seeds from
+``lanewatch.models.train.HELD_OUT_BASE`` up, which no training or calibration run uses: ordinary traffic (the
 training mix: benign, NORM, medical) and threat traffic (the simulator's threat scenarios). Every
 vehicle is seen by a portal with energy windows and by a gross-counting one; each kind of lane gets
 its own table.
@@ -16,12 +16,13 @@ at 1 and 10 false alarms per 1000 ordinary vehicles (thresholds: the held-out or
 quantiles); the rule tests alone (their fixed operating point, with their own alarm rate on ordinary
 traffic, NORM and medical nuisance alarms included); and the rules plus the model alarming from those
 two thresholds (an alarm when either does). Then the combination policy as configured
-(:func:`edge.model.apply_policy` with ``alarm_threshold`` 3 and 2): what it gains (threats alarmed only
+(:func:`lanewatch.edge.model.runtime.apply_policy` with ``alarm_threshold`` 3 and 2): what it gains
+(threats alarmed only
 by the model, threats released as NORM that it holds back) and loses (ordinary vehicles it alarms on,
 NORM releases it does not recommend).
 
 Timing: feature extraction plus one onnxruntime run per occupancy, on one core (the process is pinned),
-p50 and p99, against the rule tests' analysis of the same occupancies (``edge.detect.analyze``) in the
+p50 and p99, against the rule tests' analysis of the same occupancies (``lanewatch.edge.lane.detect.analyze``) in the
 same run.
 """
 
@@ -37,10 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import SHIPPED_MODEL, ModelConfig
-from edge.model import AnomalyModel, apply_policy, load
-from models import corpus
-from models.train import CHUNK_VEHICLES, HELD_OUT_BASE
+from lanewatch.edge.config import SHIPPED_MODEL, ModelConfig
+from lanewatch.edge.model.runtime import AnomalyModel, apply_policy, load
+from lanewatch.models import corpus
+from lanewatch.models.train import CHUNK_VEHICLES, HELD_OUT_BASE
 
 ORDINARY_OFFSET = 0
 THREAT_OFFSET = 10_000
@@ -116,7 +117,8 @@ def quality(model: AnomalyModel, ordinary: corpus.Corpus, threats: corpus.Corpus
 def policy(
     o: corpus.Corpus, o_score: np.ndarray, t: corpus.Corpus, t_score: np.ndarray, alarm_threshold: float
 ) -> dict[str, Any]:
-    """What :func:`edge.model.apply_policy` with ``alarm_threshold`` gains and loses against the rules alone."""
+    """What :func:`lanewatch.edge.model.runtime.apply_policy` with ``alarm_threshold`` gains and loses against
+    the rules alone."""
     cfg = ModelConfig(alarm_threshold=alarm_threshold, finding_threshold=min(2.0, alarm_threshold))
 
     def run(c: corpus.Corpus, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
@@ -155,10 +157,10 @@ def policy(
 
 def timing(model: AnomalyModel, vehicles: int) -> dict[str, Any]:
     """Feature extraction plus inference per occupancy, against the radiation analysis (p50, p99 in us)."""
-    from drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, Traffic
-    from edge.background import BackgroundEstimator
-    from edge.config import DetectionConfig
-    from edge.detect import analyze
+    from lanewatch.drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, Traffic
+    from lanewatch.edge.config import DetectionConfig
+    from lanewatch.edge.lane.background import BackgroundEstimator
+    from lanewatch.edge.lane.detect import analyze
 
     chunk = _chunks(TIMING_OFFSET, vehicles, corpus.benign_mix())[0]
     records = [record for _, variant, record in corpus.simulate(chunk) if variant == "windows"]

@@ -4,7 +4,7 @@ Steel in a vehicle makes cosmic-ray spallation neutrons (the He-3 "ship effect",
 Gavron 2012), in bursts, so a steel load raises the neutron counts and their scatter while it is
 between the pillars. Steel also blocks natural gamma background, so the gamma shadow (the suppression
 ``s = 1 - observed / expected`` of the gross gamma count over each neutron sample, computed exactly as
-:mod:`edge.detect` does) is the covariate. The model, per neutron sample ``j`` of ``dt`` seconds::
+:mod:`lanewatch.edge.lane.detect` does) is the covariate. The model, per neutron sample ``j`` of ``dt`` seconds::
 
     h_j = max(s_j - knee, 0) dt                  suppression-seconds above the knee
     X_j = background + ship_j,   E[ship_j] = k_v h_j,   Var[ship_j | k_v] = dispersion k_v h_j
@@ -25,14 +25,14 @@ reach. The fit, on benign traffic only (every vehicle without a source), by mome
    vehicle's information) and the rest divided by ``rate^2``.
 
 The calibration traffic uses its own seeds (default 101-110), never the detection benchmark's. Then a
-check: the tail of every neutron window's null (the ``kernels.poisson.ship_window_log_sf`` negative
-binomial with the constants of :mod:`edge.detect`) against the normal tail it should match, by
-expected ship counts; and the whole neutron test per occupancy, through :func:`edge.detect.analyze`, at
+check: the tail of every neutron window's null (the ``lanewatch.kernels.poisson.ship_window_log_sf`` negative
+binomial with the constants of :mod:`lanewatch.edge.lane.detect`) against the normal tail it should match, by
+expected ship counts; and the whole neutron test per occupancy, through :func:`lanewatch.edge.lane.detect.analyze`, at
 a few configured false-alarm probabilities. Run::
 
     python -m benchmarks.ship_effect --seeds 101-110 --n 2000
 
-The constants in :mod:`edge.detect` (``SHIP_KNEE``, ``SHIP_RATE``, ``SHIP_RATE_RELVAR``,
+The constants in :mod:`lanewatch.edge.lane.detect` (``SHIP_KNEE``, ``SHIP_RATE``, ``SHIP_RATE_RELVAR``,
 ``SHIP_DISPERSION``) come from that command; it prints them beside the fit.
 """
 
@@ -46,13 +46,13 @@ from statistics import NormalDist
 import numpy as np
 
 from benchmarks.detection import MEAN_GAP_S, READING_INTERVAL_S, WARM_UP_S, _feed
-from drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, Traffic
-from drivers.sim.physics import Passage as SimPassage
-from edge import detect
-from edge.background import BackgroundEstimator, BackgroundSnapshot
-from edge.config import DetectionConfig
-from kernels.poisson import ship_window_log_sf
-from kernels.suppression import span_levels
+from lanewatch.drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, Traffic
+from lanewatch.drivers.sim.physics import Passage as SimPassage
+from lanewatch.edge.config import DetectionConfig
+from lanewatch.edge.lane import detect
+from lanewatch.edge.lane.background import BackgroundEstimator, BackgroundSnapshot
+from lanewatch.kernels.poisson import ship_window_log_sf
+from lanewatch.kernels.suppression import span_levels
 
 WINDOWS_KEV = (30.0, 400.0, 3000.0)
 """Energy window edges (keV) of the calibration traffic, as in the detection benchmark."""
@@ -195,7 +195,7 @@ def check(data: list[Passage], ship: ShipFit) -> list[tuple[str, int, list[float
 def occupancy_rates(data: list[Passage], probabilities: tuple[float, ...]) -> list[tuple[float, float]]:
     """Per configured neutron false-alarm probability: the fraction of these benign vehicles with a neutron alarm.
 
-    Each vehicle goes through :func:`edge.detect.analyze` (gamma in ``WINDOWS_KEV``),
+    Each vehicle goes through :func:`lanewatch.edge.lane.detect.analyze` (gamma in ``WINDOWS_KEV``),
     counting alarms of the neutron tests only (``neutron``, ``neutron-gamma``).
     """
     base = DetectionConfig(energy_windows_kev=list(WINDOWS_KEV), occupancy_hold_in_s=HOLD_IN_S)
@@ -228,13 +228,13 @@ def main(argv: list[str] | None = None) -> None:
     used = ShipFit(detect.SHIP_KNEE, detect.SHIP_RATE, detect.SHIP_RATE_RELVAR, detect.SHIP_DISPERSION)
     print(f"{len(data)} benign vehicles, seeds {args.seeds}")
     print(f"{'':22s} {'knee':>6s} {'rate':>8s} {'rate_relvar':>12s} {'dispersion':>11s}")
-    for name, f in (("fitted", ship), ("edge.detect constants", used)):
+    for name, f in (("fitted", ship), ("lanewatch.edge.lane.detect constants", used)):
         print(f"{name:22s} {f.knee:6.2f} {f.rate:8.2f} {f.rate_relvar:12.2f} {f.dispersion:11.2f}")
-    print("\nneutron windows (edge.detect constants): observed / nominal tail fraction")
+    print("\nneutron windows (lanewatch.edge.lane.detect constants): observed / nominal tail fraction")
     print(f"{'expected ship counts':22s} {'windows':>8s} " + " ".join(f"{'z > ' + str(z):>8s}" for z in CHECK_Z))
     for name, count, ratios in check(data, used):
         print(f"{name:22s} {count:8d} " + " ".join(f"{r:8.2f}" for r in ratios))
-    print("\nper occupancy (edge.detect as configured): vehicles with a neutron alarm")
+    print("\nper occupancy (lanewatch.edge.lane.detect as configured): vehicles with a neutron alarm")
     for probability, rate in occupancy_rates(data, OCCUPANCY_PROBABILITIES):
         print(f"  neutron false-alarm probability {probability:g}: {rate:.5f} ({rate / probability:.2f} of it)")
 

@@ -65,9 +65,9 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 
-from edge.config import Config, ConfigError
-from edge.driver import Driver, RecordPublisher
-from edge.records import Kind
+from lanewatch.edge.bus.driver import Driver, RecordPublisher
+from lanewatch.edge.bus.records import Kind
+from lanewatch.edge.config import Config, ConfigError
 
 log = logging.getLogger("lanewatch.driver.dicos")
 

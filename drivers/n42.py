@@ -7,7 +7,7 @@ SpecUtils (the reference reader of every N42 dialect) into a :class:`PortalFile`
 :class:`N42ReplayDriver` streams it onto the ingest bus sample by sample, paced by the
 samples' real times, exactly as a live driver would publish the portal.
 
-Records published (see :class:`edge.records.Kind`):
+Records published (see :class:`lanewatch.edge.bus.records.Kind`):
 
 * background samples (source type Background, or foreground samples taken while the lane
   is unoccupied): ``GAMMA_BACKGROUND`` with ``counts`` (detectors, K) in cps, and
@@ -44,9 +44,9 @@ from typing import Any, ClassVar
 import numpy as np
 import SpecUtils
 
-from edge.config import Config
-from edge.driver import Driver, RecordPublisher
-from edge.records import Kind
+from lanewatch.edge.bus.driver import Driver, RecordPublisher
+from lanewatch.edge.bus.records import Kind
+from lanewatch.edge.config import Config
 
 log = logging.getLogger("lanewatch.driver.n42")
 

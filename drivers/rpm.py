@@ -9,7 +9,7 @@ The first field is the line type; the rest are counts zero-padded to 6 digits, o
 detector channel, or the type's own fields. :func:`parse_line` turns one line into a
 :class:`ParsedLine`; :class:`RpmDriver` reads lines from any pyserial URL (a serial
 device path, ``socket://host:port``, ``rfc2217://host:port``, ``loop://``), stamps each on
-arrival and publishes it as an :class:`edge.records.Record`.
+arrival and publishes it as an :class:`lanewatch.edge.bus.records.Record`.
 
 Line types and what they become:
 
@@ -72,9 +72,9 @@ from typing import Any, ClassVar
 import numpy as np
 import serial
 
-from edge.config import Config, ConfigError, LaneConfig
-from edge.driver import Driver, RecordPublisher
-from edge.records import Kind
+from lanewatch.edge.bus.driver import Driver, RecordPublisher
+from lanewatch.edge.bus.records import Kind
+from lanewatch.edge.config import Config, ConfigError, LaneConfig
 
 log = logging.getLogger("lanewatch.driver.rpm")
 

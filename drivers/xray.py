@@ -78,9 +78,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import Config, ConfigError
-from edge.driver import Driver, RecordPublisher
-from edge.records import Kind
+from lanewatch.edge.bus.driver import Driver, RecordPublisher
+from lanewatch.edge.bus.records import Kind
+from lanewatch.edge.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 

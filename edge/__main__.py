@@ -1,5 +1,5 @@
 """``python -m edge`` is the ``lanewatch`` command."""
 
-from edge.cli import main
+from lanewatch.edge.commands.cli import main
 
 raise SystemExit(main())

@@ -1,7 +1,7 @@
 """The fusion service: one process, one event loop, every lane.
 
 Loop: records arrive on the ingest SUB socket, are decoded and checked against their
-source's sequence, and go to their :class:`~edge.lane.Lane`. What a lane decides is written
+source's sequence, and go to their :class:`~lanewatch.edge.lane.occupancy.Lane`. What a lane decides is written
 to the journal (durable, fsync'd) and only then published on the alert bus; a decision the
 journal could not take is kept and retried, never published unjournaled and never dropped.
 The same loop answers journal queries, ends overdue occupancies and feeds the systemd
@@ -20,15 +20,16 @@ from typing import Any
 import zmq
 from prometheus_client import CollectorRegistry
 
-from edge import bus, detect
-from edge.alerts import AlertBus
-from edge.config import Config
-from edge.journal import Journal, JournalError
-from edge.lane import Decided, Lane, Provisional
-from edge.metrics import ServiceMetrics, serve_http
-from edge.model import ModelRunner
-from edge.records import DecodeError, decode
-from edge.sdnotify import Notifier
+from lanewatch.edge.bus import ingest
+from lanewatch.edge.bus.records import DecodeError, decode
+from lanewatch.edge.config import Config
+from lanewatch.edge.decisions.alertbus import AlertBus
+from lanewatch.edge.decisions.journal import Journal, JournalError
+from lanewatch.edge.lane import detect
+from lanewatch.edge.lane.occupancy import Decided, Lane, Provisional
+from lanewatch.edge.model.runtime import ModelRunner
+from lanewatch.edge.ops.metrics import ServiceMetrics, serve_http
+from lanewatch.edge.ops.sdnotify import Notifier
 
 log = logging.getLogger("lanewatch.service")
 
@@ -49,7 +50,7 @@ class Service:
         self.metrics = ServiceMetrics(self.registry)
         self.lanes = {lane.id: Lane(lane, config.detection, self.metrics, config.fusion) for lane in config.lanes}
         self.model = ModelRunner(config.model, self.registry)
-        self.sequences = bus.SequenceTracker()
+        self.sequences = ingest.SequenceTracker()
         self.pending: deque[Decided] = deque()
         self.notifier = Notifier.from_env(self.metrics)
         self._http = http
@@ -63,7 +64,8 @@ class Service:
     # ---- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
         """Compile kernels, load the anomaly model, open the journal, bind sockets and the HTTP endpoint, then tell
-        systemd READY. A model file that cannot be used raises :class:`edge.model.ModelError` first."""
+        systemd READY. A model file that cannot be used raises
+        :class:`lanewatch.edge.model.runtime.ModelError` first."""
         t0 = time.perf_counter()
         detect.warm_up()
         log.info("kernels ready in %.1f s", time.perf_counter() - t0)
@@ -72,7 +74,7 @@ class Service:
         self.last_seq = self.journal.last_seq()
         self.journal_ok = self.journal.writable()
         self._ctx = zmq.Context()
-        self.ingest = bus.service_ingest(self._ctx, self.config.bus.ingest)
+        self.ingest = ingest.service_ingest(self._ctx, self.config.bus.ingest)
         self.alerts = AlertBus(self._ctx, self.config.bus.alerts, self.config.bus.query, self.journal, self.metrics)
         self.poller = zmq.Poller()
         self.poller.register(self.ingest, zmq.POLLIN)

@@ -10,7 +10,7 @@ false-alarm probabilities of 1e-12 at means of thousands of counts are exact to 
 Steel in a vehicle adds cosmic-ray spallation neutrons (the He-3 "ship effect"), in bursts, so the
 counts are overdispersed. ``ship_window_null`` gives a window's null count as a negative binomial of
 matched mean and variance: with ``B`` the background count of the window, ``H`` its summed ship
-covariate (suppression above the knee times seconds, see :mod:`edge.detect`), ``rate`` the expected
+covariate (suppression above the knee times seconds, see :mod:`lanewatch.edge.lane.detect`), ``rate`` the expected
 ship counts per unit of covariate, ``rate_relvar`` the relative variance of that rate from vehicle to
 vehicle and ``dispersion`` the variance-to-mean ratio of the bursts::
 

@@ -16,11 +16,11 @@ With no usable flank the level is NaN.
 
 ``softening_covariate_into`` gives, per sample, how shielded its surroundings are (from the plain ratio
 observed/expected over a few samples around it): the covariate of the shape test's correction for the
-way shielding changes the background spectrum (:mod:`kernels.shape`).
+way shielding changes the background spectrum (:mod:`lanewatch.kernels.shape`).
 
 ``span_levels`` gives the plain ratio observed/expected over longer spans (the neutron samples): how
 much background the vehicle blocks there, the covariate of the ship-effect neutron null
-(:mod:`kernels.poisson`).
+(:mod:`lanewatch.kernels.poisson`).
 """
 
 from __future__ import annotations

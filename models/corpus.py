@@ -1,19 +1,20 @@
 """Labelled corpora of occupancies from the lane simulator, as feature vectors and rule outcomes.
 
 One corpus is a list of *chunks*; a chunk is one seeded stream of simulated traffic
-(:class:`drivers.sim.physics.Traffic`) through one lane: 120 s of empty lane to settle the background
+(:class:`lanewatch.drivers.sim.physics.Traffic`) through one lane: 120 s of empty lane to settle the background
 estimator, then vehicles with exponential gaps (mean 20 s) during which the estimator is fed a 1 s
 background reading every 5 s, as a lane feeds it. Each vehicle's counts go through the lane's own code
-path, :func:`edge.detect.analyze` then :func:`edge.decision.build`, and the decision through
-:func:`edge.features.extract`.
+path, :func:`lanewatch.edge.lane.detect.analyze` then :func:`lanewatch.edge.decisions.decision.build`, and the decision
+through
+:func:`lanewatch.edge.model.features.extract`.
 
 Every vehicle is seen by two portals: one measuring the energy windows ``WINDOWS_KEV`` and one
 counting gross only (K = 1). The gross counts are the sum of the windows (they cover the gross range
 30-3000 keV), so both see the same photons. Each portal's decision is taken twice: alone, as at a lane
-without an X-ray scanner, and fused with the vehicle's X-ray scan (:class:`drivers.sim.xray.XrayScanner`
+without an X-ray scanner, and fused with the vehicle's X-ray scan (:class:`lanewatch.drivers.sim.xray.XrayScanner`
 with ``IMAGE_PIXELS`` detector pixels) as at a lane with one: the scan's lines go as the X-ray driver
-publishes them through the lane's :class:`edge.scan.ScanAssembler` (imaging pipeline) and
-:func:`edge.fusion.fuse`, into the decision's ``xray`` section. A model trained on all four works on
+publishes them through the lane's :class:`lanewatch.edge.xray.scan.ScanAssembler` (imaging pipeline) and
+:func:`lanewatch.edge.xray.fusion.fuse`, into the decision's ``xray`` section. A model trained on all four works on
 every kind of lane.
 
 Chunks are independent given their seed, so they run in parallel processes and the result does not
@@ -30,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from edge import decision as decision_mod
-from edge.background import BackgroundEstimator, BackgroundSnapshot
-from edge.config import DetectionConfig
-from edge.detect import analyze
-from edge.features import FeatureError, extract
+from lanewatch.edge.config import DetectionConfig
+from lanewatch.edge.decisions import decision as decision_mod
+from lanewatch.edge.lane.background import BackgroundEstimator, BackgroundSnapshot
+from lanewatch.edge.lane.detect import analyze
+from lanewatch.edge.model.features import FeatureError, extract
 
 WINDOWS_KEV = (30.0, 400.0, 3000.0)
 """Energy window edges (keV) of the windowed portal."""
@@ -56,14 +57,14 @@ WARM_UP_S = 120.0
 
 def benign_mix() -> dict[str, float]:
     """The simulator's traffic mix without threats: empty and loaded vehicles, NORM, medical isotopes."""
-    from drivers.sim.physics import DEFAULT_MIX, SOURCES
+    from lanewatch.drivers.sim.physics import DEFAULT_MIX, SOURCES
 
     return {name: p for name, p in DEFAULT_MIX.items() if SOURCES[name] != "threat"}
 
 
 def threat_mix() -> dict[str, float]:
     """The simulator's threat scenarios, in their default proportions."""
-    from drivers.sim.physics import DEFAULT_MIX, SOURCES
+    from lanewatch.drivers.sim.physics import DEFAULT_MIX, SOURCES
 
     return {name: p for name, p in DEFAULT_MIX.items() if SOURCES[name] == "threat"}
 
@@ -85,7 +86,7 @@ class Corpus:
     features: np.ndarray
     """(rows, N_FEATURES) float32."""
     source: np.ndarray
-    """(rows,) scenario name of each row (:data:`drivers.sim.physics.SOURCES`)."""
+    """(rows,) scenario name of each row (:data:`lanewatch.drivers.sim.physics.SOURCES`)."""
     category: np.ndarray
     """(rows,) benign, norm, medical or threat."""
     variant: np.ndarray
@@ -137,14 +138,14 @@ def _slim(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _record(kind: Any, seq: int, stamp_ns: int, counts: np.ndarray | None = None, **values: Any) -> Any:
-    from edge.records import Record
+    from lanewatch.edge.bus.records import Record
 
     return Record(kind, "sim", "xray", seq, stamp_ns, stamp_ns, counts=counts, values=values)
 
 
 def scan_records(scan: Any, t0_ns: int) -> list[Any]:
-    """The records the X-ray driver publishes for a simulated scan (:class:`drivers.sim.xray.XrayScan`)."""
-    from edge.records import Kind
+    """The records the X-ray driver publishes for a simulated scan (:class:`lanewatch.drivers.sim.xray.XrayScan`)."""
+    from lanewatch.edge.bus.records import Kind
 
     t_ns = t0_ns + np.round(scan.frame_offsets_s() * 1e9).astype(np.int64)
     k = len(scan.dark)
@@ -194,10 +195,10 @@ class _Imager:
     def __init__(self, seed: int, detection: DetectionConfig) -> None:
         from prometheus_client import CollectorRegistry
 
-        from drivers.sim.xray import XrayScanner
-        from edge.config import FusionConfig, LaneConfig
-        from edge.metrics import ServiceMetrics
-        from edge.scan import ScanAssembler
+        from lanewatch.drivers.sim.xray import XrayScanner
+        from lanewatch.edge.config import FusionConfig, LaneConfig
+        from lanewatch.edge.ops.metrics import ServiceMetrics
+        from lanewatch.edge.xray.scan import ScanAssembler
 
         self.scanner = XrayScanner(seed=seed, pixels=IMAGE_PIXELS, lane="sim")
         self.fusion = FusionConfig()
@@ -216,7 +217,7 @@ class _Imager:
 
 def simulate(chunk: Chunk) -> Iterator[tuple[dict[str, Any], str, dict[str, Any]]]:
     """The chunk's vehicles as ``(truth, variant, decision)``, one per vehicle and variant, in order."""
-    from drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, Traffic
+    from lanewatch.drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, Traffic
 
     configs = {
         "windows": DetectionConfig(energy_windows_kev=list(WINDOWS_KEV), occupancy_hold_in_s=HOLD_IN_S),
@@ -241,7 +242,7 @@ def simulate(chunk: Chunk) -> Iterator[tuple[dict[str, Any], str, dict[str, Any]
             analysis = analyze(cfg, background, gamma, passage.neutron, GAMMA_DT_S, NEUTRON_DT_S, passage.speed_kmh)
             seen = [(portal, analysis, None)]
             if scan is not None:
-                from edge.fusion import fuse
+                from lanewatch.edge.xray.fusion import fuse
 
                 fused = fuse(analysis, scan, imager.fusion, cfg)
                 seen.append((f"{portal}+image", {**analysis, "alarms": fused.alarms}, fused.xray))
@@ -269,7 +270,7 @@ def simulate(chunk: Chunk) -> Iterator[tuple[dict[str, Any], str, dict[str, Any]
 
 def run_chunk(chunk: Chunk) -> tuple[np.ndarray, list[str], list[str], list[str], list[dict[str, Any]]]:
     """Simulate one chunk; returns its features, sources, categories, variants and slim decisions."""
-    from drivers.sim.physics import SOURCES
+    from lanewatch.drivers.sim.physics import SOURCES
 
     rows: list[np.ndarray] = []
     sources: list[str] = []

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.mixture import Mixture
+from lanewatch.models.mixture import Mixture
 
 OPSET = 17
 IR_VERSION = 8

@@ -7,7 +7,7 @@ covariance Gaussians is started from k-means++ centres (seeded) and refined by e
 with ``reg`` added to every covariance's diagonal. The anomaly statistic is the negative log-likelihood
 of ``u`` (nats): low for traffic like the training corpus, high for what it never saw.
 
-:func:`nll` is the plain-numpy scorer; the ONNX graph (:mod:`models.export`) computes the same numbers.
+:func:`nll` is the plain-numpy scorer; the ONNX graph (:mod:`lanewatch.models.export`) computes the same numbers.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 ::
 
-    python -m models.train                       # the shipped model: models/anomaly.onnx
+    python -m lanewatch.models.train                       # the shipped model: models/anomaly.onnx
     lanewatch model train --out /tmp/m.onnx --train-vehicles 2000 --calibration-vehicles 1000
 
 Steps: simulate a training corpus and a separate calibration corpus of ordinary traffic (benign loads,
-NORM, medical isotopes; never a threat) with :mod:`models.corpus`; fit the Gaussian mixture
-(:mod:`models.mixture`) to the training rows; calibrate its score per mode on the calibration rows;
-write the ONNX graph (:mod:`models.export`) with its provenance in the model's metadata.
+NORM, medical isotopes; never a threat) with :mod:`lanewatch.models.corpus`; fit the Gaussian mixture
+(:mod:`lanewatch.models.mixture`) to the training rows; calibrate its score per mode on the calibration rows;
+write the ONNX graph (:mod:`lanewatch.models.export`) with its provenance in the model's metadata.
 
 Seeds: chunk ``i`` of the training corpus uses seed ``SEED_STRIDE * seed + i``, of the calibration
 corpus ``SEED_STRIDE * seed + CALIBRATION_OFFSET + i``. Evaluation (``benchmarks/model.py``) uses seeds
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from edge import features
-from models import corpus, export, mixture
+from lanewatch.edge.model import features
+from lanewatch.models import corpus, export, mixture
 
 log = logging.getLogger("lanewatch.model.train")
 
@@ -147,7 +147,7 @@ def train(
         "lanewatch.corpus_sha256": digest,
         "lanewatch.corpus": json.dumps(
             {
-                "generator": "models.corpus (drivers.sim.physics.Traffic, benign mix: no threats)",
+                "generator": "lanewatch.models.corpus (lanewatch.drivers.sim.physics.Traffic, benign mix: no threats)",
                 "energy_windows_kev": list(corpus.WINDOWS_KEV),
                 "variants": sorted(set(train_set.variant.tolist())),
                 "image_pixels": corpus.IMAGE_PIXELS if images else None,
@@ -193,7 +193,7 @@ def _combined_digest(*sets: corpus.Corpus) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m models.train`` and ``lanewatch model train``."""
+    """Options of ``python -m lanewatch.models.train`` and ``lanewatch model train``."""
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"model file to write (default {DEFAULT_OUT})")
     parser.add_argument("--seed", type=int, default=1, help="training seed (default 1)")
     parser.add_argument("--train-vehicles", type=int, default=8000, help="ordinary vehicles to train on (default 8000)")
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lanewatch.models.train", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     logging.basicConfig(level=logging.INFO)
     return run(parser.parse_args(argv))

@@ -11,12 +11,12 @@ from collections.abc import Callable
 import zmq
 from prometheus_client import CollectorRegistry
 
-from edge import bus
-from edge.config import Config
-from edge.driver import RecordPublisher
-from edge.metrics import DriverMetrics
-from edge.records import Record, decode
-from edge.service import Service
+from lanewatch.edge.bus import ingest
+from lanewatch.edge.bus.driver import RecordPublisher
+from lanewatch.edge.bus.records import Record, decode
+from lanewatch.edge.config import Config
+from lanewatch.edge.ops.metrics import DriverMetrics
+from lanewatch.edge.service import Service
 
 TIMEOUT_S = 5.0
 
@@ -34,11 +34,11 @@ class IngestBus:
     def __init__(self, lane: str, source: str, registry: CollectorRegistry) -> None:
         self.ctx = zmq.Context()
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self.sub = bus.service_ingest(self.ctx, self.endpoint)
-        self.pub = bus.driver_publisher(self.ctx, self.endpoint)
+        self.sub = ingest.service_ingest(self.ctx, self.endpoint)
+        self.pub = ingest.driver_publisher(self.ctx, self.endpoint)
         self.pub.setsockopt(zmq.LINGER, 0)
         deadline = time.monotonic() + TIMEOUT_S
-        while not bus.wait_for_subscriber(self.pub, 0.02):  # a bound SUB attaches a peer only when used
+        while not ingest.wait_for_subscriber(self.pub, 0.02):  # a bound SUB attaches a peer only when used
             assert self.sub.poll(0) == 0 and time.monotonic() < deadline, "the SUB never subscribed"
         self.publisher = RecordPublisher(self.pub, lane, source, DriverMetrics(registry))
         self.records: list[Record] = []

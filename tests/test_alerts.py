@@ -19,12 +19,12 @@ import zmq
 from prometheus_client import CollectorRegistry
 from test_journal import make_decision
 
-from edge import console
-from edge.alerts import MAX_REPLY_BYTES, AlertBus, AlertBusError
-from edge.config import BusConfig, Config
-from edge.journal import Journal
-from edge.metrics import ServiceMetrics
-from edge.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
+from lanewatch.edge.commands import alerts
+from lanewatch.edge.config import BusConfig, Config
+from lanewatch.edge.decisions.alertbus import MAX_REPLY_BYTES, AlertBus, AlertBusError
+from lanewatch.edge.decisions.journal import Journal
+from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
+from lanewatch.edge.ops.metrics import ServiceMetrics
 
 WAIT_S = 10.0
 """Upper bound of every wait in these tests; reaching it is a failure, never a pass."""
@@ -374,7 +374,9 @@ def test_malformed_queries_get_an_error_and_the_server_goes_on(
         answer = json.loads(reply[-1])
         assert answer["ok"] is False and error in answer["error"], answer
         assert service.gauge("lanewatch_journal_queries_total", {"op": "invalid"}) == 1
-        assert any(error in r.getMessage() and r.name == "edge.alerts" for r in caplog.records), "logged"
+        assert any(error in r.getMessage() and r.name == "lanewatch.edge.decisions.alertbus" for r in caplog.records), (
+            "logged"
+        )
         sock.send(b'{"op": "last"}')
         assert sock.poll(int(WAIT_S * 1000)), "the server stopped answering"
         answer = json.loads(sock.recv())
@@ -435,38 +437,37 @@ def alarm_decision() -> dict[str, Any]:
 
 
 def test_format_row_shows_the_evidence() -> None:
-    row = console.format_row(alarm_decision(), color=False)
+    row = alerts.format_row(alarm_decision(), color=False)
     assert row.split()[:5] == ["17", "2024-05-01", "12:03:04", "lane-3", "ALARM"]
     assert "CLEAR" in row and "\x1b[" not in row
     reasons = row.split("CLEAR", 1)[1].strip()
     assert reasons == "gamma-matched 7.21 > 4.81 at 3.5 m; tamper; gamma-norm 3.2 > 2.9 at 1.0 m released"
-    assert len(console.header()) <= len(row)
-    assert console.header().index("REASONS") == row.index("gamma-matched")
-    colored = console.format_row(alarm_decision(), color=True)
-    assert console.COLORS["ALARM"] in colored and console.COLORS["CLEAR"] in colored
+    assert len(alerts.header()) <= len(row)
+    assert alerts.header().index("REASONS") == row.index("gamma-matched")
+    colored = alerts.format_row(alarm_decision(), color=True)
+    assert alerts.COLORS["ALARM"] in colored and alerts.COLORS["CLEAR"] in colored
     assert (
-        colored.replace(console.COLORS["ALARM"], "").replace(console.COLORS["CLEAR"], "").replace(console.RESET, "")
-        == row
+        colored.replace(alerts.COLORS["ALARM"], "").replace(alerts.COLORS["CLEAR"], "").replace(alerts.RESET, "") == row
     ), "colour adds escapes only"
     incomplete = dict(make_decision(1, verdict="INCOMPLETE"), seq=2, end_reason="timeout")
-    assert console.format_row(incomplete, color=False).endswith(
+    assert alerts.format_row(incomplete, color=False).endswith(
         "INCOMPLETE   CLEAR       ended by timeout; gamma 3.5 <= 4.8 at 3.1 m; neutron 1 <= 7"
     )
     clear = dict(make_decision(1), seq=3, alarms=[])
-    assert console.format_row(clear, color=False).endswith("CLEAR       -")
+    assert alerts.format_row(clear, color=False).endswith("CLEAR       -")
 
 
 def test_format_provisional_is_distinct() -> None:
     alarm = {"lane": "lane-3", "occupancy_id": "lane-3-99", "reason": "neutron", "statistic": 15, "threshold": 7}
-    line = console.format_provisional({**alarm, "time": "2024-05-01T12:00:00Z"}, color=False)
+    line = alerts.format_provisional({**alarm, "time": "2024-05-01T12:00:00Z"}, color=False)
     assert line.split()[:5] == ["~", "2024-05-01", "12:00:00", "lane-3", "PROVISIONAL"]
     assert line.endswith("neutron 15 > 7  (occupancy lane-3-99)")
-    assert console.COLORS["PROVISIONAL"] in console.format_provisional(alarm, color=True)
+    assert alerts.COLORS["PROVISIONAL"] in alerts.format_provisional(alarm, color=True)
 
 
 def console_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    console.add_arguments(parser)
+    alerts.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -476,22 +477,22 @@ def bus_config(loop: ServiceLoop) -> Config:
 
 def test_console_jsonl_round_trips(service: ServiceLoop, capsys: pytest.CaptureFixture[str]) -> None:
     stored = [service.append(make_decision(i, lane=f"L{i % 2}")) for i in range(5)]
-    assert console.run(console_args("--since", "0", "--format", "jsonl"), bus_config(service)) == 0
+    assert alerts.run(console_args("--since", "0", "--format", "jsonl"), bus_config(service)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line) for line in lines] == stored
-    assert console.run(console_args("--format", "jsonl", "--lane", "L1", "--last", "1"), bus_config(service)) == 0
+    assert alerts.run(console_args("--format", "jsonl", "--lane", "L1", "--last", "1"), bus_config(service)) == 0
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [stored[3]]
 
 
 def test_console_table_with_filters(service: ServiceLoop, capsys: pytest.CaptureFixture[str]) -> None:
     for i in range(6):
         service.append(make_decision(i, verdict="ALARM" if i in (1, 4) else "CLEAR"))
-    assert console.run(console_args("--since", "0", "--verdict", "alarm"), bus_config(service)) == 0
+    assert alerts.run(console_args("--since", "0", "--verdict", "alarm"), bus_config(service)) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == console.header(color=False)
+    assert out[0] == alerts.header(color=False)
     assert [line.split()[0] for line in out[1:]] == ["2", "5"]
     assert all("ALARM" in line and "\x1b[" not in line for line in out[1:])
-    assert console.run(console_args("--last", "2"), bus_config(service)) == 0
+    assert alerts.run(console_args("--last", "2"), bus_config(service)) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["5", "6"]
 
 
@@ -505,12 +506,13 @@ def test_console_follow_prints_new_decisions(service: ServiceLoop, tmp_path: Pat
     config.write_text(f'[bus]\nalerts = "{service.alerts}"\nquery = "{service.query}"\n')
     script = (
         "import argparse, sys\n"
-        "from edge import config, console\n"
+        "from lanewatch.edge import config\n"
+        "from lanewatch.edge.commands import alerts\n"
         "parser = argparse.ArgumentParser()\n"
         "parser.add_argument('--config')\n"
-        "console.add_arguments(parser)\n"
+        "alerts.add_arguments(parser)\n"
         "args = parser.parse_args()\n"
-        "sys.exit(console.run(args, config.load(args.config)))\n"
+        "sys.exit(alerts.run(args, config.load(args.config)))\n"
     )
     argv = ["--config", str(config), "--follow", "--format", "jsonl", "--last", "1"]
     proc = subprocess.Popen([sys.executable, "-c", script, *argv], stdout=subprocess.PIPE, text=True)
@@ -528,18 +530,18 @@ def test_console_follow_prints_new_decisions(service: ServiceLoop, tmp_path: Pat
 
 
 def test_console_says_when_the_service_is_not_running(ctx: zmq.Context, capsys: pytest.CaptureFixture[str]) -> None:
-    with socket_on_free_port(ctx) as (alerts, query):
-        config = dataclasses.replace(Config(), bus=BusConfig(alerts=alerts, query=query), source="site.toml")
-        assert console.run(console_args("--follow", "--timeout", "0.3"), config) == 1
+    with socket_on_free_port(ctx) as (alerts_endpoint, query):
+        config = dataclasses.replace(Config(), bus=BusConfig(alerts=alerts_endpoint, query=query), source="site.toml")
+        assert alerts.run(console_args("--follow", "--timeout", "0.3"), config) == 1
         out, err = capsys.readouterr()
         assert query in err and "is the service running" in err and "site.toml" in err
         assert out == "", "no table header for a table that cannot come"
-        assert console.run(console_args("--since", "0", "--timeout", "0.3"), config) == 1
+        assert alerts.run(console_args("--since", "0", "--timeout", "0.3"), config) == 1
 
 
 def test_reasons_read_as_an_operator_would() -> None:
     shape = {"reason": "gamma-shape", "statistic": -7.49, "threshold": 5.42, "direction": "harder", "location_m": 5.8}
-    assert console.format_reason(shape) == "gamma-shape harder |-7.49| > 5.42 at 5.8 m"
+    assert alerts.format_reason(shape) == "gamma-shape harder |-7.49| > 5.42 at 5.8 m"
     released = {
         "reason": "gamma",
         "statistic": 23.1,
@@ -548,6 +550,6 @@ def test_reasons_read_as_an_operator_would() -> None:
         "released_as": "norm-consistent",
         "location_m": 6.2,
     }
-    assert console.format_reason(released) == "gamma 23.1 > 4.79 at 6.2 m released as norm-consistent"
+    assert alerts.format_reason(released) == "gamma 23.1 > 4.79 at 6.2 m released as norm-consistent"
     norm = {"reason": "norm-consistent", "statistic": 12.5, "threshold": 1.0, "alarm": False, "extent": 0.83}
-    assert console.format_reason(norm) == "norm-consistent: harder than background, spread over 83% of the vehicle"
+    assert alerts.format_reason(norm) == "norm-consistent: harder than background, spread over 83% of the vehicle"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge import config
-from edge.config import Config, ConfigError
+from lanewatch.edge import config
+from lanewatch.edge.config import Config, ConfigError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

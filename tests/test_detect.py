@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import detect
-from edge.background import BackgroundEstimator, BackgroundSnapshot
-from edge.config import DetectionConfig
-from edge.detect import OccupancyAnalyzer, analyze, warm_up
+from lanewatch.edge.config import DetectionConfig
+from lanewatch.edge.lane import detect
+from lanewatch.edge.lane.background import BackgroundEstimator, BackgroundSnapshot
+from lanewatch.edge.lane.detect import OccupancyAnalyzer, analyze, warm_up
 
 DT = 0.2
 GAMMA_CPS = np.array([[150.0, 80.0], [160.0, 85.0], [145.0, 78.0], [155.0, 82.0]])
@@ -394,7 +394,7 @@ def test_estimator_refuses_malformed_readings() -> None:
 def test_real_portal_file_without_background(shared_data: Path) -> None:
     """The real spectroscopic portal occupancy (N42.42, 8 detectors, 0.25 s samples, no background
     sample): the background comes from the occupancy, and the source passing shows where the counts peak."""
-    from drivers.n42 import load_portal, window_bounds, window_counts
+    from lanewatch.drivers.n42 import load_portal, window_bounds, window_counts
 
     portal = load_portal(shared_data / "n42" / "spectroscopic_portal_passthrough.n42")
     bounds = window_bounds(portal.energy_edges_kev, CFG.energy_windows_kev)

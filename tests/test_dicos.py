@@ -1,4 +1,4 @@
-"""DICOS import: the real sample files, refused inputs, and the drop-directory watcher on a real bus."""
+"""DICOS import: the real sample files, refused inputs, and the drop-directory watcher on a real ingest."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
-from drivers.dicos import DicosDriver, DicosDropWatcher, DicosError, publish_scan, read_dicos
-from edge import bus
-from edge.driver import RecordPublisher, load_driver
-from edge.metrics import DriverMetrics
-from edge.records import Kind, Record, decode
-from kernels import imaging as im
+from lanewatch.drivers.dicos import DicosDriver, DicosDropWatcher, DicosError, publish_scan, read_dicos
+from lanewatch.edge.bus import ingest
+from lanewatch.edge.bus.driver import RecordPublisher, load_driver
+from lanewatch.edge.bus.records import Kind, Record, decode
+from lanewatch.edge.ops.metrics import DriverMetrics
+from lanewatch.kernels import imaging as im
 
 REPO = Path(__file__).resolve().parents[1]
 LANE = "lane-7"
@@ -85,7 +85,7 @@ def test_presentation_dx_without_a_jpeg_decoder_is_refused_naming_the_codec(dico
         "import sys\n"
         "sys.modules['gdcm'] = None\n"
         "sys.modules['pylibjpeg'] = None\n"
-        "from drivers.dicos import DicosError, read_dicos\n"
+        "from lanewatch.drivers.dicos import DicosError, read_dicos\n"
         "try:\n"
         "    read_dicos(sys.argv[1])\n"
         "except DicosError as exc:\n"
@@ -201,11 +201,11 @@ class Bus:
     def __init__(self) -> None:
         self.ctx = zmq.Context()
         self.sub = _service_sub(self.ctx)
-        self.pub = bus.driver_publisher(self.ctx, self.sub.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.pub = ingest.driver_publisher(self.ctx, self.sub.getsockopt_string(zmq.LAST_ENDPOINT))
         self.pub.setsockopt(zmq.LINGER, 0)
         deadline = time.monotonic() + 5.0
         # The bound SUB sends its subscription only once it is used, so poll it while waiting.
-        while not bus.wait_for_subscriber(self.pub, 0.02):
+        while not ingest.wait_for_subscriber(self.pub, 0.02):
             if self.sub.poll(0) or time.monotonic() > deadline:
                 self.close()
                 raise AssertionError("the SUB never subscribed")
@@ -238,7 +238,7 @@ def _service_sub(ctx: zmq.Context) -> zmq.Socket:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    return bus.service_ingest(ctx, f"tcp://127.0.0.1:{port}")
+    return ingest.service_ingest(ctx, f"tcp://127.0.0.1:{port}")
 
 
 @pytest.fixture
@@ -378,7 +378,7 @@ def test_driver_health_reports_the_watch(tmp_path: Path, zbus: Bus) -> None:
         DicosDriver(zbus.publisher, watch=str(tmp_path), file="x.dcs")
 
 
-CLI = [sys.executable, "-m", "edge", "driver", "dicos", "--lane", LANE]
+CLI = [sys.executable, "-m", "lanewatch.edge", "driver", "dicos", "--lane", LANE]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

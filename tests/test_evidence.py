@@ -23,18 +23,19 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from benchmarks.fusion import LaneFeed, passage_records
-from drivers.dicos import publish_scan, read_dicos
-from drivers.sim.physics import HOLD_IN_S, Traffic
-from drivers.sim.xray import XrayScanner
-from edge import bus, evidence
-from edge.config import DetectionConfig, LaneConfig, parse
-from edge.demo import free_ports
-from edge.driver import RecordPublisher
-from edge.journal import Journal
-from edge.lane import Decided, Lane
-from edge.metrics import DriverMetrics, ServiceMetrics
-from edge.records import decode
-from edge.service import Service
+from lanewatch.drivers.dicos import publish_scan, read_dicos
+from lanewatch.drivers.sim.physics import HOLD_IN_S, Traffic
+from lanewatch.drivers.sim.xray import XrayScanner
+from lanewatch.edge.bus import ingest
+from lanewatch.edge.bus.driver import RecordPublisher
+from lanewatch.edge.bus.records import decode
+from lanewatch.edge.commands import evidence
+from lanewatch.edge.commands.demo import free_ports
+from lanewatch.edge.config import DetectionConfig, LaneConfig, parse
+from lanewatch.edge.decisions.journal import Journal
+from lanewatch.edge.lane.occupancy import Decided, Lane
+from lanewatch.edge.ops.metrics import DriverMetrics, ServiceMetrics
+from lanewatch.edge.service import Service
 
 WINDOWS = [30.0, 400.0, 3000.0]
 SEED = 8
@@ -69,7 +70,11 @@ def journal_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _evidence(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge", "evidence", *args], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "lanewatch.edge", "evidence", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -169,10 +174,10 @@ def test_evidence_of_a_scan_without_an_occupancy(tmp_path: Path, shared_data: Pa
         sub = ctx.socket(zmq.SUB)
         port = sub.bind_to_random_port("tcp://127.0.0.1")
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        pub = bus.driver_publisher(ctx, f"tcp://127.0.0.1:{port}")
+        pub = ingest.driver_publisher(ctx, f"tcp://127.0.0.1:{port}")
         for _ in range(100):  # a socket takes in its new peer when it is used: poll the SUB while waiting
             sub.poll(0)
-            if bus.wait_for_subscriber(pub, 0.05):
+            if ingest.wait_for_subscriber(pub, 0.05):
                 break
         else:
             pytest.fail("the subscription never reached the publisher")

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge import features
-from edge.features import FEATURE_NAMES, FeatureError, extract
-from models import corpus
+from lanewatch.edge.model import features
+from lanewatch.edge.model.features import FEATURE_NAMES, FeatureError, extract
+from lanewatch.models import corpus
 
 CARD = Path(__file__).resolve().parents[1] / "models" / "README.md"
 

@@ -25,21 +25,21 @@ from prometheus_client import CollectorRegistry
 from scipy import ndimage
 from support import Running
 
-from drivers.dicos import publish_scan, read_dicos
-from drivers.sim.lane import LaneSimulator
-from drivers.sim.physics import HOLD_IN_S, Passage, Traffic
-from drivers.sim.xray import XrayScan, XrayScanner, XraySimulator
-from drivers.xray import XrayDriver
-from edge import bus
-from edge.config import Config, FusionConfig, parse
-from edge.demo import free_ports
-from edge.driver import RecordPublisher, load_driver
-from edge.fusion import register
-from edge.metrics import DriverMetrics
-from edge.records import Kind
-from edge.subscriber import AlertSubscriber
-from kernels.fusion import cell_sums, cell_sums_ref, label4, label4_ref, opening_rows, opening_rows_ref
-from kernels.imaging import AIR
+from lanewatch.drivers.dicos import publish_scan, read_dicos
+from lanewatch.drivers.sim.lane import LaneSimulator
+from lanewatch.drivers.sim.physics import HOLD_IN_S, Passage, Traffic
+from lanewatch.drivers.sim.xray import XrayScan, XrayScanner, XraySimulator
+from lanewatch.drivers.xray import XrayDriver
+from lanewatch.edge.bus import ingest
+from lanewatch.edge.bus.driver import RecordPublisher, load_driver
+from lanewatch.edge.bus.records import Kind
+from lanewatch.edge.commands.demo import free_ports
+from lanewatch.edge.config import Config, FusionConfig, parse
+from lanewatch.edge.decisions.subscriber import AlertSubscriber
+from lanewatch.edge.ops.metrics import DriverMetrics
+from lanewatch.edge.xray.fusion import register
+from lanewatch.kernels.imaging import AIR
+from lanewatch.kernels.morphology import cell_sums, cell_sums_ref, label4, label4_ref, opening_rows, opening_rows_ref
 
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True)
 
@@ -165,8 +165,8 @@ def _config(tmp_path: Path, lanes: str, fusion: str = "") -> Config:
 
 
 def _publisher(ctx: zmq.Context, config: Config, lane: str, source: str) -> RecordPublisher:
-    sock = bus.driver_publisher(ctx, config.bus.ingest)
-    assert bus.wait_for_subscriber(sock, 10.0), "the service did not subscribe"
+    sock = ingest.driver_publisher(ctx, config.bus.ingest)
+    assert ingest.wait_for_subscriber(sock, 10.0), "the service did not subscribe"
     return RecordPublisher(sock, lane, source, DriverMetrics(CollectorRegistry()))
 
 
@@ -429,11 +429,11 @@ FRAME = (600, 601, 20, 39)  # 24 mm along (one cell), 200 mm down, 1.2 cm of lea
 def _bulk_scan_with(objects: list[tuple[int, int, int, int, float]]) -> Any:
     """A dual-energy scan (12 mm lines, 10 mm pixels) of 40 cm of water over lines 50..749, with lead
     ``(first line, last line, first pixel, last pixel, cm)`` in it, through the service's scan assembler."""
-    from edge.config import DetectionConfig, LaneConfig
-    from edge.metrics import ServiceMetrics
-    from edge.records import Record
-    from edge.scan import ScanAssembler
-    from kernels import imaging as im
+    from lanewatch.edge.bus.records import Record
+    from lanewatch.edge.config import DetectionConfig, LaneConfig
+    from lanewatch.edge.ops.metrics import ServiceMetrics
+    from lanewatch.edge.xray.scan import ScanAssembler
+    from lanewatch.kernels import imaging as im
 
     lines, pixels = 800, 64
     dark, air = np.full((2, pixels), 800.0), np.full((2, pixels), 30000.0)
@@ -483,8 +483,9 @@ def _spread_excess(released: bool) -> dict[str, Any]:
 
 
 def test_a_thin_frame_seen_edge_on_is_not_a_shield_whatever_its_area() -> None:
-    from edge.config import DetectionConfig
-    from edge.fusion import SHIELD_MIN_SIZE_MM, fuse
+    from lanewatch.edge.config import DetectionConfig
+    from lanewatch.edge.xray.fusion import fuse
+    from lanewatch.edge.xray.image import SHIELD_MIN_SIZE_MM
 
     scan = _bulk_scan_with([(*LEAD_BLOCK, 2.0), (*FRAME, 1.2)])
     cfg = FusionConfig()
@@ -505,8 +506,8 @@ def test_a_thin_frame_seen_edge_on_is_not_a_shield_whatever_its_area() -> None:
 
 
 def test_an_excess_released_as_norm_is_no_hotspot_to_pair_a_shield_with() -> None:
-    from edge.config import DetectionConfig
-    from edge.fusion import fuse
+    from lanewatch.edge.config import DetectionConfig
+    from lanewatch.edge.xray.fusion import fuse
 
     scan = _bulk_scan_with([(*LEAD_BLOCK, 2.0)])
     fused = fuse(_spread_excess(released=True), scan, FusionConfig(), DetectionConfig())

@@ -1,6 +1,6 @@
 """Imaging kernels: every Numba kernel against its numpy twin on random inputs, and known images.
 
-The phantoms are built from the reference materials' NIST XCOM attenuation (kernels.imaging's
+The phantoms are built from the reference materials' NIST XCOM attenuation (lanewatch.kernels.imaging's
 table) through the forward model, so a known thickness of lead must come out as high-Z.
 """
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import ndimage
 
-from kernels import imaging as im
+from lanewatch.kernels import imaging as im
 
 PROPERTY = settings(max_examples=120, deadline=None, derandomize=True)
 PARAMS = im.ImagingParams()

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edge.journal import SCHEMA_VERSION, Journal, JournalError, utc_text
-from edge.metrics import ServiceMetrics
+from lanewatch.edge.decisions.journal import SCHEMA_VERSION, Journal, JournalError, utc_text
+from lanewatch.edge.ops.metrics import ServiceMetrics
 
 
 def make_decision(i: int, lane: str = "L1", verdict: str = "CLEAR", profile_len: int = 20) -> dict[str, Any]:
@@ -220,7 +220,7 @@ WRITER_SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, sys.argv[2])
     from test_journal import make_decision
-    from edge.journal import Journal
+    from lanewatch.edge.decisions.journal import Journal
     journal = Journal(sys.argv[1])
     i = int(sys.argv[4])
     while True:
@@ -281,7 +281,7 @@ FULL_DISK_SCRIPT = textwrap.dedent(
     import resource, signal, sys
     sys.path.insert(0, sys.argv[2])
     from test_journal import make_decision
-    from edge.journal import Journal, JournalError
+    from lanewatch.edge.decisions.journal import Journal, JournalError
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit, write() fails with EFBIG
     journal = Journal(sys.argv[1])
     limit = int(sys.argv[3])

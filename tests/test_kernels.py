@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from kernels import baseline, locate, matched, poisson, shape, suppression
+from lanewatch.kernels import baseline, locate, matched, poisson, shape, suppression
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

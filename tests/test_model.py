@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edge import features
-from edge.config import SHIPPED_MODEL, ModelConfig, parse
-from edge.model import ModelError, ModelRunner, apply_policy, load
-from models import export, mixture, train
+from lanewatch.edge.config import SHIPPED_MODEL, ModelConfig, parse
+from lanewatch.edge.model import features
+from lanewatch.edge.model.runtime import ModelError, ModelRunner, apply_policy, load
+from lanewatch.models import export, mixture, train
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_MODEL_BYTES = 5 << 20
@@ -82,7 +82,7 @@ def test_shipped_model_orders_benign_below_anomalous(shipped: Any) -> None:
 
 def test_shipped_model_scores_simulated_traffic_in_order(shipped: Any) -> None:
     """Held-out simulated vehicles: ordinary ones mostly below 2, strong unshielded threats above."""
-    from models import corpus
+    from lanewatch.models import corpus
 
     ordinary = corpus.build(corpus.chunks([train.HELD_OUT_BASE + 1], 40, corpus.benign_mix()))
     threats = corpus.build(corpus.chunks([train.HELD_OUT_BASE + 2], 40, {"cs137": 1.0, "co60": 1.0}))
@@ -239,14 +239,16 @@ def _wider_model(src: Path, dst: Path) -> None:
 
 def test_model_check_command(tiny: Path, tmp_path: Path) -> None:
     ok = subprocess.run(
-        [sys.executable, "-m", "edge", "model", "check", str(tiny), "--json"], capture_output=True, text=True
+        [sys.executable, "-m", "lanewatch.edge", "model", "check", str(tiny), "--json"], capture_output=True, text=True
     )
     assert ok.returncode == 0, ok.stderr
     info = json.loads(ok.stdout)
     assert info["schema"] == features.SCHEMA_VERSION and info["seed"] == "7" and info["inference_p99_us"] > 0
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(tiny.read_bytes()[:-100])
-    refused = subprocess.run([sys.executable, "-m", "edge", "model", "check", str(bad)], capture_output=True, text=True)
+    refused = subprocess.run(
+        [sys.executable, "-m", "lanewatch.edge", "model", "check", str(bad)], capture_output=True, text=True
+    )
     assert refused.returncode == 1 and "refused" in refused.stderr and str(bad) in refused.stderr
 
 
@@ -313,7 +315,7 @@ def test_norm_release_is_recommended_only_when_the_model_agrees() -> None:
 @pytest.fixture(scope="module")
 def benign_decision() -> dict[str, Any]:
     """One ordinary vehicle's decision (energy windows), from the corpus generator."""
-    from models import corpus
+    from lanewatch.models import corpus
 
     chunk = corpus.Chunk(train.HELD_OUT_BASE + 3, 1, {"none": 1.0})
     return next(record for _, variant, record in corpus.simulate(chunk) if variant == "windows") | {"lane": "t"}
@@ -383,7 +385,7 @@ def test_service_refuses_to_start_with_a_bad_model(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x01garbage")
     proc = subprocess.run(
-        [sys.executable, "-m", "edge", "run", "--config", str(_service_config(tmp_path, bad))],
+        [sys.executable, "-m", "lanewatch.edge", "run", "--config", str(_service_config(tmp_path, bad))],
         capture_output=True,
         text=True,
         timeout=120,
@@ -393,7 +395,7 @@ def test_service_refuses_to_start_with_a_bad_model(tmp_path: Path) -> None:
 
 
 def _service_config(tmp_path: Path, model: Path) -> Path:
-    from edge.demo import free_ports
+    from lanewatch.edge.commands.demo import free_ports
 
     ingest, alerts, query, http = free_ports(4)
     path = tmp_path / "lanewatch.toml"
@@ -425,13 +427,13 @@ def test_sighup_reloads_the_model_without_losing_an_occupancy(tiny: Path, tmp_pa
     Every occupancy sent is decided, each by the model in place when it ended."""
     import zmq
 
-    from drivers.sim.physics import GAMMA_DT_S, NEUTRON_DT_S, Traffic
-    from edge import bus
-    from edge.config import load as load_config
-    from edge.driver import RecordPublisher
-    from edge.metrics import DriverMetrics
-    from edge.records import Kind
-    from edge.subscriber import AlertSubscriber
+    from lanewatch.drivers.sim.physics import GAMMA_DT_S, NEUTRON_DT_S, Traffic
+    from lanewatch.edge.bus import ingest
+    from lanewatch.edge.bus.driver import RecordPublisher
+    from lanewatch.edge.bus.records import Kind
+    from lanewatch.edge.config import load as load_config
+    from lanewatch.edge.decisions.subscriber import AlertSubscriber
+    from lanewatch.edge.ops.metrics import DriverMetrics
 
     live = tmp_path / "live.onnx"
     shutil.copy(tiny, live)
@@ -439,16 +441,16 @@ def test_sighup_reloads_the_model_without_losing_an_occupancy(tiny: Path, tmp_pa
     config = load_config(config_path)
     log = open(tmp_path / "service.log", "wb")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "--log-level", "INFO", "run", "--config", str(config_path)],
+        [sys.executable, "-m", "lanewatch.edge", "--log-level", "INFO", "run", "--config", str(config_path)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     ctx = zmq.Context()
-    sock = bus.driver_publisher(ctx, config.bus.ingest)
+    sock = ingest.driver_publisher(ctx, config.bus.ingest)
     sub = None
     try:
-        assert bus.wait_for_subscriber(sock, 120.0), "service did not subscribe"
+        assert ingest.wait_for_subscriber(sock, 120.0), "service did not subscribe"
         pub = RecordPublisher(sock, "lane1", "rpm", DriverMetrics(CollectorRegistry()))
         sub = AlertSubscriber(ctx, config.bus.alerts, config.bus.query, since=0)
         traffic = Traffic(21, windows_kev=[30.0, 400.0, 3000.0], mix={"none": 1.0})

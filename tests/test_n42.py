@@ -1,4 +1,4 @@
-"""The N42.42 replay driver: reading real portal files and streaming them over the real ingest bus."""
+"""The N42.42 replay driver: reading real portal files and streaming them over the real ingest ingest."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ import SpecUtils
 import zmq
 from prometheus_client import CollectorRegistry
 
-from drivers.n42 import MPS_TO_KMH, N42Error, N42ReplayDriver, PortalFile, load_portal
-from edge import bus
-from edge.config import parse
-from edge.driver import RecordPublisher, load_driver
-from edge.metrics import DriverMetrics
-from edge.records import Kind, Record, decode
+from lanewatch.drivers.n42 import MPS_TO_KMH, N42Error, N42ReplayDriver, PortalFile, load_portal
+from lanewatch.edge.bus import ingest as bus
+from lanewatch.edge.bus.driver import RecordPublisher, load_driver
+from lanewatch.edge.bus.records import Kind, Record, decode
+from lanewatch.edge.config import parse
+from lanewatch.edge.ops.metrics import DriverMetrics
 
 PORTAL_FILE = "spectroscopic_portal_passthrough.n42"
 GAMMA_SUM = 600266

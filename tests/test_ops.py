@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edge import config as config_module
-from edge import deploy, status
-from edge.metrics import DriverMetrics, ModelMetrics, ServiceMetrics, serve_http
+from lanewatch.edge import config as config_module
+from lanewatch.edge.ops import status, units
+from lanewatch.edge.ops.metrics import DriverMetrics, ModelMetrics, ServiceMetrics, serve_http
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
@@ -60,9 +60,9 @@ def run_tool(*argv: str, check: bool = True, cwd: Path | None = None) -> subproc
 def install(tmp_path: Path, *extra: str) -> tuple[int, Path]:
     """Run install-units into ``tmp_path`` as a root; (exit status, unit directory)."""
     parser = argparse.ArgumentParser()
-    deploy.add_arguments(parser)
-    args = parser.parse_args(["--prefix", str(tmp_path), "--exec", deploy.default_exec(), *extra])
-    status = deploy.run(args)
+    units.add_arguments(parser)
+    args = parser.parse_args(["--prefix", str(tmp_path), "--exec", units.default_exec(), *extra])
+    status = units.run(args)
     return status, tmp_path / "etc" / "systemd" / "system"
 
 
@@ -79,21 +79,21 @@ def test_install_units_writes_units_and_config_and_keeps_an_edited_config(
 ) -> None:
     status, unit_dir = install(tmp_path)
     assert status == 0
-    for name in deploy.UNIT_FILES:
+    for name in units.UNIT_FILES:
         text = (unit_dir / name).read_text()
-        assert deploy.UNIT_TEMPLATE_EXEC not in text
-        assert (SYSTEMD / name).read_text().replace(deploy.UNIT_TEMPLATE_EXEC, deploy.default_exec()) == text
+        assert units.UNIT_TEMPLATE_EXEC not in text
+        assert (SYSTEMD / name).read_text().replace(units.UNIT_TEMPLATE_EXEC, units.default_exec()) == text
     service = unit_sections(unit_dir / "lanewatch.service")["Service"]
-    assert service["ExecStart"] == f"{deploy.default_exec()} run --config /etc/lanewatch/lanewatch.toml"
+    assert service["ExecStart"] == f"{units.default_exec()} run --config /etc/lanewatch/lanewatch.toml"
     config_path = tmp_path / "etc" / "lanewatch" / "lanewatch.toml"
-    assert config_path.read_text() == deploy.example_config()
-    assert (tmp_path / "etc" / "lanewatch" / "lanewatch.toml.example").read_text() == deploy.example_config()
+    assert config_path.read_text() == units.example_config()
+    assert (tmp_path / "etc" / "lanewatch" / "lanewatch.toml.example").read_text() == units.example_config()
 
     capsys.readouterr()
     assert install(tmp_path, "--enable", "lane1")[0] == 0
     assert "lanewatch-xray@lane1" not in capsys.readouterr().out, "lane1 of the example has no scanner"
 
-    edited = deploy.example_config().replace('id = "lane1"', 'id = "north-1"')
+    edited = units.example_config().replace('id = "lane1"', 'id = "north-1"')
     edited = edited.replace('\nxray = ""', '\nxray = "192.0.2.20:1700"')
     config_path.write_text(edited)
     assert install(tmp_path, "--enable", "north-1")[0] == 0
@@ -125,7 +125,7 @@ def test_install_units_reports_an_unwritable_prefix(tmp_path: Path, capsys: pyte
 @pytest.mark.parametrize("lane", ["lane1", "lane-1", ".hidden", "a b", "ü", "a:b_c.d", "x\\y", "7"])
 def test_lane_ids_are_escaped_as_systemd_escape_does(lane: str) -> None:
     expected = run_tool(tool("systemd-escape"), "--", lane).stdout.strip()
-    assert deploy.systemd_escape(lane) == expected
+    assert units.systemd_escape(lane) == expected
     assert run_tool(tool("systemd-escape"), "--unescape", "--", expected).stdout.strip() == lane
 
 
@@ -144,7 +144,7 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     """The check above can fail: a misspelt key and a missing executable are reported."""
     broken = tmp_path / "lanewatch.service"
     text = (SYSTEMD / "lanewatch.service").read_text().replace("WatchdogSec=", "WatchdogSek=")
-    broken.write_text(text.replace(deploy.UNIT_TEMPLATE_EXEC, str(tmp_path / "no-such-lanewatch")))
+    broken.write_text(text.replace(units.UNIT_TEMPLATE_EXEC, str(tmp_path / "no-such-lanewatch")))
     proc = run_tool(tool("systemd-analyze"), "verify", str(broken), check=False)
     assert "WatchdogSek" in proc.stderr and "no-such-lanewatch" in proc.stderr
 
@@ -386,26 +386,26 @@ def deploying_section() -> str:
 
 def test_deploying_instructions_match_install_units() -> None:
     text = deploying_section()
-    assert f"{deploy.UNIT_TEMPLATE_EXEC} install-units\n" in text
-    assert f"{deploy.UNIT_TEMPLATE_EXEC} install-units --enable lane1 lane2\n" in text
-    for command in deploy.enable_commands(["lane1", "lane2"], scanner_lanes=["lane2"]):
+    assert f"{units.UNIT_TEMPLATE_EXEC} install-units\n" in text
+    assert f"{units.UNIT_TEMPLATE_EXEC} install-units --enable lane1 lane2\n" in text
+    for command in units.enable_commands(["lane1", "lane2"], scanner_lanes=["lane2"]):
         assert f"   {command}\n" in text
-    assert f"--config {deploy.UNIT_TEMPLATE_CONFIG}" in text
-    assert deploy.systemd_escape("north-1") in text and "/var/lib/lanewatch/" in text
-    for name in deploy.UNIT_FILES:
+    assert f"--config {units.UNIT_TEMPLATE_CONFIG}" in text
+    assert units.systemd_escape("north-1") in text and "/var/lib/lanewatch/" in text
+    for name in units.UNIT_FILES:
         assert f"`{name}`" in text
 
 
 # ---- example configuration ---------------------------------------------------------------------------
 def test_example_config_documents_every_key_and_parses_to_the_defaults() -> None:
-    text = deploy.example_config()
+    text = units.example_config()
     parsed = config_module.parse(text, "example")
     assert parsed.service == config_module.ServiceConfig()
     assert parsed.bus == config_module.BusConfig()
     assert parsed.detection == config_module.DetectionConfig()
-    assert parsed.lanes == [config_module.LaneConfig(**deploy.EXAMPLE_LANE)]
+    assert parsed.lanes == [config_module.LaneConfig(**units.EXAMPLE_LANE)]
     for cls in (config_module.ServiceConfig, config_module.BusConfig, config_module.DetectionConfig):
-        docs = deploy.field_docs(cls)
+        docs = units.field_docs(cls)
         for f in dataclasses.fields(cls):
             assert re.search(rf"^{f.name} = ", text, re.M), f.name
             assert f"# {docs[f.name].splitlines()[0]}" in text, f.name
@@ -416,7 +416,8 @@ def test_example_config_documents_every_key_and_parses_to_the_defaults() -> None
 # ---- packaging -----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_wheel_ships_the_units_and_install_units_finds_them(tmp_path: Path) -> None:
-    """Build the wheel, install it (without dependencies) in a fresh venv, install units from there."""
+    """Build the wheel, install it (without dependencies) in a fresh venv: one ``lanewatch`` namespace, and
+    install-units finds the units there."""
     # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
     source = tmp_path / "src"
     skip = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "tests", "benchmarks")
@@ -425,7 +426,7 @@ def test_wheel_ships_the_units_and_install_units_finds_them(tmp_path: Path) -> N
     (wheel,) = (tmp_path / "dist").glob("lanewatch-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         shipped = {Path(n).name: zf.read(n).decode() for n in zf.namelist() if "/share/lanewatch/systemd/" in n}
-    assert shipped == {name: (SYSTEMD / name).read_text() for name in deploy.UNIT_FILES}
+    assert shipped == {name: (SYSTEMD / name).read_text() for name in units.UNIT_FILES}
 
     venv = tmp_path / "venv"
     run_tool(sys.executable, "-m", "venv", "--without-pip", str(venv))
@@ -433,13 +434,28 @@ def test_wheel_ships_the_units_and_install_units_finds_them(tmp_path: Path) -> N
         sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps", str(wheel)
     )
     script = (
-        "import argparse, sys; from edge import deploy; p = argparse.ArgumentParser(); deploy.add_arguments(p); "
-        "print(deploy.unit_source_dir()); sys.exit(deploy.run(p.parse_args(sys.argv[1:])))"
+        "import argparse, sys; from lanewatch.edge.ops import units; p = argparse.ArgumentParser(); "
+        "units.add_arguments(p); "
+        "print(units.unit_source_dir()); sys.exit(units.run(p.parse_args(sys.argv[1:])))"
     )
     root = tmp_path / "root"
     proc = run_tool(str(venv / "bin" / "python"), "-c", script, "--prefix", str(root), cwd=tmp_path)
     assert proc.stdout.splitlines()[0] == str(venv / "share" / "lanewatch" / "systemd")
     assert str(venv / "bin" / "lanewatch") in (root / "etc/systemd/system/lanewatch.service").read_text()
+
+    # One namespace: lanewatch/edge, lanewatch/drivers, ... and nothing named edge or models at the top.
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    top = {p.name for p in site.iterdir() if not p.name.endswith((".dist-info", ".pth"))}
+    assert not top & {"edge", "drivers", "kernels", "models"}, top
+    assert (site / "lanewatch" / "models" / "anomaly.onnx").is_file()
+    probe = (
+        "import importlib.util, lanewatch.edge.config\n"
+        "from importlib.metadata import entry_points\n"
+        "assert importlib.util.find_spec('edge') is None and importlib.util.find_spec('models') is None\n"
+        "print(sorted(e.value for e in entry_points(group='lanewatch.drivers')))\n"
+    )
+    proc = run_tool(str(venv / "bin" / "python"), "-c", probe, cwd=tmp_path)
+    assert "lanewatch.drivers.rpm:RpmDriver" in proc.stdout
 
 
 # ---- lanewatch status against /healthz endpoints ----------------------------------------------------------
@@ -601,7 +617,7 @@ class LiveSite:
         self.driver_http = f"127.0.0.1:{driver_http}"
         self.config = root / "lanewatch.toml"
         self.config.write_text(
-            deploy.example_config()
+            units.example_config()
             .replace('"lanewatch-journal.db"', json.dumps(str(root / "journal.db")))
             .replace('"127.0.0.1:9730"', json.dumps(self.service_http))
             .replace('"tcp://127.0.0.1:7600"', f'"tcp://127.0.0.1:{ingest}"')
@@ -614,7 +630,7 @@ class LiveSite:
         self.notify.bind(str(root / "notify"))
         self.notify.setblocking(False)
         self.datagrams: list[bytes] = []
-        exe = deploy.default_exec()
+        exe = units.default_exec()
         self.procs: list[subprocess.Popen] = []
         self.logs = root
         self._start("sim", [exe, "sim", "lane", "--port", str(sim), "--speedup", "5", "--seed", "11"])
@@ -718,7 +734,7 @@ def test_live_service_notifies_ready_and_feeds_the_watchdog(live: LiveSite) -> N
 
 @pytest.mark.slow
 def test_live_status_command(live: LiveSite, tmp_path: Path) -> None:
-    exe = deploy.default_exec()
+    exe = units.default_exec()
     proc = subprocess.run([exe, "status", "--config", str(live.config)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"^lane1\s+connected\s+fresh", proc.stdout, re.M), proc.stdout

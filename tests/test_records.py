@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from edge.bus import SequenceTracker
-from edge.records import DecodeError, Kind, Record, decode
+from lanewatch.edge.bus.ingest import SequenceTracker
+from lanewatch.edge.bus.records import DecodeError, Kind, Record, decode
 
 
 def _record(**kw: object) -> Record:

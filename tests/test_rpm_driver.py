@@ -23,10 +23,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from support import IngestBus, free_port
 
-from drivers.rpm import ERROR_KINDS, MAX_LINE_BYTES, LineError, LineSplitter, RpmDriver, parse_line
-from edge.config import ConfigError, parse
-from edge.driver import load_driver
-from edge.records import Kind, Record
+from lanewatch.drivers.rpm import ERROR_KINDS, MAX_LINE_BYTES, LineError, LineSplitter, RpmDriver, parse_line
+from lanewatch.edge.bus.driver import load_driver
+from lanewatch.edge.bus.records import Kind, Record
+from lanewatch.edge.config import ConfigError, parse
 
 LANE = "lane1"
 TIMEOUT_S = 10.0

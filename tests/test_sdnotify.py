@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edge.metrics import ServiceMetrics
-from edge.sdnotify import Notifier
+from lanewatch.edge.ops.metrics import ServiceMetrics
+from lanewatch.edge.ops.sdnotify import Notifier
 
 
 def _listener(address: str | bytes) -> socket.socket:

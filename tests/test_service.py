@@ -18,14 +18,14 @@ import zmq
 from prometheus_client import CollectorRegistry
 from support import Running
 
-from edge import bus
-from edge.config import Config, parse
-from edge.demo import free_ports
-from edge.driver import RecordPublisher, load_driver
-from edge.journal import Journal
-from edge.metrics import DriverMetrics
-from edge.records import Kind
-from edge.subscriber import AlertSubscriber
+from lanewatch.edge.bus import ingest
+from lanewatch.edge.bus.driver import RecordPublisher, load_driver
+from lanewatch.edge.bus.records import Kind
+from lanewatch.edge.commands.demo import free_ports
+from lanewatch.edge.config import Config, parse
+from lanewatch.edge.decisions.journal import Journal
+from lanewatch.edge.decisions.subscriber import AlertSubscriber
+from lanewatch.edge.ops.metrics import DriverMetrics
 
 
 def _config(tmp_path: Path, extra: str = "") -> Config:
@@ -57,8 +57,8 @@ def running(tmp_path: Path) -> Iterator[Running]:
 
 
 def _publisher(ctx: zmq.Context, config: Config, source: str = "rpm", wait_s: float = 5.0) -> RecordPublisher:
-    sock = bus.driver_publisher(ctx, config.bus.ingest)
-    assert bus.wait_for_subscriber(sock, wait_s), "the service did not subscribe"
+    sock = ingest.driver_publisher(ctx, config.bus.ingest)
+    assert ingest.wait_for_subscriber(sock, wait_s), "the service did not subscribe"
     return RecordPublisher(sock, "lane1", source, DriverMetrics(CollectorRegistry()))
 
 
@@ -161,8 +161,8 @@ def test_timeout_gives_incomplete_and_anomalies_are_counted(running: Running, ct
 
 def test_bad_bus_input_is_counted_and_the_service_goes_on(running: Running, ctx: zmq.Context) -> None:
     config = running.service.config
-    raw = bus.driver_publisher(ctx, config.bus.ingest)
-    assert bus.wait_for_subscriber(raw, 5.0)
+    raw = ingest.driver_publisher(ctx, config.bus.ingest)
+    assert ingest.wait_for_subscriber(raw, 5.0)
     raw.send_multipart([b"rpm/lane1", b"\x00garbage"])
     raw.send_multipart([b"junk"])
     raw.send_multipart([b"rpm/lane9", b'{"v": 1, "kind": "nope"}'])
@@ -217,7 +217,7 @@ STARTUP_S = 120.0
 
 def _lanewatch(*args: str, log: Path) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen([sys.executable, "-m", "edge", *args], stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "lanewatch.edge", *args], stdout=out, stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The lane simulator: physics (drivers.sim.physics) and the RPM line protocol it serves (drivers.sim.lane)."""
+"""The lane simulator: physics (lanewatch.drivers.sim.physics) and the RPM line protocol it serves
+(lanewatch.drivers.sim.lane)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.sim import physics
-from drivers.sim.lane import LaneSimulator, counts_line, speed_line
-from drivers.sim.physics import GAMMA_DT_S, SOURCES, Traffic, window_response
+from lanewatch.drivers.sim import physics
+from lanewatch.drivers.sim.lane import LaneSimulator, counts_line, speed_line
+from lanewatch.drivers.sim.physics import GAMMA_DT_S, SOURCES, Traffic, window_response
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOWS = [30.0, 400.0, 3000.0]
@@ -419,7 +420,7 @@ def test_speedup_compresses_time() -> None:
 # --- command line ----------------------------------------------------------------------------
 
 CLI = (
-    "import argparse, sys; from drivers.sim import lane; p = argparse.ArgumentParser(); "
+    "import argparse, sys; from lanewatch.drivers.sim import lane; p = argparse.ArgumentParser(); "
     "lane.add_arguments(p); sys.exit(lane.run(p.parse_args()))"
 )
 

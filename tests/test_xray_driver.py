@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from support import IngestBus, free_port
 
-from drivers.sim.physics import Traffic
-from drivers.sim.xray import CALIBRATION_LINES, XraySimulator
-from drivers.xray import (
+from lanewatch.drivers.sim.physics import Traffic
+from lanewatch.drivers.sim.xray import CALIBRATION_LINES, XraySimulator
+from lanewatch.drivers.xray import (
     AIR,
     DARK,
     HEADER_LEN,
@@ -41,9 +41,9 @@ from drivers.xray import (
     XrayDriver,
     pack_frame,
 )
-from edge.config import ConfigError, parse
-from edge.driver import load_driver
-from edge.records import Kind, Record
+from lanewatch.edge.bus.driver import load_driver
+from lanewatch.edge.bus.records import Kind, Record
+from lanewatch.edge.config import ConfigError, parse
 
 LANE = "lane1"
 TIMEOUT_S = 10.0

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.sim.lane import LaneSimulator
-from drivers.sim.physics import Passage, Traffic
-from drivers.sim.xray import (
+from lanewatch.drivers.sim.lane import LaneSimulator
+from lanewatch.drivers.sim.physics import Passage, Traffic
+from lanewatch.drivers.sim.xray import (
     CALIBRATION_LINES,
     LEAD_MM,
     LINE_RATE_HZ,
@@ -37,8 +37,8 @@ from drivers.sim.xray import (
     look_alikes,
     run,
 )
-from drivers.xray import AIR, DARK, SCAN_END, SCAN_START, Frame, FrameError, FrameReader
-from edge.driver import SIMULATOR_GROUP, load_driver
+from lanewatch.drivers.xray import AIR, DARK, SCAN_END, SCAN_START, Frame, FrameError, FrameReader
+from lanewatch.edge.bus.driver import SIMULATOR_GROUP, load_driver
 
 SEED = 11
 PIXELS = 256

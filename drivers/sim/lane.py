@@ -1,6 +1,6 @@
 """A simulated radiation portal lane that speaks the Rapiscan-style RPM line protocol over TCP or a pty.
 
-The physics comes from :class:`drivers.sim.physics.Traffic`; this module plays the device: it
+The physics comes from :class:`lanewatch.drivers.sim.physics.Traffic`; this module plays the device: it
 tracks its own background, applies the fielded alarm rules, and writes the lines a real RPM
 writes, paced in (optionally compressed) real time, to every connected client.
 
@@ -55,8 +55,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from drivers.sim.fanout import TcpFanout
-from drivers.sim.physics import (
+from lanewatch.drivers.sim.fanout import TcpFanout
+from lanewatch.drivers.sim.physics import (
     GAMMA_DT_S,
     HOLD_IN_S,
     NEUTRON_DT_S,

@@ -2,7 +2,7 @@
 
 Pure numpy, no I/O. Every random draw comes from a seeded :class:`numpy.random.Generator`, so the
 same seed gives the same passages. :class:`Traffic` produces one :class:`Passage` (gamma and neutron
-count arrays plus the truth) per vehicle; the lane simulator (:mod:`drivers.sim.lane`) serves them
+count arrays plus the truth) per vehicle; the lane simulator (:mod:`lanewatch.drivers.sim.lane`) serves them
 as the RPM line protocol, and the detection benchmark scores detectors against the truth.
 
 Geometry (metres)

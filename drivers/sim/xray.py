@@ -1,10 +1,10 @@
 """A simulated dual-energy X-ray cargo scanner that images the simulated lane's vehicles, over TCP.
 
-The vehicles are the radiation lane's own: :class:`drivers.sim.physics.Traffic` with the same
+The vehicles are the radiation lane's own: :class:`lanewatch.drivers.sim.physics.Traffic` with the same
 seed and mix gives the same passages in the same order, so the X-ray scan of occupancy *n* shows
-the vehicle, cargo, sources and shielding whose radiation :mod:`drivers.sim.lane` reports for it.
+the vehicle, cargo, sources and shielding whose radiation :mod:`lanewatch.drivers.sim.lane` reports for it.
 This module draws each passage's truth as objects, projects them onto a line-scan detector, and
-serves the lines in the LWXR protocol of :mod:`drivers.xray`, paced like a real scanner.
+serves the lines in the LWXR protocol of :mod:`lanewatch.drivers.xray`, paced like a real scanner.
 
 Geometry (mm)
     x along the vehicle from its front (as the truth's ``position_m``, times 1000); z up from the
@@ -75,10 +75,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from drivers.sim.fanout import TcpFanout
-from drivers.sim.lane import parse_mix, truth_path_for
-from drivers.sim.physics import Passage, Traffic
-from drivers.xray import AIR, DARK, SCAN_END, SCAN_START, pack_frame
+from lanewatch.drivers.sim.fanout import TcpFanout
+from lanewatch.drivers.sim.lane import parse_mix, truth_path_for
+from lanewatch.drivers.sim.physics import Passage, Traffic
+from lanewatch.drivers.xray import AIR, DARK, SCAN_END, SCAN_START, pack_frame
 
 log = logging.getLogger(__name__)
 
@@ -837,7 +837,7 @@ MAX_SEND_FRAMES = 512
 class XraySimulator:
     """A simulated scanner on a lane, serving LWXR frames to every TCP client, paced in real time.
 
-    The timeline follows :class:`drivers.sim.lane.LaneSimulator` with the same ``seed``, ``mix``,
+    The timeline follows :class:`lanewatch.drivers.sim.lane.LaneSimulator` with the same ``seed``, ``mix``,
     ``gap_s`` and ``speedup``: after each gap the next passage's scan starts when its occupancy
     starts, its calibration lines just before. ``speedup`` compresses time (``math.inf``: as fast
     as the clients read); ``count`` stops after that many scans; ``truth_path`` gets one JSON line

@@ -16,7 +16,7 @@ Fields (the journal assigns ``seq``):
   ``link_interruptions``, ``speed_kmh``, ``background``, ``profile`` (arrays to draw evidence),
 - ``xray`` (only at a lane with an X-ray scanner, or when a scan was fused): the scan's id, source,
   status (``complete``, ``incomplete``, or ``missing`` when no scan came), registration, image objects
-  and dense regions on the metres axis, image profile and a preview PNG (base64); see :mod:`edge.fusion`.
+  and dense regions on the metres axis, image profile and a preview PNG (base64); see :mod:`lanewatch.edge.xray.fusion`.
 
 Verdict rules, in order:
 
@@ -36,20 +36,16 @@ radiation fields (``samples`` 0, ``profile`` empty) and the image findings as ``
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from lanewatch.edge.bus.records import iso_utc
+
 if TYPE_CHECKING:
-    from edge.scan import Scan
+    from lanewatch.edge.xray.scan import Scan
 
 VERDICTS = ("CLEAR", "ALARM", "INCOMPLETE")
 COMPLETE_ENDS = ("gx", "background")
 """End reasons after which the occupancy's data is whole: its end line, or (GX lost) the next background line."""
-
-
-def iso_utc(t_wall_ns: int) -> str:
-    """ISO 8601 UTC with millisecond precision, e.g. ``2026-11-28T03:30:16.123Z``."""
-    return datetime.fromtimestamp(t_wall_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def verdict_of(analysis: dict[str, Any], end_reason: str, tamper: bool) -> str:
@@ -74,7 +70,7 @@ def build(
     link_interruptions: int,
     xray: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The decision for one occupancy from its analysis (see :mod:`edge.detect`), with its fused
+    """The decision for one occupancy from its analysis (see :mod:`lanewatch.edge.lane.detect`), with its fused
     findings among the analysis' alarms and its ``xray`` section when the lane has a scanner."""
     alarms = list(analysis["alarms"])
     if tamper:

@@ -5,13 +5,13 @@ Tests (kernels in :mod:`kernels`):
 - ``gamma``: point-source matched filter on the gross count profile (a small bank of widths around the
   one the speed and ``source_standoff_m`` give). Two versions of the expected background: the tracked
   background as is, and the background times the local level of the vehicle's shadow shielding measured
-  on flanks either side (never above 1, see :mod:`kernels.suppression`). The statistic is the larger z.
+  on flanks either side (never above 1, see :mod:`lanewatch.kernels.suppression`). The statistic is the larger z.
 - ``gamma-shape`` (K >= 2 energy windows): conditional binomial test of the low-window fraction against
   the background's, corrected for the way shielding softens the background, matched-filter weighted
-  (:mod:`kernels.shape`); two-sided: ``direction`` "softer" (Cs-137 and lighter emitters, HEU, Pu,
+  (:mod:`lanewatch.kernels.shape`); two-sided: ``direction`` "softer" (Cs-137 and lighter emitters, HEU, Pu,
   medical isotopes) or "harder" (Co-60, and NORM: K-40, thorium).
 - ``neutron``: tail test of the neutron counts (all tubes) on sliding windows about as long as a point
-  source takes to pass, against a negative binomial null (:mod:`kernels.poisson`): the tracked background
+  source takes to pass, against a negative binomial null (:mod:`lanewatch.kernels.poisson`): the tracked background
   (with its uncertainty) plus the He-3 ship effect of steel cargo, whose expected counts grow with the
   gamma shadow (the suppression of the gross gamma background over each neutron sample above
   ``SHIP_KNEE``, times ``SHIP_RATE``) and whose bursts and vehicle-to-vehicle spread widen it
@@ -65,14 +65,14 @@ from typing import Any
 
 import numpy as np
 
-from edge.background import BackgroundSnapshot
-from edge.config import DetectionConfig
-from kernels.baseline import nsigma_series
-from kernels.locate import half_max_edges, peak_refine, smooth
-from kernels.matched import mf_at, mf_series, point_templates
-from kernels.poisson import count_threshold, ship_window_log_sf, ship_window_null, window_sum_at
-from kernels.shape import shape_at, shape_series, shape_span, softening_fit
-from kernels.suppression import flank_level_at, flank_level_series, softening_covariate_into, span_levels
+from lanewatch.edge.config import DetectionConfig
+from lanewatch.edge.lane.background import BackgroundSnapshot
+from lanewatch.kernels.baseline import nsigma_series
+from lanewatch.kernels.locate import half_max_edges, peak_refine, smooth
+from lanewatch.kernels.matched import mf_at, mf_series, point_templates
+from lanewatch.kernels.poisson import count_threshold, ship_window_log_sf, ship_window_null, window_sum_at
+from lanewatch.kernels.shape import shape_at, shape_series, shape_span, softening_fit
+from lanewatch.kernels.suppression import flank_level_at, flank_level_series, softening_covariate_into, span_levels
 
 TEMPLATE_TRUNCATION = 2.5
 """Templates reach this many scales (source standoffs) either side of their centre."""
@@ -216,7 +216,8 @@ def neutron_window(speed_kmh: float, standoff_m: float, dt_s: float) -> int:
 def ship_covariate(level: np.ndarray, dt_s: float, knee: float = SHIP_KNEE) -> np.ndarray:
     """Ship-effect covariate per neutron sample: gamma suppression above ``knee`` times ``dt_s`` (s).
 
-    ``level`` is the gross gamma observed/expected over each neutron sample (:func:`kernels.suppression.span_levels`).
+    ``level`` is the gross gamma observed/expected over each neutron sample
+    (:func:`lanewatch.kernels.suppression.span_levels`).
     """
     return np.maximum(1.0 - np.asarray(level, dtype=np.float64) - knee, 0.0) * dt_s
 

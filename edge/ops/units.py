@@ -5,7 +5,7 @@ files under ``<prefix>/share/lanewatch/systemd`` (see ``pyproject.toml``). They 
 executable ``/opt/lanewatch/bin/lanewatch`` and the configuration
 ``/etc/lanewatch/lanewatch.toml``; installing rewrites both to this installation's paths.
 
-The example configuration is generated from the dataclasses of :mod:`edge.config` and the
+The example configuration is generated from the dataclasses of :mod:`lanewatch.edge.config` and the
 docstrings under their fields, so it lists every key with its default and never drifts from
 what the parser accepts. An existing ``lanewatch.toml`` is never overwritten; the example is
 always refreshed beside it as ``lanewatch.toml.example``.
@@ -25,8 +25,8 @@ import textwrap
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from edge import config as config_module
-from edge.config import Config, ConfigError
+from lanewatch.edge import config as config_module
+from lanewatch.edge.config import Config, ConfigError
 
 UNIT_TEMPLATE_EXEC = "/opt/lanewatch/bin/lanewatch"
 """Executable path written in the unit files of the repository."""
@@ -47,7 +47,7 @@ EXAMPLE_LANE = {"id": "lane1", "rpm": "/dev/ttyUSB0", "driver_http": "127.0.0.1:
 def unit_source_dir() -> Path:
     """Where this installation's unit files are: the checkout's ``systemd/``, else the wheel's data files."""
     candidates = [
-        Path(__file__).resolve().parent.parent / "systemd",
+        Path(__file__).resolve().parents[2] / "systemd",
         Path(sysconfig.get_path("data")) / "share" / "lanewatch" / "systemd",
     ]
     for directory in candidates:
@@ -135,7 +135,8 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 def example_config() -> str:
-    """The example ``lanewatch.toml``: every key of :class:`~edge.config.Config`, documented, at its default."""
+    """The example ``lanewatch.toml``: every key of :class:`~lanewatch.edge.config.Config`, documented, at its
+    default."""
     lines = [
         "# lanewatch configuration. Every key is shown with its default value and its meaning;",
         "# generated from edge/config.py by `lanewatch install-units`. Under systemd, relative paths",

@@ -1,12 +1,12 @@
 """The anomaly model at the lane: load and check an ONNX model, score decisions, combine with the rules.
 
-The model (trained by :mod:`models.train`, described in ``models/README.md``) scores how unusual an
+The model (trained by :mod:`lanewatch.models.train`, described in ``models/README.md``) scores how unusual an
 occupancy is against ordinary traffic, as ``-log10`` of the fraction of ordinary vehicles at least as
 unusual on the same kind of lane: 2 is one vehicle in a hundred, 3 one in a thousand.
 
 Loading (:func:`load`) checks, and refuses with a :class:`ModelError` that says why: that the file is
 readable and a valid ONNX model; that it was trained for this lanewatch's feature schema
-(:data:`edge.features.SCHEMA_VERSION`, same feature names in the same order); that its input and
+(:data:`lanewatch.edge.model.features.SCHEMA_VERSION`, same feature names in the same order); that its input and
 outputs are the expected ones; and that it reproduces the check scores recorded in it at training (a
 damaged weight shows there). The session runs on one thread with spinning off (the service loop is
 single-threaded and a decision is one small matrix product), and is warmed before it is used.
@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from edge import features
-from edge.config import ConfigError, ModelConfig
-from edge.decision import COMPLETE_ENDS
-from edge.metrics import ModelMetrics
+from lanewatch.edge.config import ConfigError, ModelConfig
+from lanewatch.edge.decisions.decision import COMPLETE_ENDS
+from lanewatch.edge.model import features
+from lanewatch.edge.ops.metrics import ModelMetrics
 
 log = logging.getLogger("lanewatch.model")
 
@@ -102,7 +102,8 @@ class AnomalyModel:
         return self._session.run([OUTPUT], {INPUT: x})[0]
 
     def score(self, decision: dict[str, Any]) -> float:
-        """Score of one decision; raises :class:`edge.features.FeatureError` when it has no usable profile."""
+        """Score of one decision; raises :class:`lanewatch.edge.model.features.FeatureError` when it has no
+        usable profile."""
         return float(self.score_vectors(features.extract(decision)[None, :])[0])
 
 

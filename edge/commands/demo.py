@@ -24,9 +24,9 @@ from pathlib import Path
 
 import zmq
 
-from edge import console
-from edge.config import Config, load
-from edge.subscriber import AlertSubscriber
+from lanewatch.edge.commands import alerts
+from lanewatch.edge.config import Config, load
+from lanewatch.edge.decisions.subscriber import AlertSubscriber
 
 WINDOWS_KEV = "30,400,3000"
 DEMO_MIX = (
@@ -114,7 +114,7 @@ def demo(args: argparse.Namespace) -> int:
     sim_base, xray_base = ports[0], ports[args.lanes]
     write_config(cfg_path, args.lanes, sim_base, xray_base)
     config = load(cfg_path)
-    me = [sys.executable, "-m", "edge", "--log-level", "INFO"]
+    me = [sys.executable, "-m", "lanewatch.edge", "--log-level", "INFO"]
     same = ["--lanes", str(args.lanes), "--seed", str(args.seed), "--mix", DEMO_MIX]
     same += ["--gap", str(GAP_S), "--speedup", str(args.speedup)]
     sim = ["sim", "lane", *same, "--port", str(sim_base), "--windows-kev", WINDOWS_KEV]
@@ -146,7 +146,7 @@ def demo(args: argparse.Namespace) -> int:
             print(f"lanewatch demo: the service did not start; see {workdir / 'service.log'}", file=sys.stderr)
             return 1
         print("  live decisions (Ctrl-C to stop):\n")
-        print(console.header(color=sys.stdout.isatty()))
+        print(alerts.header(color=sys.stdout.isatty()))
         return _follow(config, args.duration, procs)
     except KeyboardInterrupt:
         return 0
@@ -172,9 +172,9 @@ def _follow(config: Config, duration: float, procs: dict[str, subprocess.Popen[b
         for item in sub.decisions(follow=True, timeout_s=1.0, provisional=True):
             if item is not None:
                 line = (
-                    console.format_provisional(item, color)
+                    alerts.format_provisional(item, color)
                     if item.get("provisional")
-                    else console.format_row(item, color)
+                    else alerts.format_row(item, color)
                 )
                 print(line, flush=True)
             dead = [name for name, p in procs.items() if p.poll() is not None]

@@ -37,9 +37,9 @@ from typing import Any
 import zmq
 from PIL import Image, ImageDraw, ImageFont
 
-from edge.config import Config
-from edge.journal import Journal, JournalError
-from edge.subscriber import JournalClient, QueryError, ServiceUnreachable
+from lanewatch.edge.config import Config
+from lanewatch.edge.decisions.journal import Journal, JournalError
+from lanewatch.edge.decisions.subscriber import JournalClient, QueryError, ServiceUnreachable
 
 TARGET_WIDTH = 1200
 """About how wide (px) the preview is drawn; it is scaled up by a whole factor."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from edge.alerts import DECISION_TOPIC, MAX_LIMIT, PROVISIONAL_TOPIC
+from lanewatch.edge.decisions.alertbus import DECISION_TOPIC, MAX_LIMIT, PROVISIONAL_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class QueryError(RuntimeError):
 
 
 class JournalClient:
-    """Requests to the journal query endpoint (see :mod:`edge.alerts` for the protocol).
+    """Requests to the journal query endpoint (see :mod:`lanewatch.edge.decisions.alertbus` for the protocol).
 
     Each request waits at most ``attempt_s`` for its reply; after a timeout the DEALER socket
     is replaced, so replies can never be mismatched.

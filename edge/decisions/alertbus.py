@@ -11,7 +11,7 @@ Two sockets, both bound by the service and served from its poll loop:
 
 Delivery is best effort (a slow or disconnected subscriber loses messages), which is why
 ``seq`` has no gaps in the journal's eyes: a subscriber that sees a jump asks the query
-endpoint for what it missed (see :mod:`edge.subscriber`). The ``lanewatch_alert_subscribers``
+endpoint for what it missed (see :mod:`lanewatch.edge.decisions.subscriber`). The ``lanewatch_alert_subscribers``
 gauge counts the open subscriptions that receive decisions (topic ``decision`` or a prefix of
 it, such as ``""``), from the subscribe and unsubscribe messages the XPUB passes up.
 
@@ -43,8 +43,8 @@ from typing import Any
 
 import zmq
 
-from edge.journal import VERDICTS, Journal, JournalError, utc_text
-from edge.metrics import ServiceMetrics
+from lanewatch.edge.decisions.journal import VERDICTS, Journal, JournalError, utc_text
+from lanewatch.edge.ops.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ over a window longer than the objects sought) is the load around an object, and 
 its opening (the white top-hat) is what lies on top of the load: objects shorter than the window.
 
 Every ``@njit`` kernel has a plain-numpy twin named ``<kernel>_ref``; the labelling's twin is a
-different algorithm (label propagation, :func:`kernels.imaging.components_ref`).
+different algorithm (label propagation, :func:`lanewatch.kernels.imaging.components_ref`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.imaging import components_ref
+from lanewatch.kernels.imaging import components_ref
 
 
 @njit(cache=True, error_model="numpy")
@@ -109,7 +109,7 @@ def label4(mask: np.ndarray) -> np.ndarray:
 
 
 def label4_ref(mask: np.ndarray) -> np.ndarray:
-    """Numpy twin of :func:`label4`: label propagation (:func:`kernels.imaging.components_ref`)."""
+    """Numpy twin of :func:`label4`: label propagation (:func:`lanewatch.kernels.imaging.components_ref`)."""
     return components_ref(np.asarray(mask, bool))
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import zmq
 from prometheus_client import CollectorRegistry
 
-from edge import bus
-from edge.config import BusConfig, Config, DetectionConfig, LaneConfig, ServiceConfig
-from edge.driver import RecordPublisher, load_driver
-from edge.metrics import DriverMetrics
-from edge.service import Service
+from lanewatch.edge.bus import ingest
+from lanewatch.edge.bus.driver import RecordPublisher, load_driver
+from lanewatch.edge.config import BusConfig, Config, DetectionConfig, LaneConfig, ServiceConfig
+from lanewatch.edge.ops.metrics import DriverMetrics
+from lanewatch.edge.service import Service
 
 log = logging.getLogger("lanewatch.replay")
 
@@ -36,7 +36,7 @@ def parse_edges(text: str | None) -> list[float]:
 
 
 def replay(args: argparse.Namespace) -> int:
-    from edge import console
+    from lanewatch.edge.commands import alerts
 
     path = Path(args.file)
     with tempfile.TemporaryDirectory(prefix="lanewatch-replay-") as tmp:
@@ -58,7 +58,7 @@ def replay(args: argparse.Namespace) -> int:
 
         service = Service(config, http=False)
         ctx = zmq.Context()
-        sock = bus.driver_publisher(ctx, config.bus.ingest)
+        sock = ingest.driver_publisher(ctx, config.bus.ingest)
         try:
             driver = cls.from_args(
                 ns, config, RecordPublisher(sock, LANE, cls.name, DriverMetrics(CollectorRegistry()))
@@ -74,7 +74,7 @@ def replay(args: argparse.Namespace) -> int:
 
         def play() -> None:
             try:
-                bus.wait_for_subscriber(sock, 5.0)
+                ingest.wait_for_subscriber(sock, 5.0)
                 driver.run(stop)
             except Exception as exc:  # reported below, in the main thread
                 errors.append(exc)
@@ -104,5 +104,5 @@ def replay(args: argparse.Namespace) -> int:
         print(f"lanewatch replay: {path} produced no decision (no occupancy in the file?)")
         return 1
     for d in decisions:
-        print(json.dumps(d) if args.format == "json" else console.format_row(d, color=False))
+        print(json.dumps(d) if args.format == "json" else alerts.format_row(d, color=False))
     return 0

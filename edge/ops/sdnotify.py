@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from edge.metrics import ServiceMetrics
+from lanewatch.edge.ops.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 

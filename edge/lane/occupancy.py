@@ -8,7 +8,7 @@ State machine per lane::
     OCCUPIED --no GX after occupancy_timeout_s-> IDLE   end_reason "timeout"   (INCOMPLETE)
     OCCUPIED --samples stop for sample_timeout_s> IDLE  end_reason "stalled"   (INCOMPLETE)
 
-X-ray records go to the lane's :class:`~edge.scan.ScanAssembler`. A scan belongs to the
+X-ray records go to the lane's :class:`~lanewatch.edge.xray.scan.ScanAssembler`. A scan belongs to the
 occupancy whose time span (first sample to end line, by the drivers' stamps) its own overlaps, both
 widened by ``match_tolerance_s``; of several, the one overlapping most. At a lane with a scanner
 (``xray`` configured) an ended occupancy waits for its scan to end, at most ``scan_wait_s``: then an
@@ -16,7 +16,7 @@ open scan is cut and fused as it is, and without any scan the decision is made o
 (``xray.status`` ``missing``, anomaly ``xray-scan-missing``). A finished scan that no occupancy
 claims within ``scan_wait_s`` (plus the tolerance) of its end, and that overlaps no open occupancy,
 is a scan without an occupancy: counted (anomaly ``xray-no-occupancy``), logged, and journaled as an
-image-only decision (:func:`edge.decision.build_scan_only`). A lane without a scanner decides at
+image-only decision (:func:`lanewatch.edge.decisions.decision.build_scan_only`). A lane without a scanner decides at
 once, as before, fusing a scan only if one has already ended.
 
 A GX while IDLE is a duplicate end and is counted, not decided. A scan sample stamped earlier than
@@ -34,13 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from edge import decision, fusion
-from edge.background import BackgroundEstimator
-from edge.config import DetectionConfig, FusionConfig, LaneConfig
-from edge.detect import OccupancyAnalyzer
-from edge.metrics import ServiceMetrics
-from edge.records import Kind, Record
-from edge.scan import Scan, ScanAssembler, warm_up
+from lanewatch.edge.bus.records import Kind, Record, iso_utc
+from lanewatch.edge.config import DetectionConfig, FusionConfig, LaneConfig
+from lanewatch.edge.decisions import decision
+from lanewatch.edge.lane.background import BackgroundEstimator
+from lanewatch.edge.lane.detect import OccupancyAnalyzer
+from lanewatch.edge.ops.metrics import ServiceMetrics
+from lanewatch.edge.xray import fusion
+from lanewatch.edge.xray.fusion import warm_up
+from lanewatch.edge.xray.scan import Scan, ScanAssembler
 
 log = logging.getLogger("lanewatch.lane")
 
@@ -71,7 +73,7 @@ class _Ended:
     """An ended occupancy's analysis and facts, waiting (at a lane with a scanner) for its scan."""
 
     facts: dict[str, Any]
-    """Keyword arguments of :func:`edge.decision.build` but the analysis."""
+    """Keyword arguments of :func:`lanewatch.edge.decisions.decision.build` but the analysis."""
     analysis: dict[str, Any]
     deadline_mono_ns: int
 
@@ -397,8 +399,8 @@ class Lane:
                 self.id,
                 scan.scan_id,
                 scan.source,
-                decision.iso_utc(scan.start_wall_ns),
-                decision.iso_utc(scan.end_wall_ns),
+                iso_utc(scan.start_wall_ns),
+                iso_utc(scan.end_wall_ns),
             )
             fused = fusion.fuse(None, scan, self.fusion, self.detection)
             events.append(Decided(decision.build_scan_only(scan, fused.alarms, fused.xray), scan.end_wall_ns))

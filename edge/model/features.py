@@ -1,7 +1,8 @@
 """The anomaly model's input: one fixed-length feature vector per occupancy, from its decision record.
 
 The same function, :func:`extract`, serves training (decisions built offline from simulated passages by
-:func:`edge.detect.analyze` and :func:`edge.decision.build`) and the lane (the decision the service is
+:func:`lanewatch.edge.lane.detect.analyze` and :func:`lanewatch.edge.decisions.decision.build`)
+and the lane (the decision the service is
 about to journal), so what the model learnt from is exactly what it is shown.
 
 Everything is computed from the decision's ``profile``, ``background``, ``baseline``, ``speed_kmh`` and
@@ -56,7 +57,7 @@ PEAK_HALF_M = 2.5
 NEUTRON_WINDOW_S = 2.0
 """Length (s) of the sliding window of the best neutron excess."""
 IMAGE_CLASSES = ("organic", "inorganic", "metal", "high_z", "unresolvable")
-"""Material classes (:data:`kernels.imaging.CLASS_NAMES`) whose share of the image is a feature."""
+"""Material classes (:data:`lanewatch.kernels.imaging.CLASS_NAMES`) whose share of the image is a feature."""
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from edge import config as config_mod
-from edge.config import Config, ConfigError
-from edge.driver import DRIVER_GROUP, SIMULATOR_GROUP, available, load_driver
+from lanewatch.edge import config as config_mod
+from lanewatch.edge.bus.driver import DRIVER_GROUP, SIMULATOR_GROUP, available, load_driver
+from lanewatch.edge.config import Config, ConfigError
 
 log = logging.getLogger("lanewatch")
 
@@ -53,7 +53,7 @@ def _config(path: str | None) -> Config:
 
 # ---- commands ------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.service import Service
+    from lanewatch.edge.service import Service
 
     service = Service(_config(args.config))
     stop = _stop_on_signals()
@@ -70,15 +70,15 @@ def cmd_driver(args: argparse.Namespace) -> int:
     import zmq
     from prometheus_client import CollectorRegistry
 
-    from edge import bus
-    from edge.driver import RecordPublisher
-    from edge.metrics import DriverMetrics, serve_http
+    from lanewatch.edge.bus import ingest
+    from lanewatch.edge.bus.driver import RecordPublisher
+    from lanewatch.edge.ops.metrics import DriverMetrics, serve_http
 
     config = _config(args.config)
     cls = args.driver_cls
     registry = CollectorRegistry()
     ctx = zmq.Context()
-    sock = bus.driver_publisher(ctx, args.ingest or config.bus.ingest)
+    sock = ingest.driver_publisher(ctx, args.ingest or config.bus.ingest)
     publisher = RecordPublisher(sock, args.lane, cls.name, DriverMetrics(registry))
     driver = cls.from_args(args, config, publisher)
     http = args.http
@@ -87,7 +87,7 @@ def cmd_driver(args: argparse.Namespace) -> int:
         http = next((getattr(lane, key) for lane in config.lanes if lane.id == args.lane), "")
     server = serve_http(http, registry, driver.health)[0] if http else None
     stop = _stop_on_signals()
-    if not bus.wait_for_subscriber(sock, args.wait_service):
+    if not ingest.wait_for_subscriber(sock, args.wait_service):
         log.warning("no service subscribed at %s yet; publishing anyway", args.ingest or config.bus.ingest)
     try:
         driver.run(stop)
@@ -104,19 +104,19 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_install_units(args: argparse.Namespace) -> int:
-    from edge import deploy
+    from lanewatch.edge.ops import units
 
-    return deploy.run(args)
+    return units.run(args)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from edge.replay import replay
+    from lanewatch.edge.commands.replay import replay
 
     return replay(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.demo import demo
+    from lanewatch.edge.commands.demo import demo
 
     return demo(args)
 
@@ -131,8 +131,7 @@ def _load_plugin(name: str, group: str) -> Any:
         return None
 
 
-def _add_driver_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("driver", help="run one device driver")
+def _setup_driver(p: argparse.ArgumentParser) -> None:
     names = p.add_subparsers(dest="driver", required=True, metavar="NAME")
     for name in available(DRIVER_GROUP):
         cls = _load_plugin(name, DRIVER_GROUP)
@@ -157,8 +156,7 @@ def _add_driver_parsers(sub: argparse._SubParsersAction) -> None:
         dp.set_defaults(func=cmd_driver, driver_cls=cls)
 
 
-def _add_sim_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sim", help="run a device simulator")
+def _setup_sim(p: argparse.ArgumentParser) -> None:
     names = p.add_subparsers(dest="sim", required=True, metavar="NAME")
     for name in available(SIMULATOR_GROUP):
         module = _load_plugin(name, SIMULATOR_GROUP)
@@ -170,12 +168,7 @@ def _add_sim_parsers(sub: argparse._SubParsersAction) -> None:
         sp.set_defaults(func=cmd_sim, sim_module=module)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lanewatch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("demo", help="simulated lanes, drivers, service and a live view of decisions")
+def _setup_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=int, default=3, help="simulated lanes (default 3)")
     p.add_argument("--seed", type=int, default=2007, help="simulator seed (default 2007)")
     p.add_argument("--speedup", type=float, default=1.0, help="simulated time per wall second (default 1)")
@@ -183,16 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="where the demo keeps its config and journal (default: a temp dir)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="run the fusion service")
+
+def _setup_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="configuration file (TOML)")
     p.set_defaults(func=cmd_run)
 
-    _add_driver_parsers(sub)
-    _add_sim_parsers(sub)
-    for name, module, help_text in CONFIG_COMMANDS:
-        _add_config_command(sub, name, module, help_text)
 
-    p = sub.add_parser("replay", help="replay an N42 portal file and print its decision")
+def _setup_replay(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="ANSI N42.42 portal occupancy file")
     p.add_argument("--speedup", type=float, default=0.0, help="replay speed; 0 = as fast as possible (default)")
     p.add_argument("--windows-kev", help="energy window edges in keV, e.g. 30,400,3000 (default: gross counts)")
@@ -200,41 +190,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("install-units", help="install systemd units and an example configuration")
-    _lazy_arguments(p, "deploy")
+
+def _setup_install_units(p: argparse.ArgumentParser) -> None:
+    _module_arguments(p, "lanewatch.edge.ops.units")
     p.set_defaults(func=cmd_install_units)
-    return parser
 
 
-CONFIG_COMMANDS = (
-    ("alerts", "console", "list or follow journaled decisions"),
-    ("evidence", "evidence", "write one decision's evidence: X-ray image with overlays, profile, JSON"),
-    ("status", "status", "health of the service and the drivers"),
-    ("model", "modelcli", "train or check the ONNX anomaly model"),
-)
-"""Commands implemented by an ``edge`` module's ``add_arguments(parser)`` and ``run(args, config)``."""
+def _config_command(module: str) -> Callable[[argparse.ArgumentParser], None]:
+    """Setup of a command implemented by ``module``'s ``add_arguments(parser)`` and ``run(args, config)``."""
+
+    def setup(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
+        _module_arguments(p, module)
+
+        def command(args: argparse.Namespace) -> int:
+            return int(importlib.import_module(module).run(args, _config(args.config)))
+
+        p.set_defaults(func=command)
+
+    return setup
 
 
-def _add_config_command(sub: argparse._SubParsersAction, name: str, module: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text)
-    p.add_argument("--config", help="configuration file (TOML); embedded defaults if omitted")
-    _lazy_arguments(p, module)
-
-    def command(args: argparse.Namespace) -> int:
-        return int(importlib.import_module(f"edge.{module}").run(args, _config(args.config)))
-
-    p.set_defaults(func=command)
-
-
-def _lazy_arguments(parser: argparse.ArgumentParser, module: str) -> None:
-    """Let an ``edge`` module add the options of the command it implements."""
-    add: Callable[[argparse.ArgumentParser], None] = importlib.import_module(f"edge.{module}").add_arguments
+def _module_arguments(parser: argparse.ArgumentParser, module: str) -> None:
+    """Let ``module`` add the options of the command it implements."""
+    add: Callable[[argparse.ArgumentParser], None] = importlib.import_module(module).add_arguments
     add(parser)
 
 
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "demo": ("simulated lanes, drivers, service and a live view of decisions", _setup_demo),
+    "run": ("run the fusion service", _setup_run),
+    "driver": ("run one device driver", _setup_driver),
+    "sim": ("run a device simulator", _setup_sim),
+    "alerts": ("list or follow journaled decisions", _config_command("lanewatch.edge.commands.alerts")),
+    "evidence": (
+        "write one decision's evidence: X-ray image with overlays, profile, JSON",
+        _config_command("lanewatch.edge.commands.evidence"),
+    ),
+    "status": ("health of the service and the drivers", _config_command("lanewatch.edge.ops.status")),
+    "model": ("train or check the ONNX anomaly model", _config_command("lanewatch.edge.commands.model")),
+    "replay": ("replay an N42 portal file and print its decision", _setup_replay),
+    "install-units": ("install systemd units and an example configuration", _setup_install_units),
+}
+"""Every command: its help line, and the setup that adds its options. Only the command being run is set
+up, so ``lanewatch --help`` and light commands import nothing they do not use."""
+
+
+def _selected(argv: list[str]) -> str | None:
+    """The command named in ``argv`` (the first word that is not an option or an option's value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; options only for the command ``argv`` names (every command's when ``argv`` is None)."""
+    selected = None if argv is None else _selected(argv)
+    parser = argparse.ArgumentParser(prog="lanewatch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, setup) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if argv is None or name == selected:
+            setup(p)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from edge.config import Config
+from lanewatch.edge.config import Config
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_UNREACHABLE = 0, 1, 2
 

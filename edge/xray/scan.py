@@ -10,9 +10,9 @@ adds the file's identifiers and ``pixel_spacing_mm``), one open scan per source 
   source marked its levels ``estimated``, as a DICOS import does) or ``partial``. Calibration lines
   after the first image line (a recalibration) are counted in ``recalibrations`` and not applied: a
   scan is processed with one set of levels.
-* ``XRAY_LINES`` batches go through :class:`kernels.imaging.ScanProcessor` at once (calibration,
+* ``XRAY_LINES`` batches go through :class:`lanewatch.kernels.imaging.ScanProcessor` at once (calibration,
   attenuation, classes, profile, dense regions, preview) and are reduced to analysis cells
-  (:class:`edge.fusion.ImageGrid`), so little is left to do when the scan ends. The line spacing
+  (:class:`lanewatch.edge.xray.image.ImageGrid`), so little is left to do when the scan ends. The line spacing
   comes from the first batch's encoder readings, else the source's pixel spacing, else the time
   between lines at ``default_speed_kmh``; the pixel pitch from the source's pixel spacing, else the
   lane's ``xray_detector_mm`` over the pixels. Lines skipped before a batch are counted in
@@ -30,21 +30,18 @@ is counted in ``lanewatch_lane_anomalies_total`` and logged with its context; ki
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry
 
-from edge import fusion
-from edge.config import DetectionConfig, FusionConfig, LaneConfig
-from edge.decision import iso_utc
-from edge.metrics import ServiceMetrics
-from edge.records import Kind, Record
-from kernels import imaging as im
+from lanewatch.edge.bus.records import Kind, Record, iso_utc
+from lanewatch.edge.config import DetectionConfig, FusionConfig, LaneConfig
+from lanewatch.edge.ops.metrics import ServiceMetrics
+from lanewatch.edge.xray import image
+from lanewatch.kernels import imaging as im
 
 log = logging.getLogger("lanewatch.scan")
 
@@ -84,7 +81,7 @@ class Scan:
     """int64 (lines,): time stamp of each processed line (scanner clock, ns)."""
     result: im.ScanResult | None
     """The imaging pipeline's result; None for a scan without image lines."""
-    image: fusion.ImageFindings | None
+    image: image.ImageFindings | None
     finish_s: float = 0.0
     """Processing time (s) at the scan's end."""
 
@@ -138,7 +135,7 @@ class _Open:
     estimated: bool = False
     recalibrations: int = 0
     processor: im.ScanProcessor | None = None
-    grid: fusion.ImageGrid | None = None
+    grid: image.ImageGrid | None = None
     calibration: str = "measured"
     pitch_mm: float = 0.0
     spacing_mm: float = 0.0
@@ -349,7 +346,7 @@ class ScanAssembler:
         if scan.processor is None:
             dark, air, scan.calibration = self._levels(scan, counts)
             scan.pitch_mm, scan.spacing_mm = self._geometry(scan, enc, t)
-            block = fusion.grid_blocks(scan.spacing_mm, scan.pitch_mm)
+            block = image.grid_blocks(scan.spacing_mm, scan.pitch_mm)
             scan.processor = im.ScanProcessor(
                 dark,
                 air,
@@ -357,7 +354,7 @@ class ScanAssembler:
                 column_spacing_mm=scan.spacing_mm,
                 params=im.ImagingParams(preview_block=block),
             )
-            scan.grid = fusion.ImageGrid(scan.energies, scan.pixels, *block, scan.processor.params.a_dark)
+            scan.grid = image.ImageGrid(scan.energies, scan.pixels, *block, scan.processor.params.a_dark)
         assert scan.grid is not None
         batch = scan.processor.process(counts)
         scan.grid.add(batch.attenuation, batch.classes)
@@ -377,10 +374,10 @@ class ScanAssembler:
         del self.open[scan.source]
         self._closed[scan.source] = scan.scan_id
         t0 = time.perf_counter()
-        result = image = None
+        result = findings = None
         if scan.processor is not None and scan.grid is not None:
             result = scan.processor.finish()
-            image = fusion.analyze_image(
+            findings = image.analyze_image(
                 scan.grid.finish(), result, scan.pitch_mm, scan.spacing_mm, scan.processor.params
             )
         elapsed = time.perf_counter() - t0
@@ -407,7 +404,7 @@ class ScanAssembler:
             encoder_mm=np.concatenate(scan.encoder) if scan.encoder else np.zeros(0),
             t_ns=np.concatenate(scan.times) if scan.times else np.zeros(0, np.int64),
             result=result,
-            image=image,
+            image=findings,
             finish_s=elapsed,
         )
         if not done.complete:
@@ -431,43 +428,3 @@ class ScanAssembler:
                 return
             message = f"scan {scan.scan_id} from {scan.source}: {message}"
         log.warning("lane %s: X-ray %s: %s", self.lane.id, kind, message)
-
-
-@functools.cache
-def warm_up() -> None:
-    """Load (or compile) the imaging and fusion kernels and the PNG encoder once per process, on a small
-    synthetic dual-energy scan with a lead block, so that a lane's first scan is decided as fast as the rest."""
-    lines, pixels = 96, 48
-    dark, air = np.full((2, pixels), 800.0), np.full((2, pixels), 30000.0)
-    att = np.zeros((lines, 2, pixels))
-    att[:, :, 8:40] = np.array(im.material_attenuation("water", 40.0)[::-1])[:, None]
-    att[40:50, :, 20:28] += np.array(im.material_attenuation("lead", 2.0)[::-1])[:, None]
-    raw = im.raw_from_attenuation(att, dark[None], air[None])
-    assembler = ScanAssembler(
-        LaneConfig(id="warm-up"), DetectionConfig(), FusionConfig(), ServiceMetrics(CollectorRegistry())
-    )
-    ended: list[Scan] = []
-    records = [
-        (Kind.XRAY_SCAN_START, None, {"scan_id": 1, "energies": 2, "pixels": pixels}),
-        (Kind.XRAY_CALIBRATION, np.repeat(dark[None], 2, 0).astype(np.uint16), {"scan_id": 1, "frame": "dark"}),
-        (Kind.XRAY_CALIBRATION, np.repeat(air[None], 2, 0).astype(np.uint16), {"scan_id": 1, "frame": "air"}),
-        (
-            Kind.XRAY_LINES,
-            raw,
-            {"scan_id": 1, "first_line": 0, "encoder_mm": list(np.arange(lines) * 5.0), "t_ns": [0] * lines},
-        ),
-        (Kind.XRAY_SCAN_END, None, {"scan_id": 1, "lines": lines, "missing": 0, "complete": True}),
-    ]
-    for seq, (kind, counts, values) in enumerate(records):
-        rec = Record(
-            kind=kind,
-            lane="warm-up",
-            source="warm-up",
-            seq=seq,
-            t_wall_ns=seq,
-            t_mono_ns=seq,
-            counts=counts,
-            values=values,
-        )
-        ended += assembler.on_record(rec, seq)
-    fusion.fuse(None, ended[0], FusionConfig(), DetectionConfig())

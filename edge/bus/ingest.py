@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from edge.records import Record
+from lanewatch.edge.bus.records import Record
 
 # Records a driver buffers while the service is away before it drops (and counts) them.
 DRIVER_SNDHWM = 100_000

@@ -3,7 +3,7 @@
 Without ``--since`` it prints the newest ``--last`` decisions matching ``--lane`` /
 ``--verdict``; ``--since SEQ`` prints every decision after journal seq ``SEQ`` instead (0:
 all of them). ``--follow`` then goes on with each new decision as it is journaled, never
-missing one (see :mod:`edge.subscriber`), and in table mode shows provisional mid-passage
+missing one (see :mod:`lanewatch.edge.decisions.subscriber`), and in table mode shows provisional mid-passage
 alarms as they are raised. ``--format jsonl`` prints each decision as one JSON object per
 line, exactly as journaled. Exit status 1 when the service does not answer within
 ``--timeout`` seconds.
@@ -20,9 +20,9 @@ from typing import Any, TextIO
 
 import zmq
 
-from edge.config import Config
-from edge.journal import VERDICTS
-from edge.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
+from lanewatch.edge.config import Config
+from lanewatch.edge.decisions.journal import VERDICTS
+from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
 
 DEFAULT_LAST = 20
 RESET = "\x1b[0m"

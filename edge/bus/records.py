@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -167,3 +168,8 @@ def decode(frames: list[bytes]) -> Record:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise DecodeError("field", f"bad record field: {exc!r}") from None
+
+
+def iso_utc(t_wall_ns: int) -> str:
+    """ISO 8601 UTC with millisecond precision, e.g. ``2026-11-28T03:30:16.123Z``."""
+    return datetime.fromtimestamp(t_wall_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

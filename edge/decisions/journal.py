@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.metrics import ServiceMetrics
+from lanewatch.edge.ops.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 

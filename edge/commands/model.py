@@ -5,7 +5,7 @@
     lanewatch model check [FILE]     load FILE (default: the configured [model] path) as the service would,
                                      print its provenance and timing; exit 1 with the reason if refused
     lanewatch model train [...]      simulate ordinary traffic, fit, calibrate and write an ONNX model
-                                     (options of python -m models.train; needs the train extra)
+                                     (options of python -m lanewatch.models.train; needs the train extra)
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from edge import features
-from edge.config import Config
-from edge.model import ModelError, load
+from lanewatch.edge.config import Config
+from lanewatch.edge.model import features
+from lanewatch.edge.model.runtime import ModelError, load
 
 TIMING_RUNS = 2000
 """Inferences timed by ``check``."""
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("file", nargs="?", help="model file (default: the configured [model] path)")
     check.add_argument("--json", action="store_true", help="print the result as one JSON object")
     train = sub.add_parser("train", help="train a model from simulated ordinary traffic (needs the train extra)")
-    from models import train as train_mod
+    from lanewatch.models import train as train_mod
 
     train_mod.add_arguments(train)
 
@@ -86,6 +86,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
             print("lanewatch model check: no file given and [model] path is empty (model disabled)", file=sys.stderr)
             return 2
         return check(path, args.json)
-    from models import train as train_mod
+    from lanewatch.models import train as train_mod
 
     return train_mod.run(args)

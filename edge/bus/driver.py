@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import numpy as np
 import zmq
 
-from edge import bus
-from edge.config import Config
-from edge.metrics import DriverMetrics
-from edge.records import Kind, Record
+from lanewatch.edge.bus import ingest
+from lanewatch.edge.bus.records import Kind, Record
+from lanewatch.edge.config import Config
+from lanewatch.edge.ops.metrics import DriverMetrics
 
 DRIVER_GROUP = "lanewatch.drivers"
 SIMULATOR_GROUP = "lanewatch.simulators"
@@ -70,7 +70,7 @@ class RecordPublisher:
         )
         self.seq += 1
         try:
-            bus.publish(self.sock, record)
+            ingest.publish(self.sock, record)
             self.metrics.published.labels(self.lane).inc()
         except zmq.Again:
             self.metrics.publish_drops.labels(self.lane).inc()

@@ -1,0 +1,1 @@
+"""The bus contract between drivers and the service: typed records, their ZeroMQ transport, the driver base."""

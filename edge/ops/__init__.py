@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics and health, systemd notification, status checks, unit installation."""
