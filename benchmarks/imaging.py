@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from lanewatch.edge.xray import imaging
 from lanewatch.kernels import imaging as im
 
 REAL_TIME_LINES_S = 300.0
@@ -57,7 +58,7 @@ def run_scan(
     raw: np.ndarray, dark: np.ndarray, air: np.ndarray, batch: int, backend: im.Backend
 ) -> tuple[float, float]:
     """Process one scan in batches; returns (total seconds, scan-end seconds)."""
-    proc = im.ScanProcessor(
+    proc = imaging.ScanProcessor(
         dark, air, pixel_pitch_mm=PIXEL_PITCH_MM, column_spacing_mm=COLUMN_SPACING_MM, backend=backend
     )
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Image kernels of radiation/X-ray fusion: grey opening along the vehicle, and 4-connected labelling.
+"""Image morphology for X-ray fusion: grey opening along the vehicle, and 4-connected labelling.
 
 The fusion looks for compact objects in a reduced dual-energy attenuation image (rows along the
 vehicle, columns down the detector). A load is mostly uniform along the vehicle over lengths
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from lanewatch.kernels.imaging import components_ref
+from lanewatch.kernels.imaging import components_ref, find_root
 
 
 @njit(cache=True, error_model="numpy")
@@ -72,14 +72,6 @@ def opening_rows_ref(a: np.ndarray, half: int) -> np.ndarray:
 
 
 @njit(cache=True, error_model="numpy")
-def _root(parent: np.ndarray, x: int) -> int:
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
-
-
-@njit(cache=True, error_model="numpy")
 def label4(mask: np.ndarray) -> np.ndarray:
     """4-connected component labels (int64, 0 = background) of a boolean ``(rows, columns)`` mask.
 
@@ -95,16 +87,16 @@ def label4(mask: np.ndarray) -> np.ndarray:
                 continue
             k = i * cols + j
             if i > 0 and mask[i - 1, j]:
-                a, b = _root(parent, k - cols), _root(parent, k)
+                a, b = find_root(parent, k - cols), find_root(parent, k)
                 parent[max(a, b)] = min(a, b)
             if j > 0 and mask[i, j - 1]:
-                a, b = _root(parent, k - 1), _root(parent, k)
+                a, b = find_root(parent, k - 1), find_root(parent, k)
                 parent[max(a, b)] = min(a, b)
     out = np.zeros((rows, cols), np.int64)
     for i in range(rows):
         for j in range(cols):
             if mask[i, j]:
-                out[i, j] = _root(parent, i * cols + j) + 1
+                out[i, j] = find_root(parent, i * cols + j) + 1
     return out
 
 

@@ -24,7 +24,7 @@ from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
 from lanewatch.edge.bus.records import Kind, Record, decode
 from lanewatch.edge.ops.metrics import DriverMetrics
-from lanewatch.kernels import imaging as im
+from lanewatch.edge.xray import imaging
 
 REPO = Path(__file__).resolve().parents[1]
 LANE = "lane-7"
@@ -61,7 +61,7 @@ def test_a_dicos_image_goes_through_the_imaging_pipeline(dicos: Path) -> None:
     """Single energy, dark 0, air at the ramp's top: the dense region is every pixel with T <= 1/e."""
     lines = read_dicos(dicos / PROCESSING).lines()
     air = float(lines.max())
-    proc = im.ScanProcessor(np.zeros((1, 128)), np.full((1, 128), air), pixel_pitch_mm=2.0, column_spacing_mm=3.0)
+    proc = imaging.ScanProcessor(np.zeros((1, 128)), np.full((1, 128), air), pixel_pitch_mm=2.0, column_spacing_mm=3.0)
     proc.process(lines)
     result = proc.finish()
     value = np.arange(128 * 256) / air

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import ndimage
 
+from lanewatch.edge.xray import imaging
 from lanewatch.kernels import imaging as im
 
 PROPERTY = settings(max_examples=120, deadline=None, derandomize=True)
-PARAMS = im.ImagingParams()
+PARAMS = imaging.ImagingParams()
 CLASS_ARGS = (PARAMS.a_air, PARAMS.a_dark, PARAMS.r_organic, PARAMS.r_inorganic, PARAMS.r_metal)
 
 shapes3 = st.tuples(st.integers(0, 12), st.sampled_from([1, 2]), st.integers(1, 24))
@@ -110,7 +111,7 @@ def dense_planes(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, list[int]]:
 
 
 def _label_in_batches(plane: np.ndarray, classes: np.ndarray, cuts: list[int]) -> im.RegionStats:
-    labeller = im.RegionLabeller(plane.shape[1], 1.0)
+    labeller = imaging.RegionLabeller(plane.shape[1], 1.0)
     for a, b in zip([0, *cuts], [*cuts, plane.shape[0]], strict=True):
         labeller.add(plane[a:b], classes[a:b])
     return labeller.finish()
@@ -172,7 +173,7 @@ def test_resolving_twice_or_continuing_after_resolving_is_consistent() -> None:
     rng = np.random.default_rng(7)
     plane = rng.uniform(0, 2, (40, 50)).astype(np.float32)
     classes = rng.integers(0, im.N_CLASSES, plane.shape).astype(np.uint8)
-    labeller = im.RegionLabeller(50, 1.0)
+    labeller = imaging.RegionLabeller(50, 1.0)
     labeller.add(plane[:20], classes[:20])
     first = labeller.finish()
     assert _as_set(labeller.finish()) == _as_set(first)
@@ -193,11 +194,11 @@ def _slab(att: np.ndarray, lines: slice, pixels: slice, material: str, cm: float
     att[lines, im.HIGH, pixels] += high
 
 
-def _scan(att: np.ndarray, batch: int = 16, seed: int = 1, backend: im.Backend = "numba") -> im.ScanResult:
+def _scan(att: np.ndarray, batch: int = 16, seed: int = 1, backend: im.Backend = "numba") -> imaging.ScanResult:
     raw = im.raw_from_attenuation(att, DARK, AIR)
     noise = np.random.default_rng(seed).normal(0.0, 20.0, raw.shape)
     raw = np.clip(raw + noise, 0, 65535).astype(np.uint16)
-    proc = im.ScanProcessor(DARK, AIR, pixel_pitch_mm=PITCH_MM, column_spacing_mm=SPACING_MM, backend=backend)
+    proc = imaging.ScanProcessor(DARK, AIR, pixel_pitch_mm=PITCH_MM, column_spacing_mm=SPACING_MM, backend=backend)
     for first in range(0, len(raw), batch):
         proc.process(raw[first : first + batch])
     return proc.finish()
@@ -289,20 +290,20 @@ def test_forward_model_round_trips_through_calibration() -> None:
 def test_single_energy_scan_finds_dense_regions_without_materials() -> None:
     att = _phantom()[:, im.HIGH : im.HIGH + 1, :]
     raw = im.raw_from_attenuation(att, DARK[:1], AIR[:1])
-    proc = im.ScanProcessor(DARK[:1], AIR[:1], pixel_pitch_mm=PITCH_MM, column_spacing_mm=SPACING_MM)
+    proc = imaging.ScanProcessor(DARK[:1], AIR[:1], pixel_pitch_mm=PITCH_MM, column_spacing_mm=SPACING_MM)
     proc.process(raw)
     result = proc.finish()
     assert [(r.material, r.lines, r.pixels) for r in result.regions] == [("unclassified", (40, 49), (30, 41))]
 
 
 def test_bad_shapes_are_refused_with_the_expected_shape() -> None:
-    proc = im.ScanProcessor(DARK, AIR, pixel_pitch_mm=PITCH_MM, column_spacing_mm=SPACING_MM)
+    proc = imaging.ScanProcessor(DARK, AIR, pixel_pitch_mm=PITCH_MM, column_spacing_mm=SPACING_MM)
     with pytest.raises(ValueError, match=r"\(lines, 2, 96\)"):
         proc.process(np.zeros((4, 2, 95), np.uint16))
     with pytest.raises(ValueError, match="energies 1 or 2"):
-        im.ScanProcessor(np.zeros((3, 4)), np.ones((3, 4)), pixel_pitch_mm=1, column_spacing_mm=1)
+        imaging.ScanProcessor(np.zeros((3, 4)), np.ones((3, 4)), pixel_pitch_mm=1, column_spacing_mm=1)
     with pytest.raises(ValueError, match="backend"):
-        im.ScanProcessor(DARK, AIR, pixel_pitch_mm=1, column_spacing_mm=1, backend="cuda")  # type: ignore[arg-type]
+        imaging.ScanProcessor(DARK, AIR, pixel_pitch_mm=1, column_spacing_mm=1, backend="cuda")  # type: ignore[arg-type]
 
 
 def test_default_thresholds_follow_the_reference_materials() -> None:
@@ -314,7 +315,7 @@ def test_default_thresholds_follow_the_reference_materials() -> None:
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_a_scan_without_lines_ends_empty(backend: im.Backend) -> None:
-    proc = im.ScanProcessor(DARK, AIR, pixel_pitch_mm=PITCH_MM, column_spacing_mm=SPACING_MM, backend=backend)
+    proc = imaging.ScanProcessor(DARK, AIR, pixel_pitch_mm=PITCH_MM, column_spacing_mm=SPACING_MM, backend=backend)
     result = proc.finish()
     assert (result.lines, result.regions, result.class_px) == (0, [], {})
     assert result.profile.shape == (0, 2) and result.preview.shape == (0, P // 4)

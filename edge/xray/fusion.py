@@ -75,6 +75,7 @@ from prometheus_client import CollectorRegistry
 from lanewatch.edge.bus.records import Kind, Record
 from lanewatch.edge.config import DetectionConfig, FusionConfig, LaneConfig
 from lanewatch.edge.ops.metrics import ServiceMetrics
+from lanewatch.edge.xray import imaging
 from lanewatch.edge.xray.image import DARK_CELL, ImageObject
 from lanewatch.edge.xray.scan import Scan, ScanAssembler
 from lanewatch.kernels import imaging as im
@@ -552,7 +553,7 @@ def fuse(analysis: dict[str, Any] | None, scan: Scan, cfg: FusionConfig, detecti
     return Fusion(alarms + fused, xray)
 
 
-def _regions(result: im.ScanResult, ctx: _Context) -> list[dict[str, Any]]:
+def _regions(result: imaging.ScanResult, ctx: _Context) -> list[dict[str, Any]]:
     """The imaging pipeline's dense regions (largest first) on the vehicle axis, for overlays."""
     out = []
     cell_mm2 = ctx.image.pitch_mm * ctx.reg.spacing_mm

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from lanewatch.edge.config import FusionConfig
+from lanewatch.edge.xray import imaging
 from lanewatch.kernels import imaging as im
 from lanewatch.kernels.morphology import cell_sums, label4, opening_rows
 
@@ -176,7 +177,7 @@ class ImageObject:
         )
 
 
-def _material(ratio: float, params: im.ImagingParams) -> str:
+def _material(ratio: float, params: imaging.ImagingParams) -> str:
     if ratio >= params.r_organic:
         return "organic"
     if ratio >= params.r_inorganic:
@@ -184,7 +185,9 @@ def _material(ratio: float, params: im.ImagingParams) -> str:
     return "metal" if ratio >= params.r_metal else "high_z"
 
 
-def find_objects(grid: GridImage, pitch_mm: float, spacing_mm: float, params: im.ImagingParams) -> list[ImageObject]:
+def find_objects(
+    grid: GridImage, pitch_mm: float, spacing_mm: float, params: imaging.ImagingParams
+) -> list[ImageObject]:
     """Objects (two cells or more) shorter than :data:`OBJECT_MAX_M` standing :data:`EXCESS_MIN` out of the load."""
     if grid.high.shape[0] == 0:
         return []
@@ -268,15 +271,15 @@ class ImageFindings:
     preview: Preview | None
     pitch_mm: float
     spacing_mm: float
-    params: im.ImagingParams
+    params: imaging.ImagingParams
 
 
 def analyze_image(
     grid: GridImage,
-    result: im.ScanResult,
+    result: imaging.ScanResult,
     pitch_mm: float,
     spacing_mm: float,
-    params: im.ImagingParams,
+    params: imaging.ImagingParams,
 ) -> ImageFindings:
     """Objects and preview of a finished scan (its reduced image ``grid`` and the imaging pipeline's ``result``)."""
     return ImageFindings(

@@ -40,8 +40,7 @@ import numpy as np
 from lanewatch.edge.bus.records import Kind, Record, iso_utc
 from lanewatch.edge.config import DetectionConfig, FusionConfig, LaneConfig
 from lanewatch.edge.ops.metrics import ServiceMetrics
-from lanewatch.edge.xray import image
-from lanewatch.kernels import imaging as im
+from lanewatch.edge.xray import image, imaging
 
 log = logging.getLogger("lanewatch.scan")
 
@@ -79,7 +78,7 @@ class Scan:
     """float64 (lines,): encoder reading of each processed line (NaN where the source gave none)."""
     t_ns: np.ndarray
     """int64 (lines,): time stamp of each processed line (scanner clock, ns)."""
-    result: im.ScanResult | None
+    result: imaging.ScanResult | None
     """The imaging pipeline's result; None for a scan without image lines."""
     image: image.ImageFindings | None
     finish_s: float = 0.0
@@ -134,7 +133,7 @@ class _Open:
     calib_n: dict[str, int] = field(default_factory=dict)
     estimated: bool = False
     recalibrations: int = 0
-    processor: im.ScanProcessor | None = None
+    processor: imaging.ScanProcessor | None = None
     grid: image.ImageGrid | None = None
     calibration: str = "measured"
     pitch_mm: float = 0.0
@@ -347,12 +346,12 @@ class ScanAssembler:
             dark, air, scan.calibration = self._levels(scan, counts)
             scan.pitch_mm, scan.spacing_mm = self._geometry(scan, enc, t)
             block = image.grid_blocks(scan.spacing_mm, scan.pitch_mm)
-            scan.processor = im.ScanProcessor(
+            scan.processor = imaging.ScanProcessor(
                 dark,
                 air,
                 pixel_pitch_mm=scan.pitch_mm,
                 column_spacing_mm=scan.spacing_mm,
-                params=im.ImagingParams(preview_block=block),
+                params=imaging.ImagingParams(preview_block=block),
             )
             scan.grid = image.ImageGrid(scan.energies, scan.pixels, *block, scan.processor.params.a_dark)
         assert scan.grid is not None
