@@ -1,4 +1,4 @@
-"""``python -m edge`` is the ``lanewatch`` command."""
+"""``python -m lanewatch.edge`` is the ``lanewatch`` command."""
 
 from lanewatch.edge.commands.cli import main
 

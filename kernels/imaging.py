@@ -13,7 +13,7 @@ Every ``@njit`` kernel here has a plain-numpy twin named ``<kernel>_ref`` that c
 result by array operations (and, for connected components, by a different algorithm), so the
 kernels can be checked against it on random inputs and benchmarked against it.
 
-Pipeline, per batch of lines as they arrive (:class:`ScanProcessor` runs it):
+Pipeline, per batch of lines as they arrive (:class:`lanewatch.edge.xray.imaging.ScanProcessor` runs it):
 
 1. :func:`calibrate`: transmission ``T = (raw - dark) / (air - dark)`` per pixel and energy,
    clipped to ``[eps, t_max]``; ``dark`` is the detector signal with the beam off, ``air`` the signal
@@ -59,8 +59,8 @@ high-Z     R < 1.19      Pb 1.10          Z > 50: lead, tungsten, uranium (shiel
 
 Real bremsstrahlung beams are polychromatic and harden with thickness, so the measured ratios
 are closer to 1 and depend on ``A_high``; a site calibrates them with step wedges of known
-materials and sets :class:`ImagingParams`. Dual energy stays ambiguous between high-Z and mid-Z
-behind thick cargo (Lalor & Danagoulian, arXiv 2301.05783): "high-Z" means "attenuates like
+materials and sets :class:`lanewatch.edge.xray.imaging.ImagingParams`. Dual energy stays ambiguous
+between high-Z and mid-Z behind thick cargo (Lalor & Danagoulian, arXiv 2301.05783): "high-Z" means "attenuates like
 high-Z", a reason for review, not an identification. Two classes are not materials:
 
 * ``air``: ``A_high < a_air`` (nothing in the beam, or too little to give a ratio).

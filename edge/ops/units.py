@@ -139,7 +139,7 @@ def example_config() -> str:
     default."""
     lines = [
         "# lanewatch configuration. Every key is shown with its default value and its meaning;",
-        "# generated from edge/config.py by `lanewatch install-units`. Under systemd, relative paths",
+        "# generated from lanewatch.edge.config by `lanewatch install-units`. Under systemd, relative paths",
         "# are relative to the service's state directory, /var/lib/lanewatch.",
         "",
     ]
