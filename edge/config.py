@@ -1,36 +1,54 @@
 """The lanewatch configuration: one TOML file, checked key by key.
 
-Every key is a field below; its docstring is the reference the README repeats. A wrong
-key or value raises :class:`ConfigError` naming the file, the key and what was expected.
+Every key is a field of a :class:`msgspec.Struct` below, with its type, its range
+(``msgspec.Meta``) and, in the docstring under it, its meaning and unit; the README and the
+example configuration repeat those docstrings, and ``lanewatch schema config`` publishes them as a
+JSON Schema. A wrong key or value raises :class:`ConfigError` naming the file, the key path (e.g.
+``lanes[1].gamma_channels``) and what was expected, before anything is created or bound.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
+import math
+import re
 import tomllib
-import types
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
 
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names file, key and expectation."""
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
-    journal: str = "lanewatch-journal.db"
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A TOML table: every key known, every value checked."""
+
+
+Seconds = Annotated[float, Meta(gt=0, le=86400)]
+"""A duration (s), more than 0 and at most a day."""
+Wait = Annotated[float, Meta(ge=0, le=86400)]
+"""A duration (s) that may be 0, at most a day."""
+Probability = Annotated[float, Meta(gt=0, lt=1)]
+Fraction = Annotated[float, Meta(ge=0, le=1)]
+Score = Annotated[float, Meta(ge=0, le=1000)]
+"""An anomaly score: -log10 of a fraction, so 0 and up."""
+Channels = Annotated[int, Meta(ge=1, le=256)]
+
+
+class ServiceConfig(_Section):
+    journal: Annotated[str, Meta(min_length=1)] = "lanewatch-journal.db"
     """Path of the SQLite alert journal (created if missing)."""
     http: str = "127.0.0.1:9730"
     """host:port of the service's HTTP endpoint: /metrics (Prometheus) and /healthz."""
-    stale_after_s: float = 15.0
+    stale_after_s: Seconds = 15.0
     """A lane whose driver sent nothing for this long (s) is reported stale by /healthz."""
 
 
-@dataclass(frozen=True)
-class BusConfig:
+class BusConfig(_Section):
     ingest: str = "tcp://127.0.0.1:7600"
     """ZeroMQ endpoint the service binds (SUB) and drivers connect to (PUB)."""
     alerts: str = "tcp://127.0.0.1:7601"
@@ -39,77 +57,74 @@ class BusConfig:
     """ZeroMQ endpoint where the journal answers queries for past decisions (ROUTER)."""
 
 
-@dataclass(frozen=True)
-class DetectionConfig:
-    gamma_false_alarm_probability: float = 1e-4
+class DetectionConfig(_Section):
+    gamma_false_alarm_probability: Probability = 1e-4
     """False-alarm probability per occupancy for the gamma tests, all windows and templates together."""
-    neutron_false_alarm_probability: float = 9e-4
+    neutron_false_alarm_probability: Probability = 9e-4
     """False-alarm probability per occupancy for the neutron tests together (counts alone, and combined with the
     gamma evidence); with the gamma budget, one false alarm per 1000 vehicles."""
-    baseline_n_sigma: float = 5.0
+    baseline_n_sigma: Annotated[float, Meta(gt=0, le=100)] = 5.0
     """n of the fielded rule: alarm when the 1 s gross count exceeds BG + n*sqrt(BG)."""
-    baseline_neutron_threshold: int = 12
+    baseline_neutron_threshold: Annotated[int, Meta(ge=0, le=1_000_000)] = 12
     """Fielded neutron rule: alarm when one neutron sample (4 tubes summed) exceeds its background by more than this."""
-    energy_windows_kev: list[float] = field(default_factory=list)
+    energy_windows_kev: list[Annotated[float, Meta(ge=0, le=100_000)]] = []
     """Energy window edges in keV (K+1 values for K windows); empty for gross counts (K = 1)."""
-    source_standoff_m: float = 2.0
+    source_standoff_m: Annotated[float, Meta(gt=0, le=100)] = 2.0
     """Distance (m) from the detector face to a source on the lane centre line; sets the filter width."""
-    default_speed_kmh: float = 8.0
+    default_speed_kmh: Annotated[float, Meta(gt=0, le=200)] = 8.0
     """Speed assumed (km/h) until the device reports one."""
-    norm_min_extent: float = 0.5
+    norm_min_extent: Fraction = 0.5
     """Smallest fraction of the vehicle length over which an excess must spread to be NORM-consistent."""
-    occupancy_hold_in_s: float = 0.0
+    occupancy_hold_in_s: Wait = 0.0
     """Time (s) the portal keeps an occupancy open after the vehicle has left (its hold-in); 0 if unknown."""
-    occupancy_timeout_s: float = 120.0
+    occupancy_timeout_s: Seconds = 120.0
     """An occupancy with no end-of-occupancy line after this long (s) ends with verdict INCOMPLETE."""
-    sample_timeout_s: float = 10.0
+    sample_timeout_s: Seconds = 10.0
     """An occupancy whose samples stop for this long (s) ends with verdict INCOMPLETE."""
-    background_halflife_s: float = 60.0
+    background_halflife_s: Seconds = 60.0
     """Half-life (s) of the running background estimate while the lane is unoccupied."""
 
 
-@dataclass(frozen=True)
-class FusionConfig:
-    scan_wait_s: float = 5.0
+class FusionConfig(_Section):
+    scan_wait_s: Wait = 5.0
     """At a lane with an X-ray scanner, longest wait (s) after an occupancy ends for its scan to end; then the
     decision is made with the part of the scan that arrived, or without one."""
-    scan_timeout_s: float = 120.0
+    scan_timeout_s: Seconds = 120.0
     """A scan still open this long (s) after it started is closed incomplete (an occupancy that waited
     ``scan_wait_s`` for it cuts it sooner)."""
-    match_tolerance_s: float = 2.0
+    match_tolerance_s: Wait = 2.0
     """A scan belongs to the occupancy whose time span its own overlaps, both widened by this much (s)."""
-    hotspot_z: float = 3.0
+    hotspot_z: Annotated[float, Meta(gt=0, le=1000)] = 3.0
     """Smallest matched-filter z at an image's high-Z object that makes a radiation hotspot there (below the alarm
     thresholds) a shielded source suspected."""
-    colocation_sigma: float = 2.0
+    colocation_sigma: Annotated[float, Meta(gt=0, le=100)] = 2.0
     """A radiation location and an image object are co-located within this many standard deviations of both."""
-    shield_min_area_mm2: float = 2500.0
+    shield_min_area_mm2: Annotated[float, Meta(ge=0, le=1e8)] = 2500.0
     """Smallest high-Z object (mm^2 as imaged) that could shield a source."""
-    shield_min_lead_mm: float = 8.0
+    shield_min_lead_mm: Annotated[float, Meta(ge=0, le=1000)] = 8.0
     """Smallest lead-equivalent thickness (mm) of a high-Z object that could shield a source."""
-    too_dark_fraction: float = 0.3
+    too_dark_fraction: Annotated[float, Meta(gt=0, le=1)] = 0.3
     """image-too-dark when at least this fraction of the vehicle's image lets too few photons through to see."""
 
 
-@dataclass(frozen=True)
-class LaneConfig:
-    id: str
+class LaneConfig(_Section):
+    id: Annotated[str, Meta(pattern=r"^[^/\s]+$")]
     """Lane identifier, unique; used in topics, metrics labels and decisions."""
     rpm: str = ""
     """pyserial URL of the lane's portal monitor: /dev/ttyUSB0, socket://host:port, rfc2217://, loop://."""
-    baudrate: int = 9600
+    baudrate: Annotated[int, Meta(gt=0, le=10_000_000)] = 9600
     """Serial speed (baud) when ``rpm`` is a device path."""
     driver_http: str = ""
     """host:port where this lane's RPM driver serves /metrics and /healthz ("" for none)."""
-    gamma_channels: int = 4
+    gamma_channels: Channels = 4
     """Gamma detector channels of the portal monitor."""
-    neutron_channels: int = 4
+    neutron_channels: Channels = 4
     """Neutron detector channels of the portal monitor."""
     xray: str = ""
     """host:port of the lane's X-ray scanner line stream ("" for a lane without a scanner)."""
     xray_http: str = ""
     """host:port where this lane's X-ray driver serves /metrics and /healthz ("" for none); its ``--http`` default."""
-    xray_detector_mm: float = 4600.0
+    xray_detector_mm: Annotated[float, Meta(gt=0, le=100_000)] = 4600.0
     """Length (mm) of the X-ray scanner's detector column, top to bottom: the pixel pitch is this over the pixels."""
 
 
@@ -117,28 +132,28 @@ SHIPPED_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "anomaly
 """The anomaly model shipped with lanewatch (``models/anomaly.onnx`` beside the ``edge`` package)."""
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     path: str = SHIPPED_MODEL
     """ONNX anomaly model file scored on every decision (default: the shipped model; "" for none)."""
-    finding_threshold: float = 2.0
+    finding_threshold: Score = 2.0
     """Anomaly score (-log10 of the fraction of ordinary vehicles as unusual) from which a decision has a finding."""
-    alarm_threshold: float = 0.0
+    alarm_threshold: Score = 0.0
     """Anomaly score from which a model-anomaly finding is an alarm (verdict ALARM); 0 for none: findings only."""
-    release_threshold: float = 2.0
+    release_threshold: Score = 2.0
     """A NORM-consistent finding is marked release recommended only when the anomaly score is below this."""
 
 
-@dataclass(frozen=True)
-class Config:
-    service: ServiceConfig = field(default_factory=ServiceConfig)
-    bus: BusConfig = field(default_factory=BusConfig)
-    detection: DetectionConfig = field(default_factory=DetectionConfig)
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lanes: list[LaneConfig] = field(default_factory=list)
+class Config(_Section):
+    """A lanewatch configuration file (TOML): the service, its buses, detection, fusion, the model and the lanes."""
+
+    service: ServiceConfig = ServiceConfig()
+    bus: BusConfig = BusConfig()
+    detection: DetectionConfig = DetectionConfig()
+    fusion: FusionConfig = FusionConfig()
+    model: ModelConfig = ModelConfig()
+    lanes: list[LaneConfig] = []
     source: str = "<defaults>"
-    """Where this configuration came from (a path, or <defaults>)."""
+    """Where this configuration came from (a path, or <defaults>); set by :func:`load`, not a key of the file."""
 
     def lane(self, lane_id: str) -> LaneConfig:
         for lane in self.lanes:
@@ -151,52 +166,155 @@ class Config:
         """K, the number of energy windows per gamma channel."""
         return max(1, len(self.detection.energy_windows_kev) - 1)
 
-
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is list:
-        return f"a list of {_type_name(get_args(tp)[0])}"
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
-
-
-def _check_value(where: str, tp: Any, value: Any) -> Any:
-    if get_origin(tp) is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        return [_check_value(f"{where}[{i}]", get_args(tp)[0], v) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp in (str, bool) and isinstance(value, tp):
-        return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    def require_lanes(self) -> None:
+        """Raise :class:`ConfigError` unless at least one lane is configured (the service fuses lanes)."""
+        if not self.lanes:
+            raise ConfigError(f"{self.source}: lanes: expected at least one [[lanes]] table, the file has none")
 
 
-def _build(cls: type, table: Any, where: str) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table, got {table!r}")
-    hints = get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
-    kwargs = {}
-    for name, f in known.items():
-        if name not in table:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{where}.{name}: required key is missing")
-            continue
-        tp = hints[name]
-        if isinstance(tp, types.GenericAlias) and get_args(tp) and dataclasses.is_dataclass(get_args(tp)[0]):
-            items = table[name]
-            if not isinstance(items, list):
-                raise ConfigError(f"{where}.{name}: expected an array of tables, got {items!r}")
-            kwargs[name] = [_build(get_args(tp)[0], item, f"{where}.{name}[{i}]") for i, item in enumerate(items)]
-        elif dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, table[name], f"{where}.{name}" if where else name)
+NOT_KEYS = frozenset({"source"})
+"""Fields of :class:`Config` that are not keys of the file."""
+
+# ---- endpoints ----------------------------------------------------------------------------------
+WILDCARD_HOSTS = frozenset({"", "*", "0.0.0.0", "::", "[::]"})
+_LOOPBACK_NAMES = {"localhost": "127.0.0.1", "[::1]": "::1"}
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """``(host, port)`` of ``host:port`` (IPv6 hosts in brackets); ValueError says what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host or (":" in host and not host.startswith("[")):
+        raise ValueError(f"expected host:port, got {value!r}")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected a port in 0..65535, got {value!r}")
+    return host, int(port)
+
+
+def zmq_endpoint(value: str) -> tuple[str, str, int]:
+    """``(transport, host or path, port)`` of a ZeroMQ endpoint ``tcp://host:port``, ``ipc://path`` or
+    ``inproc://name`` (port 0 when it has none); ValueError says what is wrong."""
+    transport, sep, rest = value.partition("://")
+    if sep and transport == "tcp":
+        host, port = host_port(rest.replace(":*", ":0") if rest.endswith(":*") else rest)
+        return transport, host, port
+    if sep and transport in ("ipc", "inproc") and rest:
+        return transport, rest, 0
+    raise ValueError(f"expected tcp://host:port, ipc://path or inproc://name, got {value!r}")
+
+
+def _same_address(a: tuple[str, str, int], b: tuple[str, str, int]) -> bool:
+    if a[0] != b[0]:
+        return False
+    if a[0] != "tcp":
+        return a[1] == b[1]
+    hosts = {_LOOPBACK_NAMES.get(a[1], a[1]), _LOOPBACK_NAMES.get(b[1], b[1])}
+    return a[2] == b[2] != 0 and (len(hosts) == 1 or bool(hosts & WILDCARD_HOSTS))
+
+
+def bound_addresses(cfg: Config) -> list[tuple[str, str]]:
+    """``(key path, address)`` of every socket lanewatch binds as this configuration says."""
+    bus = cfg.bus
+    out = [("service.http", cfg.service.http), ("bus.ingest", bus.ingest), ("bus.alerts", bus.alerts)]
+    out.append(("bus.query", bus.query))
+    for i, lane in enumerate(cfg.lanes):
+        out += [(f"lanes[{i}].driver_http", lane.driver_http), (f"lanes[{i}].xray_http", lane.xray_http)]
+    return [(key, address) for key, address in out if address]
+
+
+def _check_addresses(cfg: Config) -> None:
+    seen: list[tuple[str, tuple[str, str, int]]] = []
+    for key, address in bound_addresses(cfg):
+        try:
+            parsed = zmq_endpoint(address) if key.startswith("bus.") else ("tcp", *host_port(address))
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        for other_key, other_parsed in seen:
+            if _same_address(parsed, other_parsed):
+                raise ConfigError(f"{key}: expected an address of its own, got {address!r}, which {other_key} binds")
+        seen.append((key, parsed))
+    for i, lane in enumerate(cfg.lanes):
+        if lane.xray:
+            try:
+                host_port(lane.xray)
+            except ValueError as exc:
+                raise ConfigError(f"lanes[{i}].xray: {exc}") from None
+
+
+# ---- checks -------------------------------------------------------------------------------------
+_MSGSPEC_TYPES = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "array": "an array",
+    "object": "a table",
+}
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_TOKEN = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+
+def _lookup(table: Any, path: str) -> tuple[Any, type | None]:
+    """The raw value at a msgspec path (``.lanes[1].id``) and the Struct type holding it (None if not one)."""
+    value: Any = table
+    tp: Any = Config
+    for name, index in _TOKEN.findall(path):
+        if name:
+            value = value.get(name) if isinstance(value, dict) else None
+            fields = {f.name: f.type for f in msgspec.structs.fields(tp)} if isinstance(tp, type) else {}
+            tp = fields.get(name)
         else:
-            kwargs[name] = _check_value(f"{where}.{name}" if where else name, tp, table[name])
-    return cls(**kwargs)
+            value = value[int(index)] if isinstance(value, list) and int(index) < len(value) else None
+            tp = getattr(tp, "__args__", (None,))[0]
+    return value, tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
+
+
+def _explain(exc: msgspec.ValidationError, table: dict[str, Any]) -> str:
+    """``key.path: expected ..., got ...`` from a msgspec validation error."""
+    match = _AT.match(str(exc))
+    assert match is not None
+    what, path = match["what"], match["path"] or ""
+    if m := re.match(r"Object contains unknown field `(.*)`", what):
+        _, holder = _lookup(table, path)
+        known = sorted(f.name for f in msgspec.structs.fields(holder) if f.name not in NOT_KEYS) if holder else []
+        return f"{path}.{m[1]}: unknown key (known: {', '.join(known)})".lstrip(".")
+    if m := re.match(r"Object missing required field `(.*)`", what):
+        return f"{path}.{m[1]}: required key is missing".lstrip(".")
+    expected = re.sub(r"^Expected `(\w+)`", lambda t: "expected " + _MSGSPEC_TYPES.get(t[1], t[1]), what)
+    expected = re.sub(r", got `\w+`$", "", expected)
+    value, _ = _lookup(table, path)
+    return f"{path.lstrip('.')}: {expected}, got {value!r}"
+
+
+def _check_finite(section: msgspec.Struct, where: str) -> None:
+    for name in section.__struct_fields__:
+        value = getattr(section, name)
+        key = f"{where}.{name}".lstrip(".")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        if isinstance(value, msgspec.Struct):
+            _check_finite(value, key)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, msgspec.Struct):
+                    _check_finite(item, f"{key}[{i}]")
+
+
+def _check(cfg: Config) -> None:
+    _check_finite(cfg, "")
+    ids = [lane.id for lane in cfg.lanes]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ConfigError(f"lanes[{ids.index(dup[0], ids.index(dup[0]) + 1)}].id: duplicate lane id {dup[0]!r}")
+    edges = cfg.detection.energy_windows_kev
+    if edges and (len(edges) < 3 or any(b <= a for a, b in itertools.pairwise(edges))):
+        raise ConfigError(f"detection.energy_windows_kev: expected at least 3 increasing edges (keV), got {edges!r}")
+    m = cfg.model
+    if m.alarm_threshold and m.finding_threshold > m.alarm_threshold:
+        raise ConfigError(
+            f"model.finding_threshold: expected at most alarm_threshold ({m.alarm_threshold}), "
+            f"got {m.finding_threshold}"
+        )
+    _check_addresses(cfg)
 
 
 def parse(text: str, source: str = "<string>") -> Config:
@@ -206,37 +324,16 @@ def parse(text: str, source: str = "<string>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     try:
-        cfg = _build(Config, table, "")
+        for key in sorted(NOT_KEYS & set(table)):
+            raise ConfigError(f"{key}: unknown key (it is not read from the file)")
+        try:
+            cfg = msgspec.convert({**table, "source": source}, Config)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_explain(exc, table)) from None
+        _check(cfg)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {str(exc).lstrip('.')}") from None
-    ids = [lane.id for lane in cfg.lanes]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise ConfigError(f"{source}: lanes.id: duplicate lane id {dup[0]!r}")
-    for i, lane in enumerate(cfg.lanes):
-        if not lane.id or "/" in lane.id or any(c.isspace() for c in lane.id):
-            raise ConfigError(
-                f"{source}: lanes[{i}].id: expected a non-empty id without '/' or spaces, got {lane.id!r}"
-            )
-    edges = cfg.detection.energy_windows_kev
-    if edges and (len(edges) < 3 or any(b <= a for a, b in itertools.pairwise(edges))):
-        raise ConfigError(
-            f"{source}: detection.energy_windows_kev: expected at least 3 increasing edges (keV), got {edges!r}"
-        )
-    if not 0 < cfg.detection.gamma_false_alarm_probability < 1:
-        raise ConfigError(f"{source}: detection.gamma_false_alarm_probability: expected a number in (0, 1)")
-    if not 0 < cfg.detection.neutron_false_alarm_probability < 1:
-        raise ConfigError(f"{source}: detection.neutron_false_alarm_probability: expected a number in (0, 1)")
-    m = cfg.model
-    for key in ("finding_threshold", "alarm_threshold", "release_threshold"):
-        if not 0 <= getattr(m, key) < float("inf"):
-            raise ConfigError(f"{source}: model.{key}: expected a finite non-negative score, got {getattr(m, key)!r}")
-    if m.alarm_threshold and m.finding_threshold > m.alarm_threshold:
-        raise ConfigError(
-            f"{source}: model.finding_threshold: expected at most alarm_threshold ({m.alarm_threshold}), "
-            f"got {m.finding_threshold}"
-        )
-    return dataclasses.replace(cfg, source=source)
+        raise ConfigError(f"{source}: {exc}") from None
+    return cfg
 
 
 def load(path: str | Path) -> Config:

@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry
 
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.records import DecodeError, decode
-from lanewatch.edge.config import Config
-from lanewatch.edge.decisions.alertbus import AlertBus
+from lanewatch.edge.config import Config, ConfigError
+from lanewatch.edge.decisions.alertbus import AlertBus, AlertBusError
 from lanewatch.edge.decisions.journal import Journal, JournalError
 from lanewatch.edge.lane import detect
 from lanewatch.edge.lane.occupancy import Decided, Lane, Provisional
@@ -74,14 +74,25 @@ class Service:
         self.last_seq = self.journal.last_seq()
         self.journal_ok = self.journal.writable()
         self._ctx = zmq.Context()
-        self.ingest = ingest.service_ingest(self._ctx, self.config.bus.ingest)
-        self.alerts = AlertBus(self._ctx, self.config.bus.alerts, self.config.bus.query, self.journal, self.metrics)
+        try:
+            self.ingest = ingest.service_ingest(self._ctx, self.config.bus.ingest)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"{self.config.source}: bus.ingest: cannot bind {self.config.bus.ingest}: {exc}") from exc
+        try:
+            self.alerts = AlertBus(self._ctx, self.config.bus.alerts, self.config.bus.query, self.journal, self.metrics)
+        except AlertBusError as exc:
+            raise ConfigError(f"{self.config.source}: {exc}") from exc
         self.poller = zmq.Poller()
         self.poller.register(self.ingest, zmq.POLLIN)
         self.poller.register(self.alerts.pub, zmq.POLLIN)
         self.poller.register(self.alerts.router, zmq.POLLIN)
         if self._http:
-            self.http_server, _ = serve_http(self.config.service.http, self.registry, self.health)
+            try:
+                self.http_server, _ = serve_http(self.config.service.http, self.registry, self.health)
+            except OSError as exc:
+                raise ConfigError(
+                    f"{self.config.source}: service.http: cannot bind {self.config.service.http}: {exc.strerror}"
+                ) from exc
         self.started = True
         self.notifier.ready(f"{len(self.lanes)} lanes, journal seq {self.last_seq}")
         log.info(

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -121,7 +122,7 @@ def test_false_alarm_rate_within_the_configured_probability() -> None:
     """Over 2000 unshielded background passages the alarm rate stays within the configured per-occupancy
     probability (plus three binomial standard deviations): thresholds account for all centres and templates."""
     p = 0.02
-    cfg = replace(CFG, gamma_false_alarm_probability=p, neutron_false_alarm_probability=p)
+    cfg = msgspec.structs.replace(CFG, gamma_false_alarm_probability=p, neutron_false_alarm_probability=p)
     vehicle = Vehicle(length_m=10.0, cab_shield=0.0)
     n = 2000
     counts = {"gamma": 0, "neutron": 0}
@@ -178,7 +179,7 @@ def test_hard_point_source_in_shielded_cargo_alarms_on_shape() -> None:
 # --------------------------------------------------------------------------- NORM
 @pytest.mark.parametrize("seed", range(4))
 def test_distributed_hard_excess_is_released_as_norm(seed: int) -> None:
-    cfg = replace(CFG, occupancy_hold_in_s=1.0)
+    cfg = msgspec.structs.replace(CFG, occupancy_hold_in_s=1.0)
     result = run(Vehicle(norm_cps=600.0, cargo_shield=0.1), seed, cfg)
     assert result["verdict"] == "CLEAR", result["alarms"]
     entries = {a["reason"]: a for a in result["alarms"]}
@@ -191,7 +192,7 @@ def test_distributed_hard_excess_is_released_as_norm(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_soft_point_source_in_norm_is_not_released(seed: int) -> None:
-    cfg = replace(CFG, occupancy_hold_in_s=1.0)
+    cfg = msgspec.structs.replace(CFG, occupancy_hold_in_s=1.0)
     vehicle = Vehicle(norm_cps=600.0, cargo_shield=0.1, source_m=10.0, source_cps=800.0, source_low=0.95)
     result = run(vehicle, seed, cfg)
     assert result["verdict"] == "ALARM"
@@ -200,7 +201,7 @@ def test_soft_point_source_in_norm_is_not_released(seed: int) -> None:
 
 def test_hard_point_source_is_not_released() -> None:
     """Peaked and hard (Co-60-like): hard like NORM but not spread, so never released."""
-    cfg = replace(CFG, occupancy_hold_in_s=1.0)
+    cfg = msgspec.structs.replace(CFG, occupancy_hold_in_s=1.0)
     vehicle = Vehicle(source_m=9.0, source_cps=1500.0, source_low=0.3, length_m=12.0)
     for seed in range(4):
         result = run(vehicle, seed, cfg)
@@ -225,7 +226,7 @@ def test_ship_effect_null_holds_its_false_alarm_probability(monkeypatch: pytest.
     rate stays within the configured probability (plus three binomial standard deviations). Without the ship
     effect in the null the same passages alarm far more often."""
     p, n = 0.02, 1500
-    cfg = replace(CFG, neutron_false_alarm_probability=p)
+    cfg = msgspec.structs.replace(CFG, neutron_false_alarm_probability=p)
     rates = np.random.default_rng(11).gamma(1 / 0.4, 0.4 * 1.5, n)
     passages = [Vehicle(length_m=20.0, speed_kmh=5.0, cargo_shield=0.3, ship_cps=rate) for rate in rates]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import dataclasses
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -406,10 +406,10 @@ def test_example_config_documents_every_key_and_parses_to_the_defaults() -> None
     assert parsed.lanes == [config_module.LaneConfig(**units.EXAMPLE_LANE)]
     for cls in (config_module.ServiceConfig, config_module.BusConfig, config_module.DetectionConfig):
         docs = units.field_docs(cls)
-        for f in dataclasses.fields(cls):
+        for f in msgspec.structs.fields(cls):
             assert re.search(rf"^{f.name} = ", text, re.M), f.name
             assert f"# {docs[f.name].splitlines()[0]}" in text, f.name
-    for f in dataclasses.fields(config_module.LaneConfig):
+    for f in msgspec.structs.fields(config_module.LaneConfig):
         assert re.search(rf"^{f.name} = ", text, re.M), f.name
 
 

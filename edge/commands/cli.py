@@ -55,7 +55,9 @@ def _config(path: str | None) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from lanewatch.edge.service import Service
 
-    service = Service(_config(args.config))
+    config = _config(args.config)
+    config.require_lanes()
+    service = Service(config)
     stop = _stop_on_signals()
     signal.signal(signal.SIGHUP, lambda signum, frame: service.model.request_reload())
     service.start()

@@ -82,7 +82,7 @@ def _bind(sock: zmq.Socket, endpoint: str, what: str) -> str:
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
-        raise AlertBusError(f"cannot bind the {what} endpoint {endpoint}: {exc}") from exc
+        raise AlertBusError(f"bus.{what}: cannot bind the {what} endpoint {endpoint}: {exc}") from exc
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 

@@ -5,7 +5,7 @@ files under ``<prefix>/share/lanewatch/systemd`` (see ``pyproject.toml``). They 
 executable ``/opt/lanewatch/bin/lanewatch`` and the configuration
 ``/etc/lanewatch/lanewatch.toml``; installing rewrites both to this installation's paths.
 
-The example configuration is generated from the dataclasses of :mod:`lanewatch.edge.config` and the
+The example configuration is generated from the msgspec Structs of :mod:`lanewatch.edge.config` and the
 docstrings under their fields, so it lists every key with its default and never drifts from
 what the parser accepts. An existing ``lanewatch.toml`` is never overwritten; the example is
 always refreshed beside it as ``lanewatch.toml.example``.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import inspect
 import json
 import shutil
@@ -23,7 +22,9 @@ import sys
 import sysconfig
 import textwrap
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin
+
+import msgspec
 
 from lanewatch.edge import config as config_module
 from lanewatch.edge.config import Config, ConfigError
@@ -83,7 +84,7 @@ def render_unit(text: str, exec_path: str, config_path: str) -> str:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass, by field name."""
+    """The docstring written under each field of a class (a configuration section, a record), by field name."""
     node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
     assert isinstance(node, ast.ClassDef)
     docs: dict[str, str] = {}
@@ -114,7 +115,7 @@ def _toml_value(value: Any) -> str:
 def _table_lines(cls: type, values: dict[str, Any]) -> list[str]:
     docs = field_docs(cls)
     lines = []
-    for f in dataclasses.fields(cls):
+    for f in msgspec.structs.fields(cls):
         doc = docs.get(f.name)
         if doc is None:
             raise ConfigError(f"{cls.__name__}.{f.name}: configuration key without a docstring")
@@ -126,10 +127,10 @@ def _table_lines(cls: type, values: dict[str, Any]) -> list[str]:
 
 def _defaults(cls: type) -> dict[str, Any]:
     out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
+    for f in msgspec.structs.fields(cls):
+        if f.default is not msgspec.NODEFAULT:
             out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
+        elif f.default_factory is not msgspec.NODEFAULT:
             out[f.name] = f.default_factory()
     return out
 
@@ -143,12 +144,11 @@ def example_config() -> str:
         "# are relative to the service's state directory, /var/lib/lanewatch.",
         "",
     ]
-    hints = get_type_hints(Config)
-    for f in dataclasses.fields(Config):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+    for f in msgspec.structs.fields(Config):
+        tp = f.type
+        if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
             lines += [f"[{f.name}]", *_table_lines(tp, _defaults(tp))]
-        elif get_origin(tp) is list and dataclasses.is_dataclass(get_args(tp)[0]):
+        elif get_origin(tp) is list and issubclass(get_args(tp)[0], msgspec.Struct):
             item = get_args(tp)[0]
             lines += [f"# One [[{f.name}]] table per lane; copy it for each lane at this site.", f"[[{f.name}]]"]
             lines += _table_lines(item, {**_defaults(item), **EXAMPLE_LANE})
