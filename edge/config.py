@@ -14,7 +14,7 @@ import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -83,6 +83,9 @@ class DetectionConfig(_Section):
     """An occupancy whose samples stop for this long (s) ends with verdict INCOMPLETE."""
     background_halflife_s: Seconds = 60.0
     """Half-life (s) of the running background estimate while the lane is unoccupied."""
+    device_alarm: Literal["alarm", "report"] = "alarm"
+    """What the portal's own alarm (GA/NA lines) does to a decision: "alarm" makes the verdict ALARM whatever
+    lanewatch's own tests say; "report" shows it as an entry that does not alarm."""
 
 
 class FusionConfig(_Section):

@@ -90,6 +90,7 @@ def test_full_file() -> None:
         ("lanes = 3", r"lanes: expected an array, got 3"),
         ("[service", r"bad\.toml: not valid TOML"),
         ("[detection]\nbaseline_neutron_threshold = true", r"expected an integer, got True"),
+        ('[detection]\ndevice_alarm = "ignore"', r"detection\.device_alarm: Invalid enum value 'ignore'"),
     ],
 )
 def test_errors_name_file_key_and_expectation(text: str, message: str) -> None:

@@ -115,6 +115,9 @@ def format_reason(alarm: dict[str, Any]) -> str:
     statistic: ``gamma-shape harder |-7.49| > 5.42``.
     """
     text = str(alarm.get("reason", "?"))
+    if text == "device":
+        which = "+".join(k for k in ("gamma", "neutron") if alarm.get(k)) or "?"
+        return f"device {which} (lanewatch: {alarm.get('lanewatch', '?')}){'' if alarm.get('alarm') else ' reported'}"
     if text == "norm-consistent" and isinstance(alarm.get("extent"), int | float):
         return f"norm-consistent: harder than background, spread over {alarm['extent']:.0%} of the vehicle"
     statistic, threshold = alarm.get("statistic"), alarm.get("threshold")

@@ -20,7 +20,10 @@ Fields (the journal assigns ``seq``):
 
 Verdict rules, in order:
 
-1. ``ALARM`` when any ``alarms`` entry has ``alarm`` true: a radiation test, ``tamper``, or a fused
+1. ``ALARM`` when any ``alarms`` entry has ``alarm`` true: a radiation test, ``tamper``, ``device`` (the
+   portal's own alarm from its GA/NA lines, with ``gamma``/``neutron`` saying which and ``lanewatch`` the
+   reading of lanewatch's own tests beside it; shown without alarming when ``[detection] device_alarm`` is
+   "report", see :func:`lanewatch.edge.lane.detect.device_alarm_entry`), or a fused
    finding: ``shielded-source-suspected`` (high-Z object where the radiation alarms or a weak hotspot
    lies) or ``image-review`` (high-Z object large enough to shield a source, no radiation excess).
    ``norm-consistent`` (with ``release_recommended`` when the image agrees) and ``image-too-dark``

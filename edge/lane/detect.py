@@ -975,6 +975,34 @@ def _clipped_mean(counts: np.ndarray) -> tuple[float, int]:
     return float(keep.mean()), int(keep.size)
 
 
+def device_alarm_entry(
+    gamma: bool, neutron: bool, alarms: list[dict[str, Any]], cfg: DetectionConfig
+) -> dict[str, Any]:
+    """The portal's own alarm (GA lines: ``gamma``, NA lines: ``neutron``) as an ``alarms`` entry ``device``.
+
+    It alarms unless ``device_alarm`` is "report"; ``lanewatch`` gives lanewatch's own reading of the same
+    occupancy beside it: "alarm" (``confirmed_by`` names the tests that alarm), "norm-consistent" (an excess
+    released as NORM), or "not-significant" at the configured false-alarm probabilities.
+    """
+    confirmed = sorted({a["reason"] for a in alarms if a.get("alarm")})
+    norm = any(a["reason"] == "norm-consistent" for a in alarms)
+    return {
+        "reason": "device",
+        "alarm": cfg.device_alarm == "alarm",
+        "gamma": gamma,
+        "neutron": neutron,
+        "statistic": None,
+        "threshold": None,
+        "location_m": None,
+        "lanewatch": "alarm" if confirmed else "norm-consistent" if norm else "not-significant",
+        "confirmed_by": confirmed,
+        "false_alarm_probability": {
+            "gamma": cfg.gamma_false_alarm_probability,
+            "neutron": cfg.neutron_false_alarm_probability,
+        },
+    }
+
+
 def analyze(
     cfg: DetectionConfig,
     background: BackgroundSnapshot,

@@ -38,7 +38,7 @@ from lanewatch.edge.bus.records import Kind, Record, iso_utc
 from lanewatch.edge.config import DetectionConfig, FusionConfig, LaneConfig
 from lanewatch.edge.decisions import decision
 from lanewatch.edge.lane.background import BackgroundEstimator
-from lanewatch.edge.lane.detect import OccupancyAnalyzer
+from lanewatch.edge.lane.detect import OccupancyAnalyzer, device_alarm_entry
 from lanewatch.edge.ops.metrics import ServiceMetrics
 from lanewatch.edge.xray import fusion
 from lanewatch.edge.xray.fusion import warm_up
@@ -92,7 +92,10 @@ class _Occupancy:
     id: str
     """Unique occupancy id: lane, start stamp (ns), and the source and seq of the opening record."""
     samples: int = 0
-    device_alarm: bool = False
+    device_gamma: bool = False
+    """The portal alarmed on gamma (a GA line) during the occupancy."""
+    device_neutron: bool = False
+    """The portal alarmed on neutrons (an NA line) during the occupancy."""
     tamper: bool = False
     link_interruptions: int = 0
     provisional_reasons: set[str] = field(default_factory=set)
@@ -197,10 +200,11 @@ class Lane:
             occ = self._begin(rec, now_mono_ns)
         occ.last_sample_mono_ns = now_mono_ns
         occ.samples += 1
-        occ.device_alarm |= "device_alarm" in rec.flags
         if rec.kind is Kind.GAMMA_SCAN:
+            occ.device_gamma |= "device_alarm" in rec.flags
             raised = occ.analyzer.add_gamma(rec.counts, rec.dt_s)
         else:
+            occ.device_neutron |= "device_alarm" in rec.flags
             raised = occ.analyzer.add_neutron(rec.counts.reshape(-1), rec.dt_s)
         for alarm in raised:
             if alarm["reason"] in occ.provisional_reasons:
@@ -315,6 +319,9 @@ class Lane:
         t0 = time.perf_counter()
         analysis = occ.analyzer.finish()
         self.metrics.kernel_time.labels("finish").observe(time.perf_counter() - t0)
+        if occ.device_gamma or occ.device_neutron:
+            device = device_alarm_entry(occ.device_gamma, occ.device_neutron, analysis["alarms"], self.detection)
+            analysis["alarms"].append(device)
         if end_reason not in decision.COMPLETE_ENDS:
             log.warning("lane %s: occupancy %s ended by %s", self.id, occ.id, end_reason)
         facts = {
@@ -325,7 +332,7 @@ class Lane:
             "end_reason": end_reason,
             "device_occupancy": device_occupancy,
             "samples": occ.samples,
-            "device_alarm": occ.device_alarm,
+            "device_alarm": occ.device_gamma or occ.device_neutron,
             "tamper": occ.tamper,
             "link_interruptions": occ.link_interruptions,
         }
