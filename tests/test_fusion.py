@@ -5,7 +5,6 @@ and scans through the service over real sockets (simulator frames, the real DICO
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import math
 import threading
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 import zmq
@@ -416,7 +416,7 @@ def test_occupancy_without_scan_and_lane_without_scanner(tmp_path: Path, ctx: zm
 def test_readme_documents_every_fusion_key() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("### `[fusion]`", 1)[1].split("\n### ", 1)[0]
-    keys = [f.name for f in dataclasses.fields(FusionConfig)]
+    keys = [f.name for f in msgspec.structs.fields(FusionConfig)]
     assert [key for key in keys if f"| `{key}` | `{getattr(FusionConfig(), key)}` |" not in section] == []
 
 

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -375,9 +376,7 @@ def test_config_model_section_and_readme() -> None:
     assert parse("").model.path == SHIPPED_MODEL
     readme = (REPO / "README.md").read_text()
     section = readme.split("### `[model]`", 1)[1].split("\n## ", 1)[0]
-    import dataclasses
-
-    for f in dataclasses.fields(ModelConfig):
+    for f in msgspec.structs.fields(ModelConfig):
         assert f"`{f.name}`" in section, f"README [model] table lacks {f.name}"
 
 
