@@ -4,6 +4,7 @@ One command gives the figures of the model card (``models/README.md``)::
 
     python -m benchmarks.model                       # the shipped model, 10000 ordinary and 3000 threat vehicles
     python -m benchmarks.model --model F.onnx --ordinary 2000 --threats 600
+    python -m benchmarks.model --model F.onnx --baseline G.onnx     # both on the same held-out data, compared
 
 Held-out data: the training corpus generator (:mod:`lanewatch.models.corpus`) on seeds from
 ``lanewatch.models.train.HELD_OUT_BASE`` up, which no training or calibration run uses: ordinary traffic (the
@@ -24,6 +25,9 @@ NORM releases it does not recommend).
 Timing: feature extraction plus one onnxruntime run per occupancy, on one core (the process is pinned),
 p50 and p99, against the rule tests' analysis of the same occupancies (``lanewatch.edge.lane.detect.analyze``) in the
 same run.
+
+With ``--baseline``, a second model (the one being replaced, say) is scored on the same held-out vehicles
+and timed in the same run, and a last table sets the two side by side per kind of lane.
 """
 
 from __future__ import annotations
@@ -241,22 +245,48 @@ def report(path: str, model: AnomalyModel, tables: list[dict[str, Any]], times: 
             )
 
 
+def compare(tables: list[dict[str, Any]], base_tables: list[dict[str, Any]]) -> None:
+    """Print the all-threats figures of the model against the baseline, per kind of lane."""
+    print("\n### model against baseline (all threats; thresholds: score at 10 and 1 per 1000 ordinary)\n")
+    print(
+        "| lane | AUC | Pd @1/1000 | Pd @10/1000 | rules + model @1 | rules + model @10 | score @10/1000 "
+        "| score @1/1000 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for new, old in zip(tables, base_tables, strict=True):
+        a, b = new["rows"][-1], old["rows"][-1]
+        print(
+            f"| {new['variant']} | {a['auc']:.3f} ({b['auc']:.3f}) | {_pct(a['model@1'])} % ({_pct(b['model@1'])} %) "
+            f"| {_pct(a['model@10'])} % ({_pct(b['model@10'])} %) | {_pct(a['both@1'])} % ({_pct(b['both@1'])} %) "
+            f"| {_pct(a['both@10'])} % ({_pct(b['both@10'])} %) | {new['thresholds'][10]:.2f} "
+            f"({old['thresholds'][10]:.2f}) | {new['thresholds'][1]:.2f} ({old['thresholds'][1]:.2f}) |"
+        )
+    print("\n(baseline in parentheses)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=SHIPPED_MODEL, help="model file (default: the shipped model)")
     parser.add_argument("--ordinary", type=int, default=10_000, help="held-out ordinary vehicles (default 10000)")
     parser.add_argument("--threats", type=int, default=3000, help="held-out threat vehicles (default 3000)")
     parser.add_argument("--timing", type=int, default=200, help="occupancies timed (default 200)")
+    parser.add_argument("--baseline", help="a second model file, measured on the same data and compared")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="simulation processes")
     args = parser.parse_args(argv)
-    model = load(args.model)
+    paths = [args.model] + ([args.baseline] if args.baseline else [])
+    models = [load(path) for path in paths]
     ordinary = corpus.build(_chunks(ORDINARY_OFFSET, args.ordinary, corpus.benign_mix()), workers=args.workers)
     threats = corpus.build(_chunks(THREAT_OFFSET, args.threats, corpus.threat_mix()), workers=args.workers)
-    tables = [quality(model, ordinary, threats, variant) for variant in corpus.VARIANTS]
+    tables = [[quality(model, ordinary, threats, variant) for variant in corpus.VARIANTS] for model in models]
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    times = timing(model, args.timing)
-    report(args.model, model, tables, times)
+    times = [timing(model, args.timing) for model in models]
+    for i, (path, model) in enumerate(zip(paths, models, strict=True)):
+        if i:
+            print("\n## baseline\n")
+        report(path, model, tables[i], times[i])
+    if args.baseline:
+        compare(tables[0], tables[1])
     return 0
 
 

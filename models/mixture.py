@@ -1,25 +1,29 @@
-"""A Gaussian mixture density of ordinary traffic, fitted by EM in numpy: deterministic for a seed.
+"""A Gaussian mixture density of ordinary traffic, fitted by scikit-learn's EM: deterministic for a seed.
 
 Features are first put on a common scale, robustly and with heavy tails compressed:
 ``u = asinh((x - median) / scale)`` with ``scale`` the interquartile range over 1.349 (the standard
 deviation of a normal), floored so a nearly constant feature cannot blow up. The mixture of ``K`` full-
-covariance Gaussians is started from k-means++ centres (seeded) and refined by expectation-maximisation
-with ``reg`` added to every covariance's diagonal. The anomaly statistic is the negative log-likelihood
-of ``u`` (nats): low for traffic like the training corpus, high for what it never saw.
+covariance Gaussians is fitted by ``sklearn.mixture.GaussianMixture``: expectation-maximisation from
+k-means++ centres (seeded), with ``reg`` added to every covariance's diagonal. The anomaly statistic is
+the negative log-likelihood of ``u`` (nats): low for traffic like the training corpus, high for what it
+never saw.
 
-:func:`nll` is the plain-numpy scorer; the ONNX graph (:mod:`lanewatch.models.export`) computes the same numbers.
+:func:`nll` is the plain-numpy scorer (no scikit-learn): the twin that the ONNX graph
+(:mod:`lanewatch.models.export`) is checked against, which computes the same numbers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 MIN_SCALE = 1e-3
 """Smallest feature scale (units of the feature) before the asinh compression."""
+REG_COVAR = 1e-2
+"""Added to every covariance's diagonal (scaled units squared): keeps thin components from collapsing."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class Mixture:
     """(K, D) component means (scaled space)."""
     precision_chol: np.ndarray
     """(K, D, D) upper-triangular P with P P^T the inverse covariance: the Mahalanobis term is |(u - mean) P|^2."""
+    iterations: int = 0
+    """EM iterations the fit took."""
+    converged: bool = True
+    """Whether EM met its tolerance within its iteration limit."""
 
     @property
     def log_norm(self) -> np.ndarray:
@@ -74,79 +82,40 @@ def _logsumexp(a: np.ndarray) -> np.ndarray:
     return (m + np.log(np.exp(a - m).sum(axis=1, keepdims=True)))[:, 0]
 
 
-def _precision_chol(cov: np.ndarray) -> np.ndarray:
-    """Upper-triangular P with P P^T = cov^-1 (from the Cholesky factor of cov)."""
-    lower = np.linalg.cholesky(cov)
-    inv = np.linalg.solve(lower, np.eye(cov.shape[0]))
-    return inv.T
-
-
-def _kmeans_pp(u: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 20) -> np.ndarray:
-    """k-means++ centres refined by Lloyd iterations; (k, D)."""
-    centres = [u[int(rng.integers(len(u)))]]
-    d2 = ((u - centres[0]) ** 2).sum(axis=1)
-    for _ in range(1, k):
-        p = d2 / d2.sum()
-        centres.append(u[int(rng.choice(len(u), p=p))])
-        d2 = np.minimum(d2, ((u - centres[-1]) ** 2).sum(axis=1))
-    c = np.array(centres)
-    for _ in range(iterations):
-        dist = (u * u).sum(axis=1)[:, None] - 2.0 * u @ c.T + (c * c).sum(axis=1)[None, :]
-        label = np.argmin(dist, axis=1)
-        for j in range(k):
-            members = u[label == j]
-            if len(members):
-                c[j] = members.mean(axis=0)
-    return c
-
-
 def fit(
     x: np.ndarray,
     components: int,
     seed: int,
-    reg: float = 1e-2,
+    reg: float = REG_COVAR,
     iterations: int = 200,
     tol: float = 1e-6,
-    step: Callable[[float], None] | None = None,
 ) -> Mixture:
-    """Fit the mixture to the rows of ``x`` (ordinary traffic only).
+    """Fit the mixture to the rows of ``x`` (ordinary traffic only) with scikit-learn's ``GaussianMixture``.
 
-    EM stops after ``iterations`` or when the mean log-likelihood gains less than ``tol`` (nats per row);
-    ``step`` is called with the mean log-likelihood after each iteration.
+    Full covariances, k-means++ start seeded by ``seed``, ``reg`` added to every covariance's diagonal
+    (``reg_covar``); EM stops after ``iterations`` or when the mean log-likelihood gains less than ``tol``
+    (nats per row). Needs the ``train`` extra; scoring (:func:`nll`) needs numpy only.
     """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
     x = np.asarray(x, np.float64)
     if x.ndim != 2 or len(x) < 2 * components:
         raise ValueError(f"need a (rows, features) array with at least {2 * components} rows, got shape {x.shape}")
     loc, scale = scaling(x)
-    u = transform(x, loc, scale)
-    n, d = u.shape
-    rng = np.random.default_rng(seed)
-    means = _kmeans_pp(u, components, rng)
-    dist = (u * u).sum(axis=1)[:, None] - 2.0 * u @ means.T + (means * means).sum(axis=1)[None, :]
-    resp = np.zeros((n, components))
-    resp[np.arange(n), np.argmin(dist, axis=1)] = 1.0
-    previous = -np.inf
-    eye = np.eye(d)
-    for _ in range(iterations):
-        nk = resp.sum(axis=0) + 1e-10
-        weights = nk / n
-        means = (resp.T @ u) / nk[:, None]
-        chol = np.empty((components, d, d))
-        for k in range(components):
-            c = u - means[k]
-            cov = (resp[:, k, None] * c).T @ c / nk[k] + reg * eye
-            chol[k] = _precision_chol(cov)
-        model = Mixture(loc, scale, weights, means, chol)
-        log_p = _log_components(u, means, chol, model.log_norm)
-        total = _logsumexp(log_p)
-        mean_ll = float(total.mean())
-        resp = np.exp(log_p - total[:, None])
-        if step is not None:
-            step(mean_ll)
-        if mean_ll - previous < tol:
-            break
-        previous = mean_ll
-    return model
+    gm = GaussianMixture(
+        components,
+        covariance_type="full",
+        tol=tol,
+        reg_covar=reg,
+        max_iter=iterations,
+        init_params="k-means++",
+        random_state=seed,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm.fit(transform(x, loc, scale))
+    return Mixture(loc, scale, gm.weights_, gm.means_, gm.precisions_cholesky_, int(gm.n_iter_), bool(gm.converged_))
 
 
 def nll(model: Mixture, x: np.ndarray) -> np.ndarray:

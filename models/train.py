@@ -15,7 +15,7 @@ corpus ``SEED_STRIDE * seed + CALIBRATION_OFFSET + i``. Evaluation (``benchmarks
 from ``HELD_OUT_BASE`` up, which no training seed below ``HELD_OUT_BASE / SEED_STRIDE`` reaches. The same
 seed and sizes give the same file byte for byte (pass ``--date`` to fix the date it records).
 
-Needs the ``train`` extra (``pip install -e '.[train]'``: onnx, tqdm).
+Needs the ``train`` extra (``pip install -e '.[train]'``: scikit-learn, onnx, tqdm).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def plan(seed: int, vehicles: int, offset: int = 0, images: bool = True) -> list
 def _bar(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="veh" if "vehicles" in desc else "it", disable=not enabled, leave=False)
+    return tqdm(total=total, desc=desc, unit="veh", disable=not enabled, leave=False)
 
 
 def _simulate(chunks: list[corpus.Chunk], workers: int, desc: str, progress: bool) -> corpus.Corpus:
@@ -112,13 +112,15 @@ def train(
     ``images`` False leaves the image variants out of both corpora (a quick run: the model then knows
     lanes without a scanner only, and scores every image as unusual).
     """
+    import sklearn
+
     t0 = time.perf_counter()
     train_plan = plan(seed, train_vehicles, 0, images)
     cal_plan = plan(seed, calibration_vehicles, CALIBRATION_OFFSET, images)
     train_set = _simulate(train_plan, workers, "training vehicles", progress)
     cal_set = _simulate(cal_plan, workers, "calibration vehicles", progress)
-    with _bar(200, "EM iterations", progress) as bar:
-        model = mixture.fit(train_set.features, components, seed, step=lambda ll: bar.update(1))
+    model = mixture.fit(train_set.features, components, seed)
+    log.info("mixture fitted: %d EM iterations, converged %s", model.iterations, model.converged)
     cal_nll = mixture.nll(model, cal_set.features)
     modes = export.mode_index(cal_set.features, features.FEATURE_NAMES)
     pooled = export.calibrate(cal_nll)
@@ -156,6 +158,16 @@ def train(
                 "train_rows": len(train_set),
                 "calibration_rows": len(cal_set),
                 "train_sources": dict(sorted(Counter(train_set.source.tolist()).items())),
+            }
+        ),
+        "lanewatch.fit": json.dumps(
+            {
+                "library": f"scikit-learn {sklearn.__version__} GaussianMixture",
+                "covariance": "full",
+                "init": "k-means++",
+                "reg_covar": mixture.REG_COVAR,
+                "em_iterations": model.iterations,
+                "converged": model.converged,
             }
         ),
         "lanewatch.trained": when,
@@ -223,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         import onnx  # noqa: F401
+        import sklearn  # noqa: F401
         import tqdm  # noqa: F401
     except ImportError as exc:
         print(f"train: {exc.name} is missing; install the training extra: pip install -e '.[train]'", file=sys.stderr)
@@ -247,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {result.path} ({result.size_bytes / 1024:.0f} KiB) in {result.seconds:.0f} s: "
         f"{meta['lanewatch.model']} of {meta['lanewatch.components']} components, schema {meta['lanewatch.schema']}, "
         f"seed {meta['lanewatch.seed']}, {result.train_rows} training and {result.calibration_rows} calibration rows, "
-        f"corpus sha256 {meta['lanewatch.corpus_sha256'][:16]}..."
+        f"corpus sha256 {meta['lanewatch.corpus_sha256'][:16]}...; fit {meta['lanewatch.fit']}"
     )
     return 0
 

@@ -117,6 +117,33 @@ def test_tiny_retraining_is_deterministic_and_valid(tiny: Path, tmp_path: Path) 
     assert json.loads(meta["lanewatch.corpus"])["train_rows"] == 300  # 150 vehicles, windows and gross
 
 
+def test_numpy_scorer_agrees_with_scikit_learn_and_keeps_the_regularisation() -> None:
+    """The plain-numpy scorer (the ONNX graph's twin) against GaussianMixture's own log-likelihood."""
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(5)
+    # Two groups, one of them nearly flat in two features: the regularisation must keep it from collapsing.
+    x = np.concatenate([rng.normal(size=(600, 6)), rng.normal(5.0, 1.0, size=(400, 6)) * [1, 1, 1, 1, 1e-4, 1e-4]])
+    model = mixture.fit(x, 2, seed=4)
+    u = mixture.transform(x, model.loc, model.scale)
+    reference = GaussianMixture(
+        2,
+        covariance_type="full",
+        reg_covar=mixture.REG_COVAR,
+        tol=1e-6,
+        max_iter=200,
+        init_params="k-means++",
+        random_state=4,
+    ).fit(u)
+    np.testing.assert_allclose(mixture.nll(model, x), -reference.score_samples(u), rtol=1e-9, atol=1e-9)
+    assert model.converged and 1 <= model.iterations <= 200
+    for chol in model.precision_chol:
+        covariance = np.linalg.inv(chol @ chol.T)
+        assert np.linalg.eigvalsh(covariance).min() >= mixture.REG_COVAR * (1 - 1e-9)
+    again = mixture.fit(x, 2, seed=4)
+    assert np.array_equal(again.means, model.means) and np.array_equal(again.precision_chol, model.precision_chol)
+
+
 def test_onnx_graph_computes_what_numpy_computes(tmp_path: Path) -> None:
     """The exported graph against the numpy mixture and calibration curves, on every mode."""
     rng = np.random.default_rng(3)
