@@ -1,7 +1,8 @@
 """Calibration of the ship-effect neutron null: fit its constants from benign simulated traffic.
 
-Steel in a vehicle makes cosmic-ray spallation neutrons (the He-3 "ship effect", DOMAIN.md 2: Burr &
-Gavron 2012), in bursts, so a steel load raises the neutron counts and their scatter while it is
+Steel in a vehicle makes cosmic-ray spallation neutrons (the He-3 "ship effect": Oliveri et al., APS DNP
+2007, abstract DA.00060, non-Poisson in 0.1 s bins; Burr & Gavron, Modern Instrumentation 1 (2012),
+doi:10.4236/mi.2012.13004), in bursts, so a steel load raises the neutron counts and their scatter while it is
 between the pillars. Steel also blocks natural gamma background, so the gamma shadow (the suppression
 ``s = 1 - observed / expected`` of the gross gamma count over each neutron sample, computed exactly as
 :mod:`lanewatch.edge.lane.detect` does) is the covariate. The model, per neutron sample ``j`` of ``dt`` seconds::

@@ -4,7 +4,9 @@ The physics comes from :class:`lanewatch.drivers.sim.physics.Traffic`; this modu
 tracks its own background, applies the fielded alarm rules, and writes the lines a real RPM
 writes, paced in (optionally compressed) real time, to every connected client.
 
-Line protocol (DOMAIN.md 2.1; Sandia's SRLS capture in shared/data/rpm shows the timing)
+Line protocol (as read by the Rapiscan driver of the OSCAR project, github.com/Botts-Innovative-Research/
+osh-oakridge-modules, sensors/sensorhub-driver-rapiscan, and written by Sandia's RPM Lane Simulator,
+github.com/sandialabs/SRLS, src/lib/RPMSimulator.ts; a capture of SRLS in shared/data/rpm shows the timing)
     ASCII, comma-separated, CR LF terminated: ``TYPE,dddddd,dddddd,dddddd,dddddd`` with counts
     zero-padded to 6 digits, channels master-upper, master-lower, slave-upper, slave-lower.
     With K energy windows (a lanewatch extension) GB/GL/GH/GS/GA carry 4*K fields, window-major:

@@ -10,11 +10,13 @@ Geometry (metres)
     its centre line; z up from the road. The master pillar stands at y = -2.5, the slave at y = +2.5
     (about 5 m between pillars). Each pillar holds an upper (z = 3 m) and a lower (z = 1 m) PVT gamma
     panel facing the lane; channel order is master-upper, master-lower, slave-upper, slave-lower
-    (DOMAIN.md 2). The 4 He-3 neutron channels sit at the same four places. A vehicle of length L
-    drives through at constant speed v: its front reaches the pillar plane at t = 0, so a point at
-    position p (m behind the front) is at x = v t - p and passes the plane at t = p / v. The
-    occupancy lasts from t = 0 until the rear has passed, L / v, plus a hold-in of ``HOLD_IN_S``.
-    Speeds are 3-10 km/h, most near 7 (walking pace; about 8 km/h is ideal, DOMAIN.md 1).
+    (the Rapiscan line protocol's order: github.com/sandialabs/SRLS). The 4 He-3 neutron channels sit
+    at the same four places. A vehicle of length L drives through at constant speed v: its front
+    reaches the pillar plane at t = 0, so a point at position p (m behind the front) is at x = v t - p
+    and passes the plane at t = p / v. The occupancy lasts from t = 0 until the rear has passed, L / v,
+    plus a hold-in of ``HOLD_IN_S``.
+    Speeds are 3-10 km/h, most near 7 (walking pace; about 8 km/h is ideal: P. E. Fehlau,
+    "Vehicle SNM monitors: results of an evaluation", INMM annual meeting 1983).
 
 Point-source response
     A panel counts a point source at rate proportional to cos(theta) / r^2 = |dy| / r^3 (inverse
@@ -26,7 +28,8 @@ Point-source response
     0.2 s sample are the mean of the rate at three instants in the sample, then Poisson-sampled.
 
 Background (per channel)
-    Gamma: 212-256 cps gross per channel (the range of Sandia's SRLS simulator, DOMAIN.md 2.1), a
+    Gamma: 212-256 cps gross per channel (the range of Sandia's RPM Lane Simulator,
+    github.com/sandialabs/SRLS, src/lib/RPMSimulator.ts), a
     fixed offset per channel; neutron: 2-5 cps per channel (same source). Both drift slowly: a few
     sinusoids with periods of 2-20 minutes move the gamma background by about +-3 % and the neutron
     background by about +-3 % (barometric), so a detector must keep tracking the background.
@@ -34,7 +37,7 @@ Background (per channel)
     world-median activities (400, 35, 30 Bq/kg), down-scattered through 30 g/cm^2 of soil and air,
     plus a skyshine continuum falling as 1/E and a flat cosmic-ray deposit (8 % of gross).
 
-Shadow shielding (baseline suppression, DOMAIN.md 2: NIM A 562:281, PNNL-SA-46730)
+Shadow shielding (baseline suppression: Lo Presti et al., NIM A 562 (2006) 281-297, PNNL-SA-46730)
     While the vehicle is between the pillars it blocks part of the natural background. Each section
     along the vehicle has a suppression fraction (of the gross background): cab 5-9 %, gap between
     cab and trailer 1-3 %, empty container 2-5 %, organic bulk 10-15 %, metal machinery 20-30 %,
@@ -61,7 +64,7 @@ Pulse-height model (PVT) and energy windows
     uses the 30-3000 keV ``GROSS_WINDOW_KEV``. Low lines (Tc-99m 140, HEU 186 keV, Cs-137 662 keV)
     put most counts in a low window; K-40 (1461) and Tl-208 (2614) put many in a high one, which is
     how energy windowing tells NORM from threats; Co-60 (1173 + 1332) looks like NORM (Ely et al.,
-    NIM A 560 (2006) 373, DOMAIN.md 2).
+    NIM A 560 (2006) 373-387).
 
 Scenarios (``SOURCES``; truth "source" and "category")
     none (benign); k40-fertilizer (potash: K-40) and ceramics (Th-232 chain, U-238 chain and K-40 of
@@ -79,7 +82,8 @@ Scenarios (``SOURCES``; truth "source" and "category")
     Neutrons are removed by hydrogenous cargo (exp(-rho x / 20 g/cm^2)), mineral (40), iron (60) and lead
     (150 g/cm^2).
 
-He-3 ship effect (DOMAIN.md 2: Burr & Gavron 2012)
+He-3 ship effect (Oliveri et al., APS DNP 2007, abstract DA.00060; Burr & Gavron, Modern Instrumentation 1
+(2012), doi:10.4236/mi.2012.13004)
     Cosmic rays make bursts of spallation neutrons in heavy steel. While metal cargo is between the
     pillars the neutron channels see extra bursts: 0.5-3 cps over the 4 tubes, each burst 1 +
     Poisson(1) neutrons spread over the tubes, so neutron counts are overdispersed (variance/mean

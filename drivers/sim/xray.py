@@ -22,9 +22,10 @@ Physics
     hollow shells). Single-energy stand-ins for the two bremsstrahlung spectra: the 6 MV beam
     attenuates like 4 MeV photons, the 4 MV beam like 2 MeV photons (approximate NIST XCOM
     totals). That keeps the material dependence of the low/high attenuation ratio that dual-energy
-    discrimination relies on (Chen et al., Physics Procedia 66 (2015) 68; DOMAIN.md 3): about 1.45
+    discrimination relies on (Chen et al., Physics Procedia 66 (2015) 68-74): about 1.45
     for organic (water-like), 1.39 inorganic (aluminium-like), 1.29 steel, 1.10 lead, tungsten and
-    uranium. Steel penetration is about 300 mm (DOMAIN.md 3: 200-450 mm).
+    uranium. Steel penetration is about 300 mm (fielded systems: 200-450 mm, "X-Ray Cargo
+    Inspection: Status and Trends", Varian, AIP Conf. Proc., OSTI 21289597).
 
 Detector
     reading = dark + air * T * pulse + noise, rounded and clipped to 16 bits (ADU). dark: a fixed
