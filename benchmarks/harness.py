@@ -44,6 +44,7 @@ class Deployment:
             f'ingest = "tcp://127.0.0.1:{ingest}"',
             f'alerts = "tcp://127.0.0.1:{alerts}"',
             f'query = "tcp://127.0.0.1:{query}"',
+            "plaintext = true",
         ]
         for i in range(lanes):
             lines += ["[[lanes]]", f'id = "lane{i + 1}"']

@@ -9,6 +9,7 @@ JSON Schema. A wrong key or value raises :class:`ConfigError` naming the file, t
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import math
 import re
@@ -46,6 +47,14 @@ class ServiceConfig(_Section):
     """host:port of the service's HTTP endpoint: /metrics (Prometheus) and /healthz."""
     stale_after_s: Seconds = 15.0
     """A lane whose driver sent nothing for this long (s) is reported stale by /healthz."""
+    clock_skew_s: Seconds = 5.0
+    """A record stamped more than this (s) ahead of the service's clock is rejected (and counted, and the lane
+    reported not ok): a driver's clock that runs ahead would otherwise make the lane's real samples look late."""
+    max_record_age_s: Seconds = 300.0
+    """A record stamped more than this (s) behind the service's clock is rejected the same way (a driver
+    holds records while the service is away, so this bounds how long that may be, not the clock skew)."""
+    rejected_health_s: Seconds = 10.0
+    """A lane is reported not ok for this long (s) after one of its records was rejected."""
 
 
 class BusConfig(_Section):
@@ -55,6 +64,12 @@ class BusConfig(_Section):
     """ZeroMQ endpoint where the service publishes journaled decisions (PUB)."""
     query: str = "tcp://127.0.0.1:7602"
     """ZeroMQ endpoint where the journal answers queries for past decisions (ROUTER)."""
+    keys: Annotated[str, Meta(min_length=1)] = "/etc/lanewatch/keys"
+    """Directory of the CURVE keys made by `lanewatch keys` (public/ and secret/); under systemd, the keys a unit
+    is given with LoadCredential= are found in its credentials directory first."""
+    plaintext: bool = False
+    """Carry the bus without CURVE authentication and encryption; accepted only when every endpoint is on the
+    loopback interface (tcp://127.0.0.1, tcp://[::1], tcp://localhost) or an ipc:// path."""
 
 
 class DetectionConfig(_Section):
@@ -205,6 +220,22 @@ def zmq_endpoint(value: str) -> tuple[str, str, int]:
     raise ValueError(f"expected tcp://host:port, ipc://path or inproc://name, got {value!r}")
 
 
+def loopback(endpoint: str) -> bool:
+    """True for a ZeroMQ endpoint only this computer can reach: ``ipc://``, ``inproc://``, or ``tcp://`` on a
+    loopback address (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    try:
+        transport, host, _ = zmq_endpoint(endpoint)
+    except ValueError:
+        return False
+    if transport != "tcp":
+        return True
+    host = _LOOPBACK_NAMES.get(host, host).strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _same_address(a: tuple[str, str, int], b: tuple[str, str, int]) -> bool:
     if a[0] != b[0]:
         return False
@@ -318,6 +349,13 @@ def _check(cfg: Config) -> None:
             f"got {m.finding_threshold}"
         )
     _check_addresses(cfg)
+    if cfg.bus.plaintext:
+        for key in ("ingest", "alerts", "query"):
+            if not loopback(getattr(cfg.bus, key)):
+                raise ConfigError(
+                    f"bus.{key}: plaintext = true is allowed only on loopback or ipc:// endpoints, got "
+                    f"{getattr(cfg.bus, key)!r} (make keys with `lanewatch keys` instead)"
+                )
 
 
 def parse(text: str, source: str = "<string>") -> Config:

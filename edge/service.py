@@ -14,21 +14,27 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 from prometheus_client import CollectorRegistry
 
-from lanewatch.edge.bus import ingest
-from lanewatch.edge.bus.records import DecodeError, decode
+from lanewatch.edge.bus import ingest, security
+from lanewatch.edge.bus.records import DecodeError, Record, decode
+from lanewatch.edge.bus.security import Gatekeeper, HandshakeMonitor, Keys
 from lanewatch.edge.config import Config, ConfigError
 from lanewatch.edge.decisions.alertbus import AlertBus, AlertBusError
 from lanewatch.edge.decisions.journal import Journal, JournalError
 from lanewatch.edge.lane import detect
 from lanewatch.edge.lane.occupancy import Decided, Lane, Provisional
 from lanewatch.edge.model.runtime import ModelRunner
+from lanewatch.edge.ops import keyfiles
+from lanewatch.edge.ops.keyfiles import KeyInfo
 from lanewatch.edge.ops.metrics import ServiceMetrics, serve_http
+from lanewatch.edge.ops.ratelog import RateLimitedLog
 from lanewatch.edge.ops.sdnotify import Notifier
 
 log = logging.getLogger("lanewatch.service")
@@ -56,6 +62,15 @@ class Service:
         self._http = http
         self._ctx: zmq.Context | None = None
         self._unknown_lanes: set[str] = set()
+        self.keys: Keys | None = None
+        self._senders: dict[str, KeyInfo] = {}
+        """Admitted client keys by name (the User-Id the ZAP handler gives their connections)."""
+        self.gatekeeper: Gatekeeper | None = None
+        self.rejected: dict[str, tuple[float, str]] = {}
+        """Lane -> (monotonic time (s) of the last record of it rejected, why): the lane is not ok meanwhile."""
+        self._bugs: set[tuple[str, str]] = set()
+        """(where, exception site) of the bugs whose traceback was logged, so each is logged once."""
+        self._ratelog = RateLimitedLog(log)
         self.started = False
         self.last_seq = 0
         self.journal_ok = False
@@ -66,6 +81,9 @@ class Service:
         """Compile kernels, load the anomaly model, open the journal, bind sockets and the HTTP endpoint, then tell
         systemd READY. A model file that cannot be used raises
         :class:`lanewatch.edge.model.runtime.ModelError` first."""
+        self.keys = Keys.load(self.config.bus, keyfiles.SERVICE)
+        if self.keys is not None:
+            self._senders = {info.name: info for info in self.keys.clients.values()}
         t0 = time.perf_counter()
         detect.warm_up()
         log.info("kernels ready in %.1f s", time.perf_counter() - t0)
@@ -74,18 +92,25 @@ class Service:
         self.last_seq = self.journal.last_seq()
         self.journal_ok = self.journal.writable()
         self._ctx = zmq.Context()
+        if self.keys is not None:
+            self.gatekeeper = Gatekeeper(self._ctx, self.keys)
         try:
-            self.ingest = ingest.service_ingest(self._ctx, self.config.bus.ingest)
+            self.ingest = ingest.service_ingest(self._ctx, self.config.bus.ingest, self.keys)
         except zmq.ZMQError as exc:
             raise ConfigError(f"{self.config.source}: bus.ingest: cannot bind {self.config.bus.ingest}: {exc}") from exc
         try:
-            self.alerts = AlertBus(self._ctx, self.config.bus.alerts, self.config.bus.query, self.journal, self.metrics)
+            self.alerts = AlertBus(
+                self._ctx, self.config.bus.alerts, self.config.bus.query, self.journal, self.metrics, keys=self.keys
+            )
         except AlertBusError as exc:
             raise ConfigError(f"{self.config.source}: {exc}") from exc
         self.poller = zmq.Poller()
         self.poller.register(self.ingest, zmq.POLLIN)
         self.poller.register(self.alerts.pub, zmq.POLLIN)
         self.poller.register(self.alerts.router, zmq.POLLIN)
+        self.handshakes = HandshakeMonitor(self.metrics.auth_failures)
+        for sock, endpoint in ((self.ingest, "ingest"), (self.alerts.pub, "alerts"), (self.alerts.router, "query")):
+            self.poller.register(self.handshakes.watch(sock, endpoint), zmq.POLLIN)
         if self._http:
             try:
                 self.http_server, _ = serve_http(self.config.service.http, self.registry, self.health)
@@ -96,8 +121,9 @@ class Service:
         self.started = True
         self.notifier.ready(f"{len(self.lanes)} lanes, journal seq {self.last_seq}")
         log.info(
-            "lanewatch service ready: %d lanes, ingest %s, alerts %s, query %s, http %s",
+            "lanewatch service ready: %d lanes, %s bus, ingest %s, alerts %s, query %s, http %s",
             len(self.lanes),
+            "plaintext" if self.keys is None else f"CURVE ({len(self._senders)} client keys)",
             self.config.bus.ingest,
             self.config.bus.alerts,
             self.config.bus.query,
@@ -111,8 +137,11 @@ class Service:
         if self._http:
             self.http_server.shutdown()
             self.http_server.server_close()
+        self.handshakes.close()
         for sock in (self.ingest, self.alerts.pub, self.alerts.router):
             sock.close(linger=0)
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
         self.journal.close()
         if self._ctx is not None:
             self._ctx.term()
@@ -120,7 +149,7 @@ class Service:
     def run(self, stop: threading.Event) -> None:
         """The event loop, until ``stop`` is set."""
         while not stop.is_set():
-            self.step(TICK_S)
+            self._barrier("loop", self.step, TICK_S)
 
     def step(self, timeout_s: float) -> None:
         """One loop iteration: swap in a reloaded model if asked, wait up to ``timeout_s`` for input, handle it,
@@ -130,12 +159,15 @@ class Service:
         if self.ingest in events:
             self._drain_ingest()
         if self.alerts.router in events:
-            self.alerts.handle_query()
+            self._barrier("query", self.alerts.handle_query)
         if self.alerts.pub in events:
-            self.alerts.handle_pub()
+            self._barrier("alerts", self.alerts.handle_pub)
+        for monitor in self.handshakes.sockets:
+            if monitor in events:
+                self.handshakes.handle(monitor)
         now = time.monotonic_ns()
         for lane in self.lanes.values():
-            self._dispatch(lane.on_tick(now))
+            self._dispatch(self._lane_barrier(lane, lane.on_tick, now))
         self._flush_pending()
         now_s = time.monotonic()
         if now_s >= self._next_journal_check:
@@ -147,27 +179,70 @@ class Service:
     def _drain_ingest(self) -> None:
         for _ in range(MAX_BATCH):
             try:
-                frames = self.ingest.recv_multipart(zmq.NOBLOCK)
+                frames = self.ingest.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.handle_frames(frames)
+            sender = security.user_id(frames[0]) if self.keys is not None else None
+            self._barrier("ingest", self.handle_frames, [frame.bytes for frame in frames], sender)
 
-    def handle_frames(self, frames: list[bytes]) -> None:
-        """Decode, sequence-check and route one bus message; bad input is counted and logged."""
+    def _barrier(self, where: str, handler: Callable[..., object], *args: object) -> None:
+        """Run ``handler``; a bug it hits is counted and its traceback logged once, and the loop goes on."""
+        try:
+            handler(*args)
+        except Exception as exc:
+            self._bug(where, exc)
+
+    def _bug(self, where: str, exc: Exception) -> None:
+        self.metrics.handler_errors.labels(where).inc()
+        frame = traceback.extract_tb(exc.__traceback__)[-1:] or [None]
+        site = f"{type(exc).__name__} at {frame[0].filename}:{frame[0].lineno}" if frame[0] else type(exc).__name__
+        if (where, site) not in self._bugs and len(self._bugs) < 1000:
+            self._bugs.add((where, site))
+            log.error("bug in the %s handler (logged once, counted each time): %r", where, exc, exc_info=exc)
+
+    def _lane_barrier(
+        self, lane: Lane, handler: Callable[..., list[Provisional | Decided]], *args: object
+    ) -> list[Provisional | Decided]:
+        """What ``handler`` (one of ``lane``'s) returns; when it hits a bug, the lane's open occupancy is ended
+        INCOMPLETE (end reason ``error``) and the lane starts afresh, while the other lanes go on."""
+        try:
+            return handler(*args)
+        except Exception as exc:
+            self._bug(f"lane {lane.id}", exc)
+        try:
+            return lane.abort(time.monotonic_ns())
+        except Exception as exc:
+            self._bug(f"lane {lane.id}", exc)
+            return []
+
+    def handle_frames(self, frames: list[bytes], sender: str | None = None) -> None:
+        """Decode, authorize, time-check, sequence-check and route one bus message from the key named ``sender``
+        (None on a plaintext bus); bad input is counted and logged at a bounded rate."""
         try:
             rec = decode(frames)
         except DecodeError as exc:
             self.metrics.decode_errors.labels(exc.kind).inc()
-            log.warning("undecodable bus message (%s): %s; topic %r", exc.kind, exc, frames[0][:64] if frames else b"")
+            self._ratelog.log(
+                logging.WARNING,
+                f"decode {exc.kind}",
+                "undecodable bus message (%s): %s; topic %r",
+                exc.kind,
+                exc,
+                frames[0][:64] if frames else b"",
+            )
+            return
+        if self.keys is not None and not self._authorized(rec, sender):
             return
         lane = self.lanes.get(rec.lane)
         if lane is None:
             self.metrics.unknown_lane.inc()
-            if rec.lane not in self._unknown_lanes:
+            if rec.lane not in self._unknown_lanes and len(self._unknown_lanes) < 100:
                 self._unknown_lanes.add(rec.lane)
                 log.warning("records for lane %r, which is not configured in %s", rec.lane, self.config.source)
             return
         self.metrics.records.labels(rec.lane, rec.source).inc()
+        if not self._in_time(rec):
+            return
         verdict = self.sequences.observe((rec.lane, rec.source), rec.seq)
         if verdict.stale:
             self.metrics.stale.labels(rec.lane, rec.source).inc()
@@ -178,15 +253,46 @@ class Service:
             log.warning(
                 "lane %s source %s: %d records missed before seq %d", rec.lane, rec.source, verdict.missed, rec.seq
             )
-        self._dispatch(lane.on_record(rec, time.monotonic_ns()))
+        self._dispatch(self._lane_barrier(lane, lane.on_record, rec, time.monotonic_ns()))
+
+    def _authorized(self, rec: Record, sender: str | None) -> bool:
+        """Whether the key that sent ``rec`` may publish for its lane as its source; counted and logged if not."""
+        info = self._senders.get(sender or "")
+        if info is not None and info.may_publish(rec.lane, rec.source):
+            return True
+        key = sender if info is not None else "unknown"
+        self.metrics.unauthorized.labels(key).inc()
+        self._ratelog.log(
+            logging.WARNING,
+            f"unauthorized {key}",
+            "key %s may not publish for lane %r as source %r; record dropped",
+            key,
+            rec.lane[:64],
+            rec.source[:64],
+        )
+        return False
+
+    def _in_time(self, rec: Record) -> bool:
+        """Whether ``rec``'s stamp lies within the configured skew of the service's clock; if not it is counted,
+        logged, and its lane reported not ok for ``rejected_health_s``."""
+        ahead_s = (rec.t_wall_ns - time.time_ns()) / 1e9
+        cfg = self.config.service
+        if -cfg.max_record_age_s <= ahead_s <= cfg.clock_skew_s:
+            return True
+        side = "ahead" if ahead_s > 0 else "behind"
+        why = f"records from {rec.source} stamped {abs(ahead_s):.1f} s {side} of the service clock"
+        self.rejected[rec.lane] = (time.monotonic(), why)
+        self.metrics.rejected.labels(rec.lane, rec.source, f"clock-{side}").inc()
+        self._ratelog.log(logging.WARNING, f"clock {rec.lane} {rec.source}", "lane %s: %s; rejected", rec.lane, why)
+        return False
 
     # ---- decisions -----------------------------------------------------------------------
     def _dispatch(self, events: list[Provisional | Decided]) -> None:
         for event in events:
             if isinstance(event, Provisional):
-                self.alerts.publish_provisional(event.alarm)
+                self._barrier("alerts", self.alerts.publish_provisional, event.alarm)
             else:
-                self.model.review(event.decision)
+                self._barrier("model", self.model.review, event.decision)
                 self.pending.append(event)
         self._flush_pending()
 
@@ -219,22 +325,25 @@ class Service:
         now_ns = time.time_ns()
         stale_ns = self.config.service.stale_after_s * 1e9
         lanes = {}
+        now_s = time.monotonic()
         for lane_id, lane in self.lanes.items():
             age = None if lane.last_record_wall_ns is None else (now_ns - lane.last_record_wall_ns) / 1e9
             fresh = age is not None and age * 1e9 <= stale_ns
+            when, why = self.rejected.get(lane_id, (None, ""))
             lanes[lane_id] = {
                 "link_up": lane.link_up,
                 "last_record_age_s": None if age is None else round(age, 3),
                 "fresh": fresh,
                 "occupied": lane.occupancy is not None,
                 "faults": sorted(lane.faults),
+                "rejected": why if when is not None and now_s - when < self.config.service.rejected_health_s else "",
             }
         writable = self.started and self.journal_ok
         watchdog = self.notifier.health()
         ok = (
             writable
             and not self.pending
-            and all(v["fresh"] and v["link_up"] is not False for v in lanes.values())
+            and all(v["fresh"] and v["link_up"] is not False and not v["rejected"] for v in lanes.values())
             and watchdog.get("fed", True)
         )
         return {

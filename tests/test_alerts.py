@@ -472,7 +472,7 @@ def console_args(*argv: str) -> argparse.Namespace:
 
 
 def bus_config(loop: ServiceLoop) -> Config:
-    return Config(bus=BusConfig(alerts=loop.alerts, query=loop.query), source="test.toml")
+    return Config(bus=BusConfig(alerts=loop.alerts, query=loop.query, plaintext=True), source="test.toml")
 
 
 def test_console_jsonl_round_trips(service: ServiceLoop, capsys: pytest.CaptureFixture[str]) -> None:
@@ -503,7 +503,7 @@ def test_console_follow_prints_new_decisions(service: ServiceLoop, tmp_path: Pat
 
     service.append(make_decision(0))
     config = tmp_path / "lanewatch.toml"
-    config.write_text(f'[bus]\nalerts = "{service.alerts}"\nquery = "{service.query}"\n')
+    config.write_text(f'[bus]\nalerts = "{service.alerts}"\nquery = "{service.query}"\nplaintext = true\n')
     script = (
         "import argparse, sys\n"
         "from lanewatch.edge import config\n"
@@ -531,7 +531,7 @@ def test_console_follow_prints_new_decisions(service: ServiceLoop, tmp_path: Pat
 
 def test_console_says_when_the_service_is_not_running(ctx: zmq.Context, capsys: pytest.CaptureFixture[str]) -> None:
     with socket_on_free_port(ctx) as (alerts_endpoint, query):
-        config = Config(bus=BusConfig(alerts=alerts_endpoint, query=query), source="site.toml")
+        config = Config(bus=BusConfig(alerts=alerts_endpoint, query=query, plaintext=True), source="site.toml")
         assert alerts.run(console_args("--follow", "--timeout", "0.3"), config) == 1
         out, err = capsys.readouterr()
         assert query in err and "is the service running" in err and "site.toml" in err

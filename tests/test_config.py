@@ -56,7 +56,13 @@ def test_full_file() -> None:
     ("text", "message"),
     [
         ("[[lanes]]\nid = 3", r"bad\.toml: lanes\[0\]\.id: expected a string, got 3"),
-        ('[bus]\ningst = "x"', r"bad\.toml: bus\.ingst: unknown key \(known: alerts, ingest, query\)"),
+        ('[bus]\ningst = "x"', r"bad\.toml: bus\.ingst: unknown key \(known: alerts, ingest, keys, plaintext, query\)"),
+        (
+            '[bus]\nplaintext = true\ningest = "tcp://0.0.0.0:7600"',
+            r"bus\.ingest: plaintext = true is allowed only on loopback or ipc:// endpoints",
+        ),
+        ('[bus]\nplaintext = true\nalerts = "tcp://192.0.2.1:7601"', r"bus\.alerts: plaintext = true is allowed only"),
+        ("[service]\nclock_skew_s = 0", r"service\.clock_skew_s: expected a number > 0"),
         ('[detection]\nbaseline_n_sigma = "5"', r"detection\.baseline_n_sigma: expected a number, got '5'"),
         ('[[lanes]]\nrpm = "loop://"', r"lanes\[0\]\.id: required key is missing"),
         ('[[lanes]]\nid = "a"\n[[lanes]]\nid = "a"', r"lanes\[1\]\.id: duplicate lane id 'a'"),
@@ -182,6 +188,30 @@ def test_a_bind_failure_names_the_key_and_the_address(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
-        proc = _run_service(f'[bus]\nquery = "{address}"\n[[lanes]]\nid = "a"', tmp_path)
+        proc = _run_service(f'[bus]\nquery = "{address}"\nplaintext = true\n[[lanes]]\nid = "a"', tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert f"site.toml: bus.query: cannot bind the query endpoint {address}" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "local"),
+    [
+        ("tcp://127.0.0.1:7600", True),
+        ("tcp://127.0.0.53:7600", True),
+        ("tcp://[::1]:7600", True),
+        ("tcp://localhost:7600", True),
+        ("ipc:///run/lanewatch/ingest", True),
+        ("tcp://0.0.0.0:7600", False),
+        ("tcp://*:7600", False),
+        ("tcp://10.0.0.5:7600", False),
+        ("tcp://eth0:7600", False),
+    ],
+)
+def test_plaintext_is_accepted_only_on_loopback(endpoint: str, local: bool) -> None:
+    assert config.loopback(endpoint) is local
+    text = f'[bus]\nplaintext = true\ningest = "{endpoint}"'
+    if local:
+        assert config.parse(text).bus.plaintext
+    else:
+        with pytest.raises(ConfigError, match="only on loopback"):
+            config.parse(text)

@@ -378,7 +378,17 @@ def test_driver_health_reports_the_watch(tmp_path: Path, zbus: Bus) -> None:
         DicosDriver(zbus.publisher, watch=str(tmp_path), file="x.dcs")
 
 
-CLI = [sys.executable, "-m", "lanewatch.edge", "driver", "dicos", "--lane", LANE]
+CLI = [
+    sys.executable,
+    "-m",
+    "lanewatch.edge",
+    "driver",
+    "dicos",
+    "--lane",
+    LANE,
+    "--config",
+    str(REPO / "tests" / "plaintext.toml"),
+]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -132,6 +132,7 @@ def test_evidence_of_a_radiation_only_decision_through_the_query_endpoint(journa
         ingest = "tcp://127.0.0.1:{ingest}"
         alerts = "tcp://127.0.0.1:{alerts}"
         query = "tcp://127.0.0.1:{query}"
+        plaintext = true
         [[lanes]]
         id = "lane1"
     """

@@ -151,6 +151,7 @@ def _config(tmp_path: Path, lanes: str, fusion: str = "") -> Config:
         ingest = "tcp://127.0.0.1:{ingest}"
         alerts = "tcp://127.0.0.1:{alerts}"
         query = "tcp://127.0.0.1:{query}"
+        plaintext = true
         [detection]
         energy_windows_kev = {WINDOWS}
         occupancy_hold_in_s = {HOLD_IN_S}

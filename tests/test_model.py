@@ -434,6 +434,7 @@ def _service_config(tmp_path: Path, model: Path) -> Path:
         ingest = "tcp://127.0.0.1:{ingest}"
         alerts = "tcp://127.0.0.1:{alerts}"
         query = "tcp://127.0.0.1:{query}"
+        plaintext = true
         [detection]
         energy_windows_kev = [30, 400, 3000]
         occupancy_hold_in_s = 1.0

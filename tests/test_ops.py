@@ -87,6 +87,12 @@ def test_install_units_writes_units_and_config_and_keeps_an_edited_config(
     assert service["ExecStart"] == f"{units.default_exec()} run --config /etc/lanewatch/lanewatch.toml"
     config_path = tmp_path / "etc" / "lanewatch" / "lanewatch.toml"
     assert config_path.read_text() == units.example_config()
+    keys = tmp_path / "etc" / "lanewatch" / "keys"
+    made = sorted(p.name for p in (keys / "secret").iterdir())
+    assert made == ["console.key_secret", "rpm-lane1.key_secret", "service.key_secret"]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in [*keys.glob("*/*")]), "every key file is mode 0600"
+    credentials = (unit_dir / "lanewatch-rpm@.service").read_text()
+    assert "LoadCredential=rpm-%I.key_secret:/etc/lanewatch/keys/secret/rpm-%I.key_secret" in credentials
     assert (tmp_path / "etc" / "lanewatch" / "lanewatch.toml.example").read_text() == units.example_config()
 
     capsys.readouterr()
@@ -191,7 +197,7 @@ def test_units_keep_what_the_processes_need() -> None:
     assert xray["Service"]["ExecStart"] == driver["ExecStart"].replace(" driver rpm ", " driver xray ")
     assert xray["Service"]["PrivateDevices"] == "yes" and "SupplementaryGroups" not in xray["Service"]
     assert "DeviceAllow" not in (SYSTEMD / "lanewatch-xray@.service").read_text()
-    differ = {"ExecStart", "SupplementaryGroups", "PrivateUsers", "PrivateDevices", "DeviceAllow"}
+    differ = {"ExecStart", "SupplementaryGroups", "PrivateUsers", "PrivateDevices", "DeviceAllow", "LoadCredential"}
     assert {k: v for k, v in xray["Service"].items() if k not in differ} == {
         k: v for k, v in driver.items() if k not in differ
     }
@@ -439,7 +445,7 @@ def test_wheel_ships_the_units_and_install_units_finds_them(tmp_path: Path) -> N
         "print(units.unit_source_dir()); sys.exit(units.run(p.parse_args(sys.argv[1:])))"
     )
     root = tmp_path / "root"
-    proc = run_tool(str(venv / "bin" / "python"), "-c", script, "--prefix", str(root), cwd=tmp_path)
+    proc = run_tool(str(venv / "bin" / "python"), "-c", script, "--prefix", str(root), "--no-keys", cwd=tmp_path)
     assert proc.stdout.splitlines()[0] == str(venv / "share" / "lanewatch" / "systemd")
     assert str(venv / "bin" / "lanewatch") in (root / "etc/systemd/system/lanewatch.service").read_text()
 
@@ -619,6 +625,7 @@ class LiveSite:
         self.config.write_text(
             units.example_config()
             .replace('"lanewatch-journal.db"', json.dumps(str(root / "journal.db")))
+            .replace('"/etc/lanewatch/keys"', json.dumps(str(root / "keys")))
             .replace('"127.0.0.1:9730"', json.dumps(self.service_http))
             .replace('"tcp://127.0.0.1:7600"', f'"tcp://127.0.0.1:{ingest}"')
             .replace('"tcp://127.0.0.1:7601"', f'"tcp://127.0.0.1:{alerts}"')
@@ -631,6 +638,7 @@ class LiveSite:
         self.notify.setblocking(False)
         self.datagrams: list[bytes] = []
         exe = units.default_exec()
+        subprocess.run([exe, "keys", "--config", str(self.config), "init"], check=True, capture_output=True)
         self.procs: list[subprocess.Popen] = []
         self.logs = root
         self._start("sim", [exe, "sim", "lane", "--port", str(sim), "--speedup", "5", "--seed", "11"])

@@ -38,6 +38,7 @@ def _config(tmp_path: Path, extra: str = "") -> Config:
         ingest = "tcp://127.0.0.1:{ingest}"
         alerts = "tcp://127.0.0.1:{alerts}"
         query = "tcp://127.0.0.1:{query}"
+        plaintext = true
         [detection]
         sample_timeout_s = 1.0
         {extra}

@@ -12,14 +12,17 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from lanewatch.edge.bus import security
 from lanewatch.edge.bus.records import Record
+from lanewatch.edge.bus.security import Keys
 
 # Records a driver buffers while the service is away before it drops (and counts) them.
 DRIVER_SNDHWM = 100_000
 
 
-def driver_publisher(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    """A publisher connected to the service's ingest endpoint (``tcp://host:port`` or ``ipc://``).
+def driver_publisher(ctx: zmq.Context, endpoint: str, keys: Keys | None = None) -> zmq.Socket:
+    """A publisher connected to the service's ingest endpoint (``tcp://host:port`` or ``ipc://``), as the CURVE
+    client ``keys`` (None: plaintext).
 
     It is an XPUB: it publishes like a PUB, and it also receives the subscriptions of the
     service, so :func:`wait_for_subscriber` can tell when records will really be delivered.
@@ -27,6 +30,7 @@ def driver_publisher(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     sock = ctx.socket(zmq.XPUB)
     sock.setsockopt(zmq.SNDHWM, DRIVER_SNDHWM)
     sock.setsockopt(zmq.LINGER, 1000)
+    security.join(sock, keys)
     sock.connect(endpoint)
     return sock
 
@@ -48,11 +52,13 @@ def publish(sock: zmq.Socket, record: Record) -> None:
     sock.send_multipart(record.encode(), flags=zmq.NOBLOCK, copy=False)
 
 
-def service_ingest(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    """The service's SUB socket, bound at ``endpoint`` and subscribed to every topic."""
+def service_ingest(ctx: zmq.Context, endpoint: str, keys: Keys | None = None) -> zmq.Socket:
+    """The service's SUB socket, bound at ``endpoint`` and subscribed to every topic; with ``keys``, a CURVE server
+    that admits driver keys only."""
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
+    security.serve(sock, keys, "ingest")
     sock.bind(endpoint)
     return sock
 

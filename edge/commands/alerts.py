@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 import zmq
 
+from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.decisions.journal import VERDICTS
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
@@ -34,6 +35,7 @@ _COLUMNS = (("SEQ", 6, ">"), ("END (UTC)", 19, "<"), ("LANE", 10, "<"), ("VERDIC
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``lanewatch alerts`` (the CLI adds ``--config``)."""
+    parser.add_argument("--key", default="console", help="name of the console's CURVE key (default console)")
     parser.add_argument(
         "--since",
         type=_non_negative_int,
@@ -182,8 +184,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """List (and with ``--follow`` keep listing) decisions from the service named by ``config.bus``."""
     out = sys.stdout
     color = args.format == "table" and out.isatty()
+    keys = Keys.load(config.bus, args.key)
     ctx = zmq.Context()
-    client = JournalClient(ctx, config.bus.query)
+    client = JournalClient(ctx, config.bus.query, keys=keys)
     subscriber: AlertSubscriber | None = None
     try:
         client.last_seq(timeout_s=args.timeout)  # the service answers: the table can start
@@ -197,7 +200,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
             if not args.follow:
                 return 0
             since = reply["last_seq"]
-        subscriber = AlertSubscriber(ctx, config.bus.alerts, config.bus.query, since, connect_timeout_s=args.timeout)
+        subscriber = AlertSubscriber(
+            ctx, config.bus.alerts, config.bus.query, since, connect_timeout_s=args.timeout, keys=keys
+        )
         live_alarms = args.follow and args.format == "table"
         for item in subscriber.decisions(follow=args.follow, provisional=live_alarms):
             if item is not None and _matches(item, args):

@@ -11,6 +11,7 @@
     lanewatch replay FILE.n42               the decision for one N42 portal file
     lanewatch status --config FILE          health of the service and the drivers
     lanewatch install-units ...             systemd units and an example configuration
+    lanewatch keys init|driver|console ...  CURVE keys of the bus
     lanewatch model train|check ...         train or check the ONNX anomaly model
 
 Drivers and simulators are looked up by name in their entry-point groups, so this module
@@ -74,13 +75,16 @@ def cmd_driver(args: argparse.Namespace) -> int:
 
     from lanewatch.edge.bus import ingest
     from lanewatch.edge.bus.driver import RecordPublisher
+    from lanewatch.edge.bus.security import Keys
+    from lanewatch.edge.ops.keyfiles import driver_key_name
     from lanewatch.edge.ops.metrics import DriverMetrics, serve_http
 
     config = _config(args.config)
     cls = args.driver_cls
+    keys = Keys.load(config.bus, args.key or driver_key_name(cls.name, args.lane))
     registry = CollectorRegistry()
     ctx = zmq.Context()
-    sock = ingest.driver_publisher(ctx, args.ingest or config.bus.ingest)
+    sock = ingest.driver_publisher(ctx, args.ingest or config.bus.ingest, keys)
     publisher = RecordPublisher(sock, args.lane, cls.name, DriverMetrics(registry))
     driver = cls.from_args(args, config, publisher)
     http = args.http
@@ -147,6 +151,7 @@ def _setup_driver(p: argparse.ArgumentParser) -> None:
             "--http",
             help="host:port for /metrics and /healthz (default: the lane's driver_http, or xray_http)",
         )
+        dp.add_argument("--key", help="name of the driver's CURVE key (default SOURCE-LANE, e.g. rpm-lane1)")
         dp.add_argument(
             "--wait-service",
             type=float,
@@ -230,6 +235,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
         _config_command("lanewatch.edge.commands.evidence"),
     ),
     "status": ("health of the service and the drivers", _config_command("lanewatch.edge.ops.status")),
+    "keys": ("make the CURVE keys of the bus", _config_command("lanewatch.edge.commands.keys")),
     "model": ("train or check the ONNX anomaly model", _config_command("lanewatch.edge.commands.model")),
     "replay": ("replay an N42 portal file and print its decision", _setup_replay),
     "install-units": ("install systemd units and an example configuration", _setup_install_units),

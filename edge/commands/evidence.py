@@ -37,6 +37,7 @@ from typing import Any
 import zmq
 from PIL import Image, ImageDraw, ImageFont
 
+from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.decisions.journal import Journal, JournalError
 from lanewatch.edge.decisions.subscriber import JournalClient, QueryError, ServiceUnreachable
@@ -70,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="directory to write the files to (created)")
     parser.add_argument("--journal", type=Path, help="journal file to read (default: the configuration's)")
     parser.add_argument("--query", action="store_true", help="ask the service's query endpoint, not the file")
+    parser.add_argument("--key", default="console", help="CURVE key name for --query (default console)")
 
 
 def _read(args: argparse.Namespace, config: Config) -> dict[str, Any] | None:
@@ -79,7 +81,7 @@ def _read(args: argparse.Namespace, config: Config) -> dict[str, Any] | None:
         with Journal(path, readonly=True) as journal:
             return journal.get(args.seq)
     ctx = zmq.Context()
-    client = JournalClient(ctx, config.bus.query)
+    client = JournalClient(ctx, config.bus.query, keys=Keys.load(config.bus, args.key))
     try:
         return client.get(args.seq, timeout_s=QUERY_TIMEOUT_S)
     finally:

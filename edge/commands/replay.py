@@ -42,7 +42,9 @@ def replay(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="lanewatch-replay-") as tmp:
         config = Config(
             service=ServiceConfig(journal=args.journal or str(Path(tmp) / "journal.db"), http=""),
-            bus=BusConfig(ingest=f"ipc://{tmp}/ingest", alerts=f"ipc://{tmp}/alerts", query=f"ipc://{tmp}/query"),
+            bus=BusConfig(
+                ingest=f"ipc://{tmp}/ingest", alerts=f"ipc://{tmp}/alerts", query=f"ipc://{tmp}/query", plaintext=True
+            ),
             detection=DetectionConfig(energy_windows_kev=parse_edges(args.windows_kev)),
             lanes=[LaneConfig(id=LANE)],
             source=f"replay of {path}",

@@ -43,6 +43,8 @@ from typing import Any
 
 import zmq
 
+from lanewatch.edge.bus import security
+from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.decisions.journal import VERDICTS, Journal, JournalError, utc_text
 from lanewatch.edge.ops.metrics import ServiceMetrics
 
@@ -143,7 +145,8 @@ class AlertBus:
     :meth:`handle_pub` / :meth:`handle_query` when they are readable. ``alerts_endpoint``
     and ``query_endpoint`` may use port ``*``; :attr:`alerts_endpoint` and
     :attr:`query_endpoint` then hold the ports bound. ``sndhwm`` is how many messages may
-    wait for one subscriber. Raises :class:`AlertBusError` when an endpoint cannot be bound.
+    wait for one subscriber. With ``keys`` both sockets are CURVE servers that admit console keys only.
+    Raises :class:`AlertBusError` when an endpoint cannot be bound.
     """
 
     def __init__(
@@ -155,6 +158,7 @@ class AlertBus:
         metrics: ServiceMetrics | None = None,
         *,
         sndhwm: int = PUB_SNDHWM,
+        keys: Keys | None = None,
     ) -> None:
         self.journal = journal
         self.metrics = metrics
@@ -166,6 +170,8 @@ class AlertBus:
         self.pub.setsockopt(zmq.LINGER, 200)
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        security.serve(self.pub, keys, "alerts")
+        security.serve(self.router, keys, "query")
         try:
             self.alerts_endpoint = _bind(self.pub, alerts_endpoint, "alerts")
             self.query_endpoint = _bind(self.router, query_endpoint, "query")

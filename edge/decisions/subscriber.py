@@ -27,6 +27,8 @@ from typing import Any
 
 import zmq
 
+from lanewatch.edge.bus import security
+from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.decisions.alertbus import DECISION_TOPIC, MAX_LIMIT, PROVISIONAL_TOPIC
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,10 @@ class JournalClient:
     is replaced, so replies can never be mismatched.
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, attempt_s: float = 1.0) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, attempt_s: float = 1.0, keys: Keys | None = None) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
+        self.keys = keys
         self.attempt_s = attempt_s
         self.timeouts = 0
         """Requests that got no reply in time."""
@@ -59,6 +62,7 @@ class JournalClient:
         if self._sock is None:
             self._sock = self.ctx.socket(zmq.DEALER)
             self._sock.setsockopt(zmq.LINGER, 0)
+            security.join(self._sock, self.keys)
             self._sock.connect(self.endpoint)
         return self._sock
 
@@ -160,6 +164,7 @@ class AlertSubscriber:
         connect_timeout_s: float = 5.0,
         resync_s: float = 1.0,
         rcvhwm: int = 1000,
+        keys: Keys | None = None,
     ) -> None:
         if since is not None and since < 0:
             raise ValueError(f"since must be None or a seq >= 0, got {since}")
@@ -168,13 +173,14 @@ class AlertSubscriber:
         self.connect_timeout_s = connect_timeout_s
         self.resync_s = resync_s
         self.stats = SubscriberStats()
-        self.client = JournalClient(ctx, query_endpoint)
+        self.client = JournalClient(ctx, query_endpoint, keys=keys)
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, DECISION_TOPIC)
         # provisional alarms too, from the start, so none is lost before decisions() asks for them
         self.sub.setsockopt(zmq.SUBSCRIBE, PROVISIONAL_TOPIC)
+        security.join(self.sub, keys)
         self.sub.connect(alerts_endpoint)
         self._provisional = False
         self._reachable = True

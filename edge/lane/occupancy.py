@@ -324,7 +324,18 @@ class Lane:
             analysis["alarms"].append(device)
         if end_reason not in decision.COMPLETE_ENDS:
             log.warning("lane %s: occupancy %s ended by %s", self.id, occ.id, end_reason)
-        facts = {
+        facts = self._facts(occ, end_wall_ns, end_reason, device_occupancy)
+        ended = _Ended(facts, analysis, now_mono_ns + round(self.fusion.scan_wait_s * 1e9))
+        if not self.has_scanner and not self.finished_scans:
+            return [self._decide(ended, None)]
+        self.waiting.append(ended)
+        return self._match(now_mono_ns)
+
+    def _facts(
+        self, occ: _Occupancy, end_wall_ns: int, end_reason: str, device_occupancy: int | None
+    ) -> dict[str, Any]:
+        """Keyword arguments of :func:`lanewatch.edge.decisions.decision.build` but the analysis."""
+        return {
             "lane": self.id,
             "occupancy_id": occ.id,
             "start_wall_ns": occ.start_wall_ns,
@@ -336,11 +347,30 @@ class Lane:
             "tamper": occ.tamper,
             "link_interruptions": occ.link_interruptions,
         }
-        ended = _Ended(facts, analysis, now_mono_ns + round(self.fusion.scan_wait_s * 1e9))
-        if not self.has_scanner and not self.finished_scans:
-            return [self._decide(ended, None)]
-        self.waiting.append(ended)
-        return self._match(now_mono_ns)
+
+    def abort(self, now_mono_ns: int) -> list[Provisional | Decided]:
+        """Handling this lane's input hit a bug: decide what is open (the occupancy, with end reason ``error``, so
+        INCOMPLETE unless it alarmed; ended occupancies waiting for a scan, without it) and start afresh.
+
+        Each decision keeps its analysis when that can still be computed, and is built without one otherwise,
+        so the vehicle still gets exactly one decision."""
+        events: list[Provisional | Decided] = []
+        occ, self.occupancy = self.occupancy, None
+        if occ is not None:
+            end_wall_ns = time.time_ns()
+            self.last_end_wall_ns = end_wall_ns
+            self.metrics.occupied.labels(self.id).set(0)
+            self.metrics.occupancies.labels(self.id, "error").inc()
+            try:
+                analysis = occ.analyzer.finish()
+            except Exception:
+                analysis = _NO_ANALYSIS
+            self.waiting.append(_Ended(self._facts(occ, end_wall_ns, "error", None), analysis, now_mono_ns))
+        events += [self._decide(ended, None) for ended in self.waiting]
+        self.waiting = []
+        self.finished_scans = []
+        self.scans = ScanAssembler(self.scans.lane, self.detection, self.fusion, self.metrics)
+        return events
 
     # ---- scans ---------------------------------------------------------------------------
     def _on_xray(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
@@ -437,6 +467,9 @@ class Lane:
     def _anomaly(self, kind: str) -> None:
         self.metrics.lane_anomalies.labels(self.id, kind).inc()
 
+
+_NO_ANALYSIS: dict[str, Any] = {"alarms": [], "baseline_verdict": None, "profile": {}}
+"""The analysis of an occupancy whose own analysis failed: no finding, so its verdict is INCOMPLETE."""
 
 _HANDLERS = {
     Kind.LINK: Lane._on_link,

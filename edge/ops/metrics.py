@@ -103,6 +103,30 @@ class ServiceMetrics:
             ["lane", "source"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "lanewatch_bus_auth_failures_total",
+            "Handshakes refused on a bus endpoint (no key, a key not admitted there, not CURVE).",
+            ["endpoint"],
+            registry=r,
+        )
+        self.unauthorized = Counter(
+            "lanewatch_bus_unauthorized_records_total",
+            "Records dropped because the key that sent them may not publish for their lane or source.",
+            ["key"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "lanewatch_bus_rejected_records_total",
+            "Records of an admitted source rejected, by reason (clock-ahead, clock-behind).",
+            ["lane", "source", "reason"],
+            registry=r,
+        )
+        self.handler_errors = Counter(
+            "lanewatch_handler_errors_total",
+            "Bugs hit handling input (a lane's, ingest, query, alerts), each caught so the loop goes on.",
+            ["where"],
+            registry=r,
+        )
         self.unknown_lane = Counter(
             "lanewatch_bus_unknown_lane_records_total", "Records for a lane not in the configuration.", registry=r
         )

@@ -74,6 +74,8 @@ def _lane_summary(lane_id: str, service_lane: dict[str, Any], driver_http: str, 
     fresh = bool(service_lane.get("fresh"))
     if not fresh:
         problems.append("no fresh samples at the service")
+    if service_lane.get("rejected"):
+        problems.append(f"samples rejected: {service_lane['rejected']}")
     faults = [str(f) for f in service_lane.get("faults") or []]
     if faults:
         problems.append("detector faults: " + ", ".join(faults))

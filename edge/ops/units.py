@@ -33,6 +33,8 @@ UNIT_TEMPLATE_EXEC = "/opt/lanewatch/bin/lanewatch"
 """Executable path written in the unit files of the repository."""
 UNIT_TEMPLATE_CONFIG = "/etc/lanewatch/lanewatch.toml"
 """Configuration path written in the unit files of the repository."""
+UNIT_TEMPLATE_KEYS = "/etc/lanewatch/keys"
+"""Key directory (``bus.keys``) written in the unit files' ``LoadCredential=`` lines."""
 UNIT_FILES = (
     "lanewatch.service",
     "lanewatch-rpm@.service",
@@ -78,9 +80,10 @@ def systemd_escape(value: str) -> str:
     return "".join(out)
 
 
-def render_unit(text: str, exec_path: str, config_path: str) -> str:
-    """A unit file's text with this installation's executable and configuration paths."""
-    return text.replace(UNIT_TEMPLATE_EXEC, exec_path).replace(UNIT_TEMPLATE_CONFIG, config_path)
+def render_unit(text: str, exec_path: str, config_path: str, keys_path: str = UNIT_TEMPLATE_KEYS) -> str:
+    """A unit file's text with this installation's executable, configuration and key directory paths."""
+    text = text.replace(UNIT_TEMPLATE_EXEC, exec_path).replace(UNIT_TEMPLATE_CONFIG, config_path)
+    return text.replace(UNIT_TEMPLATE_KEYS + "/", keys_path.rstrip("/") + "/")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -172,6 +175,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="show what would be written, write nothing")
     parser.add_argument(
+        "--no-keys", action="store_true", help="make no CURVE keys (made elsewhere, or a plaintext loopback bus)"
+    )
+    parser.add_argument(
         "--enable", nargs="+", default=[], metavar="LANE", help="print the systemctl commands that start these lanes"
     )
 
@@ -229,15 +235,22 @@ def run(args: argparse.Namespace) -> int:
     unit_dir = _under(prefix, args.unit_dir)
     config_dir = _under(prefix, args.config_dir)
     example = example_config()
+    target = config_dir / CONFIG_NAME
+    kept = target.exists()
+    try:
+        site = config_module.load(target) if kept else config_module.parse(example, str(target))
+    except ConfigError as exc:
+        print(f"lanewatch install-units: {exc}", file=sys.stderr)
+        return 1
     try:
         for name in UNIT_FILES:
-            text = render_unit((source / name).read_text(encoding="utf-8"), exec_path, config_path)
+            text = render_unit((source / name).read_text(encoding="utf-8"), exec_path, config_path, site.bus.keys)
             print(f"{_write(unit_dir / name, text, args.dry_run)}: {unit_dir / name}")
         example_path = config_dir / (CONFIG_NAME + ".example")
         print(f"{_write(example_path, example, args.dry_run)}: {example_path}")
-        target = config_dir / CONFIG_NAME
-        kept = target.exists()
         print(f"{_write(target, example, args.dry_run, create_only=True)}: {target}")
+        if not args.no_keys:
+            _make_keys(_under(prefix, site.bus.keys), site, args.dry_run)
     except OSError as exc:
         print(f"lanewatch install-units: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -255,6 +268,21 @@ def run(args: argparse.Namespace) -> int:
         print("  systemctl daemon-reload")
         print("  systemctl enable --now lanewatch.target lanewatch-lane@<lane id>.target")
     return 0
+
+
+def _make_keys(directory: Path, site: Config, dry_run: bool) -> None:
+    """The CURVE keys of the site's service, console and drivers (mode 0600); keys that exist are kept."""
+    from lanewatch.edge.ops import keyfiles  # ZeroMQ makes the keys; the rest of install-units needs no dependency
+
+    for info in keyfiles.site_keys(site.lanes):
+        path = directory / "secret" / f"{info.name}.key_secret"
+        if path.exists():
+            print(f"kept: {path}")
+        elif dry_run:
+            print(f"create (dry run): {path}")
+        else:
+            keyfiles.create(directory, info)
+            print(f"create: {path}")
 
 
 def _scanner_lanes(config_path: Path, lanes: list[str]) -> tuple[list[str], str]:
