@@ -2,8 +2,9 @@
 
 Everything runs as the real processes of a deployment (``lanewatch sim lane`` and ``lanewatch sim
 xray``, ``lanewatch driver rpm`` and ``lanewatch driver xray`` per lane, ``lanewatch run``) on
-loopback ports, with a configuration written to the work directory; this process follows the alert
-bus and prints each decision as it is journaled. Every lane has both sensors: the X-ray simulator
+loopback ports, with a configuration and the bus's CURVE keys (service, every driver, this view's
+console key, as ``lanewatch keys init`` makes them) written to the work directory; this process
+follows the alert bus and prints each decision as it is journaled. Every lane has both sensors: the X-ray simulator
 runs with the lane simulator's seed, mix, gap and speedup, so it images the vehicles whose radiation
 the portal reports, and the decisions are fused. Ctrl-C stops them all.
 """
@@ -24,9 +25,11 @@ from pathlib import Path
 
 import zmq
 
+from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.commands import alerts
 from lanewatch.edge.config import Config, load
 from lanewatch.edge.decisions.subscriber import AlertSubscriber
+from lanewatch.edge.ops import keyfiles
 
 WINDOWS_KEV = "30,400,3000"
 DEMO_MIX = (
@@ -77,6 +80,7 @@ def write_config(path: Path, lanes: int, sim_base: int, xray_base: int) -> None:
         f'ingest = "tcp://127.0.0.1:{ingest}"',
         f'alerts = "tcp://127.0.0.1:{alerts}"',
         f'query = "tcp://127.0.0.1:{query}"',
+        f'keys = "{path.parent / "keys"}"',
         "",
         "[detection]",
         f"energy_windows_kev = [{WINDOWS_KEV.replace(',', ', ')}]",
@@ -114,6 +118,9 @@ def demo(args: argparse.Namespace) -> int:
     sim_base, xray_base = ports[0], ports[args.lanes]
     write_config(cfg_path, args.lanes, sim_base, xray_base)
     config = load(cfg_path)
+    for info in keyfiles.site_keys(config.lanes):  # the bus is authenticated here as at a lane
+        if not (Path(config.bus.keys) / "secret" / f"{info.name}.key_secret").exists():
+            keyfiles.create(Path(config.bus.keys), info)
     me = [sys.executable, "-m", "lanewatch.edge", "--log-level", "INFO"]
     same = ["--lanes", str(args.lanes), "--seed", str(args.seed), "--mix", DEMO_MIX]
     same += ["--gap", str(GAP_S), "--speedup", str(args.speedup)]
@@ -166,7 +173,7 @@ def demo(args: argparse.Namespace) -> int:
 def _follow(config: Config, duration: float, procs: dict[str, subprocess.Popen[bytes]]) -> int:
     color = sys.stdout.isatty()
     ctx = zmq.Context()
-    sub = AlertSubscriber(ctx, config.bus.alerts, config.bus.query, since=0)
+    sub = AlertSubscriber(ctx, config.bus.alerts, config.bus.query, since=0, keys=Keys.load(config.bus, "console"))
     end = time.monotonic() + duration if duration else None
     try:
         for item in sub.decisions(follow=True, timeout_s=1.0, provisional=True):
