@@ -479,7 +479,7 @@ class N42ReplayDriver(Driver):
                 if stop.wait(max(0.0, wait_s)):
                     return
                 if scan:
-                    self._scan(sample)
+                    self._scan(sample, first=i == 0 or not scans[i - 1])
                     if not speed_sent and self.portal.speed_kmh is not None:
                         self.publisher.emit(Kind.SPEED, values={"speed_kmh": self.portal.speed_kmh})
                         speed_sent = True
@@ -498,13 +498,16 @@ class N42ReplayDriver(Driver):
         finally:
             metrics.connected.labels(lane).set(0)
 
-    def _scan(self, sample: PortalSample) -> None:
+    def _scan(self, sample: PortalSample, first: bool) -> None:
+        """Publish an occupied sample; the ``first`` of an occupancy is flagged ``occupancy_start`` (the file holds
+        the occupancy from its start)."""
         self.publisher.emit(
             Kind.GAMMA_SCAN,
             dt_s=sample.real_time_s,
             counts=window_counts(sample.spectra, self.bounds),
             spectra=sample.spectra,
             values={"sample": sample.number, "live_time_s": sample.live_time_s.tolist()},
+            flags=("occupancy_start",) if first else (),
         )
         if sample.neutrons is not None:
             self.publisher.emit(

@@ -9,12 +9,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 from support import Running
-from test_service import _collect, _config, _publisher
+from test_service import _background, _collect, _config, _occupancy, _publisher
 
-from lanewatch.edge.bus.driver import load_driver
+from lanewatch.edge.bus.driver import RecordPublisher, load_driver
+from lanewatch.edge.bus.records import Kind
 
 SPEEDUP = 10.0
 """Time compression of the paced SRLS replays."""
@@ -121,3 +123,70 @@ def test_device_alarm_report_shows_the_portal_alarm_without_alarming(
         assert all(a["alarm"] is False for a in device)
         own = any(a.get("alarm") for a in d["alarms"])
         assert (d["verdict"] == "ALARM") == own
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    r = Running(_config(tmp_path))
+    yield r
+    r.close()
+
+
+def _source_passes(pub: RecordPublisher, samples: int = 30, seed: int = 3) -> None:
+    """A vehicle with a strong source in the middle, ended by its GX line."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) * 0.2
+    excess = 200.0 / (1.0 + ((t - t[-1] / 2) * 2.0 / 2.0) ** 2)
+    for e in excess:
+        pub.emit(Kind.GAMMA_SCAN, dt_s=0.2, counts=rng.poisson(48.0 + e / 4, (4, 1)).astype(np.uint32))
+    pub.emit(Kind.OCCUPANCY_END, values={"device_occupancy": 0, "neutron_background_cps": 3.0})
+
+
+def test_no_background_yet_is_incomplete_and_never_tested_against_itself(running: Running, ctx: zmq.Context) -> None:
+    config = running.service.config
+    pub = _publisher(ctx, config)
+    pub.emit(Kind.NEUTRON_BACKGROUND, counts=np.full((4, 1), 3, np.uint32))  # idle seen, but no gamma background
+    _source_passes(pub)
+    _background(pub)
+    _source_passes(pub, seed=4)
+    first, second = _collect(ctx, config, 2)
+    assert first["verdict"] == "INCOMPLETE" and first["incomplete"] == ["no-background"]
+    assert first["end_reason"] == "gx"
+    assert first["alarms"] and all(a["alarm"] is False and a["withheld"] == "no-background" for a in first["alarms"])
+    assert second["verdict"] == "ALARM" and second["incomplete"] == []
+
+
+def test_an_occupancy_whose_start_was_not_seen_is_partial(running: Running, ctx: zmq.Context) -> None:
+    config = running.service.config
+    pub = _publisher(ctx, config)
+    _background(pub)
+    _occupancy(pub, 20)
+    pub.emit(Kind.LINK, values={"up": False, "url": "socket://portal"})
+    pub.emit(Kind.LINK, values={"up": True, "url": "socket://portal"})
+    _occupancy(pub, 11, seed=5)  # the tail of a vehicle: the driver joined mid-vehicle
+    _occupancy(pub, 20, seed=6)  # the next one began after a GX: its start was seen
+    whole, tail, after = _collect(ctx, config, 3)
+    assert (whole["verdict"], whole["incomplete"]) == ("CLEAR", [])
+    assert (tail["verdict"], tail["incomplete"]) == ("INCOMPLETE", ["partial"])
+    assert (after["verdict"], after["incomplete"]) == ("CLEAR", [])
+
+
+def test_a_driver_joining_mid_vehicle_decides_the_tail_partial(
+    running: Running, ctx: zmq.Context, shared_data: Path
+) -> None:
+    """The SRLS capture begins mid-occupancy, as a driver connecting to a running lane sees it."""
+    config = running.service.config
+    lines = (shared_data / "rpm" / "srls_auto_capture.txt").read_bytes().splitlines(keepends=True)
+    port = _serve_paced(lines, [0] * len(lines))
+    driver = load_driver("rpm")(_publisher(ctx, config), f"socket://127.0.0.1:{port}", backoff_max_s=0.2)
+    stop = threading.Event()
+    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        decisions = _collect(ctx, config, 7)
+    finally:
+        stop.set()
+        t.join(5)
+    assert "partial" in decisions[0]["incomplete"]
+    assert decisions[0]["verdict"] == ("ALARM" if decisions[0]["device_alarm"] else "INCOMPLETE")
+    assert all("partial" not in d["incomplete"] for d in decisions[1:])

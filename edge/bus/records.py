@@ -71,7 +71,8 @@ class Record:
     ``t_wall_ns`` is UTC wall clock (ns since the epoch) and ``t_mono_ns`` the driver's
     monotonic clock (ns), both taken when the line arrived.
     ``flags`` holds device states carried by the line type: ``device_alarm`` (GA, NA),
-    ``fault_low``/``fault_high`` (GL, GH, NH).
+    ``fault_low``/``fault_high`` (GL, GH, NH), and ``occupancy_start`` on the first sample of an occupancy
+    when the source knows it saw its start (a file replay).
     """
 
     kind: Kind

@@ -135,7 +135,10 @@ def format_reason(alarm: dict[str, Any]) -> str:
     if isinstance(alarm.get("location_m"), int | float):
         text += f" at {alarm['location_m']:.1f} m"
     if alarm.get("alarm") is False and crossed:
-        text += f" released as {alarm['released_as']}" if alarm.get("released_as") else " released"
+        if alarm.get("withheld"):
+            text += f" withheld: {alarm['withheld']}"
+        else:
+            text += f" released as {alarm['released_as']}" if alarm.get("released_as") else " released"
     return text
 
 
@@ -148,7 +151,8 @@ def format_row(decision: dict[str, Any], color: bool = False) -> str:
     alarms = [a for a in decision.get("alarms") or [] if isinstance(a, dict)]
     reasons = "; ".join(format_reason(a) for a in sorted(alarms, key=lambda a: not a.get("alarm")))
     if verdict == "INCOMPLETE" and decision.get("end_reason"):
-        reasons = "; ".join(filter(None, [f"ended by {decision['end_reason']}", reasons]))
+        why = [f"ended by {decision['end_reason']}", *(decision.get("incomplete") or [])]
+        reasons = "; ".join(filter(None, [*why, reasons]))
     return f"{row}  {reasons or '-'}"
 
 

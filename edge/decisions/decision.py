@@ -12,6 +12,10 @@ Fields (the journal assigns ``seq``):
 - ``alarms``: every test that crossed its threshold, with statistic, threshold and location
   (``alarm`` false on entries released as NORM-consistent, with the reason explained),
 - ``baseline_verdict``: what the fielded n-sigma rule said, and ``baseline`` its numbers,
+- ``incomplete``: why the occupancy's data is not whole whatever its end: ``partial`` (its start was not seen:
+  the driver or the service joined mid-vehicle), ``no-background`` (no background reading before it: the
+  radiation tests' entries are kept as evidence with ``alarm`` false and ``withheld`` "no-background", since
+  an occupancy is never tested against itself),
 - ``end_reason``, ``samples``, ``device_alarm`` (the portal's own GA/NA flag), ``tamper``,
   ``link_interruptions``, ``speed_kmh``, ``background``, ``profile`` (arrays to draw evidence),
 - ``xray`` (only at a lane with an X-ray scanner, or when a scan was fused): the scan's id, source,
@@ -28,7 +32,7 @@ Verdict rules, in order:
    lies) or ``image-review`` (high-Z object large enough to shield a source, no radiation excess).
    ``norm-consistent`` (with ``release_recommended`` when the image agrees) and ``image-too-dark``
    never alarm: they explain, and the second says the image cannot clear the load.
-2. else ``INCOMPLETE`` when the occupancy's data is not whole (no end line) and for a scan decided
+2. else ``INCOMPLETE`` when the occupancy's data is not whole (no end line, or ``incomplete``) and for a scan decided
    without an occupancy (no radiation measurement at all);
 3. else ``CLEAR``. An occupancy whose scan never came is decided on its radiation alone.
 
@@ -51,11 +55,12 @@ COMPLETE_ENDS = ("gx", "background")
 """End reasons after which the occupancy's data is whole: its end line, or (GX lost) the next background line."""
 
 
-def verdict_of(analysis: dict[str, Any], end_reason: str, tamper: bool) -> str:
-    """The verdict from the alarms (fused findings included), the end reason and the tamper flag."""
+def verdict_of(analysis: dict[str, Any], end_reason: str, tamper: bool, incomplete: list[str] | None = None) -> str:
+    """The verdict from the alarms (fused findings included), the end reason, the tamper flag and what made the
+    occupancy's data incomplete."""
     if tamper or any(a.get("alarm") for a in analysis["alarms"]):
         return "ALARM"
-    return "CLEAR" if end_reason in COMPLETE_ENDS else "INCOMPLETE"
+    return "CLEAR" if end_reason in COMPLETE_ENDS and not incomplete else "INCOMPLETE"
 
 
 def build(
@@ -71,6 +76,7 @@ def build(
     device_alarm: bool,
     tamper: bool,
     link_interruptions: int,
+    incomplete: list[str] | None = None,
     xray: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The decision for one occupancy from its analysis (see :mod:`lanewatch.edge.lane.detect`), with its fused
@@ -86,11 +92,12 @@ def build(
         "end": iso_utc(end_wall_ns),
         "start_ns": start_wall_ns,
         "end_ns": end_wall_ns,
-        "verdict": verdict_of(analysis, end_reason, tamper),
+        "verdict": verdict_of(analysis, end_reason, tamper, incomplete),
         "alarms": alarms,
         "baseline_verdict": analysis["baseline_verdict"],
         "baseline": analysis.get("baseline"),
         "end_reason": end_reason,
+        "incomplete": list(incomplete or []),
         "samples": samples,
         "device_alarm": device_alarm,
         "tamper": tamper,
@@ -120,6 +127,7 @@ def build_scan_only(scan: Scan, alarms: list[dict[str, Any]], xray: dict[str, An
         "baseline_verdict": None,
         "baseline": None,
         "end_reason": "no-occupancy",
+        "incomplete": ["no-occupancy"],
         "samples": 0,
         "device_alarm": False,
         "tamper": False,

@@ -99,6 +99,9 @@ class _Occupancy:
     tamper: bool = False
     link_interruptions: int = 0
     provisional_reasons: set[str] = field(default_factory=set)
+    incomplete: list[str] = field(default_factory=list)
+    """Why the occupancy's data is not whole, whatever its end: ``partial`` (its start was not seen),
+    ``no-background`` (no background reading before it)."""
 
 
 class Lane:
@@ -128,6 +131,9 @@ class Lane:
         self.faults: set[str] = set()
         self.links: dict[str, bool] = {}
         """Device link state reported by each source (driver) of the lane."""
+        self.idle_seen: set[str] = set()
+        """Sources seen unoccupied (a background or end line) since the service or their link or run started: an
+        occupancy that opens with a sample from another source may have begun before we saw it (``partial``)."""
         self.last_record_wall_ns: int | None = None
         self.last_end_wall_ns = 0
         self.setup: dict[str, list[str]] = {}
@@ -152,6 +158,7 @@ class Lane:
     def _on_link(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
         up = bool(rec.values.get("up"))
         self.links[rec.source] = up
+        self.idle_seen.discard(rec.source)
         self.metrics.link_up.labels(self.id).set(1 if self.link_up else 0)
         if not up and self.occupancy is not None:
             self.occupancy.link_interruptions += 1
@@ -159,6 +166,7 @@ class Lane:
 
     def _on_background(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
         events = self._end(rec.t_wall_ns, "background", None, now_mono_ns) if self.occupancy is not None else []
+        self.idle_seen.add(rec.source)
         for flag in ("fault_low", "fault_high"):
             name = _FAULTS.get((rec.kind, flag))
             if name:
@@ -225,6 +233,7 @@ class Lane:
         return []
 
     def _on_end(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        self.idle_seen.add(rec.source)
         if self.occupancy is None:
             self._anomaly("duplicate-end")
             return []
@@ -293,7 +302,8 @@ class Lane:
         elif rec.kind is Kind.NEUTRON_SCAN:
             neutron_channels = rec.counts.size
         est = self._layout(gamma_shape, neutron_channels)
-        analyzer = OccupancyAnalyzer(self.detection, est.snapshot(), gamma_shape[0], neutron_channels)
+        background = est.snapshot()
+        analyzer = OccupancyAnalyzer(self.detection, background, gamma_shape[0], neutron_channels)
         analyzer.set_speed(self.speed_kmh or self.detection.default_speed_kmh)
         occ = _Occupancy(
             analyzer=analyzer,
@@ -303,6 +313,10 @@ class Lane:
             gamma_shape=gamma_shape,
             id=f"{self.id}-{rec.t_wall_ns}-{rec.source}{rec.seq}",
         )
+        if rec.source not in self.idle_seen and "occupancy_start" not in rec.flags:
+            occ.incomplete.append("partial")
+        if background.gamma_cps is None:
+            occ.incomplete.append("no-background")
         self.occupancy = occ
         self.metrics.occupied.labels(self.id).set(1)
         return occ
@@ -319,11 +333,16 @@ class Lane:
         t0 = time.perf_counter()
         analysis = occ.analyzer.finish()
         self.metrics.kernel_time.labels("finish").observe(time.perf_counter() - t0)
+        if "no-background" in occ.incomplete:
+            # Never an occupancy tested against itself: what the tests found stays as evidence, not as an alarm.
+            analysis["alarms"] = [{**a, "alarm": False, "withheld": "no-background"} for a in analysis["alarms"]]
         if occ.device_gamma or occ.device_neutron:
             device = device_alarm_entry(occ.device_gamma, occ.device_neutron, analysis["alarms"], self.detection)
             analysis["alarms"].append(device)
-        if end_reason not in decision.COMPLETE_ENDS:
-            log.warning("lane %s: occupancy %s ended by %s", self.id, occ.id, end_reason)
+        if end_reason not in decision.COMPLETE_ENDS or occ.incomplete:
+            log.warning(
+                "lane %s: occupancy %s ended by %s, data %s", self.id, occ.id, end_reason, occ.incomplete or "whole"
+            )
         facts = self._facts(occ, end_wall_ns, end_reason, device_occupancy)
         ended = _Ended(facts, analysis, now_mono_ns + round(self.fusion.scan_wait_s * 1e9))
         if not self.has_scanner and not self.finished_scans:
@@ -346,6 +365,7 @@ class Lane:
             "device_alarm": occ.device_gamma or occ.device_neutron,
             "tamper": occ.tamper,
             "link_interruptions": occ.link_interruptions,
+            "incomplete": occ.incomplete,
         }
 
     def abort(self, now_mono_ns: int) -> list[Provisional | Decided]:

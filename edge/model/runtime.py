@@ -304,6 +304,8 @@ class ModelRunner:
         t0 = time.perf_counter()
         if decision.get("end_reason") not in COMPLETE_ENDS:
             reason = f"ended by {decision.get('end_reason')}"
+        elif decision.get("incomplete"):
+            reason = f"incomplete: {', '.join(decision['incomplete'])}"
         else:
             try:
                 score = model.score(decision)
