@@ -243,10 +243,22 @@ class Service:
         self.metrics.records.labels(rec.lane, rec.source).inc()
         if not self._in_time(rec):
             return
-        verdict = self.sequences.observe((rec.lane, rec.source), rec.seq)
+        verdict = self.sequences.observe((rec.lane, rec.source), rec.seq, rec.run_id)
         if verdict.stale:
             self.metrics.stale.labels(rec.lane, rec.source).inc()
             return
+        if verdict.restarted:
+            self.metrics.source_restarts.labels(rec.lane, rec.source, verdict.restarted).inc()
+            self._ratelog.log(
+                logging.WARNING,
+                f"restart {rec.lane} {rec.source}",
+                "lane %s source %s: new numbering (%s) at seq %d, run %s",
+                rec.lane,
+                rec.source,
+                verdict.restarted,
+                rec.seq,
+                rec.run_id[:32] or "?",
+            )
         if verdict.missed:
             self.metrics.gaps.labels(rec.lane, rec.source).inc()
             self.metrics.missed.labels(rec.lane, rec.source).inc(verdict.missed)

@@ -10,6 +10,7 @@ concrete driver.
 from __future__ import annotations
 
 import argparse
+import secrets
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -32,7 +33,7 @@ class RecordPublisher:
     """Numbers, stamps and publishes one source's records; counts what it publishes and drops.
 
     ``seq`` starts at 0 and grows by one per record handed to the bus, so a consumer that
-    sees a jump knows exactly how many records it missed.
+    sees a jump knows exactly how many records it missed; ``run_id`` is new at every start.
     """
 
     def __init__(self, sock: zmq.Socket, lane: str, source: str, metrics: DriverMetrics) -> None:
@@ -41,6 +42,8 @@ class RecordPublisher:
         self.source = source
         self.metrics = metrics
         self.seq = 0
+        self.run_id = secrets.token_hex(8)
+        """Random per start of the driver: the service tells a restart from a jump in ``seq`` by it."""
 
     def emit(
         self,
@@ -67,6 +70,7 @@ class RecordPublisher:
             spectra=spectra,
             values=values or {},
             flags=flags,
+            run_id=self.run_id,
         )
         self.seq += 1
         try:

@@ -63,6 +63,11 @@ def service_ingest(ctx: zmq.Context, endpoint: str, keys: Keys | None = None) ->
     return sock
 
 
+MAX_SEQ_JUMP = 1_000_000
+"""A forward jump in ``seq`` larger than this is a restart of the source's numbering (or a bad number), not that many
+records missed: a running service cannot plausibly have missed a million records of one source."""
+
+
 @dataclass(slots=True)
 class SeqVerdict:
     """What one sequence number means against what came before from the same source."""
@@ -70,26 +75,36 @@ class SeqVerdict:
     missed: int = 0
     """Records skipped between the previous one and this one (0 when contiguous)."""
     stale: bool = False
-    """True when this number is at or below one already seen: a duplicate or late record."""
-    restarted: bool = False
-    """True when the source restarted its numbering at 0."""
+    """True when this number repeats the previous one: a duplicate, dropped."""
+    restarted: str = ""
+    """Why this record starts a new numbering of its source ("" when it does not): ``run_id`` (the driver started
+    again), ``seq-back`` (its seq went backwards) or ``seq-jump`` (its seq jumped more than :data:`MAX_SEQ_JUMP`)."""
 
 
 @dataclass
 class SequenceTracker:
-    """Per-key last sequence number; the first number seen from a key is never a gap."""
+    """Per-key last ``(run_id, seq)``; the first number seen from a key is never a gap.
 
-    last: dict[tuple[str, ...], int] = field(default_factory=dict)
+    A source restart is followed, not fought: a record of a new run, or one whose ``seq`` went
+    backwards or leapt forward, starts a new numbering (counted by the caller), so one bad number
+    (``seq`` 10**15) costs at most that one record's worth of trust, never the real stream that follows.
+    Within one run ZeroMQ delivers in order, so the only stale record is a repeat of the last ``seq``.
+    """
 
-    def observe(self, key: tuple[str, ...], seq: int) -> SeqVerdict:
+    last: dict[tuple[str, ...], tuple[str, int]] = field(default_factory=dict)
+
+    def observe(self, key: tuple[str, ...], seq: int, run_id: str = "") -> SeqVerdict:
         prev = self.last.get(key)
+        self.last[key] = (run_id, seq)
         if prev is None:
-            self.last[key] = seq
             return SeqVerdict()
-        if seq == 0 and prev > 0:
-            self.last[key] = 0
-            return SeqVerdict(restarted=True)
-        if seq <= prev:
+        prev_run, prev_seq = prev
+        if run_id != prev_run:
+            return SeqVerdict(restarted="run_id")
+        if seq == prev_seq:
             return SeqVerdict(stale=True)
-        self.last[key] = seq
-        return SeqVerdict(missed=seq - prev - 1)
+        if seq < prev_seq:
+            return SeqVerdict(restarted="seq-back")
+        if seq - prev_seq - 1 > MAX_SEQ_JUMP:
+            return SeqVerdict(restarted="seq-jump")
+        return SeqVerdict(missed=seq - prev_seq - 1)

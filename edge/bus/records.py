@@ -25,6 +25,8 @@ import numpy as np
 
 WIRE_VERSION = 1
 _ARRAY_FIELDS = ("counts", "spectra")
+MAX_RUN_ID = 64
+"""Longest ``run_id`` (characters) a record may carry."""
 
 
 class Kind(StrEnum):
@@ -86,6 +88,8 @@ class Record:
     spectra: np.ndarray | None = None
     values: dict[str, Any] = field(default_factory=dict)
     flags: tuple[str, ...] = ()
+    run_id: str = ""
+    """The driver's run: random per start of the driver, so a consumer tells a restart from a jump in ``seq``."""
 
     @property
     def topic(self) -> bytes:
@@ -108,6 +112,7 @@ class Record:
             "lane": self.lane,
             "source": self.source,
             "seq": self.seq,
+            "run_id": self.run_id,
             "t_wall_ns": self.t_wall_ns,
             "t_mono_ns": self.t_mono_ns,
             "dt_s": self.dt_s,
@@ -164,11 +169,18 @@ def decode(frames: list[bytes]) -> Record:
             spectra=arrays.get("spectra"),
             values=dict(header["values"]),
             flags=tuple(header["flags"]),
+            run_id=_run_id(header.get("run_id", "")),
         )
     except DecodeError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise DecodeError("field", f"bad record field: {exc!r}") from None
+
+
+def _run_id(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_RUN_ID:
+        raise DecodeError("field", f"run_id must be a string of at most {MAX_RUN_ID} characters")
+    return value
 
 
 def iso_utc(t_wall_ns: int) -> str:

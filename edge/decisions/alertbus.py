@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 DECISION_TOPIC = b"decision"
 PROVISIONAL_TOPIC = b"provisional"
 
+MAX_INT = (1 << 63) - 1
+"""Largest integer a request may hold (SQLite's)."""
+MAX_REQUEST_BYTES = 4096
+"""Longest request frame (bytes); every valid request is far shorter."""
 MAX_LIMIT = 1000
 """Most records one query reply holds."""
 MAX_REPLY_BYTES = 1 << 20
@@ -90,8 +94,8 @@ def _bind(sock: zmq.Socket, endpoint: str, what: str) -> str:
 
 def _int(request: dict[str, Any], key: str, default: int | None = None, minimum: int = 0) -> int:
     value = request.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BadRequest(f"{key!r} must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
+        raise BadRequest(f"{key!r} must be an integer from {minimum} to {MAX_INT}, got {str(value)[:40]}")
     return value
 
 
@@ -103,11 +107,16 @@ def _text(request: dict[str, Any], key: str) -> str | None:
 
 
 def parse_request(payload: bytes) -> dict[str, Any]:
-    """The checked request in one query frame; raises :class:`BadRequest` when it breaks the protocol."""
+    """The checked request in one query frame; raises :class:`BadRequest` when it breaks the protocol (and nothing
+    else, whatever the bytes)."""
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise BadRequest(f"request of {len(payload)} bytes, longer than {MAX_REQUEST_BYTES}")
     try:
         request = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"request is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("request is nested too deeply") from None
     if not isinstance(request, dict):
         raise BadRequest(f"request must be a JSON object, got {type(request).__name__}")
     op = request.get("op")

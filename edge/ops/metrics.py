@@ -127,6 +127,12 @@ class ServiceMetrics:
             ["where"],
             registry=r,
         )
+        self.source_restarts = Counter(
+            "lanewatch_bus_source_restarts_total",
+            "Sources that started a new numbering: a new run_id, or seq going backwards or jumping ahead.",
+            ["lane", "source", "reason"],
+            registry=r,
+        )
         self.unknown_lane = Counter(
             "lanewatch_bus_unknown_lane_records_total", "Records for a lane not in the configuration.", registry=r
         )
