@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from lanewatch.edge.bus.ingest import MAX_SEQ_JUMP, SeqVerdict, SequenceTracker
+from lanewatch.edge.bus.ingest import MAX_SEQ_JUMP, SequenceTracker, SeqVerdict
 from lanewatch.edge.bus.records import DecodeError, Kind, Record, decode
 
 
