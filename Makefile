@@ -16,10 +16,12 @@ demo: $(STAMP)
 	$(BIN)/lanewatch demo
 
 # Debian tools the tests drive for real: socat (pty pairs), promtool (metrics and rules checks),
-# systemd-analyze (unit verification and sandbox score).
+# systemd-analyze (unit verification and sandbox score), chromium (the console's browser tests, driven by
+# Playwright with executable_path=/usr/bin/chromium: never a browser download).
 system-deps:
-	@if ! command -v socat >/dev/null || ! command -v promtool >/dev/null || ! command -v systemd-analyze >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat prometheus systemd >/dev/null; \
+	@if ! command -v socat >/dev/null || ! command -v promtool >/dev/null || ! command -v systemd-analyze >/dev/null \
+		|| ! command -v chromium >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat prometheus systemd chromium >/dev/null; \
 	fi
 
 test: $(STAMP) system-deps

@@ -14,6 +14,7 @@ import itertools
 import math
 import re
 import tomllib
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -146,6 +147,34 @@ class LaneConfig(_Section):
     """Length (mm) of the X-ray scanner's detector column, top to bottom: the pixel pitch is this over the pixels."""
 
 
+class ConsoleConfig(_Section):
+    listen: str = "127.0.0.1:8443"
+    """host:port where ``lanewatch console`` serves the operators' web console (HTTPS unless ``plain_http``)."""
+    certificate: str = "console-cert.pem"
+    """PEM certificate of the console's HTTPS; a relative path is looked up in systemd's credentials directory
+    when the console runs under systemd, else in the working directory. ``install-units`` creates a self-signed
+    pair for the first start."""
+    key: str = "console-key.pem"
+    """PEM private key of ``certificate``; found like it."""
+    plain_http: bool = False
+    """Serve plain HTTP instead of HTTPS; refused unless ``listen`` is a loopback address."""
+    users: Annotated[str, Meta(min_length=1)] = "lanewatch-console.db"
+    """SQLite file of the console's users, sessions and audit log (created if missing), relative to the journal's
+    folder."""
+    timezone: str = "UTC"
+    """The site's IANA time zone (e.g. Europe/Amsterdam): times are shown and date filters read in it."""
+    idle_timeout_s: Seconds = 900.0
+    """A session unused for this long (s) is closed; the next request asks to log in again."""
+    login_attempts: Annotated[int, Meta(ge=1, le=1000)] = 5
+    """Failed logins allowed per user name, and per client address, within ``login_window_s``; then refused."""
+    login_window_s: Seconds = 300.0
+    """Window (s) over which failed logins are counted."""
+    max_mute_s: Seconds = 300.0
+    """Longest time (s) an operator can mute the alarm sound; it sounds again after it."""
+    page_size: Annotated[int, Meta(ge=1, le=500)] = 15
+    """Rows per page of the event table."""
+
+
 SHIPPED_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "anomaly.onnx")
 """The anomaly model shipped with lanewatch (``models/anomaly.onnx`` beside the ``edge`` package)."""
 
@@ -162,13 +191,15 @@ class ModelConfig(_Section):
 
 
 class Config(_Section):
-    """A lanewatch configuration file (TOML): the service, its buses, detection, fusion, the model and the lanes."""
+    """A lanewatch configuration file (TOML): the service, its buses, detection, fusion, the model, the operators'
+    console and the lanes."""
 
     service: ServiceConfig = ServiceConfig()
     bus: BusConfig = BusConfig()
     detection: DetectionConfig = DetectionConfig()
     fusion: FusionConfig = FusionConfig()
     model: ModelConfig = ModelConfig()
+    console: ConsoleConfig = ConsoleConfig()
     lanes: list[LaneConfig] = []
     source: str = "<defaults>"
     """Where this configuration came from (a path, or <defaults>); set by :func:`load`, not a key of the file."""
@@ -249,7 +280,7 @@ def bound_addresses(cfg: Config) -> list[tuple[str, str]]:
     """``(key path, address)`` of every socket lanewatch binds as this configuration says."""
     bus = cfg.bus
     out = [("service.http", cfg.service.http), ("bus.ingest", bus.ingest), ("bus.alerts", bus.alerts)]
-    out.append(("bus.query", bus.query))
+    out += [("bus.query", bus.query), ("console.listen", cfg.console.listen)]
     for i, lane in enumerate(cfg.lanes):
         out += [(f"lanes[{i}].driver_http", lane.driver_http), (f"lanes[{i}].xray_http", lane.xray_http)]
     return [(key, address) for key, address in out if address]
@@ -356,6 +387,21 @@ def _check(cfg: Config) -> None:
                     f"bus.{key}: plaintext = true is allowed only on loopback or ipc:// endpoints, got "
                     f"{getattr(cfg.bus, key)!r} (make keys with `lanewatch keys` instead)"
                 )
+    _check_console(cfg.console)
+
+
+def _check_console(console: ConsoleConfig) -> None:
+    if console.plain_http and not loopback(f"tcp://{console.listen}"):
+        raise ConfigError(
+            f"console.plain_http: plain HTTP is allowed only on a loopback address, but console.listen is "
+            f"{console.listen!r}"
+        )
+    try:
+        zoneinfo.ZoneInfo(console.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"console.timezone: expected an IANA time zone name such as Europe/Amsterdam, got {console.timezone!r}"
+        ) from None
 
 
 def parse(text: str, source: str = "<string>") -> Config:

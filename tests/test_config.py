@@ -114,6 +114,7 @@ def test_every_address_may_be_off_or_ephemeral() -> None:
         "bus.ingest",
         "bus.alerts",
         "bus.query",
+        "console.listen",
         "lanes[0].driver_http",
     ]
 

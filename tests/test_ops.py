@@ -114,6 +114,31 @@ def test_install_units_writes_units_and_config_and_keeps_an_edited_config(
     assert "no [[lanes]] entry for south-2" in capsys.readouterr().err
 
 
+def test_install_units_creates_the_consoles_self_signed_pair_once(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    assert install(tmp_path)[0] == 0
+    config_dir = tmp_path / "etc" / "lanewatch"
+    cert_path, key_path = config_dir / units.CONSOLE_CERT, config_dir / units.CONSOLE_KEY
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = load_pem_private_key(key_path.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and cert.public_key() == key.public_key()
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    before = cert_path.read_bytes()
+    assert install(tmp_path)[0] == 0
+    assert cert_path.read_bytes() == before, "an existing certificate is never replaced"
+    console = unit_sections(tmp_path / "etc" / "systemd" / "system" / "lanewatch-console.service")["Service"]
+    assert console["ExecStart"] == f"{units.default_exec()} console --config /etc/lanewatch/lanewatch.toml"
+    text = (SYSTEMD / "lanewatch-console.service").read_text()
+    for credential in (units.CONSOLE_CERT, units.CONSOLE_KEY, "console.key_secret"):
+        assert f"LoadCredential={credential}:" in text
+    assert console["User"] == "lanewatch", "the service's dynamic user: the console shares its state directory"
+
+
 def test_install_units_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, _ = install(tmp_path, "--dry-run", "--unit-dir", "/usr/lib/systemd/system")
     assert status == 0
@@ -139,7 +164,7 @@ def test_systemd_analyze_verify_accepts_every_unit(tmp_path: Path) -> None:
     analyze = tool("systemd-analyze")
     _, unit_dir = install(tmp_path)
     names = ["lanewatch.service", "lanewatch.target", "lanewatch-lane@lane1.target"]
-    names += ["lanewatch-rpm@lane1.service", "lanewatch-xray@lane1.service"]
+    names += ["lanewatch-rpm@lane1.service", "lanewatch-xray@lane1.service", "lanewatch-console.service"]
     for name in names:
         proc = run_tool(analyze, "verify", str(unit_dir / name), check=False)
         # verify exits 0 even for unknown keys and bad values; it only warns on stderr, so stderr must be empty.
@@ -167,12 +192,13 @@ def test_service_sandbox_exposure(tmp_path: Path, capsys: pytest.CaptureFixture[
     service = exposure(unit_dir / "lanewatch.service")
     driver = exposure(unit_dir / "lanewatch-rpm@lane1.service")
     xray = exposure(unit_dir / "lanewatch-xray@lane1.service")
+    console = exposure(unit_dir / "lanewatch-console.service")
     with capsys.disabled():
         print(
             f"\nsystemd-analyze security exposure: lanewatch.service {service}, lanewatch-rpm@.service {driver},"
-            f" lanewatch-xray@.service {xray}"
+            f" lanewatch-xray@.service {xray}, lanewatch-console.service {console}"
         )
-    assert service <= MAX_EXPOSURE and xray <= MAX_EXPOSURE
+    assert service <= MAX_EXPOSURE and xray <= MAX_EXPOSURE and console <= MAX_EXPOSURE
     assert driver <= MAX_EXPOSURE + 1.0, "serial ports: no PrivateDevices=, no PrivateUsers="
 
 
@@ -454,6 +480,8 @@ def test_wheel_ships_the_units_and_install_units_finds_them(tmp_path: Path) -> N
     top = {p.name for p in site.iterdir() if not p.name.endswith((".dist-info", ".pth"))}
     assert not top & {"edge", "drivers", "kernels", "models"}, top
     assert (site / "lanewatch" / "models" / "anomaly.onnx").is_file()
+    console = site / "lanewatch" / "edge" / "console"
+    assert (console / "templates" / "wall.html").is_file() and (console / "static" / "console.js").is_file()
     probe = (
         "import importlib.util, lanewatch.edge.config\n"
         "from importlib.metadata import entry_points\n"

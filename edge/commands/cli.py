@@ -13,6 +13,8 @@
     lanewatch install-units ...             systemd units and an example configuration
     lanewatch keys init|driver|console ...  CURVE keys of the bus
     lanewatch model train|check ...         train or check the ONNX anomaly model
+    lanewatch console --config FILE         the operators' web console (HTTPS)
+    lanewatch users add NAME --role ROLE    manage the console's users
 
 Drivers and simulators are looked up by name in their entry-point groups, so this module
 never imports one.
@@ -237,6 +239,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "status": ("health of the service and the drivers", _config_command("lanewatch.edge.ops.status")),
     "keys": ("make the CURVE keys of the bus", _config_command("lanewatch.edge.commands.keys")),
     "model": ("train or check the ONNX anomaly model", _config_command("lanewatch.edge.commands.model")),
+    "console": ("serve the operators' web console", _config_command("lanewatch.edge.console.command")),
+    "users": ("add, list, disable or enable console users", _config_command("lanewatch.edge.console.users")),
     "replay": ("replay an N42 portal file and print its decision", _setup_replay),
     "install-units": ("install systemd units and an example configuration", _setup_install_units),
 }

@@ -17,7 +17,9 @@ import argparse
 import ast
 import inspect
 import json
+import os
 import shutil
+import socket
 import sys
 import sysconfig
 import textwrap
@@ -39,10 +41,15 @@ UNIT_FILES = (
     "lanewatch.service",
     "lanewatch-rpm@.service",
     "lanewatch-xray@.service",
+    "lanewatch-console.service",
     "lanewatch-lane@.target",
     "lanewatch.target",
 )
 CONFIG_NAME = "lanewatch.toml"
+CONSOLE_CERT, CONSOLE_KEY = "console-cert.pem", "console-key.pem"
+"""The console's HTTPS certificate and key in the configuration directory (the console unit loads them)."""
+CERT_DAYS = 825
+"""Validity (days) of the self-signed console certificate: replace it with the site's own."""
 EXAMPLE_LANE = {"id": "lane1", "rpm": "/dev/ttyUSB0", "driver_http": "127.0.0.1:9731"}
 """Values of the one lane the example configuration shows (other lane keys keep their defaults)."""
 
@@ -204,6 +211,55 @@ def _write(path: Path, text: str, dry_run: bool, create_only: bool = False) -> s
     return action + (" (dry run)" if dry_run else "")
 
 
+def self_signed_pair(hostname: str) -> tuple[bytes, bytes]:
+    """A self-signed certificate (PEM) for ``hostname``, ``localhost`` and 127.0.0.1, and its P-256 key (PEM)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName(n) for n in dict.fromkeys([hostname, "localhost"])]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+        .add_extension(x509.SubjectAlternativeName([*names, x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def _console_pair(config_dir: Path, dry_run: bool) -> str:
+    """Create the console's self-signed certificate and key unless either exists; what happened."""
+    cert, key = config_dir / CONSOLE_CERT, config_dir / CONSOLE_KEY
+    if cert.exists() or key.exists():
+        return f"kept (never overwritten): {cert}, {key}"
+    if dry_run:
+        return f"create (dry run): {cert}, {key} (self-signed)"
+    cert_pem, key_pem = self_signed_pair(socket.getfqdn() or "localhost")
+    config_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_pem)
+    cert.write_bytes(cert_pem)
+    cert.chmod(0o644)
+    return f"create: {cert}, {key} (self-signed, {CERT_DAYS} days: replace with the site's certificate)"
+
+
 def enable_commands(lanes: list[str], scanner_lanes: list[str] | None = None) -> list[str]:
     """The systemctl commands that load the units and start the service and these lanes.
 
@@ -251,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{_write(target, example, args.dry_run, create_only=True)}: {target}")
         if not args.no_keys:
             _make_keys(_under(prefix, site.bus.keys), site, args.dry_run)
+            print(_console_pair(config_dir, args.dry_run))
     except OSError as exc:
         print(f"lanewatch install-units: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -267,6 +324,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("  systemctl daemon-reload")
         print("  systemctl enable --now lanewatch.target lanewatch-lane@<lane id>.target")
+    print("The operators' console: add its first administrator, then start it:")
+    print(f"  cd /var/lib/lanewatch && {exec_path} users add NAME --role admin --config {config_path}")
+    print("  systemctl enable --now lanewatch-console.service")
     return 0
 
 

@@ -1,0 +1,328 @@
+"""Adjudications of decisions, append-only, in the journal's SQLite file; and the event table's queries.
+
+Tables added to the journal database (beside ``decisions``, which this module only reads):
+
+``adjudications(id, seq, kind, disposition, secondary, notes, user, role, time, attachment_name,
+attachment, nuclides, amends)``
+    One row per act on decision ``seq``: ``acknowledge`` (an operator has seen the alarm),
+    ``adjudicate`` (a disposition code, the secondary inspection's result, notes, and optionally a
+    handheld identifier's N42 file with the nuclides it identified), or ``amend`` (a supervisor's
+    correction of an earlier adjudication, ``amends`` its id). Triggers refuse UPDATE and DELETE:
+    history is never rewritten, an amendment is a new row.
+``adjudication_state(seq, state, disposition, last_id)``
+    The current state of each adjudicated decision (``acknowledged`` or ``disposed``), kept in
+    the same transaction as the row that changed it, so the event table filters on it by index.
+    A decision absent from it is ``unacknowledged`` when it is an ALARM (else it needs nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lanewatch.edge.console.users import now_text
+from lanewatch.edge.decisions.journal import Journal
+
+DISPOSITIONS: dict[str, str] = {
+    "threat": "Threat confirmed",
+    "norm": "NORM (naturally occurring radioactive material)",
+    "medical": "Medical isotope",
+    "innocent": "Other innocent source",
+    "background": "Background or false alarm",
+    "fault": "Tamper or device fault",
+    "test": "Test source",
+}
+"""Disposition codes and what they mean."""
+SECONDARY: dict[str, str] = {
+    "not-performed": "Not performed",
+    "no-source": "Performed: no source found",
+    "source-found": "Performed: source found and identified",
+}
+"""Results of the secondary inspection."""
+KINDS = ("acknowledge", "adjudicate", "amend")
+STATES = ("unacknowledged", "acknowledged", "awaiting", "disposed")
+"""Adjudication states a filter may ask for; ``awaiting`` is unacknowledged or acknowledged, not yet disposed."""
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS adjudications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        disposition TEXT,
+        secondary TEXT,
+        notes TEXT NOT NULL DEFAULT '',
+        user TEXT NOT NULL,
+        role TEXT NOT NULL,
+        time TEXT NOT NULL,
+        attachment_name TEXT,
+        attachment BLOB,
+        nuclides TEXT,
+        amends INTEGER
+    )""",
+    "CREATE INDEX IF NOT EXISTS adjudications_seq ON adjudications (seq)",
+    """CREATE TRIGGER IF NOT EXISTS adjudications_no_update BEFORE UPDATE ON adjudications
+        BEGIN SELECT RAISE(ABORT, 'adjudications are append-only: amend instead'); END""",
+    """CREATE TRIGGER IF NOT EXISTS adjudications_no_delete BEFORE DELETE ON adjudications
+        BEGIN SELECT RAISE(ABORT, 'adjudications are append-only: amend instead'); END""",
+    """CREATE TABLE IF NOT EXISTS adjudication_state (
+        seq INTEGER PRIMARY KEY,
+        state TEXT NOT NULL,
+        disposition TEXT,
+        last_id INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS adjudication_state_state ON adjudication_state (state, seq)",
+    "CREATE INDEX IF NOT EXISTS decisions_verdict_seq ON decisions (verdict, seq)",
+)
+
+
+class AdjudicationError(ValueError):
+    """An adjudication that cannot be recorded; the message says why."""
+
+
+@dataclass(frozen=True)
+class Adjudication:
+    """One row of a decision's adjudication history."""
+
+    id: int
+    seq: int
+    kind: str
+    disposition: str | None
+    secondary: str | None
+    notes: str
+    user: str
+    role: str
+    time: str
+    """UTC, ISO 8601."""
+    attachment_name: str | None
+    nuclides: list[str] = field(default_factory=list)
+    """Nuclides the attached handheld identifier's file names."""
+    amends: int | None = None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What the event table shows; times are UTC journal text (``since`` inclusive, ``until`` exclusive)."""
+
+    lane: str | None = None
+    verdict: str | None = None
+    state: str | None = None
+    since: str | None = None
+    until: str | None = None
+    text: str | None = None
+    """Words looked for in the adjudication notes (case-insensitive, as a phrase)."""
+
+
+@dataclass(frozen=True)
+class EventRow:
+    seq: int
+    lane: str
+    verdict: str
+    start: str
+    end: str
+    state: str
+    """unacknowledged | acknowledged | disposed | "" (a decision that needs no adjudication)."""
+    disposition: str | None
+
+
+@dataclass(frozen=True)
+class EventPage:
+    rows: list[EventRow]
+    older: int | None
+    """Seq to pass as ``before`` for the next older page, or None at the oldest."""
+    newer: int | None
+    """Seq to pass as ``after`` for the next newer page, or None at the newest."""
+
+
+class Adjudications:
+    """The adjudication tables of the journal at ``path`` (created there if missing), and reads of its decisions."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            Journal(self.path).close()  # an empty journal with its schema, as the service would make it
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout = 5000")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        with self._tx() as conn:
+            for statement in SCHEMA:
+                conn.execute(statement)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def record(
+        self,
+        seq: int,
+        kind: str,
+        user: str,
+        role: str,
+        *,
+        disposition: str | None = None,
+        secondary: str | None = None,
+        notes: str = "",
+        attachment: tuple[str, bytes] | None = None,
+        nuclides: list[str] | None = None,
+        amends: int | None = None,
+    ) -> Adjudication:
+        """Append one act on decision ``seq`` and update its state; raises :class:`AdjudicationError` when refused."""
+        if kind not in KINDS:
+            raise AdjudicationError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if kind != "acknowledge" and disposition not in DISPOSITIONS:
+            raise AdjudicationError(f"choose a disposition code ({', '.join(DISPOSITIONS)})")
+        if secondary is not None and secondary not in SECONDARY:
+            raise AdjudicationError(f"secondary inspection must be one of {', '.join(SECONDARY)}")
+        when = now_text()
+        with self._tx() as conn:
+            if conn.execute("SELECT 1 FROM decisions WHERE seq = ?", (seq,)).fetchone() is None:
+                raise AdjudicationError(f"no decision numbered {seq}")
+            state = conn.execute("SELECT state FROM adjudication_state WHERE seq = ?", (seq,)).fetchone()
+            if kind == "amend":
+                if (
+                    amends is None
+                    or conn.execute(
+                        "SELECT 1 FROM adjudications WHERE id = ? AND seq = ? AND kind != 'acknowledge'", (amends, seq)
+                    ).fetchone()
+                    is None
+                ):
+                    raise AdjudicationError(f"decision {seq} has no adjudication numbered {amends} to amend")
+            elif kind == "adjudicate" and state is not None and state[0] == "disposed":
+                raise AdjudicationError(f"decision {seq} is adjudicated already: a supervisor can amend it")
+            elif kind == "acknowledge" and state is not None:
+                raise AdjudicationError(f"decision {seq} is {state[0]} already")
+            cursor = conn.execute(
+                "INSERT INTO adjudications (seq, kind, disposition, secondary, notes, user, role, time,"
+                " attachment_name, attachment, nuclides, amends) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    seq, kind, disposition, secondary, notes, user, role, when,
+                    attachment[0] if attachment else None, attachment[1] if attachment else None,
+                    json.dumps(nuclides or []), amends,
+                ),
+            )  # fmt: skip
+            row_id = int(cursor.lastrowid or 0)
+            new_state = "acknowledged" if kind == "acknowledge" else "disposed"
+            conn.execute(
+                "INSERT INTO adjudication_state (seq, state, disposition, last_id) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (seq) DO UPDATE SET state = excluded.state,"
+                " disposition = COALESCE(excluded.disposition, disposition), last_id = excluded.last_id",
+                (seq, new_state, disposition, row_id),
+            )
+        return Adjudication(
+            row_id, seq, kind, disposition, secondary, notes, user, role, when,
+            attachment[0] if attachment else None, nuclides or [], amends,
+        )  # fmt: skip
+
+    # ---- reading ---------------------------------------------------------------------------------
+    _COLUMNS = "id, seq, kind, disposition, secondary, notes, user, role, time, attachment_name, nuclides, amends"
+
+    @staticmethod
+    def _row(row: tuple) -> Adjudication:
+        *head, nuclides, amends = row
+        return Adjudication(*head, nuclides=json.loads(nuclides or "[]"), amends=amends)
+
+    def history(self, seq: int) -> list[Adjudication]:
+        """Every act on decision ``seq``, oldest first."""
+        rows = self._read(f"SELECT {self._COLUMNS} FROM adjudications WHERE seq = ? ORDER BY id", (seq,))
+        return [self._row(row) for row in rows]
+
+    def after(self, last_id: int, limit: int = 500) -> list[Adjudication]:
+        """Acts recorded after id ``last_id`` (by any console), oldest first."""
+        sql = f"SELECT {self._COLUMNS} FROM adjudications WHERE id > ? ORDER BY id LIMIT ?"
+        rows = self._read(sql, (last_id, limit))
+        return [self._row(row) for row in rows]
+
+    def last_id(self) -> int:
+        rows = self._read("SELECT COALESCE(MAX(id), 0) FROM adjudications")
+        return int(rows[0][0])
+
+    def attachment(self, adjudication_id: int) -> tuple[str, bytes] | None:
+        rows = self._read("SELECT attachment_name, attachment FROM adjudications WHERE id = ?", (adjudication_id,))
+        return (rows[0][0], rows[0][1]) if rows and rows[0][1] is not None else None
+
+    def state(self, seq: int, verdict: str) -> str:
+        """``unacknowledged``, ``acknowledged``, ``disposed``, or "" for a decision that needs nothing."""
+        rows = self._read("SELECT state FROM adjudication_state WHERE seq = ?", (seq,))
+        if rows:
+            return str(rows[0][0])
+        return "unacknowledged" if verdict == "ALARM" else ""
+
+    def awaiting(self, limit: int = 1000) -> list[EventRow]:
+        """ALARM decisions not yet disposed, newest first."""
+        return self.events(EventFilter(state="awaiting"), limit=limit).rows
+
+    def events(self, where: EventFilter, limit: int, before: int | None = None, after: int | None = None) -> EventPage:
+        """One page of decisions matching ``where``, newest first: below seq ``before``, or above ``after``."""
+        clauses, params = [], []
+        for clause, value in (
+            ("d.lane = ?", where.lane),
+            ("d.verdict = ?", where.verdict),
+            ('d."end" >= ?', where.since),
+            ('d."end" < ?', where.until),
+        ):
+            if value:
+                clauses.append(clause)
+                params.append(value)
+        if where.state == "unacknowledged":
+            clauses.append("d.verdict = 'ALARM' AND s.state IS NULL")
+        elif where.state == "awaiting":
+            clauses.append("d.verdict = 'ALARM' AND (s.state IS NULL OR s.state = 'acknowledged')")
+        elif where.state in ("acknowledged", "disposed"):
+            clauses.append("s.state = ?")
+            params.append(where.state)
+        if where.text:
+            escaped = where.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append("d.seq IN (SELECT seq FROM adjudications WHERE notes LIKE ? ESCAPE '\\')")
+            params.append(f"%{escaped}%")
+        if after is not None:
+            clauses.append("d.seq > ?")
+            params.append(after)
+            order = "ASC"
+        else:
+            if before is not None:
+                clauses.append("d.seq < ?")
+                params.append(before)
+            order = "DESC"
+        sql = (
+            'SELECT d.seq, d.lane, d.verdict, d.start, d."end", s.state, s.disposition FROM decisions d'
+            " LEFT JOIN adjudication_state s ON s.seq = d.seq"
+        )
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += f" ORDER BY d.seq {order} LIMIT ?"
+        rows = self._read(sql, (*params, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if order == "ASC":
+            rows.reverse()
+        page = [
+            EventRow(seq, lane, verdict, start, end, state or ("unacknowledged" if verdict == "ALARM" else ""), disp)
+            for seq, lane, verdict, start, end, state, disp in rows
+        ]
+        if not page:
+            return EventPage([], None, None)
+        newest_page = after is None and before is None
+        older = page[-1].seq if (more or after is not None) else None
+        newer = None if newest_page or (after is not None and not more) else page[0].seq
+        return EventPage(page, older, newer)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

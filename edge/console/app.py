@@ -1,0 +1,598 @@
+"""The console's web application (Starlette): pages rendered on the server, live updates by server-sent events.
+
+Every page but the login needs a session (cookie ``lw_session``: Secure, HttpOnly, SameSite=Strict);
+every form carries the session's CSRF token and a POST without it is refused (403). Logins are
+rate-limited per user name and per client address; a session idle for ``[console].idle_timeout_s``
+is closed. Roles: operators acknowledge and adjudicate, supervisors also amend, see the audit log and
+reports, admins also manage users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import csv
+import io
+import json
+import logging
+import secrets
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lanewatch.edge.bus.security import Keys
+from lanewatch.edge.config import Config
+from lanewatch.edge.console import figure
+from lanewatch.edge.console.adjudication import (
+    DISPOSITIONS,
+    SECONDARY,
+    STATES,
+    AdjudicationError,
+    Adjudications,
+    EventFilter,
+)
+from lanewatch.edge.console.live import Event, Feeds, Hub, Wall, read_health
+from lanewatch.edge.console.present import Clock, model_text, reasons, release_recommended, summary, utc_label
+from lanewatch.edge.console.users import ROLES, Session, UserError, UserStore, role_allows, users_path
+from lanewatch.edge.decisions.journal import VERDICTS, Journal
+from lanewatch.edge.decisions.profile import axis_name
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "lw_session"
+LOGIN_COOKIE = "lw_login"
+"""Anti-forgery token of the login form (double-submit: cookie and hidden field must match)."""
+MAX_UPLOAD_BYTES = 20 << 20
+"""Largest N42 file accepted as a secondary-inspection attachment (bytes)."""
+KEEPALIVE_S = 15.0
+"""An event stream sends a comment this often (s) so proxies keep it open; the session is checked then."""
+BACKLOG_LIMIT = 500
+"""Most decisions replayed to a reconnecting browser (its Last-Event-ID onwards)."""
+
+
+@dataclass
+class Console:
+    """Everything the request handlers share."""
+
+    config: Config
+    users: UserStore
+    adjudications: Adjudications
+    journal: Journal
+    clock: Clock
+    wall: Wall
+    hub: Hub
+    feeds: Feeds
+    templates: Environment
+    secure: bool
+    """Whether the console is served over HTTPS (cookies are then marked Secure)."""
+    failures: dict[str, deque[float]]
+
+
+class LoginLimiter:
+    """Failed logins per key (a user name, a client address) within a sliding window."""
+
+    def __init__(self, attempts: int, window_s: float) -> None:
+        self.attempts = attempts
+        self.window_s = window_s
+        self.failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def blocked(self, *keys: str) -> bool:
+        now = time.monotonic()
+        for key in keys:
+            times = self.failures[key]
+            while times and now - times[0] > self.window_s:
+                times.popleft()
+            if len(times) >= self.attempts:
+                return True
+        return False
+
+    def failed(self, *keys: str) -> None:
+        for key in keys:
+            self.failures[key].append(time.monotonic())
+
+    def succeeded(self, *keys: str) -> None:
+        for key in keys:
+            self.failures.pop(key, None)
+
+
+class SecurityHeaders:
+    """ASGI middleware: a strict content security policy (no inline script, nothing from elsewhere), no framing,
+    no sniffing, no referrer, no caching of pages; HSTS over HTTPS."""
+
+    POLICY = (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    )
+
+    def __init__(self, app: ASGIApp, hsts: bool) -> None:
+        self.app = app
+        self.headers = [
+            (b"content-security-policy", self.POLICY.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"x-frame-options", b"DENY"),
+        ]
+        if hsts:
+            self.headers.append((b"strict-transport-security", b"max-age=31536000"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers + self.headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def create_app(
+    config: Config,
+    *,
+    secure: bool = True,
+    health: Callable[[Config], dict[str, Any]] = read_health,
+    start_feeds: bool = True,
+    keys: Keys | None = None,
+) -> Starlette:
+    """The console for ``config``; ``secure`` marks cookies Secure (HTTPS); ``health`` reads the lanes' health;
+    ``keys`` are the console's CURVE keys on the alert bus (None: plaintext); ``start_feeds`` False serves the
+    journal without following the bus."""
+    journal_path = Path(config.service.journal)
+    adjudications = Adjudications(journal_path)
+    journal = Journal(journal_path, readonly=True)
+    users = UserStore(users_path(config))
+    clock = Clock.named(config.console.timezone)
+    wall = Wall(config, adjudications, journal, clock)
+    hub = Hub()
+    feeds = Feeds(config, wall, hub, health=health, keys=keys)
+    env = Environment(loader=PackageLoader("lanewatch.edge.console", "templates"), autoescape=select_autoescape())
+    env.globals.update(ROLES=ROLES, DISPOSITIONS=DISPOSITIONS, SECONDARY=SECONDARY, VERDICTS=VERDICTS, STATES=STATES)
+    env.filters["local"] = clock.local
+    env.filters["utc"] = utc_label
+    env.globals["allows"] = role_allows
+    console = Console(config, users, adjudications, journal, clock, wall, hub, feeds, env, secure, {})
+    limiter = LoginLimiter(config.console.login_attempts, config.console.login_window_s)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def render(request: Request, name: str, session: Session | None, status: int = 200, **context: Any) -> HTMLResponse:
+        html = env.get_template(name).render(
+            request=request, session=session, user=session.user if session else None, config=config, **context
+        )
+        return HTMLResponse(html, status_code=status)
+
+    async def session_of(request: Request) -> Session | None:
+        token = request.cookies.get(SESSION_COOKIE)
+        if not token:
+            return None
+        return await run_in_threadpool(users.session, token, config.console.idle_timeout_s)
+
+    async def need(request: Request, role: str = "operator") -> Session:
+        session = await session_of(request)
+        if session is None:
+            raise HTTPException(303, headers={"Location": f"/login?next={request.url.path}"})
+        if not role_allows(session.user.role, role):
+            raise HTTPException(403, f"this page is for the {role} role and above; you are {session.user.role}")
+        return session
+
+    async def checked_form(request: Request, session: Session) -> FormData:
+        form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
+        token = form.get("csrf")
+        if not isinstance(token, str) or not secrets.compare_digest(token, session.csrf):
+            users.audit(session.user.name, "csrf-refused", request.url.path, _client(request))
+            raise HTTPException(403, "the form's anti-forgery token is missing or wrong: reload the page and retry")
+        return form
+
+    def audit(session: Session, action: str, detail: str, request: Request) -> None:
+        users.audit(session.user.name, action, detail, _client(request))
+
+    # ---- login -----------------------------------------------------------------------------------
+    async def login_page(request: Request) -> Response:
+        token = secrets.token_urlsafe(24)
+        response = render(request, "login.html", None, login_csrf=token, next=request.query_params.get("next", "/"))
+        response.set_cookie(LOGIN_COOKIE, token, httponly=True, secure=secure, samesite="strict", path="/login")
+        return response
+
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        name, password = str(form.get("name", "")), str(form.get("password", ""))
+        address = _client(request)
+        target = str(form.get("next") or "/")
+        if not target.startswith("/") or target.startswith("//"):
+            target = "/"
+        cookie = request.cookies.get(LOGIN_COOKIE, "")
+        if not cookie or not secrets.compare_digest(cookie, str(form.get("csrf", ""))):
+            raise HTTPException(403, "the login form's anti-forgery token is missing or wrong: reload the page")
+        keys = (f"user:{name}", f"address:{address}")
+        if limiter.blocked(*keys):
+            users.audit(name or "?", "login-refused", "too many failed logins", address)
+            token = secrets.token_urlsafe(24)
+            response = render(
+                request, "login.html", None, 429, login_csrf=token, next=target,
+                error="Too many failed logins: wait a few minutes and try again.",
+            )  # fmt: skip
+            response.set_cookie(LOGIN_COOKIE, token, httponly=True, secure=secure, samesite="strict", path="/login")
+            return response
+        user = await run_in_threadpool(users.verify, name, password)
+        if user is None:
+            limiter.failed(*keys)
+            users.audit(name or "?", "login-failed", "wrong user name or password", address)
+            token = secrets.token_urlsafe(24)
+            response = render(
+                request, "login.html", None, 401, login_csrf=token, next=target,
+                error="Wrong user name or password.",
+            )  # fmt: skip
+            response.set_cookie(LOGIN_COOKIE, token, httponly=True, secure=secure, samesite="strict", path="/login")
+            return response
+        limiter.succeeded(*keys)
+        token, _ = users.open_session(user)
+        users.audit(user.name, "login", f"role {user.role}", address)
+        response = RedirectResponse(target, 303)
+        response.set_cookie(SESSION_COOKIE, token, httponly=True, secure=secure, samesite="strict")
+        response.delete_cookie(LOGIN_COOKIE, path="/login")
+        return response
+
+    async def logout(request: Request) -> Response:
+        session = await need(request)
+        await checked_form(request, session)
+        users.close_session(session)
+        audit(session, "logout", "", request)
+        response = RedirectResponse("/login", 303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    # ---- the wall and its live feed ----------------------------------------------------------------
+    async def wall_page(request: Request) -> Response:
+        session = await need(request)
+        return render(request, "wall.html", session, wall=wall.snapshot(), max_mute_s=config.console.max_mute_s)
+
+    async def wall_json(request: Request) -> Response:
+        await need(request)
+        return Response(json.dumps(wall.snapshot()), media_type="application/json")
+
+    async def events(request: Request) -> Response:
+        session = await need(request)
+        last = request.headers.get("last-event-id") or request.query_params.get("since") or ""
+        try:
+            since = int(last) if last else None
+        except ValueError:
+            since = None
+        queue = hub.subscribe()
+
+        async def stream() -> AsyncIterator[bytes]:
+            sent = 0
+            try:
+                yield b"retry: 2000\n\n"
+                yield Event("wall", None, json.dumps(wall.snapshot())).encode()
+                if since is not None:
+                    backlog = await run_in_threadpool(journal.since, since, BACKLOG_LIMIT)
+                    for decision in backlog:
+                        state = adjudications.state(decision["seq"], decision["verdict"])
+                        data = json.dumps(summary(decision, state, clock))
+                        yield Event("decision", decision["seq"], data).encode()
+                        sent = decision["seq"]
+                while True:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    except TimeoutError:
+                        if (
+                            users.session(request.cookies.get(SESSION_COOKIE, ""), config.console.idle_timeout_s)
+                            is None
+                        ):
+                            yield Event("logout", None, "{}").encode()
+                            return
+                        yield b": keep-alive\n\n"
+                        continue
+                    if event.name == "decision" and event.id is not None and event.id <= sent:
+                        continue
+                    yield event.encode()
+            finally:
+                hub.unsubscribe(queue)
+
+        del session
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    # ---- users -----------------------------------------------------------------------------------
+    async def users_page(request: Request) -> Response:
+        session = await need(request, "admin")
+        error = ""
+        if request.method == "POST":
+            form = await checked_form(request, session)
+            action = str(form.get("action", ""))
+            try:
+                if action == "add":
+                    name, role = str(form.get("name", "")), str(form.get("role", ""))
+                    users.add(name, role, str(form.get("password", "")), session.user.name, _client(request))
+                elif action in ("disable", "enable"):
+                    name = str(form.get("name", ""))
+                    if name == session.user.name:
+                        raise UserError("you cannot disable yourself")
+                    users.set_disabled(name, action == "disable", session.user.name, _client(request))
+            except UserError as exc:
+                error = str(exc)
+        return render(request, "users.html", session, users=users.users(), error=error)
+
+    async def audit_page(request: Request) -> Response:
+        session = await need(request, "supervisor")
+        return render(request, "audit.html", session, entries=users.audit_log(500))
+
+    routes = [
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/", wall_page),
+        Route("/wall.json", wall_json),
+        Route("/events", events),
+        Route("/users", users_page, methods=["GET", "POST"]),
+        Route("/audit", audit_page),
+        Mount("/static", StaticFiles(packages=[("lanewatch.edge.console", "static")]), name="static"),
+    ]
+    routes += decision_routes(console, need, checked_form, audit, render)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        hub.loop = asyncio.get_running_loop()
+        if start_feeds:
+            feeds.start()
+        try:
+            yield
+        finally:
+            if start_feeds:
+                feeds.stop()
+            journal.close()
+            adjudications.close()
+            users.close()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code in (301, 302, 303) and exc.headers:
+            return RedirectResponse(exc.headers["Location"], exc.status_code)
+        session = await session_of(request)
+        return render(request, "error.html", session, exc.status_code, code=exc.status_code, message=exc.detail)
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(SecurityHeaders, hsts=secure)],
+    )
+    app.state.console = console
+
+    return app
+
+
+# ---- decisions: table, detail, adjudication ---------------------------------------------------------
+def _filter(console: Console, params: Any) -> tuple[EventFilter, dict[str, str], str]:
+    """The event filter from query parameters (dates in the site's time zone), the values to show, an error."""
+    shown = {key: str(params.get(key) or "") for key in ("lane", "verdict", "state", "from", "to", "q")}
+    error = ""
+    since = until = None
+    try:
+        if shown["from"]:
+            since = console.clock.utc_of_local(shown["from"])
+        if shown["to"]:
+            end = shown["to"]
+            # a date alone ends with its whole day
+            until = console.clock.utc_of_local(_next_day(end) if len(end) == 10 else end)
+    except ValueError:
+        error = "dates are YYYY-MM-DD or YYYY-MM-DDTHH:MM, in the site's time zone"
+    if shown["lane"] and shown["lane"] not in [lane.id for lane in console.config.lanes]:
+        error = f"no lane {shown['lane']!r} in the configuration"
+    where = EventFilter(
+        lane=shown["lane"] or None,
+        verdict=shown["verdict"] if shown["verdict"] in VERDICTS else None,
+        state=shown["state"] if shown["state"] in STATES else None,
+        since=since,
+        until=until,
+        text=shown["q"] or None,
+    )
+    return where, shown, error
+
+
+def _next_day(day: str) -> str:
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+
+
+def decision_routes(
+    console: Console,
+    need: Callable,
+    checked_form: Callable,
+    audit: Callable,
+    render: Callable,
+) -> list[Route]:
+    """The routes of the event table, the detail page and the adjudication forms."""
+    adjudications, journal, config = console.adjudications, console.journal, console.config
+
+    async def table(request: Request) -> Response:
+        session = await need(request)
+        where, shown, error = _filter(console, request.query_params)
+
+        def page_arg(name: str) -> int | None:
+            value = request.query_params.get(name, "")
+            return int(value) if value.isdigit() else None
+
+        page = await run_in_threadpool(
+            adjudications.events, where, config.console.page_size, page_arg("before"), page_arg("after")
+        )
+        rows = []
+        for row in page.rows:
+            decision = journal.get(row.seq) or {}
+            rows.append({"row": row, "reasons": reasons(decision)[:2], "model": model_text(decision),
+                         "device_alarm": bool(decision.get("device_alarm")),
+                         "release": release_recommended(decision)})  # fmt: skip
+        if request.query_params.get("format") == "csv":
+            return _csv(console, where)
+        query = "&".join(f"{k}={v}" for k, v in shown.items() if v)
+        lanes = [lane.id for lane in config.lanes]
+        return render(
+            request, "events.html", session, 400 if error else 200, rows=rows, page=page, shown=shown, error=error,
+            query=query, lanes=lanes, timezone=config.console.timezone,
+        )  # fmt: skip
+
+    async def detail(request: Request) -> Response:
+        session = await need(request)
+        seq = request.path_params["seq"]
+        decision = journal.get(seq)
+        if decision is None:
+            raise HTTPException(404, f"no decision numbered {seq}")
+        history = adjudications.history(seq)
+        preview = (decision.get("xray") or {}).get("preview")
+        svg = figure.svg(decision, f"/decision/{seq}/preview.png" if preview else None)
+        return render(
+            request, "detail.html", session, d=decision, seq=seq, reasons=reasons(decision), model=model_text(decision),
+            state=adjudications.state(seq, decision["verdict"]), history=history, figure=svg,
+            axis=axis_name(decision), awaiting=[r.seq for r in adjudications.awaiting(50)],
+        )  # fmt: skip
+
+    async def preview_png(request: Request) -> Response:
+        await need(request)
+        decision = journal.get(request.path_params["seq"]) or {}
+        preview = (decision.get("xray") or {}).get("preview")
+        if not preview:
+            raise HTTPException(404, "this decision has no X-ray preview")
+        try:
+            png = base64.b64decode(preview["png_base64"], validate=True)
+        except (binascii.Error, KeyError, TypeError):
+            raise HTTPException(500, "the X-ray preview of this decision cannot be decoded") from None
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    async def act(request: Request) -> Response:
+        session = await need(request)
+        seq = request.path_params["seq"]
+        kind = request.path_params["kind"]
+        if kind not in ("acknowledge", "adjudicate", "amend"):
+            raise HTTPException(404)
+        if kind == "amend" and not role_allows(session.user.role, "supervisor"):
+            raise HTTPException(403, "only a supervisor can amend an adjudication")
+        form = await checked_form(request, session)
+        attachment, nuclides = None, None
+        upload = form.get("n42")
+        if isinstance(upload, UploadFile) and upload.filename:
+            data = await upload.read()
+            try:
+                nuclides = await run_in_threadpool(n42_nuclides, data)
+            except ValueError as exc:
+                raise HTTPException(409, str(exc)) from None
+            attachment = (Path(upload.filename).name, data)
+        amends = form.get("amends")
+        try:
+            recorded = await run_in_threadpool(
+                adjudications.record, seq, kind, session.user.name, session.user.role,
+                disposition=str(form.get("disposition") or "") or None,
+                secondary=str(form.get("secondary") or "") or None,
+                notes=str(form.get("notes") or "").strip(),
+                attachment=attachment, nuclides=nuclides,
+                amends=int(str(amends)) if amends and str(amends).isdigit() else None,
+            )  # fmt: skip
+        except AdjudicationError as exc:
+            raise HTTPException(409, str(exc)) from None
+        detail = f"decision {seq}" + (f": {recorded.disposition}" if recorded.disposition else "")
+        if recorded.amends:
+            detail += f" (amends #{recorded.amends})"
+        audit(session, {"acknowledge": "acknowledged", "adjudicate": "adjudicated", "amend": "amended"}[kind],
+              detail, request)  # fmt: skip
+        console.feeds.poke.set()
+        target = str(form.get("next") or f"/decision/{seq}")
+        return RedirectResponse(target if target.startswith("/") and not target.startswith("//") else "/", 303)
+
+    async def attachment(request: Request) -> Response:
+        await need(request)
+        found = adjudications.attachment(request.path_params["id"])
+        if found is None:
+            raise HTTPException(404, "no such attachment")
+        name, data = found
+        safe = "".join(c for c in name if c.isalnum() or c in "._-") or "attachment.n42"
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{safe}"'},
+        )
+
+    return [
+        Route("/decisions", table),
+        Route("/decision/{seq:int}", detail),
+        Route("/decision/{seq:int}/preview.png", preview_png),
+        Route("/decision/{seq:int}/{kind:str}", act, methods=["POST"]),
+        Route("/attachment/{id:int}", attachment),
+    ]
+
+
+def _csv(console: Console, where: EventFilter) -> Response:
+    """Every decision of the filter (up to 100,000) as CSV, local and UTC times."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["seq", "lane", "verdict", "end_local", "end_utc", "state", "disposition", "reasons"])
+    before = None
+    written = 0
+    while written < 100_000:
+        page = console.adjudications.events(where, 500, before)
+        for row in page.rows:
+            decision = console.journal.get(row.seq) or {}
+            writer.writerow(
+                [row.seq, row.lane, row.verdict, console.clock.local(row.end), row.end, row.state,
+                 row.disposition or "", "; ".join(reasons(decision))]
+            )  # fmt: skip
+        written += len(page.rows)
+        if page.older is None:
+            break
+        before = page.older
+    return PlainTextResponse(
+        out.getvalue(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="decisions.csv"'}
+    )
+
+
+def n42_nuclides(data: bytes) -> list[str]:
+    """The nuclides a handheld identifier's N42 file names in its analysis results (read with SpecUtils).
+
+    Raises ValueError when SpecUtils cannot read the file.
+    """
+    import tempfile
+
+    import SpecUtils
+
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ValueError(f"the N42 file is larger than {MAX_UPLOAD_BYTES >> 20} MB")
+    with tempfile.NamedTemporaryFile(suffix=".n42") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        spec = SpecUtils.SpecFile()
+        try:
+            spec.loadFile(tmp.name, SpecUtils.ParserType.Auto)
+        except RuntimeError:
+            raise ValueError("the attachment is not a file SpecUtils can read (an N42 file is expected)") from None
+        found = []
+        for result in spec.detectorAnalysisResults() or []:
+            name = result.nuclide().strip()
+            if name and name not in found:
+                found.append(name)
+        return found

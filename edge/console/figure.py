@@ -1,0 +1,205 @@
+"""The decision's figure for the detail page: X-ray image and radiation profile on one metres axis, as SVG.
+
+Drawn on the server (no plotting library in the browser): the image with its objects boxed in their
+material's colour and labelled with their lead equivalent; under it the gamma counts with the expected
+background, the test statistics (z) with the alarm threshold, and the neutron counts; every located
+finding as a line with its one-sigma band through all panels. Each panel has its values on the left
+axis with units, and the metres axis is shared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+from lanewatch.edge.decisions.profile import profile_data
+
+WIDTH = 1000
+"""Width (px) of the figure."""
+LEFT, RIGHT = 64, 16
+"""Margins (px) for the value axes."""
+IMAGE_HEIGHT = 180
+PANEL_HEIGHT = 110
+GAP = 26
+MATERIAL_COLOURS = {
+    "organic": "#e67e00",
+    "inorganic": "#1a9a1a",
+    "metal": "#1f6fff",
+    "high_z": "#c000c0",
+    "unresolvable": "#7a0000",
+}
+"""Stroke colour per image material class (legend under the image)."""
+FINDING_COLOUR = "#d01010"
+
+
+@dataclass(frozen=True)
+class Axis:
+    x0_m: float
+    x1_m: float
+
+    def px(self, x_m: float) -> float:
+        return LEFT + (x_m - self.x0_m) / (self.x1_m - self.x0_m) * (WIDTH - LEFT - RIGHT)
+
+
+def _finite(values: list[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+
+
+def _ticks(lo: float, hi: float, count: int = 4) -> list[float]:
+    """Round tick values covering [lo, hi]."""
+    span = hi - lo or 1.0
+    raw = span / count
+    step = 10 ** math.floor(math.log10(raw))
+    for mult in (1, 2, 5, 10):
+        if raw <= mult * step:
+            step *= mult
+            break
+    first = math.floor(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step) + 2) if first + i * step <= hi + 1e-9]
+
+
+def _panel(
+    out: list[str],
+    axis: Axis,
+    top: float,
+    title: str,
+    unit: str,
+    series: list[tuple[str, list[float], list[Any], str, str]],
+    threshold: float | None = None,
+) -> None:
+    """One line-plot panel: ``series`` are (name, x_m, values, colour, dash)."""
+    values = [v for _, _, ys, _, _ in series for v in _finite(ys)]
+    if threshold is not None:
+        values.append(threshold)
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
+
+    def y(v: float) -> float:
+        return top + PANEL_HEIGHT - (v - lo) / (hi - lo) * PANEL_HEIGHT
+
+    right = WIDTH - RIGHT
+    out.append(f'<rect x="{LEFT}" y="{top}" width="{right - LEFT}" height="{PANEL_HEIGHT}" class="frame"/>')
+    for tick in _ticks(lo, hi):
+        out.append(f'<line x1="{LEFT - 4}" x2="{LEFT}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" class="tick"/>')
+        out.append(f'<text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" class="ylab">{tick:g}</text>')
+    out.append(
+        f'<text x="14" y="{top + PANEL_HEIGHT / 2}" class="unit" '
+        f'transform="rotate(-90 14 {top + PANEL_HEIGHT / 2})">{escape(unit)}</text>'
+    )
+    if threshold is not None:
+        out.append(
+            f'<line x1="{LEFT}" x2="{right}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" class="threshold"/>'
+        )
+    legend_x = LEFT + 8
+    out.append(f'<text x="{legend_x}" y="{top + 14}" class="ptitle">{escape(title)}</text>')
+    legend_x += 8 + 7 * len(title)
+    for name, xs, ys, colour, dash in series:
+        points = " ".join(f"{axis.px(x):.1f},{y(v):.1f}" for x, v in zip(xs, ys, strict=False) if _finite([v]))
+        if points:
+            out.append(
+                f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.6"'
+                f"{f' stroke-dasharray={chr(34)}{dash}{chr(34)}' if dash else ''}/>"
+            )
+        out.append(f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{top + 10}" y2="{top + 10}" stroke="{colour}"/>')
+        out.append(f'<text x="{legend_x + 22}" y="{top + 14}" class="legend">{escape(name)}</text>')
+        legend_x += 40 + 7 * len(name)
+    if threshold is not None:
+        out.append(f'<text x="{right - 4}" y="{y(threshold) - 3:.1f}" class="thrlab">threshold {threshold:g}</text>')
+
+
+def svg(decision: dict[str, Any], preview_url: str | None) -> str:
+    """The figure as an inline SVG element; ``preview_url`` is where the browser gets the X-ray preview PNG."""
+    data = profile_data(decision)
+    rad, neutron = data["radiation"], data["neutron"]
+    xray = decision.get("xray") or {}
+    preview = xray.get("preview") if preview_url else None
+    spans = []
+    if rad["location_m"]:
+        spans.append((0.0, rad["location_m"][-1] + 0.5 * (rad["location_m"][1] - rad["location_m"][0])))
+    if preview:
+        spans.append(tuple(preview["x_m"]))
+    x0, x1 = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0.0, 1.0)
+    axis = Axis(x0, x1 if x1 > x0 else x0 + 1.0)
+    out: list[str] = []
+    top = 8.0
+    if preview:
+        a, b = axis.px(preview["x_m"][0]), axis.px(preview["x_m"][1])
+        out.append(
+            f'<image href="{escape(preview_url or "")}" x="{a:.1f}" y="{top}" width="{b - a:.1f}" '
+            f'height="{IMAGE_HEIGHT}" preserveAspectRatio="none" class="xray"/>'
+        )
+        rows = xray.get("pixels") or 1
+        for obj in xray.get("objects") or []:
+            colour = MATERIAL_COLOURS.get(obj.get("material", ""), "#000")
+            ox0, ox1 = axis.px(obj["x_m"][0]), axis.px(obj["x_m"][1])
+            oy0 = top + obj["pixels"][0] / rows * IMAGE_HEIGHT
+            oy1 = top + (obj["pixels"][1] + 1) / rows * IMAGE_HEIGHT
+            out.append(
+                f'<rect x="{ox0 - 2:.1f}" y="{oy0 - 2:.1f}" width="{max(ox1 - ox0, 1) + 4:.1f}" '
+                f'height="{max(oy1 - oy0, 1) + 4:.1f}" fill="none" stroke="{colour}" stroke-width="2.5"/>'
+            )
+            out.append(
+                f'<text x="{ox1 + 6:.1f}" y="{oy0 + 10:.1f}" class="objlab" fill="{colour}">'
+                f"{obj.get('lead_mm')} mm Pb eq.</text>"
+            )
+        legend_x = LEFT
+        legend_y = top + IMAGE_HEIGHT + 14
+        out.append(f'<text x="{legend_x}" y="{legend_y}" class="legend">image objects:</text>')
+        legend_x += 96
+        for material, colour in MATERIAL_COLOURS.items():
+            out.append(
+                f'<rect x="{legend_x}" y="{legend_y - 9}" width="10" height="10" fill="none" stroke="{colour}" '
+                f'stroke-width="2"/><text x="{legend_x + 14}" y="{legend_y}" class="legend">'
+                f"{material.replace('_', '-')}</text>"
+            )
+            legend_x += 30 + 7 * len(material)
+        top += IMAGE_HEIGHT + GAP
+    if rad["gross"]:
+        xs = rad["location_m"]
+        _panel(
+            out,
+            axis,
+            top,
+            "gamma",
+            f"counts per {rad['dt_s']:g} s",
+            [("gross", xs, rad["gross"], "#111", ""), ("expected", xs, rad["expected"], "#888", "4 3")],
+        )
+        top += PANEL_HEIGHT + GAP
+        series = [("matched filter", xs, rad["mf_z"], "#c01818", "")]
+        if rad["shape_z"]:
+            series.append(("shape", xs, rad["shape_z"], "#1060c0", ""))
+        _panel(out, axis, top, "test statistics", "z (sigma)", series, rad["thresholds"].get("gamma"))
+        top += PANEL_HEIGHT + GAP
+    if neutron["counts"]:
+        expected = neutron["expected"]
+        nxs = neutron["location_m"]
+        series = [("counts", nxs, neutron["counts"], "#6a2ca0", "")]
+        if isinstance(expected, int | float):
+            series.append(("expected", nxs, [expected] * len(nxs), "#888", "4 3"))
+        _panel(out, axis, top, "neutrons", f"counts per {neutron['dt_s']:g} s", series)
+        top += PANEL_HEIGHT + GAP
+    bottom = top - GAP
+    for finding in data["findings"]:
+        x = axis.px(finding["location_m"])
+        sd = finding.get("location_sd_m") or 0.0
+        if sd:
+            a, b = axis.px(finding["location_m"] - sd), axis.px(finding["location_m"] + sd)
+            out.append(f'<rect x="{a:.1f}" y="8" width="{b - a:.1f}" height="{bottom - 8:.1f}" class="band"/>')
+        cls = "finding alarm" if finding["alarm"] else "finding"
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="8" y2="{bottom:.1f}" class="{cls}"/>')
+        out.append(f'<text x="{x + 4:.1f}" y="{bottom - 4:.1f}" class="flab">{escape(str(finding["reason"]))}</text>')
+    for tick in _ticks(axis.x0_m, axis.x1_m, 10):
+        if axis.x0_m - 1e-9 <= tick <= axis.x1_m + 1e-9:
+            x = axis.px(tick)
+            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{bottom}" y2="{bottom + 5}" class="tick"/>')
+            out.append(f'<text x="{x:.1f}" y="{bottom + 18}" class="xlab">{tick:g}</text>')
+    out.append(f'<text x="{WIDTH / 2}" y="{bottom + 36}" class="xtitle">{escape(data["axis"])} (m)</text>')
+    height = bottom + 44
+    return (
+        f'<svg class="figure" viewBox="0 0 {WIDTH} {height:.0f}" width="100%" role="img" '
+        f'aria-label="X-ray image and radiation profile">{"".join(out)}</svg>'
+    )

@@ -1,0 +1,326 @@
+"""What the lane wall shows, kept up to date from the alert bus, the adjudications and the health endpoints.
+
+Two threads feed one :class:`Wall`:
+
+- the alert thread follows the alert bus with :class:`~lanewatch.edge.decisions.subscriber.AlertSubscriber`
+  (live decisions, gaps filled from the journal, provisional mid-passage alarms), and retries while the
+  service is unreachable;
+- the poll thread reads adjudications recorded by any console on this journal (every
+  :data:`ADJUDICATION_POLL_S`) and the health of the service and of each lane's drivers (every
+  :data:`HEALTH_POLL_S`).
+
+Every change is put to :class:`Hub`, which hands it to each open browser's queue on the event
+loop; a browser whose queue is full is told to reload its state rather than silently lose events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from lanewatch.edge.bus.security import Keys
+from lanewatch.edge.config import Config
+from lanewatch.edge.console.adjudication import Adjudication, Adjudications
+from lanewatch.edge.console.present import Clock, reason_text, summary
+from lanewatch.edge.decisions.journal import Journal, JournalError
+from lanewatch.edge.decisions.subscriber import AlertSubscriber, QueryError, ServiceUnreachable
+from lanewatch.edge.ops.status import fetch_health
+
+log = logging.getLogger(__name__)
+
+ADJUDICATION_POLL_S = 0.5
+"""How often (s) the adjudications table is read for acts of other consoles."""
+HEALTH_POLL_S = 2.0
+"""How often (s) the service's and the drivers' /healthz are read."""
+PROVISIONAL_HOLD_S = 180.0
+"""A provisional alarm is shown until its lane's next decision, or at most this long (s)."""
+QUEUE_SIZE = 2000
+"""Events that may wait for one browser; beyond, it is told to reload its state."""
+RETRY_S = 2.0
+"""Wait (s) before following the alert bus again after the service did not answer."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event: its name, id (a decision's journal seq, or None) and JSON data."""
+
+    name: str
+    id: int | None
+    data: str
+
+    def encode(self) -> bytes:
+        head = f"event: {self.name}\n" + (f"id: {self.id}\n" if self.id is not None else "")
+        return (head + "".join(f"data: {line}\n" for line in self.data.splitlines()) + "\n").encode()
+
+
+class Hub:
+    """Fans events out to the browsers' queues on the event loop; :meth:`publish` may be called from any thread."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.queues: set[asyncio.Queue[Event]] = set()
+
+    def subscribe(self) -> asyncio.Queue[Event]:
+        self.loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
+        self.queues.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
+        self.queues.discard(queue)
+
+    def publish(self, event: Event) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._fan_out, event)
+
+    def _fan_out(self, event: Event) -> None:
+        for queue in list(self.queues):
+            if queue.full():
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(Event("reload", None, "{}"))
+            else:
+                queue.put_nowait(event)
+
+
+class Wall:
+    """The lanes' state: last decision, alarms awaiting adjudication, provisional alarm, sensor health."""
+
+    def __init__(self, config: Config, adjudications: Adjudications, journal: Journal, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.adjudications = adjudications
+        self.journal = journal
+        self._lock = threading.Lock()
+        self.lanes = [lane.id for lane in config.lanes]
+        self.last: dict[str, dict[str, Any]] = {}
+        self.awaiting: dict[int, dict[str, Any]] = {}
+        self.provisional: dict[str, tuple[float, str]] = {}
+        self.health: dict[str, Any] = {"reachable": None, "lanes": {}}
+        self.load()
+
+    def load(self) -> None:
+        """Awaiting alarms and each lane's last decision, from the journal."""
+        awaiting = {}
+        for row in self.adjudications.awaiting():
+            decision = self.journal.get(row.seq)
+            if decision is not None:
+                awaiting[row.seq] = summary(decision, row.state, self.clock)
+        last = {}
+        for lane in self.lanes:
+            found = self.journal.query(lane=lane, limit=1)
+            if found:
+                last[lane] = summary(
+                    found[-1], self.adjudications.state(found[-1]["seq"], found[-1]["verdict"]), self.clock
+                )
+        with self._lock:
+            self.awaiting, self.last = awaiting, last
+
+    def on_decision(self, decision: dict[str, Any]) -> dict[str, Any]:
+        state = self.adjudications.state(decision["seq"], decision["verdict"])
+        item = summary(decision, state, self.clock)
+        with self._lock:
+            lane = str(decision.get("lane"))
+            self.provisional.pop(lane, None)
+            current = self.last.get(lane)
+            if current is None or current["seq"] < item["seq"]:
+                self.last[lane] = item
+            if item["verdict"] == "ALARM" and state != "disposed":
+                self.awaiting[item["seq"]] = item
+        return item
+
+    def on_provisional(self, alarm: dict[str, Any], text: str) -> None:
+        with self._lock:
+            self.provisional[str(alarm.get("lane"))] = (time.monotonic(), text)
+
+    def on_adjudication(self, act: Adjudication) -> None:
+        with self._lock:
+            for items in (self.awaiting, {i["seq"]: i for i in self.last.values()}):
+                item = items.get(act.seq)
+                if item is not None:
+                    item["state"] = "acknowledged" if act.kind == "acknowledge" else "disposed"
+            if act.kind != "acknowledge":
+                self.awaiting.pop(act.seq, None)
+
+    def on_health(self, health: dict[str, Any]) -> None:
+        with self._lock:
+            self.health = health
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole wall as JSON-ready data (what the browser draws)."""
+        now = time.monotonic()
+        with self._lock:
+            self.provisional = {k: v for k, v in self.provisional.items() if now - v[0] < PROVISIONAL_HOLD_S}
+            awaiting = sorted(self.awaiting.values(), key=lambda i: -i["seq"])
+            lanes = []
+            for lane in self.lanes:
+                health = self.health["lanes"].get(lane) or {}
+                mine = [i for i in awaiting if i["lane"] == lane]
+                if mine:
+                    status = "alarm"
+                elif lane in self.provisional:
+                    status = "provisional"
+                elif health.get("occupied"):
+                    status = "occupied"
+                else:
+                    status = "idle"
+                lanes.append(
+                    {
+                        "id": lane,
+                        "status": status,
+                        "awaiting": mine[:5],
+                        "unacknowledged": sum(1 for i in mine if i["state"] == "unacknowledged"),
+                        "provisional": self.provisional.get(lane, (0, ""))[1],
+                        "last": self.last.get(lane),
+                        "sensors": health.get("sensors") or [],
+                        "faults": health.get("faults") or [],
+                    }
+                )
+            return {
+                "lanes": lanes,
+                "unacknowledged": [i for i in awaiting if i["state"] == "unacknowledged"],
+                "service": {"reachable": self.health["reachable"], "ok": self.health.get("ok")},
+            }
+
+
+def _sensor(name: str, connected: bool | None, fresh: bool | None, age_s: float | None, problem: str) -> dict[str, Any]:
+    ok = connected is not False and fresh is not False and not problem
+    return {"name": name, "connected": connected, "fresh": fresh, "age_s": age_s, "ok": ok, "problem": problem}
+
+
+def read_health(config: Config, timeout_s: float = 1.0) -> dict[str, Any]:
+    """Per lane: occupied, faults, and each sensor's link and freshness, from the service's and drivers' /healthz."""
+    service, error = fetch_health(config.service.http, timeout_s)
+    if service is None:
+        return {"reachable": False, "error": error, "lanes": {}}
+    lanes = {}
+    for lane in config.lanes:
+        seen = (service.get("lanes") or {}).get(lane.id) or {}
+        connected, problem = seen.get("link_up"), ""
+        if lane.driver_http:
+            driver, error = fetch_health(lane.driver_http, timeout_s)
+            connected = None if driver is None else bool(driver.get("connected"))
+            problem = error if driver is None else ""
+        sensors = [_sensor("RPM", connected, seen.get("fresh"), seen.get("last_record_age_s"), problem)]
+        if lane.xray:
+            xray, error = fetch_health(lane.xray_http, timeout_s) if lane.xray_http else (None, "no xray_http")
+            sensors.append(
+                _sensor(
+                    "X-ray",
+                    None if xray is None else bool(xray.get("connected")),
+                    None if xray is None else bool(xray.get("ok")),
+                    None,
+                    error if xray is None else "",
+                )
+            )
+        lanes[lane.id] = {
+            "occupied": bool(seen.get("occupied")),
+            "faults": seen.get("faults") or [],
+            "sensors": sensors,
+        }
+    return {"reachable": True, "ok": bool(service.get("ok")), "lanes": lanes}
+
+
+class Feeds:
+    """The alert and poll threads of one console; :meth:`stop` ends both."""
+
+    def __init__(
+        self,
+        config: Config,
+        wall: Wall,
+        hub: Hub,
+        on_change: Callable[[], None] | None = None,
+        health: Callable[[Config], dict[str, Any]] = read_health,
+        keys: Keys | None = None,
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        """The console's CURVE keys on the alert bus (None on a plaintext bus)."""
+        self.wall = wall
+        self.hub = hub
+        self.health = health
+        self.stopping = threading.Event()
+        self.adjudication_cursor = wall.adjudications.last_id()
+        self.decision_cursor = wall.journal.last_seq()
+        self.threads = [
+            threading.Thread(target=self._follow, name="console-alerts", daemon=True),
+            threading.Thread(target=self._poll, name="console-poll", daemon=True),
+        ]
+        self.poke = threading.Event()
+        """Set to read the adjudications now (after this console recorded one)."""
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.poke.set()
+        for thread in self.threads:
+            thread.join(5)
+
+    def publish_wall(self) -> None:
+        self.hub.publish(Event("wall", None, json.dumps(self.wall.snapshot(), separators=(",", ":"))))
+
+    def _follow(self) -> None:
+        ctx = zmq.Context()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    with AlertSubscriber(
+                        ctx,
+                        self.config.bus.alerts,
+                        self.config.bus.query,
+                        self.decision_cursor,
+                        resync_s=1.0,
+                        keys=self.keys,
+                    ) as subscriber:
+                        for item in subscriber.decisions(follow=True, timeout_s=0.5, provisional=True):
+                            if self.stopping.is_set():
+                                return
+                            if item is None:
+                                continue
+                            if item.get("provisional"):
+                                self.wall.on_provisional(item, reason_text(item))
+                            else:
+                                self.decision_cursor = item["seq"]
+                                data = self.wall.on_decision(item)
+                                self.hub.publish(Event("decision", item["seq"], json.dumps(data)))
+                            self.publish_wall()
+                except (ServiceUnreachable, QueryError, JournalError) as exc:
+                    log.warning("console: alert bus: %s; retrying in %g s", exc, RETRY_S)
+                    self.stopping.wait(RETRY_S)
+        finally:
+            ctx.destroy(linger=0)
+
+    def _poll(self) -> None:
+        next_health = 0.0
+        while not self.stopping.is_set():
+            changed = False
+            try:
+                for act in self.wall.adjudications.after(self.adjudication_cursor):
+                    self.adjudication_cursor = act.id
+                    self.wall.on_adjudication(act)
+                    self.hub.publish(
+                        Event("adjudication", None, json.dumps({"seq": act.seq, "kind": act.kind, "user": act.user}))
+                    )
+                    changed = True
+            except Exception as exc:  # a locked or unreadable database must not stop the wall
+                log.warning("console: cannot read adjudications: %s", exc)
+            if time.monotonic() >= next_health:
+                self.wall.on_health(self.health(self.config))
+                next_health = time.monotonic() + HEALTH_POLL_S
+                changed = True
+            if changed:
+                self.publish_wall()
+            self.poke.wait(ADJUDICATION_POLL_S)
+            self.poke.clear()

@@ -1,0 +1,176 @@
+"""What a person reads about a decision: reasons in plain words with their numbers, local times, a summary.
+
+Used by the console's pages and by ``lanewatch alerts``; nothing here reads files or sockets.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+Decision = dict[str, Any]
+"""A journaled decision as decoded from the journal (see :mod:`lanewatch.edge.decisions.decision`)."""
+
+TEST_NAMES = {
+    "gamma": "Gamma excess",
+    "gamma-shape": "Gamma spectrum shape",
+    "neutron": "Neutron excess",
+    "neutron-gamma": "Neutrons with gamma evidence (plutonium-like)",
+}
+"""The radiation tests, by reason, in words."""
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) and not isinstance(value, bool) else "?"
+
+
+def _where(alarm: dict[str, Any]) -> str:
+    """`` 5.2 m behind the front, ± 0.3 m``, or "" for an entry without a location."""
+    location = alarm.get("location_m")
+    if not isinstance(location, int | float):
+        return ""
+    text = f" {location:.1f} m behind the front"
+    sd = alarm.get("location_sd_m")
+    if isinstance(sd, int | float) and sd > 0:
+        text += f", ± {sd:.1f} m"
+    return text
+
+
+def reason_text(alarm: dict[str, Any]) -> str:
+    """One ``alarms`` entry in plain words with its numbers."""
+    reason = str(alarm.get("reason", "?"))
+    stat, threshold = alarm.get("statistic"), alarm.get("threshold")
+    if reason in TEST_NAMES:
+        size = abs(stat) if isinstance(stat, int | float) else stat
+        name = TEST_NAMES[reason]
+        if reason == "gamma-shape" and alarm.get("direction"):
+            name += f" {alarm['direction']} than background"
+        text = f"{name} {_num(size)} sigma (threshold {_num(threshold)}){_where(alarm)}"
+        if alarm.get("alarm") is False:
+            text += f"; released as {alarm.get('released_as') or 'NORM-consistent'}"
+        return text
+    if reason.endswith("(below threshold)"):
+        test = reason.removesuffix(" (below threshold)")
+        return f"{TEST_NAMES.get(test, test)} below its threshold: {_num(stat)} sigma (threshold {_num(threshold)})" + (
+            _where(alarm)
+        )
+    if reason == "norm-consistent":
+        extent = alarm.get("extent")
+        spread = f", spread over {extent:.0%} of the load" if isinstance(extent, int | float) else ""
+        if alarm.get("release_recommended"):
+            verdict = "release recommended"
+        elif alarm.get("model_agrees") is False:
+            verdict = "not released: the anomaly model finds the load unusual"
+        else:
+            verdict = "not released: the image does not agree"
+        return f"Consistent with NORM{spread}: {verdict}"
+    if reason == "tamper":
+        return "Tamper: the portal reports its cabinet opened or a detector fault"
+    if reason == "shielded-source-suspected":
+        lead = (alarm.get("object") or {}).get("lead_mm")
+        return (
+            f"Shielded source suspected: dense object, {_num(lead, 0)} mm lead equivalent{_where(alarm)}, where the "
+            f"radiation rises ({_num(stat)} sigma, threshold {_num(threshold)})"
+        )
+    if reason == "image-review":
+        return (
+            f"Dense object, {_num(stat, 0)} mm lead equivalent (review from {_num(threshold, 0)} mm){_where(alarm)}: "
+            "large enough to hide a source, image review needed"
+        )
+    if reason == "image-too-dark":
+        fraction = f"{stat:.0%}" if isinstance(stat, int | float) else "?"
+        limit = f"{threshold:.0%}" if isinstance(threshold, int | float) else "?"
+        return f"X-ray image too dark over {fraction} of the load (limit {limit}): the image cannot clear it"
+    if reason == "model-anomaly":
+        return f"Anomaly model score {_num(stat, 2)} (alarm from {_num(threshold, 2)})"
+    numbers = f" {_num(stat)} (threshold {_num(threshold)})" if isinstance(stat, int | float) else ""
+    return f"{reason}{numbers}{_where(alarm)}"
+
+
+def reasons(decision: Decision) -> list[str]:
+    """Every reason of ``decision`` in plain words: alarming ones first, then the portal's own alarm and the rest."""
+    alarms = [a for a in decision.get("alarms") or [] if isinstance(a, dict)]
+    out = [reason_text(a) for a in alarms if a.get("alarm")]
+    if decision.get("device_alarm"):
+        out.append("The portal's own alarm")
+    out += [reason_text(a) for a in alarms if not a.get("alarm")]
+    if decision.get("verdict") == "INCOMPLETE" and decision.get("end_reason"):
+        out.append(f"Incomplete: the occupancy ended by {decision['end_reason']}")
+    return out
+
+
+def model_text(decision: Decision) -> str:
+    """The anomaly model's finding in words, or "" when the decision was not scored."""
+    model = decision.get("model")
+    if not isinstance(model, dict):
+        return ""
+    if model.get("unscored"):
+        return f"not scored: {model['unscored']}"
+    score = _num(model.get("score"), 2)
+    return f"{'finding' if model.get('finding') else 'no finding'}, score {score}"
+
+
+def release_recommended(decision: Decision) -> bool:
+    return any(
+        a.get("reason") == "norm-consistent" and a.get("release_recommended")
+        for a in decision.get("alarms") or []
+        if isinstance(a, dict)
+    )
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The site's time zone: journal UTC text shown as local time."""
+
+    zone: zoneinfo.ZoneInfo
+
+    @classmethod
+    def named(cls, name: str) -> Clock:
+        return cls(zoneinfo.ZoneInfo(name))
+
+    def local(self, utc_text: str | None, seconds: bool = True) -> str:
+        """``2024-05-01 14:00:00`` in the site's zone; the text itself when it is no time."""
+        when = parse_utc(utc_text)
+        if when is None:
+            return str(utc_text or "")
+        return when.astimezone(self.zone).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+    def utc_of_local(self, text: str) -> str:
+        """A local date or date-time (``2024-05-01`` or ``2024-05-01T14:00``) as journal UTC text."""
+        when = datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=self.zone)
+        return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_utc(text: str | None) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(str(text))
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def utc_label(text: str | None) -> str:
+    """``2024-05-01 12:00:00 UTC`` (for the hover text of a local time)."""
+    when = parse_utc(text)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
+
+
+def summary(decision: Decision, state: str, clock: Clock) -> dict[str, Any]:
+    """What the wall and the live feed show of a decision (small enough to push to every browser)."""
+    return {
+        "seq": decision.get("seq"),
+        "lane": decision.get("lane"),
+        "verdict": decision.get("verdict"),
+        "end": decision.get("end"),
+        "end_local": clock.local(decision.get("end")),
+        "end_utc": utc_label(decision.get("end")),
+        "reasons": reasons(decision)[:3],
+        "device_alarm": bool(decision.get("device_alarm")),
+        "model": model_text(decision),
+        "release_recommended": release_recommended(decision),
+        "state": state,
+    }

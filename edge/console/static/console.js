@@ -1,0 +1,176 @@
+// lanewatch console: the live lane wall (server-sent events), the alarm banner and its sound.
+"use strict";
+
+(function () {
+  const csrf = document.querySelector('meta[name="csrf"]')?.content || "";
+  const user = document.querySelector('meta[name="user"]')?.content || "";
+  const state = { sounding: false, audio: "off", unacknowledged: 0, lastSeq: 0, connected: false };
+  window.lanewatch = state;
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) if (child) node.append(child);
+    return node;
+  }
+
+  function ackForm(seq, label) {
+    const form = el("form", { method: "post", action: `/decision/${seq}/acknowledge`, class: "inline" });
+    form.append(el("input", { type: "hidden", name: "csrf", value: csrf }));
+    form.append(el("input", { type: "hidden", name: "next", value: "/" }));
+    form.append(el("button", { type: "submit", text: label }));
+    return form;
+  }
+
+  // ---- sound: a two-tone beep every 2 s while an alarm is unacknowledged and the user has not muted it ----
+  const muteKey = "lanewatch-mute-until:" + user;
+  let audio = null;
+  let timer = null;
+
+  function mutedUntil() { return Number(localStorage.getItem(muteKey) || 0); }
+
+  function beep() {
+    if (!audio) return;
+    const t = audio.currentTime;
+    for (const [offset, freq] of [[0, 880], [0.25, 660]]) {
+      const osc = audio.createOscillator();
+      const gain = audio.createGain();
+      osc.type = "square";
+      osc.frequency.value = freq;
+      gain.gain.setValueAtTime(0.0001, t + offset);
+      gain.gain.exponentialRampToValueAtTime(0.2, t + offset + 0.02);
+      gain.gain.exponentialRampToValueAtTime(0.0001, t + offset + 0.22);
+      osc.connect(gain).connect(audio.destination);
+      osc.start(t + offset);
+      osc.stop(t + offset + 0.24);
+    }
+  }
+
+  function updateSound() {
+    const label = document.getElementById("sound-state");
+    const enable = document.getElementById("enable-sound");
+    if (!label) return;
+    const muted = mutedUntil() > Date.now();
+    const want = state.unacknowledged > 0 && !muted;
+    if (want && !audio) audio = new AudioContext();
+    state.audio = audio ? audio.state : "off";
+    if (want && audio.state === "suspended") audio.resume().then(updateSound, () => {});
+    if (want && !timer) { beep(); timer = setInterval(beep, 2000); }
+    if (!want && timer) { clearInterval(timer); timer = null; }
+    state.sounding = want && audio && audio.state === "running";
+    enable.hidden = !(want && audio && audio.state !== "running");
+    document.body.dataset.sound = muted ? "muted" : (state.sounding ? "on" : (want ? "blocked" : "off"));
+    if (muted) {
+      label.textContent = `Sound muted until ${new Date(mutedUntil()).toLocaleTimeString()}`;
+    } else if (want && !state.sounding) {
+      label.textContent = "The browser blocks the alarm sound: click “Enable alarm sound”.";
+    } else {
+      label.textContent = want ? "Alarm sounding" : "";
+    }
+  }
+
+  // ---- the wall ---------------------------------------------------------------------------------------
+  const STATUS = { idle: "IDLE", occupied: "OCCUPIED", provisional: "PROVISIONAL ALARM", alarm: "ALARM" };
+
+  function tile(lane) {
+    const classes = ["tile", lane.status];
+    if (lane.unacknowledged) classes.push("unacknowledged");
+    const node = el("article", { class: classes.join(" "), id: `lane-${lane.id}`, "data-status": lane.status });
+    node.append(el("h2", {}, el("span", { text: lane.id }), el("span", { class: "status", text: STATUS[lane.status] })));
+    const sensors = el("div", { class: "sensors" });
+    for (const s of lane.sensors) {
+      let text = s.name + (s.connected === false ? " link down" : s.fresh === false ? " stale" : " ok");
+      if (s.age_s !== null && s.age_s !== undefined) text += ` ${s.age_s.toFixed(1)} s`;
+      sensors.append(el("span", { class: "sensor" + (s.ok ? "" : " bad"), title: s.problem || "", text }));
+    }
+    if (!lane.sensors.length) sensors.append(el("span", { class: "sensor bad", text: "health unknown" }));
+    node.append(sensors);
+    if (lane.faults.length) node.append(el("div", { class: "faults", text: "Faults: " + lane.faults.join(", ") }));
+    if (lane.provisional) node.append(el("div", { class: "alarms", text: "Provisional: " + lane.provisional }));
+    if (lane.awaiting.length) {
+      const list = el("div", { class: "alarms" });
+      for (const a of lane.awaiting) {
+        const line = el("div", {}, el("a", { href: `/decision/${a.seq}`, text: `#${a.seq} ${a.end_local.slice(11)}` }),
+          document.createTextNode(` ${a.state}: ${a.reasons[0] || (a.device_alarm ? "portal alarm" : "")}`));
+        list.append(line);
+      }
+      node.append(list);
+    }
+    const last = lane.last;
+    node.append(el("div", { class: "last" }, last
+      ? el("span", { title: last.end_utc }, document.createTextNode("Last: "),
+           el("a", { href: `/decision/${last.seq}`, text: `#${last.seq}` }),
+           document.createTextNode(` ${last.verdict} at ${last.end_local.slice(11)}`))
+      : document.createTextNode("No decision yet")));
+    return node;
+  }
+
+  function drawWall(wall) {
+    const container = document.getElementById("wall");
+    if (!container) return;
+    container.replaceChildren(...wall.lanes.map(tile));
+    const banner = document.getElementById("banner");
+    const alarms = wall.unacknowledged;
+    state.unacknowledged = alarms.length;
+    banner.hidden = alarms.length === 0;
+    banner.replaceChildren(...alarms.slice(0, 5).map((a) => el("div", { class: "item" },
+      el("strong", { text: `ALARM ${a.lane}` }),
+      el("a", { href: `/decision/${a.seq}`, text: `decision ${a.seq}` }),
+      el("span", { text: `${a.end_local.slice(11)} · ${a.reasons[0] || (a.device_alarm ? "The portal's own alarm" : "")}` }),
+      ackForm(a.seq, "Acknowledge"))));
+    if (alarms.length > 5) banner.append(el("div", { text: `and ${alarms.length - 5} more unacknowledged` }));
+    const service = document.getElementById("service-state");
+    const reachable = wall.service.reachable;
+    service.textContent = reachable === false ? "Service unreachable" : reachable ? (wall.service.ok ? "Service ok" : "Service NOT OK") : "";
+    service.className = "service" + (reachable === false || wall.service.ok === false ? " down" : "");
+    updateSound();
+  }
+
+  function addTicker(d) {
+    const body = document.getElementById("ticker");
+    if (!body) return;
+    const row = el("tr", { class: "verdict-" + d.verdict.toLowerCase() },
+      el("td", {}, el("a", { href: `/decision/${d.seq}`, text: String(d.seq) })),
+      el("td", { title: d.end_utc, text: d.end_local }), el("td", { text: d.lane }),
+      el("td", {}, el("span", { class: "verdict " + d.verdict.toLowerCase(), text: d.verdict })),
+      el("td", { text: d.reasons.join("; ") || "-" }));
+    body.prepend(row);
+    while (body.children.length > 30) body.lastChild.remove();
+  }
+
+  function connect() {
+    const source = new EventSource("/events");
+    source.addEventListener("open", () => { state.connected = true; });
+    source.addEventListener("wall", (e) => drawWall(JSON.parse(e.data)));
+    source.addEventListener("decision", (e) => {
+      const d = JSON.parse(e.data);
+      if (d.seq > state.lastSeq) { state.lastSeq = d.seq; addTicker(d); }
+    });
+    source.addEventListener("reload", () => window.location.reload());
+    source.addEventListener("logout", () => { window.location.href = "/login"; });
+    source.addEventListener("error", () => { state.connected = false; });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const data = document.getElementById("wall-data");
+    if (!data) return;
+    drawWall(JSON.parse(data.textContent));
+    const mute = document.getElementById("mute");
+    mute.addEventListener("click", () => {
+      const seconds = Number(mute.dataset.maxMuteS);
+      localStorage.setItem(muteKey, String(Date.now() + seconds * 1000));
+      updateSound();
+      setTimeout(updateSound, seconds * 1000 + 50);
+    });
+    document.getElementById("enable-sound").addEventListener("click", () => {
+      if (audio) audio.resume().then(updateSound);
+    });
+    document.addEventListener("click", () => { if (audio && audio.state === "suspended") audio.resume().then(updateSound); });
+    setInterval(updateSound, 5000);
+    connect();
+  });
+})();

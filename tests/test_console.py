@@ -1,0 +1,297 @@
+"""The operators' console over HTTP (Starlette's TestClient, a real journal and users database in SQLite).
+
+tests/data/console-decisions.json.gz holds seven decisions journaled by ``lanewatch demo`` (seed 2007):
+CLEAR, image review, gamma with the portal's alarm, NORM release, neutron, shielded source, neutron-gamma.
+tests/data/riid-cs137.n42 is a handheld identifier's N42.42-2011 file naming Cs-137 and K-40 in its
+analysis results.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from lanewatch.edge import config as config_module
+from lanewatch.edge.config import Config, ConfigError
+from lanewatch.edge.console.adjudication import Adjudications, EventFilter
+from lanewatch.edge.console.app import create_app, n42_nuclides
+from lanewatch.edge.console.present import reasons
+from lanewatch.edge.console.users import UserStore, users_path
+from lanewatch.edge.decisions.journal import Journal
+
+DATA = Path(__file__).parent / "data"
+PASSWORD = "correct horse battery"
+ROLES = {"olga": "operator", "sam": "supervisor", "ada": "admin"}
+
+
+def decisions() -> list[dict[str, Any]]:
+    with gzip.open(DATA / "console-decisions.json.gz", "rt") as f:
+        return json.load(f)
+
+
+def site_config(tmp_path: Path, **console: Any) -> Config:
+    settings = {"timezone": "Europe/Amsterdam", "plain_http": False, **console}
+    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+    text = f"""
+[service]
+journal = "{tmp_path / "journal.db"}"
+http = "127.0.0.1:9"
+[console]
+{lines}
+[[lanes]]
+id = "lane1"
+[[lanes]]
+id = "lane2"
+"""
+    return config_module.parse(text, "test.toml")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Config:
+    config = site_config(tmp_path)
+    with Journal(config.service.journal) as journal:
+        for i, decision in enumerate(decisions()):
+            decision["lane"] = f"lane{1 + i % 2}"
+            journal.append(decision)
+    store = UserStore(users_path(config))
+    for name, role in ROLES.items():
+        store.add(name, role, PASSWORD)
+    store.close()
+    return config
+
+
+@pytest.fixture
+def client(site: Config) -> Iterator[TestClient]:
+    with TestClient(create_app(site, start_feeds=False), base_url="https://testserver") as client:
+        yield client
+
+
+def login(client: TestClient, name: str, password: str = PASSWORD) -> Any:
+    page = client.get("/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    return client.post("/login", data={"name": name, "password": password, "csrf": token}, follow_redirects=False)
+
+
+def csrf(client: TestClient, path: str = "/") -> str:
+    return re.search(r'name="csrf" content="([^"]+)"', client.get(path).text).group(1)
+
+
+def seq_of(client: TestClient, reason: str) -> int:
+    with Journal(client.app.state.console.config.service.journal, readonly=True) as journal:
+        return next(d["seq"] for d in journal.since(0) if any(a["reason"] == reason for a in d["alarms"]))
+
+
+# ---- login, sessions, roles --------------------------------------------------------------------------
+def test_login_sets_a_secure_httponly_samesite_cookie_and_is_audited(client: TestClient) -> None:
+    assert client.get("/", follow_redirects=False).headers["location"].startswith("/login")
+    response = login(client, "olga")
+    assert response.status_code == 303
+    cookie = next(v for k, v in response.headers.multi_items() if k == "set-cookie" and "lw_session=" in v)
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    wall = client.get("/")
+    assert wall.status_code == 200 and "olga · operator" in wall.text
+    assert "default-src 'self'" in wall.headers["content-security-policy"]
+    assert login(client, "olga", "wrong password").status_code == 401
+    log = client.app.state.console.users.audit_log()
+    assert [(e.user, e.action) for e in log[:2]] == [("olga", "login-failed"), ("olga", "login")]
+
+
+def test_login_without_its_form_token_is_refused(client: TestClient) -> None:
+    response = client.post("/login", data={"name": "olga", "password": PASSWORD}, follow_redirects=False)
+    assert response.status_code == 403
+    assert "lw_session" not in response.cookies
+
+
+def test_failed_logins_are_rate_limited_per_user(client: TestClient) -> None:
+    for _ in range(5):
+        assert login(client, "olga", "guess").status_code == 401
+    refused = login(client, "olga")
+    assert refused.status_code == 429 and "Too many failed logins" in refused.text
+    assert login(client, "sam").status_code == 429, "the same client address is limited too"
+    assert client.app.state.console.users.audit_log()[0].action == "login-refused"
+
+
+def test_idle_session_is_closed(client: TestClient, site: Config) -> None:
+    login(client, "olga")
+    assert client.get("/", follow_redirects=False).status_code == 200
+    with sqlite3.connect(users_path(site)) as conn:  # as if the last request was long ago
+        conn.execute("UPDATE sessions SET last_seen = last_seen - ?", (site.console.idle_timeout_s + 1,))
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login?next=/"
+
+
+def test_operator_is_refused_the_users_page_and_an_admin_adds_a_user(client: TestClient) -> None:
+    login(client, "olga")
+    assert client.get("/users").status_code == 403
+    assert client.get("/audit").status_code == 403
+    login(client, "ada")
+    token = csrf(client, "/users")
+    form = {"csrf": token, "action": "add", "name": "nina", "role": "operator", "password": PASSWORD}
+    assert "nina" in client.post("/users", data=form).text
+    assert client.app.state.console.users.get("nina").role == "operator"
+    assert "too short" not in client.post("/users", data={**form, "name": "x", "password": "short"}).text
+    assert "at least 8 characters" in client.post("/users", data={**form, "name": "x", "password": "short"}).text
+
+
+def test_a_form_without_its_csrf_token_is_refused(client: TestClient) -> None:
+    login(client, "olga")
+    seq = seq_of(client, "neutron")
+    response = client.post(f"/decision/{seq}/acknowledge", data={})
+    assert response.status_code == 403 and "anti-forgery" in response.text
+    response = client.post(f"/decision/{seq}/acknowledge", data={"csrf": "forged"})
+    assert response.status_code == 403
+    assert client.app.state.console.adjudications.history(seq) == []
+    assert client.app.state.console.users.audit_log()[0].action == "csrf-refused"
+
+
+# ---- adjudication ------------------------------------------------------------------------------------
+def test_acknowledge_adjudicate_with_n42_and_supervisor_amends(client: TestClient, site: Config) -> None:
+    login(client, "olga")
+    seq = seq_of(client, "gamma-shape")
+    token = csrf(client)
+    assert client.post(f"/decision/{seq}/acknowledge", data={"csrf": token}).status_code == 200
+    n42 = (DATA / "riid-cs137.n42").read_bytes()
+    form = {"csrf": token, "disposition": "innocent", "secondary": "source-found", "notes": "Cs-137 gauge, papers ok"}
+    page = client.post(f"/decision/{seq}/adjudicate", data=form, files={"n42": ("riid.n42", n42)})
+    assert page.status_code == 200
+    assert "Cs-137, K-40" in page.text and "Cs-137 gauge, papers ok" in page.text
+    again = client.post(f"/decision/{seq}/adjudicate", data=form)
+    assert again.status_code == 409 and "a supervisor can amend" in again.text
+    history = client.app.state.console.adjudications.history(seq)
+    assert [h.kind for h in history] == ["acknowledge", "adjudicate"] and history[1].nuclides == ["Cs-137", "K-40"]
+    assert client.get(f"/attachment/{history[1].id}").content == n42
+
+    amend = {"csrf": token, "amends": str(history[1].id), "disposition": "medical", "notes": "it was Tc-99m"}
+    assert client.post(f"/decision/{seq}/amend", data=amend).status_code == 403
+    login(client, "sam")
+    page = client.post(f"/decision/{seq}/amend", data={**amend, "csrf": csrf(client)})
+    assert page.status_code == 200 and "amend of #" in page.text
+    history = client.app.state.console.adjudications.history(seq)
+    assert [(h.kind, h.disposition, h.user) for h in history] == [
+        ("acknowledge", None, "olga"), ("adjudicate", "innocent", "olga"), ("amend", "medical", "sam")
+    ]  # fmt: skip
+    actions = [e.action for e in client.app.state.console.users.audit_log()]
+    assert {"acknowledged", "adjudicated", "amended"} <= set(actions)
+    with sqlite3.connect(site.service.journal) as conn:
+        for statement in ("UPDATE adjudications SET notes = ''", "DELETE FROM adjudications"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(statement)
+
+
+def test_a_file_that_is_not_n42_is_refused_and_nothing_recorded(client: TestClient) -> None:
+    login(client, "olga")
+    seq = seq_of(client, "neutron")
+    form = {"csrf": csrf(client), "disposition": "test", "secondary": "no-source"}
+    response = client.post(f"/decision/{seq}/adjudicate", data=form, files={"n42": ("x.n42", b"not a spectrum")})
+    assert response.status_code == 409 and "N42 file is expected" in response.text
+    assert client.app.state.console.adjudications.history(seq) == []
+
+
+def test_n42_nuclides_reads_the_identifiers_analysis() -> None:
+    assert n42_nuclides((DATA / "riid-cs137.n42").read_bytes()) == ["Cs-137", "K-40"]
+
+
+# ---- event table and detail ----------------------------------------------------------------------------
+def table_seqs(client: TestClient, query: str) -> list[int]:
+    page = client.get(f"/decisions?{query}")
+    assert page.status_code == 200, page.text
+    return [int(s) for s in re.findall(r'<td><a href="/decision/(\d+)">', page.text)]
+
+
+def test_event_table_filters_and_pages(client: TestClient, site: Config) -> None:
+    login(client, "olga")
+    assert table_seqs(client, "") == [7, 6, 5, 4, 3, 2, 1]
+    assert table_seqs(client, "lane=lane2") == [6, 4, 2]
+    assert table_seqs(client, "verdict=CLEAR") == [4, 1]
+    alarms = table_seqs(client, "state=awaiting")
+    assert alarms == [7, 6, 5, 3, 2]
+    with Journal(site.service.journal, readonly=True) as journal:
+        end = journal.get(1)["end"]
+    day = client.app.state.console.clock.local(end)[:10]
+    assert table_seqs(client, f"from={day}&to={day}") == [7, 6, 5, 4, 3, 2, 1]
+    assert table_seqs(client, "to=2000-01-01") == []
+    unknown = client.get("/decisions?lane=nosuch")
+    assert unknown.status_code == 400 and "no lane &#39;nosuch&#39; in the configuration" in unknown.text
+
+    token = csrf(client)
+    form = {"csrf": token, "disposition": "norm", "secondary": "not-performed", "notes": "Kitty litter, 100% clay"}
+    client.post("/decision/3/adjudicate", data=form)
+    assert table_seqs(client, "q=litter") == [3]
+    assert table_seqs(client, "q=100%25") == [3], "a % in the text is a character, not a wildcard"
+    assert table_seqs(client, "q=nothing+such") == []
+    assert table_seqs(client, "state=disposed") == [3]
+    assert 3 not in table_seqs(client, "state=awaiting")
+
+    store = client.app.state.console.adjudications
+    first = store.events(EventFilter(), 3)
+    assert [r.seq for r in first.rows] == [7, 6, 5] and first.newer is None and first.older == 5
+    second = store.events(EventFilter(), 3, before=first.older)
+    assert [r.seq for r in second.rows] == [4, 3, 2] and second.newer == 4
+    assert [r.seq for r in store.events(EventFilter(), 3, after=second.newer).rows] == [7, 6, 5]
+    csv = client.get("/decisions?verdict=CLEAR&format=csv")
+    assert csv.headers["content-type"].startswith("text/csv") and len(csv.text.strip().splitlines()) == 3
+
+
+def test_event_table_shows_local_time_with_utc_on_hover(client: TestClient, site: Config) -> None:
+    login(client, "olga")
+    with Journal(site.service.journal, readonly=True) as journal:
+        end = journal.get(1)["end"]
+    page = client.get("/decisions").text
+    local = client.app.state.console.clock.local(end)
+    assert f'title="{end[:10]} {end[11:19]} UTC">{local}<' in page
+    assert local != f"{end[:10]} {end[11:19]}", "Europe/Amsterdam is never UTC"
+
+
+def test_detail_page_gives_reasons_in_words_and_one_figure(client: TestClient) -> None:
+    login(client, "olga")
+    seq = seq_of(client, "image-review")
+    page = client.get(f"/decision/{seq}").text
+    assert "mm lead equivalent" in page and "behind the front" in page
+    assert "Fielded rule</dt><dd>CLEAR" in page and "Anomaly model</dt><dd>finding, score" in page
+    assert "The portal's own alarm</dt><dd>no" in page
+    assert page.count("<svg") == 1 and f'href="/decision/{seq}/preview.png"' in page and "mm Pb eq." in page
+    png = client.get(f"/decision/{seq}/preview.png")
+    assert png.headers["content-type"] == "image/png" and png.content.startswith(b"\x89PNG")
+    neutron = client.get(f"/decision/{seq_of(client, 'neutron')}").text
+    assert "Neutron excess" in neutron and "neutrons" in neutron and "counts per 1 s" in neutron
+    assert client.get("/decision/999").status_code == 404
+
+
+def test_reasons_read_as_plain_words() -> None:
+    by_reason = {tuple(a["reason"] for a in d["alarms"]): d for d in decisions()}
+    gamma = reasons(by_reason[("gamma", "gamma-shape")])
+    located = r"Gamma excess \d+\.\d sigma \(threshold \d+\.\d\) \d+\.\d m behind the front, ± \d\.\d m"
+    assert re.match(located, gamma[0])
+    assert "The portal's own alarm" in gamma
+    norm = reasons(by_reason[("gamma", "gamma-shape", "norm-consistent")])
+    spread = r"Consistent with NORM, spread over \d+% of the load: (release recommended|not)"
+    assert any(re.match(spread, r) for r in norm)
+    assert any("released as" in r for r in norm)
+
+
+# ---- configuration ---------------------------------------------------------------------------------------
+def test_console_configuration_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="plain HTTP is allowed only on a loopback"):
+        site_config(tmp_path, plain_http=True, listen="0.0.0.0:8080")
+    assert site_config(tmp_path, plain_http=True, listen="127.0.0.1:8080").console.plain_http
+    with pytest.raises(ConfigError, match="IANA time zone"):
+        site_config(tmp_path, timezone="Mars/Olympus")
+    with pytest.raises(ConfigError, match=r"console\.listen: expected host:port"):
+        site_config(tmp_path, listen="8443")
+    with pytest.raises(ConfigError, match=r"console\.listen: expected an address of its own"):
+        site_config(tmp_path, listen="127.0.0.1:9")  # the service's http
+
+
+def test_adjudications_create_the_journal_when_missing(tmp_path: Path) -> None:
+    store = Adjudications(tmp_path / "new" / "journal.db")
+    assert store.last_id() == 0 and store.awaiting() == []
+    store.close()
+    with Journal(tmp_path / "new" / "journal.db") as journal:
+        assert journal.last_seq() == 0
