@@ -120,9 +120,9 @@ class LaneFeed:
         self.decided: list[dict[str, Any]] = []
 
     def __call__(self, t_ns: int, kind: Kind, source: str, fields: dict[str, Any]) -> None:
-        rec = Record(kind=kind, lane=self.lane.id, source=source, seq=self.seq[source], t_wall_ns=t_ns, t_mono_ns=t_ns)
-        for name, value in fields.items():
-            setattr(rec, name, value)
+        rec = Record(
+            kind=kind, lane=self.lane.id, source=source, seq=self.seq[source], t_wall_ns=t_ns, t_mono_ns=t_ns, **fields
+        )
         self.seq[source] += 1
         self.decided += [e.decision for e in self.lane.on_record(rec, t_ns) if isinstance(e, Decided)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("kernels", "imaging", "latency", "lanes", "detection", "fusion", "model")
+BENCHMARKS = ("kernels", "contracts", "imaging", "latency", "lanes", "detection", "fusion", "model")
 
 
 def main() -> int:

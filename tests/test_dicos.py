@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pydicom
 import pytest
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from lanewatch.drivers.dicos import DicosDriver, DicosDropWatcher, DicosError, publish_scan, read_dicos
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
-from lanewatch.edge.bus.records import Kind, Record, decode
+from lanewatch.edge.bus.records import Kind, Record, ScanStartValues, decode
 from lanewatch.edge.ops.metrics import DriverMetrics
 from lanewatch.edge.xray import imaging
 
@@ -248,22 +249,22 @@ def zbus() -> Iterator[Bus]:
     b.close()
 
 
-def _check_scan(records: list[Record], image_lines: np.ndarray, batch: int) -> dict:
+def _check_scan(records: list[Record], image_lines: np.ndarray, batch: int) -> ScanStartValues:
     kinds = [r.kind for r in records]
     n_batches = -(-len(image_lines) // batch)
     calibration = [Kind.XRAY_CALIBRATION] * 2
     assert kinds == [Kind.XRAY_SCAN_START, *calibration, *[Kind.XRAY_LINES] * n_batches, Kind.XRAY_SCAN_END]
     start, dark, air, *batches, end = records
-    scan_id = start.values["scan_id"]
-    assert start.values["energies"] == 1 and start.values["pixels"] == image_lines.shape[2]
-    assert [dark.values["frame"], air.values["frame"]] == ["dark", "air"]
+    scan_id = start.values.scan_id
+    assert start.values.energies == 1 and start.values.pixels == image_lines.shape[2]
+    assert [dark.values.frame, air.values.frame] == ["dark", "air"]
     assert np.all(dark.counts == 0) and np.all(air.counts == image_lines.max())
     assert air.counts.shape == (1, 1, image_lines.shape[2])
-    assert [b.values["first_line"] for b in batches] == list(range(0, len(image_lines), batch))
-    assert all(b.values["line_count"] == len(b.counts) == len(b.values["t_ns"]) for b in batches)
+    assert [b.values.first_line for b in batches] == list(range(0, len(image_lines), batch))
+    assert all(b.values.line_count == len(b.counts) == len(b.values.t_ns) for b in batches)
     np.testing.assert_array_equal(np.concatenate([b.counts for b in batches]), image_lines)
-    assert {r.values["scan_id"] for r in records} == {scan_id}
-    assert end.values == {
+    assert {r.values.scan_id for r in records} == {scan_id}
+    assert msgspec.structs.asdict(end.values) == {
         "scan_id": scan_id,
         "lines": len(image_lines),
         "missing": 0,
@@ -280,8 +281,8 @@ def test_publish_scan_carries_spacing_as_encoder_travel(dicos: Path, tmp_path: P
     assert publish_scan(zbus.publisher, image, batch_lines=100) == 3 + 3 + 1
     records = zbus.scan()
     start = _check_scan(records, image.lines(), 100)
-    assert start["pixel_spacing_mm"] == [3.5, 5.0]
-    assert records[4].values["encoder_mm"][:2] == [500.0, 505.0]
+    assert start.pixel_spacing_mm == [3.5, 5.0]
+    assert records[4].values.encoder_mm[:2] == [500.0, 505.0]
     assert zbus.metric("lanewatch_driver_lines_total", type="line") == 256
 
 
@@ -311,8 +312,8 @@ def test_drop_directory_imports_scans_and_rejects_the_rest(dicos: Path, tmp_path
         thread.join(5)
     assert not thread.is_alive()
     start = _check_scan(records, read_dicos(dicos / PROCESSING).lines(), 64)
-    assert start["file"] == PROCESSING and start["origin"] == "dicos"
-    assert start["sop_class"] == "DICOS Digital X-Ray Image Storage - For Processing"
+    assert start.file == PROCESSING and start.origin == "dicos"
+    assert start.sop_class == "DICOS Digital X-Ray Image Storage - For Processing"
     assert sorted(p.name for p in drop.iterdir()) == ["done", "rejected"]
     assert [p.name for p in (drop / "done").iterdir()] == [PROCESSING]
     rejected = drop / "rejected"

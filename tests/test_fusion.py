@@ -450,7 +450,7 @@ def _bulk_scan_with(objects: list[tuple[int, int, int, int, float]]) -> Any:
         "scan_id": 1,
         "first_line": 0,
         "encoder_mm": list(np.arange(lines) * SPACING_MM),
-        "t_ns": list(np.arange(lines) * 6_000_000),
+        "t_ns": (np.arange(lines) * 6_000_000).tolist(),
     }
     records = [
         (Kind.XRAY_SCAN_START, None, start),

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from lanewatch.drivers.n42 import MPS_TO_KMH, N42Error, N42ReplayDriver, PortalFile, load_portal
 from lanewatch.edge.bus import ingest as bus
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
-from lanewatch.edge.bus.records import Kind, Record, decode
+from lanewatch.edge.bus.records import Kind, OccupancyEndValues, Record, decode
 from lanewatch.edge.config import parse
 from lanewatch.edge.ops.metrics import DriverMetrics
 
@@ -219,11 +219,11 @@ def test_replay_publishes_every_sample_speed_and_end_over_the_bus(
     assert Counter(r.kind for r in records) == {Kind.GAMMA_SCAN: 133, Kind.SPEED: 1, Kind.OCCUPANCY_END: 1}
     assert {(r.lane, r.source) for r in records} == {(LANE, "n42")}
     assert records[0].kind is Kind.GAMMA_SCAN and records[1].kind is Kind.SPEED
-    assert records[1].values["speed_kmh"] == pytest.approx(1.0728960037 * MPS_TO_KMH)
-    assert records[-1].kind is Kind.OCCUPANCY_END and records[-1].values == {"device_occupancy": 1}
+    assert records[1].values.speed_kmh == pytest.approx(1.0728960037 * MPS_TO_KMH)
+    assert records[-1].kind is Kind.OCCUPANCY_END and records[-1].values == OccupancyEndValues(device_occupancy=1)
     scans = [r for r in records if r.kind is Kind.GAMMA_SCAN]
     for record, sample in zip(scans, portal.samples, strict=True):
-        assert record.values["sample"] == sample.number
+        assert record.values.sample == sample.number
         assert record.dt_s == pytest.approx(0.25)
         assert record.spectra is not None and record.spectra.dtype == np.uint32
         assert np.array_equal(record.spectra, sample.spectra)
@@ -277,7 +277,7 @@ def test_replay_publishes_background_and_neutrons_as_a_live_lane_would(
     by_sample = {s.number: s for s in portal.samples}
     for r in records:
         if r.kind in (Kind.GAMMA_BACKGROUND, Kind.NEUTRON_BACKGROUND, Kind.GAMMA_SCAN, Kind.NEUTRON_SCAN):
-            sample = by_sample[r.values["sample"]]
+            sample = by_sample[r.values.sample]
             assert r.dt_s == sample.real_time_s
         if r.kind is Kind.GAMMA_BACKGROUND:
             assert r.counts is not None and r.spectra is None
@@ -289,9 +289,9 @@ def test_replay_publishes_background_and_neutrons_as_a_live_lane_would(
             assert np.allclose(r.counts[:, 0], expected * rate)
     end = records[kinds.index(Kind.OCCUPANCY_END)]
     last_background = by_sample[BACKGROUND_SAMPLES[-1]]
-    assert end.values["device_occupancy"] == 1
+    assert end.values.device_occupancy == 1
     assert last_background.neutrons is not None
-    assert end.values["neutron_background_cps"] == pytest.approx(
+    assert end.values.neutron_background_cps == pytest.approx(
         last_background.neutrons.sum() / last_background.real_time_s
     )
 

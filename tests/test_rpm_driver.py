@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -25,7 +26,7 @@ from support import IngestBus, free_port
 
 from lanewatch.drivers.rpm import ERROR_KINDS, MAX_LINE_BYTES, LineError, LineSplitter, RpmDriver, parse_line
 from lanewatch.edge.bus.driver import load_driver
-from lanewatch.edge.bus.records import Kind, Record
+from lanewatch.edge.bus.records import Kind, LinkValues, OccupancyEndValues, Record, TamperValues
 from lanewatch.edge.config import ConfigError, parse
 
 LANE = "lane1"
@@ -347,7 +348,7 @@ def running(driver: RpmDriver) -> Iterator[threading.Event]:
 
 
 def _links(records: list[Record]) -> list[bool]:
-    return [r.values["up"] for r in records if r.kind is Kind.LINK]
+    return [r.values.up for r in records if r.kind is Kind.LINK]
 
 
 def _data(records: list[Record]) -> list[Record]:
@@ -390,7 +391,7 @@ def test_srls_capture_over_tcp(
     records = zbus.collect(lambda rs: len(_links(rs)) == 2)
     assert [r.seq for r in records] == list(range(len(records)))
     assert _links(records) == [True, False]
-    assert records[0].kind is Kind.LINK and records[0].values["url"] == server.url
+    assert records[0].kind is Kind.LINK and records[0].values.url == server.url
     data = _data(records)
     assert len(data) == 353
     for record, raw in zip(data, lines, strict=True):
@@ -398,7 +399,7 @@ def test_srls_capture_over_tcp(
         assert (record.kind, record.dt_s, record.values, record.flags) == (
             expected.kind,
             expected.dt_s,
-            expected.values,
+            msgspec.convert(expected.values, type(record.values)),
             expected.flags,
         )
         if expected.counts is None:
@@ -435,7 +436,7 @@ def test_pty_serial_port(zbus: IngestBus, registry: CollectorRegistry) -> None:
         data = _data(records)
         assert [r.kind for r in data] == [Kind.GAMMA_BACKGROUND, Kind.GAMMA_SCAN, Kind.OCCUPANCY_END]
         np.testing.assert_array_equal(data[1].counts[:, 0], [51, 52, 53, 54])
-        assert data[2].values == {"device_occupancy": 7, "neutron_background_cps": 3.0}
+        assert data[2].values == OccupancyEndValues(device_occupancy=7, neutron_background_cps=3.0)
         assert _sample(registry, "lanewatch_driver_lines_total", type="GX") == 1
     finally:
         os.close(master)
@@ -453,7 +454,7 @@ def test_loop_url(zbus: IngestBus, registry: CollectorRegistry) -> None:
     data = _data(records)
     assert [r.kind for r in data] == [Kind.NEUTRON_SCAN, Kind.TAMPER]
     np.testing.assert_array_equal(data[0].counts[:, 0], [1, 2, 3, 4])
-    assert data[1].values == {"active": True}
+    assert data[1].values == TamperValues(active=True)
     assert _links(records) == [True, False]  # the driver reports its link down when it stops
     assert _sample(registry, "lanewatch_driver_connected") == 0
 
@@ -520,7 +521,7 @@ def test_reconnects_after_the_portal_drops_mid_occupancy(
         health = driver.health()
     assert [r.seq for r in records] == list(range(len(records)))
     assert _links(records) == [True, False, True]
-    link_down = next(i for i, r in enumerate(records) if r.kind is Kind.LINK and not r.values["up"])
+    link_down = next(i for i, r in enumerate(records) if r.kind is Kind.LINK and not r.values.up)
     assert len(_data(records[:link_down])) == len(before)
     expected = [parse_line(line).counts for line in before + after]
     got = [r.counts for r in _data(records)]
@@ -544,7 +545,7 @@ def test_link_down_when_the_device_cannot_be_opened(zbus: IngestBus, registry: C
             time.sleep(0.01)
         health = driver.health()
     zbus.drain(0.2)
-    assert records[0].kind is Kind.LINK and records[0].values == {"up": False, "url": url}
+    assert records[0].kind is Kind.LINK and records[0].values == LinkValues(up=False, url=url)
     assert _links(zbus.records) == [False]  # repeated failures publish no further LINK records
     assert not health["ok"] and not health["connected"] and health["last_line_age_s"] is None
     assert _sample(registry, "lanewatch_driver_connected") == 0

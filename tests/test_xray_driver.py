@@ -18,6 +18,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -42,7 +43,7 @@ from lanewatch.drivers.xray import (
     pack_frame,
 )
 from lanewatch.edge.bus.driver import load_driver
-from lanewatch.edge.bus.records import Kind, Record
+from lanewatch.edge.bus.records import Kind, Record, ScanEndValues, ScanStartValues
 from lanewatch.edge.config import ConfigError, parse
 
 LANE = "lane1"
@@ -403,10 +404,10 @@ def ended(n: int) -> Callable[[list[Record]], bool]:
 
 def reassemble(records: list[Record], scan_id: int) -> tuple[np.ndarray, list[int]]:
     """The image lines of one scan put back together from its XRAY_LINES batches, and their line numbers."""
-    batches = [r for r in records if r.kind is Kind.XRAY_LINES and r.values["scan_id"] == scan_id]
-    numbers = [n for b in batches for n in range(b.values["first_line"], b.values["first_line"] + b.counts.shape[0])]
+    batches = [r for r in records if r.kind is Kind.XRAY_LINES and r.values.scan_id == scan_id]
+    numbers = [n for b in batches for n in range(b.values.first_line, b.values.first_line + b.counts.shape[0])]
     for b in batches:
-        assert b.values["line_count"] == b.counts.shape[0] == len(b.values["encoder_mm"]) == len(b.values["t_ns"])
+        assert b.values.line_count == b.counts.shape[0] == len(b.values.encoder_mm) == len(b.values.t_ns)
     return np.concatenate([b.counts for b in batches]), numbers
 
 
@@ -425,14 +426,14 @@ def test_scans_cross_the_bus_whole_in_batches(scanner: Scanner, zbus: IngestBus,
     scanner.serve([stream[i : i + 4093] for i in range(0, len(stream), 4093)], close=False)
     with running(_driver(zbus, scanner, batch_lines=64)):
         records = zbus.collect(ended(3))
-    assert [r.values["up"] for r in _of(records, Kind.LINK)] == [True]
+    assert [r.values.up for r in _of(records, Kind.LINK)] == [True]
     assert _errors(registry) == Counter()
     for i, (image, dark, air) in enumerate(zip(images, darks, airs, strict=True)):
-        scan = [r for r in records if r.values.get("scan_id") == 10 + i]
+        scan = [r for r in records if getattr(r.values, "scan_id", None) == 10 + i]
         kinds = [r.kind for r in scan]
         assert kinds[0] is Kind.XRAY_SCAN_START and kinds[-1] is Kind.XRAY_SCAN_END
-        assert scan[0].values == {"scan_id": 10 + i, "t_ns": 1_700_000_000_000_000_000, "energies": 2, "pixels": 24}
-        calib = {r.values["frame"]: r.counts for r in _of(scan, Kind.XRAY_CALIBRATION)}
+        assert scan[0].values == ScanStartValues(scan_id=10 + i, t_ns=1_700_000_000_000_000_000, energies=2, pixels=24)
+        calib = {r.values.frame: r.counts for r in _of(scan, Kind.XRAY_CALIBRATION)}
         np.testing.assert_array_equal(calib["dark"], dark)
         np.testing.assert_array_equal(calib["air"], air)
         got, numbers = reassemble(scan, 10 + i)
@@ -440,9 +441,9 @@ def test_scans_cross_the_bus_whole_in_batches(scanner: Scanner, zbus: IngestBus,
         assert numbers == list(range(len(image)))
         assert all(r.counts.shape[0] <= 64 for r in _of(scan, Kind.XRAY_LINES))
         lines = _of(scan, Kind.XRAY_LINES)
-        assert [e for r in lines for e in r.values["encoder_mm"]] == [7.5 * n for n in range(len(image))]
-        assert lines[-1].values["flags"][-1] & SCAN_END
-        end = {"scan_id": 10 + i, "lines": len(image), "missing": 0, "complete": True, "reason": "scan_end"}
+        assert [e for r in lines for e in r.values.encoder_mm] == [7.5 * n for n in range(len(image))]
+        assert lines[-1].values.flags[-1] & SCAN_END
+        end = ScanEndValues(scan_id=10 + i, lines=len(image), missing=0, complete=True, reason="scan_end")
         assert scan[-1].values == end
     assert [r.seq for r in records] == list(range(len(records)))
     assert registry.get_sample_value("lanewatch_driver_lines_total", {"lane": LANE, "type": "line"}) == 215
@@ -463,17 +464,17 @@ def test_simulated_scans_reach_the_bus_exactly(zbus: IngestBus, registry: Collec
     traffic = Traffic(21)
     for _ in range(3):
         scan = sim.scan(traffic.next_passage())
-        mine = [r for r in records if r.values.get("scan_id") == scan.scan_id]
-        calib = {r.values["frame"]: r.counts for r in _of(mine, Kind.XRAY_CALIBRATION)}
+        mine = [r for r in records if getattr(r.values, "scan_id", None) == scan.scan_id]
+        calib = {r.values.frame: r.counts for r in _of(mine, Kind.XRAY_CALIBRATION)}
         assert calib["dark"].shape == (CALIBRATION_LINES, 2, 128)
         np.testing.assert_array_equal(calib["dark"], scan.dark)
         np.testing.assert_array_equal(calib["air"], scan.air)
         image, numbers = reassemble(mine, scan.scan_id)
         np.testing.assert_array_equal(image, scan.image)
         assert numbers == list(range(len(scan.image)))
-        encoder = [e for r in _of(mine, Kind.XRAY_LINES) for e in r.values["encoder_mm"]]
+        encoder = [e for r in _of(mine, Kind.XRAY_LINES) for e in r.values.encoder_mm]
         np.testing.assert_array_equal(encoder, scan.encoder_mm)
-        assert mine[-1].values == {
+        assert msgspec.structs.asdict(mine[-1].values) == {
             "scan_id": scan.scan_id,
             "lines": len(scan.image),
             "missing": 0,
@@ -488,9 +489,9 @@ def test_a_pause_mid_scan_publishes_the_lines_so_far(scanner: Scanner, zbus: Ing
     scanner.serve([b"".join(frames[:4]), 1.0, b"".join(frames[4:])], close=False)
     with running(_driver(zbus, scanner, batch_lines=64, batch_s=0.05)):
         early = zbus.collect(lambda rs: any(r.kind is Kind.XRAY_LINES for r in rs), timeout_s=0.9)
-        assert early[-1].values["line_count"] == 4 and early[-1].values["first_line"] == 0
+        assert early[-1].values.line_count == 4 and early[-1].values.first_line == 0
         records = zbus.collect(ended(1))
-    assert [r.values["first_line"] for r in _of(records, Kind.XRAY_LINES)] == [0, 4]
+    assert [r.values.first_line for r in _of(records, Kind.XRAY_LINES)] == [0, 4]
 
 
 def test_sequence_errors_are_counted_and_the_stream_goes_on(
@@ -509,11 +510,11 @@ def test_sequence_errors_are_counted_and_the_stream_goes_on(
     whole = scan_frames(6, img)
     scanner.serve([b"".join(orphan + reordered + restarted + other + wrong + whole)], close=False)
     with running(_driver(zbus, scanner)):
-        records = zbus.collect(lambda rs: any(r.values.get("scan_id") == 6 for r in _of(rs, Kind.XRAY_SCAN_END)))
+        records = zbus.collect(lambda rs: any(r.values.scan_id == 6 for r in _of(rs, Kind.XRAY_SCAN_END)))
     assert _errors(registry) == Counter(no_scan=1, order=1, missing=2, scan_restart=1, scan_id=1, geometry=1, lane=1), (
         "missing: line 3 of scan 2, lines 1-2 of scan 5 (one wrong size, one for another lane)"
     )
-    ends = {r.values["scan_id"]: r.values for r in _of(records, Kind.XRAY_SCAN_END)}
+    ends = {r.values.scan_id: msgspec.structs.asdict(r.values) for r in _of(records, Kind.XRAY_SCAN_END)}
     assert ends[2] == {"scan_id": 2, "lines": 5, "missing": 1, "complete": True, "reason": "scan_end"}
     assert ends[3]["complete"] is False and ends[3]["reason"] == "restarted" and ends[3]["lines"] == 3
     assert ends[4]["reason"] == "scan_id" and ends[4]["lines"] == 2
@@ -550,14 +551,14 @@ def test_reconnects_after_the_scanner_closes_mid_scan(
     scanner.serve([b"".join(cut[:20]) + cut[20][:100]], [b"".join(scan_frames(2, second))])
     with running(_driver(zbus, scanner, batch_lines=8)):
         records = zbus.collect(ended(2))
-    assert [r.values["up"] for r in _of(records, Kind.LINK)] == [True, False, True]
+    assert [r.values.up for r in _of(records, Kind.LINK)] == [True, False, True]
     down = _of(records, Kind.LINK)[1]
-    assert down.values["reason"] == "closed by the scanner"
+    assert down.values.reason == "closed by the scanner"
     ends = _of(records, Kind.XRAY_SCAN_END)
-    assert ends[0].values == {"scan_id": 1, "lines": 18, "missing": 0, "complete": False, "reason": "link_down"}
+    assert ends[0].values == ScanEndValues(scan_id=1, lines=18, complete=False, reason="link_down")
     np.testing.assert_array_equal(reassemble(records, 1)[0], first[:18])
     assert records.index(ends[0]) < records.index(down), "the partial scan is closed before the link goes down"
-    assert ends[1].values["complete"] is True
+    assert ends[1].values.complete is True
     np.testing.assert_array_equal(reassemble(records, 2)[0], second)
     assert _errors(registry) == Counter(short=1)
     assert registry.get_sample_value("lanewatch_driver_reconnects_total", {"lane": LANE}) >= 1
@@ -569,8 +570,8 @@ def test_link_down_while_the_scanner_refuses_and_stops_promptly(zbus: IngestBus,
         records = zbus.collect(lambda rs: len(rs) >= 1)
         time.sleep(0.5)
         assert driver.health()["ok"] is False
-    assert [r.values["up"] for r in _of(records, Kind.LINK)] == [False]
-    assert "connect failed" in records[0].values["reason"]
+    assert [r.values.up for r in _of(records, Kind.LINK)] == [False]
+    assert "connect failed" in records[0].values.reason
     assert registry.get_sample_value("lanewatch_driver_reconnects_total", {"lane": LANE}) >= 3
     assert registry.get_sample_value("lanewatch_driver_connected", {"lane": LANE}) == 0
 

@@ -10,6 +10,7 @@ concrete driver.
 from __future__ import annotations
 
 import argparse
+import logging
 import secrets
 import threading
 import time
@@ -17,13 +18,16 @@ from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
+import msgspec
 import numpy as np
 import zmq
 
 from lanewatch.edge.bus import ingest
-from lanewatch.edge.bus.records import Kind, Record
+from lanewatch.edge.bus.records import Kind, Record, Values
 from lanewatch.edge.config import Config
 from lanewatch.edge.ops.metrics import DriverMetrics
+
+log = logging.getLogger("lanewatch.driver")
 
 DRIVER_GROUP = "lanewatch.drivers"
 SIMULATOR_GROUP = "lanewatch.simulators"
@@ -33,7 +37,8 @@ class RecordPublisher:
     """Numbers, stamps and publishes one source's records; counts what it publishes and drops.
 
     ``seq`` starts at 0 and grows by one per record handed to the bus, so a consumer that
-    sees a jump knows exactly how many records it missed; ``run_id`` is new at every start.
+    sees a jump knows exactly how many records it missed; ``run_id`` is random per publisher
+    (per driver start), so a consumer tells a restarted or second driver from the first.
     """
 
     def __init__(self, sock: zmq.Socket, lane: str, source: str, metrics: DriverMetrics) -> None:
@@ -43,7 +48,8 @@ class RecordPublisher:
         self.metrics = metrics
         self.seq = 0
         self.run_id = secrets.token_hex(8)
-        """Random per start of the driver: the service tells a restart from a jump in ``seq`` by it."""
+        self.invalid = 0
+        """Records refused because their values did not fit their kind (counted, logged, never sent)."""
 
     def emit(
         self,
@@ -54,24 +60,35 @@ class RecordPublisher:
         dt_s: float = 0.0,
         counts: np.ndarray | None = None,
         spectra: np.ndarray | None = None,
-        values: dict[str, Any] | None = None,
+        values: Values | dict[str, Any] | None = None,
         flags: tuple[str, ...] = (),
-    ) -> Record:
-        """Publish one record stamped now (or with the given arrival times, ns) and return it."""
-        record = Record(
-            kind=kind,
-            lane=self.lane,
-            source=self.source,
-            seq=self.seq,
-            t_wall_ns=time.time_ns() if t_wall_ns is None else t_wall_ns,
-            t_mono_ns=time.monotonic_ns() if t_mono_ns is None else t_mono_ns,
-            dt_s=dt_s,
-            counts=counts,
-            spectra=spectra,
-            values=values or {},
-            flags=flags,
-            run_id=self.run_id,
-        )
+    ) -> Record | None:
+        """Publish one record stamped now (or with the given arrival times, ns) and return it.
+
+        ``values`` are the kind's :class:`~lanewatch.edge.bus.records.Values` (a dict is checked against them);
+        values that do not fit are counted as a parse error (kind ``invalid-record``), logged, and not sent (None).
+        """
+        try:
+            record = Record(
+                kind=kind,
+                lane=self.lane,
+                source=self.source,
+                seq=self.seq,
+                t_wall_ns=time.time_ns() if t_wall_ns is None else t_wall_ns,
+                t_mono_ns=time.monotonic_ns() if t_mono_ns is None else t_mono_ns,
+                dt_s=dt_s,
+                counts=counts,
+                spectra=spectra,
+                values=values,
+                flags=flags,
+                run_id=self.run_id,
+            )
+        except msgspec.ValidationError as exc:
+            self.invalid += 1
+            self.metrics.parse_errors.labels(self.lane, "invalid-record").inc()
+            if self.invalid & (self.invalid - 1) == 0:  # the 1st, 2nd, 4th, 8th, ...: bounded logging
+                log.error("lane %s: %s record not sent (%d so far): %s", self.lane, kind.value, self.invalid, exc)
+            return None
         self.seq += 1
         try:
             ingest.publish(self.sock, record)

@@ -156,7 +156,7 @@ class Lane:
         return all(self.links.values()) if self.links else None
 
     def _on_link(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
-        up = bool(rec.values.get("up"))
+        up = rec.values.up
         self.links[rec.source] = up
         self.idle_seen.discard(rec.source)
         self.metrics.link_up.labels(self.id).set(1 if self.link_up else 0)
@@ -223,7 +223,7 @@ class Lane:
         return events
 
     def _on_speed(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
-        speed = rec.values.get("speed_kmh")
+        speed = rec.values.speed_kmh
         if not isinstance(speed, int | float) or not 0 < speed < 200:
             self._anomaly("bad-speed")
             return []
@@ -237,11 +237,10 @@ class Lane:
         if self.occupancy is None:
             self._anomaly("duplicate-end")
             return []
-        counter = rec.values.get("device_occupancy")
-        return self._end(rec.t_wall_ns, "gx", int(counter) if isinstance(counter, int) else None, now_mono_ns)
+        return self._end(rec.t_wall_ns, "gx", rec.values.device_occupancy, now_mono_ns)
 
     def _on_tamper(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
-        active = bool(rec.values.get("active"))
+        active = rec.values.active
         self._set_fault("tamper", active)
         if active:
             self._anomaly("tamper")
@@ -250,7 +249,7 @@ class Lane:
         return []
 
     def _on_setup(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
-        self.setup[str(rec.values.get("line"))] = [str(f) for f in rec.values.get("fields", [])]
+        self.setup[rec.values.line] = list(rec.values.fields)
         return []
 
     def _ignore(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from lanewatch.edge.bus.records import Kind, Record, iso_utc
@@ -166,7 +167,7 @@ class ScanAssembler:
         if rec.kind is Kind.XRAY_SCAN_START:
             return self._start(rec, now_mono_ns)
         scan = self.open.get(rec.source)
-        scan_id = rec.values.get("scan_id")
+        scan_id = rec.values.scan_id
         if scan is None or scan_id != scan.scan_id:
             if scan_id != self._closed.get(rec.source):
                 self._anomaly(
@@ -179,17 +180,15 @@ class ScanAssembler:
         elif rec.kind is Kind.XRAY_LINES:
             self._lines(scan, rec)
         elif rec.kind is Kind.XRAY_SCAN_END:
-            values = rec.values
-            lost = values.get("missing")
-            reported = values.get("lines")
+            end = rec.values
             return [
                 self._close(
                     scan,
-                    str(values.get("reason") or "scan_end"),
+                    end.reason or "scan_end",
                     now_mono_ns,
-                    complete=bool(values.get("complete")),
-                    lines_reported=reported if isinstance(reported, int) else None,
-                    lost=lost if isinstance(lost, int) and lost > 0 else 0,
+                    complete=end.complete,
+                    lines_reported=end.lines,
+                    lost=end.missing,
                 )
             ]
         return []
@@ -220,17 +219,17 @@ class ScanAssembler:
             self._anomaly(
                 previous,
                 "xray-restart",
-                f"scan {rec.values.get('scan_id')!r} started before scan {previous.scan_id} ended",
+                f"scan {rec.values.scan_id!r} started before scan {previous.scan_id} ended",
             )
             ended.append(self._close(previous, "restarted", now_mono_ns))
-        values = dict(rec.values)
-        scan_id, energies, pixels = (
-            values.pop("scan_id", None),
-            values.pop("energies", None),
-            values.pop("pixels", None),
-        )
-        values.pop("t_ns", None)
-        if not isinstance(scan_id, int) or energies not in (1, 2) or not isinstance(pixels, int) or pixels < 1:
+        start = rec.values
+        scan_id, energies, pixels = start.scan_id, start.energies, start.pixels
+        values = {
+            key: value
+            for key, value in msgspec.structs.asdict(start).items()
+            if value is not None and key not in ("scan_id", "energies", "pixels", "t_ns")
+        }
+        if energies not in (1, 2):
             self._anomaly(
                 None,
                 "xray-bad-record",
@@ -244,7 +243,7 @@ class ScanAssembler:
         return ended
 
     def _calibration(self, scan: _Open, rec: Record) -> None:
-        frame = rec.values.get("frame")
+        frame = rec.values.frame
         counts = rec.counts
         if (
             frame not in ("dark", "air")
@@ -264,7 +263,7 @@ class ScanAssembler:
             return
         scan.calib_sum[frame] = scan.calib_sum.get(frame, 0.0) + counts.astype(np.float64).sum(axis=0)
         scan.calib_n[frame] = scan.calib_n.get(frame, 0) + len(counts)
-        scan.estimated |= bool(rec.values.get("estimated"))
+        scan.estimated |= rec.values.estimated
 
     def _levels(self, scan: _Open, first: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
         """(dark, air) detector levels (energies, pixels) and how they were obtained."""
@@ -307,17 +306,15 @@ class ScanAssembler:
     def _lines(self, scan: _Open, rec: Record) -> None:
         values = rec.values
         counts = rec.counts
-        first = values.get("first_line")
+        first = values.first_line
         n = 0 if counts is None else len(counts)
-        encoder = values.get("encoder_mm")
-        times = values.get("t_ns")
+        encoder = values.encoder_mm
+        times = values.t_ns
         if (
             counts is None
             or counts.ndim != 3
             or counts.shape[1:] != (scan.energies, scan.pixels)
-            or not isinstance(first, int)
-            or (encoder is not None and (not isinstance(encoder, list) or len(encoder) != n))
-            or not isinstance(times, list)
+            or (encoder is not None and len(encoder) != n)
             or len(times) != n
         ):
             self._anomaly(
