@@ -64,6 +64,8 @@ MAX_UPLOAD_BYTES = 20 << 20
 """Largest N42 file accepted as a secondary-inspection attachment (bytes)."""
 KEEPALIVE_S = 15.0
 """An event stream sends a comment this often (s) so proxies keep it open; the session is checked then."""
+TICKER_ROWS = 15
+"""Decisions the wall lists when it opens (newer ones are added live)."""
 BACKLOG_LIMIT = 500
 """Most decisions replayed to a reconnecting browser (its Last-Event-ID onwards)."""
 
@@ -270,7 +272,13 @@ def create_app(
     # ---- the wall and its live feed ----------------------------------------------------------------
     async def wall_page(request: Request) -> Response:
         session = await need(request)
-        return render(request, "wall.html", session, wall=wall.snapshot(), max_mute_s=config.console.max_mute_s)
+        recent = [
+            summary(d, adjudications.state(d["seq"], d["verdict"]), clock)
+            for d in await run_in_threadpool(journal.query, None, None, None, None, TICKER_ROWS)
+        ]
+        return render(
+            request, "wall.html", session, wall=wall.snapshot(), recent=recent, max_mute_s=config.console.max_mute_s
+        )
 
     async def wall_json(request: Request) -> Response:
         await need(request)

@@ -56,8 +56,8 @@ def _ticks(lo: float, hi: float, count: int = 4) -> list[float]:
         if raw <= mult * step:
             step *= mult
             break
-    first = math.floor(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step) + 2) if first + i * step <= hi + 1e-9]
+    first = math.ceil(lo / step - 1e-9) * step
+    return [first + i * step for i in range(int((hi - first) / step) + 2) if first + i * step <= hi + 1e-9 * step]
 
 
 def _panel(
@@ -96,7 +96,7 @@ def _panel(
         )
     legend_x = LEFT + 8
     out.append(f'<text x="{legend_x}" y="{top + 14}" class="ptitle">{escape(title)}</text>')
-    legend_x += 8 + 7 * len(title)
+    legend_x += 24 + 8 * len(title)
     for name, xs, ys, colour, dash in series:
         points = " ".join(f"{axis.px(x):.1f},{y(v):.1f}" for x, v in zip(xs, ys, strict=False) if _finite([v]))
         if points:
@@ -104,7 +104,11 @@ def _panel(
                 f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.6"'
                 f"{f' stroke-dasharray={chr(34)}{dash}{chr(34)}' if dash else ''}/>"
             )
-        out.append(f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{top + 10}" y2="{top + 10}" stroke="{colour}"/>')
+        dashing = f' stroke-dasharray="{dash}"' if dash else ""
+        out.append(
+            f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{top + 10}" y2="{top + 10}" stroke="{colour}"'
+            f' stroke-width="1.6"{dashing}/>'
+        )
         out.append(f'<text x="{legend_x + 22}" y="{top + 14}" class="legend">{escape(name)}</text>')
         legend_x += 40 + 7 * len(name)
     if threshold is not None:

@@ -34,7 +34,7 @@ def _where(alarm: dict[str, Any]) -> str:
     text = f" {location:.1f} m behind the front"
     sd = alarm.get("location_sd_m")
     if isinstance(sd, int | float) and sd > 0:
-        text += f", ± {sd:.1f} m"
+        text += f", ± {sd:.1f} m" if sd >= 0.1 else f", ± {sd:.2f} m"
     return text
 
 
@@ -66,6 +66,16 @@ def reason_text(alarm: dict[str, Any]) -> str:
         else:
             verdict = "not released: the image does not agree"
         return f"Consistent with NORM{spread}: {verdict}"
+    if reason == "device":
+        which = " and ".join(k for k in ("gamma", "neutron") if alarm.get(k)) or "unspecified"
+        reading = alarm.get("lanewatch")
+        if reading == "alarm":
+            own = f"lanewatch's own tests confirm it ({', '.join(alarm.get('confirmed_by') or [])})"
+        elif reading == "norm-consistent":
+            own = "lanewatch finds the excess consistent with NORM"
+        else:
+            own = "lanewatch's own tests find no significant excess"
+        return f"The portal's own alarm ({which}); {own}" + ("" if alarm.get("alarm") else ", reported only")
     if reason == "tamper":
         return "Tamper: the portal reports its cabinet opened or a detector fault"
     if reason == "shielded-source-suspected":
@@ -93,7 +103,7 @@ def reasons(decision: Decision) -> list[str]:
     """Every reason of ``decision`` in plain words: alarming ones first, then the portal's own alarm and the rest."""
     alarms = [a for a in decision.get("alarms") or [] if isinstance(a, dict)]
     out = [reason_text(a) for a in alarms if a.get("alarm")]
-    if decision.get("device_alarm"):
+    if decision.get("device_alarm") and not any(a.get("reason") == "device" for a in alarms):
         out.append("The portal's own alarm")
     out += [reason_text(a) for a in alarms if not a.get("alarm")]
     if decision.get("verdict") == "INCOMPLETE" and decision.get("end_reason"):

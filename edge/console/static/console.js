@@ -138,12 +138,14 @@
       el("td", { title: d.end_utc, text: d.end_local }), el("td", { text: d.lane }),
       el("td", {}, el("span", { class: "verdict " + d.verdict.toLowerCase(), text: d.verdict })),
       el("td", { text: d.reasons.join("; ") || "-" }));
-    body.prepend(row);
+    const newer = [...body.children].find((r) => Number(r.dataset.seq) < d.seq);
+    row.dataset.seq = String(d.seq);
+    body.insertBefore(row, newer || null);
     while (body.children.length > 30) body.lastChild.remove();
   }
 
   function connect() {
-    const source = new EventSource("/events");
+    const source = new EventSource(`/events?since=${state.lastSeq}`);
     source.addEventListener("open", () => { state.connected = true; });
     source.addEventListener("wall", (e) => drawWall(JSON.parse(e.data)));
     source.addEventListener("decision", (e) => {
@@ -159,6 +161,10 @@
     const data = document.getElementById("wall-data");
     if (!data) return;
     drawWall(JSON.parse(data.textContent));
+    for (const d of JSON.parse(document.getElementById("recent-data").textContent)) {
+      state.lastSeq = Math.max(state.lastSeq, d.seq);
+      addTicker(d);
+    }
     const mute = document.getElementById("mute");
     mute.addEventListener("click", () => {
       const seconds = Number(mute.dataset.maxMuteS);
