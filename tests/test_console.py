@@ -295,3 +295,67 @@ def test_adjudications_create_the_journal_when_missing(tmp_path: Path) -> None:
     store.close()
     with Journal(tmp_path / "new" / "journal.db") as journal:
         assert journal.last_seq() == 0
+
+
+# ---- evidence ----------------------------------------------------------------------------------------------
+def test_evidence_zip_has_a_manifest_an_n42_spectutils_reads_and_the_history(client: TestClient, site: Config) -> None:
+    import hashlib
+    import io
+    import zipfile
+
+    import SpecUtils
+
+    login(client, "olga")
+    seq = seq_of(client, "shielded-source-suspected")
+    token = csrf(client)
+    client.post(f"/decision/{seq}/adjudicate", data={"csrf": token, "disposition": "test", "notes": "drill"})
+    response = client.get(f"/decision/{seq}/evidence.zip")
+    assert response.headers["content-type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    files = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
+    manifest = dict(reversed(line.split("  ", 1)) for line in files.pop("MANIFEST.sha256").decode().splitlines())
+    assert manifest == {name: hashlib.sha256(body).hexdigest() for name, body in files.items()}
+    assert {"decision.json", "profile.csv", "neutron.csv", "evidence.png", "xray-preview.png", "occupancy.n42"} <= set(
+        files
+    )
+    with Journal(site.service.journal, readonly=True) as journal:
+        decision = journal.get(seq)
+    assert json.loads(files["decision.json"]) == decision
+    history = json.loads(files["adjudications.json"])["history"]
+    assert [(h["kind"], h["disposition"], h["notes"]) for h in history] == [("adjudicate", "test", "drill")]
+    assert files["evidence.png"].startswith(b"\x89PNG")
+    assert len(files["profile.csv"].decode().splitlines()) == len(decision["profile"]["gross"]) + 1
+
+    n42 = Path(site.service.journal).parent / "occupancy.n42"
+    n42.write_bytes(files["occupancy.n42"])
+    spec = SpecUtils.SpecFile()
+    spec.loadFile(str(n42), SpecUtils.ParserType.Auto)
+    records = spec.measurements()
+    gamma = [m.gammaCountSum() for m in records if m.detectorName() == "gamma"]
+    neutron = [m.neutronCountsSum() for m in records if m.detectorName() == "neutron"]
+    assert gamma == [float(c) for c in decision["profile"]["gross"]]
+    assert neutron == [float(c) for c in decision["profile"]["neutron"]]
+    assert client.app.state.console.users.audit_log()[0].action == "evidence-downloaded"
+
+
+def test_lanewatch_evidence_writes_the_same_bundle(client: TestClient, site: Config, tmp_path: Path) -> None:
+    import argparse
+    import zipfile
+
+    from lanewatch.edge.commands import evidence
+
+    parser = argparse.ArgumentParser()
+    evidence.add_arguments(parser)
+    assert evidence.run(parser.parse_args(["4", "--out", str(tmp_path / "out")]), site) == 0
+    login(client, "olga")
+    written = zipfile.ZipFile(tmp_path / "out" / "evidence-4.zip")
+    served = zipfile.ZipFile(io_of(client.get("/decision/4/evidence.zip").content))
+    assert written.namelist() == served.namelist()
+    for name in ("decision-4/decision.json", "decision-4/profile.csv", "decision-4/neutron.csv"):  # n42: own UUID
+        assert written.read(name) == served.read(name), name
+
+
+def io_of(data: bytes) -> Any:
+    import io
+
+    return io.BytesIO(data)

@@ -99,7 +99,8 @@ def test_evidence_of_a_fused_decision_from_the_journal_file(journal_path: Path, 
     done = _evidence("1", "--out", str(out), "--journal", str(journal_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.split() == [
-        str(out / f"{name}-1.{ext}") for name, ext in (("evidence", "png"), ("profile", "json"), ("decision", "json"))
+        str(out / f"{name}-1.{ext}")
+        for name, ext in (("evidence", "png"), ("profile", "json"), ("decision", "json"), ("evidence", "zip"))
     ]
     with Journal(journal_path, readonly=True) as journal:
         stored = journal.get(1)

@@ -18,8 +18,11 @@ here), and writes to ``DIR``:
     and the axis mapping of the image (metres of its left and right edge).
 ``decision-SEQ.json``
     The decision as journaled.
+``evidence-SEQ.zip``
+    The evidence bundle the operators' console gives for the decision, with its adjudication history when
+    the journal file is read (see :mod:`lanewatch.edge.console.evidence`).
 
-Exit status 0 when all three were written, 1 when the decision cannot be read (or its preview
+Exit status 0 when all four were written, 1 when the decision cannot be read (or its preview
 cannot be decoded), 2 for a bad command line.
 """
 
@@ -39,6 +42,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
+from lanewatch.edge.console.adjudication import Adjudication, Adjudications
+from lanewatch.edge.console.evidence import bundle
 from lanewatch.edge.decisions.journal import Journal, JournalError
 from lanewatch.edge.decisions.profile import profile_data
 from lanewatch.edge.decisions.subscriber import JournalClient, QueryError, ServiceUnreachable
@@ -90,6 +95,12 @@ def _read(args: argparse.Namespace, config: Config) -> dict[str, Any] | None:
         ctx.term()
 
 
+def _history(args: argparse.Namespace, config: Config) -> list[Adjudication]:
+    """The decision's adjudications when its journal file is here (the query endpoint serves decisions only)."""
+    path = args.journal or Path(config.service.journal)
+    return [] if args.query or not path.exists() else Adjudications.read_history(path, args.seq)
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     """Write the evidence files of decision ``args.seq`` into ``args.out``."""
     if args.seq < 1:
@@ -115,7 +126,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
         "profile": args.out / f"profile-{args.seq}.json",
         "decision": args.out / f"decision-{args.seq}.json",
     }
+    paths["bundle"] = args.out / f"evidence-{args.seq}.zip"
     image.save(paths["png"], format="PNG")
+    paths["bundle"].write_bytes(bundle(decision, _history(args, config)))
     paths["profile"].write_text(json.dumps(profile_data(decision), indent=1) + "\n")
     paths["decision"].write_text(json.dumps(decision, indent=1) + "\n")
     for path in paths.values():

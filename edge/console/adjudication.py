@@ -243,6 +243,18 @@ class Adjudications:
         rows = self._read(f"SELECT {self._COLUMNS} FROM adjudications WHERE seq = ? ORDER BY id", (seq,))
         return [self._row(row) for row in rows]
 
+    @classmethod
+    def read_history(cls, path: str | Path, seq: int) -> list[Adjudication]:
+        """Decision ``seq``'s history from the journal at ``path``, opened read-only (none before any console)."""
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'adjudications'").fetchone() is None:
+                return []
+            sql = f"SELECT {cls._COLUMNS} FROM adjudications WHERE seq = ? ORDER BY id"
+            return [cls._row(row) for row in conn.execute(sql, (seq,))]
+        finally:
+            conn.close()
+
     def after(self, last_id: int, limit: int = 500) -> list[Adjudication]:
         """Acts recorded after id ``last_id`` (by any console), oldest first."""
         sql = f"SELECT {self._COLUMNS} FROM adjudications WHERE id > ? ORDER BY id LIMIT ?"

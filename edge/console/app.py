@@ -494,6 +494,19 @@ def decision_routes(
             raise HTTPException(500, "the X-ray preview of this decision cannot be decoded") from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
+    async def evidence_zip(request: Request) -> Response:
+        session = await need(request)
+        seq = request.path_params["seq"]
+        decision = journal.get(seq)
+        if decision is None:
+            raise HTTPException(404, f"no decision numbered {seq}")
+        from lanewatch.edge.console.evidence import bundle
+
+        data = await run_in_threadpool(bundle, decision, adjudications.history(seq))
+        audit(session, "evidence-downloaded", f"decision {seq}", request)
+        disposition = f'attachment; filename="evidence-{seq}.zip"'
+        return Response(data, media_type="application/zip", headers={"Content-Disposition": disposition})
+
     async def act(request: Request) -> Response:
         session = await need(request)
         seq = request.path_params["seq"]
@@ -550,6 +563,7 @@ def decision_routes(
         Route("/decisions", table),
         Route("/decision/{seq:int}", detail),
         Route("/decision/{seq:int}/preview.png", preview_png),
+        Route("/decision/{seq:int}/evidence.zip", evidence_zip),
         Route("/decision/{seq:int}/{kind:str}", act, methods=["POST"]),
         Route("/attachment/{id:int}", attachment),
     ]
