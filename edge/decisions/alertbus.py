@@ -120,7 +120,7 @@ def parse_request(payload: bytes) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise BadRequest(f"request must be a JSON object, got {type(request).__name__}")
     op = request.get("op")
-    if op not in _OPS:
+    if not isinstance(op, str) or op not in _OPS:
         raise BadRequest(f"unknown op {op!r}; expected one of {', '.join(_OPS)}")
     keys = _OPS[op]
     unknown = sorted(set(request) - set(keys) - {"op"})
