@@ -20,7 +20,7 @@ from support import Running
 
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
-from lanewatch.edge.bus.records import Kind
+from lanewatch.edge.bus.records import Kind, Record
 from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.config import Config, parse
 from lanewatch.edge.decisions.journal import Journal
@@ -259,3 +259,45 @@ def test_sigkill_mid_stream_loses_no_journaled_decision(tmp_path: Path, ctx: zmq
             service.wait(20)
     assert service.returncode == 0, (tmp_path / "service.log").read_text()[-2000:]
     assert os.path.exists(config.service.journal)
+
+
+def test_a_bug_in_one_lane_ends_its_occupancy_incomplete_and_the_other_lanes_go_on(
+    tmp_path: Path, ctx: zmq.Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fault injection: lane1's record handler raises on speed records. Its open occupancy is decided INCOMPLETE
+    (end reason error), the bug is counted each time and its traceback logged once; lane2, mid-passage at the same
+    moment, is decided as if nothing happened, and lane1 decides its next vehicle normally."""
+    running = Running(_config(tmp_path, '[[lanes]]\nid = "lane2"'))
+    try:
+        lane1 = running.service.lanes["lane1"]
+        handle = lane1.on_record
+
+        def buggy(rec: Record, now_mono_ns: int) -> list:
+            if rec.kind is Kind.SPEED:
+                raise ZeroDivisionError("a bug in the lane")
+            return handle(rec, now_mono_ns)
+
+        lane1.on_record = buggy  # type: ignore[method-assign]
+        config = running.service.config
+        one, two = _publisher(ctx, config), _publisher(ctx, config)
+        two.lane = "lane2"
+        for pub in (one, two):
+            _background(pub)
+            _occupancy(pub, 15, gx=False)
+        with caplog.at_level("ERROR", logger="lanewatch.service"):
+            one.emit(Kind.SPEED, values={"speed_kmh": 8.0})
+            two.emit(Kind.OCCUPANCY_END, values={"device_occupancy": 7, "neutron_background_cps": 3.0})
+            first = _collect(ctx, config, 2)
+            one.emit(Kind.SPEED, values={"speed_kmh": 9.0})  # the same bug, with no occupancy open
+            _occupancy(one, 15)
+            later = _collect(ctx, config, 1, since=first[-1]["seq"])
+        by_lane = {d["lane"]: d for d in first}
+        assert by_lane["lane1"]["verdict"] == "INCOMPLETE" and by_lane["lane1"]["end_reason"] == "error"
+        assert by_lane["lane1"]["samples"] == 15, "the occupancy keeps what it had"
+        assert by_lane["lane2"]["end_reason"] == "gx" and by_lane["lane2"]["verdict"] == "CLEAR"
+        assert later[0]["lane"] == "lane1" and later[0]["end_reason"] == "gx"
+        assert running.value("lanewatch_handler_errors_total", where="lane lane1") == 2
+        assert running.value("lanewatch_occupancies_total", lane="lane1", end="error") == 1
+        assert sum("bug in the lane lane1 handler" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        running.close()
