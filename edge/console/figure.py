@@ -48,16 +48,20 @@ def _finite(values: list[Any]) -> list[float]:
 
 
 def _ticks(lo: float, hi: float, count: int = 4) -> list[float]:
-    """Round tick values covering [lo, hi]."""
+    """Round tick values inside [lo, hi]: about ``count`` of them, never fewer than three."""
     span = hi - lo or 1.0
     raw = span / count
     step = 10 ** math.floor(math.log10(raw))
-    for mult in (1, 2, 5, 10):
+    for mult in (1, 2, 2.5, 5, 10):
         if raw <= mult * step:
             step *= mult
             break
-    first = math.ceil(lo / step - 1e-9) * step
-    return [first + i * step for i in range(int((hi - first) / step) + 2) if first + i * step <= hi + 1e-9 * step]
+    while True:
+        first = math.ceil(lo / step - 1e-9) * step
+        ticks = [first + i * step for i in range(int((hi - first) / step) + 2) if first + i * step <= hi + 1e-9 * step]
+        if len(ticks) >= 3:
+            return [round(t, 10) for t in ticks]
+        step /= 2
 
 
 def _panel(
