@@ -56,10 +56,17 @@ class Deployment:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
+        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child; restarts append
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lanewatch.edge", "--log-level", "WARNING", *args],
+            [
+                sys.executable,
+                "-m",
+                "lanewatch.edge",
+                "--log-level",
+                os.environ.get("LANEWATCH_BENCH_LOG", "WARNING"),
+                *args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

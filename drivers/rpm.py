@@ -311,6 +311,8 @@ class RpmDriver(Driver):
     """
 
     name: ClassVar[str] = "rpm"
+    keep_records: ClassVar[int] = 65536
+    """About three hours of a portal's lines, a few MB: a service down that long still decides what passed."""
 
     def __init__(
         self,
@@ -420,10 +422,19 @@ class RpmDriver(Driver):
                 self._link_down(f"cannot open: {exc}")
             else:
                 self._serve(port, stop)
-            if not stop.wait(self._backoff_s):
+            if not self._wait(stop, self._backoff_s):
                 self._backoff_s = min(2 * self._backoff_s, self.backoff_max_s)
         if self._link_up:
             self._set_link(False)
+
+    def _wait(self, stop: threading.Event, seconds: float) -> bool:
+        """Wait ``seconds`` (True if ``stop`` was set meanwhile), serving replay requests while the link is down."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.publisher.serve_replays()
+            if stop.wait(min(left, POLL_S)):
+                return True
+        return stop.is_set()
 
     def health(self) -> dict[str, Any]:
         """``ok`` while the link is up and a line arrived within ``stale_after_s`` (or the link is that young)."""
@@ -465,6 +476,7 @@ class RpmDriver(Driver):
         """Read, split, parse and publish until ``stop``; a link failure raises SerialException or OSError."""
         read = self._reader(port)
         while not stop.is_set():
+            self.publisher.serve_replays()
             data = read()
             if not data:
                 continue

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -43,8 +45,21 @@ TICK_S = 0.1
 """Longest the loop sleeps (s): bounds timeout checks, retries and watchdog pings."""
 JOURNAL_CHECK_S = 5.0
 """How often (s) the loop checks that the journal is still writable, for /healthz."""
+MAX_RESUME_LOOKBACK = 50
+"""Latest decisions of a lane searched at start for the portal's occupancy counter to resume from."""
+REPLAY_WAIT_S = 2.0
+"""Longest wait (s) for the records a driver kept before the first one a (re)started service received from it."""
 MAX_BATCH = 2000
 """Most ingest messages handled before the loop looks at its other sockets."""
+
+
+@dataclass
+class _Replay:
+    request: ingest.ReplayRequest
+    deadline_s: float
+    """Monotonic time (s) after which the service stops waiting."""
+    held: list[Record]
+    """The source's records that came meanwhile, to route after the replay."""
 
 
 class Service:
@@ -62,6 +77,8 @@ class Service:
         self._http = http
         self._ctx: zmq.Context | None = None
         self._unknown_lanes: set[str] = set()
+        self.replays: dict[tuple[str, str], _Replay] = {}
+        """Sources (lane, source) whose kept records the service asked for, with what it holds meanwhile."""
         self.keys: Keys | None = None
         self._senders: dict[str, KeyInfo] = {}
         """Admitted client keys by name (the User-Id the ZAP handler gives their connections)."""
@@ -91,6 +108,9 @@ class Service:
         self.journal = Journal(self.config.service.journal, self.metrics)
         self.last_seq = self.journal.last_seq()
         self.journal_ok = self.journal.writable()
+        for lane_id, lane in self.lanes.items():
+            counters = [d["device_occupancy"] for d in self.journal.query(lane=lane_id, limit=MAX_RESUME_LOOKBACK)]
+            lane.resume(next((c for c in reversed(counters) if isinstance(c, int)), None))
         self._ctx = zmq.Context()
         if self.keys is not None:
             self.gatekeeper = Gatekeeper(self._ctx, self.keys)
@@ -165,6 +185,8 @@ class Service:
         for monitor in self.handshakes.sockets:
             if monitor in events:
                 self.handshakes.handle(monitor)
+        for key in [k for k, r in self.replays.items() if time.monotonic() > r.deadline_s]:
+            self._end_replay(key, "timeout")
         now = time.monotonic_ns()
         for lane in self.lanes.values():
             self._dispatch(self._lane_barrier(lane, lane.on_tick, now))
@@ -243,6 +265,45 @@ class Service:
         self.metrics.records.labels(rec.lane, rec.source).inc()
         if not self._in_time(rec):
             return
+        key = (rec.lane, rec.source)
+        replay = self.replays.get(key)
+        if replay is not None:
+            if rec.run_id == replay.request.run_id and rec.seq < replay.request.before:
+                self._route(lane, rec)  # what the driver kept, in its order, before what was held
+                if rec.seq == replay.request.before - 1:
+                    self._end_replay(key, "complete")
+            else:
+                replay.held.append(rec)
+            return
+        if key not in self.sequences.last and rec.seq > 0:
+            self._start_replay(rec)
+            return
+        self._sequence_and_route(lane, rec)
+
+    def _start_replay(self, rec: Record) -> None:
+        """The first record of a source since the service started is not its run's first: ask the driver for what
+        it kept before it (what came while the service was away, or was on its way when it stopped) and hold the
+        source's records until that came, or :data:`REPLAY_WAIT_S` passed (a driver that keeps nothing)."""
+        max_age_s = self.config.service.max_record_age_s
+        request = ingest.ReplayRequest(rec.lane, rec.source, rec.run_id, rec.seq, max_age_s, secrets.token_hex(8))
+        self.replays[(rec.lane, rec.source)] = _Replay(request, time.monotonic() + REPLAY_WAIT_S, [rec])
+        self.ingest.setsockopt(zmq.SUBSCRIBE, request.topic)
+
+    def _end_replay(self, key: tuple[str, str], outcome: str) -> None:
+        """Stop asking, then go on with the records held meanwhile."""
+        replay = self.replays.pop(key)
+        self.ingest.setsockopt(zmq.UNSUBSCRIBE, replay.request.topic)
+        self.metrics.replays.labels(key[0], key[1], outcome).inc()
+        if outcome != "complete":
+            log.warning("lane %s source %s: no replay of what came before seq %d", *key, replay.request.before)
+        for rec in replay.held:
+            self._sequence_and_route(self.lanes[rec.lane], rec)
+
+    def _route(self, lane: Lane, rec: Record) -> None:
+        self._dispatch(self._lane_barrier(lane, lane.on_record, rec, time.monotonic_ns()))
+
+    def _sequence_and_route(self, lane: Lane, rec: Record) -> None:
+        """Check ``rec`` against its source's sequence (gaps and restarts counted, repeats dropped), then route it."""
         verdict = self.sequences.observe((rec.lane, rec.source), rec.seq, rec.run_id)
         if verdict.stale:
             self.metrics.stale.labels(rec.lane, rec.source).inc()
@@ -265,7 +326,7 @@ class Service:
             log.warning(
                 "lane %s source %s: %d records missed before seq %d", rec.lane, rec.source, verdict.missed, rec.seq
             )
-        self._dispatch(self._lane_barrier(lane, lane.on_record, rec, time.monotonic_ns()))
+        self._route(lane, rec)
 
     def _authorized(self, rec: Record, sender: str | None) -> bool:
         """Whether the key that sent ``rec`` may publish for its lane as its source; counted and logged if not."""
@@ -320,6 +381,9 @@ class Service:
                 return
             self.pending.popleft()
             self.journal_ok = True
+            if stored["seq"] <= self.last_seq:  # decided again from records a driver replayed: journaled before
+                self.metrics.redecided.labels(stored["lane"]).inc()
+                continue
             self.last_seq = stored["seq"]
             self.alerts.publish(stored)
             self.metrics.decisions.labels(stored["lane"], stored["verdict"]).inc()

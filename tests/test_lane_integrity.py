@@ -15,6 +15,7 @@ import zmq
 from support import Running
 from test_service import _background, _collect, _config, _occupancy, _publisher
 
+from benchmarks.kills import kill_run
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
 from lanewatch.edge.bus.records import Kind
 
@@ -190,3 +191,87 @@ def test_a_driver_joining_mid_vehicle_decides_the_tail_partial(
     assert "partial" in decisions[0]["incomplete"]
     assert decisions[0]["verdict"] == ("ALARM" if decisions[0]["device_alarm"] else "INCOMPLETE")
     assert all("partial" not in d["incomplete"] for d in decisions[1:])
+
+
+def _vehicle(pub: RecordPublisher, samples: int, counter: int | None, seed: int = 7) -> None:
+    """``samples`` benign gamma samples, then a GX with ``counter`` (none when None)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(samples):
+        pub.emit(Kind.GAMMA_SCAN, dt_s=0.2, counts=rng.poisson(48.0, (4, 1)).astype(np.uint32))
+    if counter is not None:
+        pub.emit(Kind.OCCUPANCY_END, values={"device_occupancy": counter, "neutron_background_cps": 3.0})
+
+
+def _restarted(pub: RecordPublisher) -> RecordPublisher:
+    """The same driver started again: a new run on the same bus, numbered from 0."""
+    return RecordPublisher(pub.sock, pub.lane, pub.source, pub.metrics)
+
+
+def test_a_jump_of_the_portal_counter_journals_the_missed_vehicles(running: Running, ctx: zmq.Context) -> None:
+    config = running.service.config
+    pub = _publisher(ctx, config)
+    _background(pub)
+    for counter in (11, 12, 15):  # 13 and 14 went by while their lines were lost
+        _vehicle(pub, 15, counter)
+    decisions = _collect(ctx, config, 5)
+    assert [d["device_occupancy"] for d in decisions] == [11, 12, 13, 14, 15]
+    assert [d["end_reason"] for d in decisions] == ["gx", "gx", "missed", "missed", "counter-jump"]
+    assert [d["verdict"] for d in decisions] == ["CLEAR", "CLEAR", "INCOMPLETE", "INCOMPLETE", "INCOMPLETE"]
+    assert decisions[2]["incomplete"] == ["missed"] and decisions[2]["samples"] == 0
+    assert running.value("lanewatch_occupancies_missed_total", lane="lane1") == 2
+
+
+def test_srls_zero_counters_are_not_trusted(running: Running, ctx: zmq.Context) -> None:
+    config = running.service.config
+    pub = _publisher(ctx, config)
+    _background(pub)
+    _vehicle(pub, 15, 0)
+    _vehicle(pub, 15, 0)
+    pub = _restarted(pub)
+    _background(pub)
+    _vehicle(pub, 15, 0)
+    decisions = _collect(ctx, config, 3)
+    assert [d["end_reason"] for d in decisions] == ["gx", "gx", "gx"]
+    assert running.value("lanewatch_occupancies_missed_total", lane="lane1") == 0
+
+
+def test_a_vehicle_cut_by_a_driver_restart_gets_one_decision(running: Running, ctx: zmq.Context) -> None:
+    config = running.service.config
+    pub = _publisher(ctx, config)
+    _background(pub)
+    _vehicle(pub, 15, 21)
+    _vehicle(pub, 10, None)  # the driver dies mid-vehicle ...
+    pub = _restarted(pub)
+    _vehicle(pub, 8, 22)  # ... and comes back for its tail
+    _vehicle(pub, 10, None, seed=8)  # dies again
+    pub = _restarted(pub)
+    _vehicle(pub, 9, 25, seed=9)  # and comes back two vehicles later, mid-vehicle
+    _background(pub)
+    first, joined, head, missed, tail = _collect(ctx, config, 5)
+    assert (first["end_reason"], first["verdict"]) == ("gx", "CLEAR")
+    assert joined["device_occupancy"] == 22 and joined["samples"] == 18 and joined["counter_inferred"] is False
+    assert joined["verdict"] == "INCOMPLETE" and {"driver-restart", "partial"} <= set(joined["incomplete"])
+    assert (head["device_occupancy"], head["counter_inferred"], head["end_reason"]) == (23, True, "driver-restart")
+    assert (missed["device_occupancy"], missed["end_reason"]) == (24, "missed")
+    assert (tail["device_occupancy"], tail["incomplete"], tail["end_reason"]) == (25, ["partial"], "gx")
+
+
+def test_a_lost_link_ends_the_occupancy(running: Running, ctx: zmq.Context) -> None:
+    config = running.service.config
+    pub = _publisher(ctx, config)
+    _background(pub)
+    _vehicle(pub, 12, None)
+    pub.emit(Kind.LINK, values={"up": False, "url": "socket://portal"})
+    decisions = _collect(ctx, config, 1)
+    assert (decisions[0]["end_reason"], decisions[0]["verdict"]) == ("link-lost", "INCOMPLETE")
+
+
+@pytest.mark.slow
+def test_kills_of_the_driver_and_the_service_lose_and_merge_no_vehicle() -> None:
+    """Real processes, seeded, against the simulator's truth (benchmarks/kills.py runs the full count)."""
+    run = kill_run(vehicles=30, driver_kills=3, service_kills=3, speedup=8.0, seed=11, timeout_s=300.0)
+    assert run.vehicles == 30
+    assert (run.lost, run.duplicated, run.merged, run.unmatched) == (0, 0, 0, 0), run
+    assert run.decided_once == 30 and run.seq_contiguous and run.integrity == "ok", run
+    assert run.decisions == 30
+    assert set(run.reasons) <= {"missed", "partial", "no-background", "driver-restart", "counter-jump"}, run

@@ -190,6 +190,10 @@ class LaneSimulator:
         """Listen on ``host:port`` (0 = any free port) and stream to every client; returns the port."""
         return self._tcp.listen(host, port)
 
+    def clients(self) -> int:
+        """TCP clients connected now."""
+        return self._tcp.clients()
+
     def serve_pty(self) -> str:
         """Open a pseudo-terminal in raw mode and stream into it; returns the device path to open."""
         master, slave = os.openpty()
@@ -422,6 +426,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gx-zero", action="store_true", help="send every GX with counter 000000 (SRLS auto mode)")
     parser.add_argument("--tamper-rate", type=float, default=0.0, help="probability of a TT/TC pair per gap")
     parser.add_argument("--lanes", type=int, default=1, help="independent lanes on consecutive ports (default 1)")
+    parser.add_argument(
+        "--wait-client",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="start the traffic only once every lane has a TCP client, waiting at most S seconds (default 0)",
+    )
 
 
 def truth_path_for(path: Path | None, lane: int, lanes: int) -> Path | None:
@@ -474,6 +485,9 @@ def run(args: argparse.Namespace) -> int:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    deadline = time.monotonic() + args.wait_client
+    while serve_tcp and not stop.is_set() and time.monotonic() < deadline and not all(s.clients() for s in sims):
+        stop.wait(0.02)
     for sim in sims:
         sim.start()
     try:

@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
@@ -29,6 +30,9 @@ from lanewatch.edge.ops.metrics import DriverMetrics
 
 log = logging.getLogger("lanewatch.driver")
 
+IDLE_KINDS = frozenset({Kind.GAMMA_BACKGROUND, Kind.NEUTRON_BACKGROUND, Kind.OCCUPANCY_END})
+"""Records that say the lane is not occupied after them: a replay that lost its oldest records starts at one."""
+
 DRIVER_GROUP = "lanewatch.drivers"
 SIMULATOR_GROUP = "lanewatch.simulators"
 
@@ -41,15 +45,22 @@ class RecordPublisher:
     (per driver start), so a consumer tells a restarted or second driver from the first.
     """
 
-    def __init__(self, sock: zmq.Socket, lane: str, source: str, metrics: DriverMetrics) -> None:
+    def __init__(self, sock: zmq.Socket, lane: str, source: str, metrics: DriverMetrics, keep: int = 0) -> None:
         self.sock = sock
         self.lane = lane
         self.source = source
         self.metrics = metrics
         self.seq = 0
         self.run_id = secrets.token_hex(8)
+        """Random per start of the driver: the service tells a restart from a jump in ``seq`` by it."""
         self.invalid = 0
         """Records refused because their values did not fit their kind (counted, logged, never sent)."""
+        self.kept: deque[Record] = deque(maxlen=keep)
+        """The latest ``keep`` records, published again when a (re)started service asks
+        (:class:`lanewatch.edge.bus.ingest.ReplayRequest`), so what reached the driver while the service was
+        down, or was on its way when it stopped, is still decided."""
+        self._served: set[bytes] = set()
+        """Tokens of the replay requests already served."""
 
     def emit(
         self,
@@ -90,6 +101,9 @@ class RecordPublisher:
                 log.error("lane %s: %s record not sent (%d so far): %s", self.lane, kind.value, self.invalid, exc)
             return None
         self.seq += 1
+        if self.kept.maxlen:
+            self.serve_replays()
+            self.kept.append(record)
         try:
             ingest.publish(self.sock, record)
             self.metrics.published.labels(self.lane).inc()
@@ -97,12 +111,38 @@ class RecordPublisher:
             self.metrics.publish_drops.labels(self.lane).inc()
         return record
 
+    def serve_replays(self) -> None:
+        """Publish again, oldest first, the kept records each replay request for this source's run asks for; when
+        the run's first records are not among them, from an idle record on, so no occupancy comes without its
+        start. Called before each record is published; a driver calls it also while its device is silent."""
+        if not self.kept.maxlen:
+            return
+        for request in ingest.replay_requests(self.sock):
+            ours = (request.lane, request.source, request.run_id) == (self.lane, self.source, self.run_id)
+            if not ours or request.token in self._served:
+                continue
+            self._served.add(request.token)
+            oldest_ns = time.time_ns() - request.max_age_s * 1e9
+            records = [r for r in self.kept if r.seq < request.before and r.t_wall_ns >= oldest_ns]
+            if records and records[0].seq > 0:
+                first = next((i for i, r in enumerate(records) if r.kind in IDLE_KINDS), len(records))
+                records = records[first:]
+            for record in records:
+                try:
+                    ingest.publish(self.sock, record)
+                except zmq.Again:
+                    self.metrics.publish_drops.labels(self.lane).inc()
+            self.metrics.replayed.labels(self.lane).inc(len(records))
+
 
 class Driver(ABC):
     """One device of one lane. Subclasses parse a protocol; the base gives them a publisher."""
 
     name: ClassVar[str]
     """Registry name, as in ``lanewatch driver NAME``."""
+    keep_records: ClassVar[int] = 0
+    """Records the driver's publisher keeps to publish again for a service that (re)started (see
+    :class:`RecordPublisher`); 0 for drivers whose records are too large to keep (X-ray lines)."""
 
     def __init__(self, publisher: RecordPublisher) -> None:
         self.publisher = publisher

@@ -28,6 +28,7 @@ def driver_publisher(ctx: zmq.Context, endpoint: str, keys: Keys | None = None) 
     service, so :func:`wait_for_subscriber` can tell when records will really be delivered.
     """
     sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription reaches the driver (replay requests, reconnects)
     sock.setsockopt(zmq.SNDHWM, DRIVER_SNDHWM)
     sock.setsockopt(zmq.LINGER, 1000)
     security.join(sock, keys)
@@ -45,6 +46,55 @@ def wait_for_subscriber(sock: zmq.Socket, timeout_s: float) -> bool:
         sock.recv()
         return True
     return False
+
+
+REPLAY_TOPIC = b"\xffreplay/"
+"""Prefix of the subscription by which a service asks a driver for records it kept (see :class:`ReplayRequest`).
+No record topic starts with this byte, so the subscription filters nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """A (re)started service's request to the driver of ``lane``/``source`` for the records of run ``run_id`` it
+    kept with a ``seq`` below ``before`` and at most ``max_age_s`` old: those that reached the driver while the
+    service was away, or were on their way when it stopped. ``token`` is new per request, so a reconnect (which
+    repeats every subscription) does not ask again."""
+
+    lane: str
+    source: str
+    run_id: str
+    before: int
+    max_age_s: float
+    token: str
+
+    @property
+    def topic(self) -> bytes:
+        fields = (self.lane, self.source, self.run_id, str(self.before), f"{self.max_age_s:g}", self.token)
+        return REPLAY_TOPIC + "/".join(fields).encode()
+
+    @classmethod
+    def parse(cls, topic: bytes) -> ReplayRequest | None:
+        """The request a subscription ``topic`` carries, or None (not a request, or malformed)."""
+        if not topic.startswith(REPLAY_TOPIC):
+            return None
+        try:
+            lane, source, run_id, before, age, token = topic[len(REPLAY_TOPIC) :].decode().split("/")
+            request = cls(lane, source, run_id, int(before), float(age), token)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return request if request.before > 0 and request.max_age_s >= 0 else None
+
+
+def replay_requests(sock: zmq.Socket) -> list[ReplayRequest]:
+    """The replay requests among the subscriptions waiting on a driver's XPUB ``sock`` (reads them all, never
+    blocks)."""
+    requests = []
+    while sock.poll(0, zmq.POLLIN):
+        message = sock.recv()
+        request = ReplayRequest.parse(message[1:]) if message[:1] == b"\x01" else None
+        if request is not None:
+            requests.append(request)
+    return requests
 
 
 def publish(sock: zmq.Socket, record: Record) -> None:

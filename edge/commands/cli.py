@@ -87,7 +87,7 @@ def cmd_driver(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     ctx = zmq.Context()
     sock = ingest.driver_publisher(ctx, args.ingest or config.bus.ingest, keys)
-    publisher = RecordPublisher(sock, args.lane, cls.name, DriverMetrics(registry))
+    publisher = RecordPublisher(sock, args.lane, cls.name, DriverMetrics(registry), keep=cls.keep_records)
     driver = cls.from_args(args, config, publisher)
     http = args.http
     if http is None:  # the lane's X-ray driver has its own endpoint, beside the portal's driver

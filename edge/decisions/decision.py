@@ -4,7 +4,8 @@ Fields (the journal assigns ``seq``):
 
 - ``lane``, ``occupancy_id`` (unique: lane, start time in ns and the source and sequence
   number of the record that opened it, since records read together share one stamp), ``device_occupancy`` (the
-  portal's own GX counter, or None; SRLS in auto mode always sends 0, so it is not an id),
+  portal's own GX counter, or None; SRLS in auto mode always sends 0, so it is not an id), ``counter_inferred``
+  (true when the occupancy was cut before its GX and the counter is the one the next GX implies),
 - ``start``, ``end``: ISO 8601 UTC of the first sample and of the end of the occupancy, and
   ``start_ns``, ``end_ns`` the same instants in ns since the epoch, as the driver stamped them,
 - ``verdict``: ``ALARM`` when any test alarmed, else ``INCOMPLETE`` when the occupancy did not
@@ -16,7 +17,13 @@ Fields (the journal assigns ``seq``):
   the driver or the service joined mid-vehicle), ``no-background`` (no background reading before it: the
   radiation tests' entries are kept as evidence with ``alarm`` false and ``withheld`` "no-background", since
   an occupancy is never tested against itself),
-- ``end_reason``, ``samples``, ``device_alarm`` (the portal's own GA/NA flag), ``tamper``,
+- ``end_reason``: ``gx``, ``background`` (the next background line, GX lost), ``counter-jump`` (a GX whose counter
+  jumped: end lines went missing, so the data may hold more than one vehicle), ``driver-restart`` (the driver
+  started a new run), ``link-lost``, ``stalled``, ``timeout``, ``error``, ``missed`` (a vehicle the portal counted
+  and lanewatch never saw, from a jump of k > 1 in its counter: k - 1 such decisions, see :func:`build_missed`),
+  ``no-occupancy`` (a scan alone); an occupancy cut before its GX whose vehicle's tail came after the driver or
+  link returned is one decision with the tail's end and the cut's reason among ``incomplete``,
+- ``samples``, ``device_alarm`` (the portal's own GA/NA flag), ``tamper``,
   ``link_interruptions``, ``speed_kmh``, ``background``, ``profile`` (arrays to draw evidence),
 - ``xray`` (only at a lane with an X-ray scanner, or when a scan was fused): the scan's id, source,
   status (``complete``, ``incomplete``, or ``missing`` when no scan came), registration, image objects
@@ -45,7 +52,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lanewatch.edge.bus.records import iso_utc
+from lanewatch.edge.bus.records import Record, iso_utc
 
 if TYPE_CHECKING:
     from lanewatch.edge.xray.scan import Scan
@@ -77,6 +84,7 @@ def build(
     tamper: bool,
     link_interruptions: int,
     incomplete: list[str] | None = None,
+    counter_inferred: bool = False,
     xray: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The decision for one occupancy from its analysis (see :mod:`lanewatch.edge.lane.detect`), with its fused
@@ -88,6 +96,7 @@ def build(
         "lane": lane,
         "occupancy_id": occupancy_id,
         "device_occupancy": device_occupancy,
+        "counter_inferred": counter_inferred,
         "start": iso_utc(start_wall_ns),
         "end": iso_utc(end_wall_ns),
         "start_ns": start_wall_ns,
@@ -111,6 +120,35 @@ def build(
     return record
 
 
+def build_missed(lane: str, end: Record, counter: int, since_wall_ns: int) -> dict[str, Any]:
+    """The decision for a vehicle the portal counted and lanewatch never saw: its counter ``counter`` fell in a
+    jump of the counter on the end line ``end``; it went by between ``since_wall_ns`` and that line."""
+    start_ns = min(since_wall_ns or end.t_wall_ns, end.t_wall_ns)
+    return {
+        "lane": lane,
+        "occupancy_id": f"{lane}-{end.t_wall_ns}-{end.source}{end.seq}-missed{counter}",
+        "device_occupancy": counter,
+        "counter_inferred": False,
+        "start": iso_utc(start_ns),
+        "end": iso_utc(end.t_wall_ns),
+        "start_ns": start_ns,
+        "end_ns": end.t_wall_ns,
+        "verdict": "INCOMPLETE",
+        "alarms": [],
+        "baseline_verdict": None,
+        "baseline": None,
+        "end_reason": "missed",
+        "incomplete": ["missed"],
+        "samples": 0,
+        "device_alarm": False,
+        "tamper": False,
+        "link_interruptions": 0,
+        "speed_kmh": None,
+        "background": None,
+        "profile": {},
+    }
+
+
 def build_scan_only(scan: Scan, alarms: list[dict[str, Any]], xray: dict[str, Any]) -> dict[str, Any]:
     """The decision for an X-ray scan that matched no occupancy: its image findings and ``xray`` section alone."""
     alarming = any(a.get("alarm") for a in alarms)
@@ -118,6 +156,7 @@ def build_scan_only(scan: Scan, alarms: list[dict[str, Any]], xray: dict[str, An
         "lane": scan.lane,
         "occupancy_id": f"{scan.lane}-xray-{scan.start_wall_ns}-{scan.source}{scan.scan_id}",
         "device_occupancy": None,
+        "counter_inferred": False,
         "start": iso_utc(scan.start_wall_ns),
         "end": iso_utc(scan.end_wall_ns),
         "start_ns": scan.start_wall_ns,

@@ -46,6 +46,13 @@ from lanewatch.edge.xray.scan import Scan, ScanAssembler
 
 log = logging.getLogger("lanewatch.lane")
 
+COUNTER_MODULUS = 1_000_000
+"""The portal's occupancy counter (GX field 1) has 6 digits and wraps."""
+MAX_MISSED = 1000
+"""Largest forward jump of the portal's occupancy counter taken as vehicles missed; a larger one is a reset."""
+CUT_ENDS = ("driver-restart", "link-lost", "stalled", "timeout")
+"""End reasons of an occupancy cut before its end line: the portal's next counter tells which vehicle it was."""
+
 _FAULTS = {
     (Kind.GAMMA_BACKGROUND, "fault_low"): "gamma-low",
     (Kind.GAMMA_BACKGROUND, "fault_high"): "gamma-high",
@@ -91,6 +98,10 @@ class _Occupancy:
     gamma_shape: tuple[int, ...]
     id: str
     """Unique occupancy id: lane, start stamp (ns), and the source and seq of the opening record."""
+    source: str
+    """The source (driver) whose samples make the occupancy."""
+    last_wall_ns: int
+    """Stamp (ns) of its latest sample."""
     samples: int = 0
     device_gamma: bool = False
     """The portal alarmed on gamma (a GA line) during the occupancy."""
@@ -134,6 +145,14 @@ class Lane:
         self.idle_seen: set[str] = set()
         """Sources seen unoccupied (a background or end line) since the service or their link or run started: an
         occupancy that opens with a sample from another source may have begun before we saw it (``partial``)."""
+        self.runs: dict[str, str] = {}
+        """The run id each source (driver) last published under: a new one is a restart of that driver."""
+        self.last_counter: int | None = None
+        """The portal's occupancy counter on its latest end line (or the journal's latest, after a restart)."""
+        self.held: _Ended | None = None
+        """An occupancy cut before its end line (``CUT_ENDS``) at a portal whose counter can be trusted, held until
+        the next end line says whether the vehicle's tail followed (one decision for both) or not."""
+        self.held_since_mono_ns = 0
         self.last_record_wall_ns: int | None = None
         self.last_end_wall_ns = 0
         self.setup: dict[str, list[str]] = {}
@@ -148,7 +167,26 @@ class Lane:
         """Apply one record; returns what it caused (provisional alarms, a decision)."""
         self.last_record_wall_ns = rec.t_wall_ns
         self.metrics.last_record.labels(self.id).set(rec.t_wall_ns / 1e9)
-        return _HANDLERS.get(rec.kind, Lane._ignore)(self, rec, now_mono_ns)
+        events = self._check_run(rec, now_mono_ns)
+        return events + _HANDLERS.get(rec.kind, Lane._ignore)(self, rec, now_mono_ns)
+
+    def resume(self, counter: int | None) -> None:
+        """Start from the portal's occupancy counter of the lane's latest journaled decision (after a restart)."""
+        self.last_counter = counter
+
+    def _check_run(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        """A new run id from a source is a restart of its driver: what it had open is cut (``driver-restart``)."""
+        prev = self.runs.get(rec.source)
+        self.runs[rec.source] = rec.run_id
+        if prev is None or prev == rec.run_id:
+            return []
+        self._anomaly("source-restart")
+        self.idle_seen.discard(rec.source)
+        occ = self.occupancy
+        log.warning("lane %s: source %s restarted (run %s, was %s)", self.id, rec.source, rec.run_id, prev)
+        if occ is not None and occ.source == rec.source:
+            return self._end(occ.last_wall_ns, "driver-restart", None, now_mono_ns)
+        return []
 
     @property
     def link_up(self) -> bool | None:
@@ -160,12 +198,16 @@ class Lane:
         self.links[rec.source] = up
         self.idle_seen.discard(rec.source)
         self.metrics.link_up.labels(self.id).set(1 if self.link_up else 0)
-        if not up and self.occupancy is not None:
-            self.occupancy.link_interruptions += 1
+        occ = self.occupancy
+        if not up and occ is not None:
+            if occ.source == rec.source:  # what follows the link's return may be another vehicle
+                return self._end(rec.t_wall_ns, "link-lost", None, now_mono_ns)
+            occ.link_interruptions += 1
         return []
 
     def _on_background(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
         events = self._end(rec.t_wall_ns, "background", None, now_mono_ns) if self.occupancy is not None else []
+        events += self._release_held(now_mono_ns)
         self.idle_seen.add(rec.source)
         for flag in ("fault_low", "fault_high"):
             name = _FAULTS.get((rec.kind, flag))
@@ -206,7 +248,10 @@ class Lane:
             return []
         if occ is None:
             occ = self._begin(rec, now_mono_ns)
+            if "partial" not in occ.incomplete:
+                events += self._release_held(now_mono_ns)
         occ.last_sample_mono_ns = now_mono_ns
+        occ.last_wall_ns = rec.t_wall_ns
         occ.samples += 1
         if rec.kind is Kind.GAMMA_SCAN:
             occ.device_gamma |= "device_alarm" in rec.flags
@@ -233,11 +278,63 @@ class Lane:
         return []
 
     def _on_end(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
+        """An end line: decides the open occupancy; the portal's counter tells which vehicles went by unseen.
+
+        The counter is trusted only while it is not 0 (SRLS's auto mode sends 0 on every GX). A held occupancy
+        (cut before its end line) is the vehicle after the last counter: with the open occupancy, when that was
+        joined mid-vehicle and its counter is the held one's, it is one decision; else it is decided on its own.
+        A jump of k > 1 gives k - 1 decisions ``missed``, and an occupancy whose start was seen that ends with
+        a jump ends ``counter-jump`` (its end lines went missing: it may hold more than one vehicle).
+        """
         self.idle_seen.add(rec.source)
-        if self.occupancy is None:
+        counter = rec.values.device_occupancy
+        trusted = counter is not None and counter > 0 and self.last_counter is not None and self.last_counter > 0
+        expected = (self.last_counter + 1) % COUNTER_MODULUS if trusted and self.last_counter is not None else None
+        occ = self.occupancy
+        events: list[Provisional | Decided] = []
+        if self.held is not None:
+            if occ is not None and "partial" in occ.incomplete and counter is not None and counter == expected:
+                held, self.held = self.held, None
+                self.last_counter = counter
+                return self._end(rec.t_wall_ns, "gx", counter, now_mono_ns, head=held)
+            events += self._release_held(now_mono_ns)
+        missed = self._advance(counter)
+        since_ns = self.last_end_wall_ns
+        for m in missed:
+            events.append(Decided(decision.build_missed(self.id, rec, m, since_ns), rec.t_wall_ns))
+        if occ is None:
             self._anomaly("duplicate-end")
+            return events
+        reason = "counter-jump" if missed and "partial" not in occ.incomplete else "gx"
+        return events + self._end(rec.t_wall_ns, reason, counter, now_mono_ns)
+
+    def _advance(self, counter: int | None) -> list[int]:
+        """Take the portal's counter of an end line; the counters of the vehicles it says went by unseen."""
+        last, self.last_counter = self.last_counter, counter if counter is not None else self.last_counter
+        if counter is None or last is None or counter == 0 or last == 0:
             return []
-        return self._end(rec.t_wall_ns, "gx", rec.values.device_occupancy, now_mono_ns)
+        step = (counter - last) % COUNTER_MODULUS
+        if step == 1:
+            return []
+        if step == 0 or step > COUNTER_MODULUS // 2:
+            self._anomaly("counter-repeat" if step == 0 else "counter-backwards")  # replayed, or the portal reset it
+            return []
+        if step > MAX_MISSED + 1:
+            self._anomaly("counter-reset")
+            log.warning(
+                "lane %s: portal occupancy counter jumped from %d to %d; taken as a reset", self.id, last, counter
+            )
+            return []
+        self._anomaly("counter-jump")
+        self.metrics.missed_occupancies.labels(self.id).inc(step - 1)
+        log.warning(
+            "lane %s: portal occupancy counter jumped from %d to %d: %d vehicles missed",
+            self.id,
+            last,
+            counter,
+            step - 1,
+        )
+        return [(last + i) % COUNTER_MODULUS for i in range(1, step)]
 
     def _on_tamper(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
         active = rec.values.active
@@ -266,6 +363,11 @@ class Lane:
                 events = self._end(time.time_ns(), "stalled", None, now_mono_ns)
             elif now_mono_ns - occ.started_mono_ns > self.detection.occupancy_timeout_s * 1e9:
                 events = self._end(time.time_ns(), "timeout", None, now_mono_ns)
+        if self.held is not None:
+            tail = self.occupancy is not None and "partial" in self.occupancy.incomplete
+            wait_s = self.detection.occupancy_timeout_s if tail else self.detection.sample_timeout_s
+            if now_mono_ns - self.held_since_mono_ns > wait_s * 1e9:
+                events += self._release_held(now_mono_ns)
         self.finished_scans += self.scans.on_tick(now_mono_ns)
         if self.waiting or self.finished_scans:
             events += self._match(now_mono_ns)
@@ -311,6 +413,8 @@ class Lane:
             last_sample_mono_ns=now_mono_ns,
             gamma_shape=gamma_shape,
             id=f"{self.id}-{rec.t_wall_ns}-{rec.source}{rec.seq}",
+            source=rec.source,
+            last_wall_ns=rec.t_wall_ns,
         )
         if rec.source not in self.idle_seen and "occupancy_start" not in rec.flags:
             occ.incomplete.append("partial")
@@ -321,8 +425,15 @@ class Lane:
         return occ
 
     def _end(
-        self, end_wall_ns: int, end_reason: str, device_occupancy: int | None, now_mono_ns: int
+        self,
+        end_wall_ns: int,
+        end_reason: str,
+        device_occupancy: int | None,
+        now_mono_ns: int,
+        head: _Ended | None = None,
     ) -> list[Provisional | Decided]:
+        """End the open occupancy: decide it (with ``head``, the held first piece of the same vehicle), or hold it
+        when it was cut before its end line at a portal whose counter can tell which vehicle it was."""
         occ = self.occupancy
         assert occ is not None
         self.occupancy = None
@@ -343,7 +454,35 @@ class Lane:
                 "lane %s: occupancy %s ended by %s, data %s", self.id, occ.id, end_reason, occ.incomplete or "whole"
             )
         facts = self._facts(occ, end_wall_ns, end_reason, device_occupancy)
-        ended = _Ended(facts, analysis, now_mono_ns + round(self.fusion.scan_wait_s * 1e9))
+        ended = _Ended(facts, analysis, now_mono_ns)
+        if head is not None:
+            ended = _combine(head, ended)
+        elif end_reason in CUT_ENDS and self.last_counter:
+            events: list[Provisional | Decided] = []
+            if self.held is not None and "partial" in occ.incomplete:
+                self.held = _combine(self.held, ended)  # another piece of the vehicle held
+                return []
+            events = self._release_held(now_mono_ns)
+            self.held, self.held_since_mono_ns = ended, now_mono_ns
+            return events
+        return self._release(ended, now_mono_ns, None)
+
+    def _release_held(self, now_mono_ns: int) -> list[Provisional | Decided]:
+        """Decide the held occupancy on its own: no tail of it came (the lane went idle, or a vehicle whose start
+        was seen began, or the wait ran out), so it was the vehicle after the last counter."""
+        held, self.held = self.held, None
+        if held is None:
+            return []
+        expected = None if self.last_counter is None else (self.last_counter + 1) % COUNTER_MODULUS
+        self.last_counter = expected
+        return self._release(held, now_mono_ns, expected)
+
+    def _release(self, ended: _Ended, now_mono_ns: int, counter: int | None) -> list[Provisional | Decided]:
+        """Decide an ended occupancy now, or (at a lane with a scanner) once its scan came or ``scan_wait_s`` passed;
+        ``counter``: the portal's counter it is inferred to have (a held occupancy whose end line never came)."""
+        if counter is not None:
+            ended.facts.update(device_occupancy=counter, counter_inferred=True)
+        ended.deadline_mono_ns = now_mono_ns + round(self.fusion.scan_wait_s * 1e9)
         if not self.has_scanner and not self.finished_scans:
             return [self._decide(ended, None)]
         self.waiting.append(ended)
@@ -485,6 +624,25 @@ class Lane:
 
     def _anomaly(self, kind: str) -> None:
         self.metrics.lane_anomalies.labels(self.id, kind).inc()
+
+
+def _combine(head: _Ended, tail: _Ended) -> _Ended:
+    """One vehicle seen in two pieces (its occupancy cut, then joined again mid-vehicle): one decision with the
+    tail's id, analysis and end, the head's start, both pieces' alarms (``part`` "head" or "tail"), and why the
+    data between them is missing among ``incomplete``. The id is the tail's: a restarted service that is replayed
+    the tail (the head went with the driver's previous run) decides it under the id already journaled."""
+    h, facts = head.facts, dict(tail.facts)
+    facts.update(
+        start_wall_ns=h["start_wall_ns"],
+        samples=h["samples"] + facts["samples"],
+        device_alarm=h["device_alarm"] or facts["device_alarm"],
+        tamper=h["tamper"] or facts["tamper"],
+        link_interruptions=h["link_interruptions"] + facts["link_interruptions"],
+        incomplete=list(dict.fromkeys([*h["incomplete"], h["end_reason"], *facts["incomplete"]])),
+    )
+    alarms = [{**a, "part": "head"} for a in head.analysis["alarms"]]
+    alarms += [{**a, "part": "tail"} for a in tail.analysis["alarms"]]
+    return _Ended(facts, {**tail.analysis, "alarms": alarms}, tail.deadline_mono_ns)
 
 
 _NO_ANALYSIS: dict[str, Any] = {"alarms": [], "baseline_verdict": None, "profile": {}}

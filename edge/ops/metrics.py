@@ -70,6 +70,12 @@ class DriverMetrics:
             ["lane"],
             registry=registry,
         )
+        self.replayed = Counter(
+            "lanewatch_driver_records_replayed_total",
+            "Kept records published again because a (re)started service asked for them.",
+            ["lane"],
+            registry=registry,
+        )
 
 
 class ServiceMetrics:
@@ -148,6 +154,26 @@ class ServiceMetrics:
         self.occupied = Gauge("lanewatch_lane_occupied", "1 while the lane is occupied.", ["lane"], registry=r)
         self.occupancies = Counter(
             "lanewatch_occupancies_total", "Occupancies ended, by how they ended.", ["lane", "end"], registry=r
+        )
+        self.replays = Counter(
+            "lanewatch_bus_replays_total",
+            "Requests to a driver for the records it kept before the first one a (re)started service received, by "
+            "outcome (complete, or timeout: the driver kept none of them).",
+            ["lane", "source", "outcome"],
+            registry=r,
+        )
+        self.redecided = Counter(
+            "lanewatch_decisions_redecided_total",
+            "Occupancies decided again from records a driver replayed to a restarted service; journaled before, "
+            "so not journaled or published again.",
+            ["lane"],
+            registry=r,
+        )
+        self.missed_occupancies = Counter(
+            "lanewatch_occupancies_missed_total",
+            "Vehicles the portal counted that lanewatch never saw (jumps of the portal's occupancy counter).",
+            ["lane"],
+            registry=r,
         )
         self.lane_anomalies = Counter(
             "lanewatch_lane_anomalies_total",
