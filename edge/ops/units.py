@@ -9,6 +9,10 @@ The example configuration is generated from the msgspec Structs of :mod:`lanewat
 docstrings under their fields, so it lists every key with its default and never drifts from
 what the parser accepts. An existing ``lanewatch.toml`` is never overwritten; the example is
 always refreshed beside it as ``lanewatch.toml.example``.
+
+The bus's CURVE keys (:mod:`lanewatch.edge.ops.keyfiles`) are made in ``bus.keys`` for the service,
+``console`` and each configured lane's drivers, once: keys that exist are kept. The units'
+``LoadCredential=`` lines name ``/etc/lanewatch/keys``, rewritten to the configured ``bus.keys``.
 """
 
 from __future__ import annotations
