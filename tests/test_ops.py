@@ -460,10 +460,20 @@ def test_wheel_ships_the_units_and_install_units_finds_them(tmp_path: Path) -> N
         shipped = {Path(n).name: zf.read(n).decode() for n in zf.namelist() if "/share/lanewatch/systemd/" in n}
     assert shipped == {name: (SYSTEMD / name).read_text() for name in units.UNIT_FILES}
 
+    # install-units needs the configuration contract (msgspec) and nothing else of the runtime.
     venv = tmp_path / "venv"
     run_tool(sys.executable, "-m", "venv", "--without-pip", str(venv))
     run_tool(
-        sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps", str(wheel)
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(venv / "bin" / "python"),
+        "install",
+        "-q",
+        "--no-deps",
+        str(wheel),
+        "msgspec",
     )
     script = (
         "import argparse, sys; from lanewatch.edge.ops import units; p = argparse.ArgumentParser(); "
