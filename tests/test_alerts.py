@@ -9,6 +9,7 @@ import json
 import queue
 import threading
 import time
+import zoneinfo
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from test_journal import make_decision
 
 from lanewatch.edge.commands import alerts
-from lanewatch.edge.config import BusConfig, Config
+from lanewatch.edge.config import BusConfig, Config, LaneConfig
 from lanewatch.edge.decisions.alertbus import MAX_REPLY_BYTES, AlertBus, AlertBusError
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
@@ -444,7 +445,7 @@ def test_format_row_shows_the_evidence() -> None:
     row = alerts.format_row(alarm_decision(), color=False)
     assert row.split()[:5] == ["17", "2024-05-01", "12:03:04", "lane-3", "ALARM"]
     assert "CLEAR" in row and "\x1b[" not in row
-    reasons = row.split("CLEAR", 1)[1].strip()
+    reasons = row[alerts.header().index("REASONS") :]
     assert reasons == "gamma-matched 7.21 > 4.81 at 3.5 m; tamper; gamma-norm 3.2 > 2.9 at 1.0 m released"
     assert len(alerts.header()) <= len(row)
     assert alerts.header().index("REASONS") == row.index("gamma-matched")
@@ -454,11 +455,27 @@ def test_format_row_shows_the_evidence() -> None:
         colored.replace(alerts.COLORS["ALARM"], "").replace(alerts.COLORS["CLEAR"], "").replace(alerts.RESET, "") == row
     ), "colour adds escapes only"
     incomplete = dict(make_decision(1, verdict="INCOMPLETE"), seq=2, end_reason="timeout")
-    assert alerts.format_row(incomplete, color=False).endswith(
-        "INCOMPLETE   CLEAR       ended by timeout; gamma 3.5 <= 4.8 at 3.1 m; neutron 1 <= 7"
-    )
+    line = alerts.format_row(incomplete, color=False)
+    assert line[alerts.header().index("REASONS") :] == "ended by timeout; gamma 3.5 <= 4.8 at 3.1 m; neutron 1 <= 7"
     clear = dict(make_decision(1), seq=3, alarms=[])
-    assert alerts.format_row(clear, color=False).endswith("CLEAR       -")
+    assert alerts.format_row(clear, color=False).split()[-6:] == ["CLEAR", "-", "-", "-", "-", "-"]
+
+
+def test_format_row_shows_portal_alarm_model_norm_release_state_and_local_time() -> None:
+    decision = {
+        **alarm_decision(),
+        "device_alarm": True,
+        "model": {"score": 4.04, "finding": True},
+        "alarms": [{"reason": "norm-consistent", "alarm": False, "extent": 0.7, "release_recommended": True}],
+    }
+    zone = zoneinfo.ZoneInfo("Europe/Amsterdam")
+    row = alerts.format_row(decision, zone=zone, state="acknowledged")
+    head = alerts.header(zone=zone)
+    assert head.split()[:6] == ["SEQ", "END", "(Europe/Amsterdam)", "LANE", "VERDICT", "BASELINE"]
+    assert row.split()[:3] == ["17", "2024-05-01", "14:03:04"], "12:03 UTC is 14:03 in Amsterdam in May"
+    cells = row[head.index("PORTAL") : head.index("REASONS")].split()
+    assert cells == ["ALARM", "4.04", "find", "release", "acknowledged"]
+    assert "norm-consistent" in row[head.index("REASONS") :]
 
 
 def test_format_provisional_is_distinct() -> None:
@@ -557,3 +574,31 @@ def test_reasons_read_as_an_operator_would() -> None:
     assert alerts.format_reason(released) == "gamma 23.1 > 4.79 at 6.2 m released as norm-consistent"
     norm = {"reason": "norm-consistent", "statistic": 12.5, "threshold": 1.0, "alarm": False, "extent": 0.83}
     assert alerts.format_reason(norm) == "norm-consistent: harder than background, spread over 83% of the vehicle"
+
+
+def test_alerts_reads_a_journal_offline_and_refuses_an_unknown_lane(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lanewatch.edge.console.adjudication import Adjudications
+
+    path = tmp_path / "journal.db"
+    with Journal(path) as journal:
+        for i in range(4):
+            journal.append(make_decision(i, lane=f"L{i % 2}", verdict="ALARM" if i == 2 else "CLEAR"))
+    store = Adjudications(path)
+    store.record(3, "acknowledge", "olga", "operator")
+    store.close()
+    config = Config(source="test.toml")
+    assert alerts.run(console_args("--journal", str(path), "--since", "0"), config) == 0
+    out = capsys.readouterr().out.splitlines()
+    head = out[0]
+    assert [line.split()[0] for line in out[1:]] == ["1", "2", "3", "4"]
+    assert out[3][head.index("ADJUDICATION") :].split()[0] == "acknowledged"
+    assert alerts.run(console_args("--journal", str(path), "--lane", "L1", "--last", "1"), config) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["4"]
+    assert alerts.run(console_args("--journal", str(path), "--lane", "nosuch"), config) == 2
+    assert "no decision of lane 'nosuch' in the journal" in capsys.readouterr().err
+    configured = Config(lanes=[LaneConfig(id="L0"), LaneConfig(id="L1")], source="site.toml")
+    assert alerts.run(console_args("--journal", str(path), "--lane", "L9"), configured) == 2
+    assert "no lane 'L9' in site.toml (lanes: L0, L1)" in capsys.readouterr().err
+    assert alerts.run(console_args("--journal", str(tmp_path / "missing.db")), config) == 1

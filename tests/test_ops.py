@@ -548,7 +548,7 @@ def test_status_all_healthy(endpoint: Callable, capsys: pytest.CaptureFixture[st
     driver = endpoint(lambda: {"ok": True, "lane": "lane1", "connected": True, "last_line_age_s": 0.3})
     code, out = status_of(site(endpoint(healthy_service), driver), capsys)
     assert code == 0, out
-    assert re.search(r"^lane1\s+connected\s+fresh \(0\.4 s\)\s+no\s+-$", out, re.M), out
+    assert re.search(r"^lane1\s+connected\s+fresh \(0\.4 s\)\s+no\s+-\s+-$", out, re.M), out
     assert "writable, last seq 12" in out and "watchdog: fed (last ping 1.5 s ago)" in out
     assert out.rstrip().endswith("status: ok")
 
@@ -572,6 +572,7 @@ def test_status_names_what_is_wrong_and_exits_1(
     assert code == 1, out
     assert problem in out
     assert out.rstrip().endswith("status: NOT OK")
+    assert "NOT OK because:" in out, "the report says why"
 
 
 def test_status_reports_a_driver_that_is_down_or_unreachable(
@@ -587,6 +588,19 @@ def test_status_reports_a_driver_that_is_down_or_unreachable(
     lane = json.loads(report)["lanes"]["lane1"]
     assert code == 1 and lane["driver_connected"] is None
     assert any(p.startswith(f"driver unreachable: http://127.0.0.1:{closed}/healthz") for p in lane["problems"])
+
+
+def test_status_covers_the_x_ray_driver(endpoint: Callable, capsys: pytest.CaptureFixture[str]) -> None:
+    service = endpoint(healthy_service)
+    driver = endpoint(lambda: {"ok": True, "lane": "lane1", "connected": True})
+    scanner = endpoint(lambda: {"ok": False, "lane": "lane1", "connected": False})
+    config = config_module.Config(
+        service=config_module.ServiceConfig(http=service),
+        lanes=[config_module.LaneConfig(id="lane1", driver_http=driver, xray="127.0.0.1:1700", xray_http=scanner)],
+    )
+    code, out = status_of(config, capsys)
+    assert code == 1 and re.search(r"^lane1\s+connected\s+.*DISCONNECTED$", out, re.M), out
+    assert "  lane1: X-ray driver not connected to its scanner" in out and "lane1: X-ray driver reports not ok" in out
 
 
 def test_status_exits_2_when_the_service_is_unreachable(capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,6 +80,20 @@ SCHEMA = (
 )
 
 
+def adjudication_state(path: str | Path, seq: int, verdict: str) -> str:
+    """Decision ``seq``'s state from the journal file at ``path``, read-only, as :meth:`Adjudications.state` gives it
+    (``unacknowledged`` for an ALARM no console has touched, also before any console ran)."""
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'adjudication_state'").fetchone() is not None:
+            row = conn.execute("SELECT state FROM adjudication_state WHERE seq = ?", (seq,)).fetchone()
+            if row is not None:
+                return str(row[0])
+    finally:
+        conn.close()
+    return "unacknowledged" if verdict == "ALARM" else ""
+
+
 class AdjudicationError(ValueError):
     """An adjudication that cannot be recorded; the message says why."""
 

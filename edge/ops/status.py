@@ -1,7 +1,8 @@
 """``lanewatch status``: is the installation healthy, lane by lane?
 
 Reads the service's ``/healthz`` (``[service].http``) and, for each lane with a
-``driver_http``, that driver's ``/healthz``, then prints per lane whether the driver is
+``driver_http``, that driver's ``/healthz`` (and its X-ray driver's at ``xray_http`` for a lane
+with a scanner), then prints per lane whether the driver is
 connected, samples are fresh, the lane is occupied and which detector faults are active;
 and whether the journal is writable and the systemd watchdog fed.
 
@@ -19,7 +20,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from lanewatch.edge.config import Config
+from lanewatch.edge.config import Config, LaneConfig
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -54,8 +55,25 @@ def fetch_health(address: str, timeout_s: float) -> tuple[dict[str, Any] | None,
     return report, ""
 
 
-def _lane_summary(lane_id: str, service_lane: dict[str, Any], driver_http: str, timeout_s: float) -> dict[str, Any]:
-    """One lane's health from the service's view and, when it has an endpoint, its driver's."""
+def _xray(lane: LaneConfig, timeout_s: float) -> tuple[bool | None, list[str], dict[str, Any] | None]:
+    """A scanner lane's X-ray driver: connected to its scanner (None: unknown), its problems, its report."""
+    if not lane.xray:
+        return None, [], None
+    if not lane.xray_http:
+        return None, [], None  # no endpoint configured: nothing to ask
+    report, error = fetch_health(lane.xray_http, timeout_s)
+    if report is None:
+        return None, [f"X-ray driver unreachable: {error}"], None
+    connected = bool(report.get("connected"))
+    problems = [] if connected else ["X-ray driver not connected to its scanner"]
+    if not report.get("ok"):
+        problems.append("X-ray driver reports not ok")
+    return connected, problems, report
+
+
+def _lane_summary(lane: LaneConfig, service_lane: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """One lane's health from the service's view and, when they have an endpoint, its drivers'."""
+    driver_http = lane.driver_http
     problems = []
     driver: dict[str, Any] | None = None
     if driver_http:
@@ -79,9 +97,14 @@ def _lane_summary(lane_id: str, service_lane: dict[str, Any], driver_http: str, 
     faults = [str(f) for f in service_lane.get("faults") or []]
     if faults:
         problems.append("detector faults: " + ", ".join(faults))
+    xray_connected, xray_problems, xray = _xray(lane, timeout_s)
+    problems += xray_problems
     return {
         "ok": not problems,
         "driver_connected": connected,
+        "xray": lane.xray or None,
+        "xray_connected": xray_connected,
+        "xray_driver": xray,
         "samples_fresh": fresh,
         "last_record_age_s": service_lane.get("last_record_age_s"),
         "occupied": bool(service_lane.get("occupied")),
@@ -97,16 +120,24 @@ def check(config: Config, timeout_s: float) -> dict[str, Any]:
     if service is None:
         return {"ok": False, "exit": EXIT_UNREACHABLE, "service": {"address": config.service.http, "error": error}}
     service_lanes = service.get("lanes") or {}
-    lanes = {
-        lane.id: _lane_summary(lane.id, service_lanes.get(lane.id) or {}, lane.driver_http, timeout_s)
-        for lane in config.lanes
-    }
+    lanes = {lane.id: _lane_summary(lane, service_lanes.get(lane.id) or {}, timeout_s) for lane in config.lanes}
     journal = service.get("journal") or {}
     watchdog = service.get("watchdog") or {}
     fed = bool(watchdog.get("fed", not watchdog.get("enabled")))
-    ok = bool(service.get("ok")) and bool(journal.get("writable")) and fed and all(v["ok"] for v in lanes.values())
+    problems = [
+        text
+        for bad, text in (
+            (not service.get("ok"), "the service reports not ok"),
+            (not journal.get("writable"), "the journal is not writable"),
+            (not fed, "the systemd watchdog is starved"),
+        )
+        if bad
+    ]
+    problems += [f"{lane_id}: {problem}" for lane_id, lane in lanes.items() for problem in lane["problems"]]
+    ok = not problems
     return {
         "ok": ok,
+        "problems": problems,
         "exit": EXIT_OK if ok else EXIT_UNHEALTHY,
         "service": {"address": config.service.http, "ok": bool(service.get("ok"))},
         "journal": journal,
@@ -137,7 +168,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"watchdog: {'fed' if watchdog['fed'] else 'STARVED'} ({age_text})")
     else:
         lines.append("watchdog: off (not under systemd)")
-    rows = [("lane", "driver", "samples", "occupied", "faults")]
+    rows = [("lane", "driver", "samples", "occupied", "faults", "x-ray")]
     for lane_id, lane in report["lanes"].items():
         age = lane["last_record_age_s"]
         samples = "fresh" if lane["samples_fresh"] else "STALE"
@@ -148,12 +179,14 @@ def format_report(report: dict[str, Any]) -> str:
                 samples if age is None else f"{samples} ({age:.1f} s)",
                 "yes" if lane["occupied"] else "no",
                 ", ".join(lane["faults"]).upper() or "-",
+                "-" if not lane["xray"] else _yes_no(lane["xray_connected"], "connected", "DISCONNECTED"),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    for lane_id, lane in report["lanes"].items():
-        lines += [f"{lane_id}: {problem}" for problem in lane["problems"]]
+    if report["problems"]:
+        lines.append("NOT OK because:")
+        lines += [f"  {problem}" for problem in report["problems"]]
     lines.append("status: ok" if report["ok"] else "status: NOT OK")
     return "\n".join(lines)
 
