@@ -15,7 +15,8 @@ and repeated on top. An input is *accepted* (a parse), *rejected* (the parser's 
 
 Per parser it prints inputs tried, accepted, rejected, uncaught (must be 0), the median time per
 input and the slowest input, re-timed 5 times on its own (the best of the re-runs, so a pause of the
-machine is not blamed on the input; target under 100 ms), with its ratio to the median of the same run.
+machine is not blamed on the input; target under 100 ms), with its ratio to the median of the same run,
+and the machine's load average at the start and the end.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import re
 import statistics
@@ -455,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(TARGETS))
     if unknown:
         parser.error(f"unknown parsers {unknown}; known: {', '.join(TARGETS)}")
+    load = os.getloadavg()[0]
     print(f"lanewatch fuzz: {args.inputs:,} structured mutations per parser, seed {args.seed}", flush=True)
+    print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at the start", flush=True)
     header = (
         f"{'parser':18} {'inputs':>10} {'accepted':>9} {'rejected':>9} {'uncaught':>8} {'median us':>9} "
         f"{'slowest ms':>10} {'re-timed ms':>11} {'x median':>8} {'wall s':>7}"
@@ -477,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         if r.uncaught or r.retimed_ms >= SLOW_MS:
             bad = True
             print(f"  slowest input: {r.slowest_input!r:.300}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end (the slowest input is re-timed alone for this reason)")
     print(f"target: 0 uncaught, every input under {SLOW_MS:g} ms re-timed: {'met' if not bad else 'NOT MET'}")
     return 1 if bad else 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("kernels", "contracts", "imaging", "latency", "lanes", "detection", "fusion", "model")
+BENCHMARKS = ("kernels", "contracts", "imaging", "latency", "lanes", "detection", "fusion", "model", "fuzz")
 
 
 def main() -> int:
