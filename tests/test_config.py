@@ -150,6 +150,7 @@ def _keys() -> list[str]:
         ("lanes", config.LaneConfig),
         ("fusion", config.FusionConfig),
         ("model", config.ModelConfig),
+        ("console", config.ConsoleConfig),
     ]:
         keys += [f"{section}.{f.name}" for f in msgspec.structs.fields(cls)]
     return keys

@@ -359,3 +359,48 @@ def io_of(data: bytes) -> Any:
     import io
 
     return io.BytesIO(data)
+
+
+# ---- the event stream ------------------------------------------------------------------------------------
+def test_event_stream_replays_every_decision_after_last_event_id(site: Config) -> None:
+    """A browser that reconnects sends the last journal seq it saw; the stream resends everything after it."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(site, secure=False, start_feeds=False), host="127.0.0.1", port=port, log_level="error"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            token = re.search(r'name="csrf" value="([^"]+)"', http.get("/login").text).group(1)
+            http.post("/login", data={"name": "olga", "password": PASSWORD, "csrf": token})
+            events: list[tuple[str, str]] = []
+            with http.stream("GET", "/events", headers={"Last-Event-ID": "3"}) as stream:
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                name = ""
+                for line in stream.iter_lines():
+                    if line.startswith("event: "):
+                        name = line[7:]
+                    elif line.startswith("id: "):
+                        events.append((name, line[4:]))
+                    if len([e for e in events if e[0] == "decision"]) == 4:
+                        break
+            assert [seq for name, seq in events if name == "decision"] == ["4", "5", "6", "7"]
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -295,7 +295,8 @@ class Adjudications:
         return self.events(EventFilter(state="awaiting"), limit=limit).rows
 
     def events(self, where: EventFilter, limit: int, before: int | None = None, after: int | None = None) -> EventPage:
-        """One page of decisions matching ``where``, newest first: below seq ``before``, or above ``after``."""
+        """One page of decisions matching ``where``, the latest end first: those after decision ``before`` in that
+        order, or (``after``) the page before decision ``after``."""
         clauses, params = [], []
         for clause, value in (
             ("d.lane = ?", where.lane),
@@ -317,22 +318,23 @@ class Adjudications:
             escaped = where.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             clauses.append("d.seq IN (SELECT seq FROM adjudications WHERE notes LIKE ? ESCAPE '\\')")
             params.append(f"%{escaped}%")
-        if after is not None:
-            clauses.append("d.seq > ?")
-            params.append(after)
-            order = "ASC"
-        else:
-            if before is not None:
-                clauses.append("d.seq < ?")
-                params.append(before)
-            order = "DESC"
+        # Newest first by end time, then seq: the journal's (lane, end), (verdict, end) and (end) indexes give this
+        # order directly, so a page never sorts the rows a filter matches (a day holds hundreds of thousands).
+        cursor = before if after is None else after
+        if cursor is not None:
+            found = self._read('SELECT "end" FROM decisions WHERE seq = ?', (cursor,))
+            if not found:
+                return EventPage([], None, None)
+            clauses.append('(d."end", d.seq) < (?, ?)' if after is None else '(d."end", d.seq) > (?, ?)')
+            params += [found[0][0], cursor]
+        order = "DESC" if after is None else "ASC"
         sql = (
             'SELECT d.seq, d.lane, d.verdict, d.start, d."end", s.state, s.disposition FROM decisions d'
             " LEFT JOIN adjudication_state s ON s.seq = d.seq"
         )
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        sql += f" ORDER BY d.seq {order} LIMIT ?"
+        sql += f' ORDER BY d."end" {order}, d.seq {order} LIMIT ?'
         rows = self._read(sql, (*params, limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
