@@ -404,3 +404,24 @@ def test_event_stream_replays_every_decision_after_last_event_id(site: Config) -
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_supervisor_day_report_as_page_and_csv(client: TestClient, site: Config) -> None:
+    login(client, "olga")
+    assert client.get("/reports").status_code == 403
+    form = {"csrf": csrf(client), "disposition": "norm", "secondary": "not-performed"}
+    client.post("/decision/2/adjudicate", data=form)
+    login(client, "sam")
+    with Journal(site.service.journal, readonly=True) as journal:
+        day = client.app.state.console.clock.local(journal.get(1)["end"])[:10]
+    page = client.get(f"/reports?day={day}&shift=day")
+    assert page.status_code == 200 and f"Lane report, {day} day" in page.text
+    csv_text = client.get(f"/reports?day={day}&shift=day&format=csv").text.splitlines()
+    header, *rows = [line.split(",") for line in csv_text]
+    by_lane = {row[1]: dict(zip(header, row, strict=False)) for row in rows}
+    assert set(by_lane) == {"lane1", "lane2"}
+    assert sum(int(r["vehicles"]) for r in by_lane.values()) == 7
+    assert sum(int(r["alarm"]) for r in by_lane.values()) == 5
+    assert by_lane["lane2"]["disposed_norm"] == "1" and by_lane["lane2"]["median_minutes_to_disposition"]
+    assert sum(int(r["awaiting"]) for r in by_lane.values()) == 4
+    assert client.get("/reports?day=yesterday").status_code == 400

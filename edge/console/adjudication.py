@@ -290,6 +290,14 @@ class Adjudications:
             return str(rows[0][0])
         return "unacknowledged" if verdict == "ALARM" else ""
 
+    def span(self, since: str, until: str) -> list[tuple[int, str, str, str | None, str | None]]:
+        """(seq, lane, verdict, state, disposition) of every decision that ended in [since, until) (UTC text)."""
+        return self._read(
+            "SELECT d.seq, d.lane, d.verdict, s.state, s.disposition FROM decisions d LEFT JOIN adjudication_state s"
+            ' ON s.seq = d.seq WHERE d."end" >= ? AND d."end" < ? ORDER BY d.seq',
+            (since, until),
+        )
+
     def awaiting(self, limit: int = 1000) -> list[EventRow]:
         """ALARM decisions not yet disposed, newest first."""
         return self.events(EventFilter(state="awaiting"), limit=limit).rows

@@ -22,7 +22,8 @@ import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as time_of_day
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from lanewatch.edge.console.adjudication import (
 from lanewatch.edge.console.live import Event, Feeds, Hub, Wall, read_health
 from lanewatch.edge.console.present import Clock, model_text, reasons, release_recommended, summary, utc_label
 from lanewatch.edge.console.users import ROLES, Session, UserError, UserStore, role_allows, users_path
-from lanewatch.edge.decisions.journal import VERDICTS, Journal
+from lanewatch.edge.decisions.journal import VERDICTS, Journal, utc_text
 from lanewatch.edge.decisions.profile import axis_name
 
 log = logging.getLogger(__name__)
@@ -350,6 +351,30 @@ def create_app(
                 error = str(exc)
         return render(request, "users.html", session, users=users.users(), error=error)
 
+    async def reports_page(request: Request) -> Response:
+        session = await need(request, "supervisor")
+        from lanewatch.edge.console.reports import SHIFTS, lane_reports, reports_csv
+
+        today = datetime.now(clock.zone).date().isoformat()
+        day = request.query_params.get("day") or today
+        shift = request.query_params.get("shift") or "day"
+        try:
+            start_hour, end_hour = SHIFTS[shift]
+            midnight = datetime.combine(date.fromisoformat(day), time_of_day(), clock.zone)
+        except (KeyError, ValueError):
+            raise HTTPException(400, f"a report needs a day (YYYY-MM-DD) and a shift ({', '.join(SHIFTS)})") from None
+        since = utc_text(midnight + timedelta(hours=start_hour))
+        until = utc_text(midnight + timedelta(hours=end_hour))
+        lanes = [lane.id for lane in config.lanes]
+        reports = await run_in_threadpool(lane_reports, adjudications, journal, lanes, since, until)
+        span = f"{day} {shift} ({start_hour:02d}:00-{end_hour % 24:02d}:00 {config.console.timezone})"
+        if request.query_params.get("format") == "csv":
+            disposition = f'attachment; filename="report-{day}-{shift}.csv"'
+            return PlainTextResponse(
+                reports_csv(reports, span), media_type="text/csv", headers={"Content-Disposition": disposition}
+            )
+        return render(request, "report.html", session, reports=reports, day=day, shift=shift, shifts=SHIFTS, span=span)
+
     async def audit_page(request: Request) -> Response:
         session = await need(request, "supervisor")
         return render(request, "audit.html", session, entries=users.audit_log(500))
@@ -363,6 +388,7 @@ def create_app(
         Route("/events", events),
         Route("/users", users_page, methods=["GET", "POST"]),
         Route("/audit", audit_page),
+        Route("/reports", reports_page),
         Mount("/static", StaticFiles(packages=[("lanewatch.edge.console", "static")]), name="static"),
     ]
     routes += decision_routes(console, need, checked_form, audit, render)
