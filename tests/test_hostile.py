@@ -236,6 +236,24 @@ def test_a_key_of_another_lane_cannot_publish_for_this_one(site: Site) -> None:
     keeps_deciding(site, decided)
 
 
+def test_a_portal_key_cannot_publish_as_the_lanes_xray_driver(site: Site) -> None:
+    """A key is bound to its source too: lane1's portal key sending X-ray records for lane1 is refused."""
+    before = site.value("lanewatch_bus_unauthorized_records_total", key="rpm-lane1")
+    sock, pub = publisher(site, site.keys("rpm-lane1"), "lane1", source="xray")
+    try:
+        assert ingest.wait_for_subscriber(sock, 10.0)
+        pub.emit(Kind.XRAY_SCAN_START, values={"scan_id": 1, "energies": 1, "pixels": 8})
+        pub.emit(Kind.XRAY_SCAN_END, values={"scan_id": 1, "lines": 0, "complete": True})
+        wait_until(
+            "the X-ray records to be refused",
+            lambda: site.value("lanewatch_bus_unauthorized_records_total", key="rpm-lane1") >= before + 2,
+            site,
+        )
+    finally:
+        sock.close(0)
+    assert site.value("lanewatch_bus_records_total", lane="lane1", source="xray") == 0
+
+
 def test_a_driver_key_cannot_forge_another_lane(site: Site) -> None:
     """The real lane1 driver's key, used to send a whole occupancy for lane2: counted, never decided; the same
     records from lane3's own key are decided, so the check can fail."""

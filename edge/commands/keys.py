@@ -24,18 +24,22 @@ from lanewatch.edge.ops.keyfiles import KeyInfo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", help="key directory (default: [bus].keys)")
-    parser.add_argument("--force", action="store_true", help="replace keys that exist (the old ones stop working)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="configuration file (TOML), also before ACTION")
+    common.add_argument("--dir", help="key directory (default: [bus].keys)")
+    common.add_argument("--force", action="store_true", help="replace keys that exist (the old ones stop working)")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("init", help="the service's key, a key per configured lane driver (rpm, xray) and 'console'")
-    sub.add_parser("service", help="the service's keypair")
-    driver = sub.add_parser("driver", help="a driver's keypair, bound to its source and lanes")
+    sub.add_parser(
+        "init", parents=[common], help="the service's key, a key per configured lane driver (rpm, xray) and 'console'"
+    )
+    sub.add_parser("service", parents=[common], help="the service's keypair")
+    driver = sub.add_parser("driver", parents=[common], help="a driver's keypair, bound to its source and lanes")
     driver.add_argument("source", help="the driver's source name (rpm, xray, n42, dicos...)")
     driver.add_argument("--lane", action="append", required=True, help="a lane the key may publish for (repeat)")
     driver.add_argument("--name", help="key name (default SOURCE-LANE)")
-    console = sub.add_parser("console", help="a console's or subscriber's keypair")
+    console = sub.add_parser("console", parents=[common], help="a console's or subscriber's keypair")
     console.add_argument("name", help="key name, e.g. console or ops-desk")
-    sub.add_parser("list", help="the public keys in the directory, with role, source and lanes")
+    sub.add_parser("list", parents=[common], help="the public keys in the directory, with role, source and lanes")
 
 
 def _planned(args: argparse.Namespace, config: Config) -> list[KeyInfo]:
