@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sqlite3
 import statistics
@@ -101,6 +102,7 @@ def main() -> int:
     parser.add_argument("--decisions", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=100)
     args = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine widens the p99)")
     with tempfile.TemporaryDirectory() as folder:
         journal = Path(folder) / "journal.db"
         t0 = time.perf_counter()

@@ -5,7 +5,19 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("kernels", "contracts", "imaging", "latency", "lanes", "detection", "fusion", "model", "fuzz")
+BENCHMARKS = (
+    "kernels",
+    "contracts",
+    "imaging",
+    "latency",
+    "lanes",
+    "detection",
+    "fusion",
+    "model",
+    "fuzz",
+    "console_table",
+    "console_latency",
+)
 
 
 def main() -> int:

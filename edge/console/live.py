@@ -44,6 +44,9 @@ PROVISIONAL_HOLD_S = 180.0
 """A provisional alarm is shown until its lane's next decision, or at most this long (s)."""
 QUEUE_SIZE = 2000
 """Events that may wait for one browser; beyond, it is told to reload its state."""
+WALL_INTERVAL_S = 0.1
+"""Shortest time (s) between two wall snapshots sent to the browsers: changes in between are sent together (the
+decisions themselves go out at once, each as its own event)."""
 RETRY_S = 2.0
 """Wait (s) before following the alert bus again after the service did not answer."""
 
@@ -254,7 +257,9 @@ class Feeds:
         self.threads = [
             threading.Thread(target=self._follow, name="console-alerts", daemon=True),
             threading.Thread(target=self._poll, name="console-poll", daemon=True),
+            threading.Thread(target=self._send_wall, name="console-wall", daemon=True),
         ]
+        self.wall_changed = threading.Event()
         self.poke = threading.Event()
         """Set to read the adjudications now (after this console recorded one)."""
 
@@ -265,11 +270,22 @@ class Feeds:
     def stop(self) -> None:
         self.stopping.set()
         self.poke.set()
+        self.wall_changed.set()
         for thread in self.threads:
             thread.join(5)
 
     def publish_wall(self) -> None:
-        self.hub.publish(Event("wall", None, json.dumps(self.wall.snapshot(), separators=(",", ":"))))
+        """Have the wall sent to the browsers (within :data:`WALL_INTERVAL_S`)."""
+        self.wall_changed.set()
+
+    def _send_wall(self) -> None:
+        while not self.stopping.is_set():
+            self.wall_changed.wait()
+            self.wall_changed.clear()
+            if self.stopping.is_set():
+                return
+            self.hub.publish(Event("wall", None, json.dumps(self.wall.snapshot(), separators=(",", ":"))))
+            self.stopping.wait(WALL_INTERVAL_S)
 
     def _follow(self) -> None:
         ctx = zmq.Context()
