@@ -4,6 +4,10 @@
 
 Bus records: :meth:`Record.encode` and :func:`decode` (msgspec Structs, every field checked on decode) against
 the json + dict encoding of the same records that the bus used before, which checked only the array sizes.
+
+Decisions: what the journal does with each one now (check it against the decision contract, encode it with
+msgspec; read it back with msgspec) against what it did before (``json.dumps``, ``json.loads``), on a decision
+of a vehicle with a scanner (count profiles, X-ray section with its preview) made by the lane itself.
 """
 
 from __future__ import annotations
@@ -16,8 +20,17 @@ from typing import Any
 
 import msgspec
 import numpy as np
+from prometheus_client import CollectorRegistry
 
+from benchmarks.fusion import WINDOWS_KEV, LaneFeed, passage_records
+from lanewatch.drivers.sim.physics import HOLD_IN_S, Traffic
+from lanewatch.drivers.sim.xray import XrayScanner
 from lanewatch.edge.bus.records import Kind, Record, decode
+from lanewatch.edge.config import DetectionConfig, LaneConfig
+from lanewatch.edge.decisions import journal
+from lanewatch.edge.decisions.decision import problems
+from lanewatch.edge.lane.occupancy import Lane
+from lanewatch.edge.ops.metrics import ServiceMetrics
 
 
 def _records() -> dict[str, Record]:
@@ -99,6 +112,18 @@ def json_decode(frames: list[bytes]) -> dict[str, Any]:
     )
 
 
+def _fused_decision() -> dict[str, Any]:
+    """A real decision of a lane with a scanner: one simulated vehicle (a shielded source) through a lane."""
+    detection = DetectionConfig(energy_windows_kev=WINDOWS_KEV, occupancy_hold_in_s=HOLD_IN_S)
+    feed = LaneFeed(Lane(LaneConfig(id="lane1", xray="scanner:1"), detection, ServiceMetrics(CollectorRegistry())))
+    traffic = Traffic(2007, WINDOWS_KEV, {"shielded-cs137": 1.0})
+    t = feed.background(traffic, 1_800_000_000 * 10**9, 15.0)
+    passage = traffic.next_passage()
+    for when, kind, source, fields in passage_records(passage, XrayScanner(2007, pixels=256).scan(passage), t):
+        feed(when, kind, source, fields)
+    return feed.decided[0]
+
+
 def per_call_us(fn: Callable[[], object], seconds: float) -> float:
     """Best of 5 runs of the mean time per call (us), each run about ``seconds`` / 5 long."""
     n = 1
@@ -138,6 +163,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{dec:8.2f} {dec_json:8.2f} {dec_json / dec:5.2f}x"
         )
     print("ratio > 1: lanewatch is faster than the json + dict baseline")
+    stored = {"seq": 1, **_fused_decision()}
+    assert problems(stored) is None
+    body = journal._ENCODER.encode(stored)
+    print(f"\ndecision of a vehicle with a scanner ({len(body)} bytes of JSON): us per decision, same run")
+    write = per_call_us(lambda: (problems(stored), journal._ENCODER.encode(stored)), args.seconds)
+    write_json = per_call_us(lambda: json.dumps(stored, separators=(",", ":")).encode(), args.seconds)
+    read = per_call_us(lambda: msgspec.json.decode(body), args.seconds)
+    read_json = per_call_us(lambda: json.loads(body), args.seconds)
+    print(f"journal write: check+msgspec encode {write:8.1f}  json.dumps {write_json:7.1f}  {write_json / write:.1f}x")
+    print(f"journal read:  msgspec decode {read:15.1f}  json.loads {read_json:7.1f}  {read_json / read:.1f}x")
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from lanewatch.edge.decisions import decision
 from lanewatch.edge.decisions.journal import SCHEMA_VERSION, Journal, JournalError, utc_text
 from lanewatch.edge.ops.metrics import ServiceMetrics
 
@@ -28,17 +29,29 @@ def make_decision(i: int, lane: str = "L1", verdict: str = "CLEAR", profile_len:
         {"reason": "gamma", "statistic": 2.5 + i % 3, "threshold": 4.8, "location_m": 3.1, "alarm": False},
         {"reason": "neutron", "statistic": 1.0, "threshold": 7.0, "location_m": None, "alarm": False},
     ]
+    start_ns = 1_714_564_800_000_000_000 + i * 1_000_000_000
     return {
+        "schema_version": decision.SCHEMA_VERSION,
         "lane": lane,
         "occupancy_id": f"{lane}-{i:06d}",
         "device_occupancy": i,
         "start": f"2024-05-01T12:{i // 60 % 60:02d}:{i % 60:02d}Z",
-        "end": f"2024-05-01T12:{i // 60 % 60:02d}:{i % 60:02d}.800000+00:00",
+        "end": f"2024-05-01T12:{i // 60 % 60:02d}:{i % 60:02d}.800Z",
+        "start_ns": start_ns,
+        "end_ns": start_ns + 800_000_000,
         "verdict": verdict,
         "alarms": alarms,
         "baseline_verdict": "CLEAR",
+        "baseline": None,
+        "end_reason": "gx",
+        "incomplete": [],
+        "samples": profile_len,
+        "device_alarm": False,
+        "tamper": False,
+        "link_interruptions": 0,
+        "speed_kmh": None,
+        "background": None,
         "profile": {"gamma_counts": [[rng.randint(40, 60) for _ in range(profile_len)] for _ in range(4)]},
-        "end_reason": "GX",
     }
 
 
@@ -127,6 +140,7 @@ def test_query_filters_by_lane_verdict_and_end_time(tmp_path: Path) -> None:
         assert journal.query(lane="nowhere") == []
 
 
+@pytest.mark.invalid_decisions  # other ISO 8601 forms, normalized in the index columns
 def test_times_are_stored_in_one_sortable_utc_format(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     with Journal(path) as journal:
@@ -151,7 +165,7 @@ def test_large_bodies_are_compressed_small_ones_stay_readable_json(tmp_path: Pat
         rows = conn.execute("SELECT seq, encoding, length(body), typeof(body) FROM decisions ORDER BY seq").fetchall()
         # plain JSON rows stay queryable with SQLite's own JSON functions
         assert conn.execute("SELECT json_extract(body, '$.end_reason') FROM decisions WHERE seq = 1").fetchone() == (
-            "GX",
+            "gx",
         )
     assert rows[0][1:] == ("json", len(json.dumps(small, separators=(",", ":"))), "text")
     assert rows[1][1] == "json+zlib" and rows[1][3] == "blob"
@@ -375,3 +389,20 @@ def test_closed_journal_refuses_work(tmp_path: Path) -> None:
         journal.append(make_decision(2))
     with pytest.raises(JournalError, match="closed"):
         journal.since(0)
+
+
+@pytest.mark.invalid_decisions
+def test_a_decision_that_breaks_the_schema_is_counted_logged_and_still_journaled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = ServiceMetrics(CollectorRegistry())
+    bad = {**make_decision(1), "samples": -3, "surprise": True}
+    with Journal(tmp_path / "j.db", metrics) as journal:
+        stored = journal.append(bad)
+        journal.append(make_decision(2))
+        assert journal.get(stored["seq"]) == stored and stored["surprise"] is True
+    where = {"where": "decision-schema"}
+    assert sample(metrics, "lanewatch_handler_errors_total", where) == 1
+    assert journal.invalid == 1
+    assert "does not fit the decision schema" in caplog.text and "L1-000001" in caplog.text
+    assert decision.problems(bad) is not None and decision.problems({**make_decision(2), "seq": 2}) is None

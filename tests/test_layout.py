@@ -157,7 +157,15 @@ def test_drivers_import_only_the_bus_contract_and_configuration() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["status", "--help"], ["alerts", "--help"], ["keys", "list", "--dir", "."], ["keys", "--help"]],
+    [
+        ["--help"],
+        ["status", "--help"],
+        ["alerts", "--help"],
+        ["keys", "list", "--dir", "."],
+        ["keys", "--help"],
+        ["schema", "decision"],
+        ["schema", "config"],
+    ],
     ids=lambda a: " ".join(a),
 )
 def test_light_commands_import_nothing_heavy(argv: list[str], tmp_path: Path) -> None:

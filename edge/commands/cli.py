@@ -11,6 +11,7 @@
     lanewatch replay FILE.n42               the decision for one N42 portal file
     lanewatch status --config FILE          health of the service and the drivers
     lanewatch install-units ...             systemd units and an example configuration
+    lanewatch schema decision|record|config the JSON Schema of a contract
     lanewatch keys init|driver|console ...  CURVE keys of the bus
     lanewatch model train|check ...         train or check the ONNX anomaly model
     lanewatch console --config FILE         the operators' web console (HTTPS)
@@ -200,6 +201,12 @@ def _setup_replay(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_replay)
 
 
+def _setup_schema(p: argparse.ArgumentParser) -> None:
+    module = "lanewatch.edge.commands.schema"
+    _module_arguments(p, module)
+    p.set_defaults(func=lambda args: int(importlib.import_module(module).run(args)))
+
+
 def _setup_install_units(p: argparse.ArgumentParser) -> None:
     _module_arguments(p, "lanewatch.edge.ops.units")
     p.set_defaults(func=cmd_install_units)
@@ -243,6 +250,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "users": ("add, list, disable or enable console users", _config_command("lanewatch.edge.console.users")),
     "replay": ("replay an N42 portal file and print its decision", _setup_replay),
     "install-units": ("install systemd units and an example configuration", _setup_install_units),
+    "schema": ("print the JSON Schema of a contract: decision, record or config", _setup_schema),
 }
 """Every command: its help line, and the setup that adds its options. Only the command being run is set
 up, so ``lanewatch --help`` and light commands import nothing they do not use."""

@@ -50,7 +50,10 @@ radiation fields (``samples`` 0, ``profile`` empty) and the image findings as ``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
 
 from lanewatch.edge.bus.records import Record, iso_utc
 
@@ -58,6 +61,215 @@ if TYPE_CHECKING:
     from lanewatch.edge.xray.scan import Scan
 
 VERDICTS = ("CLEAR", "ALARM", "INCOMPLETE")
+SCHEMA_VERSION = 1
+"""Version of the decision contract (:class:`Decision`); it grows when a field changes meaning or is removed."""
+Verdict = Literal["CLEAR", "ALARM", "INCOMPLETE"]
+Instant = Annotated[str, Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")]
+"""ISO 8601 UTC, e.g. 2026-11-28T03:30:16.123Z."""
+Ns = Annotated[int, Meta(ge=0)]
+"""An instant in ns since the epoch (UTC)."""
+Numbers = list[float | None]
+"""A series of numbers; null where there is no value."""
+
+
+class _Section(msgspec.Struct, kw_only=True):
+    """A part of a decision whose listed fields are checked; further fields (by reason or by source) are allowed."""
+
+
+class Alarm(_Section):
+    """One ``alarms`` entry: a test that crossed its threshold, or a finding that explains the verdict."""
+
+    reason: str
+    """What alarmed or explains: a radiation test (e.g. gamma-window, neutron), tamper, device, norm-consistent,
+    shielded-source-suspected, image-review, image-too-dark, model-anomaly."""
+    alarm: bool
+    """True when this entry makes the verdict ALARM; false on entries that explain (NORM released, withheld)."""
+    statistic: float | None = None
+    """The test statistic (a z-score, counts or an anomaly score; see reason), or null."""
+    threshold: float | None = None
+    """The threshold the statistic was compared with, or null."""
+    location_m: float | None = None
+    """Where along the vehicle (m from its front) the excess lies, or null."""
+    location_sd_m: float | None = None
+    """Standard deviation (m) of ``location_m``."""
+    t_offset_s: float | None = None
+    """Time (s) after the occupancy start of the excess' peak."""
+    withheld: str | None = None
+    """Why a radiation test's entry does not alarm although it crossed (no-background)."""
+    gamma: bool | None = None
+    """For reason device: the portal's gamma alarm."""
+    neutron: bool | None = None
+    """For reason device: the portal's neutron alarm."""
+    lanewatch: str | None = None
+    """For reason device: lanewatch's own reading (alarm, norm-consistent, not-significant)."""
+    confirmed_by: list[str] | None = None
+    """For reason device: lanewatch's tests that confirm the portal's alarm."""
+    release_recommended: bool | None = None
+    """For reason norm-consistent: the image and the model agree the load may be released."""
+    model_agrees: bool | None = None
+    """For reason norm-consistent: the anomaly score is below the release threshold."""
+    radiation_z: float | None = None
+    """For fused findings: the matched-filter z at the image object."""
+    model_version: str | None = None
+    """For reason model-anomaly: the model that scored."""
+
+
+class Baseline(_Section):
+    """What the fielded n-sigma rule computed."""
+
+    max_sigma: float | None = None
+    """Largest excess of the 1 s gross count over background, in standard deviations."""
+    n_sigma: float | None = None
+    """The rule's n."""
+    neutron_max: float | None = None
+    """Largest neutron sample above background (counts)."""
+    neutron_background: float | None = None
+    """Neutron background (counts per sample)."""
+    neutron_threshold: int | None = None
+    """The fielded neutron threshold (counts above background)."""
+
+
+class Background(_Section):
+    """The background the occupancy was tested against."""
+
+    origin: str | None = None
+    """Where the gamma background came from (measured, ...)."""
+    gamma_cps: list[Any] | None = None
+    """Gamma background (cps) per channel and window."""
+    gamma_total_cps: float | None = None
+    """Gamma background (cps), all channels."""
+    neutron_origin: str | None = None
+    """Where the neutron background came from."""
+    neutron_cps: float | None = None
+    """Neutron background (cps), all tubes."""
+
+
+class ModelScore(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The anomaly model's part of the decision."""
+
+    version: str
+    """The model that scored ("" when none is loaded)."""
+    score: float | None
+    """Anomaly score: -log10 of the fraction of ordinary vehicles as unusual; null when not scored."""
+    finding: bool
+    """True when the score reaches ``finding_threshold``."""
+    finding_threshold: float
+    alarm_threshold: float
+    release_threshold: float
+    unscored: str | None = None
+    """Why there is no score."""
+
+
+class Xray(_Section):
+    """The X-ray part: the scan matched with the occupancy (or ``status`` missing), its registration and findings."""
+
+    status: Literal["complete", "incomplete", "missing"]
+    """complete, incomplete (cut short or lines lost), or missing (no scan came)."""
+    scan_id: int | None = None
+    """The scanner's scan number."""
+    source: str | None = None
+    """The driver that sent the scan."""
+    end_reason: str | None = None
+    """How the scan ended (scan_end, timeout, cut, link_down, restarted, ...)."""
+    start: Instant | None = None
+    end: Instant | None = None
+    start_ns: Ns | None = None
+    end_ns: Ns | None = None
+    lines: int | None = None
+    """Image lines received."""
+    lines_reported: int | None = None
+    """Image lines the scanner said it sent."""
+    missing: int | None = None
+    """Image lines lost."""
+    energies: int | None = None
+    pixels: int | None = None
+    pixel_pitch_mm: float | None = None
+    """Pixel pitch (mm) along the detector column."""
+    calibration: str | None = None
+    """measured, estimated or partial."""
+    recalibrations: int | None = None
+    registration: dict[str, Any] | None = None
+    """How the image's lines map to metres from the vehicle front, and its uncertainty."""
+    vehicle_length_m: dict[str, Any] | None = None
+    """The vehicle length as the image and the radiation profile see it."""
+    cell_mm: list[float] | None = None
+    class_fractions: dict[str, float] | None = None
+    """Share of the vehicle's attenuation per material class."""
+    dark_fraction: float | None = None
+    """Fraction of the vehicle's image too dark to see through."""
+    objects: list[dict[str, Any]] | None = None
+    """High-Z objects on the metres axis."""
+    regions: list[dict[str, Any]] | None = None
+    """Dense regions on the metres axis."""
+    profile: dict[str, Any] | None = None
+    """Image profile along the vehicle."""
+    preview: dict[str, Any] | None = None
+    """Preview PNG (base64) and its geometry."""
+    meta: dict[str, Any] | None = None
+    """What the image source said about the scan (a DICOS file's identifiers)."""
+
+
+class Decision(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A lanewatch decision: exactly one per occupancy (or per X-ray scan that matched none), journaled, then
+    published. ``lanewatch schema decision`` prints this contract as JSON Schema."""
+
+    schema_version: Literal[1]
+    """Version of this contract."""
+    seq: Annotated[int, Meta(ge=1)]
+    """Journal sequence number: strictly increasing, never reused."""
+    lane: str
+    """The lane id."""
+    occupancy_id: str
+    """Unique: lane, start (ns) and the source and sequence number of the record that opened the occupancy."""
+    device_occupancy: int | None
+    """The portal's own occupancy counter (GX), or null."""
+    start: Instant
+    """First sample (ISO 8601 UTC)."""
+    end: Instant
+    """End of the occupancy (ISO 8601 UTC)."""
+    start_ns: Ns
+    """``start`` in ns since the epoch, as the driver stamped it."""
+    end_ns: Ns
+    """``end`` in ns since the epoch."""
+    verdict: Verdict
+    """ALARM when any alarms entry has alarm true; else INCOMPLETE when the data is not whole; else CLEAR."""
+    alarms: list[Alarm]
+    """Every test that crossed its threshold and every finding that explains the verdict."""
+    baseline_verdict: Literal["CLEAR", "ALARM"] | None
+    """What the fielded n-sigma rule said (null without radiation data)."""
+    baseline: Baseline | None
+    """The fielded rule's numbers (null without radiation data)."""
+    end_reason: str
+    """gx, background, timeout, stalled, link, error, no-occupancy, ..."""
+    incomplete: list[str]
+    """Why the data is not whole whatever the end (partial, no-background, no-occupancy); empty when whole."""
+    samples: Annotated[int, Meta(ge=0)]
+    """Gamma samples in the occupancy."""
+    device_alarm: bool
+    """The portal's own alarm flag (GA/NA lines)."""
+    tamper: bool
+    """A tamper state was active during the occupancy (an alarms entry tamper then says so)."""
+    link_interruptions: Annotated[int, Meta(ge=0)]
+    """Times a driver's device link went down during the occupancy."""
+    speed_kmh: float | None
+    """Vehicle speed (km/h) used for the location, or null."""
+    background: Background | None
+    """The background the occupancy was tested against (null without one)."""
+    profile: dict[str, Any]
+    """Radiation count profiles to draw evidence (t_s, gross, expected, mf_z, neutron, ...); empty for a scan alone."""
+    model: ModelScore | None = None
+    """The anomaly model's score, when a model is configured."""
+    xray: Xray | None = None
+    """Only at a lane with an X-ray scanner, or when a scan was fused."""
+
+
+def problems(decision: dict[str, Any]) -> str | None:
+    """Why ``decision`` (as journaled, with its ``seq``) does not fit :class:`Decision`, or None when it does."""
+    try:
+        msgspec.convert(decision, Decision, strict=True)
+    except msgspec.ValidationError as exc:
+        return str(exc)
+    return None
 COMPLETE_ENDS = ("gx", "background")
 """End reasons after which the occupancy's data is whole: its end line, or (GX lost) the next background line."""
 
@@ -93,6 +305,7 @@ def build(
     if tamper:
         alarms.append({"reason": "tamper", "alarm": True, "statistic": None, "threshold": None, "location_m": None})
     record = {
+        "schema_version": SCHEMA_VERSION,
         "lane": lane,
         "occupancy_id": occupancy_id,
         "device_occupancy": device_occupancy,
@@ -153,6 +366,7 @@ def build_scan_only(scan: Scan, alarms: list[dict[str, Any]], xray: dict[str, An
     """The decision for an X-ray scan that matched no occupancy: its image findings and ``xray`` section alone."""
     alarming = any(a.get("alarm") for a in alarms)
     return {
+        "schema_version": SCHEMA_VERSION,
         "lane": scan.lane,
         "occupancy_id": f"{scan.lane}-xray-{scan.start_wall_ns}-{scan.source}{scan.scan_id}",
         "device_occupancy": None,

@@ -1,7 +1,10 @@
 """The alert journal: every decision, durably, in one SQLite file, before anyone hears of it.
 
 A decision is a JSON-serializable dict with at least ``lane``, ``occupancy_id``, ``verdict``
-(``CLEAR`` | ``ALARM`` | ``INCOMPLETE``), ``start`` and ``end`` (ISO 8601, UTC).
+(``CLEAR`` | ``ALARM`` | ``INCOMPLETE``), ``start`` and ``end`` (ISO 8601, UTC); every decision is checked
+against the published contract (:class:`lanewatch.edge.decisions.decision.Decision`) as it is written. One that
+does not fit is a bug: it is counted (``lanewatch_handler_errors_total{where="decision-schema"}``) and logged,
+and journaled all the same, since a decision is never lost.
 :meth:`Journal.append` gives it the next ``seq`` and returns only once the row is committed
 and fsynced (WAL mode, ``synchronous=FULL``), so a decision that was acknowledged survives a
 crash or a power cut, and may then be published. ``seq`` comes from an ``AUTOINCREMENT`` key:
@@ -38,6 +41,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from lanewatch.edge.decisions import decision as contract
 from lanewatch.edge.ops.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -103,6 +109,10 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
+_ENCODER = msgspec.json.Encoder(enc_hook=_json_default)
+"""Decisions as compact JSON (NaN, which JSON lacks, as null), numpy values as plain numbers and lists."""
+
+
 def _encode(body: str) -> tuple[str, str | bytes]:
     raw = body.encode()
     if len(raw) >= COMPRESS_MIN_BYTES:
@@ -117,7 +127,10 @@ def _decode(encoding: str, body: str | bytes) -> dict[str, Any]:
         body = zlib.decompress(body)
     elif encoding != "json":
         raise JournalError(f"unknown body encoding {encoding!r}")
-    return json.loads(body)
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:  # a body written before decisions were encoded with msgspec may hold NaN
+        return json.loads(body)
 
 
 class Journal:
@@ -142,6 +155,8 @@ class Journal:
         self.readonly = readonly
         self._lock = threading.Lock()
         self._write_failed = False
+        self.invalid = 0
+        """Decisions journaled that did not fit the decision schema (each one a bug, counted and logged)."""
         self._closed = False
         try:
             if readonly:
@@ -238,7 +253,9 @@ class Journal:
                 return _decode(row[1], row[2]), False
             seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").fetchone()
             seq = (seq[0] if seq else 0) + 1
-            body = json.dumps({"seq": seq, **fields}, default=_json_default, separators=(",", ":"))
+            full = {"seq": seq, **fields}
+            self._check(full)
+            body = _ENCODER.encode(full).decode()
             encoding, stored = _encode(body)
             conn.execute(
                 'INSERT INTO decisions (seq, occupancy_id, lane, verdict, start, "end", created, encoding, body)'
@@ -252,7 +269,24 @@ class Journal:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
-        return json.loads(body), True
+        return msgspec.json.decode(body), True
+
+    def _check(self, decision: dict[str, Any]) -> None:
+        """Count and log (the 1st, 2nd, 4th, 8th... time) a decision that does not fit the published contract."""
+        why = contract.problems(decision)
+        if why is None:
+            return
+        self.invalid += 1
+        if self.metrics is not None:
+            self.metrics.handler_errors.labels("decision-schema").inc()
+        if self.invalid & (self.invalid - 1) == 0:
+            log.error(
+                "%s: decision for occupancy %r does not fit the decision schema (%d so far), journaled anyway: %s",
+                self.path,
+                decision.get("occupancy_id"),
+                self.invalid,
+                why,
+            )
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

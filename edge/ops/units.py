@@ -18,15 +18,12 @@ The bus's CURVE keys (:mod:`lanewatch.edge.ops.keyfiles`) are made in ``bus.keys
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
 import json
 import os
 import shutil
 import socket
 import sys
 import sysconfig
-import textwrap
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -34,6 +31,7 @@ import msgspec
 
 from lanewatch.edge import config as config_module
 from lanewatch.edge.config import Config, ConfigError
+from lanewatch.edge.contracts import field_docs
 
 UNIT_TEMPLATE_EXEC = "/opt/lanewatch/bin/lanewatch"
 """Executable path written in the unit files of the repository."""
@@ -95,23 +93,6 @@ def render_unit(text: str, exec_path: str, config_path: str, keys_path: str = UN
     """A unit file's text with this installation's executable, configuration and key directory paths."""
     text = text.replace(UNIT_TEMPLATE_EXEC, exec_path).replace(UNIT_TEMPLATE_CONFIG, config_path)
     return text.replace(UNIT_TEMPLATE_KEYS + "/", keys_path.rstrip("/") + "/")
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a class (a configuration section, a record), by field name."""
-    node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
-    assert isinstance(node, ast.ClassDef)
-    docs: dict[str, str] = {}
-    for stmt, following in zip(node.body, node.body[1:], strict=False):
-        if (
-            isinstance(stmt, ast.AnnAssign)
-            and isinstance(stmt.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[stmt.target.id] = inspect.cleandoc(following.value.value)
-    return docs
 
 
 def _toml_value(value: Any) -> str:
