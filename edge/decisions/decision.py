@@ -223,6 +223,9 @@ class Decision(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Unique: lane, start (ns) and the source and sequence number of the record that opened the occupancy."""
     device_occupancy: int | None
     """The portal's own occupancy counter (GX), or null."""
+    counter_inferred: bool = False
+    """True when ``device_occupancy`` was inferred from the next end line (a cut occupancy that was the next
+    vehicle), not sent with this occupancy's own."""
     start: Instant
     """First sample (ISO 8601 UTC)."""
     end: Instant
@@ -338,6 +341,7 @@ def build_missed(lane: str, end: Record, counter: int, since_wall_ns: int) -> di
     jump of the counter on the end line ``end``; it went by between ``since_wall_ns`` and that line."""
     start_ns = min(since_wall_ns or end.t_wall_ns, end.t_wall_ns)
     return {
+        "schema_version": SCHEMA_VERSION,
         "lane": lane,
         "occupancy_id": f"{lane}-{end.t_wall_ns}-{end.source}{end.seq}-missed{counter}",
         "device_occupancy": counter,
