@@ -25,12 +25,13 @@ import zmq
 from prometheus_client import CollectorRegistry
 
 from lanewatch.edge.bus import ingest, security
-from lanewatch.edge.bus.records import DecodeError, Record, decode
+from lanewatch.edge.bus.records import STATUS_INTERVAL_S, DecodeError, Record, decode
 from lanewatch.edge.bus.security import Gatekeeper, HandshakeMonitor, Keys
 from lanewatch.edge.config import Config, ConfigError
 from lanewatch.edge.decisions.alertbus import AlertBus, AlertBusError
 from lanewatch.edge.decisions.journal import Journal, JournalError
 from lanewatch.edge.lane import detect
+from lanewatch.edge.lane.devices import LinkState
 from lanewatch.edge.lane.occupancy import Decided, Lane, Provisional
 from lanewatch.edge.model.runtime import ModelRunner
 from lanewatch.edge.ops import keyfiles
@@ -51,6 +52,9 @@ REPLAY_WAIT_S = 2.0
 """Longest wait (s) for the records a driver kept before the first one a (re)started service received from it."""
 MAX_BATCH = 2000
 """Most ingest messages handled before the loop looks at its other sockets."""
+JOIN_GRACE_S = 5 * STATUS_INTERVAL_S
+"""After the service starts, how long (s) a source's first record may carry any seq (the driver ran before the
+service); later, a source's first seq above 0 counts the records before it as missed."""
 
 
 @dataclass
@@ -69,7 +73,10 @@ class Service:
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = ServiceMetrics(self.registry)
-        self.lanes = {lane.id: Lane(lane, config.detection, self.metrics, config.fusion) for lane in config.lanes}
+        stale_s = config.service.stale_after_s
+        self.lanes = {
+            lane.id: Lane(lane, config.detection, self.metrics, config.fusion, stale_s) for lane in config.lanes
+        }
         self.model = ModelRunner(config.model, self.registry)
         self.sequences = ingest.SequenceTracker()
         self.pending: deque[Decided] = deque()
@@ -79,6 +86,7 @@ class Service:
         self._unknown_lanes: set[str] = set()
         self.replays: dict[tuple[str, str], _Replay] = {}
         """Sources (lane, source) whose kept records the service asked for, with what it holds meanwhile."""
+        self._started_mono = time.monotonic()
         self.keys: Keys | None = None
         self._senders: dict[str, KeyInfo] = {}
         """Admitted client keys by name (the User-Id the ZAP handler gives their connections)."""
@@ -95,16 +103,16 @@ class Service:
 
     # ---- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
-        """Compile kernels, load the anomaly model, open the journal, bind sockets and the HTTP endpoint, then tell
-        systemd READY. A model file that cannot be used raises
-        :class:`lanewatch.edge.model.runtime.ModelError` first."""
+        """Open the journal, bind ingest, compile kernels, load the anomaly model, bind the other sockets and the
+        HTTP endpoint, then tell systemd READY. A model file that cannot be used raises
+        :class:`lanewatch.edge.model.runtime.ModelError`.
+
+        Ingest is bound first, so drivers see the subscription (and send nothing in vain) while the
+        kernels compile; what they send meanwhile waits in the socket and is handled once the loop runs.
+        """
         self.keys = Keys.load(self.config.bus, keyfiles.SERVICE)
         if self.keys is not None:
             self._senders = {info.name: info for info in self.keys.clients.values()}
-        t0 = time.perf_counter()
-        detect.warm_up()
-        log.info("kernels ready in %.1f s", time.perf_counter() - t0)
-        self.model.start()
         self.journal = Journal(self.config.service.journal, self.metrics)
         self.last_seq = self.journal.last_seq()
         self.journal_ok = self.journal.writable()
@@ -118,6 +126,19 @@ class Service:
             self.ingest = ingest.service_ingest(self._ctx, self.config.bus.ingest, self.keys)
         except zmq.ZMQError as exc:
             raise ConfigError(f"{self.config.source}: bus.ingest: cannot bind {self.config.bus.ingest}: {exc}") from exc
+        self._started_mono = time.monotonic()
+        try:
+            t0 = time.perf_counter()
+            detect.warm_up()
+            log.info("kernels ready in %.1f s", time.perf_counter() - t0)
+            self.model.start()
+        except BaseException:
+            self.ingest.close(linger=0)
+            if self.gatekeeper is not None:
+                self.gatekeeper.stop()
+            self._ctx.term()
+            self.journal.close()
+            raise
         try:
             self.alerts = AlertBus(
                 self._ctx, self.config.bus.alerts, self.config.bus.query, self.journal, self.metrics, keys=self.keys
@@ -269,7 +290,7 @@ class Service:
         replay = self.replays.get(key)
         if replay is not None:
             if rec.run_id == replay.request.run_id and rec.seq < replay.request.before:
-                self._route(lane, rec)  # what the driver kept, in its order, before what was held
+                self._sequence_and_route(lane, rec)  # what the driver kept, in its order, before what was held
                 if rec.seq == replay.request.before - 1:
                     self._end_replay(key, "complete")
             else:
@@ -305,6 +326,10 @@ class Service:
     def _sequence_and_route(self, lane: Lane, rec: Record) -> None:
         """Check ``rec`` against its source's sequence (gaps and restarts counted, repeats dropped), then route it."""
         verdict = self.sequences.observe((rec.lane, rec.source), rec.seq, rec.run_id)
+        if verdict.joined and time.monotonic() - self._started_mono > JOIN_GRACE_S:
+            # A source that starts while the service runs begins at seq 0: a higher first seq means its first
+            # records were lost. Shortly after the service starts, a source that ran before it joins mid-stream.
+            verdict.missed = verdict.joined
         if verdict.stale:
             self.metrics.stale.labels(rec.lane, rec.source).inc()
             return
@@ -399,6 +424,7 @@ class Service:
         Called from the HTTP thread: it reads only plain attributes the loop keeps up to date.
         """
         now_ns = time.time_ns()
+        now_mono_ns = time.monotonic_ns()
         stale_ns = self.config.service.stale_after_s * 1e9
         lanes = {}
         now_s = time.monotonic()
@@ -406,8 +432,11 @@ class Service:
             age = None if lane.last_record_wall_ns is None else (now_ns - lane.last_record_wall_ns) / 1e9
             fresh = age is not None and age * 1e9 <= stale_ns
             when, why = self.rejected.get(lane_id, (None, ""))
+            link, link_problems = lane.devices.state(now_mono_ns)
             lanes[lane_id] = {
-                "link_up": lane.link_up,
+                "link": link.value,
+                "link_up": link.up,
+                "link_problems": link_problems,
                 "last_record_age_s": None if age is None else round(age, 3),
                 "fresh": fresh,
                 "occupied": lane.occupancy is not None,
@@ -419,7 +448,7 @@ class Service:
         ok = (
             writable
             and not self.pending
-            and all(v["fresh"] and v["link_up"] is not False and not v["rejected"] for v in lanes.values())
+            and all(v["fresh"] and v["link"] == LinkState.UP and not v["rejected"] for v in lanes.values())
             and watchdog.get("fed", True)
         )
         return {

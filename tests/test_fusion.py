@@ -220,7 +220,8 @@ def test_simulated_lane_with_scanner_fuses_each_vehicle_at_its_place(tmp_path: P
         xray = XrayDriver(_publisher(ctx, config, "lane1", "xray"), f"127.0.0.1:{xray_port}")
         threads = [_run(rpm.run, stops), _run(xray.run, stops)]
         lane = running.service.lanes["lane1"]
-        _wait(lambda: lane.links.get("rpm") and lane.links.get("xray"), 10.0, "both drivers to connect")
+        heard = lane.devices.sources
+        _wait(lambda: all(s in heard and heard[s].link_up for s in ("rpm", "xray")), 10.0, "both drivers to connect")
         time.sleep(0.6)  # pyserial drops what arrives while it is still opening the port
         xray_sim.start()
         lane_sim.start()

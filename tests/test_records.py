@@ -196,22 +196,25 @@ def test_any_bytes_are_a_record_or_a_decode_error(header: bytes) -> None:
 def test_sequence_tracker_counts_gaps_duplicates_and_restarts() -> None:
     t = SequenceTracker()
     key = ("l1", "rpm")
-    assert t.observe(key, 5, "a").missed == 0  # first seen: joining late is not a gap
+    first = t.observe(key, 5, "a")
+    assert first.missed == 0 and first.joined == 5  # first seen: the caller judges the 5 records before it
     assert t.observe(key, 6, "a").missed == 0
     assert t.observe(key, 9, "a").missed == 2
     assert t.observe(key, 9, "a").stale
     assert t.observe(key, 3, "a").restarted == "seq-back"
     assert t.observe(key, 4, "a") == SeqVerdict()
-    assert t.observe(key, 0, "b").restarted == "run_id"
+    assert t.observe(key, 0, "b") == SeqVerdict(restarted="run_id")
     assert t.observe(key, 1, "b").missed == 0
-    assert t.observe(("l2", "rpm"), 100, "c").missed == 0
+    assert t.observe(key, 3, "c") == SeqVerdict(restarted="run_id", missed=3), "a new run's records 0-2 were lost"
+    assert t.observe(("l2", "rpm"), 100, "c").joined == 100
+    assert t.observe(("l3", "rpm"), 10**15, "d").joined == 0, "a poisoned first seq is not a gap of 10**15"
 
 
 def test_a_poisoned_seq_does_not_blind_the_stream_after_it() -> None:
     """One record numbered 10**15 from a faulty source: a restart, then the real stream goes on as another."""
     t = SequenceTracker()
     key = ("l1", "rpm")
-    assert t.observe(key, 100, "run").missed == 0
+    assert t.observe(key, 100, "run") == SeqVerdict(joined=100)
     assert t.observe(key, 10**15, "run").restarted == "seq-jump"
     assert t.observe(key, 101, "run").restarted == "seq-back"
     verdicts = [t.observe(key, seq, "run") for seq in range(102, 1000)]

@@ -643,3 +643,32 @@ def test_from_args_reads_the_lane_and_options(zbus: IngestBus) -> None:
 def test_registered_as_rpm() -> None:
     assert load_driver("rpm") is RpmDriver
     assert RpmDriver.name == "rpm"
+
+
+def test_serve_publishes_the_driver_status_every_interval(
+    server: LineServer, zbus: IngestBus, registry: CollectorRegistry
+) -> None:
+    """The level-triggered state: link, run id, lines and errors, at start, every interval and at the end."""
+    driver = _driver(zbus, server.url)
+    stop = threading.Event()
+    thread = threading.Thread(target=driver.serve, args=(stop, 0.05), name="rpm-driver")
+    thread.start()
+    try:
+        zbus.collect(lambda rs: _links(rs) == [True])
+        server.serve([b"GB,000100,000100,000100,000100\r\n", b"XX,1\r\n", b"GB,000101,000101,000101,000101\r\n"])
+
+        def statuses(rs: list[Record]) -> list[Record]:
+            return [r for r in rs if r.kind is Kind.STATUS]
+
+        records = zbus.collect(lambda rs: any(s.values.lines == 2 and s.values.errors == 1 for s in statuses(rs)))
+    finally:
+        stop.set()
+        thread.join(5)
+    records = zbus.collect(lambda rs: not statuses(rs)[-1].values.link_up)
+    seen = statuses(records)
+    assert not seen[-1].values.link_up and seen[-1].values.lines == 2  # the last: published when the driver stopped
+    assert {s.run_id for s in seen} == {driver.publisher.run_id} and len(seen[0].run_id) == 16
+    up = next(s for s in seen if s.values.lines == 2)
+    assert up.values.link_up and up.values.errors == 1 and 0 <= up.values.last_line_age_s < 60
+    assert all(s.values.published == s.seq for s in seen)
+    assert [r.seq for r in records] == list(range(len(records)))

@@ -20,16 +20,21 @@ from lanewatch.edge.bus.security import Keys
 DRIVER_SNDHWM = 100_000
 
 
-def driver_publisher(ctx: zmq.Context, endpoint: str, keys: Keys | None = None) -> zmq.Socket:
+def driver_publisher(
+    ctx: zmq.Context, endpoint: str, keys: Keys | None = None, sndhwm: int = DRIVER_SNDHWM
+) -> zmq.Socket:
     """A publisher connected to the service's ingest endpoint (``tcp://host:port`` or ``ipc://``), as the CURVE
     client ``keys`` (None: plaintext).
 
     It is an XPUB: it publishes like a PUB, and it also receives the subscriptions of the
     service, so :func:`wait_for_subscriber` can tell when records will really be delivered.
+    With ``XPUB_NODROP`` a send to a subscribed service whose queue holds ``sndhwm`` records
+    raises ``zmq.Again`` (so the driver counts the drop) instead of dropping silently.
     """
     sock = ctx.socket(zmq.XPUB)
     sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription reaches the driver (replay requests, reconnects)
-    sock.setsockopt(zmq.SNDHWM, DRIVER_SNDHWM)
+    sock.setsockopt(zmq.XPUB_NODROP, 1)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
     sock.setsockopt(zmq.LINGER, 1000)
     security.join(sock, keys)
     sock.connect(endpoint)
@@ -98,7 +103,8 @@ def replay_requests(sock: zmq.Socket) -> list[ReplayRequest]:
 
 
 def publish(sock: zmq.Socket, record: Record) -> None:
-    """Send one record; never blocks (a full queue drops, as PUB does, and the gap shows in ``seq``)."""
+    """Send one record; never blocks: a full queue raises ``zmq.Again`` (the caller counts the drop; the gap
+    shows in ``seq``)."""
     sock.send_multipart(record.encode(), flags=zmq.NOBLOCK, copy=False)
 
 
@@ -129,11 +135,14 @@ class SeqVerdict:
     restarted: str = ""
     """Why this record starts a new numbering of its source ("" when it does not): ``run_id`` (the driver started
     again), ``seq-back`` (its seq went backwards) or ``seq-jump`` (its seq jumped more than :data:`MAX_SEQ_JUMP`)."""
+    joined: int = 0
+    """For the first number seen from a source: the records it numbered before it (its seq, 0 past
+    :data:`MAX_SEQ_JUMP`). Whether those were missed or sent before anyone listened is for the caller to judge."""
 
 
 @dataclass
 class SequenceTracker:
-    """Per-key last ``(run_id, seq)``; the first number seen from a key is never a gap.
+    """Per-key last ``(run_id, seq)``; the first number seen from a key reports what came before it as ``joined``.
 
     A source restart is followed, not fought: a record of a new run, or one whose ``seq`` went
     backwards or leapt forward, starts a new numbering (counted by the caller), so one bad number
@@ -146,11 +155,12 @@ class SequenceTracker:
     def observe(self, key: tuple[str, ...], seq: int, run_id: str = "") -> SeqVerdict:
         prev = self.last.get(key)
         self.last[key] = (run_id, seq)
+        before = seq if seq <= MAX_SEQ_JUMP else 0
         if prev is None:
-            return SeqVerdict()
+            return SeqVerdict(joined=before)
         prev_run, prev_seq = prev
-        if run_id != prev_run:
-            return SeqVerdict(restarted="run_id")
+        if run_id != prev_run:  # a run numbers from 0 and this one began while we listened: what came before is lost
+            return SeqVerdict(restarted="run_id", missed=before)
         if seq == prev_seq:
             return SeqVerdict(stale=True)
         if seq < prev_seq:

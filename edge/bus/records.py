@@ -32,6 +32,8 @@ import numpy as np
 from msgspec import Meta
 
 WIRE_VERSION = 1
+STATUS_INTERVAL_S = 1.0
+"""How often (s) a driver publishes its ``STATUS`` record."""
 _ARRAY_FIELDS = ("counts", "spectra")
 MAX_RUN_ID = 64
 """Longest ``run_id`` (characters) a record may carry."""
@@ -64,6 +66,11 @@ class Kind(StrEnum):
     """Device setup line (SG1..SG3, SN1, SN2); values ``line`` (str) and ``fields`` (list of str)."""
     LINK = "link"
     """Driver link to its device went up or down; values ``up`` (bool) and ``url`` (str)."""
+    STATUS = "status"
+    """The driver's state, published every :data:`STATUS_INTERVAL_S` whether or not it changed, so a
+    consumer that missed a ``LINK`` edge (or restarted) learns the link within a second, and the
+    header's ``run_id`` tells which run of the driver speaks; values ``link_up`` (bool),
+    ``last_line_age_s`` (s), ``lines``, ``errors`` and ``published`` (see :class:`StatusValues`)."""
     XRAY_SCAN_START = "xray_scan_start"
     """An X-ray scan began; values ``scan_id``, ``t_ns`` (scanner clock, ns UTC), ``energies``, ``pixels``."""
     XRAY_CALIBRATION = "xray_calibration"
@@ -140,6 +147,19 @@ class LinkValues(Values):
     """Why the link went down."""
 
 
+class StatusValues(Values):
+    link_up: bool
+    """True while the driver has its device link open."""
+    last_line_age_s: Annotated[float, Meta(ge=0, le=1e12)] | None = None
+    """s since the driver read its last line from the device; null before the first."""
+    lines: Count = 0
+    """Device lines read since the driver started."""
+    errors: Count = 0
+    """Device input rejected (parse errors) since the driver started."""
+    published: Count = 0
+    """Records published before this one (this record's own seq)."""
+
+
 class ScanStartValues(Values):
     scan_id: Count
     """The scanner's scan number."""
@@ -209,6 +229,7 @@ VALUES: dict[Kind, type[Values]] = {
     Kind.TAMPER: TamperValues,
     Kind.SETUP: SetupValues,
     Kind.LINK: LinkValues,
+    Kind.STATUS: StatusValues,
     Kind.XRAY_SCAN_START: ScanStartValues,
     Kind.XRAY_CALIBRATION: CalibrationValues,
     Kind.XRAY_LINES: LinesValues,

@@ -99,7 +99,7 @@ def cmd_driver(args: argparse.Namespace) -> int:
     if not ingest.wait_for_subscriber(sock, args.wait_service):
         log.warning("no service subscribed at %s yet; publishing anyway", args.ingest or config.bus.ingest)
     try:
-        driver.run(stop)
+        driver.serve(stop)
     finally:
         if server is not None:
             server.shutdown()

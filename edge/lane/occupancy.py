@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from lanewatch.edge.bus.records import Kind, Record, iso_utc
-from lanewatch.edge.config import DetectionConfig, FusionConfig, LaneConfig
+from lanewatch.edge.config import DetectionConfig, FusionConfig, LaneConfig, ServiceConfig
 from lanewatch.edge.decisions import decision
 from lanewatch.edge.lane.background import BackgroundEstimator
 from lanewatch.edge.lane.detect import OccupancyAnalyzer, device_alarm_entry
+from lanewatch.edge.lane.devices import DeviceStates, LinkState
 from lanewatch.edge.ops.metrics import ServiceMetrics
 from lanewatch.edge.xray import fusion
 from lanewatch.edge.xray.fusion import warm_up
@@ -124,7 +125,9 @@ class Lane:
         detection: DetectionConfig,
         metrics: ServiceMetrics,
         fusion_cfg: FusionConfig | None = None,
+        stale_after_s: float | None = None,
     ) -> None:
+        """``stale_after_s``: a driver silent this long (s) leaves the link stale (default: the service's)."""
         self.id = lane.id
         self.detection = detection
         self.metrics = metrics
@@ -140,8 +143,10 @@ class Lane:
         self.background: BackgroundEstimator | None = None
         self.occupancy: _Occupancy | None = None
         self.faults: set[str] = set()
-        self.links: dict[str, bool] = {}
+        self.devices = DeviceStates(ServiceConfig().stale_after_s if stale_after_s is None else stale_after_s)
         """Device link state reported by each source (driver) of the lane."""
+        self.link_state = LinkState.UNKNOWN
+        self._publish_link(LinkState.UNKNOWN)
         self.idle_seen: set[str] = set()
         """Sources seen unoccupied (a background or end line) since the service or their link or run started: an
         occupancy that opens with a sample from another source may have begun before we saw it (``partial``)."""
@@ -165,8 +170,9 @@ class Lane:
     # ---- records -------------------------------------------------------------------------
     def on_record(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
         """Apply one record; returns what it caused (provisional alarms, a decision)."""
-        self.last_record_wall_ns = rec.t_wall_ns
-        self.metrics.last_record.labels(self.id).set(rec.t_wall_ns / 1e9)
+        if rec.kind is not Kind.STATUS:  # the driver's heartbeat is no sample: it does not make the lane fresh
+            self.last_record_wall_ns = rec.t_wall_ns
+            self.metrics.last_record.labels(self.id).set(rec.t_wall_ns / 1e9)
         events = self._check_run(rec, now_mono_ns)
         return events + _HANDLERS.get(rec.kind, Lane._ignore)(self, rec, now_mono_ns)
 
@@ -190,20 +196,33 @@ class Lane:
 
     @property
     def link_up(self) -> bool | None:
-        """True while every source of the lane reports its device link up; None before any report."""
-        return all(self.links.values()) if self.links else None
+        """True while the link is up, False while a source reports it down, None while unknown or stale."""
+        return self.link_state.up
 
     def _on_link(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
-        up = rec.values.up
-        self.links[rec.source] = up
-        self.idle_seen.discard(rec.source)
-        self.metrics.link_up.labels(self.id).set(1 if self.link_up else 0)
+        """A ``LINK`` edge or a ``STATUS`` level from one of the lane's drivers."""
+        was_up = self.devices.observe(rec, now_mono_ns)
+        up = self.devices.sources[rec.source].link_up
+        if rec.kind is Kind.LINK or was_up is not up:  # the link (re)started: the source's idle state is unknown
+            self.idle_seen.discard(rec.source)
+        self._update_link(now_mono_ns)
         occ = self.occupancy
-        if not up and occ is not None:
+        if not up and occ is not None and (rec.kind is Kind.LINK or was_up):
             if occ.source == rec.source:  # what follows the link's return may be another vehicle
                 return self._end(rec.t_wall_ns, "link-lost", None, now_mono_ns)
             occ.link_interruptions += 1
         return []
+
+    def _update_link(self, now_mono_ns: int) -> None:
+        state, _ = self.devices.state(now_mono_ns)
+        if state is not self.link_state:
+            self.link_state = state
+            self._publish_link(state)
+
+    def _publish_link(self, state: LinkState) -> None:
+        self.metrics.link_up.labels(self.id).set(1 if state is LinkState.UP else 0)
+        for each in LinkState:
+            self.metrics.link_state.labels(self.id, each.value).set(1 if each is state else 0)
 
     def _on_background(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
         events = self._end(rec.t_wall_ns, "background", None, now_mono_ns) if self.occupancy is not None else []
@@ -239,6 +258,7 @@ class Lane:
             self._anomaly("late-sample")
             return []
         events: list[Provisional | Decided] = []
+        self._update_link(now_mono_ns)
         occ = self.occupancy
         if occ is not None and (
             (rec.kind is Kind.GAMMA_SCAN and rec.counts.shape != occ.gamma_shape)
@@ -357,6 +377,7 @@ class Lane:
         """End an occupancy that overstayed its timeouts (verdict INCOMPLETE unless it alarmed), close scans
         that overstayed theirs, and decide what waited long enough for a scan."""
         events: list[Provisional | Decided] = []
+        self._update_link(now_mono_ns)
         occ = self.occupancy
         if occ is not None:
             if now_mono_ns - occ.last_sample_mono_ns > self.detection.sample_timeout_s * 1e9:
@@ -650,6 +671,7 @@ _NO_ANALYSIS: dict[str, Any] = {"alarms": [], "baseline_verdict": None, "profile
 
 _HANDLERS = {
     Kind.LINK: Lane._on_link,
+    Kind.STATUS: Lane._on_link,
     Kind.GAMMA_BACKGROUND: Lane._on_background,
     Kind.NEUTRON_BACKGROUND: Lane._on_background,
     Kind.GAMMA_SCAN: Lane._on_scan,

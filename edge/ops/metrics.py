@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -29,6 +31,29 @@ def _add_process_metrics(registry: CollectorRegistry) -> None:
     """Register the ``process_*`` collector once per registry (a registry may hold both metric sets)."""
     with contextlib.suppress(ValueError):
         ProcessCollector(registry=registry)
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStatus:
+    """A driver's state as its metrics hold it, for its ``STATUS`` record."""
+
+    connected: bool
+    last_line_age_s: float | None
+    """s since the last line was read from the device; None before the first."""
+    lines: int
+    errors: int
+
+
+def _lane_total(metric: Counter, lane: str) -> int:
+    """Sum of a counter's ``_total`` samples over every label value, for one lane."""
+    return int(
+        sum(
+            sample.value
+            for family in metric.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.labels.get("lane") == lane
+        )
+    )
 
 
 class DriverMetrics:
@@ -66,7 +91,8 @@ class DriverMetrics:
         )
         self.publish_drops = Counter(
             "lanewatch_driver_publish_drops_total",
-            "Records dropped because the bus queue was full.",
+            "Records dropped because the queue to the service was full (records sent while no service is "
+            "subscribed are not counted here; the service counts them from seq).",
             ["lane"],
             registry=registry,
         )
@@ -75,6 +101,17 @@ class DriverMetrics:
             "Kept records published again because a (re)started service asked for them.",
             ["lane"],
             registry=registry,
+        )
+
+    def status(self, lane: str) -> DriverStatus:
+        """What these metrics say about ``lane``'s device: link, age of the last line, lines and errors."""
+        connected = self.registry.get_sample_value("lanewatch_driver_connected", {"lane": lane})
+        last_line = self.registry.get_sample_value("lanewatch_driver_last_line_timestamp_seconds", {"lane": lane})
+        return DriverStatus(
+            connected=bool(connected),
+            last_line_age_s=round(max(0.0, time.time() - last_line), 3) if last_line else None,
+            lines=_lane_total(self.lines, lane),
+            errors=_lane_total(self.parse_errors, lane),
         )
 
 
@@ -150,6 +187,12 @@ class ServiceMetrics:
         )
         self.link_up = Gauge(
             "lanewatch_lane_link_up", "1 while the lane's driver reports its device link up.", ["lane"], registry=r
+        )
+        self.link_state = Gauge(
+            "lanewatch_lane_link_state",
+            "1 for the lane's device link state (up, down, unknown: driver status late, stale: driver silent).",
+            ["lane", "state"],
+            registry=r,
         )
         self.occupied = Gauge("lanewatch_lane_occupied", "1 while the lane is occupied.", ["lane"], registry=r)
         self.occupancies = Counter(

@@ -89,6 +89,9 @@ def _lane_summary(lane: LaneConfig, service_lane: dict[str, Any], timeout_s: flo
         connected = service_lane.get("link_up")
     if connected is False:
         problems.append("driver not connected to its device")
+    if service_lane.get("link") in ("unknown", "stale"):
+        reasons = "; ".join(str(r) for r in service_lane.get("link_problems") or [])
+        problems.append(f"link {service_lane['link']} at the service: {reasons}")
     fresh = bool(service_lane.get("fresh"))
     if not fresh:
         problems.append("no fresh samples at the service")
