@@ -425,3 +425,14 @@ def test_supervisor_day_report_as_page_and_csv(client: TestClient, site: Config)
     assert by_lane["lane2"]["disposed_norm"] == "1" and by_lane["lane2"]["median_minutes_to_disposition"]
     assert sum(int(r["awaiting"]) for r in by_lane.values()) == 4
     assert client.get("/reports?day=yesterday").status_code == 400
+
+
+def test_wall_state_has_each_lanes_tile_with_its_background_and_awaiting_alarms(client: TestClient) -> None:
+    login(client, "olga")
+    wall = client.get("/wall.json").json()
+    lanes = {lane["id"]: lane for lane in wall["lanes"]}
+    assert set(lanes) == {"lane1", "lane2"}
+    assert all(lane["status"] == "alarm" for lane in lanes.values()), "both lanes have alarms awaiting adjudication"
+    assert sorted(a["seq"] for a in wall["unacknowledged"]) == [2, 3, 5, 6, 7]
+    assert len(lanes["lane1"]["background_cps"]) == 4 and all(v > 0 for v in lanes["lane1"]["background_cps"])
+    assert wall["service"]["reachable"] is None, "no health read yet: the feeds are not running"

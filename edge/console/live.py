@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ import zmq
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.console.adjudication import Adjudication, Adjudications
-from lanewatch.edge.console.present import Clock, reason_text, summary
+from lanewatch.edge.console.present import Clock, background_cps, reason_text, summary
 from lanewatch.edge.decisions.journal import Journal, JournalError
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, QueryError, ServiceUnreachable
 from lanewatch.edge.ops.status import fetch_health
@@ -47,6 +48,8 @@ QUEUE_SIZE = 2000
 WALL_INTERVAL_S = 0.1
 """Shortest time (s) between two wall snapshots sent to the browsers: changes in between are sent together (the
 decisions themselves go out at once, each as its own event)."""
+SPARKLINE = 40
+"""Background values (one per decision) a lane's tile draws."""
 RETRY_S = 2.0
 """Wait (s) before following the alert bus again after the service did not answer."""
 
@@ -108,6 +111,7 @@ class Wall:
         self.last: dict[str, dict[str, Any]] = {}
         self.awaiting: dict[int, dict[str, Any]] = {}
         self.provisional: dict[str, tuple[float, str]] = {}
+        self.background: dict[str, deque[float]] = {lane: deque(maxlen=SPARKLINE) for lane in self.lanes}
         self.health: dict[str, Any] = {"reachable": None, "lanes": {}}
         self.load()
 
@@ -120,7 +124,11 @@ class Wall:
                 awaiting[row.seq] = summary(decision, row.state, self.clock)
         last = {}
         for lane in self.lanes:
-            found = self.journal.query(lane=lane, limit=1)
+            found = self.journal.query(lane=lane, limit=SPARKLINE)
+            for decision in found:
+                cps = background_cps(decision)
+                if cps is not None:
+                    self.background[lane].append(cps)
             if found:
                 last[lane] = summary(
                     found[-1], self.adjudications.state(found[-1]["seq"], found[-1]["verdict"]), self.clock
@@ -137,6 +145,8 @@ class Wall:
             current = self.last.get(lane)
             if current is None or current["seq"] < item["seq"]:
                 self.last[lane] = item
+                if item["background_cps"] is not None:
+                    self.background.setdefault(lane, deque(maxlen=SPARKLINE)).append(item["background_cps"])
             if item["verdict"] == "ALARM" and state != "disposed":
                 self.awaiting[item["seq"]] = item
         return item
@@ -184,6 +194,7 @@ class Wall:
                         "unacknowledged": sum(1 for i in mine if i["state"] == "unacknowledged"),
                         "provisional": self.provisional.get(lane, (0, ""))[1],
                         "last": self.last.get(lane),
+                        "background_cps": [round(v, 1) for v in self.background.get(lane, ())],
                         "sensors": health.get("sensors") or [],
                         "faults": health.get("faults") or [],
                     }

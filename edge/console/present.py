@@ -183,4 +183,11 @@ def summary(decision: Decision, state: str, clock: Clock) -> dict[str, Any]:
         "model": model_text(decision),
         "release_recommended": release_recommended(decision),
         "state": state,
+        "background_cps": background_cps(decision),
     }
+
+
+def background_cps(decision: Decision) -> float | None:
+    """The gamma background (cps, all channels) the decision was judged against, or None."""
+    value = (decision.get("background") or {}).get("gamma_total_cps")
+    return float(value) if isinstance(value, int | float) else None

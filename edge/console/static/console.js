@@ -76,6 +76,26 @@
   // ---- the wall ---------------------------------------------------------------------------------------
   const STATUS = { idle: "IDLE", occupied: "OCCUPIED", provisional: "PROVISIONAL ALARM", alarm: "ALARM" };
 
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function sparkline(values) {
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("class", "spark");
+    svg.setAttribute("viewBox", "0 0 100 24");
+    svg.setAttribute("preserveAspectRatio", "none");
+    if (values.length > 1) {
+      const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
+      const points = values.map((v, i) => `${(i / (values.length - 1)) * 100},${22 - ((v - lo) / span) * 20}`);
+      const line = document.createElementNS(SVG, "polyline");
+      line.setAttribute("points", points.join(" "));
+      svg.append(line);
+    }
+    const wrap = el("div", { class: "background", title: "gamma background per decision (cps)" });
+    const last = values.length ? `${Math.round(values[values.length - 1])} cps` : "no background yet";
+    wrap.append(el("span", { text: "Background " }), svg, el("span", { text: ` ${last}` }));
+    return wrap;
+  }
+
   function tile(lane) {
     const classes = ["tile", lane.status];
     if (lane.unacknowledged) classes.push("unacknowledged");
@@ -89,6 +109,7 @@
     }
     if (!lane.sensors.length) sensors.append(el("span", { class: "sensor bad", text: "health unknown" }));
     node.append(sensors);
+    node.append(sparkline(lane.background_cps));
     if (lane.faults.length) node.append(el("div", { class: "faults", text: "Faults: " + lane.faults.join(", ") }));
     if (lane.provisional) node.append(el("div", { class: "alarms", text: "Provisional: " + lane.provisional }));
     if (lane.awaiting.length) {
