@@ -96,7 +96,8 @@ def cmd_driver(args: argparse.Namespace) -> int:
         http = next((getattr(lane, key) for lane in config.lanes if lane.id == args.lane), "")
     server = serve_http(http, registry, driver.health)[0] if http else None
     stop = _stop_on_signals()
-    if not ingest.wait_for_subscriber(sock, args.wait_service):
+    # A driver that keeps its records reads its device at once: a service that subscribes later asks for them.
+    if not cls.keep_records and not ingest.wait_for_subscriber(sock, args.wait_service):
         log.warning("no service subscribed at %s yet; publishing anyway", args.ingest or config.bus.ingest)
     try:
         driver.serve(stop)
@@ -160,7 +161,8 @@ def _setup_driver(p: argparse.ArgumentParser) -> None:
             type=float,
             default=5.0,
             metavar="S",
-            help="seconds to wait for the service to subscribe before reading the device (default 5)",
+            help="seconds to wait for the service to subscribe before reading the device (default 5); a driver "
+            "that keeps its records for a replay (rpm) does not wait",
         )
         cls.add_arguments(dp)
         dp.set_defaults(func=cmd_driver, driver_cls=cls)
