@@ -19,6 +19,10 @@ Records published (see :class:`lanewatch.edge.bus.records.Kind`):
 * ``OCCUPANCY_END`` (``device_occupancy``: the file's occupancy number, null when it gives none) right
   after the last sample of each occupied run.
 
+Records carry the file's own times (``t_wall_ns``: a sample's start; its end for the neutron counts and the
+end of occupancy), so decisions are dated as the portal measured; a file without sample times is stamped as
+it is replayed. The first occupied sample of each run is flagged ``occupancy_start``.
+
 K is the number of energy windows: the configured window edges (keV) select the channels
 whose centre energy lies in each window, per detector through the file's own energy
 calibration; a file without energy calibration (or no windows configured) gives K = 1,
@@ -401,8 +405,11 @@ class N42ReplayDriver(Driver):
         *,
         speedup: float = 1.0,
         windows_kev: Sequence[float] = (),
+        file_times: bool = True,
     ) -> None:
         super().__init__(publisher)
+        self.file_times = file_times
+        """Stamp records with the file's own times (else with the replay's clock, for a live service)."""
         if not speedup >= 0 or math.isinf(speedup):
             raise ValueError(f"speedup must be a finite number >= 0, got {speedup!r}")
         self.portal = portal
@@ -433,6 +440,13 @@ class N42ReplayDriver(Driver):
             default=None,
             help="energy window edges in keV, e.g. 30,400,3000 (default: detection.energy_windows_kev)",
         )
+        parser.add_argument(
+            "--stamp",
+            choices=["file", "now"],
+            default="file",
+            help="stamp records with the file's own times (default) or as they are replayed (for a live service, "
+            "which refuses records older than its max_record_age_s)",
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, config: Config, publisher: RecordPublisher) -> N42ReplayDriver:
@@ -443,7 +457,7 @@ class N42ReplayDriver(Driver):
             publisher.metrics.parse_errors.labels(publisher.lane, "n42-file").inc()
             log.error("lane %s: %s", publisher.lane, exc)
             raise
-        return cls(publisher, portal, speedup=args.speedup, windows_kev=windows)
+        return cls(publisher, portal, speedup=args.speedup, windows_kev=windows, file_times=args.stamp == "file")
 
     def health(self) -> dict[str, Any]:
         return {
@@ -481,13 +495,14 @@ class N42ReplayDriver(Driver):
                 if scan:
                     self._scan(sample, first=i == 0 or not scans[i - 1])
                     if not speed_sent and self.portal.speed_kmh is not None:
-                        self.publisher.emit(Kind.SPEED, values={"speed_kmh": self.portal.speed_kmh})
+                        values = {"speed_kmh": self.portal.speed_kmh}
+                        self.publisher.emit(Kind.SPEED, t_wall_ns=self._stamp(sample), values=values)
                         speed_sent = True
                     if i + 1 == len(order) or not scans[i + 1]:
                         values: dict[str, Any] = {"device_occupancy": self.portal.occupancy}
                         if neutron_background_cps is not None:
                             values["neutron_background_cps"] = neutron_background_cps
-                        self.publisher.emit(Kind.OCCUPANCY_END, values=values)
+                        self.publisher.emit(Kind.OCCUPANCY_END, t_wall_ns=self._stamp(sample, end=True), values=values)
                 else:
                     neutron_background_cps = self._background(sample) or neutron_background_cps
                 self.sent += 1
@@ -498,11 +513,19 @@ class N42ReplayDriver(Driver):
         finally:
             metrics.connected.labels(lane).set(0)
 
+    def _stamp(self, sample: PortalSample, end: bool = False) -> int | None:
+        """The file's own time (ns since the epoch) of ``sample``'s start, or of its ``end``; None (stamped as it
+        is replayed) when the file does not record it or ``file_times`` is off."""
+        if sample.start is None or not self.file_times:
+            return None
+        return round(sample.start.timestamp() * 1e9) + (round(sample.real_time_s * 1e9) if end else 0)
+
     def _scan(self, sample: PortalSample, first: bool) -> None:
         """Publish an occupied sample; the ``first`` of an occupancy is flagged ``occupancy_start`` (the file holds
         the occupancy from its start)."""
         self.publisher.emit(
             Kind.GAMMA_SCAN,
+            t_wall_ns=self._stamp(sample),
             dt_s=sample.real_time_s,
             counts=window_counts(sample.spectra, self.bounds),
             spectra=sample.spectra,
@@ -512,6 +535,7 @@ class N42ReplayDriver(Driver):
         if sample.neutrons is not None:
             self.publisher.emit(
                 Kind.NEUTRON_SCAN,
+                t_wall_ns=self._stamp(sample, end=True),
                 dt_s=sample.real_time_s,
                 counts=sample.neutrons[:, None],
                 values={"sample": sample.number},
@@ -521,6 +545,7 @@ class N42ReplayDriver(Driver):
         """Publish a background sample as rates (cps); return its total neutron rate (cps) if it has neutrons."""
         self.publisher.emit(
             Kind.GAMMA_BACKGROUND,
+            t_wall_ns=self._stamp(sample),
             dt_s=sample.real_time_s,
             counts=window_counts(sample.spectra, self.bounds) / sample.real_time_s,
             values={"sample": sample.number},
@@ -529,6 +554,10 @@ class N42ReplayDriver(Driver):
             return None
         cps = sample.neutrons[:, None] / sample.real_time_s
         self.publisher.emit(
-            Kind.NEUTRON_BACKGROUND, dt_s=sample.real_time_s, counts=cps, values={"sample": sample.number}
+            Kind.NEUTRON_BACKGROUND,
+            t_wall_ns=self._stamp(sample),
+            dt_s=sample.real_time_s,
+            counts=cps,
+            values={"sample": sample.number},
         )
         return float(cps.sum())

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from lanewatch.drivers.n42 import MPS_TO_KMH, N42Error, N42ReplayDriver, PortalFile, load_portal
 from lanewatch.edge.bus import ingest as bus
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
-from lanewatch.edge.bus.records import Kind, OccupancyEndValues, Record, decode
+from lanewatch.edge.bus.records import Kind, OccupancyEndValues, Record, decode, iso_utc
 from lanewatch.edge.config import parse
 from lanewatch.edge.ops.metrics import DriverMetrics
 
@@ -392,3 +395,20 @@ def test_constructor_refuses_bad_pacing_and_windows(portal: PortalFile) -> None:
 
 def test_the_driver_is_registered_as_n42() -> None:
     assert load_driver("n42") is N42ReplayDriver
+
+
+def test_lanewatch_replay_dates_the_decision_by_the_file(portal_path: Path, portal: PortalFile) -> None:
+    """The decision of a replayed file carries the file's own times, not the replay's."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lanewatch.edge", "replay", str(portal_path), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    decision = json.loads(proc.stdout.strip().splitlines()[-1])
+    first, last = portal.samples[0], portal.samples[-1]
+    assert first.start is not None and last.start is not None
+    assert decision["start"] == iso_utc(round(first.start.timestamp() * 1e9))
+    assert decision["start"] == "2010-01-24T00:08:24.078Z"
+    assert decision["end"] == iso_utc(round((last.start.timestamp() + last.real_time_s) * 1e9))

@@ -1,4 +1,4 @@
-"""``lanewatch replay FILE.n42``: the decision the service makes for one N42 portal file.
+"""``lanewatch replay FILE.n42``: the decision the service makes for one N42 portal file, dated by the file.
 
 Runs a private service (journal in a temp dir unless ``--journal``, sockets on ``ipc://``)
 and the ``n42`` replay driver found by name, then prints the decision of the occupancy.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import tempfile
 import threading
 import time
@@ -41,7 +42,10 @@ def replay(args: argparse.Namespace) -> int:
     path = Path(args.file)
     with tempfile.TemporaryDirectory(prefix="lanewatch-replay-") as tmp:
         config = Config(
-            service=ServiceConfig(journal=args.journal or str(Path(tmp) / "journal.db"), http=""),
+            # The records carry the file's own times, however old: no age limit on them.
+            service=ServiceConfig(
+                journal=args.journal or str(Path(tmp) / "journal.db"), http="", max_record_age_s=math.inf
+            ),
             bus=BusConfig(
                 ingest=f"ipc://{tmp}/ingest", alerts=f"ipc://{tmp}/alerts", query=f"ipc://{tmp}/query", plaintext=True
             ),
