@@ -11,7 +11,9 @@ A decision belongs to the vehicle whose portal counter (``device_occupancy``) it
 to the vehicle whose passage (truth ``start`` to ``end``) its own span overlaps. A decision whose samples span
 two vehicles' passages is merged.
 
-    python -m benchmarks.kills [--vehicles 150] [--driver-kills 20] [--service-kills 20] [--speedup 12]
+    python -m benchmarks.kills [--vehicles 150] [--driver-kills 20] [--service-kills 20] [--speedup 8]
+
+The baseline is the same traffic (same seed) without kills, in the same run.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def kill_run(
     vehicles: int = 150,
     driver_kills: int = 20,
     service_kills: int = 20,
-    speedup: float = 12.0,
+    speedup: float = 8.0,
     seed: int = 7,
     timeout_s: float = 900.0,
 ) -> KillRun:
@@ -189,21 +191,29 @@ def _restart(
     return dep.spawn(name, *args)
 
 
+def _report(title: str, run: KillRun) -> None:
+    print(f"{title}: kills driver {run.driver_kills}, service {run.service_kills} (SIGKILL, restarted at once)")
+    print(f"  decisions {run.decisions}: vehicles decided exactly once {run.decided_once}/{run.vehicles}")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(run.reasons.items())) or "-"
+    print(f"  INCOMPLETE {run.incomplete} ({reasons})")
+    print(f"  lost {run.lost}, duplicated {run.duplicated}, merged {run.merged}, unmatched {run.unmatched}")
+    print(f"  seq contiguous {run.seq_contiguous}, integrity_check {run.integrity}, {run.duration_s:.0f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vehicles", type=int, default=150)
     parser.add_argument("--driver-kills", type=int, default=20)
     parser.add_argument("--service-kills", type=int, default=20)
-    parser.add_argument("--speedup", type=float, default=12.0)
+    parser.add_argument("--speedup", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the run without kills")
     args = parser.parse_args()
+    print(f"{args.vehicles} vehicles, seed {args.seed}, speedup {args.speedup:g}")
+    if not args.no_baseline:
+        _report("baseline, same traffic", kill_run(args.vehicles, 0, 0, args.speedup, args.seed))
     run = kill_run(args.vehicles, args.driver_kills, args.service_kills, args.speedup, args.seed)
-    print(f"vehicles {run.vehicles} (seed {args.seed}, speedup {args.speedup:g}, {run.duration_s:.0f} s)")
-    print(f"kills: driver {run.driver_kills}, service {run.service_kills} (SIGKILL, restarted at once)")
-    print(f"decisions {run.decisions}: vehicles decided exactly once {run.decided_once}/{run.vehicles}")
-    print(f"INCOMPLETE {run.incomplete}: " + ", ".join(f"{k} {v}" for k, v in sorted(run.reasons.items())))
-    print(f"lost {run.lost}, duplicated {run.duplicated}, merged {run.merged}, unmatched {run.unmatched}")
-    print(f"seq contiguous {run.seq_contiguous}, integrity_check {run.integrity}")
+    _report("kill run", run)
     print("OK" if run.ok else "FAILED")
     return 0 if run.ok else 1
 

@@ -17,6 +17,7 @@ BENCHMARKS = (
     "fuzz",
     "console_table",
     "console_latency",
+    "kills",
 )
 
 

@@ -112,7 +112,8 @@ class FusionConfig(_Section):
     """A scan still open this long (s) after it started is closed incomplete (an occupancy that waited
     ``scan_wait_s`` for it cuts it sooner)."""
     match_tolerance_s: Wait = 2.0
-    """A scan belongs to the occupancy whose time span its own overlaps, both widened by this much (s)."""
+    """A scan belongs to the occupancy whose time span, widened by this much (s) at both ends, it overlaps: a scan that
+    starts later than the occupancy's end plus this is never its scan."""
     hotspot_z: Annotated[float, Meta(gt=0, le=1000)] = 3.0
     """Smallest matched-filter z at an image's high-Z object that makes a radiation hotspot there (below the alarm
     thresholds) a shielded source suspected."""

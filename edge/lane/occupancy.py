@@ -9,8 +9,11 @@ State machine per lane::
     OCCUPIED --samples stop for sample_timeout_s> IDLE  end_reason "stalled"   (INCOMPLETE)
 
 X-ray records go to the lane's :class:`~lanewatch.edge.xray.scan.ScanAssembler`. A scan belongs to the
-occupancy whose time span (first sample to end line, by the drivers' stamps) its own overlaps, both
-widened by ``match_tolerance_s``; of several, the one overlapping most. At a lane with a scanner
+occupancy whose time span (first sample to end line, by the drivers' stamps), widened by
+``match_tolerance_s`` at both ends, it overlaps; of several, the one overlapping most. A scan that starts
+after the occupancy ended (plus the tolerance) is never its scan, so a lost scan never pulls the next
+vehicle's in. A restarted X-ray driver, or one that lost its scanner, ends its open scan incomplete
+(``driver-restart``, ``link-lost``), and its next scan pairs afresh. At a lane with a scanner
 (``xray`` configured) an ended occupancy waits for its scan to end, at most ``scan_wait_s``: then an
 open scan is cut and fused as it is, and without any scan the decision is made on radiation alone
 (``xray.status`` ``missing``, anomaly ``xray-scan-missing``). A finished scan that no occupancy
@@ -190,9 +193,19 @@ class Lane:
         self.idle_seen.discard(rec.source)
         occ = self.occupancy
         log.warning("lane %s: source %s restarted (run %s, was %s)", self.id, rec.source, rec.run_id, prev)
+        events = self._close_scan(rec.source, "driver-restart", now_mono_ns)
         if occ is not None and occ.source == rec.source:
-            return self._end(occ.last_wall_ns, "driver-restart", None, now_mono_ns)
-        return []
+            events += self._end(occ.last_wall_ns, "driver-restart", None, now_mono_ns)
+        return events
+
+    def _close_scan(self, source: str, reason: str, now_mono_ns: int) -> list[Provisional | Decided]:
+        """End the open scan of ``source`` incomplete (its driver restarted or lost its link): it pairs with the
+        occupancy it overlaps, and the next scan of the source starts afresh."""
+        scan = self.scans.cut(source, now_mono_ns, reason)
+        if scan is None:
+            return []
+        self.finished_scans.append(scan)
+        return self._match(now_mono_ns)
 
     @property
     def link_up(self) -> bool | None:
@@ -207,11 +220,13 @@ class Lane:
             self.idle_seen.discard(rec.source)
         self._update_link(now_mono_ns)
         occ = self.occupancy
-        if not up and occ is not None and (rec.kind is Kind.LINK or was_up):
+        lost = not up and (rec.kind is Kind.LINK or bool(was_up))
+        events = self._close_scan(rec.source, "link-lost", now_mono_ns) if lost else []
+        if lost and occ is not None:
             if occ.source == rec.source:  # what follows the link's return may be another vehicle
-                return self._end(rec.t_wall_ns, "link-lost", None, now_mono_ns)
+                return events + self._end(rec.t_wall_ns, "link-lost", None, now_mono_ns)
             occ.link_interruptions += 1
-        return []
+        return events
 
     def _update_link(self, now_mono_ns: int) -> None:
         state, _ = self.devices.state(now_mono_ns)
@@ -559,10 +574,14 @@ class Lane:
         self.finished_scans += ended
         return self._match(now_mono_ns)
 
-    def _overlap_ns(self, a: tuple[int, int], b: tuple[int, int]) -> int | None:
-        """Overlap (ns; negative: the gap) of two spans; None when farther apart than the tolerance allows."""
-        overlap = min(a[1], b[1]) - max(a[0], b[0])
-        return overlap if overlap >= -2 * self.fusion.match_tolerance_s * 1e9 else None
+    def _overlap_ns(self, occupancy: tuple[int, int], scan: tuple[int, int]) -> int | None:
+        """Overlap (ns; negative: the gap) of an occupancy's span and a scan's; None unless the scan overlaps the
+        occupancy widened by ``match_tolerance_s`` at both ends: a scan that starts after the occupancy ended (plus
+        the tolerance), or ended before it started, is never its scan."""
+        tolerance = self.fusion.match_tolerance_s * 1e9
+        if scan[0] > occupancy[1] + tolerance or scan[1] < occupancy[0] - tolerance:
+            return None
+        return min(occupancy[1], scan[1]) - max(occupancy[0], scan[0])
 
     def _match(self, now_mono_ns: int) -> list[Provisional | Decided]:
         """Pair ended occupancies with scans, decide what is ready, and journal lone scans that waited long enough."""

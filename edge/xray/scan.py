@@ -20,7 +20,8 @@ adds the file's identifiers and ``pixel_spacing_mm``), one open scan per source 
 * ``XRAY_SCAN_END`` closes it: ``complete`` when the driver says so and no line was lost on the way.
 
 A scan also ends, incomplete, when its source starts another one (``restarted``), when a decision can
-wait no longer for it (``cut``), or when it stays open ``scan_timeout_s`` (``timeout``). Records of a
+wait no longer for it (``cut``), when its driver restarts or loses the scanner (``driver-restart``,
+``link-lost``), or when it stays open ``scan_timeout_s`` (``timeout``). Records of a
 scan that is not open (no start seen, or already cut) are counted and dropped. Every input problem
 is counted in ``lanewatch_lane_anomalies_total`` and logged with its context; kinds:
 ``xray-bad-record`` (a record whose arrays or values do not fit its scan), ``xray-no-scan``,
@@ -202,10 +203,11 @@ class ScanAssembler:
             if now_mono_ns - scan.started_mono_ns > limit
         ]
 
-    def cut(self, source: str, now_mono_ns: int) -> Scan | None:
-        """End the open scan of ``source`` now, incomplete (a decision waited for it long enough)."""
+    def cut(self, source: str, now_mono_ns: int, reason: str = "cut") -> Scan | None:
+        """End the open scan of ``source`` now, incomplete: ``cut`` (a decision waited for it long enough),
+        ``driver-restart`` or ``link-lost`` (its driver restarted or lost the scanner: the rest will not come)."""
         scan = self.open.get(source)
-        return None if scan is None else self._close(scan, "cut", now_mono_ns)
+        return None if scan is None else self._close(scan, reason, now_mono_ns)
 
     def open_spans(self) -> list[tuple[str, int, int]]:
         """(source, start ns, last record ns) of each open scan."""
