@@ -219,7 +219,7 @@ def read_health(config: Config, timeout_s: float = 1.0) -> dict[str, Any]:
     lanes = {}
     for lane in config.lanes:
         seen = (service.get("lanes") or {}).get(lane.id) or {}
-        connected, problem = seen.get("link_up"), ""
+        connected, problem = seen.get("link_up"), "; ".join(str(p) for p in seen.get("link_problems") or [])
         if lane.driver_http:
             driver, error = fetch_health(lane.driver_http, timeout_s)
             connected = None if driver is None else bool(driver.get("connected"))
