@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from starlette.testclient import TestClient
 
 from lanewatch.edge import config as config_module
+from lanewatch.edge.commands.schema import schema
 from lanewatch.edge.config import Config, ConfigError
 from lanewatch.edge.console.adjudication import Adjudications, EventFilter
 from lanewatch.edge.console.app import create_app, n42_nuclides
@@ -122,8 +124,14 @@ def test_failed_logins_are_rate_limited_per_user(client: TestClient) -> None:
 def test_idle_session_is_closed(client: TestClient, site: Config) -> None:
     login(client, "olga")
     assert client.get("/", follow_redirects=False).status_code == 200
+    store = client.app.state.console.users
+    token = client.cookies["lw_session"]
     with sqlite3.connect(users_path(site)) as conn:  # as if the last request was long ago
-        conn.execute("UPDATE sessions SET last_seen = last_seen - ?", (site.console.idle_timeout_s + 1,))
+        conn.execute("UPDATE sessions SET last_seen = last_seen - ?", (site.console.idle_timeout_s - 1,))
+    assert store.session(token, site.console.idle_timeout_s, touch=False) is not None
+    with sqlite3.connect(users_path(site)) as conn:
+        conn.execute("UPDATE sessions SET last_seen = last_seen - 2")
+    assert store.session(token, site.console.idle_timeout_s, touch=False) is None, "an event stream's check is no use"
     assert client.get("/", follow_redirects=False).headers["location"] == "/login?next=/"
 
 
@@ -207,15 +215,16 @@ def table_seqs(client: TestClient, query: str) -> list[int]:
 
 def test_event_table_filters_and_pages(client: TestClient, site: Config) -> None:
     login(client, "olga")
-    assert table_seqs(client, "") == [7, 6, 5, 4, 3, 2, 1]
+    # newest end first: decision 7 (the portal's alarm alone) ended before the others
+    assert table_seqs(client, "") == [6, 5, 4, 3, 2, 1, 7]
     assert table_seqs(client, "lane=lane2") == [6, 4, 2]
     assert table_seqs(client, "verdict=CLEAR") == [4, 1]
     alarms = table_seqs(client, "state=awaiting")
-    assert alarms == [7, 6, 5, 3, 2]
+    assert alarms == [6, 5, 3, 2, 7]
     with Journal(site.service.journal, readonly=True) as journal:
         end = journal.get(1)["end"]
     day = client.app.state.console.clock.local(end)[:10]
-    assert table_seqs(client, f"from={day}&to={day}") == [7, 6, 5, 4, 3, 2, 1]
+    assert table_seqs(client, f"from={day}&to={day}") == [6, 5, 4, 3, 2, 1, 7]
     assert table_seqs(client, "to=2000-01-01") == []
     unknown = client.get("/decisions?lane=nosuch")
     assert unknown.status_code == 400 and "no lane &#39;nosuch&#39; in the configuration" in unknown.text
@@ -231,10 +240,11 @@ def test_event_table_filters_and_pages(client: TestClient, site: Config) -> None
 
     store = client.app.state.console.adjudications
     first = store.events(EventFilter(), 3)
-    assert [r.seq for r in first.rows] == [7, 6, 5] and first.newer is None and first.older == 5
+    assert [r.seq for r in first.rows] == [6, 5, 4] and first.newer is None and first.older == 4
     second = store.events(EventFilter(), 3, before=first.older)
-    assert [r.seq for r in second.rows] == [4, 3, 2] and second.newer == 4
-    assert [r.seq for r in store.events(EventFilter(), 3, after=second.newer).rows] == [7, 6, 5]
+    assert [r.seq for r in second.rows] == [3, 2, 1] and second.newer == 3 and second.older == 1
+    assert [r.seq for r in store.events(EventFilter(), 3, before=second.older).rows] == [7]
+    assert [r.seq for r in store.events(EventFilter(), 3, after=second.newer).rows] == [6, 5, 4]
     csv = client.get("/decisions?verdict=CLEAR&format=csv")
     assert csv.headers["content-type"].startswith("text/csv") and len(csv.text.strip().splitlines()) == 3
 
@@ -266,11 +276,11 @@ def test_detail_page_gives_reasons_in_words_and_one_figure(client: TestClient) -
 
 def test_reasons_read_as_plain_words() -> None:
     by_reason = {tuple(a["reason"] for a in d["alarms"]): d for d in decisions()}
-    gamma = reasons(by_reason[("gamma", "gamma-shape")])
+    gamma = reasons(by_reason[("gamma", "gamma-shape", "device")])
     located = r"Gamma excess \d+\.\d sigma \(threshold \d+\.\d\) \d+\.\d m behind the front, ± \d\.\d m"
     assert re.match(located, gamma[0])
-    assert "The portal's own alarm" in gamma
-    norm = reasons(by_reason[("gamma", "gamma-shape", "norm-consistent")])
+    assert "The portal's own alarm (gamma); lanewatch's own tests confirm it (gamma, gamma-shape)" in gamma
+    norm = reasons(by_reason[("gamma-shape", "norm-consistent")])
     spread = r"Consistent with NORM, spread over \d+% of the load: (release recommended|not)"
     assert any(re.match(spread, r) for r in norm)
     assert any("released as" in r for r in norm)
@@ -321,6 +331,7 @@ def test_evidence_zip_has_a_manifest_an_n42_spectutils_reads_and_the_history(cli
     with Journal(site.service.journal, readonly=True) as journal:
         decision = journal.get(seq)
     assert json.loads(files["decision.json"]) == decision
+    jsonschema.Draft202012Validator(schema("decision")).validate(json.loads(files["decision.json"]))
     history = json.loads(files["adjudications.json"])["history"]
     assert [(h["kind"], h["disposition"], h["notes"]) for h in history] == [("adjudicate", "test", "drill")]
     assert files["evidence.png"].startswith(b"\x89PNG")

@@ -286,7 +286,7 @@ def create_app(
         return Response(json.dumps(wall.snapshot()), media_type="application/json")
 
     async def events(request: Request) -> Response:
-        session = await need(request)
+        await need(request)
         last = request.headers.get("last-event-id") or request.query_params.get("since") or ""
         try:
             since = int(last) if last else None
@@ -310,10 +310,8 @@ def create_app(
                     try:
                         event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
                     except TimeoutError:
-                        if (
-                            users.session(request.cookies.get(SESSION_COOKIE, ""), config.console.idle_timeout_s)
-                            is None
-                        ):
+                        token = request.cookies.get(SESSION_COOKIE, "")
+                        if users.session(token, config.console.idle_timeout_s, touch=False) is None:
                             yield Event("logout", None, "{}").encode()
                             return
                         yield b": keep-alive\n\n"
@@ -324,7 +322,6 @@ def create_app(
             finally:
                 hub.unsubscribe(queue)
 
-        del session
         return StreamingResponse(
             stream(),
             media_type="text/event-stream",

@@ -224,8 +224,9 @@ class UserStore:
             )
         return token, session
 
-    def session(self, token: str, idle_timeout_s: float) -> Session | None:
-        """The live session of cookie ``token`` (its idle clock restarted), or None when unknown or idle too long."""
+    def session(self, token: str, idle_timeout_s: float, touch: bool = True) -> Session | None:
+        """The live session of cookie ``token``, or None when unknown or idle too long; ``touch`` restarts its idle
+        clock (a request of the user's; an open event stream's periodic check does not)."""
         digest = _hash_token(token)
         now = time.time()
         with self._tx() as conn:
@@ -240,7 +241,8 @@ class UserStore:
             if disabled or now - last_seen > idle_timeout_s:
                 conn.execute("DELETE FROM sessions WHERE token_sha256 = ?", (digest,))
                 return None
-            conn.execute("UPDATE sessions SET last_seen = ? WHERE token_sha256 = ?", (now, digest))
+            if touch:
+                conn.execute("UPDATE sessions SET last_seen = ? WHERE token_sha256 = ?", (now, digest))
         return Session(User(name, role, created, False), csrf, digest)
 
     def close_session(self, session: Session) -> None:

@@ -273,6 +273,8 @@ def problems(decision: dict[str, Any]) -> str | None:
     except msgspec.ValidationError as exc:
         return str(exc)
     return None
+
+
 COMPLETE_ENDS = ("gx", "background")
 """End reasons after which the occupancy's data is whole: its end line, or (GX lost) the next background line."""
 
