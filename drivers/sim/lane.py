@@ -63,7 +63,9 @@ from lanewatch.drivers.sim.physics import (
     HOLD_IN_S,
     NEUTRON_DT_S,
     SOURCES,
+    VARIANTS,
     Passage,
+    Physics,
     Traffic,
     window_edges,
 )
@@ -149,6 +151,7 @@ class LaneSimulator:
         neutron_threshold: float = 12.0,
         background_interval_s: float = 5.0,
         background_scale: float = 1.0,
+        physics: Physics | None = None,
     ) -> None:
         if not speedup > 0:
             raise ValueError(f"speedup must be positive, got {speedup!r}")
@@ -159,7 +162,7 @@ class LaneSimulator:
         if not 0.0 <= tamper_rate <= 1.0:
             raise ValueError(f"tamper_rate must be a probability, got {tamper_rate!r}")
         self.seed = seed
-        self.traffic = Traffic(seed, windows_kev, mix, background_scale=background_scale)
+        self.traffic = Traffic(seed, windows_kev, mix, background_scale=background_scale, physics=physics or Physics())
         self.windows_kev = self.traffic.windows_kev
         self.gap_s = float(gap_s)
         self.speedup = float(speedup)
@@ -322,12 +325,13 @@ class LaneSimulator:
         yield _Event(t, self._background_lines())
 
     def _background_lines(self) -> list[str]:
-        gamma, neutron = self.traffic.background_reading(1.0)
-        self._device.gamma_bg.append(gamma)
-        self._device.neutron_bg.append(neutron)
-        gross = gamma.sum(axis=1)
+        gamma, neutron = self.traffic.background_line()
+        line_s = self.traffic.physics.background_line_s
+        self._device.gamma_bg.append(gamma / line_s)
+        self._device.neutron_bg.append(neutron / line_s)
+        gross = gamma.sum(axis=1) / line_s
         g_kind = "GL" if gross.min() < GAMMA_FAULT_LOW_CPS else "GH" if gross.max() > GAMMA_FAULT_HIGH_CPS else "GB"
-        n_kind = "NH" if neutron.max() > NEUTRON_FAULT_HIGH_CPS else "NB"
+        n_kind = "NH" if neutron.max() / line_s > NEUTRON_FAULT_HIGH_CPS else "NB"
         return [counts_line(n_kind, neutron), counts_line(g_kind, gamma)]
 
     def _gap(self, t: float, end: float) -> Iterator[_Event]:
@@ -433,6 +437,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="start the traffic only once every lane has a TCP client, waiting at most S seconds (default 0)",
     )
+    parser.add_argument(
+        "--physics",
+        choices=sorted(VARIANTS),
+        default="default",
+        help="physics variant: shadow profile, geometry, speeds, background, device conventions (default: default)",
+    )
 
 
 def truth_path_for(path: Path | None, lane: int, lanes: int) -> Path | None:
@@ -463,6 +473,7 @@ def run(args: argparse.Namespace) -> int:
                 truth_path=truth_path_for(args.truth, lane, args.lanes),
                 gx_zero=args.gx_zero,
                 tamper_rate=args.tamper_rate,
+                physics=VARIANTS[args.physics],
             )
             sims.append(sim)
             where = []

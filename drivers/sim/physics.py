@@ -144,6 +144,71 @@ DEFAULT_MIX: dict[str, float] = {
 }
 """Scenario probabilities: half benign, 15 % NORM, 5 % medical, 30 % threats."""
 
+SHADOWS = ("sections", "uniform", "ramped", "patchy", "none")
+"""Shadow-shielding profiles: per cargo section (the default), one level over the whole vehicle, a linear ramp
+from front to rear, short patches of random depth, or no shielding at all."""
+
+
+@dataclass(frozen=True)
+class Physics:
+    """How a lane's physics and its device's conventions are drawn; the default is the lane described above.
+
+    Variants deliberately differ from it, so a detector can be scored on traffic it was not built on.
+    """
+
+    shadow: str = "sections"
+    """One of :data:`SHADOWS`."""
+    shadow_depth: tuple[float, float] = (0.0, 0.40)
+    """Range of the suppression fraction drawn for the uniform, ramped and patchy profiles."""
+    speed_kmh: tuple[float, float, float] = (3.0, 7.0, 10.0)
+    """Triangular distribution (low, mode, high) of vehicle speeds (km/h)."""
+    lateral_m: tuple[float, float] = (-1.0, 1.0)
+    """Across-lane position (m) of a point source: uniform over the range, mirrored to either side at random when
+    the range does not include 0."""
+    height_m: tuple[float, float] = (1.3, 3.3)
+    """Height (m) of a point source."""
+    background_cps: tuple[float, float] | None = None
+    """Range of the site's gross gamma background, 4 channels summed (cps), drawn log-uniform once per lane (the
+    neutron background scales with it); None: the SRLS ranges per channel."""
+    background_line_s: float = 1.0
+    """What a background line carries: counts over this many seconds (1: counts per second)."""
+    dead_gamma_channel: int | None = None
+    """A gamma channel that counts nothing, in background and occupancy alike."""
+    norm_span_m: tuple[float, float] | None = None
+    """Length (m) of a NORM load, placed at random in the cargo; None: the whole cargo."""
+
+    def __post_init__(self) -> None:
+        if self.shadow not in SHADOWS:
+            raise ValueError(f"shadow must be one of {', '.join(SHADOWS)}, got {self.shadow!r}")
+        if not 0 < self.speed_kmh[0] <= self.speed_kmh[1] <= self.speed_kmh[2]:
+            raise ValueError(f"speed_kmh must be 0 < low <= mode <= high, got {self.speed_kmh!r}")
+        if not self.background_line_s > 0:
+            raise ValueError(f"background_line_s must be positive, got {self.background_line_s!r}")
+        if self.dead_gamma_channel is not None and not 0 <= self.dead_gamma_channel < N_GAMMA:
+            raise ValueError(f"dead_gamma_channel must be 0..{N_GAMMA - 1}, got {self.dead_gamma_channel!r}")
+
+
+DEFAULT_PHYSICS = Physics()
+
+VARIANTS: dict[str, Physics] = {
+    "default": DEFAULT_PHYSICS,
+    "uniform-shadow": Physics(shadow="uniform"),
+    "ramped-shadow": Physics(shadow="ramped"),
+    "patchy-shadow": Physics(shadow="patchy"),
+    "no-shadow": Physics(shadow="none"),
+    "off-centre-low": Physics(lateral_m=(0.6, 1.1), height_m=(0.5, 1.2)),
+    "high": Physics(height_m=(3.0, 3.8)),
+    "slow": Physics(speed_kmh=(2.0, 2.5, 4.0)),
+    "fast": Physics(speed_kmh=(9.0, 13.0, 15.0)),
+    "background-100": Physics(background_cps=(100.0, 130.0)),
+    "background-3000": Physics(background_cps=(2500.0, 3000.0)),
+    "lines-5s": Physics(background_line_s=5.0),
+    "dead-channel": Physics(dead_gamma_channel=1),
+    "norm-short": Physics(norm_span_m=(3.0, 5.0)),
+    "norm-long": Physics(norm_span_m=(9.0, 13.0)),
+}
+"""Named physics variants, each differing from the default on one axis (``default`` itself first)."""
+
 # ---------------------------------------------------------------------------------------------
 # Geometry
 PANEL_Y_M = np.array([-2.5, -2.5, 2.5, 2.5])
@@ -539,19 +604,51 @@ def _make_vehicle(rng: np.random.Generator, kinds: Sequence[str], cargo_kind: st
     return _Vehicle(kind, end, cab, gap, cargo_kind, tuple(segments))
 
 
+def _profile_grid(vehicle: _Vehicle) -> np.ndarray:
+    """Distance (m) behind the vehicle front of the section between the pillars, v t, with margins."""
+    return np.arange(-_PROFILE_MARGIN_M, vehicle.length_m + _PROFILE_MARGIN_M, _PROFILE_STEP_M)
+
+
+def _view(raw: np.ndarray) -> np.ndarray:
+    """A profile on :func:`_profile_grid` as the panels see it, smoothed over their view."""
+    u = np.arange(-_PROFILE_MARGIN_M, _PROFILE_MARGIN_M + 1e-9, _PROFILE_STEP_M)
+    kernel = (u * u + _VIEW_HALF_WIDTH_M**2) ** -1.5
+    return np.convolve(raw, kernel / kernel.sum(), mode="same")
+
+
 def _view_smoothed(vehicle: _Vehicle, value: Mapping[str, float] | None) -> tuple[np.ndarray, np.ndarray]:
     """(grid m, profile): suppression (or ``value`` per section kind) seen by the panels, smoothed over their view.
 
     The grid is the distance behind the vehicle front of the section between the pillars, v t.
     """
-    grid = np.arange(-_PROFILE_MARGIN_M, vehicle.length_m + _PROFILE_MARGIN_M, _PROFILE_STEP_M)
+    grid = _profile_grid(vehicle)
     raw = np.zeros_like(grid)
     for s in vehicle.segments:
         inside = (grid >= s.start_m) & (grid < s.end_m)
         raw[inside] = s.suppression if value is None else value.get(s.kind, 0.0)
-    u = np.arange(-_PROFILE_MARGIN_M, _PROFILE_MARGIN_M + 1e-9, _PROFILE_STEP_M)
-    kernel = (u * u + _VIEW_HALF_WIDTH_M**2) ** -1.5
-    return grid, np.convolve(raw, kernel / kernel.sum(), mode="same")
+    return grid, _view(raw)
+
+
+def _shadow(rng: np.random.Generator, vehicle: _Vehicle, physics: Physics) -> tuple[np.ndarray, np.ndarray]:
+    """(grid m, suppression seen by the panels) for the physics' shadow profile (:data:`SHADOWS`)."""
+    if physics.shadow == "sections":
+        return _view_smoothed(vehicle, None)
+    grid = _profile_grid(vehicle)
+    on = (grid >= 0.0) & (grid < vehicle.length_m)
+    raw = np.zeros_like(grid)
+    lo, hi = physics.shadow_depth
+    if physics.shadow == "uniform":
+        raw[on] = rng.uniform(lo, hi)
+    elif physics.shadow == "ramped":
+        a, b = rng.uniform(lo, hi, 2)
+        raw[on] = a + (b - a) * grid[on] / vehicle.length_m
+    elif physics.shadow == "patchy":
+        pos = 0.0
+        while pos < vehicle.length_m:
+            end = pos + rng.uniform(0.5, 2.0)
+            raw[(grid >= pos) & (grid < min(end, vehicle.length_m))] = rng.uniform(lo, hi)
+            pos = end
+    return grid, _view(raw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,6 +669,17 @@ class Passage:
     """(4,) true mean neutron background (cps)."""
     truth: dict
     """JSON-serialisable: index, category, source, sources, cargo, vehicle, length_m, speed_kmh."""
+    expected_background: np.ndarray | None = None
+    """(n, 4, K) expected background gamma counts per sample, shadow shielding included (what the counts would
+    average without any source)."""
+    expected_signal: np.ndarray | None = None
+    """(n, 4, K) expected gamma counts from the sources."""
+    expected_neutron_background: np.ndarray | None = None
+    """(m, 4) expected neutron background counts per sample from the site (Poisson)."""
+    expected_ship: np.ndarray | None = None
+    """(m, 4) expected He-3 ship-effect counts per sample (bursts: variance about 2.5 times the mean)."""
+    expected_neutron_signal: np.ndarray | None = None
+    """(m, 4) expected neutron counts from the sources."""
 
 
 @dataclass(frozen=True)
@@ -602,8 +710,10 @@ class Traffic:
         mix: Mapping[str, float] | None = None,
         *,
         background_scale: float = 1.0,
+        physics: Physics = DEFAULT_PHYSICS,
     ) -> None:
         self.seed = int(seed)
+        self.physics = physics
         self.windows_kev = window_edges(windows_kev)
         self.K = len(self.windows_kev) - 1
         self.mix = dict(DEFAULT_MIX if mix is None else mix)
@@ -627,8 +737,16 @@ class Traffic:
         bg_windows = _background_deposit(self.windows_kev)
         bg_gross = float(_background_deposit(GROSS_WINDOW_KEV)[0])
         gross_cps = site.uniform(212.0, 256.0, N_GAMMA) * background_scale
-        self._bg_gamma = gross_cps[:, None] * (bg_windows / bg_gross)[None, :]
-        self._bg_neutron = site.uniform(2.0, 5.0, N_NEUTRON) * background_scale
+        neutron_cps = site.uniform(2.0, 5.0, N_NEUTRON) * background_scale
+        if physics.background_cps is not None:
+            variant = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(4,)))
+            factor = _log_uniform(variant, *physics.background_cps) / float(gross_cps.sum())
+            gross_cps, neutron_cps = gross_cps * factor, neutron_cps * factor
+        self._alive = np.ones(N_GAMMA)
+        if physics.dead_gamma_channel is not None:
+            self._alive[physics.dead_gamma_channel] = 0.0
+        self._bg_gamma = (gross_cps * self._alive)[:, None] * (bg_windows / bg_gross)[None, :]
+        self._bg_neutron = neutron_cps
         self._window_suppression = self._suppression_shape(bg_windows)
         # Drift: (amplitude, period s, phase) for the common gamma, per-channel gamma and neutron terms.
         self._drift_common = [(0.02, 420.0, site.uniform(0, 2 * np.pi)), (0.012, 1300.0, site.uniform(0, 2 * np.pi))]
@@ -673,6 +791,13 @@ class Traffic:
         rng = self._reading_rng
         return rng.poisson(gamma * seconds) / seconds, rng.poisson(neutron * seconds) / seconds
 
+    def background_line(self) -> tuple[np.ndarray, np.ndarray]:
+        """A background reading as the device's GB and NB lines carry it: counts over the physics'
+        ``background_line_s`` (so counts per second when that is 1 s); gamma (4, K), neutron (4,)."""
+        seconds = self.physics.background_line_s
+        gamma, neutron = self.background_reading(seconds)
+        return gamma * seconds, neutron * seconds
+
     def idle(self, seconds: float) -> None:
         """Advance time (drift) without a vehicle."""
         if seconds < 0:
@@ -692,32 +817,37 @@ class Traffic:
             vehicle = _make_vehicle(rng, _FREIGHT, None)
         else:
             vehicle = _make_vehicle(rng, list(_VEHICLES), None)
-        speed_kmh = float(rng.triangular(3.0, 7.0, 10.0))
+        speed_kmh = float(rng.triangular(*self.physics.speed_kmh))
         v = speed_kmh / 3.6
         n = math.ceil((vehicle.length_m / v + HOLD_IN_S) / GAMMA_DT_S)
         m = math.ceil(n * GAMMA_DT_S / NEUTRON_DT_S)
         t_gamma = (np.arange(n)[:, None] + np.array([1.0, 3.0, 5.0]) / 6.0) * GAMMA_DT_S  # (n, 3) sub-instants
         t_neutron = (np.arange(m) + 0.5) * NEUTRON_DT_S
 
-        emissions = self._emissions(rng, source, vehicle, v, t_gamma, t_neutron)
+        variant = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(5, index)))
+        emissions = self._emissions(rng, variant, source, vehicle, v, t_gamma, t_neutron)
 
         # Background, shadow-shielded by whatever is between the pillars.
         t_abs = self._t_s + t_gamma[:, 1]
-        grid, supp = _view_smoothed(vehicle, None)
+        grid, supp = _shadow(variant, vehicle, self.physics)
         panel_factor = rng.uniform(0.85, 1.15, N_GAMMA)
         s_t = np.interp(v * t_gamma[:, 1], grid, supp)[:, None, None] * panel_factor[None, :, None]
         s_tk = np.clip(s_t * self._window_suppression[None, None, :], 0.0, 0.9)
         bg = self._bg_gamma[None, :, :] * self._gamma_drift(t_abs)[:, :, None]
-        lam_gamma = bg * (1.0 - s_tk) * GAMMA_DT_S
-        lam_neutron = (self._bg_neutron[None, :] * self._neutron_drift(self._t_s + t_neutron)[:, None]) * NEUTRON_DT_S
+        background = bg * (1.0 - s_tk) * GAMMA_DT_S
+        neutron_background = (
+            self._bg_neutron[None, :] * self._neutron_drift(self._t_s + t_neutron)[:, None]
+        ) * NEUTRON_DT_S
+        signal = np.zeros_like(background)
+        neutron_signal = np.zeros_like(neutron_background)
         for e in emissions:
-            lam_gamma = lam_gamma + e.gamma[:, :, :-1]
+            signal = signal + e.gamma[:, :, :-1] * self._alive[None, :, None]
             if e.neutron is not None:
-                lam_neutron = lam_neutron + e.neutron
+                neutron_signal = neutron_signal + e.neutron
 
-        gamma = rng.poisson(lam_gamma).astype(np.int64)
-        neutron = rng.poisson(lam_neutron).astype(np.int64)
-        ship_cps = self._add_ship_effect(rng, vehicle, v, t_neutron, neutron)
+        gamma = rng.poisson(background + signal).astype(np.int64)
+        neutron = rng.poisson(neutron_background + neutron_signal).astype(np.int64)
+        ship_cps, ship_mean = self._add_ship_effect(rng, vehicle, v, t_neutron, neutron)
 
         bg_gamma, bg_neutron = self.background_mean()
         vehicle_truth, cargo_truth = vehicle.truth()
@@ -735,26 +865,42 @@ class Traffic:
         }
         self._index += 1
         self._t_s += n * GAMMA_DT_S
-        return Passage(index, gamma, neutron, speed_kmh, vehicle.length_m, bg_gamma, bg_neutron, truth)
+        return Passage(
+            index,
+            gamma,
+            neutron,
+            speed_kmh,
+            vehicle.length_m,
+            bg_gamma,
+            bg_neutron,
+            truth,
+            expected_background=background,
+            expected_signal=signal,
+            expected_neutron_background=neutron_background,
+            expected_ship=ship_mean,
+            expected_neutron_signal=neutron_signal,
+        )
 
     def _add_ship_effect(
         self, rng: np.random.Generator, vehicle: _Vehicle, v: float, t_neutron: np.ndarray, neutron: np.ndarray
-    ) -> float:
-        """Add overdispersed spallation-neutron bursts from metal cargo in place; returns the full-load rate (cps)."""
+    ) -> tuple[float, np.ndarray]:
+        """Add overdispersed spallation-neutron bursts from metal cargo in place; returns the full-load rate (cps)
+        and the expected counts it adds, (m, 4)."""
         grid, metal = _view_smoothed(vehicle, {"metal": 1.0})
         if metal.max() <= 0.0:
-            return 0.0
+            return 0.0, np.zeros_like(neutron, dtype=np.float64)
         ship_cps = rng.uniform(0.5, 3.0)
         mean_multiplicity = 2.0
         burst_rate = ship_cps / mean_multiplicity * np.interp(v * t_neutron, grid, metal) * NEUTRON_DT_S
         bursts = rng.poisson(burst_rate)
         total = bursts + rng.poisson(bursts * (mean_multiplicity - 1.0))
         neutron += rng.multinomial(total, np.full(N_NEUTRON, 1.0 / N_NEUTRON))
-        return ship_cps
+        return ship_cps, np.repeat((burst_rate * mean_multiplicity / N_NEUTRON)[:, None], N_NEUTRON, axis=1)
 
     def _emissions(
         self,
         rng: np.random.Generator,
+        variant: np.random.Generator,
         source: str,
         vehicle: _Vehicle,
         v: float,
@@ -764,7 +910,7 @@ class Traffic:
         if source == "none":
             return []
         if SOURCES[source] == "norm":
-            return [self._distributed(rng, source, vehicle, v, t_gamma)]
+            return [self._distributed(rng, variant, source, vehicle, v, t_gamma)]
         wall = _VEHICLES[vehicle.kind].wall
         if SOURCES[source] == "medical":
             p = rng.uniform(0.8, max(0.9, vehicle.cab_m - 0.4))
@@ -776,7 +922,9 @@ class Traffic:
             return [self._point(source, source, strength, p, y, z, v, layers, shielding, t_gamma)]
 
         p = rng.uniform(vehicle.cargo_start_m + 0.3, vehicle.length_m - 0.3)
-        y, z = rng.uniform(-1.0, 1.0), rng.uniform(1.3, 3.3)
+        y, z = rng.uniform(*self.physics.lateral_m), rng.uniform(*self.physics.height_m)
+        if self.physics.lateral_m[0] > 0 and variant.random() < 0.5:
+            y = -y
         material, density = vehicle.density_at(p)
         cargo_areal = density * 100.0 * np.clip(_CARGO_HALF_WIDTH_M - np.sign(PANEL_Y_M) * y, 0.0, None)
         shield: list[tuple[str, float]] = []
@@ -841,11 +989,22 @@ class Traffic:
         return _Emission(gamma, None, truth)
 
     def _distributed(
-        self, rng: np.random.Generator, source: str, vehicle: _Vehicle, v: float, t_gamma: np.ndarray
+        self,
+        rng: np.random.Generator,
+        variant: np.random.Generator,
+        source: str,
+        vehicle: _Vehicle,
+        v: float,
+        t_gamma: np.ndarray,
     ) -> _Emission:
-        """NORM spread through the whole load; strength is the expected peak excess (cps, 4 panels, gross)."""
+        """NORM spread through the load (the whole cargo, or a span of the physics' ``norm_span_m`` in it); strength
+        is the expected peak excess (cps, 4 panels, gross)."""
         emitter = "k40" if source == "k40-fertilizer" else "ceramics"
         start, end = vehicle.cargo_start_m, vehicle.length_m
+        if self.physics.norm_span_m is not None:
+            span = min(variant.uniform(*self.physics.norm_span_m), end - start)
+            start += variant.uniform(0.0, max(end - start - span, 0.0))
+            end = start + span
         material, density = vehicle.density_at(0.5 * (start + end))
         slices = np.arange(start + 0.15, end, 0.3)
         ys = np.array([-0.8, 0.0, 0.8])
