@@ -1,0 +1,171 @@
+"""Point-source matched filter against the occupancy's own level: a linear shadow fitted on sidebands.
+
+A vehicle shields part of the natural background, by an amount that changes along it (cab, gap, cargo,
+loads of any kind), so the expected background ``e`` (the tracked one, or the occupancy's own estimate)
+is off by a level that varies. Around each candidate centre ``c`` the counts of the samples
+``[c - R, c + R]`` (within the data; ``R`` = the template's half-width plus ``side`` samples of sideband
+either side, at least half of each sideband inside the data: a line cannot be told from a step at the
+data's ends, where the vehicle enters and leaves) are fitted as
+
+    x_j = e_j (a + b u_j) + A w_j,     u_j = (j - c) / R
+
+by least squares with weights ``1 / e_j`` (Poisson), ``w`` the point-source template centred at ``c``: the
+shadow is a straight line across the window (any level, any slope), the source its amplitude ``A`` on top.
+By the Schur complement the source's statistic is
+
+    z = (sum g_j x_j) / sqrt(level * sum g_j^2 e_j),     g_j = w_j / e_j - (1, u_j) M^-1 (sum w, sum w u)
+
+with ``M`` the 2x2 normal matrix of the line (``sum e``, ``sum e u``, ``sum e u^2``) and ``level`` the line's
+value at the centre fitted together with the source (at least ``LEVEL_FLOOR``). The level returned is the
+line fitted without the source. A Cornish-Fisher
+term ``cf * level * sum g^3 e / sd^3`` corrects for the counts' skewness, as in :mod:`lanewatch.kernels.matched`.
+The statistic does not depend on the shadow's level or slope; it loses what of the template a line
+explains. Samples with nothing expected do not count. A window whose line and template cannot be told
+apart (``sum g^2 e`` below ``1e-9`` of ``sum w^2 / e``) has no statistic (``-inf``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+LEVEL_FLOOR = 0.05
+"""Smallest shadow level (fraction of the expected background) used in a statistic's variance."""
+
+
+@numba.njit(cache=True)
+def _side_one(
+    x: np.ndarray, e: np.ndarray, n: int, c: int, w: np.ndarray, h: int, hmax: int, side: int, cf: float
+) -> tuple[float, float]:
+    reach = h + side
+    if c - h - side // 2 < 0 or c + h + side // 2 > n - 1:
+        return -np.inf, np.nan
+    lo = max(0, c - reach)
+    hi = min(n - 1, c + reach)
+    s11 = 0.0
+    s12 = 0.0
+    s22 = 0.0
+    s13 = 0.0
+    s23 = 0.0
+    s33 = 0.0
+    b1 = 0.0
+    b2 = 0.0
+    b3 = 0.0
+    for j in range(lo, hi + 1):
+        ej = e[j]
+        if ej <= 0.0:
+            continue
+        u = (j - c) / reach
+        k = j - c
+        wj = w[k + hmax] if -h <= k <= h else 0.0
+        s11 += ej
+        s12 += ej * u
+        s22 += ej * u * u
+        s13 += wj
+        s23 += wj * u
+        s33 += wj * wj / ej
+        b1 += x[j]
+        b2 += x[j] * u
+        b3 += x[j] * wj / ej
+    det = s11 * s22 - s12 * s12
+    if s33 <= 0.0 or det <= 1e-12 * s11 * s22:
+        return -np.inf, np.nan
+    # Line through the window without the source: (a, b) = M^-1 (b1, b2).
+    a = (s22 * b1 - s12 * b2) / det
+    # Projection coefficients of the template on the line: (p1, p2) = M^-1 (s13, s23).
+    p1 = (s22 * s13 - s12 * s23) / det
+    p2 = (s11 * s23 - s12 * s13) / det
+    norm = s33 - (p1 * s13 + p2 * s23)
+    if norm <= 1e-9 * s33:
+        return -np.inf, a
+    num = b3 - (p1 * b1 + p2 * b2)
+    level = max(a - p1 * num / norm, LEVEL_FLOOR)
+    g3e = 0.0
+    for j in range(lo, hi + 1):
+        ej = e[j]
+        if ej <= 0.0:
+            continue
+        u = (j - c) / reach
+        k = j - c
+        wj = w[k + hmax] if -h <= k <= h else 0.0
+        g = wj / ej - p1 - p2 * u
+        g3e += g * g * g * ej
+    sd = math.sqrt(level * norm)
+    return num / sd - cf * level * g3e / (sd * sd * sd), a
+
+
+@numba.njit(cache=True)
+def sideband_series(
+    x: np.ndarray, e: np.ndarray, bank: np.ndarray, halfw: np.ndarray, side: int, cf: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """z of every template (rows of ``bank``, half-widths ``halfw``) at every centre, and the line's level at the
+    centre (observed over expected, fitted without the source; NaN where the line is undetermined): both
+    (templates, n)."""
+    n = x.shape[0]
+    hmax = (bank.shape[1] - 1) // 2
+    out = np.empty((bank.shape[0], n))
+    level = np.empty((bank.shape[0], n))
+    for t in range(bank.shape[0]):
+        for c in range(n):
+            out[t, c], level[t, c] = _side_one(x, e, n, c, bank[t], halfw[t], hmax, side, cf)
+    return out, level
+
+
+def sideband_series_ref(
+    x: np.ndarray, e: np.ndarray, bank: np.ndarray, halfw: np.ndarray, side: int, cf: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy twin of :func:`sideband_series` (a weighted least-squares solve per centre and template)."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.asarray(e, dtype=np.float64)
+    n = x.shape[0]
+    hmax = (bank.shape[1] - 1) // 2
+    out = np.full((bank.shape[0], n), -np.inf)
+    levels = np.full((bank.shape[0], n), np.nan)
+    for t in range(bank.shape[0]):
+        h = int(halfw[t])
+        reach = h + side
+        for c in range(n):
+            if c - h - side // 2 < 0 or c + h + side // 2 > n - 1:
+                continue
+            j = np.arange(max(0, c - reach), min(n - 1, c + reach) + 1)
+            j = j[e[j] > 0]
+            if j.size == 0:
+                continue
+            k = j - c
+            w = np.where(np.abs(k) <= h, bank[t, np.clip(k, -h, h) + hmax], 0.0)
+            u = k / reach
+            line = np.stack([e[j], e[j] * u], axis=1)
+            m = line.T @ (line / e[j][:, None])
+            if w @ (w / e[j]) <= 0 or np.linalg.det(m) <= 1e-12 * m[0, 0] * m[1, 1]:
+                continue
+            coef = np.linalg.solve(m, line.T @ (x[j] / e[j]))
+            levels[t, c] = coef[0]
+            p = np.linalg.solve(m, line.T @ (w / e[j]))
+            g = w / e[j] - p[0] - p[1] * u
+            norm = float(g @ (g * e[j]))
+            if norm <= 1e-9 * float(w @ (w / e[j])):
+                continue
+            amplitude = float(g @ x[j]) / norm
+            level = max(float(coef[0]) - p[0] * amplitude, LEVEL_FLOOR)
+            sd = math.sqrt(level * norm)
+            out[t, c] = float(g @ x[j]) / sd - cf * level * float(g**3 @ e[j]) / sd**3
+    return out, levels
+
+
+def projected_rho1(template: np.ndarray, side: int) -> float:
+    """Lag-1 autocorrelation of a template's sideband statistic in the interior, under a constant background.
+
+    ``template`` is the template trimmed to its own width (odd length); the window adds ``side`` samples
+    either side and the weights are the template less its projection on a line across the window.
+    """
+    h = (template.shape[0] - 1) // 2
+    reach = h + side
+    w = np.zeros(2 * reach + 1)
+    w[side : side + template.shape[0]] = template
+    u = np.arange(-reach, reach + 1) / reach
+    line = np.stack([np.ones_like(u), u], axis=1)
+    g = w - line @ np.linalg.lstsq(line, w, rcond=None)[0]
+    # The statistic at the next centre uses the window shifted by one: its weights are g shifted.
+    return float(np.dot(g[:-1], g[1:]) / np.dot(g, g))
