@@ -91,6 +91,12 @@ class DetectionConfig(_Section):
     """Speed assumed (km/h) until the device reports one."""
     norm_min_extent: Fraction = 0.5
     """Smallest fraction of the vehicle length over which an excess must spread to be NORM-consistent."""
+    norm_verdict: Literal["release", "alarm"] = "release"
+    """What a NORM-consistent excess (spread along the vehicle wider than a point source can be, no point source on
+    top of it, and harder than background where energy windows tell) does to the verdict: "release" (its gamma
+    entries do not alarm; the ``norm-consistent`` entry explains, with ``release_recommended`` when the model and the
+    image agree) or "alarm" (the verdict stays ALARM and the ``norm-consistent`` entry stands beside the alarms as
+    the officer's evidence)."""
     occupancy_hold_in_s: Wait = 0.0
     """Time (s) the portal keeps an occupancy open after the vehicle has left (its hold-in); 0 if unknown."""
     occupancy_timeout_s: Seconds = 120.0

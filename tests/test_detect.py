@@ -209,6 +209,48 @@ def test_hard_point_source_is_not_released() -> None:
         assert not any(a.get("released_as") for a in result["alarms"])
 
 
+def run_gross(vehicle: Vehicle, seed: int, cfg: DetectionConfig) -> dict:
+    """The vehicle through a gross-counting portal (the windows summed)."""
+    gamma, neutron = vehicle.draw(np.random.default_rng(seed))
+    bg = BackgroundSnapshot(GAMMA_CPS.sum(axis=1, keepdims=True), NEUTRON_CPS.copy(), 200.0, 200.0)
+    return analyze(cfg, bg, gamma.sum(axis=2), neutron, DT, 1.0, vehicle.speed_kmh)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gross_counts_spread_excess_is_norm_consistent_under_either_policy(seed: int) -> None:
+    """Without energy windows, an excess spread along the cargo, wider than a point source can be, is
+    norm-consistent; ``norm_verdict`` says whether it is released or stays an alarm beside that entry."""
+    vehicle = Vehicle(norm_cps=600.0, cargo_shield=0.1)
+    released = run_gross(vehicle, seed, DetectionConfig(occupancy_hold_in_s=1.0))
+    assert released["verdict"] == "CLEAR", released["alarms"]
+    entries = {a["reason"]: a for a in released["alarms"]}
+    assert entries["gamma"]["released_as"] == "norm-consistent"
+    assert entries["norm-consistent"]["basis"] == "spread"
+    assert entries["norm-consistent"]["statistic"] >= entries["norm-consistent"]["threshold"]
+    kept = run_gross(vehicle, seed, DetectionConfig(occupancy_hold_in_s=1.0, norm_verdict="alarm"))
+    assert kept["verdict"] == "ALARM"
+    entries = {a["reason"]: a for a in kept["alarms"]}
+    assert entries["gamma"]["alarm"] is True and "released_as" not in entries["gamma"]
+    assert entries["norm-consistent"]["alarm"] is False
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gross_counts_point_source_on_a_norm_load_is_not_released(seed: int) -> None:
+    """Masking: a point-source-shaped bump on top of the spread load keeps the alarm, energy windows or not."""
+    vehicle = Vehicle(norm_cps=600.0, cargo_shield=0.1, source_m=10.0, source_cps=900.0)
+    result = run_gross(vehicle, seed, DetectionConfig(occupancy_hold_in_s=1.0))
+    assert result["verdict"] == "ALARM"
+    assert not any(a.get("released_as") for a in result["alarms"])
+
+
+def test_gross_counts_point_source_is_not_norm_consistent() -> None:
+    vehicle = Vehicle(source_m=9.0, source_cps=1500.0, length_m=12.0)
+    for seed in range(4):
+        result = run_gross(vehicle, seed, DetectionConfig(occupancy_hold_in_s=1.0))
+        assert result["verdict"] == "ALARM"
+        assert "norm-consistent" not in {a["reason"] for a in result["alarms"]}
+
+
 # --------------------------------------------------------------------------- neutrons
 def test_neutron_source_alarms() -> None:
     vehicle = Vehicle(source_m=8.0, neutron_cps=60.0)

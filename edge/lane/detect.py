@@ -3,9 +3,13 @@
 Tests (kernels in :mod:`kernels`):
 
 - ``gamma``: point-source matched filter on the gross count profile (a small bank of widths around the
-  one the speed and ``source_standoff_m`` give). Two versions of the expected background: the tracked
-  background as is, and the background times the local level of the vehicle's shadow shielding measured
-  on flanks either side (never above 1, see :mod:`lanewatch.kernels.suppression`). The statistic is the larger z.
+  one the speed and ``source_standoff_m`` give), in two versions. Against the tracked background as is
+  (full sensitivity where nothing shields; a shadow only lowers it). And against the occupancy's own
+  level: around each centre a straight-line shadow (any level, any slope) is fitted on sidebands together
+  with the source (:mod:`lanewatch.kernels.sideband`), so the test holds under any shadow a line follows
+  over a few metres; where the shadow is rougher than that (patches, steps), the z's of the occupancy
+  are divided by their own spread below the median (at least 1), measured away from the strongest
+  centre, which a source does not widen. The statistic is the larger z.
 - ``gamma-shape`` (K >= 2 energy windows): conditional binomial test of the low-window fraction against
   the background's, corrected for the way shielding softens the background, matched-filter weighted
   (:mod:`lanewatch.kernels.shape`); two-sided: ``direction`` "softer" (Cs-137 and lighter emitters, HEU, Pu,
@@ -21,18 +25,22 @@ Tests (kernels in :mod:`kernels`):
   normal z), when at least ``JOINT_MIN_Z``, combined with the gamma z where the window is centred,
   ``sqrt(z_n^2 + z_gamma+^2)`` (``z_gamma+`` its positive part, the largest over the gamma samples
   within half a neutron sample of the centre): the softer-shape z with energy windows (NORM, being
-  harder, adds nothing), else the gross z against the tracked background; nominal template only.
+  harder, adds nothing), else the gross z against the tracked background (none when that excess is
+  norm-consistent); nominal template only.
   Reported only when no other test alarms.
 
-A gamma or harder-shape alarm is released as ``norm-consistent`` when its excess is spread (a uniform
-load over at least ``norm_min_extent`` of the vehicle explains it clearly better than any point source,
-``NORM_PREFERENCE``), holds no point source on top of that load (``NORM_PEAK_Z``), is harder than
-background over the load (the low-window fraction at least ``NORM_HARD_Z`` standard deviations below
-what background would give), and no softer-shape alarm stands. Softer excesses and point-like ones are
+A gamma or harder-shape alarm is ``norm-consistent`` when its excess is spread (a uniform load over at
+least ``norm_min_extent`` of the vehicle explains it clearly better than any point source,
+``NORM_PREFERENCE``), holds no point source on top of that load (``NORM_PEAK_Z``), with energy windows is
+harder than background over the load (the low-window fraction at least ``NORM_HARD_Z`` standard
+deviations below what background would give), and no softer-shape alarm stands; on gross counts the
+spread alone decides. ``norm_verdict`` says whether such alarms are released (they stop alarming) or
+stay alarms with the ``norm-consistent`` entry beside them. Softer excesses and point-like ones are
 never released. The vehicle is the occupancy less the portal's ``occupancy_hold_in_s``.
 
 Thresholds come from the configured false-alarm probabilities per occupancy. The gamma budget is split
-evenly between the gross test (its two versions sharing that half) and the shape test (half per side);
+evenly between the gross test (its two versions and their templates sharing that half, each version's
+templates with their own lag-1 autocorrelation) and the shape test (half per side);
 within a test the chance that the maximum over centres and templates crosses ``u`` is bounded by Rice's
 up-crossing formula for the template's lag-1 autocorrelation (never more than Bonferroni over the
 centres), and a Cornish-Fisher term corrects each z for the skewness of its counts. The neutron budget
@@ -43,10 +51,12 @@ Bonferroni over windows. A window alarms as ``neutron`` when its count alone pas
 Provisional alarms use thresholds for the longest occupancy (``occupancy_timeout_s``), final ones for
 the actual number of samples, so every provisional alarm is also a final one.
 
-Without a tracked background (a file replay, or a tracked gamma background below ``MIN_GAMMA_CPS``),
-the background is estimated from the occupancy itself: the lower quartile of the gross rate corrected
+Without a tracked background (a file replay, a tracked gamma background below ``MIN_GAMMA_CPS``, or one
+far above the occupancy's least shielded second, :func:`lanewatch.edge.lane.calibration.occupancy_ratio`:
+then ``background.tracked_rejected_ratio`` says by how much), the background is estimated from the
+occupancy itself: the lower quartile of the gross rate corrected
 to a mean, the energy-window shape of the samples at or below it, and a sigma-clipped mean of the
-neutron counts less their expected ship effect. Then only the local-level version of the gross test
+neutron counts less their expected ship effect. Then only the sideband version of the gross test
 runs, the ship effect is measured against the estimated gamma level (so it is underestimated under a
 vehicle that shields throughout), and there are no provisional gamma or neutron alarms.
 
@@ -67,12 +77,14 @@ import numpy as np
 
 from lanewatch.edge.config import DetectionConfig
 from lanewatch.edge.lane.background import BackgroundSnapshot
+from lanewatch.edge.lane.calibration import TOLERANCE, occupancy_ratio
 from lanewatch.kernels.baseline import nsigma_series
 from lanewatch.kernels.locate import half_max_edges, peak_refine, smooth
 from lanewatch.kernels.matched import mf_at, mf_series, point_templates
 from lanewatch.kernels.poisson import count_threshold, ship_window_log_sf, ship_window_null, window_sum_at
 from lanewatch.kernels.shape import shape_at, shape_series, shape_span, softening_fit
-from lanewatch.kernels.suppression import flank_level_at, flank_level_series, softening_covariate_into, span_levels
+from lanewatch.kernels.sideband import projected_rho1, sideband_series
+from lanewatch.kernels.suppression import flank_level_series, softening_covariate_into, span_levels
 
 TEMPLATE_TRUNCATION = 2.5
 """Templates reach this many scales (source standoffs) either side of their centre."""
@@ -83,7 +95,8 @@ MAX_HALFWIDTH = 80
 FLANK_GAP_SCALES = 1.0
 """Distance from a centre to the start of its flanks, in template scales."""
 FLANK_SCALES = 2.0
-"""Length of each flank for the local shielding level, in template scales (at least MIN_FLANK samples)."""
+"""Length of each flank for the local shielding level (NORM excess) and of each sideband of the sideband test, in
+template scales (at least MIN_FLANK samples)."""
 MIN_FLANK = 3
 """Shortest flank (samples)."""
 LEVEL_HALF = 2
@@ -134,6 +147,10 @@ TAIL_STEP = 0.05
 """Grid step (z^2 units) of the distribution of the combined gamma evidence in the neutron threshold."""
 TAIL_MAX = 100.0
 """End of that grid (z^2 units)."""
+SPREAD_QUANTILE = 0.1587
+"""Quantile one standard deviation below the median of a normal: the sideband z's spread is measured down to it."""
+SPREAD_MIN_CENTRES = 8
+"""Fewest sideband z's from which their spread is measured (fewer: taken as 1)."""
 _INITIAL_CAPACITY = 512
 
 
@@ -234,6 +251,8 @@ class GammaPlan:
     nominal: np.ndarray
     """The bank's middle template, trimmed to its own width (for smoothing an excess)."""
     rho1: tuple[float, ...]
+    side_rho1: tuple[float, ...]
+    """Lag-1 autocorrelations of the sideband statistics (:mod:`lanewatch.kernels.sideband`) of the bank."""
     mid: int
     """Index of the nominal template (scale factor 1) in the bank."""
     half: int
@@ -253,6 +272,7 @@ def gamma_plan(dt_s: float, speed_kmh: float, standoff_m: float) -> GammaPlan:
     hmax = (bank.shape[1] - 1) // 2
     mid = len(BANK_FACTORS) // 2
     nominal = bank[mid, hmax - halfw[mid] : hmax + halfw[mid] + 1].copy()
+    width = max(MIN_FLANK, math.ceil(FLANK_SCALES * scale))
     return GammaPlan(
         dt_s=dt_s,
         scale=scale,
@@ -260,10 +280,13 @@ def gamma_plan(dt_s: float, speed_kmh: float, standoff_m: float) -> GammaPlan:
         halfw=halfw,
         nominal=nominal,
         rho1=tuple(float(np.dot(row[:-1], row[1:]) / np.dot(row, row)) for row in bank),
+        side_rho1=tuple(
+            projected_rho1(row[hmax - h : hmax + h + 1], width) for row, h in zip(bank, halfw, strict=True)
+        ),
         mid=mid,
         half=int(halfw.max()),
         gap=max(1, math.ceil(FLANK_GAP_SCALES * scale)),
-        width=max(MIN_FLANK, math.ceil(FLANK_SCALES * scale)),
+        width=width,
         n_1s=max(1, round(1.0 / dt_s)),
     )
 
@@ -409,9 +432,9 @@ class OccupancyAnalyzer:
         return self._plan
 
     def _thresholds(self, n: int) -> Thresholds:
-        rho1 = self._gamma_plan().rho1
-        shape = max_threshold(self.alpha_shape_side, n, rho1) if self.windows >= 2 else math.inf
-        return Thresholds(gross=max_threshold(self.alpha_gross, n, rho1), shape=shape)
+        plan = self._gamma_plan()
+        shape = max_threshold(self.alpha_shape_side, n, plan.rho1) if self.windows >= 2 else math.inf
+        return Thresholds(gross=max_threshold(2.0 * self.alpha_gross, n, plan.rho1 + plan.side_rho1), shape=shape)
 
     def add_gamma(self, counts: np.ndarray, dt_s: float) -> list[dict[str, Any]]:
         """One gamma sample: counts (channels, K) (or (channels,) when K = 1) in counts per ``dt_s`` seconds."""
@@ -462,13 +485,6 @@ class OccupancyAnalyzer:
             )
             if abs(z) > thr.shape:
                 raised.append(self._raise("gamma-shape", z, thr.shape, t, i))
-        c = i - plan.gap - plan.width
-        if c >= 0 and "gamma" not in self.raised:
-            level, var = flank_level_at(x, e, n, c, plan.gap, plan.width, True, self._gamma_total_cps * plan.dt_s)
-            if level < 1.0:
-                z, t = mf_at(x, e, n, c, level, var + level * level * bg.relvar, plan.bank, plan.halfw, thr.cf_gross)
-                if z > thr.gross:
-                    raised.append(self._raise("gamma", z, thr.gross, t, i))
         return raised
 
     def _location_sd_m(self, template: int, z: float) -> float:
@@ -667,28 +683,31 @@ class OccupancyAnalyzer:
         if n == 0:
             return [], {}, {"origin": None}, {}
         plan = self._gamma_plan()
-        tracked = self._tracked is not None
-        bg = self._estimated_gamma() if self._tracked is None else self._tracked
+        rejected = self._tracked_off_by() if self._tracked is not None else None
+        tracked = self._tracked is not None and rejected is None
+        bg = self._tracked if tracked and self._tracked is not None else self._estimated_gamma()
         if not tracked:
             self._expected.data[:n] = bg.expected
         e = self._expected.view
         thr = self._thresholds(n)
-        level, var = flank_level_series(x, e, plan.gap, plan.width, tracked, float(e.mean()))
-        level = np.where(np.isnan(level), 1.0, level)
-        local = np.minimum(level, 1.0) if tracked else level
-        local_var = (np.where(level < 1.0, var, 0.0) if tracked else var) + local**2 * bg.relvar
-        z_gamma, t_gamma = mf_series(x, e, local, local_var, plan.bank, plan.halfw, thr.cf_gross)
+        z_gamma, t_gamma, side_level, spread = self._sideband(x, e, plan, thr)
         if tracked:
             z_plain, t_plain = mf_series(x, e, np.ones(n), np.full(n, bg.relvar), plan.bank, plan.halfw, thr.cf_gross)
             t_gamma = np.where(z_plain >= z_gamma, t_plain, t_gamma)
             z_gamma = np.maximum(z_plain, z_gamma)
+        level, _ = flank_level_series(x, e, plan.gap, plan.width, tracked, float(e.mean()))
+        level = np.where(np.isnan(level), 1.0, level)
+        local = np.minimum(level, 1.0) if tracked else level
         profile: dict[str, Any] = {
             "gross": _finite_list(x, 1),
-            "expected": _finite_list(local * e, 2),
+            "expected": _finite_list(side_level * e, 2),
             "mf_z": _finite_list(z_gamma),
+            "sideband_spread": round(spread, 3),
         }
         alarms: list[dict[str, Any]] = []
         gamma = self._final("gamma", z_gamma, t_gamma, thr.gross)
+        shape = None
+        profiles: list[tuple[np.ndarray, np.ndarray]] = [] if gamma is None else [(x - local * e, e)]
         if self.windows >= 2:
             low = self._low.view
             b = self._softening.data[:n]
@@ -699,26 +718,24 @@ class OccupancyAnalyzer:
             profile["windows"] = [[round(float(v), 1) for v in row] for row in self._win.view]
             profile["shape_z"] = _finite_list(z_shape)
             shape = self._final("gamma-shape", z_shape, t_shape, thr.shape)
-            if not (shape is not None and shape["direction"] == "softer"):
+            if shape is not None and shape["direction"] == "softer":
+                profiles = []
+            elif shape is not None:
                 kappa, _ = softening_fit(low, x, b, n, -1, -1, bg.p0, SOFTENING_PRIOR_SD**2)
                 q = bg.p0 * (1.0 - bg.p0)
-                profiles = [
-                    (excess, variance)
-                    for entry, excess, variance in (
-                        (gamma, x - local * e, e),
-                        (shape, bg.p0 * x + kappa * x * b - low, q * np.maximum(x, 1.0)),
-                    )
-                    if entry is not None
-                ]
-                norm = self._norm_check(profiles, bg, plan, thr.gross) if profiles else None
-                if norm is not None:
-                    for entry in (gamma, shape):
-                        if entry is not None:
-                            entry.update(alarm=False, released_as="norm-consistent")
-                    alarms.append(norm)
-        else:
-            shape = None
-        self._joint_evidence = self._joint_evidence_of(bg, thr)
+                profiles.append((bg.p0 * x + kappa * x * b - low, q * np.maximum(x, 1.0)))
+        norm = self._norm_check(profiles, bg, plan) if profiles else None
+        if norm is not None:
+            release = self.cfg.norm_verdict == "release"
+            for entry in (gamma, shape):
+                if entry is not None:
+                    entry["alarm"] = not release
+                    if release:
+                        entry["released_as"] = "norm-consistent"
+            alarms.append(norm)
+        # On gross counts a NORM-consistent excess is no evidence for a neutron source (with windows the softer
+        # shape, which NORM does not raise, is the evidence).
+        self._joint_evidence = None if norm is not None and self.windows < 2 else self._joint_evidence_of(bg, thr)
         alarms[:0] = [entry for entry in (gamma, shape) if entry is not None]
         base = {
             "max_sigma": round(
@@ -732,7 +749,47 @@ class OccupancyAnalyzer:
             "gamma_cps": bg.cps,
             "gamma_total_cps": round(float(e.sum() / self._dts.view.sum()), 3),
         }
+        if rejected is not None:
+            background["tracked_rejected_ratio"] = round(rejected, 3)
         return alarms, profile, background, base
+
+    def _tracked_off_by(self) -> float | None:
+        """The ratio of the occupancy's least shielded second to the tracked gross background when the tracked one is
+        too high to be this lane's (by more than :data:`lanewatch.edge.lane.calibration.TOLERANCE`), else None.
+
+        Shadow shielding keeps a vehicle's rates below the background, but not far below in its least shielded
+        second (cab, gap, the hold-in after the rear); a tracked background far above that is in another unit
+        (background lines counted over several seconds) and testing against it would hide every source.
+        """
+        ratio = occupancy_ratio(self._gross.view, self.gamma_dt_s, self._gamma_total_cps)
+        return ratio if ratio is not None and ratio < 1.0 / TOLERANCE else None
+
+    @staticmethod
+    def _sideband(
+        x: np.ndarray, e: np.ndarray, plan: GammaPlan, thr: Thresholds
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """The gross test against the occupancy's own level (:mod:`lanewatch.kernels.sideband`): z and template per
+        centre, the fitted shadow level per centre (nominal template's window) and the spread the z's were divided by.
+
+        The spread is how far the lower half of the nominal template's z's reaches below their median, as a
+        standard deviation (at least 1): a shadow rougher than a line across each window widens the null
+        both ways, a source only raises the upper tail.
+        """
+        z_all, level_all = sideband_series(x, e, plan.bank, plan.halfw, plan.width, thr.cf_gross)
+        nominal = z_all[plan.mid]
+        if np.isfinite(nominal).any():
+            # A source pulls the line up where it lies in the sidebands: its neighbourhood says nothing of the shadow.
+            peak = int(np.argmax(nominal))
+            reach = int(plan.halfw[plan.mid]) + plan.width
+            nominal = np.concatenate((nominal[: max(peak - 2 * reach, 0)], nominal[peak + 2 * reach + 1 :]))
+        nominal = nominal[np.isfinite(nominal)]
+        spread = 1.0
+        if nominal.size >= SPREAD_MIN_CENTRES:
+            spread = max(1.0, float(np.median(nominal) - np.quantile(nominal, SPREAD_QUANTILE)))
+        t = np.argmax(z_all, axis=0)
+        z = z_all[t, np.arange(x.shape[0])] / spread
+        level = level_all[plan.mid]
+        return z, t, np.where(np.isfinite(level), level, 1.0), spread
 
     def _joint_evidence_of(self, bg: _GammaBackground, thr: Thresholds) -> np.ndarray | None:
         """Gamma evidence per sample for the neutron-gamma test: the squared positive part of the nominal
@@ -766,7 +823,7 @@ class OccupancyAnalyzer:
         return {**self._entry(reason, float(z[c]), thr, where, int(templates[c])), "alarm": True}
 
     def _norm_check(
-        self, profiles: list[tuple[np.ndarray, np.ndarray]], bg: _GammaBackground, plan: GammaPlan, thr: float
+        self, profiles: list[tuple[np.ndarray, np.ndarray]], bg: _GammaBackground, plan: GammaPlan
     ) -> dict[str, Any] | None:
         """The norm-consistent entry if the alarming excesses are NORM-like, else None.
 
@@ -775,13 +832,15 @@ class OccupancyAnalyzer:
         Each must be NORM-like: a uniform load covering at least ``norm_min_extent`` of the vehicle
         explains it better than any point source by ``NORM_PREFERENCE`` (chi-square units, allowing
         ``NORM_MODEL_ERROR`` of either model), and no point source stands on top of that load (the
-        matched filter on the residual stays below ``thr``). Over the load the counts must be harder
-        than background by at least ``NORM_HARD_Z``.
+        matched filter on the residual stays below ``NORM_PEAK_Z``). With energy windows, the counts over the
+        load must be harder than background by at least ``NORM_HARD_Z``; on gross counts the spread alone
+        decides (the entry's statistic is then the chi-square by which the load beats a point source).
         """
         n = profiles[0][0].shape[0]
         vehicle = max(n - self.cfg.occupancy_hold_in_s / plan.dt_s, 0.5 * n)
         shortest = self.cfg.norm_min_extent * vehicle
         loads = []
+        preference = math.inf
         for excess, variance in profiles:
             smoothed = smooth(excess, plan.nominal)
             left, right = half_max_edges(smoothed, int(np.argmax(smoothed)))
@@ -797,21 +856,31 @@ class OccupancyAnalyzer:
             model = smooth(_box(n, start, end), plan.nominal)
             amplitude = float(np.dot(model, excess / variance) / max(np.dot(model, model / variance), 1e-300))
             allowed = variance + (NORM_MODEL_ERROR * amplitude * model) ** 2
-            if _gain(model, excess, allowed) - _point_gain(excess, allowed, plan) < NORM_PREFERENCE:
+            better = _gain(model, excess, allowed) - _point_gain(excess, allowed, plan)
+            if better < NORM_PREFERENCE:
                 return None
+            preference = min(preference, better)
             if _point_on_load_z(excess - amplitude * model, allowed, model, plan) > NORM_PEAK_Z:
                 return None
             loads.append((end - start, 0.5 * (start + end)))
         load, centre = max(loads)
-        lo = max(0, math.floor(centre - load / 2))
-        hi = min(n - 1, math.ceil(centre + load / 2) - 1)
-        low, x, b = self._low.view, self._gross.view, self._softening.data[:n]
-        kappa, var_kappa = softening_fit(low, x, b, n, lo, hi, bg.p0, SOFTENING_PRIOR_SD**2)
-        hardness = -shape_span(low, x, b, lo, hi, bg.p0, bg.var_p0, kappa, var_kappa)
-        if hardness < NORM_HARD_Z:
-            return None
-        norm = _alarm("norm-consistent", hardness, NORM_HARD_Z, float(centre) * plan.dt_s, self.speed_kmh, None)
-        norm.update(alarm=False, extent=round(float(min(load / vehicle, 1.0)), 3), min_extent=self.cfg.norm_min_extent)
+        if self.windows >= 2:
+            lo = max(0, math.floor(centre - load / 2))
+            hi = min(n - 1, math.ceil(centre + load / 2) - 1)
+            low, x, b = self._low.view, self._gross.view, self._softening.data[:n]
+            kappa, var_kappa = softening_fit(low, x, b, n, lo, hi, bg.p0, SOFTENING_PRIOR_SD**2)
+            statistic, needed = -shape_span(low, x, b, lo, hi, bg.p0, bg.var_p0, kappa, var_kappa), NORM_HARD_Z
+            if statistic < needed:
+                return None
+        else:
+            statistic, needed = preference, NORM_PREFERENCE
+        norm = _alarm("norm-consistent", statistic, needed, float(centre) * plan.dt_s, self.speed_kmh, None)
+        norm.update(
+            alarm=False,
+            extent=round(float(min(load / vehicle, 1.0)), 3),
+            min_extent=self.cfg.norm_min_extent,
+            basis="spread and spectrum" if self.windows >= 2 else "spread",
+        )
         return norm
 
     # --------------------------------------------------------------- result
