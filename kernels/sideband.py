@@ -19,8 +19,15 @@ with ``M`` the 2x2 normal matrix of the line (``sum e``, ``sum e u``, ``sum e u^
 value at the centre fitted together with the source (at least ``LEVEL_FLOOR``). The level returned is the
 line fitted without the source. A Cornish-Fisher
 term ``cf * level * sum g^3 e / sd^3`` corrects for the counts' skewness, as in :mod:`lanewatch.kernels.matched`.
+A shadow is never exactly a line: with ``roughness`` the fraction of the background by which it may depart
+from one over the template's width, the statistic's variance gains ``(roughness * level * sum |g| e)^2``
+(z multiplied by ``sd / sqrt(sd^2 + that)``), which outweighs the counting noise where counts are high.
 The statistic does not depend on the shadow's level or slope; it loses what of the template a line
-explains. Samples with nothing expected do not count. A window whose line and template cannot be told
+explains. Where the sidebands themselves do not follow the line (a step of the shadow in the window, a
+patch), their chi-square per degree of freedom ``q`` (residuals of the joint fit, Poisson variance
+``level * e``; ``dof`` = sideband samples less 2) widens the statistic's null: z is divided by
+``sqrt(1 + max(0, q - 1 - sqrt(2 / dof)))``, so only misfit beyond a standard deviation of chi-square
+noise counts. Samples with nothing expected do not count. A window whose line and template cannot be told
 apart (``sum g^2 e`` below ``1e-9`` of ``sum w^2 / e``) has no statistic (``-inf``).
 """
 
@@ -37,7 +44,16 @@ LEVEL_FLOOR = 0.05
 
 @numba.njit(cache=True)
 def _side_one(
-    x: np.ndarray, e: np.ndarray, n: int, c: int, w: np.ndarray, h: int, hmax: int, side: int, cf: float
+    x: np.ndarray,
+    e: np.ndarray,
+    n: int,
+    c: int,
+    w: np.ndarray,
+    h: int,
+    hmax: int,
+    side: int,
+    cf: float,
+    roughness: float,
 ) -> tuple[float, float]:
     reach = h + side
     if c - h - side // 2 < 0 or c + h + side // 2 > n - 1:
@@ -81,8 +97,14 @@ def _side_one(
     if norm <= 1e-9 * s33:
         return -np.inf, a
     num = b3 - (p1 * b1 + p2 * b2)
-    level = max(a - p1 * num / norm, LEVEL_FLOOR)
+    amplitude = num / norm
+    line_a = a - p1 * amplitude
+    line_b = (s11 * b2 - s12 * b1) / det - p2 * amplitude
+    level = max(line_a, LEVEL_FLOOR)
     g3e = 0.0
+    gae = 0.0
+    chi2 = 0.0
+    dof = -2
     for j in range(lo, hi + 1):
         ej = e[j]
         if ej <= 0.0:
@@ -92,13 +114,22 @@ def _side_one(
         wj = w[k + hmax] if -h <= k <= h else 0.0
         g = wj / ej - p1 - p2 * u
         g3e += g * g * g * ej
-    sd = math.sqrt(level * norm)
-    return num / sd - cf * level * g3e / (sd * sd * sd), a
+        gae += abs(g) * ej
+        if k < -h or k > h:
+            r = x[j] - ej * (line_a + line_b * u)
+            chi2 += r * r / (level * ej)
+            dof += 1
+    poisson = math.sqrt(level * norm)
+    z = num / poisson - cf * level * g3e / (poisson * poisson * poisson)
+    z *= poisson / math.sqrt(level * norm + (roughness * level * gae) ** 2)
+    if dof > 0:
+        z /= math.sqrt(1.0 + max(0.0, chi2 / dof - 1.0 - math.sqrt(2.0 / dof)))
+    return z, a
 
 
 @numba.njit(cache=True)
 def sideband_series(
-    x: np.ndarray, e: np.ndarray, bank: np.ndarray, halfw: np.ndarray, side: int, cf: float
+    x: np.ndarray, e: np.ndarray, bank: np.ndarray, halfw: np.ndarray, side: int, cf: float, roughness: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """z of every template (rows of ``bank``, half-widths ``halfw``) at every centre, and the line's level at the
     centre (observed over expected, fitted without the source; NaN where the line is undetermined): both
@@ -109,12 +140,12 @@ def sideband_series(
     level = np.empty((bank.shape[0], n))
     for t in range(bank.shape[0]):
         for c in range(n):
-            out[t, c], level[t, c] = _side_one(x, e, n, c, bank[t], halfw[t], hmax, side, cf)
+            out[t, c], level[t, c] = _side_one(x, e, n, c, bank[t], halfw[t], hmax, side, cf, roughness)
     return out, level
 
 
 def sideband_series_ref(
-    x: np.ndarray, e: np.ndarray, bank: np.ndarray, halfw: np.ndarray, side: int, cf: float
+    x: np.ndarray, e: np.ndarray, bank: np.ndarray, halfw: np.ndarray, side: int, cf: float, roughness: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Numpy twin of :func:`sideband_series` (a weighted least-squares solve per centre and template)."""
     x = np.asarray(x, dtype=np.float64)
@@ -148,9 +179,18 @@ def sideband_series_ref(
             if norm <= 1e-9 * float(w @ (w / e[j])):
                 continue
             amplitude = float(g @ x[j]) / norm
-            level = max(float(coef[0]) - p[0] * amplitude, LEVEL_FLOOR)
+            line = coef - p * amplitude
+            level = max(float(line[0]), LEVEL_FLOOR)
             sd = math.sqrt(level * norm)
-            out[t, c] = float(g @ x[j]) / sd - cf * level * float(g**3 @ e[j]) / sd**3
+            z = float(g @ x[j]) / sd - cf * level * float(g**3 @ e[j]) / sd**3
+            z *= sd / math.sqrt(level * norm + (roughness * level * float(np.abs(g) @ e[j])) ** 2)
+            outside = np.abs(k) > h
+            dof = int(outside.sum()) - 2
+            if dof > 0:
+                fit = e[j][outside] * (line[0] + line[1] * u[outside])
+                chi2 = float(np.sum((x[j][outside] - fit) ** 2 / (level * e[j][outside])))
+                z /= math.sqrt(1.0 + max(0.0, chi2 / dof - 1.0 - math.sqrt(2.0 / dof)))
+            out[t, c] = z
     return out, levels
 
 

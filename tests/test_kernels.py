@@ -78,16 +78,23 @@ def test_matched_filter_matches_reference(
     side=st.integers(1, 12),
     cf=st.floats(0.0, 5.0),
     slope=st.floats(-0.5, 0.5),
+    roughness=st.floats(0.0, 0.1),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_sideband_matches_reference(
-    x: np.ndarray, bank: tuple[np.ndarray, np.ndarray], side: int, cf: float, slope: float, seed: int
+    x: np.ndarray,
+    bank: tuple[np.ndarray, np.ndarray],
+    side: int,
+    cf: float,
+    slope: float,
+    roughness: float,
+    seed: int,
 ) -> None:
     rows, halfw = bank
     e = max(float(x.mean()), 0.5) * (1.0 + slope * np.linspace(-1.0, 1.0, x.size))
     e[np.random.default_rng(seed).random(x.size) < 0.05] = 0.0  # samples with nothing expected do not count
-    z, level = sideband.sideband_series(x, e, rows, halfw, side, cf)
-    z_ref, level_ref = sideband.sideband_series_ref(x, e, rows, halfw, side, cf)
+    z, level = sideband.sideband_series(x, e, rows, halfw, side, cf, roughness)
+    z_ref, level_ref = sideband.sideband_series_ref(x, e, rows, halfw, side, cf, roughness)
     np.testing.assert_array_equal(np.isfinite(z), np.isfinite(z_ref))
     close(np.where(np.isfinite(z), z, 0.0), np.where(np.isfinite(z_ref), z_ref, 0.0))
     np.testing.assert_array_equal(np.isnan(level), np.isnan(level_ref))
@@ -101,16 +108,19 @@ def test_sideband_ignores_a_linear_shadow_and_finds_the_source() -> None:
     rows, halfw = matched.point_templates(np.array([5.0]), 2.5, 30)
     e = np.full(n, 200.0)
     shadow = np.linspace(0.6, 0.95, n)
-    z, level = sideband.sideband_series(e * shadow, e, rows, halfw, 10, 0.0)
+    z, level = sideband.sideband_series(e * shadow, e, rows, halfw, 10, 0.0, 0.0)
     inside = np.isfinite(z[0])
     assert inside.sum() > 40
     np.testing.assert_allclose(z[0][inside], 0.0, atol=1e-8)
     np.testing.assert_allclose(level[0][inside], shadow[inside], atol=1e-9)
     k = np.arange(n) - 60.0
     source = 40.0 * 5.0 * (np.arctan((k + 0.5) / 5.0) - np.arctan((k - 0.5) / 5.0))
-    z, _ = sideband.sideband_series(e * shadow + source, e, rows, halfw, 10, 0.0)
+    z, _ = sideband.sideband_series(e * shadow + source, e, rows, halfw, 10, 0.0, 0.0)
     assert int(np.nanargmax(z[0])) == 60
     assert z[0][60] > 5.0
+    rough, _ = sideband.sideband_series(e * shadow + source, e, rows, halfw, 10, 0.0, 0.02)
+    assert int(np.nanargmax(rough[0])) == 60
+    assert 0.0 < rough[0][60] < z[0][60]  # a shadow allowed to depart from the line weakens the evidence
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0, 8.0])

@@ -147,6 +147,10 @@ TAIL_STEP = 0.05
 """Grid step (z^2 units) of the distribution of the combined gamma evidence in the neutron threshold."""
 TAIL_MAX = 100.0
 """End of that grid (z^2 units)."""
+SHADOW_ROUGHNESS = 0.02
+"""Fraction of the background by which a vehicle's shadow may depart from a straight line over a point source's
+width (patches of cargo, the ends of sections): the sideband test's systematic uncertainty, which outweighs the
+counting noise where counts are high (slow vehicles, high backgrounds)."""
 SPREAD_QUANTILE = 0.1587
 """Quantile one standard deviation below the median of a normal: the sideband z's spread is measured down to it."""
 SPREAD_MIN_CENTRES = 8
@@ -553,6 +557,11 @@ class OccupancyAnalyzer:
         self.raised["neutron"] = alarm
         return [alarm]
 
+    def counts(self) -> tuple[np.ndarray, float, np.ndarray, float]:
+        """The occupancy's gross gamma counts per sample, its gamma sample interval (s), neutron counts per sample
+        (all tubes) and the neutron sample interval (s): copies."""
+        return self._gross.view.copy(), self.gamma_dt_s, self._neutron.view.copy(), self.neutron_dt_s
+
     # ------------------------------------------------------------- neutrons
     def neutron_window(self) -> int:
         """Samples in the neutron sliding window at the current speed (:func:`neutron_window`)."""
@@ -775,13 +784,8 @@ class OccupancyAnalyzer:
         standard deviation (at least 1): a shadow rougher than a line across each window widens the null
         both ways, a source only raises the upper tail.
         """
-        z_all, level_all = sideband_series(x, e, plan.bank, plan.halfw, plan.width, thr.cf_gross)
+        z_all, level_all = sideband_series(x, e, plan.bank, plan.halfw, plan.width, thr.cf_gross, SHADOW_ROUGHNESS)
         nominal = z_all[plan.mid]
-        if np.isfinite(nominal).any():
-            # A source pulls the line up where it lies in the sidebands: its neighbourhood says nothing of the shadow.
-            peak = int(np.argmax(nominal))
-            reach = int(plan.halfw[plan.mid]) + plan.width
-            nominal = np.concatenate((nominal[: max(peak - 2 * reach, 0)], nominal[peak + 2 * reach + 1 :]))
         nominal = nominal[np.isfinite(nominal)]
         spread = 1.0
         if nominal.size >= SPREAD_MIN_CENTRES:
