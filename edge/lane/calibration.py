@@ -101,10 +101,12 @@ class LaneCalibration:
         """Lines around an occupancy are not evenly spaced: the next interval is not measured."""
         self._last_line_s = None
 
-    def on_device_background(self, neutron_cps: float, tracked_neutron_cps: float | None) -> None:
-        """The portal's own neutron background (GX, cps) against the tracked one (raw, as the lines carry it)."""
-        if neutron_cps > 0 and tracked_neutron_cps is not None and tracked_neutron_cps > 0:
-            self._device_ratio = neutron_cps / tracked_neutron_cps
+    def on_device_background(self, neutron_cps: float, tracked: np.ndarray | None) -> None:
+        """The portal's own neutron background (GX, cps, all tubes) against the tracked one per tube (as the lines
+        carry it)."""
+        total = 0.0 if tracked is None else float(np.sum(tracked))
+        if neutron_cps > 0 and total > 0:
+            self._device_ratio = neutron_cps / total
             self._decide("neutron")
 
     def background(self, snap: BackgroundSnapshot) -> BackgroundSnapshot:

@@ -41,6 +41,7 @@ from lanewatch.edge.bus.records import Kind, Record, iso_utc
 from lanewatch.edge.config import DetectionConfig, FusionConfig, LaneConfig, ServiceConfig
 from lanewatch.edge.decisions import decision
 from lanewatch.edge.lane.background import BackgroundEstimator
+from lanewatch.edge.lane.calibration import LaneCalibration
 from lanewatch.edge.lane.detect import OccupancyAnalyzer, device_alarm_entry
 from lanewatch.edge.lane.devices import DeviceStates, LinkState
 from lanewatch.edge.ops.metrics import ServiceMetrics
@@ -144,6 +145,8 @@ class Lane:
         self.waiting: list[_Ended] = []
         """Ended occupancies waiting for their scan."""
         self.background: BackgroundEstimator | None = None
+        self.calibration = LaneCalibration()
+        """What the lane's background lines really count, checked against its occupancies."""
         self.occupancy: _Occupancy | None = None
         self.faults: set[str] = set()
         self.devices = DeviceStates(ServiceConfig().stale_after_s if stale_after_s is None else stale_after_s)
@@ -252,6 +255,7 @@ class Lane:
             return events
         estimator = self._estimator(rec)
         if rec.kind is Kind.GAMMA_BACKGROUND:
+            self.calibration.on_background_line(rec.t_mono_ns / 1e9)
             accepted = estimator.update_gamma(rec.counts.astype(np.float64), rec.t_mono_ns, rec.flags)
             if estimator.gamma_cps is not None:
                 for ch, cps in enumerate(estimator.gamma_cps.sum(axis=1)):
@@ -323,6 +327,9 @@ class Lane:
         """
         self.idle_seen.add(rec.source)
         counter = rec.values.device_occupancy
+        device_neutron = rec.values.neutron_background_cps
+        if device_neutron is not None and self.background is not None:
+            self.calibration.on_device_background(float(device_neutron), self.background.neutron_cps)
         trusted = counter is not None and counter > 0 and self.last_counter is not None and self.last_counter > 0
         expected = (self.last_counter + 1) % COUNTER_MODULUS if trusted and self.last_counter is not None else None
         occ = self.occupancy
@@ -439,7 +446,8 @@ class Lane:
         elif rec.kind is Kind.NEUTRON_SCAN:
             neutron_channels = rec.counts.size
         est = self._layout(gamma_shape, neutron_channels)
-        background = est.snapshot()
+        background = self.calibration.background(est.snapshot())
+        self.calibration.on_occupancy_start()
         analyzer = OccupancyAnalyzer(self.detection, background, gamma_shape[0], neutron_channels)
         analyzer.set_speed(self.speed_kmh or self.detection.default_speed_kmh)
         occ = _Occupancy(
@@ -479,6 +487,7 @@ class Lane:
         t0 = time.perf_counter()
         analysis = occ.analyzer.finish()
         self.metrics.kernel_time.labels("finish").observe(time.perf_counter() - t0)
+        self._calibrate(occ.analyzer, analysis)
         if "no-background" in occ.incomplete:
             # Never an occupancy tested against itself: what the tests found stays as evidence, not as an alarm.
             analysis["alarms"] = [{**a, "alarm": False, "withheld": "no-background"} for a in analysis["alarms"]]
@@ -523,6 +532,28 @@ class Lane:
             return [self._decide(ended, None)]
         self.waiting.append(ended)
         return self._match(now_mono_ns)
+
+    def _calibrate(self, analyzer: OccupancyAnalyzer, analysis: dict[str, Any]) -> None:
+        """Check the background conventions against the ended occupancy (:mod:`lanewatch.edge.lane.calibration`):
+        report them in its analysis, log a change, and raise or clear the ``calibration-mismatch`` fault."""
+        before = self.calibration.as_dict()
+        self.calibration.observe(*analyzer.counts())
+        state = self.calibration.as_dict()
+        analysis["background"]["calibration"] = state
+        for sensor in ("gamma", "neutron"):
+            now = state[sensor]
+            if now["ratio"] is not None:
+                self.metrics.calibration_ratio.labels(self.id, sensor).set(now["ratio"])
+            if now["status"] != before[sensor]["status"]:
+                (log.warning if now["status"] == "mismatch" else log.info)(
+                    "lane %s: %s background lines %s: occupancies count %.3g times what they predict (factor %.3g)",
+                    self.id,
+                    sensor,
+                    now["status"],
+                    now["ratio"],
+                    now["factor"],
+                )
+        self._set_fault("calibration-mismatch", bool(self.calibration.mismatch))
 
     def _facts(
         self, occ: _Occupancy, end_wall_ns: int, end_reason: str, device_occupancy: int | None

@@ -241,8 +241,16 @@ class ServiceMetrics:
         )
         self.fault = Gauge(
             "lanewatch_detector_fault",
-            "1 while the portal reports a fault: gamma-low, gamma-high, neutron-high, tamper.",
+            "1 while the portal reports a fault: gamma-low, gamma-high, neutron-high, tamper; or the lane finds one: "
+            "calibration-mismatch (background lines that disagree with what occupancies count).",
             ["lane", "fault"],
+            registry=r,
+        )
+        self.calibration_ratio = Gauge(
+            "lanewatch_calibration_ratio",
+            "What the lane's occupancies count over what its background lines predict (median of recent occupancies; "
+            "about 1 when the conventions agree).",
+            ["lane", "sensor"],
             registry=r,
         )
         self.decision_latency = Histogram(

@@ -1,0 +1,130 @@
+"""Device conventions checked against the data: a lane whose background lines count over 5 s calibrates
+itself, one whose lines match no known convention raises calibration-mismatch and does not test against them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from support import Running
+from test_service import _collect, _config, _publisher
+
+from lanewatch.drivers.sim.lane import LaneSimulator
+from lanewatch.drivers.sim.physics import GAMMA_DT_S, NEUTRON_DT_S, VARIANTS, Physics, Traffic
+from lanewatch.edge.bus.driver import load_driver
+from lanewatch.edge.lane.background import BackgroundEstimator
+from lanewatch.edge.lane.calibration import LaneCalibration
+
+BENIGN = {"none": 0.7, "k40-fertilizer": 0.15, "cs137": 0.15}
+"""Mostly ordinary traffic, a few excesses the median must see through."""
+
+
+def _calibrate(physics: Physics, vehicles: int, scale: float = 1.0) -> tuple[LaneCalibration, list[dict]]:
+    """A lane's calibration after ``vehicles`` simulated occupancies; lines multiplied by ``scale`` on the way."""
+    traffic = Traffic(3, mix=BENIGN, physics=physics)
+    est = BackgroundEstimator(4, 1, 4, 60.0)
+    cal = LaneCalibration()
+    states = []
+    for _ in range(vehicles):
+        cal.on_occupancy_start()
+        for _ in range(4):
+            traffic.idle(5.0)
+            gamma, neutron = traffic.background_line()
+            est.update_gamma(gamma * scale, int(traffic.time_s * 1e9))
+            est.update_neutron(neutron * scale, int(traffic.time_s * 1e9))
+            cal.on_background_line(traffic.time_s)
+        cal.background(est.snapshot())
+        p = traffic.next_passage()
+        cal.observe(p.gamma.sum(axis=(1, 2)).astype(float), GAMMA_DT_S, p.neutron.sum(axis=1).astype(float), 1.0)
+        states.append(cal.as_dict())
+    return cal, states
+
+
+def test_lines_in_counts_per_second_are_consistent() -> None:
+    cal, _ = _calibrate(VARIANTS["default"], 12)
+    for sensor in ("gamma", "neutron"):
+        state = cal.as_dict()[sensor]
+        assert state["status"] == "consistent" and state["factor"] == 1.0
+        assert 0.8 < state["ratio"] < 1.25
+    assert cal.mismatch == {}
+
+
+def test_lines_counting_over_their_interval_are_calibrated_to_counts_per_second() -> None:
+    cal, states = _calibrate(VARIANTS["lines-5s"], 12)
+    assert states[0]["gamma"]["status"] == "calibrated"  # one occupancy shows a factor of 5 in gamma
+    for sensor in ("gamma", "neutron"):
+        state = cal.as_dict()[sensor]
+        assert state["status"] == "calibrated"
+        assert state["factor"] == pytest.approx(0.2, rel=0.02)
+        assert state["ratio"] == pytest.approx(0.2, rel=0.25)
+    snap = BackgroundEstimator(4, 1, 4, 60.0)
+    snap.update_gamma(np.full((4, 1), 1000.0), 0)
+    snap.update_neutron(np.full(4, 20.0), 0)
+    used = cal.background(snap.snapshot())
+    assert used.gamma_cps is not None and used.neutron_cps is not None
+    np.testing.assert_allclose(used.gamma_cps, 1000.0 * cal.gamma.factor)
+    np.testing.assert_allclose(used.neutron_cps, 20.0 * cal.neutron.factor)
+
+
+def test_lines_off_by_an_unknown_factor_are_a_mismatch_and_not_used() -> None:
+    cal, _ = _calibrate(VARIANTS["default"], 12, scale=2.7)
+    assert set(cal.mismatch) == {"gamma", "neutron"}
+    assert cal.mismatch["gamma"] == pytest.approx(1 / 2.7, rel=0.15)
+    est = BackgroundEstimator(4, 1, 4, 60.0)
+    est.update_gamma(np.full((4, 1), 700.0), 0)
+    est.update_neutron(np.full(4, 9.0), 0)
+    used = cal.background(est.snapshot())
+    assert used.gamma_cps is None and used.neutron_cps is None
+
+
+def test_the_portals_own_neutron_background_calibrates_at_once() -> None:
+    cal = LaneCalibration(interval_s=5.0)
+    cal.on_device_background(14.0, np.array([17.5, 17.5, 17.5, 17.5]))
+    assert cal.neutron.status == "calibrated" and cal.neutron.factor == pytest.approx(0.2)
+    cal.on_device_background(14.0, np.array([3.5, 3.5, 3.5, 3.5]))
+    assert cal.neutron.status == "consistent" and cal.neutron.factor == 1.0
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    r = Running(_config(tmp_path))
+    yield r
+    r.close()
+
+
+def test_a_lane_whose_background_lines_count_over_5_s_calibrates_and_says_so(
+    running: Running, ctx: zmq.Context
+) -> None:
+    """Real processes: the simulated portal's GB/NB lines carry 5 s sums; the lane's decisions report the
+    calibration and test against counts per second: benign traffic stays clear and the neutron background used
+    is the portal's own rate, not five times it."""
+    config = running.service.config
+    vehicles = 10
+    sim = LaneSimulator(
+        seed=9, mix={"none": 1.0}, gap_s=6.0, speedup=50.0, count=vehicles, physics=VARIANTS["lines-5s"]
+    )
+    port = sim.serve_tcp()
+    driver = load_driver("rpm")(_publisher(ctx, config), f"socket://127.0.0.1:{port}", backoff_max_s=0.2)
+    stop = threading.Event()
+    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
+    t.start()
+    sim.start()
+    try:
+        decisions = _collect(ctx, config, vehicles, timeout_s=120.0)
+    finally:
+        stop.set()
+        t.join(5)
+        sim.stop()
+    assert len(decisions) == vehicles
+    true_neutron_cps = float(sim.traffic.background_mean()[1].sum())
+    for d in decisions[2:]:
+        calibration = d["background"]["calibration"]
+        assert calibration["gamma"]["status"] == "calibrated", calibration
+        assert calibration["neutron"]["status"] == "calibrated", calibration
+        assert d["background"]["neutron_cps"] == pytest.approx(true_neutron_cps * NEUTRON_DT_S, rel=0.35)
+        assert d["verdict"] == "CLEAR", d["alarms"]
+    assert all(d["verdict"] != "ALARM" for d in decisions)
