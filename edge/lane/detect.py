@@ -95,8 +95,10 @@ MAX_HALFWIDTH = 80
 FLANK_GAP_SCALES = 1.0
 """Distance from a centre to the start of its flanks, in template scales."""
 FLANK_SCALES = 2.0
-"""Length of each flank for the local shielding level (NORM excess) and of each sideband of the sideband test, in
-template scales (at least MIN_FLANK samples)."""
+"""Length of each flank for the local shielding level (the excess a NORM check weighs), in template scales (at least
+MIN_FLANK samples)."""
+SIDEBAND_SCALES = 2.0
+"""Length of each sideband of the sideband test beyond its template, in template scales."""
 MIN_FLANK = 3
 """Shortest flank (samples)."""
 LEVEL_HALF = 2
@@ -263,6 +265,8 @@ class GammaPlan:
     """Largest template half-width: a centre is complete ``half`` samples after it."""
     gap: int
     width: int
+    side: int
+    """Sideband length (samples) of the sideband test, beyond the template."""
     n_1s: int
     """Samples in the fielded rule's 1 s window."""
 
@@ -277,6 +281,7 @@ def gamma_plan(dt_s: float, speed_kmh: float, standoff_m: float) -> GammaPlan:
     mid = len(BANK_FACTORS) // 2
     nominal = bank[mid, hmax - halfw[mid] : hmax + halfw[mid] + 1].copy()
     width = max(MIN_FLANK, math.ceil(FLANK_SCALES * scale))
+    side = max(MIN_FLANK, math.ceil(SIDEBAND_SCALES * scale))
     return GammaPlan(
         dt_s=dt_s,
         scale=scale,
@@ -284,13 +289,12 @@ def gamma_plan(dt_s: float, speed_kmh: float, standoff_m: float) -> GammaPlan:
         halfw=halfw,
         nominal=nominal,
         rho1=tuple(float(np.dot(row[:-1], row[1:]) / np.dot(row, row)) for row in bank),
-        side_rho1=tuple(
-            projected_rho1(row[hmax - h : hmax + h + 1], width) for row, h in zip(bank, halfw, strict=True)
-        ),
+        side_rho1=tuple(projected_rho1(row[hmax - h : hmax + h + 1], side) for row, h in zip(bank, halfw, strict=True)),
         mid=mid,
         half=int(halfw.max()),
         gap=max(1, math.ceil(FLANK_GAP_SCALES * scale)),
         width=width,
+        side=side,
         n_1s=max(1, round(1.0 / dt_s)),
     )
 
@@ -784,7 +788,7 @@ class OccupancyAnalyzer:
         standard deviation (at least 1): a shadow rougher than a line across each window widens the null
         both ways, a source only raises the upper tail.
         """
-        z_all, level_all = sideband_series(x, e, plan.bank, plan.halfw, plan.width, thr.cf_gross, SHADOW_ROUGHNESS)
+        z_all, level_all = sideband_series(x, e, plan.bank, plan.halfw, plan.side, thr.cf_gross, SHADOW_ROUGHNESS)
         nominal = z_all[plan.mid]
         nominal = nominal[np.isfinite(nominal)]
         spread = 1.0
