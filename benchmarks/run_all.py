@@ -12,6 +12,7 @@ BENCHMARKS = (
     "latency",
     "lanes",
     "detection",
+    "robustness",
     "fusion",
     "model",
     "fuzz",
