@@ -44,8 +44,12 @@ log = logging.getLogger("lanewatch.service")
 
 TICK_S = 0.1
 """Longest the loop sleeps (s): bounds timeout checks, retries and watchdog pings."""
-JOURNAL_CHECK_S = 5.0
-"""How often (s) the loop checks that the journal is still writable, for /healthz."""
+JOURNAL_CHECK_S = 0.5
+"""How often (s) the loop checks that the journal is still writable and still the file at its path, for /healthz
+(a stat and a statvfs: a journal deleted or replaced is reported within a second)."""
+RETRY_S = 1.0
+"""How long (s) the loop waits before it tries again to journal a decision that neither the journal nor its
+fallback file could take."""
 MAX_RESUME_LOOKBACK = 50
 """Latest decisions of a lane searched at start for the portal's occupancy counter to resume from."""
 REPLAY_WAIT_S = 2.0
@@ -98,8 +102,12 @@ class Service:
         self._ratelog = RateLimitedLog(log)
         self.started = False
         self.last_seq = 0
-        self.journal_ok = False
+        self.journal_problem = "not started"
+        """What keeps the journal from taking decisions ("" when nothing does), for /healthz."""
         self._next_journal_check = 0.0
+        self._retry_at = 0.0
+        self._failed: set[str] = set()
+        """Occupancies whose decision failed to be journaled at least once (their retries are not counted)."""
 
     # ---- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -115,7 +123,7 @@ class Service:
             self._senders = {info.name: info for info in self.keys.clients.values()}
         self.journal = Journal(self.config.service.journal, self.metrics)
         self.last_seq = self.journal.last_seq()
-        self.journal_ok = self.journal.writable()
+        self.journal_problem = self.journal.problem()
         for lane_id, lane in self.lanes.items():
             counters = [d["device_occupancy"] for d in self.journal.query(lane=lane_id, limit=MAX_RESUME_LOOKBACK)]
             lane.resume(next((c for c in reversed(counters) if isinstance(c, int)), None))
@@ -215,7 +223,7 @@ class Service:
         now_s = time.monotonic()
         if now_s >= self._next_journal_check:
             self._next_journal_check = now_s + JOURNAL_CHECK_S
-            self.journal_ok = self.journal.writable()
+            self.journal_problem = self.journal.problem()
         self.notifier.maybe_ping(now_s)
 
     # ---- ingest --------------------------------------------------------------------------
@@ -395,17 +403,23 @@ class Service:
         self._flush_pending()
 
     def _flush_pending(self) -> None:
-        """Journal then publish each pending decision, oldest first; stop at the first journal failure."""
+        """Journal then publish each pending decision, oldest first; at the first that neither the journal nor its
+        fallback file takes, stop and try again after :data:`RETRY_S`."""
+        if self.pending and time.monotonic() < self._retry_at:
+            return
         while self.pending:
             event = self.pending[0]
+            occupancy = str(event.decision.get("occupancy_id"))
             try:
-                stored = self.journal.append(event.decision)
+                stored = self.journal.append(event.decision, retry=occupancy in self._failed)
             except JournalError as exc:
-                self.journal_ok = False
+                self._failed.add(occupancy)
+                self._retry_at = time.monotonic() + RETRY_S
+                self.journal_problem = self.journal.problem() or str(exc)
                 log.error("journal write failed, %d decisions held for retry: %s", len(self.pending), exc)
                 return
             self.pending.popleft()
-            self.journal_ok = True
+            self._failed.discard(occupancy)
             if stored["seq"] <= self.last_seq:  # decided again from records a driver replayed: journaled before
                 self.metrics.redecided.labels(stored["lane"]).inc()
                 continue
@@ -443,7 +457,7 @@ class Service:
                 "faults": sorted(lane.faults),
                 "rejected": why if when is not None and now_s - when < self.config.service.rejected_health_s else "",
             }
-        writable = self.started and self.journal_ok
+        writable = self.started and not self.journal_problem
         watchdog = self.notifier.health()
         ok = (
             writable
@@ -458,6 +472,7 @@ class Service:
             "journal": {
                 "path": self.config.service.journal,
                 "writable": bool(writable),
+                "problem": self.journal_problem,
                 "last_seq": self.last_seq,
                 "pending": len(self.pending),
             },

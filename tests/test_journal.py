@@ -18,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from lanewatch.edge.decisions import decision
+from lanewatch.edge.decisions import journal as journal_module
 from lanewatch.edge.decisions.journal import SCHEMA_VERSION, Journal, JournalError, utc_text
 from lanewatch.edge.ops.metrics import ServiceMetrics
 
@@ -339,23 +340,73 @@ def test_a_full_disk_raises_journal_error_and_keeps_what_was_acknowledged(tmp_pa
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
-def test_a_locked_database_fails_clearly_then_recovers(tmp_path: Path, metrics: ServiceMetrics) -> None:
+def test_a_locked_database_spills_to_the_fallback_then_recovers(tmp_path: Path, metrics: ServiceMetrics) -> None:
     path = tmp_path / "j.db"
     with Journal(path, metrics, busy_timeout_s=0.05) as journal:
         journal.append(make_decision(0))
         other = sqlite3.connect(path, isolation_level=None)
         try:
             other.execute("BEGIN EXCLUSIVE")
-            with pytest.raises(JournalError, match="locked"):
-                journal.append(make_decision(1))
-            assert sample(metrics, "lanewatch_journal_errors_total") == 1
-            assert not journal.writable()
-            assert journal.last_seq() == 1, "readers go on while a writer holds the lock"
+            assert journal.append(make_decision(1))["seq"] == 2  # durable in the fallback file, so publishable
+            assert journal.append(make_decision(1))["seq"] == 2, "one occupancy, one decision, in the fallback too"
+            assert sample(metrics, "lanewatch_journal_errors_total") == 2
+            assert sample(metrics, "lanewatch_journal_fallback_decisions_total") == 1
+            assert "the last write failed" in journal.problem() and not journal.writable()
+            assert journal.last_seq() == 2
+            assert json.loads(journal.fallback_path.read_text())["seq"] == 2
             other.execute("ROLLBACK")
         finally:
             other.close()
-        assert journal.append(make_decision(1))["seq"] == 2
+        assert journal.append(make_decision(2))["seq"] == 3  # the fallback moves into the journal first
+        assert journal.writable() and not journal.fallback_path.exists()
+        assert [d["seq"] for d in journal.since(0)] == [1, 2, 3]
+
+
+def test_seq_is_never_reused_when_the_file_is_deleted_or_replaced_while_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with Journal(path) as journal:
+        for i in range(3):
+            journal.append(make_decision(i))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with Journal(path) as journal:
+        assert journal.last_seq() == 3 and journal.append(make_decision(3))["seq"] == 4
+    os.replace(tmp_path / "j.db", tmp_path / "old.db")
+    with Journal(tmp_path / "other.db") as other:
+        other.append(make_decision(99))
+    os.replace(tmp_path / "other.db", path)  # another journal in its place: numbering goes on from the highest
+    with Journal(path) as journal:
+        assert journal.append(make_decision(4))["seq"] == 5
+
+
+def test_a_journal_deleted_while_open_is_detected_and_nothing_is_lost(tmp_path: Path, metrics: ServiceMetrics) -> None:
+    path = tmp_path / "j.db"
+    with Journal(path, metrics) as journal:
+        journal.append(make_decision(0))
+        assert journal.problem() == ""
+        path.unlink()
+        assert "deleted while open" in journal.problem() and not journal.writable()
+        assert sample(metrics, "lanewatch_journal_detached") == 1
+        stored = [journal.append(make_decision(i))["seq"] for i in range(1, 4)]
+        assert stored == [2, 3, 4] and not path.exists(), "nothing is written into the deleted file"
+        assert [json.loads(line)["seq"] for line in journal.fallback_path.read_text().splitlines()] == stored
+    with Journal(path) as journal:  # a restart imports the fallback into the new file at the path
+        assert [d["seq"] for d in journal.since(0)] == [2, 3, 4] and journal.writable()
+        assert journal.append(make_decision(9))["seq"] == 5 and not journal.fallback_path.exists()
+
+
+def test_free_space_health_has_hysteresis(tmp_path: Path) -> None:
+    """Near the limit health does not flap: not ok under MIN_FREE_BYTES, ok again only from RESUME_FREE_BYTES."""
+    with Journal(tmp_path / "j.db") as journal:
+        fs = os.statvfs(tmp_path)
+        free = fs.f_bavail * fs.f_frsize
         assert journal.writable()
+        for floor, ok in ((2 * free, False), (free * 3 // 4, False), (free * 2 // 5, True), (free * 3 // 4, True)):
+            journal_module.MIN_FREE_BYTES, journal_module.RESUME_FREE_BYTES = floor, 2 * floor
+            try:
+                assert journal.writable() is ok, (floor, free)
+            finally:
+                journal_module.MIN_FREE_BYTES, journal_module.RESUME_FREE_BYTES = 1 << 20, 2 << 20
 
 
 def test_schema_version_and_files_that_are_not_journals(tmp_path: Path) -> None:

@@ -304,3 +304,36 @@ def test_a_bug_in_one_lane_ends_its_occupancy_incomplete_and_the_other_lanes_go_
         assert sum("bug in the lane lane1 handler" in r.getMessage() for r in caplog.records) == 1
     finally:
         running.close()
+
+
+def test_journal_deleted_while_running_fails_health_and_loses_nothing(tmp_path: Path, ctx: zmq.Context) -> None:
+    """The journal file deleted under a running service: /healthz says so, decisions go on (to the fallback file, seq
+    continuing), and the restarted service has every decision made after the deletion, numbered on."""
+    config = _config(tmp_path)
+    running = Running(config)
+    try:
+        pub = _publisher(ctx, config)
+        _background(pub)
+        _occupancy(pub, 10, seed=1)
+        assert len(_collect(ctx, config, 1)) == 1
+        assert running.service.health()["journal"]["problem"] == ""
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{config.service.journal}{suffix}").unlink(missing_ok=True)
+        deadline = time.monotonic() + 30
+        while running.service.health()["journal"]["writable"]:
+            assert time.monotonic() < deadline, "a deleted journal was never noticed"
+            time.sleep(0.05)
+        health = running.service.health()
+        assert not health["ok"] and "deleted while open" in health["journal"]["problem"]
+        assert running.value("lanewatch_journal_detached") == 1
+        for seed in (2, 3):
+            _occupancy(pub, 10, seed=seed)
+        after = _collect(ctx, config, 2, since=1)
+        assert [d["seq"] for d in after] == [2, 3]
+        assert not os.path.exists(config.service.journal), "nothing was written into the void"
+    finally:
+        running.close()
+    with Journal(config.service.journal) as journal:  # what a restarted service opens: the fallback imported
+        assert [d["seq"] for d in journal.since(0)] == [2, 3]
+        assert [d["occupancy_id"] for d in journal.since(0)] == [d["occupancy_id"] for d in after]
+        assert journal.last_seq() == 3

@@ -24,6 +24,20 @@ writer); open it with ``Journal(path, readonly=True)`` or any SQLite client. The
 
 The schema version is ``PRAGMA user_version``; :data:`MIGRATIONS` lists the steps from an
 empty file, each applied once in its own transaction.
+
+A decision is never lost and a ``seq`` never reused, whatever happens to the file:
+
+* The highest ``seq`` given is also kept in a small side file (``<journal>.seq``, replaced
+  after each commit), so a journal deleted or replaced while the service was down does not
+  number from 1 again.
+* The journal's file identity (``st_dev``, ``st_ino``) is checked before every write and by
+  :meth:`Journal.problem`: a journal deleted or replaced while open is *detached*. Decisions
+  then go to the fallback file, ``<journal>.fallback.jsonl`` (one JSON decision a line,
+  fsynced), with the next ``seq``, and :meth:`Journal.problem` says so until a restart, which
+  imports the fallback into the journal at the path.
+* A write the database refuses (locked, full, read-only) goes to the fallback file too; the
+  fallback is moved into the journal by the next write that succeeds. Only when neither can be
+  written does :meth:`Journal.append` raise.
 """
 
 from __future__ import annotations
@@ -59,7 +73,13 @@ COMPRESS_LEVEL = 1
 """zlib level: 1 gives nearly all of level 6's saving on count profiles at a fifth of the time."""
 
 MIN_FREE_BYTES = 1 << 20
-""":meth:`Journal.writable` reports False when the journal's file system has less free space (bytes)."""
+""":meth:`Journal.writable` reports False when the journal's file system has less free space (bytes)..."""
+RESUME_FREE_BYTES = 2 * MIN_FREE_BYTES
+"""... and True again only once it has this much (hysteresis: no flapping on every write near the limit)."""
+SEQ_SUFFIX = ".seq"
+"""Side file beside the journal holding the highest seq ever given."""
+FALLBACK_SUFFIX = ".fallback.jsonl"
+"""File beside the journal that takes decisions while the journal cannot (JSON lines, fsynced)."""
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -82,6 +102,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 """Schema steps: ``MIGRATIONS[i]`` takes ``user_version`` i to i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _read_seq(path: Path) -> int:
+    """The seq in a side file; 0 when there is none (or it is unreadable, said in the log)."""
+    try:
+        return int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as exc:
+        log.error("%s: cannot read the highest seq given: %s", path, exc)
+        return 0
 
 
 class JournalError(RuntimeError):
@@ -153,6 +189,16 @@ class Journal:
         self.path = Path(path)
         self.metrics = metrics
         self.readonly = readonly
+        self.seq_path = Path(f"{self.path}{SEQ_SUFFIX}")
+        self.fallback_path = Path(f"{self.path}{FALLBACK_SUFFIX}")
+        self.detached = ""
+        """Why the file at ``path`` is no longer this journal (deleted, replaced); "" while it is."""
+        self._fallback: dict[str, dict[str, Any]] = {}
+        """Decisions in the fallback file, by occupancy id."""
+        self._hwm = 0
+        """The highest seq ever given, here, in the side file or in the fallback."""
+        self._identity: tuple[int, int] | None = None
+        self._low_space = False
         self._lock = threading.Lock()
         self._write_failed = False
         self.invalid = 0
@@ -172,11 +218,16 @@ class Journal:
                     raise JournalError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
                 self._conn.execute("PRAGMA synchronous = FULL")
             self._migrate()
+            if not readonly:
+                self._identity = _identity(self.path)
+                self._hwm = max(self._db_seq(), _read_seq(self.seq_path))
+                self._import_fallback()
         except (sqlite3.Error, OSError) as exc:
             if hasattr(self, "_conn"):
                 self._conn.close()
             raise JournalError(f"{self.path}: cannot open journal: {exc}") from exc
         if metrics is not None:
+            metrics.journal_detached.set(0)
             metrics.journal_seq.set(self.last_seq())
             self._update_size()
 
@@ -200,37 +251,158 @@ class Journal:
                 raise
             log.info("%s: journal schema migrated to version %d", self.path, step + 1)
 
-    def append(self, decision: dict[str, Any]) -> dict[str, Any]:
+    def append(self, decision: dict[str, Any], *, retry: bool = False) -> dict[str, Any]:
         """Journal ``decision`` durably and return it with its ``seq``.
 
-        An ``occupancy_id`` already journaled returns the stored decision unchanged. Raises
-        :class:`JournalError` (and counts it) for a decision that lacks a required key or is
-        not JSON-serializable, and when the database cannot be written (disk full, read-only,
-        locked); nothing is stored then.
+        An ``occupancy_id`` already journaled returns the stored decision unchanged. A decision the
+        database cannot take (disk full, read-only, locked, the file deleted or replaced) goes to the
+        fallback file. Raises :class:`JournalError` (and counts it, unless ``retry`` says this decision
+        failed before) for a decision that lacks a required key or is not JSON-serializable, and when
+        neither the database nor the fallback can be written; nothing is stored then.
         """
         t0 = time.perf_counter()
         try:
             with self._lock:
-                stored, inserted = self._append(decision)
+                stored, inserted = self._store(decision)
         except (JournalError, sqlite3.Error, OSError, ValueError, TypeError) as exc:
-            if isinstance(exc, sqlite3.Error | OSError):
-                self._write_failed = True
-            if self.metrics is not None:
+            if self.metrics is not None and not retry:
                 self.metrics.journal_errors.inc()
             occupancy = decision.get("occupancy_id") if isinstance(decision, dict) else None
             log.error("%s: cannot journal decision for occupancy %r: %s", self.path, occupancy, exc)
             raise JournalError(f"{self.path}: cannot journal decision for occupancy {occupancy!r}: {exc}") from exc
-        self._write_failed = False
         if self.metrics is not None and inserted:
             self.metrics.journal_write.observe(time.perf_counter() - t0)
             self.metrics.journal_seq.set(stored["seq"])
             self._update_size()
         return stored
 
-    def _append(self, decision: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """The stored decision, and whether it was inserted now (False: the occupancy was journaled before)."""
+    def _store(self, decision: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """:meth:`_append` to the database while it is this journal and takes it, else to the fallback file."""
         if self._closed:
             raise JournalError("journal is closed")
+        self._check_identity()
+        if not self.detached:
+            try:
+                if self._fallback:
+                    self._drain_fallback()
+                stored, inserted = self._append(decision)
+            except (sqlite3.Error, OSError) as exc:
+                self._write_failed = True
+                if self.metrics is not None:
+                    self.metrics.journal_errors.inc()
+                log.error("%s: cannot write the journal, decision to %s: %s", self.path, self.fallback_path, exc)
+            else:
+                self._write_failed = False
+                if inserted:
+                    self._set_hwm(stored["seq"])
+                if self._check_identity():  # the file went while this was written: keep a copy that stays
+                    self._append_fallback(stored)
+                return stored, inserted
+        return self._append_fallback(decision), True
+
+    def _check_identity(self) -> str:
+        """Detach the journal (and say why) when the file at its path is no longer the one it opened."""
+        if self.detached or self._identity is None:
+            return self.detached
+        try:
+            identity = _identity(self.path)
+        except FileNotFoundError:
+            why = "deleted"
+        except OSError as exc:
+            why = f"unreadable ({exc.strerror})"
+        else:
+            if identity == self._identity:
+                return ""
+            why = "replaced"
+        self.detached = f"journal file {self.path} {why} while open; decisions go to {self.fallback_path}"
+        log.critical("%s until the service restarts and imports them", self.detached)
+        if self.metrics is not None:
+            self.metrics.journal_detached.set(1)
+        self._set_hwm(self._hwm, durable=True)
+        return self.detached
+
+    def _set_hwm(self, seq: int, durable: bool = False) -> None:
+        """Remember ``seq`` as the highest given, in the side file too (replaced, fsynced only when ``durable``)."""
+        self._hwm = max(self._hwm, seq)
+        tmp = self.seq_path.with_name(self.seq_path.name + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{self._hwm}\n")
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, self.seq_path)
+        except OSError as exc:  # the database (or the fallback) holds the seq as well
+            log.warning("%s: cannot write %s: %s", self.path, self.seq_path, exc)
+
+    def _append_fallback(self, decision: dict[str, Any]) -> dict[str, Any]:
+        """Write ``decision`` (numbered next, unless it has its seq already) to the fallback file, fsynced."""
+        occupancy_id = str(decision.get("occupancy_id"))
+        if occupancy_id in self._fallback:
+            return self._fallback[occupancy_id]
+        if "seq" in decision:
+            full = dict(decision)
+        else:
+            self._validate(decision)
+            full = {"seq": self._hwm + 1, **decision}
+        line = _ENCODER.encode(full) + b"\n"
+        fd = os.open(self.fallback_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)  # no partial line for the next one to run into
+                raise
+        finally:
+            os.close(fd)
+        stored = msgspec.json.decode(line)
+        self._fallback[occupancy_id] = stored
+        self._set_hwm(stored["seq"])
+        if self.metrics is not None:
+            self.metrics.journal_fallback.inc()
+        return stored
+
+    def _import_fallback(self) -> None:
+        """Read the fallback file left by an earlier run (or this one) and move what it holds into the journal."""
+        try:
+            lines = self.fallback_path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return
+        for number, line in enumerate(lines, start=1):
+            try:
+                stored = msgspec.json.decode(line)
+                self._fallback[str(stored["occupancy_id"])] = stored
+                self._hwm = max(self._hwm, int(stored["seq"]))
+            except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+                log.error("%s: line %d is not a decision, skipped: %s", self.fallback_path, number, exc)
+        self._drain_fallback()
+        log.warning("%s: %d decisions imported from %s", self.path, len(lines), self.fallback_path)
+
+    def _drain_fallback(self) -> None:
+        """Insert the fallback's decisions (with their seq) into the database, then remove the file."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stored in sorted(self._fallback.values(), key=lambda d: d["seq"]):
+                self._insert(stored, _ENCODER.encode(stored).decode(), "INSERT OR IGNORE")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self._fallback.clear()
+        self._set_hwm(self._hwm, durable=True)
+        self.fallback_path.unlink(missing_ok=True)
+
+    def _db_seq(self) -> int:
+        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").fetchone()
+        return row[0] if row else 0
+
+    @staticmethod
+    def _validate(decision: dict[str, Any]) -> None:
         if not isinstance(decision, dict):
             raise JournalError(f"a decision must be a dict, got {type(decision).__name__}")
         missing = [key for key in REQUIRED_KEYS if decision.get(key) in (None, "")]
@@ -238,8 +410,11 @@ class Journal:
             raise JournalError(f"decision lacks {', '.join(missing)}")
         if decision["verdict"] not in VERDICTS:
             raise JournalError(f"verdict must be one of {', '.join(VERDICTS)}, got {decision['verdict']!r}")
+
+    def _append(self, decision: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The stored decision, and whether it was inserted now (False: the occupancy was journaled before)."""
+        self._validate(decision)
         occupancy_id = str(decision["occupancy_id"])
-        start, end = utc_text(decision["start"]), utc_text(decision["end"])
         fields = {key: value for key, value in decision.items() if key != "seq"}
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
@@ -251,18 +426,11 @@ class Journal:
                 conn.execute("ROLLBACK")
                 log.info("%s: occupancy %r already journaled as seq %d", self.path, occupancy_id, row[0])
                 return _decode(row[1], row[2]), False
-            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").fetchone()
-            seq = (seq[0] if seq else 0) + 1
+            seq = max(self._db_seq(), self._hwm) + 1
             full = {"seq": seq, **fields}
             self._check(full)
             body = _ENCODER.encode(full).decode()
-            encoding, stored = _encode(body)
-            conn.execute(
-                'INSERT INTO decisions (seq, occupancy_id, lane, verdict, start, "end", created, encoding, body)'
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, occupancy_id, str(decision["lane"]), decision["verdict"], start, end,
-                 utc_text(datetime.now(UTC)), encoding, stored),
-            )  # fmt: skip
+            self._insert(full, body)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -270,6 +438,16 @@ class Journal:
                     conn.execute("ROLLBACK")
             raise
         return msgspec.json.decode(body), True
+
+    def _insert(self, full: dict[str, Any], body: str, verb: str = "INSERT") -> None:
+        """Insert the decision ``full`` (with its seq), JSON ``body``, in the open transaction."""
+        encoding, stored = _encode(body)
+        self._conn.execute(
+            f'{verb} INTO decisions (seq, occupancy_id, lane, verdict, start, "end", created, encoding, body)'
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (full["seq"], str(full["occupancy_id"]), str(full["lane"]), full["verdict"], utc_text(full["start"]),
+             utc_text(full["end"]), utc_text(datetime.now(UTC)), encoding, stored),
+        )  # fmt: skip
 
     def _check(self, decision: dict[str, Any]) -> None:
         """Count and log (the 1st, 2nd, 4th, 8th... time) a decision that does not fit the published contract."""
@@ -334,9 +512,8 @@ class Journal:
 
     def last_seq(self) -> int:
         """The highest seq ever given (0 for a new journal)."""
-        with self._reading() as conn:
-            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").fetchone()
-        return row[0] if row else 0
+        with self._reading():
+            return max(self._db_seq(), self._hwm)
 
     def query(
         self,
@@ -368,19 +545,36 @@ class Journal:
         return [_decode(encoding, body) for _, encoding, body in reversed(rows)]
 
     def writable(self) -> bool:
-        """True when the last write succeeded (or none failed yet) and the file and its folder can be written.
+        """True when :meth:`problem` finds none."""
+        return not self.problem()
 
-        Touches no database and takes no lock: safe from the /healthz thread at any time.
+    def problem(self) -> str:
+        """What keeps the journal from taking decisions ("" when nothing does): closed, read-only, the file deleted
+        or replaced, the last write failed, the file or folder not writable, free space under
+        :data:`MIN_FREE_BYTES` (until it is back above :data:`RESUME_FREE_BYTES`).
+
+        Touches no database and takes no lock (a stat or two): cheap enough to call every second.
         """
-        if self._closed or self.readonly or self._write_failed:
-            return False
+        if self._closed:
+            return "closed"
+        if self.readonly:
+            return "opened read-only"
+        if self._check_identity():
+            return self.detached
+        if self._write_failed:
+            return f"the last write failed; decisions go to {self.fallback_path}"
         folder = self.path.parent
         try:
             fs = os.statvfs(folder)
-        except OSError:
-            return False
+        except OSError as exc:
+            return f"cannot check free space: {exc.strerror}"
         free = fs.f_bavail * fs.f_frsize
-        return os.access(self.path, os.W_OK) and os.access(folder, os.W_OK) and free >= MIN_FREE_BYTES
+        self._low_space = free < (RESUME_FREE_BYTES if self._low_space else MIN_FREE_BYTES)
+        if self._low_space:
+            return f"{free} bytes free, under {MIN_FREE_BYTES} (ok again from {RESUME_FREE_BYTES})"
+        if not (os.access(self.path, os.W_OK) and os.access(folder, os.W_OK)):
+            return "file or folder not writable"
+        return ""
 
     def size_bytes(self) -> int:
         """Bytes on disk of the database and its write-ahead log."""

@@ -273,7 +273,21 @@ class ServiceMetrics:
             registry=r,
         )
         self.journal_size = Gauge("lanewatch_journal_size_bytes", "Journal database size on disk.", registry=r)
-        self.journal_errors = Counter("lanewatch_journal_errors_total", "Journal writes that failed.", registry=r)
+        self.journal_errors = Counter(
+            "lanewatch_journal_errors_total",
+            "Journal writes that failed (each decision once, not its retries).",
+            registry=r,
+        )
+        self.journal_detached = Gauge(
+            "lanewatch_journal_detached",
+            "1 while the journal file was deleted or replaced under the service (decisions go to the fallback file).",
+            registry=r,
+        )
+        self.journal_fallback = Counter(
+            "lanewatch_journal_fallback_decisions_total",
+            "Decisions written to the fallback file because the journal could not take them.",
+            registry=r,
+        )
         self.journal_seq = Gauge("lanewatch_journal_last_seq", "Sequence number of the newest decision.", registry=r)
         self.subscribers = Gauge("lanewatch_alert_subscribers", "Subscriptions open on the alert bus.", registry=r)
         self.queries = Counter(

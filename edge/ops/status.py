@@ -131,7 +131,7 @@ def check(config: Config, timeout_s: float) -> dict[str, Any]:
         text
         for bad, text in (
             (not service.get("ok"), "the service reports not ok"),
-            (not journal.get("writable"), "the journal is not writable"),
+            (not journal.get("writable"), f"the journal is not writable: {journal.get('problem') or '?'}"),
             (not fed, "the systemd watchdog is starved"),
         )
         if bad
