@@ -129,6 +129,26 @@ class Baseline(_Section):
     """The fielded neutron threshold (counts above background)."""
 
 
+class SensorCalibration(_Section):
+    """One sensor's background-line convention, checked against what the lane's occupancies count."""
+
+    status: str
+    """warming-up, consistent, calibrated (lines hold counts over their reporting interval) or mismatch."""
+    ratio: float | None
+    """What the occupancies count over what the lines predict (median of recent occupancies)."""
+    factor: float
+    """Factor applied to the lines' background before an occupancy uses it."""
+
+
+class Calibration(_Section):
+    """The lane's background-line conventions after this occupancy (see ``lanewatch.edge.lane.calibration``)."""
+
+    gamma: SensorCalibration
+    neutron: SensorCalibration
+    interval_s: float
+    """Reporting interval (s) of the background lines, as measured."""
+
+
 class Background(_Section):
     """The background the occupancy was tested against."""
 
@@ -142,6 +162,11 @@ class Background(_Section):
     """Where the neutron background came from."""
     neutron_cps: float | None = None
     """Neutron background (cps), all tubes."""
+    calibration: Calibration | None = None
+    """The lane's background-line conventions, checked against its occupancies."""
+    tracked_rejected_ratio: float | None = None
+    """When the tracked gamma background was far above this occupancy's least shielded second (and not used): that
+    second's rate over it."""
 
 
 class ModelScore(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

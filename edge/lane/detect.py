@@ -713,7 +713,8 @@ class OccupancyAnalyzer:
         local = np.minimum(level, 1.0) if tracked else level
         profile: dict[str, Any] = {
             "gross": _finite_list(x, 1),
-            "expected": _finite_list(side_level * e, 2),
+            "expected": _finite_list(local * e, 2),
+            "sideband_expected": _finite_list(side_level * e, 2),
             "mf_z": _finite_list(z_gamma),
             "sideband_spread": round(spread, 3),
         }
@@ -898,8 +899,11 @@ class OccupancyAnalyzer:
         Keys: ``alarms`` (entries with ``alarm`` true or false, see the module docstring), ``verdict``
         ("ALARM" iff an entry alarms, else "CLEAR"), ``baseline_verdict`` and ``baseline`` (the fielded
         rule on the same counts: ``max_sigma``, ``n_sigma``, ``neutron_max``, ``neutron_background``,
-        ``neutron_threshold``), ``profile`` (per-sample evidence: ``gross``, ``windows``, ``expected``,
-        ``mf_z``, ``shape_z``, ``neutron``, with ``dt_s``, ``neutron_dt_s`` and ``speed_kmh``),
+        ``neutron_threshold``), ``profile`` (per-sample evidence: ``gross``, ``windows``, ``expected`` (the
+        background times the shadow's level on the flanks, at most 1 with a tracked background),
+        ``sideband_expected`` (the background times the line the sideband test fitted around each sample: the
+        level it tested against), ``sideband_spread``, ``mf_z``, ``shape_z``, ``neutron``, with ``dt_s``,
+        ``neutron_dt_s`` and ``speed_kmh``),
         ``background`` (cps used and ``origin``/``neutron_origin``: "tracked" or
         "estimated-from-occupancy") and ``provisional`` (the alarms raised mid-passage).
         """
