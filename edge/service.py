@@ -156,10 +156,10 @@ class Service:
         self.poller = zmq.Poller()
         self.poller.register(self.ingest, zmq.POLLIN)
         self.poller.register(self.alerts.pub, zmq.POLLIN)
-        self.poller.register(self.alerts.router, zmq.POLLIN)
         self.handshakes = HandshakeMonitor(self.metrics.auth_failures)
         for sock, endpoint in ((self.ingest, "ingest"), (self.alerts.pub, "alerts"), (self.alerts.router, "query")):
             self.poller.register(self.handshakes.watch(sock, endpoint), zmq.POLLIN)
+        self.alerts.start_query_thread()
         if self._http:
             try:
                 self.http_server, _ = serve_http(self.config.service.http, self.registry, self.health)
@@ -183,6 +183,7 @@ class Service:
         """Decide nothing more, flush what is pending to the journal, close everything."""
         self.notifier.stopping()
         self._flush_pending()
+        self.alerts.stop_query_thread()
         if self._http:
             self.http_server.shutdown()
             self.http_server.server_close()
@@ -207,8 +208,6 @@ class Service:
         events = dict(self.poller.poll(timeout_s * 1000))
         if self.ingest in events:
             self._drain_ingest()
-        if self.alerts.router in events:
-            self._barrier("query", self.alerts.handle_query)
         if self.alerts.pub in events:
             self._barrier("alerts", self.alerts.handle_pub)
         for monitor in self.handshakes.sockets:

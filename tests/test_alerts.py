@@ -602,3 +602,62 @@ def test_alerts_reads_a_journal_offline_and_refuses_an_unknown_lane(
     assert alerts.run(console_args("--journal", str(path), "--lane", "L9"), configured) == 2
     assert "no lane 'L9' in site.toml (lanes: L0, L1)" in capsys.readouterr().err
     assert alerts.run(console_args("--journal", str(tmp_path / "missing.db")), config) == 1
+
+
+def test_query_thread_budgets_each_peer_and_counts_bad_requests(
+    ctx: zmq.Context, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Served from its own thread and connection (nobody calls handle_query here): a flooding peer gets 'rate
+    limited' replies at once, counted, while another peer is answered; bad requests are counted each time and
+    logged a few times only; a JournalClient over its budget waits as told and gets its answer."""
+    metrics = ServiceMetrics(CollectorRegistry())
+    journal = Journal(tmp_path / "journal.db", metrics)
+    for i in range(5):
+        journal.append(make_decision(i))
+    bus = AlertBus(ctx, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", journal, metrics)
+    bus.start_query_thread()
+    flood, other = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    try:
+        for sock in (flood, other):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(bus.query_endpoint)
+        requests = 300
+        for _ in range(requests):
+            flood.send(b'{"op": "since", "seq": 0}')
+        replies = []
+        while len(replies) < requests:
+            assert flood.poll(int(WAIT_S * 1000)), f"{len(replies)} replies of {requests}"
+            replies.append(json.loads(flood.recv()))
+        limited = [r for r in replies if not r["ok"]]
+        assert limited and all(r["error"] == "rate limited" and r["retry_after_s"] > 0 for r in limited)
+        assert all(r["ok"] and len(r["records"]) == 5 for r in replies if r not in limited)
+        assert metrics.registry.get_sample_value("lanewatch_journal_queries_total", {"op": "rate-limited"}) == len(
+            limited
+        )
+        other.send(b'{"op": "last"}')
+        assert other.poll(int(WAIT_S * 1000)) and json.loads(other.recv())["last_seq"] == 5, "the other peer waits"
+
+        caplog.clear()
+        for _ in range(30):  # within the peer's burst
+            other.send(b'{"op": "nonsense"}')
+        for _ in range(30):
+            assert other.poll(int(WAIT_S * 1000))
+            other.recv()
+        wait_until(
+            lambda: metrics.registry.get_sample_value("lanewatch_journal_queries_total", {"op": "invalid"}) == 30,
+            "30 bad requests counted",
+        )
+        logged = [r for r in caplog.records if "unknown op" in r.getMessage()]
+        assert 1 <= len(logged) <= 5, len(logged)
+
+        client = JournalClient(ctx, bus.query_endpoint, attempt_s=WAIT_S)
+        try:
+            pages = [client.since(0, timeout_s=WAIT_S) for _ in range(60)]  # more than one peer's burst of 40
+        finally:
+            client.close()
+        assert all(seqs(page["records"]) == [1, 2, 3, 4, 5] for page in pages) and client.rate_limited > 0
+    finally:
+        flood.close()
+        other.close()
+        bus.close()
+        journal.close()

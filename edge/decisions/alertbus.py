@@ -31,14 +31,26 @@ Reply: ``{"ok": true, "last_seq": N, "records": [...]}`` with N the journal's ne
 reply holds at most about :data:`MAX_REPLY_BYTES` of records (always at least one when any
 match): for ``since``, ask again from the last seq received until it reaches ``last_seq``.
 A request that cannot be understood gets ``{"ok": false, "error": "..."}``, is counted as op
-``invalid`` in ``lanewatch_journal_queries_total`` and logged; one the journal cannot answer
-gets ``ok: false`` too. The server goes on serving either way.
+``invalid`` in ``lanewatch_journal_queries_total`` and logged at a bounded rate; one the journal
+cannot answer gets ``ok: false`` too. The server goes on serving either way.
+
+Queries cannot starve decisions. Each peer (its key on a CURVE bus, else its connection) and all
+peers together have a budget (:data:`PEER_RATE`, :data:`TOTAL_RATE`: requests a second, a request
+costing one more for each :data:`COST_BYTES` of its reply); a request over it is answered at once
+with ``{"ok": false, "error": "rate limited", "retry_after_s": s}`` (op ``rate-limited``), which
+:class:`~lanewatch.edge.decisions.subscriber.JournalClient` honours by waiting. Replies are the
+journal's stored JSON, not decoded and encoded again. The service serves queries from a thread
+of their own with a read-only SQLite connection of their own (:meth:`AlertBus.start_query_thread`):
+a WAL reader never blocks the writer, and the decision loop does not wait for a query.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -47,6 +59,7 @@ from lanewatch.edge.bus import security
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.decisions.journal import VERDICTS, Journal, JournalError, utc_text
 from lanewatch.edge.ops.metrics import ServiceMetrics
+from lanewatch.edge.ops.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +75,16 @@ MAX_LIMIT = 1000
 MAX_REPLY_BYTES = 1 << 20
 """A query reply stops adding records past this many bytes of JSON (one record always fits)."""
 MAX_REQUESTS_PER_CALL = 32
-"""Requests :meth:`AlertBus.handle_query` answers per call, so queries cannot starve the service loop."""
+"""Requests :meth:`AlertBus.handle_query` answers per call, so queries cannot starve the loop that calls it."""
+PEER_RATE = 20.0
+"""Query budget of one peer (requests a second); it may save up :data:`BURST_S` seconds of it."""
+TOTAL_RATE = 100.0
+"""Query budget of all peers together (requests a second)."""
+BURST_S = 2.0
+COST_BYTES = 64 * 1024
+"""A reply costs one request more per this many bytes (a full 1 MB page costs 17)."""
+MAX_PEERS = 4096
+"""Peers whose budget is remembered; past this the oldest are forgotten (they start with a full budget)."""
 PUB_SNDHWM = 100
 """Messages queued per subscriber before the bus drops them for that subscriber (which refetches them
 from the journal); bounds what a stalled console costs the service (decisions can be tens of kB)."""
@@ -74,6 +96,44 @@ _OPS: dict[str, dict[str, bool]] = {
     "last": {},
     "query": {"lane": False, "verdict": False, "since": False, "until": False, "limit": False},
 }
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at_s: float
+
+
+class RateLimiter:
+    """Token buckets: ``rate`` a second for each key, up to ``rate * burst_s`` saved; a cost may overdraw (a debt
+    paid back before the next request), so a large reply is charged in full once it is known."""
+
+    def __init__(self, rate: float, burst_s: float = BURST_S, max_keys: int = MAX_PEERS) -> None:
+        self.rate = rate
+        self.capacity = rate * burst_s
+        self.max_keys = max_keys
+        self._buckets: dict[bytes, _Bucket] = {}
+
+    def wait_s(self, key: bytes, now_s: float) -> float:
+        """0 when ``key`` may make a request now (one token is taken), else how long (s) until it may."""
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            bucket = _Bucket(self.capacity, now_s)
+            while len(self._buckets) >= self.max_keys:
+                del self._buckets[next(iter(self._buckets))]  # the least recently seen
+        bucket.tokens = min(self.capacity, bucket.tokens + (now_s - bucket.at_s) * self.rate)
+        bucket.at_s = now_s
+        self._buckets[key] = bucket
+        if bucket.tokens < 1.0:
+            return (1.0 - bucket.tokens) / self.rate
+        bucket.tokens -= 1.0
+        return 0.0
+
+    def charge(self, key: bytes, cost: float) -> None:
+        """Take ``cost`` more tokens from ``key`` (may go below zero)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens -= cost
 
 
 class AlertBusError(RuntimeError):
@@ -170,7 +230,15 @@ class AlertBus:
         keys: Keys | None = None,
     ) -> None:
         self.journal = journal
+        self.reader = journal
+        """The journal queries read (the service's own, or a read-only connection for the query thread)."""
         self.metrics = metrics
+        self.keyed = keys is not None
+        self.peers = RateLimiter(PEER_RATE)
+        self.total = RateLimiter(TOTAL_RATE)
+        self._ratelog = RateLimitedLog(log)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self.subscriptions = 0
         """Open subscriptions that receive decisions."""
         self.pub = ctx.socket(zmq.XPUB)
@@ -223,25 +291,55 @@ class AlertBus:
         """Send a mid-passage alarm (not journaled) to subscribers of ``provisional``."""
         self._send(PROVISIONAL_TOPIC, alarm)
 
+    def start_query_thread(self) -> None:
+        """Serve queries from a thread of their own, reading the journal over a read-only connection of their own,
+        until :meth:`close`; from then on only that thread uses :attr:`router`."""
+        self.reader = Journal(self.journal.path, readonly=True)
+        self._thread = threading.Thread(target=self._serve_queries, name="journal-queries", daemon=True)
+        self._thread.start()
+
+    def _serve_queries(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(100):
+                continue
+            try:
+                self.handle_query()
+            except Exception as exc:  # a bug: counted and logged at a bounded rate, and serving goes on
+                if self.metrics is not None:
+                    self.metrics.handler_errors.labels("query").inc()
+                self._ratelog.log(logging.ERROR, "query bug", "bug in the query server: %r", exc, exc_info=exc)
+
     def handle_query(self) -> None:
         """Answer the query requests waiting on the ROUTER (at most :data:`MAX_REQUESTS_PER_CALL`)."""
         for _ in range(MAX_REQUESTS_PER_CALL):
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            peer, rest = frames[0], frames[1:]
+            peer = frames[0].bytes
+            rest = [frame.bytes for frame in frames[1:]]
             # A REQ peer puts an empty delimiter before its request; the reply goes back behind it.
             cut = len(rest) - rest[::-1].index(b"") if b"" in rest else 0
             envelope, body = [peer, *rest[:cut]], rest[cut:]
-            reply = self.answer(body[0] if len(body) == 1 else None, peer)
+            who = (security.user_id(frames[0]) or "").encode() if self.keyed else peer
+            reply = self.answer(body[0] if len(body) == 1 else None, peer, who or peer)
             try:
                 self.router.send_multipart([*envelope, reply], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
-                log.warning("query: cannot reply to %s: %s", peer.hex(), exc)
+                self._ratelog.log(logging.WARNING, "reply", "query: cannot reply to %s: %s", peer.hex(), exc)
 
-    def answer(self, payload: bytes | None, peer: bytes = b"") -> bytes:
-        """The JSON reply to one request frame (None: the message did not hold exactly one frame)."""
+    def answer(self, payload: bytes | None, peer: bytes = b"", who: bytes | None = None) -> bytes:
+        """The JSON reply to one request frame (None: the message did not hold exactly one frame) from ``peer``,
+        charged to the budget of ``who`` (default: ``peer``)."""
+        who = peer if who is None else who
+        now_s = time.monotonic()
+        wait_s = self.peers.wait_s(who, now_s) or self.total.wait_s(b"", now_s)
+        if wait_s:
+            if self.metrics is not None:
+                self.metrics.queries.labels("rate-limited").inc()
+            return b'{"ok":false,"error":"rate limited","retry_after_s":%.3f}' % wait_s
         op = "invalid"
         try:
             if payload is None:
@@ -249,48 +347,60 @@ class AlertBus:
             request = parse_request(payload)
             op = request["op"]
             records, newest_first = self._records(request)
-            last_seq = self.journal.last_seq()
+            last_seq = self.reader.last_seq()
         except BadRequest as exc:
-            log.warning("query from %s: %s; request %r", peer.hex(), exc, (payload or b"")[:200])
+            self._ratelog.log(
+                logging.WARNING, "bad request", "query from %s: %s; request %r", peer.hex(), exc, (payload or b"")[:200]
+            )
             return self._error(op, str(exc))
         except JournalError as exc:
-            log.error("query from %s: %s", peer.hex(), exc)
+            self._ratelog.log(logging.ERROR, "journal", "query from %s: %s", peer.hex(), exc)
             return self._error(op, str(exc))
         if self.metrics is not None:
             self.metrics.queries.labels(op).inc()
-        parts = [json.dumps(record, separators=(",", ":")) for record in records]
-        kept, size = [], 0
-        for part in reversed(parts) if newest_first else parts:
+        kept: list[bytes] = []
+        size = 0
+        for part in reversed(records) if newest_first else records:
             if kept and size + len(part) > MAX_REPLY_BYTES:
                 break
             kept.append(part)
             size += len(part)
         if newest_first:
             kept.reverse()
-        return f'{{"ok":true,"last_seq":{last_seq},"records":[{",".join(kept)}]}}'.encode()
+        cost = size / COST_BYTES
+        self.peers.charge(who, cost)
+        self.total.charge(b"", cost)
+        return b'{"ok":true,"last_seq":%d,"records":[%s]}' % (last_seq, b",".join(kept))
 
     def _error(self, op: str, message: str) -> bytes:
         if self.metrics is not None:
             self.metrics.queries.labels(op).inc()
         return json.dumps({"ok": False, "error": message}).encode()
 
-    def _records(self, request: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
-        """The records a checked request asks for, and whether the newest ones matter most when trimming."""
+    def _records(self, request: dict[str, Any]) -> tuple[list[bytes], bool]:
+        """The records (JSON) a checked request asks for, and whether the newest ones matter most when trimming."""
         op = request["op"]
+        reader = self.reader
         if op == "since":
-            return self.journal.since(request["seq"], request["limit"], max_bytes=MAX_REPLY_BYTES), False
-        if op == "get":
-            record = self.journal.get(request["seq"])
-            return ([] if record is None else [record]), False
-        if op == "last":
-            last = self.journal.last_seq()
-            record = self.journal.get(last) if last else None
-            return ([] if record is None else [record]), False
+            return reader.since_json(request["seq"], request["limit"], max_bytes=MAX_REPLY_BYTES), False
+        if op in ("get", "last"):
+            raw = reader.get_json(request["seq"] if op == "get" else reader.last_seq())
+            return ([] if raw is None else [raw]), False
         filters = {key: request.get(key) for key in ("lane", "verdict", "since", "until")}
-        return self.journal.query(**filters, limit=request["limit"]), True
+        return reader.query_json(**filters, limit=request["limit"]), True
+
+    def stop_query_thread(self) -> None:
+        """Stop the query thread (if it runs) and close its connection; the router is this thread's again."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self.reader.close()
+            self.reader = self.journal
 
     def close(self) -> None:
-        """Close both sockets (decisions still queued get up to 0.2 s to leave)."""
+        """Stop the query thread, close both sockets (decisions still queued get up to 0.2 s to leave)."""
+        self.stop_query_thread()
         self.pub.close()
         self.router.close()
         self.subscriptions = 0

@@ -158,15 +158,21 @@ def _encode(body: str) -> tuple[str, str | bytes]:
     return "json", body
 
 
-def _decode(encoding: str, body: str | bytes) -> dict[str, Any]:
+def _json(encoding: str, body: str | bytes) -> bytes:
+    """A stored decision as JSON bytes, ready to send as it is."""
     if encoding == "json+zlib":
-        body = zlib.decompress(body)
-    elif encoding != "json":
+        raw = zlib.decompress(body)
+    elif encoding == "json":
+        raw = body.encode() if isinstance(body, str) else bytes(body)
+    else:
         raise JournalError(f"unknown body encoding {encoding!r}")
-    try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError:  # a body written before decisions were encoded with msgspec may hold NaN
-        return json.loads(body)
+    if b"NaN" in raw or b"Infinity" in raw:  # a body written before msgspec encoded decisions may hold NaN: not JSON
+        raw = _ENCODER.encode(json.loads(raw))
+    return raw
+
+
+def _decode(encoding: str, body: str | bytes) -> dict[str, Any]:
+    return msgspec.json.decode(_json(encoding, body))
 
 
 class Journal:
@@ -488,6 +494,10 @@ class Journal:
         ``max_bytes`` stops the list once the stored bodies (bytes) reach it; the first
         decision is always included, so paging always advances.
         """
+        return [msgspec.json.decode(raw) for raw in self.since_json(seq, limit, max_bytes)]
+
+    def since_json(self, seq: int, limit: int = 1000, max_bytes: int | None = None) -> list[bytes]:
+        """:meth:`since` as each decision's JSON, not decoded (what the query server sends on)."""
         rows: list[tuple[str, str | bytes]] = []
         size = 0
         sql = "SELECT encoding, body FROM decisions WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -497,12 +507,17 @@ class Journal:
                     break
                 size += len(body)
                 rows.append((encoding, body))
-        return [_decode(encoding, body) for encoding, body in rows]
+        return [_json(encoding, body) for encoding, body in rows]
 
     def get(self, seq: int) -> dict[str, Any] | None:
         """The decision numbered ``seq``, or None."""
+        raw = self.get_json(seq)
+        return None if raw is None else msgspec.json.decode(raw)
+
+    def get_json(self, seq: int) -> bytes | None:
+        """:meth:`get` as the decision's JSON, not decoded."""
         rows = self._rows("SELECT seq, encoding, body FROM decisions WHERE seq = ?", (seq,))
-        return _decode(rows[0][1], rows[0][2]) if rows else None
+        return _json(rows[0][1], rows[0][2]) if rows else None
 
     def get_occupancy(self, occupancy_id: str) -> dict[str, Any] | None:
         """The decision of occupancy ``occupancy_id``, or None."""
@@ -528,6 +543,17 @@ class Journal:
         ``since``/``until`` bound the decision's ``end`` time (ISO 8601 or datetime; since
         inclusive, until exclusive).
         """
+        return [msgspec.json.decode(raw) for raw in self.query_json(lane, verdict, since, until, limit)]
+
+    def query_json(
+        self,
+        lane: str | None = None,
+        verdict: str | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        limit: int = 100,
+    ) -> list[bytes]:
+        """:meth:`query` as each decision's JSON, not decoded."""
         where, params = [], []
         for clause, value in (("lane = ?", lane), ("verdict = ?", verdict)):
             if value is not None:
@@ -542,7 +568,7 @@ class Journal:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         rows = self._rows(sql, (*params, max(0, limit)))
-        return [_decode(encoding, body) for _, encoding, body in reversed(rows)]
+        return [_json(encoding, body) for _, encoding, body in reversed(rows)]
 
     def writable(self) -> bool:
         """True when :meth:`problem` finds none."""

@@ -42,6 +42,16 @@ class QueryError(RuntimeError):
     """The query endpoint answered ``ok: false``; the message is its error."""
 
 
+def _retry_after_s(frame: bytes) -> float | None:
+    """The wait (s) a ``rate limited`` reply asks for; None for any other reply."""
+    if not frame.startswith(b'{"ok":false,"error":"rate limited"'):
+        return None
+    try:
+        return max(0.0, float(json.loads(frame)["retry_after_s"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class JournalClient:
     """Requests to the journal query endpoint (see :mod:`lanewatch.edge.decisions.alertbus` for the protocol).
 
@@ -56,6 +66,8 @@ class JournalClient:
         self.attempt_s = attempt_s
         self.timeouts = 0
         """Requests that got no reply in time."""
+        self.rate_limited = 0
+        """Requests the server refused as over its query budget (and that were asked again)."""
         self._sock: zmq.Socket | None = None
 
     def _socket(self) -> zmq.Socket:
@@ -79,7 +91,13 @@ class JournalClient:
             sock = self._socket()
             sock.send(payload)
             if sock.poll(max(1, int(wait_s * 1000))):
-                return self._check(sock.recv_multipart()[-1])
+                frame = sock.recv_multipart()[-1]
+                retry_s = _retry_after_s(frame)
+                if retry_s is None or time.monotonic() + retry_s >= deadline:
+                    return self._check(frame)
+                self.rate_limited += 1
+                time.sleep(retry_s)  # over the server's query budget: ask again when it says
+                continue
             self.timeouts += 1
             self.close()
             if time.monotonic() >= deadline:
