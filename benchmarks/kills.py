@@ -36,7 +36,7 @@ from lanewatch.edge.decisions.journal import Journal
 
 TOLERANCE_NS = 50_000_000
 """Slack (ns) between the simulator's stamps of a passage and the driver's stamps of its lines."""
-SETTLE_S = 8.0
+SETTLE_S = 20.0
 """The run is over when the simulator has sent every vehicle and no decision came for this long (s)."""
 
 

@@ -303,14 +303,16 @@ class Service:
             else:
                 replay.held.append(rec)
             return
-        if key not in self.sequences.last and rec.seq > 0:
+        last = self.sequences.last.get(key)
+        if rec.seq > 0 and (last is None or last[0] != rec.run_id):  # a run whose first records did not come
             self._start_replay(rec)
             return
         self._sequence_and_route(lane, rec)
 
     def _start_replay(self, rec: Record) -> None:
-        """The first record of a source since the service started is not its run's first: ask the driver for what
-        it kept before it (what came while the service was away, or was on its way when it stopped) and hold the
+        """The first record of a source's run that the service received is not the run's first (the service
+        started late, or the driver published before its subscription arrived): ask the driver for what it kept
+        before it (what came while the service was away, or was on its way when it stopped) and hold the
         source's records until that came, or :data:`REPLAY_WAIT_S` passed (a driver that keeps nothing)."""
         max_age_s = self.config.service.max_record_age_s
         request = ingest.ReplayRequest(rec.lane, rec.source, rec.run_id, rec.seq, max_age_s, secrets.token_hex(8))

@@ -268,9 +268,11 @@ class Decision(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     baseline: Baseline | None
     """The fielded rule's numbers (null without radiation data)."""
     end_reason: str
-    """gx, background, timeout, stalled, link, error, no-occupancy, ..."""
+    """gx, background, counter-jump, driver-restart, link-lost, stalled, timeout, error, missed (a vehicle the portal
+    counted and lanewatch never saw), no-occupancy, ..."""
     incomplete: list[str]
-    """Why the data is not whole whatever the end (partial, no-background, no-occupancy); empty when whole."""
+    """Why the data is not whole whatever the end (partial, no-background, missed, no-occupancy, and the cut's end
+    reason when a vehicle seen in two pieces is one decision); empty when whole."""
     samples: Annotated[int, Meta(ge=0)]
     """Gamma samples in the occupancy."""
     device_alarm: bool
