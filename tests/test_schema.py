@@ -91,3 +91,10 @@ def test_readme_documents_the_decision_fields_from_the_schema() -> None:
     assert start in text and end in text, "README lacks the generated decision tables"
     tables = text.split(start, 1)[1].split(end, 1)[0]
     assert tables == readme_tables(), "README decision tables differ: paste `python -m lanewatch.edge.commands.schema`"
+
+
+def test_a_missed_vehicle_decision_fits_the_published_schema() -> None:
+    end = Record(kind=Kind.OCCUPANCY_END, lane="l1", source="rpm", seq=9, t_wall_ns=2_000, t_mono_ns=1, run_id="r")
+    stored = {"seq": 3, **decision.build_missed("l1", end, counter=41, since_wall_ns=1_000)}
+    assert list(jsonschema.Draft202012Validator(schema("decision")).iter_errors(stored)) == []
+    assert decision.problems(stored) is None and stored["verdict"] == "INCOMPLETE"
