@@ -14,8 +14,9 @@ and repeated on top. An input is *accepted* (a parse), *rejected* (the parser's 
 *uncaught* exception: a bug, printed with its input, and the run fails.
 
 Per parser it prints inputs tried, accepted, rejected, uncaught (must be 0), the median time per
-input and the slowest input, re-timed 5 times on its own (the best of the re-runs, so a pause of the
-machine is not blamed on the input; target under 100 ms), with its ratio to the median of the same run,
+input, the slowest single measurement, and the slowest input: the 50 slowest as measured, each re-timed 5
+times on its own (the best of the re-runs, so a pause of the machine is not blamed on an input), the
+slowest of those (target under 100 ms), with its ratio to the median of the same run,
 and the machine's load average at the start and the end.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import json
 import os
 import random
@@ -43,6 +45,8 @@ from lanewatch.edge.decisions.alertbus import BadRequest, parse_request
 
 SLOW_MS = 100.0
 """Target: no input takes longer than this (ms)."""
+RETIME = 50
+"""How many of the slowest inputs as measured are re-timed alone."""
 
 _DEEP = [b"[" * 100_000, b'{"a":' * 50_000, b"[" * 1000 + b"]" * 1000, b"{" * 3]
 HOSTILE_JSON: list[Any] = [
@@ -422,6 +426,8 @@ def fuzz(target: Target, inputs: int, seed: int) -> Result:
     result = Result(target.name)
     sample: list[int] = []
     slowest = -1
+    top: list[tuple[int, int, Any]] = []
+    """The :data:`RETIME` slowest inputs as measured, (ns, index, input), a heap."""
     for i in range(inputs):
         item = target.make(rng)
         t0 = time.perf_counter_ns()
@@ -434,8 +440,11 @@ def fuzz(target: Target, inputs: int, seed: int) -> Result:
             continue
         finally:
             elapsed = time.perf_counter_ns() - t0
-            if elapsed > slowest:
-                slowest, result.slowest_input = elapsed, item
+            slowest = max(slowest, elapsed)
+            if len(top) < RETIME:
+                heapq.heappush(top, (elapsed, i, item))
+            elif elapsed > top[0][0]:
+                heapq.heapreplace(top, (elapsed, i, item))
             if i % 97 == 0:
                 sample.append(elapsed)
         result.accepted += ok
@@ -443,7 +452,10 @@ def fuzz(target: Target, inputs: int, seed: int) -> Result:
     result.inputs = inputs
     result.median_us = statistics.median(sample) / 1e3 if sample else 0.0
     result.slowest_ms = slowest / 1e6
-    result.retimed_ms = min(_time_once(target, result.slowest_input) for _ in range(5))
+    for _, _, item in top:  # the slowest measured may be slow because of the machine: re-time each alone
+        retimed = min(_time_once(target, item) for _ in range(5))
+        if retimed >= result.retimed_ms:
+            result.retimed_ms, result.slowest_input = retimed, item
     return result
 
 
@@ -481,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         if r.uncaught or r.retimed_ms >= SLOW_MS:
             bad = True
             print(f"  slowest input: {r.slowest_input!r:.300}", flush=True)
-    print(f"load average {os.getloadavg()[0]:.1f} at the end (the slowest input is re-timed alone for this reason)")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end (the slowest inputs are re-timed alone for this reason)")
     print(f"target: 0 uncaught, every input under {SLOW_MS:g} ms re-timed: {'met' if not bad else 'NOT MET'}")
     return 1 if bad else 0
 

@@ -6,7 +6,7 @@ is listed, and only on the endpoints its role may use: a ``driver`` key on inges
 key on alerts and query. A ZAP handler (:class:`Gatekeeper`, in a thread of the service) does the
 admitting and names each connection by its key, so every message carries its sender's key name
 as the ZeroMQ ``User-Id`` property and the service can check that a driver key publishes only for
-the lanes and the source it was made for (:meth:`KeyInfo.may_publish`).
+the lanes and the source it was made for (:meth:`lanewatch.edge.ops.keyfiles.KeyInfo.may_publish`).
 
 Keys are made by ``lanewatch keys`` (:mod:`lanewatch.edge.commands.keys`) and ``lanewatch install-units``
 in the directory ``bus.keys`` (file layout and format: :mod:`lanewatch.edge.ops.keyfiles`).
