@@ -133,8 +133,12 @@ class FusionConfig(_Section):
     """image-too-dark when at least this fraction of the vehicle's image lets too few photons through to see."""
 
 
+LANE_ID = r"^[^/\s]+$"
+"""A lane id: not empty, no '/' (it is part of bus topics) and no white space."""
+
+
 class LaneConfig(_Section):
-    id: Annotated[str, Meta(pattern=r"^[^/\s]+$")]
+    id: Annotated[str, Meta(pattern=LANE_ID)]
     """Lane identifier, unique; used in topics, metrics labels and decisions."""
     rpm: str = ""
     """pyserial URL of the lane's portal monitor: /dev/ttyUSB0, socket://host:port, rfc2217://, loop://."""
@@ -353,6 +357,8 @@ def _explain(exc: msgspec.ValidationError, table: dict[str, Any]) -> str:
         return f"{path}.{m[1]}: required key is missing".lstrip(".")
     expected = re.sub(r"^Expected `(\w+)`", lambda t: "expected " + _MSGSPEC_TYPES.get(t[1], t[1]), what)
     expected = re.sub(r", got `\w+`$", "", expected)
+    if "matching regex" in expected and re.fullmatch(r"\.lanes\[\d+\]\.id", path):  # LANE_ID, in words
+        expected = "expected a non-empty id without '/' or spaces"
     value, _ = _lookup(table, path)
     return f"{path.lstrip('.')}: {expected}, got {value!r}"
 
