@@ -447,3 +447,13 @@ def test_wall_state_has_each_lanes_tile_with_its_background_and_awaiting_alarms(
     assert sorted(a["seq"] for a in wall["unacknowledged"]) == [2, 3, 5, 6, 7]
     assert len(lanes["lane1"]["background_cps"]) == 4 and all(v > 0 for v in lanes["lane1"]["background_cps"])
     assert wall["service"]["reachable"] is None, "no health read yet: the feeds are not running"
+
+
+def test_incomplete_decisions_say_why_in_words() -> None:
+    partial = {"verdict": "INCOMPLETE", "end_reason": "gx", "incomplete": ["partial"], "alarms": []}
+    assert reasons(partial) == ["Incomplete: its start was not seen (the driver or the service joined mid-vehicle)"]
+    cut = {"verdict": "INCOMPLETE", "end_reason": "link-lost", "incomplete": ["no-background"], "alarms": []}
+    assert reasons(cut) == [
+        "Incomplete: no background reading before it, so its tests are withheld; the link to the portal was lost "
+        "during it"
+    ]

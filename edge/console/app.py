@@ -86,7 +86,6 @@ class Console:
     templates: Environment
     secure: bool
     """Whether the console is served over HTTPS (cookies are then marked Secure)."""
-    failures: dict[str, deque[float]]
 
 
 class LoginLimiter:
@@ -100,10 +99,12 @@ class LoginLimiter:
     def blocked(self, *keys: str) -> bool:
         now = time.monotonic()
         for key in keys:
-            times = self.failures[key]
+            times = self.failures.get(key)
             while times and now - times[0] > self.window_s:
                 times.popleft()
-            if len(times) >= self.attempts:
+            if times is not None and not times:
+                del self.failures[key]  # nothing recent: forget the key
+            elif times is not None and len(times) >= self.attempts:
                 return True
         return False
 
@@ -180,7 +181,7 @@ def create_app(
     env.filters["local"] = clock.local
     env.filters["utc"] = utc_label
     env.globals["allows"] = role_allows
-    console = Console(config, users, adjudications, journal, clock, wall, hub, feeds, env, secure, {})
+    console = Console(config, users, adjudications, journal, clock, wall, hub, feeds, env, secure)
     limiter = LoginLimiter(config.console.login_attempts, config.console.login_window_s)
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def create_app(
         session = await need(request)
         recent = [
             summary(d, adjudications.state(d["seq"], d["verdict"]), clock)
-            for d in await run_in_threadpool(journal.query, None, None, None, None, TICKER_ROWS)
+            for d in await run_in_threadpool(journal.query, limit=TICKER_ROWS)
         ]
         return render(
             request, "wall.html", session, wall=wall.snapshot(), recent=recent, max_mute_s=config.console.max_mute_s

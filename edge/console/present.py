@@ -22,6 +22,26 @@ TEST_NAMES = {
 """The radiation tests, by reason, in words."""
 
 
+INCOMPLETE_WORDS = {
+    "partial": "its start was not seen (the driver or the service joined mid-vehicle)",
+    "no-background": "no background reading before it, so its tests are withheld",
+}
+"""Why an occupancy's data is not whole (``incomplete`` entries), in words."""
+END_WORDS = {
+    "gx": "it ended with the portal's end-of-occupancy line",
+    "background": "its end line was lost (ended by the next background line)",
+    "counter-jump": "the portal's occupancy counter jumped: end lines went missing",
+    "driver-restart": "the driver restarted during it",
+    "link-lost": "the link to the portal was lost during it",
+    "stalled": "the samples stopped during it",
+    "timeout": "it lasted longer than the occupancy timeout",
+    "error": "an error in its handling ended it",
+    "missed": "the portal counted a vehicle lanewatch never saw",
+    "no-occupancy": "an X-ray scan with no occupancy at the portal",
+}
+"""How an occupancy ended (``end_reason``), in words."""
+
+
 def _num(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) and not isinstance(value, bool) else "?"
 
@@ -106,8 +126,12 @@ def reasons(decision: Decision) -> list[str]:
     if decision.get("device_alarm") and not any(a.get("reason") == "device" for a in alarms):
         out.append("The portal's own alarm")
     out += [reason_text(a) for a in alarms if not a.get("alarm")]
-    if decision.get("verdict") == "INCOMPLETE" and decision.get("end_reason"):
-        out.append(f"Incomplete: the occupancy ended by {decision['end_reason']}")
+    if decision.get("verdict") == "INCOMPLETE":
+        why = [INCOMPLETE_WORDS.get(str(w), str(w)) for w in decision.get("incomplete") or []]
+        end = str(decision.get("end_reason") or "?")
+        if end not in ("gx", "background") or not why:
+            why.append(END_WORDS.get(end, f"it ended by {end}"))
+        out.append("Incomplete: " + "; ".join(why))
     return out
 
 
