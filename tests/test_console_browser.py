@@ -178,6 +178,12 @@ def test_operator_sees_an_alarm_acknowledges_adjudicates_finds_and_downloads_it(
     page.goto(f"{site.url}/decision/{seq}")
     assert page.locator("h1 .state").inner_text() == "acknowledged"
 
+    # another console has the same decision open
+    other = new_page(browser, site)
+    log_in(other, site, "ada")
+    other.goto(f"{site.url}/decision/{seq}")
+    other.wait_for_function("document.getElementById('updated') !== null")
+
     # adjudicate with a note and the handheld identifier's N42 file
     form = page.locator("#adjudicate")
     form.locator("select[name=disposition]").select_option("innocent")
@@ -190,6 +196,8 @@ def test_operator_sees_an_alarm_acknowledges_adjudicates_finds_and_downloads_it(
     assert "Cs-137, K-40" in history and "Industrial gauge, papers checked" in history and "olga" in history
     assert page.locator("svg.figure").count() == 1
     shot(page, "detail.png")
+    other.wait_for_selector("h1 .state.disposed", timeout=60_000)  # the other console agrees, unprompted
+    assert "Industrial gauge, papers checked" in other.locator("table.history").inner_text()
 
     # find it by the date filter, in the site's local time
     ended = page.locator(".meta time").get_attribute("title")  # "YYYY-MM-DD HH:MM:SS UTC"

@@ -178,7 +178,27 @@
     source.addEventListener("error", () => { state.connected = false; });
   }
 
+  // A decision's page learns when any console records an act on it: reload at once if this user has not started
+  // filling a form, else say so and leave the reload to them.
+  function followDecision(notice) {
+    const seq = Number(notice.dataset.seq);
+    const source = new EventSource("/events");
+    source.addEventListener("adjudication", (e) => {
+      const act = JSON.parse(e.data);
+      if (act.seq !== seq) return;
+      const typing = [...document.querySelectorAll("form textarea, form input[type=file], form select")]
+        .some((field) => field.value && field.name !== "secondary" && field.name !== "amends");
+      if (!typing) { window.location.reload(); return; }
+      notice.replaceChildren(document.createTextNode(`${act.user} recorded “${act.kind}” on this decision. `),
+        el("a", { href: window.location.pathname, text: "Reload to see it" }));
+      notice.hidden = false;
+    });
+    source.addEventListener("logout", () => { window.location.href = "/login"; });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    const notice = document.getElementById("updated");
+    if (notice) followDecision(notice);
     const data = document.getElementById("wall-data");
     if (!data) return;
     drawWall(JSON.parse(data.textContent));
