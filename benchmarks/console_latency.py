@@ -33,6 +33,7 @@ from lanewatch.edge import config as config_module
 from lanewatch.edge.console.app import create_app
 from lanewatch.edge.console.users import UserStore, users_path
 from lanewatch.edge.decisions.alertbus import AlertBus
+from lanewatch.edge.decisions.decision import SCHEMA_VERSION
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.decisions.subscriber import AlertSubscriber
 
@@ -80,10 +81,15 @@ class Service(threading.Thread):
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
                 lane = f"lane{n % self.lanes + 1}"
                 verdict = "ALARM" if n % 40 == 0 else "CLEAR"
-                alarms = [{"reason": "gamma", "alarm": True, "statistic": 7.0, "threshold": 4.8}] if n % 40 == 0 else []
+                alarms = [{"reason": "gamma", "alarm": True, "statistic": 7.0, "threshold": 4.8, "location_m": 5.0}]
+                alarms = alarms if n % 40 == 0 else []
+                now_ns = time.time_ns()
                 stored = self.journal.append(
-                    {"lane": lane, "occupancy_id": f"{lane}-{n}", "verdict": verdict, "start": stamp, "end": stamp,
-                     "alarms": alarms, "device_alarm": False}
+                    {"schema_version": SCHEMA_VERSION, "lane": lane, "occupancy_id": f"{lane}-{n}",
+                     "device_occupancy": n, "start": stamp, "end": stamp, "start_ns": now_ns, "end_ns": now_ns,
+                     "verdict": verdict, "alarms": alarms, "baseline_verdict": verdict, "baseline": None,
+                     "end_reason": "gx", "incomplete": [], "samples": 25, "device_alarm": False, "tamper": False,
+                     "link_interruptions": 0, "speed_kmh": 8.0, "background": None, "profile": {}}
                 )  # fmt: skip
                 self.appended[stored["seq"]] = time.monotonic()
                 self.bus.publish(stored)
