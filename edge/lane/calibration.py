@@ -16,8 +16,10 @@ The median over the last ``RECENT`` occupancies is the lane's ratio (sources and
 few; the median ignores them). Within ``TOLERANCE`` of 1 (``NOMINAL_GAMMA_RATIO`` for gamma) the
 conventions agree (``consistent``). Otherwise, if the ratio matches the background lines holding counts
 summed over their observed reporting interval, the lane divides by that interval (``calibrated``); failing
-that, the tracked background of that sensor is not used at all (the occupancy's own level is, as without a
-background) and the lane raises the health fault ``calibration-mismatch`` with the ratio. The portal's own
+that, the tracked background of that sensor is not used at all and the lane raises the health fault
+``calibration-mismatch`` with the ratio: without a gamma background the occupancy is decided as one
+without any (INCOMPLETE ``no-background``, its tests' findings kept as evidence, the portal's own alarm
+standing), without a neutron background the neutron tests use the occupancy's own level. The portal's own
 neutron background, when its end-of-occupancy line carries one (GX field 2), is the first evidence: tracked
 over reported is the factor at once.
 """
