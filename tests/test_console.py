@@ -449,6 +449,15 @@ def test_wall_state_has_each_lanes_tile_with_its_background_and_awaiting_alarms(
     assert wall["service"]["reachable"] is None, "no health read yet: the feeds are not running"
 
 
+def test_a_lane_with_alarms_awaiting_still_shows_the_vehicle_in_it_now(client: TestClient) -> None:
+    """Alarms of earlier vehicles wait on the tile; the tile's state is what the lane is doing now."""
+    login(client, "olga")
+    client.app.state.console.wall.on_provisional({"lane": "lane1"}, "gamma 9.1 > 4.8 at 3.0 m")
+    lanes = {lane["id"]: lane for lane in client.get("/wall.json").json()["lanes"]}
+    assert lanes["lane1"]["status"] == "provisional" and lanes["lane1"]["awaiting_count"] >= 1
+    assert lanes["lane2"]["status"] == "alarm" and lanes["lane2"]["awaiting_count"] >= 1
+
+
 def test_incomplete_decisions_say_why_in_words() -> None:
     partial = {"verdict": "INCOMPLETE", "end_reason": "gx", "incomplete": ["partial"], "alarms": []}
     assert reasons(partial) == ["Incomplete: its start was not seen (the driver or the service joined mid-vehicle)"]

@@ -161,7 +161,7 @@ def shot(page: Any, name: str) -> Path:
 def test_operator_sees_an_alarm_acknowledges_adjudicates_finds_and_downloads_it(browser: Any, site: Site) -> None:
     page = new_page(browser, site)
     log_in(page, site, "olga")
-    page.wait_for_selector("#wall .tile[data-status=alarm]", timeout=TIMEOUT_S * 1000)
+    page.wait_for_selector("#wall .tile[data-status=alarm], #wall .tile.awaiting", timeout=TIMEOUT_S * 1000)
     banner = page.locator("#banner")
     banner.wait_for(state="visible")
     assert "ALARM" in banner.inner_text()

@@ -178,12 +178,14 @@ class Wall:
             for lane in self.lanes:
                 health = self.health["lanes"].get(lane) or {}
                 mine = [i for i in awaiting if i["lane"] == lane]
-                if mine:
-                    status = "alarm"
-                elif lane in self.provisional:
+                # What is in the lane now comes first: alarms of earlier vehicles still awaiting
+                # adjudication stay listed on the tile (and in the banner) while the next truck passes.
+                if lane in self.provisional:
                     status = "provisional"
                 elif health.get("occupied"):
                     status = "occupied"
+                elif mine:
+                    status = "alarm"
                 else:
                     status = "idle"
                 lanes.append(
@@ -191,6 +193,7 @@ class Wall:
                         "id": lane,
                         "status": status,
                         "awaiting": mine[:5],
+                        "awaiting_count": len(mine),
                         "unacknowledged": sum(1 for i in mine if i["state"] == "unacknowledged"),
                         "provisional": self.provisional.get(lane, (0, ""))[1],
                         "last": self.last.get(lane),

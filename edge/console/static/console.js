@@ -74,7 +74,7 @@
   }
 
   // ---- the wall ---------------------------------------------------------------------------------------
-  const STATUS = { idle: "IDLE", occupied: "OCCUPIED", provisional: "PROVISIONAL ALARM", alarm: "ALARM" };
+  const STATUS = { idle: "IDLE", occupied: "OCCUPIED", provisional: "PROVISIONAL ALARM", alarm: "ALARM AWAITING ADJUDICATION" };
 
   const SVG = "http://www.w3.org/2000/svg";
 
@@ -99,8 +99,13 @@
   function tile(lane) {
     const classes = ["tile", lane.status];
     if (lane.unacknowledged) classes.push("unacknowledged");
+    if (lane.awaiting_count && lane.status !== "alarm") classes.push("awaiting");
     const node = el("article", { class: classes.join(" "), id: `lane-${lane.id}`, "data-status": lane.status });
-    node.append(el("h2", {}, el("span", { text: lane.id }), el("span", { class: "status", text: STATUS[lane.status] })));
+    const head = el("h2", {}, el("span", { text: lane.id }), el("span", { class: "status", text: STATUS[lane.status] }));
+    if (lane.awaiting_count && lane.status !== "alarm") {
+      head.append(el("span", { class: "awaiting-count", text: `${lane.awaiting_count} awaiting adjudication` }));
+    }
+    node.append(head);
     const sensors = el("div", { class: "sensors" });
     for (const s of lane.sensors) {
       let text = s.name + (s.connected === false ? " link down" : s.fresh === false ? " stale" : " ok");
