@@ -2,10 +2,10 @@
 
 Loop: records arrive on the ingest SUB socket, are decoded and checked against their
 source's sequence, and go to their :class:`~lanewatch.edge.lane.occupancy.Lane`. What a lane decides is written
-to the journal (durable, fsync'd) and only then published on the alert bus; a decision the
-journal could not take is kept and retried, never published unjournaled and never dropped.
-The same loop answers journal queries, ends overdue occupancies and feeds the systemd
-watchdog, so a stuck loop stops the pings.
+to the journal (durable, fsync'd, or its fallback file) and only then published on the alert bus; a decision
+neither could take is kept and retried, never published unjournaled and never dropped. The same loop ends
+overdue occupancies and feeds the systemd watchdog, so a stuck loop stops the pings; journal queries are
+answered from a thread of their own.
 """
 
 from __future__ import annotations
