@@ -64,7 +64,8 @@ class Site:
         self.procs: list[subprocess.Popen] = []
         lanewatch = str(Path(sys.executable).parent / "lanewatch")
         self.lanewatch = lanewatch
-        self._start("demo", [lanewatch, "demo", "--lanes", "2", "--speedup", "3", "--workdir", str(root)])
+        demo = [lanewatch, "demo", "--lanes", "2", "--speedup", "3", "--no-console", "--workdir", str(root)]
+        self._start("demo", demo)
         demo_config = root / "lanewatch.toml"
         wait_for("the demo's configuration", demo_config.exists, self.procs, TIMEOUT_S)
         cert, key = self_signed_pair("localhost")
@@ -72,10 +73,11 @@ class Site:
         (root / "console-key.pem").write_bytes(key)
         port = free_port()
         self.url = f"https://127.0.0.1:{port}"
-        console = demo_config.read_text().replace(
-            "[detection]",
+        console = re.sub(  # the demo's own [console] section, replaced by this test's
+            r"\[console\]\n(?:[^\[\n].*\n)*",
             f'[console]\nlisten = "127.0.0.1:{port}"\ncertificate = "{root}/console-cert.pem"\n'
-            f'key = "{root}/console-key.pem"\ntimezone = "{ZONE}"\n\n[detection]',
+            f'key = "{root}/console-key.pem"\ntimezone = "{ZONE}"\n\n',
+            demo_config.read_text(),
         )
         self.config = root / "console.toml"
         self.config.write_text(console)

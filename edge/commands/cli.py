@@ -186,6 +186,9 @@ def _setup_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speedup", type=float, default=1.0, help="simulated time per wall second (default 1)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
     p.add_argument("--workdir", help="where the demo keeps its config and journal (default: a temp dir)")
+    p.add_argument(
+        "--no-console", dest="console", action="store_false", help="do not start the web console over the lanes"
+    )
     p.set_defaults(func=cmd_demo)
 
 

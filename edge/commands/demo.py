@@ -4,9 +4,11 @@ Everything runs as the real processes of a deployment (``lanewatch sim lane`` an
 xray``, ``lanewatch driver rpm`` and ``lanewatch driver xray`` per lane, ``lanewatch run``) on
 loopback ports, with a configuration and the bus's CURVE keys (service, every driver, this view's
 console key, as ``lanewatch keys init`` makes them) written to the work directory; this process
-follows the alert bus and prints each decision as it is journaled. Every lane has both sensors: the X-ray simulator
-runs with the lane simulator's seed, mix, gap and speedup, so it images the vehicles whose radiation
-the portal reports, and the decisions are fused. Ctrl-C stops them all.
+follows the alert bus and prints each decision as it is journaled. The operators' web console runs
+over the same lanes (HTTPS with a self-signed certificate, an operator whose password is printed).
+Every lane has both sensors: the X-ray simulator runs with the lane simulator's seed, mix, gap and
+speedup, so it images the vehicles whose radiation the portal reports, and the decisions are fused.
+Ctrl-C stops them all.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -36,6 +39,8 @@ DEMO_MIX = (
     "none=0.40,k40-fertilizer=0.12,ceramics=0.05,tc99m=0.04,i131=0.03,cs137=0.09,co60=0.05,"
     "heu=0.05,pu=0.05,shielded-cs137=0.07,shielded-co60=0.05"
 )
+DEMO_OPERATOR = "operator"
+"""The console user the demo makes (role operator); its password is new on every start and printed."""
 READY_TIMEOUT_S = 120.0
 """Longest wait (s) for the service to answer: the first start compiles the kernels."""
 
@@ -69,7 +74,7 @@ GAP_S = 4.0
 
 
 def write_config(path: Path, lanes: int, sim_base: int, xray_base: int) -> None:
-    ingest, alerts, query, http, *drivers = free_ports(4 + 2 * lanes)
+    ingest, alerts, query, http, console, *drivers = free_ports(5 + 2 * lanes)
     lines = [
         "# lanewatch demo configuration (written by `lanewatch demo`)",
         "[service]",
@@ -84,6 +89,11 @@ def write_config(path: Path, lanes: int, sim_base: int, xray_base: int) -> None:
         "",
         "[detection]",
         f"energy_windows_kev = [{WINDOWS_KEV.replace(',', ', ')}]",
+        "",
+        "[console]",
+        f'listen = "127.0.0.1:{console}"',
+        f'certificate = "{path.parent / "console-cert.pem"}"',
+        f'key = "{path.parent / "console-key.pem"}"',
     ]
     for i in range(lanes):
         lines += [
@@ -96,6 +106,29 @@ def write_config(path: Path, lanes: int, sim_base: int, xray_base: int) -> None:
             f'xray_http = "127.0.0.1:{drivers[lanes + i]}"',
         ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _console_site(workdir: Path, config: Config) -> tuple[str, str]:
+    """The console's self-signed certificate and an operator with a fresh password; (name, password)."""
+    from lanewatch.edge.console.users import UserStore, users_path
+    from lanewatch.edge.ops.units import self_signed_pair
+
+    cert, key = Path(config.console.certificate), Path(config.console.key)
+    if not cert.exists() or not key.exists():
+        cert_pem, key_pem = self_signed_pair("localhost")
+        cert.write_bytes(cert_pem)
+        key.touch(mode=0o600)
+        key.write_bytes(key_pem)
+    password = secrets.token_urlsafe(9)
+    store = UserStore(users_path(config))
+    try:
+        if store.get(DEMO_OPERATOR) is None:
+            store.add(DEMO_OPERATOR, "operator", password, by="demo")
+        else:
+            store.set_password(DEMO_OPERATOR, password, by="demo")
+    finally:
+        store.close()
+    return DEMO_OPERATOR, password
 
 
 def _wait_http(address: str, deadline: float) -> bool:
@@ -121,6 +154,7 @@ def demo(args: argparse.Namespace) -> int:
     for info in keyfiles.site_keys(config.lanes):  # the bus is authenticated here as at a lane
         if not (Path(config.bus.keys) / "secret" / f"{info.name}.key_secret").exists():
             keyfiles.create(Path(config.bus.keys), info)
+    operator = _console_site(workdir, config) if args.console else None
     me = [sys.executable, "-m", "lanewatch.edge", "--log-level", "INFO"]
     same = ["--lanes", str(args.lanes), "--seed", str(args.seed), "--mix", DEMO_MIX]
     same += ["--gap", str(GAP_S), "--speedup", str(args.speedup)]
@@ -133,6 +167,8 @@ def demo(args: argparse.Namespace) -> int:
         "sim": [*me, *sim],
         "xray-sim": [*me, *xsim],
     }
+    if operator is not None:
+        commands["console"] = [*me, "console", "--config", str(cfg_path)]
     for lane in config.lanes:
         for driver in ("rpm", "xray"):
             commands[f"driver-{driver}-{lane.id}"] = [
@@ -142,10 +178,13 @@ def demo(args: argparse.Namespace) -> int:
     print(f"  config, journal and logs in {workdir}")
     print(f"  follow from another terminal: lanewatch alerts --config {cfg_path} --follow")
     print(f"  evidence of a decision:       lanewatch evidence SEQ --out DIR --config {cfg_path}")
+    if operator is not None:
+        print(f"  web console:                  https://{config.console.listen}/  (self-signed certificate)")
+        print(f"                                user {operator[0]}, password {operator[1]} (role operator)")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        for name in ("service", "sim", "xray-sim", *[n for n in commands if n.startswith("driver-")]):
+        for name in ("service", "sim", "xray-sim", *[n for n in commands if n.startswith(("driver-", "console"))]):
             log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
             procs[name] = subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT)
         print("  compiling kernels and starting the service (the first run takes longer)...")

@@ -178,6 +178,14 @@ class UserStore:
             raise UserError(f"user {name!r} exists already") from None
         return User(name, role, created, False)
 
+    def set_password(self, name: str, password: str, by: str, address: str = "local") -> None:
+        """Give ``name`` a new password (audited); raises :class:`UserError` for an unknown user."""
+        hashed = self._password_hash(password)
+        with self._tx() as conn:
+            if conn.execute("UPDATE users SET password = ? WHERE name = ?", (hashed, name)).rowcount == 0:
+                raise UserError(f"no user {name!r}")
+            self._audit(conn, by, "password-set", name, address)
+
     def set_disabled(self, name: str, disabled: bool, by: str, address: str) -> None:
         """Disable (all its sessions closed) or enable user ``name``."""
         with self._tx() as conn:
