@@ -387,7 +387,8 @@ class Service:
         if -cfg.max_record_age_s <= ahead_s <= cfg.clock_skew_s:
             return True
         side = "ahead" if ahead_s > 0 else "behind"
-        why = f"records from {rec.source} stamped {abs(ahead_s):.1f} s {side} of the service clock"
+        where = "ahead of" if ahead_s > 0 else "behind"
+        why = f"records from {rec.source} stamped {abs(ahead_s):.1f} s {where} the service clock"
         self.rejected[rec.lane] = (time.monotonic(), why)
         self.metrics.rejected.labels(rec.lane, rec.source, f"clock-{side}").inc()
         self._ratelog.log(logging.WARNING, f"clock {rec.lane} {rec.source}", "lane %s: %s; rejected", rec.lane, why)

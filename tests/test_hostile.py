@@ -320,7 +320,7 @@ def test_future_stamps_are_rejected_and_the_lane_says_why(site: Site) -> None:
         health = site.health()
         assert not health["ok"] and "ahead of the service clock" in health["lanes"]["lane1"]["rejected"]
         report = status.check(site.config, 5.0)
-        assert any("samples rejected" in p for p in report["lanes"]["lane1"]["problems"]), report
+        assert any("records rejected" in p for p in report["lanes"]["lane1"]["problems"]), report
     finally:
         sock.close(0)
     keeps_deciding(site, decided)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -275,7 +276,9 @@ def _selected(argv: list[str]) -> str | None:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The command line; options only for the command ``argv`` names (every command's when ``argv`` is None)."""
     selected = None if argv is None else _selected(argv)
-    parser = argparse.ArgumentParser(prog="lanewatch", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="lanewatch", description="Edge sensor fusion for cargo inspection lanes: portal monitors and X-ray."
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, setup) in COMMANDS.items():
@@ -300,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (``lanewatch alerts ... | head``): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         print(f"lanewatch: {exc}", file=sys.stderr)
         return 1

@@ -184,13 +184,20 @@ def demo(args: argparse.Namespace) -> int:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        for name in ("service", "sim", "xray-sim", *[n for n in commands if n.startswith(("driver-", "console"))]):
+        def start(name: str) -> None:
             log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
             procs[name] = subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT)
+
+        # The service first, ready before the devices stream: a lane's first vehicles are then decided with
+        # both sensors, not lost to a first start that compiles the kernels.
+        start("service")
         print("  compiling kernels and starting the service (the first run takes longer)...")
         if not _wait_http(config.service.http, time.monotonic() + READY_TIMEOUT_S):
             print(f"lanewatch demo: the service did not start; see {workdir / 'service.log'}", file=sys.stderr)
             return 1
+        for name in commands:
+            if name != "service":
+                start(name)
         print("  live decisions (Ctrl-C to stop):\n")
         print(alerts.header(color=sys.stdout.isatty()))
         return _follow(config, args.duration, procs)

@@ -96,7 +96,7 @@ def _lane_summary(lane: LaneConfig, service_lane: dict[str, Any], timeout_s: flo
     if not fresh:
         problems.append("no fresh samples at the service")
     if service_lane.get("rejected"):
-        problems.append(f"samples rejected: {service_lane['rejected']}")
+        problems.append(f"records rejected: {service_lane['rejected']}")
     faults = [str(f) for f in service_lane.get("faults") or []]
     if faults:
         problems.append("detector faults: " + ", ".join(faults))
