@@ -3,10 +3,10 @@
 Features are first put on a common scale, robustly and with heavy tails compressed:
 ``u = asinh((x - median) / scale)`` with ``scale`` the interquartile range over 1.349 (the standard
 deviation of a normal), floored so a nearly constant feature cannot blow up. The mixture of ``K`` full-
-covariance Gaussians is fitted by ``sklearn.mixture.GaussianMixture``: expectation-maximisation from
-k-means++ centres (seeded), with ``reg`` added to every covariance's diagonal. The anomaly statistic is
-the negative log-likelihood of ``u`` (nats): low for traffic like the training corpus, high for what it
-never saw.
+covariance Gaussians is fitted by ``sklearn.mixture.GaussianMixture``: expectation-maximisation started
+from k-means clusters (k-means++ seeding, then Lloyd iterations; seeded), with ``reg`` added to every
+covariance's diagonal. The anomaly statistic is the negative log-likelihood of ``u`` (nats): low for
+traffic like the training corpus, high for what it never saw.
 
 :func:`nll` is the plain-numpy scorer (no scikit-learn): the twin that the ONNX graph
 (:mod:`lanewatch.models.export`) is checked against, which computes the same numbers.
@@ -92,9 +92,11 @@ def fit(
 ) -> Mixture:
     """Fit the mixture to the rows of ``x`` (ordinary traffic only) with scikit-learn's ``GaussianMixture``.
 
-    Full covariances, k-means++ start seeded by ``seed``, ``reg`` added to every covariance's diagonal
-    (``reg_covar``); EM stops after ``iterations`` or when the mean log-likelihood gains less than ``tol``
-    (nats per row). Needs the ``train`` extra; scoring (:func:`nll`) needs numpy only.
+    Full covariances, started from k-means clusters (k-means++ seeding and Lloyd iterations, seeded by
+    ``seed``, as the numpy EM this replaced was started), ``reg``
+    added to every covariance's diagonal (``reg_covar``); EM stops after ``iterations`` or when the mean
+    log-likelihood gains less than ``tol`` (nats per row). Needs the ``train`` extra; scoring (:func:`nll`)
+    needs numpy only.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
@@ -109,7 +111,7 @@ def fit(
         tol=tol,
         reg_covar=reg,
         max_iter=iterations,
-        init_params="k-means++",
+        init_params="kmeans",
         random_state=seed,
     )
     with warnings.catch_warnings():

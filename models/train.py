@@ -164,7 +164,7 @@ def train(
             {
                 "library": f"scikit-learn {sklearn.__version__} GaussianMixture",
                 "covariance": "full",
-                "init": "k-means++",
+                "init": "k-means (k-means++ seeding, Lloyd iterations)",
                 "reg_covar": mixture.REG_COVAR,
                 "em_iterations": model.iterations,
                 "converged": model.converged,

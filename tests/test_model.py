@@ -132,7 +132,7 @@ def test_numpy_scorer_agrees_with_scikit_learn_and_keeps_the_regularisation() ->
         reg_covar=mixture.REG_COVAR,
         tol=1e-6,
         max_iter=200,
-        init_params="k-means++",
+        init_params="kmeans",
         random_state=4,
     ).fit(u)
     np.testing.assert_allclose(mixture.nll(model, x), -reference.score_samples(u), rtol=1e-9, atol=1e-9)
