@@ -17,14 +17,12 @@ attachment, nuclides, amends)``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lanewatch.edge.console.store import SqliteStore
 from lanewatch.edge.console.users import now_text
 from lanewatch.edge.decisions.journal import Journal
 
@@ -152,35 +150,13 @@ class EventPage:
     """Seq to pass as ``after`` for the next newer page, or None at the newest."""
 
 
-class Adjudications:
+class Adjudications(SqliteStore):
     """The adjudication tables of the journal at ``path`` (created there if missing), and reads of its decisions."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
-            Journal(self.path).close()  # an empty journal with its schema, as the service would make it
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout = 5000")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        with self._tx() as conn:
-            for statement in SCHEMA:
-                conn.execute(statement)
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        if not Path(path).exists():
+            Journal(Path(path)).close()  # an empty journal with its schema, as the service would make it
+        super().__init__(path, SCHEMA, pragmas=["synchronous = FULL"])
 
     # ---- writing ---------------------------------------------------------------------------------
     def record(
@@ -358,7 +334,3 @@ class Adjudications:
         older = page[-1].seq if (more or after is not None) else None
         newer = None if newest_page or (after is not None and not more) else page[0].seq
         return EventPage(page, older, newer)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()

@@ -23,14 +23,13 @@ import hashlib
 import secrets
 import sqlite3
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from lanewatch.edge.config import Config
+from lanewatch.edge.console.store import SqliteStore
 
 ROLES = ("operator", "supervisor", "admin")
 """Roles, each allowed what the ones before it are."""
@@ -119,37 +118,15 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class UserStore:
+class UserStore(SqliteStore):
     """The users database at ``path`` (created with its folder if missing); safe to share between threads."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout = 5000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        with self._tx() as conn:
-            for statement in SCHEMA:
-                conn.execute(statement)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path, SCHEMA, pragmas=["journal_mode = WAL"])
         with contextlib.suppress(OSError):
             self.path.chmod(0o600)
         self._hasher = None
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
 
     # ---- users -----------------------------------------------------------------------------------
     def _password_hash(self, password: str) -> str:
@@ -276,9 +253,6 @@ class UserStore:
         rows = self._read(sql, (limit,))
         return [AuditEntry(*row) for row in rows]
 
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
 
 
 # ---- lanewatch users ------------------------------------------------------------------------------
