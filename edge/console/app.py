@@ -234,26 +234,22 @@ def create_app(
         if not cookie or not secrets.compare_digest(cookie, str(form.get("csrf", ""))):
             raise HTTPException(403, "the login form's anti-forgery token is missing or wrong: reload the page")
         keys = (f"user:{name}", f"address:{address}")
-        if limiter.blocked(*keys):
-            users.audit(name or "?", "login-refused", "too many failed logins", address)
+
+        def login_again(status: int, error: str) -> Response:
+            """The login form again, with ``error`` and a fresh anti-forgery token."""
             token = secrets.token_urlsafe(24)
-            response = render(
-                request, "login.html", None, 429, login_csrf=token, next=target,
-                error="Too many failed logins: wait a few minutes and try again.",
-            )  # fmt: skip
+            response = render(request, "login.html", None, status, login_csrf=token, next=target, error=error)
             response.set_cookie(LOGIN_COOKIE, token, httponly=True, secure=secure, samesite="strict", path="/login")
             return response
+
+        if limiter.blocked(*keys):
+            users.audit(name or "?", "login-refused", "too many failed logins", address)
+            return login_again(429, "Too many failed logins: wait a few minutes and try again.")
         user = await run_in_threadpool(users.verify, name, password)
         if user is None:
             limiter.failed(*keys)
             users.audit(name or "?", "login-failed", "wrong user name or password", address)
-            token = secrets.token_urlsafe(24)
-            response = render(
-                request, "login.html", None, 401, login_csrf=token, next=target,
-                error="Wrong user name or password.",
-            )  # fmt: skip
-            response.set_cookie(LOGIN_COOKIE, token, httponly=True, secure=secure, samesite="strict", path="/login")
-            return response
+            return login_again(401, "Wrong user name or password.")
         limiter.succeeded(*keys)
         token, _ = users.open_session(user)
         users.audit(user.name, "login", f"role {user.role}", address)
