@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -340,7 +341,8 @@ class AlertBus:
         if wait_s:
             if self.metrics is not None:
                 self.metrics.queries.labels("rate-limited").inc()
-            return b'{"ok":false,"error":"rate limited","retry_after_s":%.3f}' % wait_s
+            # Rounded up to the millisecond: a wait of a few microseconds must not read as 0.000.
+            return b'{"ok":false,"error":"rate limited","retry_after_s":%.3f}' % (math.ceil(wait_s * 1000.0) / 1000.0)
         op = "invalid"
         try:
             if payload is None:
