@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import queue
+import re
 import threading
 import time
 import zoneinfo
@@ -433,8 +434,24 @@ def alarm_decision() -> dict[str, Any]:
     decision["seq"] = 17
     decision["end"] = "2024-05-01T14:03:04.500+02:00"
     decision["alarms"] = [
-        {"reason": "gamma-norm", "statistic": 3.2, "threshold": 2.9, "location_m": 1.0, "alarm": False},
-        {"reason": "gamma-matched", "statistic": 7.2104, "threshold": 4.81, "location_m": 3.46, "alarm": True},
+        {
+            "reason": "gamma-shape",
+            "statistic": -5.2,
+            "threshold": 4.9,
+            "direction": "harder",
+            "location_m": 1.0,
+            "location_sd_m": 1.12,
+            "alarm": False,
+            "released_as": "norm-consistent",
+        },
+        {
+            "reason": "gamma",
+            "statistic": 7.2104,
+            "threshold": 4.81,
+            "location_m": 3.46,
+            "location_sd_m": 0.31,
+            "alarm": True,
+        },
         {"reason": "tamper", "statistic": None, "threshold": None, "location_m": None, "alarm": True},
     ]
     decision["baseline_verdict"] = "CLEAR"
@@ -446,9 +463,14 @@ def test_format_row_shows_the_evidence() -> None:
     assert row.split()[:5] == ["17", "2024-05-01", "12:03:04", "lane-3", "ALARM"]
     assert "CLEAR" in row and "\x1b[" not in row
     reasons = row[alerts.header().index("REASONS") :]
-    assert reasons == "gamma-matched 7.21 > 4.81 at 3.5 m; tamper; gamma-norm 3.2 > 2.9 at 1.0 m released"
+    assert reasons == (
+        "Gamma excess 7.2 sigma (threshold 4.8) 3.5 m behind the front, ± 0.3 m; "
+        "Tamper: the portal reports its cabinet opened or a detector fault; "
+        "Gamma spectrum shape harder than background 5.2 sigma (threshold 4.9) 1.0 m behind the front, ± 1.1 m; "
+        "released as norm-consistent"
+    )
     assert len(alerts.header()) <= len(row)
-    assert alerts.header().index("REASONS") == row.index("gamma-matched")
+    assert alerts.header().index("REASONS") == row.index("Gamma excess")
     colored = alerts.format_row(alarm_decision(), color=True)
     assert alerts.COLORS["ALARM"] in colored and alerts.COLORS["CLEAR"] in colored
     assert (
@@ -456,7 +478,11 @@ def test_format_row_shows_the_evidence() -> None:
     ), "colour adds escapes only"
     incomplete = dict(make_decision(1, verdict="INCOMPLETE"), seq=2, end_reason="timeout")
     line = alerts.format_row(incomplete, color=False)
-    assert line[alerts.header().index("REASONS") :] == "ended by timeout; gamma 3.5 <= 4.8 at 3.1 m; neutron 1 <= 7"
+    assert line[alerts.header().index("REASONS") :] == (
+        "Gamma excess below its threshold: 3.5 sigma (threshold 4.8) 3.1 m behind the front; "
+        "Neutron excess below its threshold: 1 counts in its window (threshold 7); "
+        "Incomplete: it lasted longer than the occupancy timeout"
+    )
     clear = dict(make_decision(1), seq=3, alarms=[])
     assert alerts.format_row(clear, color=False).split()[-6:] == ["CLEAR", "-", "-", "-", "-", "-"]
 
@@ -475,14 +501,16 @@ def test_format_row_shows_portal_alarm_model_norm_release_state_and_local_time()
     assert row.split()[:3] == ["17", "2024-05-01", "14:03:04"], "12:03 UTC is 14:03 in Amsterdam in May"
     cells = row[head.index("PORTAL") : head.index("REASONS")].split()
     assert cells == ["ALARM", "4.04", "find", "release", "acknowledged"]
-    assert "norm-consistent" in row[head.index("REASONS") :]
+    assert row[head.index("REASONS") :] == (
+        "The portal's own alarm; Consistent with NORM, spread over 70% of the load: release recommended"
+    )
 
 
 def test_format_provisional_is_distinct() -> None:
     alarm = {"lane": "lane-3", "occupancy_id": "lane-3-99", "reason": "neutron", "statistic": 15, "threshold": 7}
     line = alerts.format_provisional({**alarm, "time": "2024-05-01T12:00:00Z"}, color=False)
     assert line.split()[:5] == ["~", "2024-05-01", "12:00:00", "lane-3", "PROVISIONAL"]
-    assert line.endswith("neutron 15 > 7  (occupancy lane-3-99)")
+    assert line.endswith("Neutron excess 15 counts in its window (threshold 7)  (occupancy lane-3-99)")
     assert alerts.COLORS["PROVISIONAL"] in alerts.format_provisional(alarm, color=True)
 
 
@@ -561,19 +589,22 @@ def test_console_says_when_the_service_is_not_running(ctx: zmq.Context, capsys: 
 
 
 def test_reasons_read_as_an_operator_would() -> None:
-    shape = {"reason": "gamma-shape", "statistic": -7.49, "threshold": 5.42, "direction": "harder", "location_m": 5.8}
-    assert alerts.format_reason(shape) == "gamma-shape harder |-7.49| > 5.42 at 5.8 m"
-    released = {
-        "reason": "gamma",
-        "statistic": 23.1,
-        "threshold": 4.79,
-        "alarm": False,
-        "released_as": "norm-consistent",
-        "location_m": 6.2,
-    }
-    assert alerts.format_reason(released) == "gamma 23.1 > 4.79 at 6.2 m released as norm-consistent"
-    norm = {"reason": "norm-consistent", "statistic": 12.5, "threshold": 1.0, "alarm": False, "extent": 0.83}
-    assert alerts.format_reason(norm) == "norm-consistent: harder than background, spread over 83% of the vehicle"
+    """The table's reasons are the console's plain words, numbers rounded to what they mean, no operators."""
+    shape = {"reason": "gamma-shape", "statistic": -9.75, "threshold": 4.89, "direction": "softer", "location_m": 5.8,
+             "location_sd_m": 0.25, "alarm": True}  # fmt: skip
+    assert alerts.format_row({"seq": 1, "verdict": "ALARM", "alarms": [shape]}).endswith(
+        "Gamma spectrum shape softer than background 9.8 sigma (threshold 4.9) 5.8 m behind the front, ± 0.2 m"
+    )
+    withheld = {"reason": "gamma", "statistic": 23.1, "threshold": 4.79, "alarm": False, "withheld": "no-background"}
+    review = {"reason": "image-review", "statistic": 48.3, "threshold": 8.0, "location_m": 5.58,
+              "location_sd_m": 0.1, "alarm": True}  # fmt: skip
+    row = alerts.format_row({"seq": 2, "verdict": "ALARM", "device_alarm": True, "alarms": [withheld, review]})
+    assert row.endswith(
+        "Dense object, 48 mm lead equivalent (review from 8 mm) 5.6 m behind the front, ± 0.1 m: large enough to hide"
+        " a source, image review needed; The portal's own alarm; Gamma excess 23.1 sigma (threshold 4.8); withheld: "
+        "no background reading before the vehicle to test against"
+    )
+    assert not re.search(r"[<>|]", row), "no comparison operators or bars: words"
 
 
 def test_alerts_reads_a_journal_offline_and_refuses_an_unknown_lane(

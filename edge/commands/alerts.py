@@ -28,6 +28,7 @@ import zmq
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.console.adjudication import adjudication_state
+from lanewatch.edge.console.present import reason_text, reasons
 from lanewatch.edge.decisions.journal import VERDICTS, Journal, JournalError
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
 
@@ -153,57 +154,17 @@ def _norm(decision: dict[str, Any]) -> str:
     return "release" if any(a.get("release_recommended") for a in norm) else "held"
 
 
-def _number(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
-
-
-def format_reason(alarm: dict[str, Any]) -> str:
-    """One alarm entry: ``gamma 7.21 > 4.8 at 3.1 m``; ``released`` when it crossed but did not alarm.
-
-    A two-sided test (the energy-window shape test) shows its direction and compares the size of its
-    statistic: ``gamma-shape harder |-7.49| > 5.42``.
-    """
-    text = str(alarm.get("reason", "?"))
-    if text == "device":
-        which = "+".join(k for k in ("gamma", "neutron") if alarm.get(k)) or "?"
-        return f"device {which} (lanewatch: {alarm.get('lanewatch', '?')}){'' if alarm.get('alarm') else ' reported'}"
-    if text == "norm-consistent" and isinstance(alarm.get("extent"), int | float):
-        return f"norm-consistent: harder than background, spread over {alarm['extent']:.0%} of the vehicle"
-    statistic, threshold = alarm.get("statistic"), alarm.get("threshold")
-    crossed = True
-    if alarm.get("direction"):
-        text += f" {alarm['direction']}"
-    if isinstance(statistic, int | float):
-        size = abs(statistic) if alarm.get("direction") else statistic
-        text += f" |{_number(statistic)}|" if alarm.get("direction") else f" {_number(statistic)}"
-        if isinstance(threshold, int | float):
-            crossed = size > threshold
-            text += f" {'>' if crossed else '<='} {_number(threshold)}"
-    if isinstance(alarm.get("location_m"), int | float):
-        text += f" at {alarm['location_m']:.1f} m"
-    if alarm.get("alarm") is False and crossed:
-        if alarm.get("withheld"):
-            text += f" withheld: {alarm['withheld']}"
-        else:
-            text += f" released as {alarm['released_as']}" if alarm.get("released_as") else " released"
-    return text
-
-
 def format_row(decision: dict[str, Any], color: bool = False, zone: tzinfo = UTC, state: str = "") -> str:
     """One table line: seq, end time (in ``zone``), lane, verdict, the fielded rule's verdict, the portal's own
-    alarm, the anomaly model's score and finding, NORM release, the adjudication ``state``, then the reasons."""
+    alarm, the anomaly model's score and finding, NORM release, the adjudication ``state``, then the reasons in
+    plain words (the console's, :func:`lanewatch.edge.console.present.reasons`)."""
     verdict = str(decision.get("verdict", "?"))
     baseline = str(decision.get("baseline_verdict") or "-")
     values = (str(decision.get("seq", "?")), _time(decision.get("end"), zone), str(decision.get("lane", "?")), verdict)
     portal = "ALARM" if decision.get("device_alarm") else "-"
     extra = (portal, _model(decision), _norm(decision), state or "-")
     row = _cells((*values, baseline, *extra), {3: verdict, 4: baseline, 5: portal}, color, zone)
-    alarms = [a for a in decision.get("alarms") or [] if isinstance(a, dict)]
-    reasons = "; ".join(format_reason(a) for a in sorted(alarms, key=lambda a: not a.get("alarm")))
-    if verdict == "INCOMPLETE" and decision.get("end_reason"):
-        why = [f"ended by {decision['end_reason']}", *(decision.get("incomplete") or [])]
-        reasons = "; ".join(filter(None, [*why, reasons]))
-    return f"{row}  {reasons or '-'}"
+    return f"{row}  {'; '.join(reasons(decision)) or '-'}"
 
 
 def format_provisional(alarm: dict[str, Any], color: bool = False, zone: tzinfo = UTC) -> str:
@@ -212,7 +173,7 @@ def format_provisional(alarm: dict[str, Any], color: bool = False, zone: tzinfo 
     values = ("~", _time(when, zone), str(alarm.get("lane", "?")), "PROVISIONAL", "", "", "", "", "")
     occupancy = alarm.get("occupancy_id")
     tail = f"  (occupancy {occupancy})" if occupancy else ""
-    return f"{_cells(values, {3: 'PROVISIONAL'}, color, zone)}  {format_reason(alarm)}{tail}"
+    return f"{_cells(values, {3: 'PROVISIONAL'}, color, zone)}  {reason_text(alarm)}{tail}"
 
 
 def _matches(item: dict[str, Any], args: argparse.Namespace) -> bool:

@@ -27,6 +27,8 @@ INCOMPLETE_WORDS = {
     "no-background": "no background reading before it, so its tests are withheld",
 }
 """Why an occupancy's data is not whole (``incomplete`` entries), in words."""
+WITHHELD_WORDS = {"no-background": "no background reading before the vehicle to test against"}
+"""Why a radiation test that crossed its threshold does not alarm (``withheld``), in words."""
 END_WORDS = {
     "gx": "it ended with the portal's end-of-occupancy line",
     "background": "its end line was lost (ended by the next background line)",
@@ -67,8 +69,19 @@ def reason_text(alarm: dict[str, Any]) -> str:
         name = TEST_NAMES[reason]
         if reason == "gamma-shape" and alarm.get("direction"):
             name += f" {alarm['direction']} than background"
-        text = f"{name} {_num(size)} sigma (threshold {_num(threshold)}){_where(alarm)}"
-        if alarm.get("alarm") is False:
+        if reason == "neutron":
+            expected = alarm.get("expected")
+            beside = f", {_num(expected, 0)} expected" if isinstance(expected, int | float) else ""
+            measure = f" {_num(stat, 0)} counts in its window{beside} (threshold {_num(threshold, 0)})"
+        else:
+            measure = f" {_num(size)} sigma (threshold {_num(threshold)})"
+        crossed = not isinstance(size, int | float) or not isinstance(threshold, int | float) or size > threshold
+        if not crossed:
+            return f"{name} below its threshold:{measure}{_where(alarm)}"
+        text = f"{name}{measure}{_where(alarm)}"
+        if alarm.get("withheld"):
+            text += f"; withheld: {WITHHELD_WORDS.get(alarm['withheld'], alarm['withheld'])}"
+        elif alarm.get("alarm") is False:
             text += f"; released as {alarm.get('released_as') or 'NORM-consistent'}"
         return text
     if reason.endswith("(below threshold)"):
