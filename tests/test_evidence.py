@@ -1,23 +1,29 @@
-"""``lanewatch evidence``: the files it writes for journaled decisions, from the journal file and the query endpoint.
+"""``lanewatch evidence``: the bundle it writes for journaled decisions, from the journal file and the query endpoint.
 
 Decisions come from a real lane fed the simulators' vehicles as the drivers' records (a shielded
 source imaged by the X-ray scanner simulator, and the same vehicle at a lane without a scanner) into
-a journal file; the command runs as a process, as an operator runs it.
+a journal file; the command runs as a process, as an operator runs it. The ZIP it writes is opened and
+every file re-read: the manifest's hashes, the decision against the published schema, the profile CSV
+against the decision, the figure and preview as PNG, the N42.42 file with SpecUtils.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
+import hashlib
 import io
 import json
 import subprocess
 import sys
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import jsonschema
 import pytest
+import SpecUtils
 import zmq
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -29,9 +35,11 @@ from lanewatch.drivers.sim.xray import XrayScanner
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher
 from lanewatch.edge.bus.records import decode
-from lanewatch.edge.commands import evidence
 from lanewatch.edge.commands.demo import free_ports
+from lanewatch.edge.commands.schema import schema
 from lanewatch.edge.config import DetectionConfig, LaneConfig, parse
+from lanewatch.edge.console.adjudication import Adjudications
+from lanewatch.edge.console.evidence import bundle
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.lane.occupancy import Decided, Lane
 from lanewatch.edge.ops.metrics import DriverMetrics, ServiceMetrics
@@ -78,49 +86,70 @@ def _evidence(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _check_files(out: Path, seq: int, stored: dict[str, Any]) -> Image.Image:
-    """The three files exist and say what the journal holds; returns the decoded evidence image."""
-    decision = json.loads((out / f"decision-{seq}.json").read_text())
+def _read_bundle(out: Path, seq: int) -> dict[str, bytes]:
+    """The files of ``out/evidence-SEQ.zip`` (without the manifest), after checking the manifest's SHA-256 sums."""
+    with zipfile.ZipFile(out / f"evidence-{seq}.zip") as archive:
+        assert all(name.startswith(f"decision-{seq}/") for name in archive.namelist())
+        files = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
+    manifest = dict(reversed(line.split("  ", 1)) for line in files.pop("MANIFEST.sha256").decode().splitlines())
+    assert manifest == {name: hashlib.sha256(body).hexdigest() for name, body in files.items()}
+    return files
+
+
+def _check_bundle(out: Path, seq: int, stored: dict[str, Any]) -> dict[str, bytes]:
+    """The bundle says what the journal holds: decision, profile, N42 counts; the figure is a PNG."""
+    files = _read_bundle(out, seq)
+    decision = json.loads(files["decision.json"])
     assert decision == stored
-    profile = json.loads((out / f"profile-{seq}.json").read_text())
-    rad = profile["radiation"]
-    assert len(rad["location_m"]) == len(rad["gross"]) == len(stored["profile"]["gross"]) > 10
-    step = stored["speed_kmh"] / 3.6 * stored["profile"]["dt_s"]
-    assert rad["location_m"][:2] == pytest.approx([0.5 * step, 1.5 * step], abs=1e-3)
-    assert len(profile["findings"]) == sum(isinstance(a.get("location_m"), float) for a in stored["alarms"])
-    with Image.open(out / f"evidence-{seq}.png") as image:
-        image.load()
-        assert image.format == "PNG" and image.mode == "RGB"
-        return image.copy()
+    jsonschema.Draft202012Validator(schema("decision")).validate(decision)
+    rows = list(csv.DictReader(io.StringIO(files["profile.csv"].decode())))
+    assert [float(r["gross_counts"]) for r in rows] == [float(c) for c in stored["profile"].get("gross") or []]
+    if rows:
+        step = stored["speed_kmh"] / 3.6 * stored["profile"]["dt_s"]
+        assert [float(r["location_m"]) for r in rows[:2]] == pytest.approx([0.5 * step, 1.5 * step], abs=1e-3)
+    with Image.open(io.BytesIO(files["evidence.png"])) as figure:
+        assert figure.format == "PNG" and figure.width > 800 and figure.height > 300
+    if not stored["profile"].get("gross"):
+        assert "occupancy.n42" not in files, "no radiation samples: no N42 file (SpecUtils reads none empty)"
+        return files
+    n42 = out / f"occupancy-{seq}.n42"
+    n42.write_bytes(files["occupancy.n42"])
+    spec = SpecUtils.SpecFile()
+    spec.loadFile(str(n42), SpecUtils.ParserType.Auto)
+    gamma = [m.gammaCountSum() for m in spec.measurements() if m.detectorName() == "gamma"]
+    assert gamma == [float(c) for c in stored["profile"].get("gross") or []]
+    return files
 
 
 def test_evidence_of_a_fused_decision_from_the_journal_file(journal_path: Path, tmp_path: Path) -> None:
+    store = Adjudications(journal_path)
+    store.record(1, "acknowledge", "olga", "operator")
+    store.close()
     out = tmp_path / "out"
     done = _evidence("1", "--out", str(out), "--journal", str(journal_path))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.split() == [
-        str(out / f"{name}-1.{ext}")
-        for name, ext in (("evidence", "png"), ("profile", "json"), ("decision", "json"), ("evidence", "zip"))
-    ]
+    assert done.stdout.split() == [str(out / "evidence-1.zip")]
+    assert sorted(p.name for p in out.iterdir()) == ["evidence-1.zip"], "one file: the bundle"
     with Journal(journal_path, readonly=True) as journal:
         stored = journal.get(1)
     assert stored is not None
-    image = _check_files(out, 1, stored)
-    preview_info = stored["xray"]["preview"]
-    preview = Image.open(io.BytesIO(base64.b64decode(preview_info["png_base64"])))
-    lay = evidence.layout(stored, preview)
-    assert image.size == (lay.width, lay.height)
-    # the scan is drawn where the metres axis puts it, as the preview scaled up: compare the grey levels
-    w, h = lay.image_size
-    left = round(lay.px(preview_info["x_m"][0]))
-    drawn = np.asarray(image.convert("L"))[evidence.MARGIN // 2 : evidence.MARGIN // 2 + h, left : left + w]
-    expected = np.asarray(preview.resize((w, h), Image.Resampling.NEAREST), dtype=float)
-    assert np.corrcoef(drawn.reshape(-1), expected.reshape(-1))[0, 1] > 0.9
-    # the lead shield's box is drawn in the high-Z colour around the fused finding's place
-    found = next(a for a in stored["alarms"] if a["reason"] in ("shielded-source-suspected", "image-review"))
-    x = round(lay.px(found["object"]["x_m"][0]))
-    rows = np.asarray(image)[evidence.MARGIN // 2 : evidence.MARGIN // 2 + h, x - 1 : x + 2]
-    assert (rows == evidence.COLOURS["high_z"]).all(axis=-1).any()
+    files = _check_bundle(out, 1, stored)
+    assert files["xray-preview.png"] == base64.b64decode(stored["xray"]["preview"]["png_base64"])
+    history = json.loads(files["adjudications.json"])["history"]
+    assert [(h["kind"], h["user"]) for h in history] == [("acknowledge", "olga")]
+    # the console's bundle of the same decision and history: the same files (the N42 file has its own UUID)
+    served = {
+        name.split("/", 1)[1]: body
+        for name, body in _zip_files(bundle(stored, Adjudications.read_history(journal_path, 1))).items()
+    }
+    assert set(served) == set(files) | {"MANIFEST.sha256"}
+    for name in ("decision.json", "profile.csv", "neutron.csv", "evidence.png", "adjudications.json"):
+        assert served[name] == files[name], name
+
+
+def _zip_files(body: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
 
 
 def test_evidence_of_a_radiation_only_decision_through_the_query_endpoint(journal_path: Path, tmp_path: Path) -> None:
@@ -155,9 +184,9 @@ def test_evidence_of_a_radiation_only_decision_through_the_query_endpoint(journa
         service.close()
     assert done.returncode == 0, done.stdout + done.stderr
     assert stored is not None and "xray" not in stored
-    image = _check_files(out, 2, stored)
-    lay = evidence.layout(stored, None)
-    assert image.size == (lay.width, lay.height) and lay.image_size == (0, 0) and lay.plots == 2
+    files = _check_bundle(out, 2, stored)
+    assert "xray-preview.png" not in files
+    assert json.loads(files["adjudications.json"])["history"] == [], "the query endpoint serves decisions only"
     assert missing.returncode == 1 and "no decision numbered 7" in missing.stdout
 
 
@@ -203,14 +232,8 @@ def test_evidence_of_a_scan_without_an_occupancy(tmp_path: Path, shared_data: Pa
     out = tmp_path / "out"
     done = _evidence(str(stored["seq"]), "--out", str(out), "--journal", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
-    with Image.open(out / f"evidence-{stored['seq']}.png") as image:
-        size = image.size
-    preview = Image.open(io.BytesIO(base64.b64decode(stored["xray"]["preview"]["png_base64"])))
-    lay = evidence.layout(stored, preview)
-    scale = round(evidence.TARGET_WIDTH / preview.width)  # drawn a whole number of times larger, no plots
-    assert size == (lay.width, lay.height) and lay.plots == 0
-    assert lay.image_size == (scale * preview.width, scale * preview.height) and lay.height == (
-        evidence.MARGIN // 2 + lay.image_size[1] + evidence.MARGIN
-    )
-    profile = json.loads((out / f"profile-{stored['seq']}.json").read_text())
-    assert profile["axis"] == "metres from the scan's first line" and profile["radiation"]["gross"] == []
+    files = _check_bundle(out, stored["seq"], stored)
+    assert files["profile.csv"].decode().splitlines() == [
+        "location_m,gross_counts,expected_counts,matched_filter_z,shape_z"
+    ], "a scan alone: no radiation samples"
+    assert files["xray-preview.png"] == base64.b64decode(stored["xray"]["preview"]["png_base64"])

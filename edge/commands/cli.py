@@ -7,7 +7,7 @@
     lanewatch driver NAME --lane ID ...     one device driver (rpm, n42, ...)
     lanewatch sim NAME ...                  a device simulator (lane, ...)
     lanewatch alerts --config FILE ...      decisions from the journal and the alert bus
-    lanewatch evidence SEQ --out DIR        one decision's X-ray image with overlays, profile and JSON
+    lanewatch evidence SEQ --out DIR        one decision's evidence bundle (ZIP), as the console serves it
     lanewatch replay FILE.n42               the decision for one N42 portal file
     lanewatch status --config FILE          health of the service and the drivers
     lanewatch install-units ...             systemd units and an example configuration
@@ -246,7 +246,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "sim": ("run a device simulator", _setup_sim),
     "alerts": ("list or follow journaled decisions", _config_command("lanewatch.edge.commands.alerts")),
     "evidence": (
-        "write one decision's evidence: X-ray image with overlays, profile, JSON",
+        "write one decision's evidence bundle (ZIP): decision, profile, figure, image, N42, history, manifest",
         _config_command("lanewatch.edge.commands.evidence"),
     ),
     "status": ("health of the service and the drivers", _config_command("lanewatch.edge.ops.status")),

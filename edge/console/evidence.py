@@ -15,7 +15,8 @@
     The scanner's preview as the decision carries it (when it has one).
 ``occupancy.n42``
     The occupancy as an ANSI N42.42-2012 file written with SpecUtils: one gross-count gamma record per
-    sample and one neutron record per neutron sample, with their start and real times.
+    sample and one neutron record per neutron sample, with their start and real times (not in the bundle
+    of a decision without radiation samples, such as a scan with no occupancy).
 ``adjudications.json``
     Every act on the decision (acknowledgement, adjudications, amendments), oldest first.
 ``MANIFEST.sha256``
@@ -217,12 +218,14 @@ def bundle(decision: dict[str, Any], history: list[Adjudication]) -> bytes:
         "profile.csv": gamma,
         "neutron.csv": neutrons,
         "evidence.png": figure_png(decision),
-        "occupancy.n42": occupancy_n42(decision),
         "adjudications.json": json.dumps(
             {"seq": seq, "reasons": reasons(decision), "history": [dataclasses.asdict(h) for h in history]}, indent=1
         ).encode()
         + b"\n",
     }
+    profile = decision.get("profile") or {}
+    if profile.get("gross") or profile.get("neutron"):
+        files["occupancy.n42"] = occupancy_n42(decision)
     preview = (decision.get("xray") or {}).get("preview")
     if preview:
         files["xray-preview.png"] = base64.b64decode(preview["png_base64"])
