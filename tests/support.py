@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import zmq
 from prometheus_client import CollectorRegistry
@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher
 from lanewatch.edge.bus.records import Record, decode
+from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.config import Config
 from lanewatch.edge.ops.metrics import DriverMetrics
 from lanewatch.edge.service import Service
@@ -23,9 +24,23 @@ TIMEOUT_S = 5.0
 
 def free_port() -> int:
     """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def service_toml(journal: Path) -> str:
+    """The ``[service]`` and ``[bus]`` tables of a plaintext loopback service journaling to ``journal``, on free
+    ports; a test appends its own ``[detection]``, ``[fusion]``, ``[model]`` and ``[[lanes]]`` tables."""
+    ingest, alerts, query, http = free_ports(4)
+    return f"""
+        [service]
+        journal = "{journal}"
+        http = "127.0.0.1:{http}"
+        [bus]
+        ingest = "tcp://127.0.0.1:{ingest}"
+        alerts = "tcp://127.0.0.1:{alerts}"
+        query = "tcp://127.0.0.1:{query}"
+        plaintext = true
+"""
 
 
 class IngestBus:

@@ -27,6 +27,7 @@ import SpecUtils
 import zmq
 from PIL import Image
 from prometheus_client import CollectorRegistry
+from support import service_toml
 
 from benchmarks.fusion import LaneFeed, passage_records
 from lanewatch.drivers.dicos import publish_scan, read_dicos
@@ -35,7 +36,6 @@ from lanewatch.drivers.sim.xray import XrayScanner
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher
 from lanewatch.edge.bus.records import decode
-from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.commands.schema import schema
 from lanewatch.edge.config import DetectionConfig, LaneConfig, parse
 from lanewatch.edge.console.adjudication import Adjudications
@@ -153,19 +153,13 @@ def _zip_files(body: bytes) -> dict[str, bytes]:
 
 
 def test_evidence_of_a_radiation_only_decision_through_the_query_endpoint(journal_path: Path, tmp_path: Path) -> None:
-    ingest, alerts, query, http = free_ports(4)
-    text = f"""
-        [service]
-        journal = "{journal_path}"
-        http = "127.0.0.1:{http}"
-        [bus]
-        ingest = "tcp://127.0.0.1:{ingest}"
-        alerts = "tcp://127.0.0.1:{alerts}"
-        query = "tcp://127.0.0.1:{query}"
-        plaintext = true
+    text = (
+        service_toml(journal_path)
+        + """
         [[lanes]]
         id = "lane1"
     """
+    )
     config_path = tmp_path / "lanewatch.toml"
     config_path.write_text(text)
     service = Service(parse(text, str(config_path)), CollectorRegistry())

@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from scipy import ndimage
-from support import Running
+from support import Running, service_toml
 
 from lanewatch.drivers.dicos import publish_scan, read_dicos
 from lanewatch.drivers.sim.lane import LaneSimulator
@@ -33,7 +33,6 @@ from lanewatch.drivers.xray import XrayDriver
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
 from lanewatch.edge.bus.records import Kind
-from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.config import Config, FusionConfig, parse
 from lanewatch.edge.decisions.subscriber import AlertSubscriber
 from lanewatch.edge.ops.metrics import DriverMetrics
@@ -142,16 +141,9 @@ PIXELS = 256
 
 
 def _config(tmp_path: Path, lanes: str, fusion: str = "") -> Config:
-    ingest, alerts, query, http = free_ports(4)
-    text = f"""
-        [service]
-        journal = "{tmp_path / "journal.db"}"
-        http = "127.0.0.1:{http}"
-        [bus]
-        ingest = "tcp://127.0.0.1:{ingest}"
-        alerts = "tcp://127.0.0.1:{alerts}"
-        query = "tcp://127.0.0.1:{query}"
-        plaintext = true
+    text = (
+        service_toml(tmp_path / "journal.db")
+        + f"""
         [detection]
         energy_windows_kev = {WINDOWS}
         occupancy_hold_in_s = {HOLD_IN_S}
@@ -160,6 +152,7 @@ def _config(tmp_path: Path, lanes: str, fusion: str = "") -> Config:
         {fusion}
         {lanes}
     """
+    )
     path = tmp_path / "lanewatch.toml"
     path.write_text(text)
     return parse(text, str(path))

@@ -19,6 +19,7 @@ import msgspec
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from support import service_toml
 
 from lanewatch.edge.config import SHIPPED_MODEL, ModelConfig, parse
 from lanewatch.edge.model import features
@@ -421,20 +422,10 @@ def test_service_refuses_to_start_with_a_bad_model(tmp_path: Path) -> None:
 
 
 def _service_config(tmp_path: Path, model: Path) -> Path:
-    from lanewatch.edge.commands.demo import free_ports
-
-    ingest, alerts, query, http = free_ports(4)
     path = tmp_path / "lanewatch.toml"
     path.write_text(
-        f"""
-        [service]
-        journal = "{tmp_path / "journal.db"}"
-        http = "127.0.0.1:{http}"
-        [bus]
-        ingest = "tcp://127.0.0.1:{ingest}"
-        alerts = "tcp://127.0.0.1:{alerts}"
-        query = "tcp://127.0.0.1:{query}"
-        plaintext = true
+        service_toml(tmp_path / "journal.db")
+        + f"""
         [detection]
         energy_windows_kev = [30, 400, 3000]
         occupancy_hold_in_s = 1.0

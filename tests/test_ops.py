@@ -30,6 +30,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from lanewatch.edge import config as config_module
+from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.ops import status, units
 from lanewatch.edge.ops.metrics import DriverMetrics, ModelMetrics, ServiceMetrics, serve_http
 
@@ -631,18 +632,6 @@ def test_status_treats_a_non_json_answer_as_unreachable(capsys: pytest.CaptureFi
 
 
 # ---- a live site: simulator, service and driver as processes ---------------------------------------------
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback TCP ports free right now."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def http_get(address: str, path: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(f"http://{address}{path}", timeout=2) as response:

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import zmq
 from prometheus_client import CollectorRegistry
-from support import Running
+from support import Running, service_toml
 
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
 from lanewatch.edge.bus.records import Kind, Record
-from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.config import Config, parse
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.decisions.subscriber import AlertSubscriber
@@ -29,22 +28,16 @@ from lanewatch.edge.ops.metrics import DriverMetrics
 
 
 def _config(tmp_path: Path, extra: str = "") -> Config:
-    ingest, alerts, query, http = free_ports(4)
-    text = f"""
-        [service]
-        journal = "{tmp_path / "journal.db"}"
-        http = "127.0.0.1:{http}"
-        [bus]
-        ingest = "tcp://127.0.0.1:{ingest}"
-        alerts = "tcp://127.0.0.1:{alerts}"
-        query = "tcp://127.0.0.1:{query}"
-        plaintext = true
+    text = (
+        service_toml(tmp_path / "journal.db")
+        + f"""
         [detection]
         sample_timeout_s = 1.0
         {extra}
         [[lanes]]
         id = "lane1"
     """
+    )
     path = tmp_path / "lanewatch.toml"
     path.write_text(text)
     return parse(text, str(path))

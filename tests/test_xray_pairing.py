@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import zmq
-from support import Running
+from support import Running, service_toml
 from test_service import _publisher
 
 from lanewatch.drivers.sim.lane import LaneSimulator
 from lanewatch.drivers.sim.xray import XraySimulator
 from lanewatch.edge.bus.driver import load_driver
-from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.config import parse
 
 VEHICLES = 300
@@ -31,16 +30,9 @@ STARTUP_S = 60.0
 
 
 def _config_text(tmp_path: Path, xray_port: int) -> str:
-    ingest, alerts, query, http = free_ports(4)
-    return f"""
-        [service]
-        journal = "{tmp_path / "journal.db"}"
-        http = "127.0.0.1:{http}"
-        [bus]
-        ingest = "tcp://127.0.0.1:{ingest}"
-        alerts = "tcp://127.0.0.1:{alerts}"
-        query = "tcp://127.0.0.1:{query}"
-        plaintext = true
+    return (
+        service_toml(tmp_path / "journal.db")
+        + f"""
         [fusion]
         scan_wait_s = 2.0
         match_tolerance_s = {TOLERANCE_S}
@@ -50,6 +42,7 @@ def _config_text(tmp_path: Path, xray_port: int) -> str:
         id = "lane1"
         xray = "127.0.0.1:{xray_port}"
     """
+    )
 
 
 def _xray_driver(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
