@@ -28,7 +28,7 @@ from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
 from lanewatch.edge.ops.metrics import ServiceMetrics
 
-WAIT_S = 10.0
+WAIT_S = 30.0
 """Upper bound of every wait in these tests; reaching it is a failure, never a pass."""
 
 

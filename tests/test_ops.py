@@ -655,6 +655,10 @@ def wait_for(what: str, check: Callable[[], bool], procs: list[subprocess.Popen]
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
+WATCHDOG_S = 6.0
+"""The live service's watchdog interval: a loaded 2-core machine must not starve the loop out of it."""
+
+
 class LiveSite:
     """A simulated lane, the service (under a notification socket, as systemd runs it) and the lane's driver."""
 
@@ -686,7 +690,7 @@ class LiveSite:
         wait_for(
             "the simulator's port", lambda: socket.create_connection(("127.0.0.1", sim), 1).close() is None, self.procs
         )
-        env = {**os.environ, "NOTIFY_SOCKET": str(root / "notify"), "WATCHDOG_USEC": "2000000"}
+        env = {**os.environ, "NOTIFY_SOCKET": str(root / "notify"), "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6))}
         env["NUMBA_CACHE_DIR"] = str(root / "numba")
         self._start("service", [exe, "run", "--config", str(self.config)], env)
         self._start("driver", [exe, "driver", "rpm", "--config", str(self.config), "--lane", "lane1"])
@@ -770,15 +774,15 @@ def test_live_scrape_passes_promtool_check_metrics(live: LiveSite, which: str) -
 
 @pytest.mark.slow
 def test_live_service_notifies_ready_and_feeds_the_watchdog(live: LiveSite) -> None:
-    """WATCHDOG_USEC=2 s: the running event loop pings about every second, each ping counted."""
-    wait_for("two watchdog pings", lambda: live.received().count(b"WATCHDOG=1") >= 2, live.procs, timeout_s=10)
+    """The running event loop pings every half watchdog interval, each ping counted."""
+    wait_for("two watchdog pings", lambda: live.received().count(b"WATCHDOG=1") >= 2, live.procs, timeout_s=60)
     messages = live.received()
     assert messages[0].startswith(b"READY=1\nSTATUS=1 lanes"), messages[0]
     _, body = http_get(live.service_http, "/metrics")
     pings = re.search(rb"^lanewatch_watchdog_pings_total (\S+)$", body, re.M)
     assert pings and float(pings.group(1)) >= 2
     watchdog = live.health(live.service_http)["watchdog"]
-    assert watchdog["enabled"] and watchdog["fed"] and watchdog["last_ping_age_s"] < 2.0
+    assert watchdog["enabled"] and watchdog["fed"] and watchdog["last_ping_age_s"] <= WATCHDOG_S
 
 
 @pytest.mark.slow
