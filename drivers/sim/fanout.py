@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from typing import Self
 
 log = logging.getLogger("lanewatch.sim")
 
@@ -97,3 +98,48 @@ class TcpFanout:
                 with contextlib.suppress(OSError):
                     sock.close()
             self._clients, self._listeners, self._threads = [], [], []
+
+
+class StreamingDevice:
+    """A simulated device: a thread that runs :meth:`_run` and streams through a :class:`TcpFanout`.
+
+    Subclasses set ``_tcp`` and implement ``_run``, which returns when ``_stop`` is set.
+    """
+
+    thread_name = "device-sim"
+    _tcp: TcpFanout
+
+    def __init__(self) -> None:
+        self._runner: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def serve_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on ``host:port`` (0 = any free port); every client gets the stream from then on. Returns the port."""
+        return self._tcp.listen(host, port)
+
+    def clients(self) -> int:
+        """TCP clients connected now."""
+        return self._tcp.clients()
+
+    def start(self) -> None:
+        """Start streaming in a background thread."""
+        if self._runner is not None:
+            raise RuntimeError("simulator already started")
+        self._runner = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._runner.start()
+
+    def stop(self) -> None:
+        """Stop streaming, close every client and listener. Safe to call more than once."""
+        self._stop.set()
+        if self._runner is not None and self._runner is not threading.current_thread():
+            self._runner.join(timeout=5.0)
+        self._tcp.close()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -57,7 +57,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from lanewatch.drivers.sim.fanout import TcpFanout
+from lanewatch.drivers.sim.fanout import StreamingDevice, TcpFanout
 from lanewatch.drivers.sim.physics import (
     GAMMA_DT_S,
     HOLD_IN_S,
@@ -126,7 +126,7 @@ class _DeviceState:
         return float(np.mean([n.sum() for n in self.neutron_bg]))
 
 
-class LaneSimulator:
+class LaneSimulator(StreamingDevice):
     """One simulated lane serving the RPM line protocol to TCP clients and/or a pty.
 
     ``gap_s`` is the empty time between occupancies (s, simulated); ``speedup`` compresses time
@@ -134,6 +134,8 @@ class LaneSimulator:
     occupancies (``None`` = forever); ``tamper_rate`` is the probability of a TT/TC pair per gap.
     ``n_sigma`` and ``neutron_threshold`` set the device's own alarm rules (GA, NA).
     """
+
+    thread_name = "lane-sim"
 
     def __init__(
         self,
@@ -176,12 +178,11 @@ class LaneSimulator:
         self._rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,)))
         self._device = _DeviceState()
 
+        super().__init__()
         self._tcp = TcpFanout(f"lane simulator (seed {seed})", greeting=self._setup_bytes, nodelay=True)
         self._lock = threading.Lock()
         """Guards the ptys."""
         self._ptys: list[tuple[int, int]] = []
-        self._runner: threading.Thread | None = None
-        self._stop = threading.Event()
         self._all_sent = threading.Event()
         self.occupancies_sent = 0
         """Occupancies whose GX line has been sent."""
@@ -189,14 +190,6 @@ class LaneSimulator:
         """Lines a pty could not take because no one was reading it."""
 
     # --- serving --------------------------------------------------------------------------
-    def serve_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listen on ``host:port`` (0 = any free port) and stream to every client; returns the port."""
-        return self._tcp.listen(host, port)
-
-    def clients(self) -> int:
-        """TCP clients connected now."""
-        return self._tcp.clients()
-
     def serve_pty(self) -> str:
         """Open a pseudo-terminal in raw mode and stream into it; returns the device path to open."""
         master, slave = os.openpty()
@@ -245,19 +238,9 @@ class LaneSimulator:
                 self._write_pty(master, slave, data)
 
     # --- running --------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start streaming in a background thread."""
-        if self._runner is not None:
-            raise RuntimeError("simulator already started")
-        self._runner = threading.Thread(target=self._run, name="lane-sim", daemon=True)
-        self._runner.start()
-
     def stop(self) -> None:
         """Stop streaming, close every client, listener and pty. Safe to call more than once."""
-        self._stop.set()
-        if self._runner is not None and self._runner is not threading.current_thread():
-            self._runner.join(timeout=5.0)
-        self._tcp.close()
+        super().stop()
         with self._lock:
             for master, slave in self._ptys:
                 for fd in (master, slave):
@@ -275,12 +258,6 @@ class LaneSimulator:
             if remaining is not None and remaining <= 0:
                 return False
             self._all_sent.wait(0.05 if remaining is None else min(0.05, remaining))
-
-    def __enter__(self) -> LaneSimulator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _run(self) -> None:
         t0 = time.monotonic()

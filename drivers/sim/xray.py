@@ -76,7 +76,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from lanewatch.drivers.sim.fanout import TcpFanout
+from lanewatch.drivers.sim.fanout import StreamingDevice, TcpFanout
 from lanewatch.drivers.sim.lane import parse_mix, truth_path_for
 from lanewatch.drivers.sim.physics import Passage, Traffic
 from lanewatch.drivers.xray import AIR, DARK, SCAN_END, SCAN_START, pack_frame
@@ -835,7 +835,7 @@ MAX_SEND_FRAMES = 512
 """Most frames joined into one send (bounds memory when running as fast as the clients read)."""
 
 
-class XraySimulator:
+class XraySimulator(StreamingDevice):
     """A simulated scanner on a lane, serving LWXR frames to every TCP client, paced in real time.
 
     The timeline follows :class:`lanewatch.drivers.sim.lane.LaneSimulator` with the same ``seed``, ``mix``,
@@ -844,6 +844,8 @@ class XraySimulator:
     as the clients read); ``count`` stops after that many scans; ``truth_path`` gets one JSON line
     per scan (:attr:`XrayScan.truth` plus ``start``/``end`` wall clock, ISO 8601 UTC).
     """
+
+    thread_name = "xray-sim"
 
     def __init__(
         self,
@@ -871,46 +873,17 @@ class XraySimulator:
         """Scans whose last frame has been sent."""
         self.truths: list[dict[str, Any]] = []
         """Truth of every scan sent, in order."""
+        super().__init__()
         self._tcp = TcpFanout(f"X-ray simulator (seed {seed})")
-        self._runner: threading.Thread | None = None
-        self._stop = threading.Event()
         self._done = threading.Event()
 
     def scan(self, passage: Passage) -> XrayScan:
         """The scan of ``passage`` (pure: same seed and passage, same scan)."""
         return self.scanner.scan(passage)
 
-    def serve_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listen on ``host:port`` (0 = any free port); every client gets the stream from then on. Returns the port."""
-        return self._tcp.listen(host, port)
-
-    def clients(self) -> int:
-        """Clients connected now."""
-        return self._tcp.clients()
-
-    def start(self) -> None:
-        """Start scanning in a background thread."""
-        if self._runner is not None:
-            raise RuntimeError("simulator already started")
-        self._runner = threading.Thread(target=self._run, name="xray-sim", daemon=True)
-        self._runner.start()
-
-    def stop(self) -> None:
-        """Stop, close every client and listener. Safe to call more than once."""
-        self._stop.set()
-        if self._runner is not None and self._runner is not threading.current_thread():
-            self._runner.join(timeout=5.0)
-        self._tcp.close()
-
     def wait(self, timeout: float | None = None) -> bool:
         """Block until ``count`` scans were sent; False on timeout or when stopped first."""
         return self._done.wait(timeout)
-
-    def __enter__(self) -> XraySimulator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _sleep_until(self, t0: float, t_sim: float) -> bool:
         """Wait until simulated time ``t_sim`` (s); False when stopped."""
