@@ -19,6 +19,11 @@ Uncertainty (one standard deviation, m), stated in every fused finding:
   hotspot found here gets the same formula, ``hypot(2 standoff / z, speed * dt / sqrt(12))``; a
   location without one (neutron windows) gets ``source_standoff_m``.
 
+A fused finding's ``location_sd_m`` is where its object lies on the radiation's axis: the object's
+edges and the registration of the two axes (both origins), ``hypot(cell, image origin, radiation
+origin)``; the registration term dominates, so a finding never claims the image's millimetres
+against a profile sampled every ``speed * dt``.
+
 Two locations are co-located when they lie within ``colocation_sigma`` times the root sum of squares
 of these. Speed is taken as constant through the passage; with the ``time`` method a speed error
 scales every image position.
@@ -251,7 +256,13 @@ class _Context:
         return self.reg.span_m(*obj.lines)
 
     def object_sd(self) -> float:
+        """Standard deviation (m) of an object's edges on the image's axis (front and cell)."""
         return math.hypot(self.reg.sd_m or 0.0, self.cell_sd)
+
+    def registered_sd(self) -> float:
+        """Standard deviation (m) of an object's place on the radiation's axis: :meth:`object_sd` and the
+        radiation origin (the registration of the two axes)."""
+        return math.hypot(self.object_sd(), self.radiation_origin_sd)
 
     def rows(self, span: tuple[float, float]) -> slice:
         """Cell rows whose lines lie in ``span`` (m)."""
@@ -364,7 +375,7 @@ class _Context:
     # ---- findings -----------------------------------------------------------------------------
     def object_findings(self, alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
-        sd_obj = self.object_sd() if self.reg.sd_m is not None else None
+        sd_obj = self.registered_sd() if self.reg.sd_m is not None else None
         for obj in self.image.objects:
             if not obj.shields(self.cfg):
                 continue
@@ -426,7 +437,7 @@ class _Context:
             "statistic": _r(fraction),
             "threshold": self.cfg.too_dark_fraction,
             "location_m": None if stretch is None else _r(0.5 * (stretch[0] + stretch[1]), 2),
-            "location_sd_m": _r(self.reg.sd_m),
+            "location_sd_m": _r(math.hypot(self.reg.sd_m, self.radiation_origin_sd)) if self.reg.sd_m else None,
             "extent_m": None if stretch is None else [_r(stretch[0], 2), _r(stretch[1], 2)],
         }
 
