@@ -161,6 +161,9 @@ class LaneConfig(_Section):
 class ConsoleConfig(_Section):
     listen: str = "127.0.0.1:8443"
     """host:port where ``lanewatch console`` serves the operators' web console (HTTPS unless ``plain_http``)."""
+    http: str = "127.0.0.1:9739"
+    """host:port where the console serves /metrics (Prometheus) and /healthz, as every lanewatch process does
+    ("" for none)."""
     certificate: str = "console-cert.pem"
     """PEM certificate of the console's HTTPS; a relative path is looked up in systemd's credentials directory
     when the console runs under systemd, else in the working directory. ``install-units`` creates a self-signed
@@ -177,13 +180,19 @@ class ConsoleConfig(_Section):
     idle_timeout_s: Seconds = 900.0
     """A session unused for this long (s) is closed; the next request asks to log in again."""
     login_attempts: Annotated[int, Meta(ge=1, le=1000)] = 5
-    """Failed logins allowed per user name, and per client address, within ``login_window_s``; then refused."""
+    """Failed logins allowed for a user name from one client address within ``login_window_s`` (then that name is
+    refused from that address until the oldest failure is that old), and in a row for a user name from any address
+    (then each further try waits a backoff doubling from 1 s up to ``login_window_s``). Other names and a right
+    password after the wait are never refused."""
     login_window_s: Seconds = 300.0
-    """Window (s) over which failed logins are counted."""
+    """Window (s) over which failed logins are counted, and the longest backoff (s)."""
     max_mute_s: Seconds = 300.0
     """Longest time (s) an operator can mute the alarm sound; it sounds again after it."""
     page_size: Annotated[int, Meta(ge=1, le=500)] = 15
     """Rows per page of the event table."""
+    adjudication_resync_s: Seconds = 5.0
+    """Acts on decisions reach every console at once on the alert bus; the journal is also read this often (s) for
+    any whose message was lost (the service was down, the console was reconnecting)."""
 
 
 SHIPPED_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "anomaly.onnx")
@@ -291,7 +300,7 @@ def bound_addresses(cfg: Config) -> list[tuple[str, str]]:
     """``(key path, address)`` of every socket lanewatch binds as this configuration says."""
     bus = cfg.bus
     out = [("service.http", cfg.service.http), ("bus.ingest", bus.ingest), ("bus.alerts", bus.alerts)]
-    out += [("bus.query", bus.query), ("console.listen", cfg.console.listen)]
+    out += [("bus.query", bus.query), ("console.listen", cfg.console.listen), ("console.http", cfg.console.http)]
     for i, lane in enumerate(cfg.lanes):
         out += [(f"lanes[{i}].driver_http", lane.driver_http), (f"lanes[{i}].xray_http", lane.xray_http)]
     return [(key, address) for key, address in out if address]

@@ -156,6 +156,7 @@ class Service:
         self.poller = zmq.Poller()
         self.poller.register(self.ingest, zmq.POLLIN)
         self.poller.register(self.alerts.pub, zmq.POLLIN)
+        self.poller.register(self.alerts.relay, zmq.POLLIN)
         self.handshakes = HandshakeMonitor(self.metrics.auth_failures)
         for sock, endpoint in ((self.ingest, "ingest"), (self.alerts.pub, "alerts"), (self.alerts.router, "query")):
             self.poller.register(self.handshakes.watch(sock, endpoint), zmq.POLLIN)
@@ -188,8 +189,8 @@ class Service:
             self.http_server.shutdown()
             self.http_server.server_close()
         self.handshakes.close()
-        for sock in (self.ingest, self.alerts.pub, self.alerts.router):
-            sock.close(linger=0)
+        self.alerts.close()
+        self.ingest.close(linger=0)
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
         self.journal.close()
@@ -210,6 +211,8 @@ class Service:
             self._drain_ingest()
         if self.alerts.pub in events:
             self._barrier("alerts", self.alerts.handle_pub)
+        if self.alerts.relay in events:
+            self._barrier("alerts", self.alerts.handle_relay)
         for monitor in self.handshakes.sockets:
             if monitor in events:
                 self.handshakes.handle(monitor)

@@ -115,6 +115,7 @@ def test_every_address_may_be_off_or_ephemeral() -> None:
         "bus.alerts",
         "bus.query",
         "console.listen",
+        "console.http",
         "lanes[0].driver_http",
     ]
 

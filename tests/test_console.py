@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import msgspec
 import pytest
 from starlette.testclient import TestClient
 
 from lanewatch.edge import config as config_module
 from lanewatch.edge.commands.schema import schema
 from lanewatch.edge.config import Config, ConfigError
-from lanewatch.edge.console.adjudication import Adjudications, EventFilter
-from lanewatch.edge.console.app import create_app, n42_nuclides
+from lanewatch.edge.console.adjudication import AdjudicationError, Adjudications, EventFilter
+from lanewatch.edge.console.app import LoginLimiter, create_app, n42_nuclides
 from lanewatch.edge.console.present import reasons
 from lanewatch.edge.console.users import UserStore, users_path
 from lanewatch.edge.decisions.journal import Journal
@@ -112,13 +113,38 @@ def test_login_without_its_form_token_is_refused(client: TestClient) -> None:
     assert "lw_session" not in response.cookies
 
 
-def test_failed_logins_are_rate_limited_per_user(client: TestClient) -> None:
-    for _ in range(5):
-        assert login(client, "olga", "guess").status_code == 401
+def test_a_flood_of_bad_logins_for_one_name_refuses_that_name_only(client: TestClient) -> None:
+    """Every console behind one address (loopback, a proxy): a program guessing olga's password there must not
+    lock sam out, nor have olga's password checked more than the limit allows."""
+    outcomes = [login(client, "olga", f"guess {i}").status_code for i in range(20)]
+    assert outcomes == [401] * 5 + [429] * 15
     refused = login(client, "olga")
-    assert refused.status_code == 429 and "Too many failed logins" in refused.text
-    assert login(client, "sam").status_code == 429, "the same client address is limited too"
-    assert client.app.state.console.users.audit_log()[0].action == "login-refused"
+    assert refused.status_code == 429 and "Too many failed logins for olga: try again in" in refused.text
+    assert login(client, "sam").status_code == 303, "another user on the same address logs in"
+    actions = [entry.action for entry in client.app.state.console.users.audit_log()]
+    assert actions[:2] == ["login", "login-refused"] and actions.count("login-failed") == 5
+    assert actions.count("login-refused") == 16
+    metrics = client.app.state.console.metrics.registry
+    assert metrics.get_sample_value("lanewatch_console_login_failures_total", {"outcome": "failed"}) == 5
+    assert metrics.get_sample_value("lanewatch_console_login_failures_total", {"outcome": "refused"}) == 16
+
+
+def test_the_login_backoff_of_an_account_is_bounded() -> None:
+    """Wrong passwords for olga from many addresses (one each, so no address is over its own limit): each try
+    waits longer, but never more than the window, so the right password gets in once the flood stops."""
+    limiter = LoginLimiter(attempts=5, window_s=300.0)
+    now = 1000.0
+    for i in range(200):
+        now += limiter.wait_s("olga", f"10.0.{i // 250}.{i % 250}", now)  # the attacker waits exactly as told
+        limiter.failed("olga", f"10.0.{i // 250}.{i % 250}", now)
+    assert 0 < limiter.wait_s("olga", "192.0.2.7", now + 1) <= 300.0
+    assert limiter.wait_s("olga", "192.0.2.7", now + 300.0) == 0.0, "never locked out for good"
+    assert limiter.wait_s("sam", "10.0.0.1", now) == 0.0, "other accounts are not touched"
+    waits = [limiter.wait_s("eve", "10.9.9.9", 0.0)]
+    for attempt in range(8):
+        limiter.failed("eve", f"10.9.9.{attempt}", 0.0)
+        waits.append(limiter.wait_s("eve", "10.9.9.9", 0.0))
+    assert waits == [0.0] * 5 + [1.0, 2.0, 4.0, 8.0], "1 s after the limit, doubling"
 
 
 def test_idle_session_is_closed(client: TestClient, site: Config) -> None:
@@ -191,6 +217,58 @@ def test_acknowledge_adjudicate_with_n42_and_supervisor_amends(client: TestClien
         for statement in ("UPDATE adjudications SET notes = ''", "DELETE FROM adjudications"):
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                 conn.execute(statement)
+
+
+def test_contradictory_acts_are_refused_with_who_acted_before(site: Config) -> None:
+    """The state machine of edge/console/adjudication.py, on a real journal: each refusal says why, and nothing
+    is recorded for it."""
+    store = Adjudications(site.service.journal)
+    try:
+        with Journal(site.service.journal, readonly=True) as journal:
+            found = journal.since(0)
+        alarms = [d["seq"] for d in found if d["verdict"] == "ALARM"]
+        clear = next(d["seq"] for d in found if d["verdict"] == "CLEAR")
+        first, second = alarms[0], alarms[1]
+
+        def refused(seq: int, kind: str, role: str = "operator", **kw: Any) -> str:
+            before = store.history(seq)
+            with pytest.raises(AdjudicationError) as exc:
+                store.record(seq, kind, "olga" if role == "operator" else "sam", role, **kw)
+            assert store.history(seq) == before
+            return str(exc.value)
+
+        assert "CLEAR, not an alarm: there is nothing to acknowledge" in refused(clear, "acknowledge")
+        assert "not disposed yet: adjudicate it" in refused(first, "amend", "supervisor", disposition="norm",
+                                                              notes="x", amends=1)  # fmt: skip
+        ack = store.record(first, "acknowledge", "olga", "operator")
+        assert "acknowledged already, by olga at" in refused(first, "acknowledge")
+        assert "carries no disposition" in refused(first, "acknowledge", disposition="norm")
+        disposed = store.record(first, "adjudicate", "olga", "operator", disposition="norm")
+        message = refused(first, "adjudicate", disposition="threat")
+        assert f"decision {first} was disposed already (norm, by olga at" in message
+        assert "a second disposition is refused: a supervisor can amend it" in message
+        assert "disposed already (norm" in refused(first, "acknowledge")
+        assert "only a supervisor can amend" in refused(first, "amend", disposition="threat", notes="x",
+                                                        amends=disposed.id)  # fmt: skip
+        assert "needs its reason" in refused(first, "amend", "supervisor", disposition="threat", amends=disposed.id)
+        assert f"no adjudication numbered {ack.id}" in refused(first, "amend", "supervisor", disposition="threat",
+                                                                notes="x", amends=ack.id)  # fmt: skip
+        amended = store.record(first, "amend", "sam", "supervisor", disposition="medical", notes="Tc-99m",
+                               amends=disposed.id)  # fmt: skip
+        message = refused(first, "amend", "supervisor", disposition="threat", notes="y", amends=disposed.id)
+        assert f"#{disposed.id} of decision {first} was amended already (#{amended.id}, by sam" in message
+        assert f"amend #{amended.id}, the one that stands" in message
+        store.record(first, "amend", "sam", "supervisor", disposition="threat", notes="y", amends=amended.id)
+        assert store.state(first, "ALARM") == "disposed"
+        # adjudicating straight away (no acknowledgement) is allowed; so is a disposition of a CLEAR decision
+        store.record(second, "adjudicate", "olga", "operator", disposition="background")
+        store.record(clear, "adjudicate", "olga", "operator", disposition="test")
+        assert [h.kind for h in store.history(second)] == ["adjudicate"]
+        validator = jsonschema.Draft202012Validator(schema("adjudication"))
+        for act in store.after(0):  # what the bus publishes fits the published contract
+            validator.validate(msgspec.to_builtins(act))
+    finally:
+        store.close()
 
 
 def test_a_file_that_is_not_n42_is_refused_and_nothing_recorded(client: TestClient) -> None:

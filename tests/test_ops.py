@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from lanewatch.edge import config as config_module
 from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.ops import status, units
-from lanewatch.edge.ops.metrics import DriverMetrics, ModelMetrics, ServiceMetrics, serve_http
+from lanewatch.edge.ops.metrics import ConsoleMetrics, DriverMetrics, ModelMetrics, ServiceMetrics, serve_http
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
@@ -248,8 +248,9 @@ _PROMQL_WORDS |= {"offset", "inf", "nan"}
 
 
 def exported_names() -> set[str]:
-    """Every sample name the service and the drivers export, from their metric sets on a registry."""
+    """Every sample name the service, the drivers and the console export, from their metric sets on a registry."""
     registry = CollectorRegistry()
+    ConsoleMetrics(registry)
     ServiceMetrics(registry)
     ModelMetrics(registry)
     DriverMetrics(registry)

@@ -20,7 +20,7 @@ from lanewatch.edge.ops import units
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.mark.parametrize("name", ["decision", "record", "config"])
+@pytest.mark.parametrize("name", ["decision", "record", "adjudication", "config"])
 def test_schema_command_prints_a_draft_2020_12_schema(name: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "lanewatch.edge", "schema", name], capture_output=True, text=True, timeout=60

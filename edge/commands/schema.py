@@ -1,7 +1,8 @@
-"""``lanewatch schema decision|record|config``: print a contract as JSON Schema (draft 2020-12).
+"""``lanewatch schema decision|record|adjudication|config``: print a contract as JSON Schema (draft 2020-12).
 
 ``decision`` is what the journal stores and the alert bus publishes, ``record`` the header frame of a bus
-record (``values`` typed by ``kind``), ``config`` the configuration file.
+record (``values`` typed by ``kind``), ``adjudication`` an operator's act on a decision (journaled, and published
+on the alert bus), ``config`` the configuration file.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def schema(name: str) -> dict[str, Any]:
         from lanewatch.edge.bus.records import AnyHeader
 
         return json_schema(AnyHeader, "lanewatch bus record header")
+    if name == "adjudication":
+        from lanewatch.edge.decisions.adjudication import Adjudication
+
+        return json_schema(Adjudication, "lanewatch adjudication (an act on a decision)")
     if name == "config":
         from lanewatch.edge.config import NOT_KEYS, Config
 
@@ -30,7 +35,7 @@ def schema(name: str) -> dict[str, Any]:
     raise ValueError(f"no contract named {name!r}")
 
 
-CONTRACTS = ("decision", "record", "config")
+CONTRACTS = ("decision", "record", "adjudication", "config")
 
 
 def _type(prop: dict[str, Any]) -> str:

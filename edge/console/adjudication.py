@@ -13,36 +13,35 @@ attachment, nuclides, amends)``
     The current state of each adjudicated decision (``acknowledged`` or ``disposed``), kept in
     the same transaction as the row that changed it, so the event table filters on it by index.
     A decision absent from it is ``unacknowledged`` when it is an ALARM (else it needs nothing).
+
+The acts a decision's state allows (anything else is refused with :class:`AdjudicationError`, saying who
+acted before and when; the check runs in the write transaction, so two consoles acting at once cannot both
+pass it)::
+
+    ALARM:  unacknowledged --acknowledge--> acknowledged --adjudicate--> disposed --amend--> disposed ...
+            unacknowledged --------------adjudicate--------------------> disposed
+    CLEAR, INCOMPLETE:  (needs nothing) --adjudicate--> disposed --amend--> disposed ...
+
+- ``acknowledge`` only an ALARM, once, and not after it was disposed (adjudicating implies it);
+- ``adjudicate`` once: a second disposition (an operator who had the page open while another disposed
+  it) is refused, the decision keeps the first and a supervisor amends it;
+- ``amend`` (supervisors and admins) only a disposed decision, and only the act that stands (the latest
+  adjudication or amendment, named by ``amends``): an amendment of an act already amended is refused;
+  its reason goes in the notes (required).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lanewatch.edge.console.store import SqliteStore
-from lanewatch.edge.console.users import now_text
+from lanewatch.edge.console.users import now_text, role_allows
+from lanewatch.edge.decisions.adjudication import DISPOSITIONS, KINDS, MAX_NOTES, SECONDARY, Adjudication
 from lanewatch.edge.decisions.journal import Journal
 
-DISPOSITIONS: dict[str, str] = {
-    "threat": "Threat confirmed",
-    "norm": "NORM (naturally occurring radioactive material)",
-    "medical": "Medical isotope",
-    "innocent": "Other innocent source",
-    "background": "Background or false alarm",
-    "fault": "Tamper or device fault",
-    "test": "Test source",
-}
-"""Disposition codes and what they mean."""
-SECONDARY: dict[str, str] = {
-    "not-performed": "Not performed",
-    "no-source": "Performed: no source found",
-    "source-found": "Performed: source found and identified",
-}
-"""Results of the secondary inspection."""
-KINDS = ("acknowledge", "adjudicate", "amend")
 STATES = ("unacknowledged", "acknowledged", "awaiting", "disposed")
 """Adjudication states a filter may ask for; ``awaiting`` is unacknowledged or acknowledged, not yet disposed."""
 
@@ -94,26 +93,6 @@ def adjudication_state(path: str | Path, seq: int, verdict: str) -> str:
 
 class AdjudicationError(ValueError):
     """An adjudication that cannot be recorded; the message says why."""
-
-
-@dataclass(frozen=True)
-class Adjudication:
-    """One row of a decision's adjudication history."""
-
-    id: int
-    seq: int
-    kind: str
-    disposition: str | None
-    secondary: str | None
-    notes: str
-    user: str
-    role: str
-    time: str
-    """UTC, ISO 8601."""
-    attachment_name: str | None
-    nuclides: list[str] = field(default_factory=list)
-    """Nuclides the attached handheld identifier's file names."""
-    amends: int | None = None
 
 
 @dataclass(frozen=True)
@@ -173,31 +152,29 @@ class Adjudications(SqliteStore):
         nuclides: list[str] | None = None,
         amends: int | None = None,
     ) -> Adjudication:
-        """Append one act on decision ``seq`` and update its state; raises :class:`AdjudicationError` when refused."""
+        """Append one act on decision ``seq`` and update its state, as the state machine of the module allows;
+        raises :class:`AdjudicationError` (saying why, and who acted before) when refused."""
         if kind not in KINDS:
             raise AdjudicationError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if kind == "acknowledge" and (disposition or secondary or notes or attachment):
+            raise AdjudicationError("an acknowledgement carries no disposition, inspection, notes or file: adjudicate")
         if kind != "acknowledge" and disposition not in DISPOSITIONS:
             raise AdjudicationError(f"choose a disposition code ({', '.join(DISPOSITIONS)})")
         if secondary is not None and secondary not in SECONDARY:
             raise AdjudicationError(f"secondary inspection must be one of {', '.join(SECONDARY)}")
+        if len(notes) > MAX_NOTES:
+            raise AdjudicationError(f"notes are at most {MAX_NOTES} characters, these have {len(notes)}")
+        if kind == "amend":
+            if not role_allows(role, "supervisor"):
+                raise AdjudicationError("only a supervisor can amend an adjudication")
+            if not notes.strip():
+                raise AdjudicationError("an amendment needs its reason in the notes")
         when = now_text()
         with self._tx() as conn:
-            if conn.execute("SELECT 1 FROM decisions WHERE seq = ?", (seq,)).fetchone() is None:
+            found = conn.execute("SELECT verdict FROM decisions WHERE seq = ?", (seq,)).fetchone()
+            if found is None:
                 raise AdjudicationError(f"no decision numbered {seq}")
-            state = conn.execute("SELECT state FROM adjudication_state WHERE seq = ?", (seq,)).fetchone()
-            if kind == "amend":
-                if (
-                    amends is None
-                    or conn.execute(
-                        "SELECT 1 FROM adjudications WHERE id = ? AND seq = ? AND kind != 'acknowledge'", (amends, seq)
-                    ).fetchone()
-                    is None
-                ):
-                    raise AdjudicationError(f"decision {seq} has no adjudication numbered {amends} to amend")
-            elif kind == "adjudicate" and state is not None and state[0] == "disposed":
-                raise AdjudicationError(f"decision {seq} is adjudicated already: a supervisor can amend it")
-            elif kind == "acknowledge" and state is not None:
-                raise AdjudicationError(f"decision {seq} is {state[0]} already")
+            self._check_transition(conn, seq, str(found[0]), kind, amends)
             cursor = conn.execute(
                 "INSERT INTO adjudications (seq, kind, disposition, secondary, notes, user, role, time,"
                 " attachment_name, attachment, nuclides, amends) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -216,17 +193,58 @@ class Adjudications(SqliteStore):
                 (seq, new_state, disposition, row_id),
             )
         return Adjudication(
-            row_id, seq, kind, disposition, secondary, notes, user, role, when,
-            attachment[0] if attachment else None, nuclides or [], amends,
+            id=row_id, seq=seq, kind=kind, disposition=disposition, secondary=secondary, notes=notes, user=user,
+            role=role, time=when, attachment_name=attachment[0] if attachment else None, nuclides=nuclides or [],
+            amends=amends,
         )  # fmt: skip
+
+    @staticmethod
+    def _check_transition(conn: sqlite3.Connection, seq: int, verdict: str, kind: str, amends: int | None) -> None:
+        """Raise :class:`AdjudicationError` unless ``kind`` may follow decision ``seq``'s acts so far (read in the
+        write transaction, so two consoles acting at once cannot both pass)."""
+        acts = conn.execute(
+            "SELECT id, kind, disposition, user, time FROM adjudications WHERE seq = ? ORDER BY id", (seq,)
+        ).fetchall()
+        ack = next((a for a in acts if a[1] == "acknowledge"), None)
+        current = next((a for a in reversed(acts) if a[1] != "acknowledge"), None)  # the disposition that stands
+
+        def by(act: tuple) -> str:
+            return f"by {act[3]} at {act[4][:16].replace('T', ' ')} UTC"
+
+        if kind == "acknowledge":
+            if verdict != "ALARM":
+                raise AdjudicationError(f"decision {seq} is {verdict}, not an alarm: there is nothing to acknowledge")
+            if current is not None:
+                raise AdjudicationError(
+                    f"decision {seq} was disposed already ({current[2]}, {by(current)}): there is nothing left to "
+                    f"acknowledge"
+                )
+            if ack is not None:
+                raise AdjudicationError(f"decision {seq} was acknowledged already, {by(ack)}")
+        elif kind == "adjudicate":
+            if current is not None:
+                raise AdjudicationError(
+                    f"decision {seq} was disposed already ({current[2]}, {by(current)}); a second disposition is "
+                    f"refused: a supervisor can amend it"
+                )
+        elif current is None:
+            raise AdjudicationError(f"decision {seq} is not disposed yet: adjudicate it (an amendment corrects one)")
+        elif amends != current[0]:
+            if amends not in [a[0] for a in acts if a[1] != "acknowledge"]:
+                raise AdjudicationError(f"decision {seq} has no adjudication numbered {amends} to amend")
+            raise AdjudicationError(
+                f"adjudication #{amends} of decision {seq} was amended already (#{current[0]}, {by(current)}): "
+                f"amend #{current[0]}, the one that stands"
+            )
 
     # ---- reading ---------------------------------------------------------------------------------
     _COLUMNS = "id, seq, kind, disposition, secondary, notes, user, role, time, attachment_name, nuclides, amends"
 
     @staticmethod
     def _row(row: tuple) -> Adjudication:
-        *head, nuclides, amends = row
-        return Adjudication(*head, nuclides=json.loads(nuclides or "[]"), amends=amends)
+        fields = dict(zip(Adjudications._COLUMNS.split(", "), row, strict=True))
+        fields["nuclides"] = json.loads(fields["nuclides"] or "[]")
+        return Adjudication(**fields)
 
     def history(self, seq: int) -> list[Adjudication]:
         """Every act on decision ``seq``, oldest first."""
@@ -250,6 +268,10 @@ class Adjudications(SqliteStore):
         sql = f"SELECT {self._COLUMNS} FROM adjudications WHERE id > ? ORDER BY id LIMIT ?"
         rows = self._read(sql, (last_id, limit))
         return [self._row(row) for row in rows]
+
+    def last_seq(self) -> int:
+        """The journal's newest decision seq (0 when empty)."""
+        return int(self._read("SELECT COALESCE(MAX(seq), 0) FROM decisions")[0][0])
 
     def last_id(self) -> int:
         rows = self._read("SELECT COALESCE(MAX(id), 0) FROM adjudications")

@@ -1,10 +1,10 @@
 """The console's web application (Starlette): pages rendered on the server, live updates by server-sent events.
 
 Every page but the login needs a session (cookie ``lw_session``: Secure, HttpOnly, SameSite=Strict);
-every form carries the session's CSRF token and a POST without it is refused (403). Logins are
-rate-limited per user name and per client address; a session idle for ``[console].idle_timeout_s``
-is closed. Roles: operators acknowledge and adjudicate, supervisors also amend, see the audit log and
-reports, admins also manage users.
+every form carries the session's CSRF token and a POST without it is refused (403). Failed logins are
+limited per user name and client address, with a bounded backoff per user name (:class:`LoginLimiter`); a
+session idle for ``[console].idle_timeout_s`` is closed. Roles: operators acknowledge and adjudicate,
+supervisors also amend, see the audit log and reports, admins also manage users.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import csv
 import io
 import json
 import logging
+import math
 import secrets
+import sqlite3
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -55,6 +58,7 @@ from lanewatch.edge.console.present import Clock, model_text, reasons, release_r
 from lanewatch.edge.console.users import ROLES, Session, UserError, UserStore, role_allows, users_path
 from lanewatch.edge.decisions.journal import VERDICTS, Journal, utc_text
 from lanewatch.edge.decisions.profile import axis_name
+from lanewatch.edge.ops.metrics import ConsoleMetrics
 
 log = logging.getLogger(__name__)
 
@@ -86,35 +90,124 @@ class Console:
     templates: Environment
     secure: bool
     """Whether the console is served over HTTPS (cookies are then marked Secure)."""
+    metrics: ConsoleMetrics
+
+    def health(self) -> dict[str, Any]:
+        """The console's /healthz: ok while its journal and users database answer and its feeds run; the service's
+        reachability (from its last /healthz read) is reported beside."""
+        problems = []
+        try:
+            last_seq = self.adjudications.last_seq()
+        except sqlite3.Error as exc:
+            last_seq = None
+            problems.append(f"journal {self.config.service.journal}: {exc}")
+        try:
+            self.users.users()
+        except sqlite3.Error as exc:
+            problems.append(f"users database {self.users.path}: {exc}")
+        stopped = [t.name for t in self.feeds.threads if t.ident is not None and not t.is_alive()]
+        if stopped:
+            problems.append(f"stopped: {', '.join(stopped)}")
+        return {
+            "ok": not problems,
+            "problems": problems,
+            "journal": {"path": self.config.service.journal, "last_seq": last_seq},
+            "service": {"reachable": self.wall.health.get("reachable")},
+            "sse_clients": len(self.hub.queues),
+        }
 
 
 class LoginLimiter:
-    """Failed logins per key (a user name, a client address) within a sliding window."""
+    """Failed logins, counted so that a program flooding one account with wrong passwords from one address (every
+    console behind one proxy or loopback address) locks out neither the other accounts nor, for long, that one:
+
+    - per account and address: ``attempts`` failures within ``window_s`` refuse that account from that address
+      until the oldest of them is ``window_s`` old;
+    - per account, from any address: after ``attempts`` failures in a row, each further try waits a backoff that
+      doubles with each failure, from 1 s up to ``window_s`` (forgotten after ``window_s`` without a failure).
+
+    A try refused for either is not checked and not counted, so a flood cannot lengthen the wait past
+    ``window_s`` and the right password gets in once it is over; a success clears the account. At most
+    :data:`MAX_KEYS` accounts and pairs are remembered (the least recently failed are forgotten first), so made-up
+    names cannot exhaust memory.
+    """
+
+    MAX_KEYS = 10_000
 
     def __init__(self, attempts: int, window_s: float) -> None:
         self.attempts = attempts
         self.window_s = window_s
-        self.failures: dict[str, deque[float]] = defaultdict(deque)
+        self.pairs: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        self.accounts: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        """Failures in a row of each account, and when the last was (monotonic s)."""
 
-    def blocked(self, *keys: str) -> bool:
-        now = time.monotonic()
-        for key in keys:
-            times = self.failures.get(key)
-            while times and now - times[0] > self.window_s:
+    def wait_s(self, name: str, address: str, now: float | None = None) -> float:
+        """0 when ``name`` may try to log in from ``address`` now, else how long (s) until it may."""
+        now = time.monotonic() if now is None else now
+        wait = 0.0
+        times = self.pairs.get((name, address))
+        if times is not None:
+            while times and now - times[0] >= self.window_s:
                 times.popleft()
-            if times is not None and not times:
-                del self.failures[key]  # nothing recent: forget the key
-            elif times is not None and len(times) >= self.attempts:
-                return True
-        return False
+            if not times:
+                del self.pairs[(name, address)]
+            elif len(times) >= self.attempts:
+                wait = times[0] + self.window_s - now
+        account = self.accounts.get(name)
+        if account is not None:
+            count, last = account
+            if now - last >= self.window_s:
+                del self.accounts[name]
+            elif count >= self.attempts:
+                wait = max(wait, last + min(self.window_s, 2.0 ** (count - self.attempts)) - now)
+        return max(0.0, wait)
 
-    def failed(self, *keys: str) -> None:
-        for key in keys:
-            self.failures[key].append(time.monotonic())
+    def failed(self, name: str, address: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.pairs.setdefault((name, address), deque()).append(now)
+        self.pairs.move_to_end((name, address))
+        count, _ = self.accounts.pop(name, (0, now))
+        self.accounts[name] = (count + 1, now)
+        for table in (self.pairs, self.accounts):
+            while len(table) > self.MAX_KEYS:
+                table.popitem(last=False)
 
-    def succeeded(self, *keys: str) -> None:
-        for key in keys:
-            self.failures.pop(key, None)
+    def succeeded(self, name: str, address: str) -> None:
+        self.accounts.pop(name, None)
+        self.pairs.pop((name, address), None)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts each HTTP request by route (its path template) and status, and times it to the start
+    of its response."""
+
+    def __init__(self, app: ASGIApp, metrics: ConsoleMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def timed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                self.metrics.request_duration.labels(_route(scope)).observe(time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed)
+        finally:
+            self.metrics.requests.labels(_route(scope), str(status)).inc()
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    return str(getattr(route, "path", "")) or "unmatched"
 
 
 class SecurityHeaders:
@@ -164,10 +257,11 @@ def create_app(
     health: Callable[[Config], dict[str, Any]] = read_health,
     start_feeds: bool = True,
     keys: Keys | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> Starlette:
     """The console for ``config``; ``secure`` marks cookies Secure (HTTPS); ``health`` reads the lanes' health;
     ``keys`` are the console's CURVE keys on the alert bus (None: plaintext); ``start_feeds`` False serves the
-    journal without following the bus."""
+    journal without following the bus; its metrics go to ``registry`` (default: one of its own)."""
     journal_path = Path(config.service.journal)
     adjudications = Adjudications(journal_path)
     journal = Journal(journal_path, readonly=True)
@@ -175,13 +269,15 @@ def create_app(
     clock = Clock.named(config.console.timezone)
     wall = Wall(config, adjudications, journal, clock)
     hub = Hub()
-    feeds = Feeds(config, wall, hub, health=health, keys=keys)
+    metrics = ConsoleMetrics(registry if registry is not None else CollectorRegistry())
+    metrics.sse_clients.set_function(lambda: len(hub.queues))
+    feeds = Feeds(config, wall, hub, metrics, health=health, keys=keys)
     env = Environment(loader=PackageLoader("lanewatch.edge.console", "templates"), autoescape=select_autoescape())
     env.globals.update(ROLES=ROLES, DISPOSITIONS=DISPOSITIONS, SECONDARY=SECONDARY, VERDICTS=VERDICTS, STATES=STATES)
     env.filters["local"] = clock.local
     env.filters["utc"] = utc_label
     env.globals["allows"] = role_allows
-    console = Console(config, users, adjudications, journal, clock, wall, hub, feeds, env, secure)
+    console = Console(config, users, adjudications, journal, clock, wall, hub, feeds, env, secure, metrics)
     limiter = LoginLimiter(config.console.login_attempts, config.console.login_window_s)
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -233,7 +329,6 @@ def create_app(
         cookie = request.cookies.get(LOGIN_COOKIE, "")
         if not cookie or not secrets.compare_digest(cookie, str(form.get("csrf", ""))):
             raise HTTPException(403, "the login form's anti-forgery token is missing or wrong: reload the page")
-        keys = (f"user:{name}", f"address:{address}")
 
         def login_again(status: int, error: str) -> Response:
             """The login form again, with ``error`` and a fresh anti-forgery token."""
@@ -242,15 +337,18 @@ def create_app(
             response.set_cookie(LOGIN_COOKIE, token, httponly=True, secure=secure, samesite="strict", path="/login")
             return response
 
-        if limiter.blocked(*keys):
-            users.audit(name or "?", "login-refused", "too many failed logins", address)
-            return login_again(429, "Too many failed logins: wait a few minutes and try again.")
+        wait_s = limiter.wait_s(name, address)
+        if wait_s > 0:
+            metrics.login_failures.labels("refused").inc()
+            users.audit(name or "?", "login-refused", f"too many failed logins: {math.ceil(wait_s)} s to wait", address)
+            return login_again(429, f"Too many failed logins for {name}: try again in {math.ceil(wait_s)} s.")
         user = await run_in_threadpool(users.verify, name, password)
         if user is None:
-            limiter.failed(*keys)
+            limiter.failed(name, address)
+            metrics.login_failures.labels("failed").inc()
             users.audit(name or "?", "login-failed", "wrong user name or password", address)
             return login_again(401, "Wrong user name or password.")
-        limiter.succeeded(*keys)
+        limiter.succeeded(name, address)
         token, _ = users.open_session(user)
         users.audit(user.name, "login", f"role {user.role}", address)
         response = RedirectResponse(target, 303)
@@ -412,7 +510,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
-        middleware=[Middleware(SecurityHeaders, hsts=secure)],
+        middleware=[Middleware(RequestMetrics, metrics=metrics), Middleware(SecurityHeaders, hsts=secure)],
     )
     app.state.console = console
 
@@ -562,7 +660,7 @@ def decision_routes(
             detail += f" (amends #{recorded.amends})"
         audit(session, {"acknowledge": "acknowledged", "adjudicate": "adjudicated", "amend": "amended"}[kind],
               detail, request)  # fmt: skip
-        console.feeds.poke.set()
+        console.feeds.recorded(recorded)
         target = str(form.get("next") or f"/decision/{seq}")
         return RedirectResponse(target if target.startswith("/") and not target.startswith("//") else "/", 303)
 

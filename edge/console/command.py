@@ -3,7 +3,9 @@
 The certificate and key come from ``[console]``; a relative path is looked up in systemd's credentials
 directory (``$CREDENTIALS_DIRECTORY``, from the unit's ``LoadCredential=``) when there is one, else in the
 working directory. Plain HTTP is served only when ``plain_http`` is set, and the configuration refuses
-it on any address but loopback. Exit status 1 when the certificate or key cannot be found.
+it on any address but loopback. ``[console].http`` serves /metrics and /healthz. "serving" is logged once
+both sockets are bound; exit status 1 when the certificate or key cannot be found or an address cannot be
+bound (the message names its configuration key).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -38,10 +41,12 @@ def credential(path: str) -> Path:
 def run(args: argparse.Namespace, config: Config) -> int:
     """Serve the console until SIGINT or SIGTERM."""
     import uvicorn
+    from prometheus_client import CollectorRegistry
 
     from lanewatch.edge.bus.security import Keys
     from lanewatch.edge.config import ConfigError, loopback
     from lanewatch.edge.console.app import create_app
+    from lanewatch.edge.ops.metrics import serve_http
 
     listen = args.listen or config.console.listen
     host, _, port = listen.rpartition(":")
@@ -63,8 +68,49 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 return 1
         tls = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     keys = Keys.load(config.bus, args.key)  # a missing key is a configuration error, reported by the CLI
-    app = create_app(config, secure=not config.console.plain_http, keys=keys)
+    option = "--listen" if args.listen else "console.listen"
+    try:
+        listener = bind(host.strip("[]"), int(port))
+    except OSError as exc:
+        print(f"lanewatch console: {option}: cannot bind {listen}: {exc.strerror} ({config.source})", file=sys.stderr)
+        return 1
+    registry = CollectorRegistry()
+    app = create_app(config, secure=not config.console.plain_http, keys=keys, registry=registry)
+    http = None
+    if config.console.http:
+        try:
+            http, _ = serve_http(config.console.http, registry, app.state.console.health)
+        except OSError as exc:
+            listener.close()
+            print(
+                f"lanewatch console: console.http: cannot bind {config.console.http}: {exc.strerror} "
+                f"({config.source})",
+                file=sys.stderr,
+            )
+            return 1
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", proxy_headers=False, **tls))
     scheme = "http" if config.console.plain_http else "https"
-    log.info("console: serving %s://%s", scheme, listen)
-    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="warning", proxy_headers=False, **tls)
+    log.info("console: serving %s://%s (metrics and health: %s)", scheme, listen, config.console.http or "off")
+    try:
+        server.run(sockets=[listener])
+    finally:
+        listener.close()
+        if http is not None:
+            http.shutdown()
+            http.server_close()
     return 0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv4 or IPv6); raises OSError when it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import dataclasses
 import hashlib
 import io
 import json
@@ -37,8 +36,10 @@ import zipfile
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lanewatch.edge.console.adjudication import Adjudication
+import msgspec
+
 from lanewatch.edge.console.present import parse_utc, reasons
+from lanewatch.edge.decisions.adjudication import Adjudication
 from lanewatch.edge.decisions.profile import profile_data
 
 MATERIAL_COLOURS = {
@@ -219,7 +220,7 @@ def bundle(decision: dict[str, Any], history: list[Adjudication]) -> bytes:
         "neutron.csv": neutrons,
         "evidence.png": figure_png(decision),
         "adjudications.json": json.dumps(
-            {"seq": seq, "reasons": reasons(decision), "history": [dataclasses.asdict(h) for h in history]}, indent=1
+            {"seq": seq, "reasons": reasons(decision), "history": [msgspec.to_builtins(h) for h in history]}, indent=1
         ).encode()
         + b"\n",
     }

@@ -1,13 +1,17 @@
 """What the lane wall shows, kept up to date from the alert bus, the adjudications and the health endpoints.
 
-Two threads feed one :class:`Wall`:
+Four threads feed one :class:`Wall`:
 
 - the alert thread follows the alert bus with :class:`~lanewatch.edge.decisions.subscriber.AlertSubscriber`
-  (live decisions, gaps filled from the journal, provisional mid-passage alarms), and retries while the
-  service is unreachable;
-- the poll thread reads adjudications recorded by any console on this journal (every
-  :data:`ADJUDICATION_POLL_S`) and the health of the service and of each lane's drivers (every
-  :data:`HEALTH_POLL_S`).
+  (live decisions, gaps filled from the journal, provisional mid-passage alarms, and the acts on decisions
+  any console announced), and retries while the service is unreachable;
+- the announce thread asks the service to publish each act this console journaled (the ``adjudicated``
+  request of :mod:`lanewatch.edge.decisions.alertbus`), so every other console learns it at once;
+- the journal thread reads the acts from the journal's append-only ``adjudications`` table (the truth) as soon
+  as one is announced or recorded here, and every ``[console].adjudication_resync_s`` for any whose announcement was
+  lost (service down, console reconnecting), and reads the health of the service and of each lane's drivers
+  (every :data:`HEALTH_POLL_S`);
+- the wall thread sends the wall to the browsers, at most every :data:`WALL_INTERVAL_S`.
 
 Every change is put to :class:`Hub`, which hands it to each open browser's queue on the event
 loop; a browser whose queue is full is told to reload its state rather than silently lose events.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -25,20 +30,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import zmq
 
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
-from lanewatch.edge.console.adjudication import Adjudication, Adjudications
-from lanewatch.edge.console.present import Clock, background_cps, reason_text, summary
+from lanewatch.edge.console.adjudication import Adjudications
+from lanewatch.edge.console.present import Clock, background_cps, parse_utc, reason_text, summary
+from lanewatch.edge.decisions.adjudication import Adjudication
 from lanewatch.edge.decisions.journal import Journal, JournalError
-from lanewatch.edge.decisions.subscriber import AlertSubscriber, QueryError, ServiceUnreachable
+from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
+from lanewatch.edge.ops.metrics import ConsoleMetrics
+from lanewatch.edge.ops.ratelog import RateLimitedLog
 from lanewatch.edge.ops.status import fetch_health
 
 log = logging.getLogger(__name__)
 
-ADJUDICATION_POLL_S = 0.5
-"""How often (s) the adjudications table is read for acts of other consoles."""
+ANNOUNCE_TIMEOUT_S = 2.0
+"""Longest wait (s) for the service to take an act to publish; the act is journaled either way."""
 HEALTH_POLL_S = 2.0
 """How often (s) the service's and the drivers' /healthz are read."""
 PROVISIONAL_HOLD_S = 180.0
@@ -89,13 +98,13 @@ class Hub:
             loop.call_soon_threadsafe(self._fan_out, event)
 
     def _fan_out(self, event: Event) -> None:
-        for queue in list(self.queues):
-            if queue.full():
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(Event("reload", None, "{}"))
+        for waiting in list(self.queues):
+            if waiting.full():
+                while not waiting.empty():
+                    waiting.get_nowait()
+                waiting.put_nowait(Event("reload", None, "{}"))
             else:
-                queue.put_nowait(event)
+                waiting.put_nowait(event)
 
 
 class Wall:
@@ -248,14 +257,14 @@ def read_health(config: Config, timeout_s: float = 1.0) -> dict[str, Any]:
 
 
 class Feeds:
-    """The alert and poll threads of one console; :meth:`stop` ends both."""
+    """The threads of one console (see the module's docstring); :meth:`stop` ends them."""
 
     def __init__(
         self,
         config: Config,
         wall: Wall,
         hub: Hub,
-        on_change: Callable[[], None] | None = None,
+        metrics: ConsoleMetrics,
         health: Callable[[Config], dict[str, Any]] = read_health,
         keys: Keys | None = None,
     ) -> None:
@@ -264,18 +273,26 @@ class Feeds:
         """The console's CURVE keys on the alert bus (None on a plaintext bus)."""
         self.wall = wall
         self.hub = hub
+        self.metrics = metrics
         self.health = health
         self.stopping = threading.Event()
         self.adjudication_cursor = wall.adjudications.last_id()
         self.decision_cursor = wall.journal.last_seq()
         self.threads = [
             threading.Thread(target=self._follow, name="console-alerts", daemon=True),
-            threading.Thread(target=self._poll, name="console-poll", daemon=True),
+            threading.Thread(target=self._announce, name="console-announce", daemon=True),
+            threading.Thread(target=self._read_journal, name="console-journal", daemon=True),
             threading.Thread(target=self._send_wall, name="console-wall", daemon=True),
         ]
         self.wall_changed = threading.Event()
         self.poke = threading.Event()
-        """Set to read the adjudications now (after this console recorded one)."""
+        """Set to read the adjudications table now (an act was recorded here or announced on the bus)."""
+        self.outbox: queue.Queue[Adjudication | None] = queue.Queue()
+        """Acts recorded here, for the service to publish."""
+        self.recorded_here: set[int] = set()
+        self.announced: set[int] = set()
+        """Ids of acts announced on the bus and not yet read from the journal."""
+        self._ratelog = RateLimitedLog(log)
 
     def start(self) -> None:
         for thread in self.threads:
@@ -285,8 +302,15 @@ class Feeds:
         self.stopping.set()
         self.poke.set()
         self.wall_changed.set()
+        self.outbox.put(None)
         for thread in self.threads:
             thread.join(5)
+
+    def recorded(self, act: Adjudication) -> None:
+        """Take an act this console has just committed to the journal: show it, and have it published."""
+        self.recorded_here.add(act.id)
+        self.outbox.put(act)
+        self.poke.set()
 
     def publish_wall(self) -> None:
         """Have the wall sent to the browsers (within :data:`WALL_INTERVAL_S`)."""
@@ -313,15 +337,24 @@ class Feeds:
                         self.decision_cursor,
                         resync_s=1.0,
                         keys=self.keys,
+                        adjudications=True,
                     ) as subscriber:
+                        self.poke.set()  # (re)connected: read what the journal has that no message announced
+                        live = subscriber.stats.live
                         for item in subscriber.decisions(follow=True, timeout_s=0.5, provisional=True):
                             if self.stopping.is_set():
                                 return
                             if item is None:
                                 continue
+                            if isinstance(item, Adjudication):
+                                self._on_announced(item)
+                                continue
                             if item.get("provisional"):
                                 self.wall.on_provisional(item, reason_text(item))
                             else:
+                                via = "bus" if subscriber.stats.live > live else "journal"
+                                live = subscriber.stats.live
+                                self.metrics.decisions.labels(via).inc()
                                 self.decision_cursor = item["seq"]
                                 data = self.wall.on_decision(item)
                                 self.hub.publish(Event("decision", item["seq"], json.dumps(data)))
@@ -332,25 +365,72 @@ class Feeds:
         finally:
             ctx.destroy(linger=0)
 
-    def _poll(self) -> None:
-        next_health = 0.0
+    def _on_announced(self, act: Adjudication) -> None:
+        recorded = parse_utc(act.time)
+        if recorded is not None:
+            self.metrics.bus_lag.observe(max(0.0, time.time() - recorded.timestamp()))
+        if act.id > self.adjudication_cursor:
+            self.announced.add(act.id)
+            self.poke.set()
+
+    def _announce(self) -> None:
+        ctx = zmq.Context()
+        client = JournalClient(ctx, self.config.bus.query, keys=self.keys)
+        try:
+            while (act := self.outbox.get()) is not None:
+                try:
+                    client.request({"op": "adjudicated", "adjudication": msgspec.to_builtins(act)}, ANNOUNCE_TIMEOUT_S)
+                except (ServiceUnreachable, QueryError) as exc:
+                    self.metrics.announce_failures.inc()
+                    self._ratelog.log(
+                        logging.WARNING, "announce", "console: act %d on decision %d journaled but not published "
+                        "(other consoles read it from the journal within %g s): %s",
+                        act.id, act.seq, self.config.console.adjudication_resync_s, exc,
+                    )  # fmt: skip
+        finally:
+            client.close()
+            ctx.destroy(linger=0)
+
+    def _read_journal(self) -> None:
+        next_health = next_resync = 0.0
         while not self.stopping.is_set():
             changed = False
-            try:
-                for act in self.wall.adjudications.after(self.adjudication_cursor):
-                    self.adjudication_cursor = act.id
-                    self.wall.on_adjudication(act)
-                    self.hub.publish(
-                        Event("adjudication", None, json.dumps({"seq": act.seq, "kind": act.kind, "user": act.user}))
-                    )
-                    changed = True
-            except Exception as exc:  # a locked or unreadable database must not stop the wall
-                log.warning("console: cannot read adjudications: %s", exc)
+            now = time.monotonic()
+            if self.poke.is_set() or now >= next_resync:
+                self.poke.clear()
+                next_resync = now + self.config.console.adjudication_resync_s
+                changed = self._read_acts()
             if time.monotonic() >= next_health:
-                self.wall.on_health(self.health(self.config))
+                health = self.health(self.config)
+                self.metrics.service_reachable.set(bool(health.get("reachable")))
+                self.wall.on_health(health)
                 next_health = time.monotonic() + HEALTH_POLL_S
                 changed = True
             if changed:
                 self.publish_wall()
-            self.poke.wait(ADJUDICATION_POLL_S)
-            self.poke.clear()
+            self.poke.wait(max(0.0, min(next_health, next_resync) - time.monotonic()))
+
+    def _read_acts(self) -> bool:
+        """Show the acts the journal holds after the cursor; whether there were any."""
+        try:
+            acts = self.wall.adjudications.after(self.adjudication_cursor)
+        except Exception as exc:  # a locked or unreadable database must not stop the wall
+            self._ratelog.log(logging.WARNING, "read", "console: cannot read adjudications: %s", exc)
+            return False
+        for act in acts:
+            self.adjudication_cursor = act.id
+            if act.id in self.recorded_here:
+                via = "local"
+            elif act.id in self.announced:
+                via = "bus"
+            else:
+                via = "journal"
+            self.recorded_here.discard(act.id)
+            self.announced.discard(act.id)
+            self.metrics.adjudications.labels(act.kind, via).inc()
+            self.wall.on_adjudication(act)
+            data = {"id": act.id, "seq": act.seq, "kind": act.kind, "user": act.user, "via": via}
+            self.hub.publish(Event("adjudication", None, json.dumps(data)))
+        for seen in [i for i in list(self.announced) if i <= self.adjudication_cursor]:
+            self.announced.discard(seen)  # announced, but read from the journal before the message came
+        return bool(acts)

@@ -8,6 +8,9 @@ Two sockets, both bound by the service and served from its poll loop:
   so every ``seq`` a console sees is already durable. A console subscribes to ``decision``.
 - ``[b"provisional", alarm]``: an alarm raised mid-passage, before the occupancy ends; not
   journaled, no ``seq``, superseded by the occupancy's decision.
+- ``[b"adjudication", act]``: an operator's act on a decision
+  (:class:`~lanewatch.edge.decisions.adjudication.Adjudication`), published for the console that
+  recorded it in the journal (the ``adjudicated`` request below), so every open console agrees at once.
 
 Delivery is best effort (a slow or disconnected subscriber loses messages), which is why
 ``seq`` has no gaps in the journal's eyes: a subscriber that sees a jump asks the query
@@ -26,6 +29,13 @@ envelope, one JSON frame. Requests:
 - ``{"op": "query", "lane": s, "verdict": s, "since": t, "until": t, "limit": L}``: the newest
   L decisions matching every key given (all optional; ``since``/``until`` are ISO 8601 times
   bounding the decision's ``end``), ascending.
+
+- ``{"op": "adjudicated", "adjudication": {...}}``: publish an act a console has just committed to
+  the journal's ``adjudications`` table, as an :class:`~lanewatch.edge.decisions.adjudication.Adjudication`
+  (checked against that contract; ``records`` is empty in the reply). The journal stays the truth: a
+  console that receives the message reads the act from the journal by its ``id``, so a message that was
+  lost, or that names an act the journal does not hold, changes nothing. On a CURVE bus only console
+  keys reach this endpoint.
 
 Reply: ``{"ok": true, "last_seq": N, "records": [...]}`` with N the journal's newest seq. A
 reply holds at most about :data:`MAX_REPLY_BYTES` of records (always at least one when any
@@ -46,6 +56,7 @@ a WAL reader never blocks the writer, and the decision loop does not wait for a 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -54,10 +65,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import zmq
 
 from lanewatch.edge.bus import security
 from lanewatch.edge.bus.security import Keys
+from lanewatch.edge.decisions.adjudication import Adjudication
 from lanewatch.edge.decisions.journal import JSON_ENCODER, VERDICTS, Journal, JournalError, utc_text
 from lanewatch.edge.ops.metrics import ServiceMetrics
 from lanewatch.edge.ops.ratelog import RateLimitedLog
@@ -66,11 +79,14 @@ log = logging.getLogger(__name__)
 
 DECISION_TOPIC = b"decision"
 PROVISIONAL_TOPIC = b"provisional"
+ADJUDICATION_TOPIC = b"adjudication"
 
 MAX_INT = (1 << 63) - 1
 """Largest integer a request may hold (SQLite's)."""
 MAX_REQUEST_BYTES = 4096
-"""Longest request frame (bytes); every valid request is far shorter."""
+"""Longest request frame (bytes); every valid request but ``adjudicated`` is far shorter."""
+MAX_ADJUDICATED_BYTES = 32 * 1024
+"""Longest ``adjudicated`` request frame (bytes): an act's notes are at most 4000 characters."""
 MAX_LIMIT = 1000
 """Most records one query reply holds."""
 MAX_REPLY_BYTES = 1 << 20
@@ -96,7 +112,9 @@ _OPS: dict[str, dict[str, bool]] = {
     "get": {"seq": True},
     "last": {},
     "query": {"lane": False, "verdict": False, "since": False, "until": False, "limit": False},
+    "adjudicated": {"adjudication": True},
 }
+_RELAYS = itertools.count()
 
 
 @dataclass(slots=True)
@@ -170,8 +188,8 @@ def _text(request: dict[str, Any], key: str) -> str | None:
 def parse_request(payload: bytes) -> dict[str, Any]:
     """The checked request in one query frame; raises :class:`BadRequest` when it breaks the protocol (and nothing
     else, whatever the bytes)."""
-    if len(payload) > MAX_REQUEST_BYTES:
-        raise BadRequest(f"request of {len(payload)} bytes, longer than {MAX_REQUEST_BYTES}")
+    if len(payload) > MAX_ADJUDICATED_BYTES:
+        raise BadRequest(f"request of {len(payload)} bytes, longer than {MAX_ADJUDICATED_BYTES}")
     try:
         request = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -183,6 +201,8 @@ def parse_request(payload: bytes) -> dict[str, Any]:
     op = request.get("op")
     if not isinstance(op, str) or op not in _OPS:
         raise BadRequest(f"unknown op {op!r}; expected one of {', '.join(_OPS)}")
+    if op != "adjudicated" and len(payload) > MAX_REQUEST_BYTES:
+        raise BadRequest(f"request of {len(payload)} bytes, longer than {MAX_REQUEST_BYTES}")
     keys = _OPS[op]
     unknown = sorted(set(request) - set(keys) - {"op"})
     if unknown:
@@ -205,6 +225,11 @@ def parse_request(payload: bytes) -> dict[str, Any]:
                     utc_text(request[key])
                 except ValueError as exc:
                     raise BadRequest(f"{key!r}: {exc}") from None
+    if op == "adjudicated":
+        try:
+            request["adjudication"] = msgspec.convert(request["adjudication"], Adjudication)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"'adjudication': {exc}") from None
     return request
 
 
@@ -257,6 +282,14 @@ class AlertBus:
             self.pub.close(linger=0)
             self.router.close()
             raise
+        # Acts to publish, from whichever thread answers queries to the one that owns the XPUB.
+        relay = f"inproc://lanewatch-adjudications-{next(_RELAYS)}"
+        self.relay = ctx.socket(zmq.PULL)
+        """Register in the loop's poller and call :meth:`handle_relay` when readable."""
+        self.relay.bind(relay)
+        self._relay_in = ctx.socket(zmq.PUSH)
+        self._relay_in.setsockopt(zmq.LINGER, 0)
+        self._relay_in.connect(relay)
         self._set_gauge()
 
     def _set_gauge(self) -> None:
@@ -292,6 +325,18 @@ class AlertBus:
     def publish_provisional(self, alarm: dict[str, Any]) -> None:
         """Send a mid-passage alarm (not journaled) to subscribers of ``provisional``."""
         self._send(PROVISIONAL_TOPIC, alarm)
+
+    def handle_relay(self) -> None:
+        """Publish the acts the query server took (``adjudicated`` requests) since the last call."""
+        while True:
+            try:
+                body = self.relay.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self.pub.send_multipart([ADJUDICATION_TOPIC, body], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.error("alerts: cannot publish an adjudication: %s", exc)
 
     def start_query_thread(self) -> None:
         """Serve queries from a thread of their own, reading the journal over a read-only connection of their own,
@@ -349,6 +394,8 @@ class AlertBus:
                 raise BadRequest("expected exactly one JSON frame after the envelope")
             request = parse_request(payload)
             op = request["op"]
+            if op == "adjudicated":
+                self._relay(request["adjudication"])
             records, newest_first = self._records(request)
             last_seq = self.reader.last_seq()
         except BadRequest as exc:
@@ -380,10 +427,18 @@ class AlertBus:
             self.metrics.queries.labels(op).inc()
         return json.dumps({"ok": False, "error": message}).encode()
 
+    def _relay(self, act: Adjudication) -> None:
+        try:
+            self._relay_in.send(JSON_ENCODER.encode(act), zmq.NOBLOCK)
+        except zmq.Again:
+            raise JournalError("the alert bus is not keeping up: the adjudication was not published") from None
+
     def _records(self, request: dict[str, Any]) -> tuple[list[bytes], bool]:
         """The records (JSON) a checked request asks for, and whether the newest ones matter most when trimming."""
         op = request["op"]
         reader = self.reader
+        if op == "adjudicated":
+            return [], False
         if op == "since":
             return reader.since_json(request["seq"], request["limit"], max_bytes=MAX_REPLY_BYTES), False
         if op in ("get", "last"):
@@ -406,5 +461,7 @@ class AlertBus:
         self.stop_query_thread()
         self.pub.close()
         self.router.close()
+        self._relay_in.close()
+        self.relay.close(linger=0)
         self.subscriptions = 0
         self._set_gauge()

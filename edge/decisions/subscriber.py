@@ -25,11 +25,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import zmq
 
 from lanewatch.edge.bus import security
 from lanewatch.edge.bus.security import Keys
-from lanewatch.edge.decisions.alertbus import DECISION_TOPIC, MAX_LIMIT, PROVISIONAL_TOPIC
+from lanewatch.edge.decisions.adjudication import Adjudication
+from lanewatch.edge.decisions.alertbus import ADJUDICATION_TOPIC, DECISION_TOPIC, MAX_LIMIT, PROVISIONAL_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,8 @@ class SubscriberStats:
     """Live messages dropped because their seq was already yielded."""
     provisional: int = 0
     """Provisional alarms received."""
+    adjudications: int = 0
+    """Adjudications received (acts on decisions, see :class:`~lanewatch.edge.decisions.adjudication.Adjudication`)."""
     malformed: int = 0
     """Bus messages that were not a decision or alarm (logged and dropped)."""
 
@@ -169,7 +173,9 @@ class AlertSubscriber:
     when there is no answer); ``N`` yields those with seq > N (``0``: the whole journal, then
     live ones). ``connect_timeout_s`` bounds the wait for the first answer of the service;
     ``resync_s`` is how often the journal is asked whether anything was missed; ``rcvhwm`` is how many live
-    messages may wait unread (more are dropped and fetched again from the journal).
+    messages may wait unread (more are dropped and fetched again from the journal); ``adjudications`` also yields
+    the acts on decisions published on the bus, as they arrive (a lost one is not fetched again here: the
+    journal's ``adjudications`` table holds them all).
     """
 
     def __init__(
@@ -183,6 +189,7 @@ class AlertSubscriber:
         resync_s: float = 1.0,
         rcvhwm: int = 1000,
         keys: Keys | None = None,
+        adjudications: bool = False,
     ) -> None:
         if since is not None and since < 0:
             raise ValueError(f"since must be None or a seq >= 0, got {since}")
@@ -198,6 +205,8 @@ class AlertSubscriber:
         self.sub.setsockopt(zmq.SUBSCRIBE, DECISION_TOPIC)
         # provisional alarms too, from the start, so none is lost before decisions() asks for them
         self.sub.setsockopt(zmq.SUBSCRIBE, PROVISIONAL_TOPIC)
+        if adjudications:
+            self.sub.setsockopt(zmq.SUBSCRIBE, ADJUDICATION_TOPIC)
         security.join(self.sub, keys)
         self.sub.connect(alerts_endpoint)
         self._provisional = False
@@ -213,7 +222,7 @@ class AlertSubscriber:
 
     def decisions(
         self, follow: bool = True, timeout_s: float | None = None, provisional: bool = False
-    ) -> Iterator[dict[str, Any] | None]:
+    ) -> Iterator[dict[str, Any] | Adjudication | None]:
         """Yield decisions in seq order: the backlog, then (``follow``) live ones until the caller stops.
 
         ``follow=False`` stops once the journal's decisions up to now are yielded. While
@@ -252,10 +261,15 @@ class AlertSubscriber:
                     next_tick = now + timeout_s
                     yield None
 
-    def _on_message(self, frames: list[bytes]) -> Iterator[dict[str, Any]]:
-        """What one bus message yields: a provisional alarm, the decision, or the decisions up to it."""
+    def _on_message(self, frames: list[bytes]) -> Iterator[dict[str, Any] | Adjudication]:
+        """What one bus message yields: a provisional alarm, an act, the decision, or the decisions up to it."""
         try:
             topic, body = frames
+            if topic == ADJUDICATION_TOPIC:
+                act = msgspec.json.decode(body, type=Adjudication)
+                self.stats.adjudications += 1
+                yield act
+                return
             message = json.loads(body)
             if not isinstance(message, dict):
                 raise ValueError("not a JSON object")
@@ -265,7 +279,7 @@ class AlertSubscriber:
                     raise ValueError(f"seq {seq!r} is not an integer")
             elif topic != PROVISIONAL_TOPIC:
                 raise ValueError(f"unknown topic {topic[:40]!r}")
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, msgspec.ValidationError) as exc:
             self.stats.malformed += 1
             log.warning("alerts: dropped a malformed message (%s): %r", exc, frames[:2])
             return

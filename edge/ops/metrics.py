@@ -334,6 +334,68 @@ class ModelMetrics:
         )
 
 
+class ConsoleMetrics:
+    """Metrics of the operators' console process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        _add_process_metrics(registry)
+        r = registry
+        self.requests = Counter(
+            "lanewatch_console_requests_total",
+            "HTTP requests answered, by route (its path template) and status code.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "lanewatch_console_request_duration_seconds",
+            "Time to answer an HTTP request (to the start of its response), by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.sse_clients = Gauge(
+            "lanewatch_console_sse_clients", "Browsers following the console's event stream now.", registry=r
+        )
+        self.login_failures = Counter(
+            "lanewatch_console_login_failures_total",
+            "Logins not granted: a wrong name or password (failed), or refused unchecked while its account backs "
+            "off or its account and address are over their limit (refused).",
+            ["outcome"],
+            registry=r,
+        )
+        self.adjudications = Counter(
+            "lanewatch_console_adjudications_total",
+            "Acts on decisions this console learned, by kind and by how: recorded here (local), announced on the "
+            "alert bus (bus), or found in the journal without an announcement (journal).",
+            ["kind", "via"],
+            registry=r,
+        )
+        self.announce_failures = Counter(
+            "lanewatch_console_announce_failures_total",
+            "Acts recorded here that the service could not be asked to publish on the alert bus (the other "
+            "consoles find them in the journal).",
+            registry=r,
+        )
+        self.bus_lag = Histogram(
+            "lanewatch_console_bus_lag_seconds",
+            "Time from an act being journaled (by any console) to this console receiving it on the alert bus.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.decisions = Counter(
+            "lanewatch_console_decisions_total",
+            "Decisions this console received: live on the alert bus (bus) or fetched from the journal (journal).",
+            ["via"],
+            registry=r,
+        )
+        self.service_reachable = Gauge(
+            "lanewatch_console_service_reachable",
+            "1 while the service's /healthz answers the console, else 0.",
+            registry=r,
+        )
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
