@@ -23,8 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 from test_console import PASSWORD, decisions
-from test_ops import free_ports, http_get, wait_for
+from test_ops import http_get, wait_for
 
+from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.console.users import UserStore
 from lanewatch.edge.decisions.journal import Journal
 
