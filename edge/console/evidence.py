@@ -9,8 +9,11 @@
     the neutron samples (location m, counts, expected), on the metres-from-the-front axis.
 ``evidence.png``
     The figure (matplotlib): the X-ray image with its objects boxed by material, the gamma counts with the
-    expected background, the test statistics with the alarm threshold and the neutron counts, all on the
-    same metres axis with values and units, legends, and every located finding with its one-sigma band.
+    expected background, the test statistics with the alarm threshold (an arrow and its value at the edge
+    when it lies too far off the data's scale) and the neutron counts from zero, all on the same metres
+    axis with values and units, legends beside the panels, and every located finding with its one-sigma
+    band, labelled above the figure in rows that never overlap. An image too dark to clear the load is
+    framed whole, with its caption, as on the console's figure (:mod:`lanewatch.edge.console.figure`).
 ``xray-preview.png``
     The scanner's preview as the decision carries it (when it has one).
 ``occupancy.n42``
@@ -38,18 +41,17 @@ from typing import Any
 
 import msgspec
 
-from lanewatch.edge.console.present import parse_utc, reasons
+from lanewatch.edge.console.figure import MATERIAL_COLOURS
+from lanewatch.edge.console.present import finding_label, parse_utc, reason_text, reasons
 from lanewatch.edge.decisions.adjudication import Adjudication
-from lanewatch.edge.decisions.profile import profile_data
+from lanewatch.edge.decisions.profile import profile_data, stack, value_range
 
-MATERIAL_COLOURS = {
-    "organic": "#e67e00",
-    "inorganic": "#1a9a1a",
-    "metal": "#1f6fff",
-    "high_z": "#c000c0",
-    "unresolvable": "#7a0000",
-}
-"""Box colour per image material class, as on the console's figure."""
+DPI = 110
+LABEL_ROW_PT = 11
+"""Height (points) of a row of finding labels above the figure."""
+FINDING_COLOUR = "#d01010"
+DARK_COLOUR = "#b05a00"
+"""Colour of the frame round an image too dark to clear the load."""
 LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8, "title_fontsize": 8, "frameon": False}
 """Legends beside their panel, clear of the data."""
 
@@ -83,10 +85,22 @@ def profile_csv(decision: dict[str, Any]) -> tuple[bytes, bytes]:
 
 def figure_png(decision: dict[str, Any]) -> bytes:
     """The evidence figure (see the module docstring) as PNG."""
+    from matplotlib import pyplot as plt
+
+    fig = figure(decision)
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=DPI)
+    plt.close(fig)
+    return out.getvalue()
+
+
+def figure(decision: dict[str, Any]) -> Any:
+    """The evidence figure as a matplotlib Figure, laid out (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
 
     data = profile_data(decision)
@@ -100,77 +114,148 @@ def figure_png(decision: dict[str, Any]) -> bytes:
         panels = ["gamma"]
     heights = [1.6 if p == "image" else 1.0 for p in panels]
     fig, axes = plt.subplots(
-        len(panels), 1, sharex=True, figsize=(11, 1.9 * sum(heights) + 1.0), gridspec_kw={"height_ratios": heights}
+        len(panels),
+        1,
+        sharex=True,
+        figsize=(11, 1.9 * sum(heights) + 1.4),
+        gridspec_kw={"height_ratios": heights},
+        dpi=DPI,
     )
     axes = list(axes) if len(panels) > 1 else [axes]
     by = dict(zip(panels, axes, strict=True))
     seq, lane, verdict = decision.get("seq"), decision.get("lane"), decision.get("verdict")
     fig.suptitle(f"Decision {seq} · {lane} · {verdict} · ended {decision.get('end')}", fontsize=11)
     if preview:
-        ax = by["image"]
-        image = plt.imread(io.BytesIO(base64.b64decode(preview["png_base64"])), format="png")
-        (x0, x1), (z0, z1) = preview["x_m"], preview.get("z_mm") or [0.0, 4600.0]
-        ax.imshow(image, cmap="gray", extent=(x0, x1, z1 / 1000, z0 / 1000), aspect="auto", vmin=0, vmax=1)
-        handles = []
-        rows = xray.get("pixels") or 1
-        for obj in xray.get("objects") or []:
-            colour = MATERIAL_COLOURS.get(obj.get("material", ""), "black")
-            top, bottom = (
-                (obj["pixels"][0] / rows * (z1 - z0) + z0) / 1000,
-                ((obj["pixels"][1] + 1) / rows * (z1 - z0) + z0) / 1000,
-            )
-            ax.add_patch(
-                Rectangle(
-                    (obj["x_m"][0], top), obj["x_m"][1] - obj["x_m"][0], bottom - top, fill=False, ec=colour, lw=2
-                )
-            )
-            ax.annotate(f"{obj.get('lead_mm')} mm Pb eq.", (obj["x_m"][1], top), color=colour, fontsize=8,
-                        xytext=(4, 0), textcoords="offset points", va="top")  # fmt: skip
-        for material, colour in MATERIAL_COLOURS.items():
-            handles.append(Patch(fill=False, ec=colour, lw=2, label=material.replace("_", "-")))
-        ax.legend(handles=handles, title="image objects", **LEGEND)
-        ax.set_ylabel("from the top\nof the image (m)")
+        _image_panel(by["image"], plt, Patch, Rectangle, xray, preview, data["image"]["too_dark"])
     if "gamma" in by and rad["gross"]:
         ax = by["gamma"]
-        ax.plot(rad["location_m"], rad["gross"][: len(rad["location_m"])], color="black", lw=1.2, label="gross")
-        ax.plot(rad["location_m"], rad["expected"][: len(rad["location_m"])], color="grey", ls="--", label="expected")
+        n = len(rad["location_m"])
+        ax.plot(rad["location_m"], rad["gross"][:n], color="black", lw=1.2, label="gross")
+        ax.plot(rad["location_m"], rad["expected"][:n], color="grey", ls="--", label="expected")
+        ax.set_ylim(*value_range(rad["gross"][:n] + rad["expected"][:n]))
         ax.set_ylabel(f"gamma counts\nper {rad['dt_s']:g} s")
     if "z" in by:
         ax = by["z"]
-        ax.plot(rad["location_m"], rad["mf_z"][: len(rad["location_m"])], color="#c01818", label="matched filter z")
+        n = len(rad["location_m"])
+        ax.plot(rad["location_m"], rad["mf_z"][:n], color="#c01818", label="matched filter z")
         if rad["shape_z"]:
-            ax.plot(rad["location_m"], rad["shape_z"][: len(rad["location_m"])], color="#1060c0", label="shape z")
-        threshold = rad["thresholds"].get("gamma")
-        if threshold is not None:
-            ax.axhline(threshold, color="#c01818", ls=":", label=f"alarm threshold {threshold:.3g}")
+            ax.plot(rad["location_m"], rad["shape_z"][:n], color="#1060c0", label="shape z")
+        _threshold(ax, Line2D, rad["mf_z"][:n] + rad["shape_z"][:n], rad["thresholds"].get("gamma"))
         ax.set_ylabel("test statistic\nz (sigma)")
     if "neutron" in by and neutron["counts"]:
         ax = by["neutron"]
         xs = neutron["location_m"]
         ax.step(xs, neutron["counts"][: len(xs)], where="mid", color="#6a2ca0", label="neutron counts")
-        if neutron["expected"] is not None:
-            ax.axhline(neutron["expected"], color="grey", ls="--", label="expected")
+        expected = neutron["expected"]
+        if expected is not None:
+            ax.axhline(expected, color="grey", ls="--", label="expected")
+        ax.set_ylim(*value_range(neutron["counts"] + ([expected] if expected is not None else []), from_zero=True))
         ax.set_ylabel(f"neutron counts\nper {neutron['dt_s']:g} s")
-    for k, finding in enumerate(data["findings"]):
+    for finding in data["findings"]:
         sd = finding.get("location_sd_m") or 0.0
         for ax in axes:
-            ax.axvline(finding["location_m"], color="#d01010", lw=2 if finding["alarm"] else 1)
+            ax.axvline(finding["location_m"], color=FINDING_COLOUR, lw=2 if finding["alarm"] else 1)
             if sd:
-                ax.axvspan(finding["location_m"] - sd, finding["location_m"] + sd, color="#d01010", alpha=0.12)
-        axes[0].annotate(str(finding["reason"]), (finding["location_m"], 1.0), xycoords=("data", "axes fraction"),
-                         color="#d01010", fontsize=8, xytext=(3, -10 - 11 * k), textcoords="offset points")  # fmt: skip
+                ax.axvspan(finding["location_m"] - sd, finding["location_m"] + sd, color=FINDING_COLOUR, alpha=0.12)
     axes[-1].set_xlabel(f"{data['axis']} (m)")
     for ax, panel in zip(axes, panels, strict=True):
         ax.grid(alpha=0.25)
         if panel != "image":
             if data["findings"]:
-                ax.plot([], [], color="#d01010", label="finding ± 1 sigma")
+                ax.plot([], [], color=FINDING_COLOUR, label="finding ± 1 sigma")
             ax.legend(**LEGEND)
     fig.tight_layout()
-    out = io.BytesIO()
-    fig.savefig(out, format="png", dpi=110)
-    plt.close(fig)
-    return out.getvalue()
+    labels = [_label(fig, axes[0], finding) for finding in data["findings"]]
+    for _ in range(2):  # stack the labels, then again once the layout has made room for them
+        _stack_labels(fig, labels)
+        fig.tight_layout()
+    return fig
+
+
+def _image_panel(
+    ax: Any, plt: Any, patch: Any, rectangle: Any, xray: dict[str, Any], preview: dict[str, Any], dark: Any
+) -> None:
+    """The X-ray preview on the metres axis, its objects boxed by material with a legend beside it; a dashed frame
+    round the whole image and its caption when the image is too dark to clear the load."""
+    image = plt.imread(io.BytesIO(base64.b64decode(preview["png_base64"])), format="png")
+    (x0, x1), (z0, z1) = preview["x_m"], preview.get("z_mm") or [0.0, 4600.0]
+    ax.imshow(image, cmap="gray", extent=(x0, x1, z1 / 1000, z0 / 1000), aspect="auto", vmin=0, vmax=1)
+    rows = xray.get("pixels") or 1
+    for obj in xray.get("objects") or []:
+        colour = MATERIAL_COLOURS.get(obj.get("material", ""), "black")
+        top = (obj["pixels"][0] / rows * (z1 - z0) + z0) / 1000
+        bottom = ((obj["pixels"][1] + 1) / rows * (z1 - z0) + z0) / 1000
+        ax.add_patch(rectangle((obj["x_m"][0], top), obj["x_m"][1] - obj["x_m"][0], bottom - top, fill=False, ec=colour,
+                               lw=2))  # fmt: skip
+        ax.annotate(f"{obj.get('lead_mm')} mm Pb eq.", (obj["x_m"][1], top), color=colour, fontsize=8,
+                    xytext=(4, 0), textcoords="offset points", va="top")  # fmt: skip
+    handles = [patch(fill=False, ec=c, lw=2, label=m.replace("_", "-")) for m, c in MATERIAL_COLOURS.items()]
+    if dark is not None:
+        ax.add_patch(rectangle((x0, z0 / 1000), x1 - x0, (z1 - z0) / 1000, fill=True, fc=(0.16, 0.08, 0, 0.08),
+                               ec=DARK_COLOUR, lw=3, ls="--"))  # fmt: skip
+        ax.text(0.01, 0.96, reason_text(dark), transform=ax.transAxes, va="top", fontsize=8, fontweight="bold",
+                color=DARK_COLOUR, bbox={"fc": "white", "ec": "none", "alpha": 0.85})  # fmt: skip
+        handles.append(patch(fill=False, ec=DARK_COLOUR, lw=2, ls="--", label="image too dark"))
+    ax.legend(handles=handles, title="image objects", **LEGEND)
+    ax.set_ylabel("from the top\nof the image (m)")
+
+
+def _threshold(ax: Any, line: Any, values: list[Any], threshold: float | None) -> None:
+    """The alarm threshold as a line when it shares the data's scale, else as an arrow at the edge it lies beyond."""
+    lo, hi = value_range(values, threshold)
+    ax.set_ylim(lo, hi)
+    if threshold is None:
+        return
+    if lo <= threshold <= hi:
+        ax.axhline(threshold, color="#c01818", ls=":", label=f"alarm threshold {threshold:.3g}")
+        return
+    above = threshold > hi
+    marker = "^" if above else "v"
+    ax.plot([0.985], [0.93 if above else 0.07], marker=marker, ms=9, color="#c01818", transform=ax.transAxes,
+            clip_on=False, ls="none")  # fmt: skip
+    ax.annotate(f"alarm threshold {threshold:.3g} {'above' if above else 'below'} this scale",
+                (0.97, 0.93 if above else 0.07), xycoords="axes fraction", ha="right", va="center", fontsize=8,
+                color="#c01818")  # fmt: skip
+    ax.add_line(line([], [], marker=marker, color="#c01818", ls="none",
+                     label=f"alarm threshold {threshold:.3g} (off scale)"))  # fmt: skip
+
+
+def _label(fig: Any, ax: Any, finding: dict[str, Any]) -> Any:
+    """A finding's label above ``ax``, joined to its line; turned to the left of the line when it would run past
+    the panel's right edge."""
+    from matplotlib.text import Text
+
+    label = None
+    for side in (1, -1):
+        if label is not None:
+            label.remove()
+        label = ax.annotate(
+            finding_label(finding), (finding["location_m"], 1.0), xycoords=("data", "axes fraction"),
+            xytext=(2 * side, 3), textcoords="offset points", ha="left" if side > 0 else "right", va="bottom",
+            color=FINDING_COLOUR, fontsize=8, fontweight="bold",
+            arrowprops={"arrowstyle": "-", "color": FINDING_COLOUR, "lw": 1, "shrinkA": 0, "shrinkB": 0,
+                        "relpos": (0.0 if side > 0 else 1.0, 0.0)},
+        )  # fmt: skip
+        renderer = fig.canvas.get_renderer()  # the text's own extent: an annotation's takes in its connector
+        if Text.get_window_extent(label, renderer).x1 <= ax.get_window_extent(renderer).x1:
+            break
+    return label
+
+
+def _stack_labels(fig: Any, labels: list[Any]) -> None:
+    """Rows for the finding labels so that none overlaps another (:func:`stack`): the first row on top, so a
+    finding's line rises past the labels of later rows, which lie to its right."""
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    spans = []
+    for label in labels:
+        label.xyann = (label.xyann[0], 3)
+        box = Text.get_window_extent(label, renderer)
+        spans.append((box.x0, box.x1))
+    rows = stack(spans, gap=6.0 * fig.dpi / 72.0)
+    for label, row in zip(labels, rows, strict=True):
+        label.xyann = (label.xyann[0], 3 + LABEL_ROW_PT * (max(rows) - row))
 
 
 def occupancy_n42(decision: dict[str, Any]) -> bytes:

@@ -2,9 +2,12 @@
 
 Drawn on the server (no plotting library in the browser): the image with its objects boxed in their
 material's colour and labelled with their lead equivalent; under it the gamma counts with the expected
-background, the test statistics (z) with the alarm threshold, and the neutron counts; every located
-finding as a line with its one-sigma band through all panels. Each panel has its values on the left
-axis with units, and the metres axis is shared.
+background, the test statistics (z) with the alarm threshold, and the neutron counts (from zero); every
+located finding as a line with its one-sigma band through all panels, labelled in a strip above the
+image where labels that would overlap are stacked in rows. Each panel has its values on the left axis
+with units and its legend above its frame, clear of the data; a threshold too far from the data to
+share its scale is drawn clipped at the panel's edge, with an arrow and its value. ``image-too-dark`` is
+a condition of the whole image: a dashed frame round the image with its caption, not a located line.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from lanewatch.edge.decisions.profile import profile_data
+from lanewatch.edge.console.present import finding_label, reason_text
+from lanewatch.edge.decisions.profile import profile_data, stack, value_range
 
 WIDTH = 1000
 """Width (px) of the figure."""
@@ -22,7 +26,13 @@ LEFT, RIGHT = 64, 16
 """Margins (px) for the value axes."""
 IMAGE_HEIGHT = 180
 PANEL_HEIGHT = 110
+HEADER = 18
+"""Height (px) of the row above a panel holding its title and legend."""
 GAP = 26
+LABEL_ROW = 15
+"""Height (px) of a row of finding labels."""
+CHAR_PX = 8.0
+"""Width (px) of a character of the labels (12 px bold sans-serif, generous), for stacking them."""
 MATERIAL_COLOURS = {
     "organic": "#e67e00",
     "inorganic": "#1a9a1a",
@@ -45,6 +55,10 @@ class Axis:
 
 def _finite(values: list[Any]) -> list[float]:
     return [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+
+
+def _width(text: str) -> float:
+    return CHAR_PX * len(text)
 
 
 def _ticks(lo: float, hi: float, count: int = 4) -> list[float]:
@@ -72,15 +86,24 @@ def _panel(
     unit: str,
     series: list[tuple[str, list[float], list[Any], str, str]],
     threshold: float | None = None,
+    from_zero: bool = False,
 ) -> None:
-    """One line-plot panel: ``series`` are (name, x_m, values, colour, dash)."""
+    """One line-plot panel under a header row (title, legend) at ``top``: ``series`` are (name, x_m, values,
+    colour, dash); counts panels start at zero (``from_zero``)."""
     values = [v for _, _, ys, _, _ in series for v in _finite(ys)]
-    if threshold is not None:
-        values.append(threshold)
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
+    lo, hi = value_range(values, threshold, from_zero)
+    legend_x = LEFT
+    out.append(f'<text x="{legend_x}" y="{top + 12}" class="ptitle">{escape(title)}</text>')
+    legend_x += 24 + _width(title)
+    for name, _, _, colour, dash in series:
+        dashing = f' stroke-dasharray="{dash}"' if dash else ""
+        out.append(
+            f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{top + 8}" y2="{top + 8}" stroke="{colour}"'
+            f' stroke-width="1.6"{dashing}/>'
+        )
+        out.append(f'<text x="{legend_x + 22}" y="{top + 12}" class="legend">{escape(name)}</text>')
+        legend_x += 34 + _width(name)
+    top += HEADER
 
     def y(v: float) -> float:
         return top + PANEL_HEIGHT - (v - lo) / (hi - lo) * PANEL_HEIGHT
@@ -94,29 +117,52 @@ def _panel(
         f'<text x="14" y="{top + PANEL_HEIGHT / 2}" class="unit" '
         f'transform="rotate(-90 14 {top + PANEL_HEIGHT / 2})">{escape(unit)}</text>'
     )
-    if threshold is not None:
+    for _, xs, ys, colour, dash in series:
+        points = " ".join(f"{axis.px(x):.1f},{y(v):.1f}" for x, v in zip(xs, ys, strict=False) if _finite([v]))
+        if points:
+            dashing = f' stroke-dasharray="{dash}"' if dash else ""
+            out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.6"{dashing}/>')
+    if threshold is None:
+        return
+    if lo <= threshold <= hi:
         out.append(
             f'<line x1="{LEFT}" x2="{right}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" class="threshold"/>'
         )
-    legend_x = LEFT + 8
-    out.append(f'<text x="{legend_x}" y="{top + 14}" class="ptitle">{escape(title)}</text>')
-    legend_x += 24 + 8 * len(title)
-    for name, xs, ys, colour, dash in series:
-        points = " ".join(f"{axis.px(x):.1f},{y(v):.1f}" for x, v in zip(xs, ys, strict=False) if _finite([v]))
-        if points:
-            out.append(
-                f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.6"'
-                f"{f' stroke-dasharray={chr(34)}{dash}{chr(34)}' if dash else ''}/>"
-            )
-        dashing = f' stroke-dasharray="{dash}"' if dash else ""
         out.append(
-            f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{top + 10}" y2="{top + 10}" stroke="{colour}"'
-            f' stroke-width="1.6"{dashing}/>'
+            f'<text x="{right - 4}" y="{y(threshold) - 3:.1f}" class="thrlab">alarm threshold {threshold:g}</text>'
         )
-        out.append(f'<text x="{legend_x + 22}" y="{top + 14}" class="legend">{escape(name)}</text>')
-        legend_x += 40 + 7 * len(name)
-    if threshold is not None:
-        out.append(f'<text x="{right - 4}" y="{y(threshold) - 3:.1f}" class="thrlab">threshold {threshold:g}</text>')
+        return
+    # off the scale: an arrow at the edge it lies beyond, its value in the header row (clear of the data)
+    above = threshold > hi
+    edge = top if above else top + PANEL_HEIGHT
+    base = edge + 9 if above else edge - 9
+    x = right - 10
+    text = f"alarm threshold {threshold:g}, {'above' if above else 'below'} this scale"
+    out.append(f'<polygon points="{x - 6},{base} {x + 6},{base} {x},{edge}" class="thrarrow"><title>{text}</title>')
+    out.append("</polygon>")
+    out.append(f'<text x="{right}" y="{top - HEADER + 12}" class="thrlab">{"▲" if above else "▼"} {text}</text>')
+
+
+def _labels(out: list[str], axis: Axis, found: list[dict[str, Any]], top: float) -> tuple[float, list[float]]:
+    """The findings' labels in rows above the figure, stacked so none overlaps another; returns the strip's
+    height (px) and, per finding, where its line starts (just under its label)."""
+    texts = [finding_label(f) for f in found]
+    right = WIDTH - RIGHT
+    spans = []
+    for finding, text in zip(found, texts, strict=True):
+        x = axis.px(finding["location_m"])
+        fits = x + 4 + _width(text) <= right
+        spans.append((x + 4, x + 4 + _width(text)) if fits else (x - 4 - _width(text), x - 4))
+    rows = stack(spans, gap=8.0)
+    for finding, (left, end), text, row in zip(found, spans, texts, rows, strict=True):
+        at_left = left > axis.px(finding["location_m"])
+        anchor = "" if at_left else ' text-anchor="end"'
+        out.append(
+            f'<text x="{left if at_left else end:.1f}" y="{top + 11 + row * LABEL_ROW}" class="flab"{anchor}>'
+            f"{escape(text)}</text>"
+        )
+    height = (max(rows) + 1) * LABEL_ROW + 4 if rows else 0
+    return height, [top + row * LABEL_ROW + 2 for row in rows]
 
 
 def svg(decision: dict[str, Any], preview_url: str | None) -> str:
@@ -128,18 +174,31 @@ def svg(decision: dict[str, Any], preview_url: str | None) -> str:
     spans = []
     if rad["location_m"]:
         spans.append((0.0, rad["location_m"][-1] + 0.5 * (rad["location_m"][1] - rad["location_m"][0])))
+    if neutron["location_m"]:
+        half = 0.5 * (neutron["location_m"][1] - neutron["location_m"][0]) if len(neutron["location_m"]) > 1 else 0.0
+        spans.append((0.0, neutron["location_m"][-1] + half))
     if preview:
         spans.append(tuple(preview["x_m"]))
     x0, x1 = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0.0, 1.0)
     axis = Axis(x0, x1 if x1 > x0 else x0 + 1.0)
     out: list[str] = []
-    top = 8.0
+    found = data["findings"]
+    labels: list[str] = []  # drawn last, over the findings' lines
+    strip, line_tops = _labels(labels, axis, found, 8.0)
+    top = 8.0 + strip
     if preview:
         a, b = axis.px(preview["x_m"][0]), axis.px(preview["x_m"][1])
         out.append(
             f'<image href="{escape(preview_url or "")}" x="{a:.1f}" y="{top}" width="{b - a:.1f}" '
             f'height="{IMAGE_HEIGHT}" preserveAspectRatio="none" class="xray"/>'
         )
+        dark = data["image"]["too_dark"]
+        if dark is not None:  # the whole image fails, not a place in it: a frame round it and its caption
+            out.append(
+                f'<rect x="{a + 1.5:.1f}" y="{top + 1.5}" width="{b - a - 3:.1f}" height="{IMAGE_HEIGHT - 3}" '
+                f'class="darkframe"><title>{escape(reason_text(dark))}</title></rect>'
+            )
+            out.append(f'<text x="{a + 10:.1f}" y="{top + 20}" class="darklab">{escape(reason_text(dark))}</text>')
         rows = xray.get("pixels") or 1
         for obj in xray.get("objects") or []:
             colour = MATERIAL_COLOURS.get(obj.get("material", ""), "#000")
@@ -166,6 +225,7 @@ def svg(decision: dict[str, Any], preview_url: str | None) -> str:
             )
             legend_x += 30 + 7 * len(material)
         top += IMAGE_HEIGHT + GAP
+    panel = HEADER + PANEL_HEIGHT
     if rad["gross"]:
         xs = rad["location_m"]
         _panel(
@@ -176,30 +236,33 @@ def svg(decision: dict[str, Any], preview_url: str | None) -> str:
             f"counts per {rad['dt_s']:g} s",
             [("gross", xs, rad["gross"], "#111", ""), ("expected", xs, rad["expected"], "#888", "4 3")],
         )
-        top += PANEL_HEIGHT + GAP
+        top += panel + GAP
         series = [("matched filter", xs, rad["mf_z"], "#c01818", "")]
         if rad["shape_z"]:
             series.append(("shape", xs, rad["shape_z"], "#1060c0", ""))
         _panel(out, axis, top, "test statistics", "z (sigma)", series, rad["thresholds"].get("gamma"))
-        top += PANEL_HEIGHT + GAP
+        top += panel + GAP
     if neutron["counts"]:
         expected = neutron["expected"]
         nxs = neutron["location_m"]
         series = [("counts", nxs, neutron["counts"], "#6a2ca0", "")]
         if isinstance(expected, int | float):
             series.append(("expected", nxs, [expected] * len(nxs), "#888", "4 3"))
-        _panel(out, axis, top, "neutrons", f"counts per {neutron['dt_s']:g} s", series)
-        top += PANEL_HEIGHT + GAP
+        _panel(out, axis, top, "neutrons", f"counts per {neutron['dt_s']:g} s", series, from_zero=True)
+        top += panel + GAP
     bottom = top - GAP
-    for finding in data["findings"]:
+    for finding, line_top in zip(found, line_tops, strict=True):
         x = axis.px(finding["location_m"])
         sd = finding.get("location_sd_m") or 0.0
         if sd:
             a, b = axis.px(finding["location_m"] - sd), axis.px(finding["location_m"] + sd)
-            out.append(f'<rect x="{a:.1f}" y="8" width="{b - a:.1f}" height="{bottom - 8:.1f}" class="band"/>')
+            out.append(
+                f'<rect x="{a:.1f}" y="{8 + strip}" width="{b - a:.1f}" height="{bottom - 8 - strip:.1f}" '
+                'class="band"/>'
+            )
         cls = "finding alarm" if finding["alarm"] else "finding"
-        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="8" y2="{bottom:.1f}" class="{cls}"/>')
-        out.append(f'<text x="{x + 4:.1f}" y="{bottom - 4:.1f}" class="flab">{escape(str(finding["reason"]))}</text>')
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{line_top:.1f}" y2="{bottom:.1f}" class="{cls}"/>')
+    out += labels
     for tick in _ticks(axis.x0_m, axis.x1_m, 10):
         if axis.x0_m - 1e-9 <= tick <= axis.x1_m + 1e-9:
             x = axis.px(tick)

@@ -20,6 +20,14 @@ TEST_NAMES = {
     "neutron-gamma": "Neutrons with gamma evidence (plutonium-like)",
 }
 """The radiation tests, by reason, in words."""
+FINDING_LABELS = {
+    **TEST_NAMES,
+    "neutron-gamma": "Neutrons with gamma",
+    "norm-consistent": "NORM-consistent load",
+    "shielded-source-suspected": "Shielded source suspected",
+    "image-review": "Dense object: image review",
+}
+"""Short names of located findings, for labels on a figure."""
 
 
 INCOMPLETE_WORDS = {
@@ -130,6 +138,15 @@ def reason_text(alarm: dict[str, Any]) -> str:
         return f"Anomaly model score {_num(stat, 2)} (alarm from {_num(threshold, 2)})"
     numbers = f" {_num(stat)} (threshold {_num(threshold)})" if isinstance(stat, int | float) else ""
     return f"{reason}{numbers}{_where(alarm)}"
+
+
+def finding_label(finding: dict[str, Any]) -> str:
+    """A located finding's short label with its place: ``Gamma excess 8.0 m``."""
+    reason = str(finding.get("reason", "?"))
+    test = reason.removesuffix(" (below threshold)")
+    label = FINDING_LABELS.get(test, test) + (" (below threshold)" if test != reason else "")
+    location = finding.get("location_m")
+    return f"{label} {location:.1f} m" if isinstance(location, int | float) else label
 
 
 def reasons(decision: Decision) -> list[str]:

@@ -5,7 +5,15 @@ Shared by the console's detail page, the evidence bundle and ``lanewatch evidenc
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+WHOLE_IMAGE = frozenset({"image-too-dark"})
+"""Findings about the whole image, not a place on the vehicle: drawn as a condition of the image, never as a line
+at a location (``image-too-dark`` carries the middle of its darkest stretch, but the whole image is what fails)."""
+SCALE_REACH = 1.0
+"""A threshold within this many data spans of a panel's data is taken into its value range; a farther one would
+flatten the data, so it is drawn clipped at the panel's edge with its value."""
 
 
 def findings(decision: dict[str, Any]) -> list[dict[str, Any]]:
@@ -18,8 +26,46 @@ def findings(decision: dict[str, Any]) -> list[dict[str, Any]]:
             "location_sd_m": a.get("location_sd_m"),
         }
         for a in decision.get("alarms") or []
-        if isinstance(a, dict) and isinstance(a.get("location_m"), int | float)
+        if isinstance(a, dict) and isinstance(a.get("location_m"), int | float) and a.get("reason") not in WHOLE_IMAGE
     ]
+
+
+def too_dark(decision: dict[str, Any]) -> dict[str, Any] | None:
+    """The decision's ``image-too-dark`` entry (share of the load that is dark, its limit), or None."""
+    return next(
+        (a for a in decision.get("alarms") or [] if isinstance(a, dict) and a.get("reason") == "image-too-dark"), None
+    )
+
+
+def stack(spans: list[tuple[float, float]], gap: float = 0.0) -> list[int]:
+    """A row (0 first) for each label spanning ``(left, right)``, such that no two labels of a row overlap: in
+    order of their left edges, each goes to the first row whose last label ends ``gap`` before it starts."""
+    ends: list[float] = []
+    rows = [0] * len(spans)
+    for i in sorted(range(len(spans)), key=lambda k: spans[k][0]):
+        left, right = spans[i]
+        row = next((r for r, end in enumerate(ends) if end + gap <= left), len(ends))
+        if row == len(ends):
+            ends.append(right)
+        ends[row] = right
+        rows[i] = row
+    return rows
+
+
+def value_range(values: list[Any], threshold: float | None = None, from_zero: bool = False) -> tuple[float, float]:
+    """A panel's value range: its finite ``values`` (and 0 for counts, ``from_zero``), padded by 5%, taking in
+    ``threshold`` when it lies within :data:`SCALE_REACH` data spans of them (else it is drawn clipped)."""
+    finite = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if from_zero:
+        lo = min(lo, 0.0)
+    span = hi - lo if hi > lo else max(abs(hi), 1.0)
+    if threshold is not None and lo - SCALE_REACH * span <= threshold <= hi + SCALE_REACH * span:
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    if hi <= lo:
+        hi = lo + 1.0
+    pad = 0.05 * (hi - lo)
+    return (lo if from_zero and lo == 0.0 else lo - pad), hi + pad
 
 
 def profile_data(decision: dict[str, Any]) -> dict[str, Any]:
@@ -55,6 +101,7 @@ def profile_data(decision: dict[str, Any]) -> dict[str, Any]:
             "profile": xray.get("profile") or {"x_m": [], "mean_att": []},
             "preview_x_m": (xray.get("preview") or {}).get("x_m"),
             "registration": xray.get("registration"),
+            "too_dark": too_dark(decision),
         },
         "findings": findings(decision),
     }
