@@ -605,6 +605,12 @@ def test_reasons_read_as_an_operator_would() -> None:
         "no background reading before the vehicle to test against"
     )
     assert not re.search(r"[<>|]", row), "no comparison operators or bars: words"
+    fused = {"reason": "shielded-source-suspected", "statistic": 22.446, "threshold": 3.0, "location_m": 6.19,
+             "location_sd_m": 0.104, "object": {"lead_mm": 53.3}, "alarm": True}  # fmt: skip
+    assert alerts.format_row({"seq": 3, "verdict": "ALARM", "alarms": [fused]}).endswith(
+        "Shielded source suspected: dense object, 53 mm lead equivalent 6.2 m behind the front, ± 0.1 m, where the "
+        "radiation rises (22.4 sigma, threshold 3.0)"
+    ), "the place rounded to what its uncertainty supports"
 
 
 def test_alerts_reads_a_journal_offline_and_refuses_an_unknown_lane(

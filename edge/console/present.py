@@ -61,11 +61,11 @@ def _where(alarm: dict[str, Any]) -> str:
     location = alarm.get("location_m")
     if not isinstance(location, int | float):
         return ""
-    text = f" {location:.1f} m behind the front"
     sd = alarm.get("location_sd_m")
-    if isinstance(sd, int | float) and sd > 0:
-        text += f", ± {sd:.1f} m" if sd >= 0.1 else f", ± {sd:.2f} m"
-    return text
+    if not isinstance(sd, int | float) or sd <= 0:
+        return f" {location:.1f} m behind the front"
+    digits = 1 if sd >= 0.1 else 2  # the place to the precision its uncertainty supports
+    return f" {location:.{digits}f} m behind the front, ± {sd:.{digits}f} m"
 
 
 def reason_text(alarm: dict[str, Any]) -> str:
