@@ -50,6 +50,14 @@ JOURNAL_CHECK_S = 0.5
 RETRY_S = 1.0
 """How long (s) the loop waits before it tries again to journal a decision that neither the journal nor its
 fallback file could take."""
+MAX_PENDING = 1000
+"""Most decisions held in memory while neither the journal nor its fallback file takes them (a decision is up to tens
+of kB, so tens of MB at most). Past it one is dropped, the least important (:data:`KEEP_FIRST`), oldest first;
+each drop is counted (``lanewatch_decisions_dropped_total``) and logged at CRITICAL, and /healthz fails while any
+decision is held."""
+KEEP_FIRST = {"ALARM": 2, "INCOMPLETE": 1, "CLEAR": 0}
+"""Which held decisions are dropped last when :data:`MAX_PENDING` is reached: an ALARM after an INCOMPLETE (a vehicle
+not screened) after a CLEAR."""
 MAX_RESUME_LOOKBACK = 50
 """Latest decisions of a lane searched at start for the portal's occupancy counter to resume from."""
 REPLAY_WAIT_S = 2.0
@@ -84,6 +92,10 @@ class Service:
         self.model = ModelRunner(config.model, self.registry)
         self.sequences = ingest.SequenceTracker()
         self.pending: deque[Decided] = deque()
+        """Decisions to journal then publish, oldest first; at most :attr:`max_pending` (:data:`MAX_PENDING`)."""
+        self.max_pending = MAX_PENDING
+        self.dropped = 0
+        """Decisions dropped since the start because :attr:`pending` was full."""
         self.notifier = Notifier.from_env(self.metrics)
         self._http = http
         self._ctx: zmq.Context | None = None
@@ -404,8 +416,31 @@ class Service:
                 self._barrier("alerts", self.alerts.publish_provisional, event.alarm)
             else:
                 self._barrier("model", self.model.review, event.decision)
-                self.pending.append(event)
+                self._hold(event)
         self._flush_pending()
+
+    def _hold(self, event: Decided) -> None:
+        """Queue ``event`` for the journal; when :attr:`max_pending` are held already, drop the least important."""
+        self.pending.append(event)
+        if len(self.pending) <= self.max_pending:
+            return
+        victim = shed(self.pending)
+        decision = victim.decision
+        lane, verdict, occupancy = str(decision.get("lane")), str(decision.get("verdict")), decision.get("occupancy_id")
+        self._failed.discard(str(occupancy))
+        self.dropped += 1
+        self.metrics.dropped.labels(lane, verdict).inc()
+        self._ratelog.log(
+            logging.CRITICAL,
+            "dropped",
+            "decision DROPPED (%d since the start): neither the journal nor its fallback file takes decisions and %d "
+            "are held, the most kept; lane %s occupancy %s verdict %s lost",
+            self.dropped,
+            len(self.pending),
+            lane,
+            occupancy,
+            verdict,
+        )
 
     def _flush_pending(self) -> None:
         """Journal then publish each pending decision, oldest first; at the first that neither the journal nor its
@@ -480,6 +515,16 @@ class Service:
                 "problem": self.journal_problem,
                 "last_seq": self.last_seq,
                 "pending": len(self.pending),
+                "dropped": self.dropped,
             },
             "watchdog": watchdog,
         }
+
+
+def shed(pending: deque[Decided]) -> Decided:
+    """Remove and return the held decision to drop: the oldest of the least important verdict (:data:`KEEP_FIRST`;
+    an unknown verdict counts as an ALARM)."""
+    rank = [KEEP_FIRST.get(str(event.decision.get("verdict")), KEEP_FIRST["ALARM"]) for event in pending]
+    victim = pending[rank.index(min(rank))]
+    pending.remove(victim)
+    return victim

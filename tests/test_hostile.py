@@ -301,6 +301,29 @@ def test_a_poisoned_seq_does_not_blind_the_lane(site: Site) -> None:
     assert site.value("lanewatch_bus_stale_records_total", lane="lane1") == stale, "no real record dropped as stale"
 
 
+def test_a_large_seq_from_a_valid_key_is_a_restart_not_records_missed(site: Site) -> None:
+    """The real driver's key sends one record numbered 999,999 (under any fixed cap on a jump): the service
+    cannot have missed that many records of the portal in the time since its last one, so it is a restart of the
+    numbering and ``lanewatch_bus_records_missed_total`` does not take it."""
+    missed = site.value("lanewatch_bus_records_missed_total", lane="lane1")
+    restarts = site.value("lanewatch_bus_source_restarts_total", lane="lane1")
+    decided = site.decided("lane1")
+    sock, pub = publisher(site, site.keys("rpm-lane1"), "lane1")
+    try:
+        assert ingest.wait_for_subscriber(sock, 10.0)
+        pub.seq = 999_999
+        pub.emit(Kind.SETUP, values={"line": "SN2", "fields": []})
+        wait_until(
+            "the restarts to be counted",
+            lambda: site.value("lanewatch_bus_source_restarts_total", lane="lane1") >= restarts + 2,
+            site,
+        )
+    finally:
+        sock.close(0)
+    keeps_deciding(site, decided)
+    assert site.value("lanewatch_bus_records_missed_total", lane="lane1") - missed < 1000
+
+
 def test_future_stamps_are_rejected_and_the_lane_says_why(site: Site) -> None:
     rejected = site.value("lanewatch_bus_rejected_records_total", lane="lane1", reason="clock-ahead")
     decided = site.decided("lane1")
@@ -368,11 +391,7 @@ def test_messages_that_crashed_the_service_are_counted(site: Site) -> None:
     finally:
         sock.close(0)
     assert site.value("lanewatch_handler_errors_total") == bugs, "refused by the decoder, not caught as bugs"
-    query = site.ctx.socket(zmq.DEALER)
-    query.setsockopt(zmq.LINGER, 0)
-    keys = site.keys("console")
-    query.curve_serverkey, query.curve_publickey, query.curve_secretkey = keys.service, keys.own.public, keys.secret
-    query.connect(site.config.bus.query)
+    query = console_socket(site)
     try:
         query.send(b"[" * 100_000)
         assert query.poll(10_000), "the query endpoint answers a hostile request"
@@ -381,6 +400,38 @@ def test_messages_that_crashed_the_service_are_counted(site: Site) -> None:
         query.close(0)
     assert site.health()["pid"] == pid == site.service.pid
     keeps_deciding(site, decided)
+
+
+def console_socket(site: Site) -> zmq.Socket:
+    """A DEALER on the query endpoint holding the site's console key (which every console of the site may hold)."""
+    sock = site.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    keys = site.keys("console")
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = keys.service, keys.own.public, keys.secret
+    sock.connect(site.config.bus.query)
+    return sock
+
+
+def test_a_client_flooding_with_the_console_key_does_not_starve_the_consoles_sharing_it(site: Site) -> None:
+    """One connection holding the console key floods the query endpoint past its budget; another connection with
+    the same key is still answered: the budget is each connection's under its key, not the key's."""
+    flood, console = console_socket(site), console_socket(site)
+    try:
+        requests = 200
+        for _ in range(requests):
+            flood.send(b'{"op": "last"}')
+        replies = []
+        while len(replies) < requests:
+            assert flood.poll(int(WAIT_S * 1000)), f"{len(replies)} replies of {requests}"
+            replies.append(json.loads(flood.recv()))
+        assert any(r.get("error") == "rate limited" for r in replies), "the flooding connection is over its budget"
+        console.send(b'{"op": "last"}')
+        assert console.poll(int(WAIT_S * 1000))
+        reply = json.loads(console.recv())
+        assert reply["ok"] is True, f"the other console is answered, not limited: {reply}"
+    finally:
+        flood.close(0)
+        console.close(0)
 
 
 def test_a_client_without_a_key_cannot_query(site: Site) -> None:

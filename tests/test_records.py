@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from lanewatch.edge.bus.ingest import MAX_SEQ_JUMP, SequenceTracker, SeqVerdict
+from lanewatch.edge.bus.ingest import SequenceTracker, SeqVerdict, plausible_gap
 from lanewatch.edge.bus.records import (
     VALUES,
     DecodeError,
@@ -194,29 +194,47 @@ def test_any_bytes_are_a_record_or_a_decode_error(header: bytes) -> None:
 
 
 def test_sequence_tracker_counts_gaps_duplicates_and_restarts() -> None:
-    t = SequenceTracker()
+    t = SequenceTracker(started_s=0.0)
     key = ("l1", "rpm")
-    first = t.observe(key, 5, "a")
+    first = t.observe(key, 5, "a", now_s=1.0)
     assert first.missed == 0 and first.joined == 5  # first seen: the caller judges the 5 records before it
-    assert t.observe(key, 6, "a").missed == 0
-    assert t.observe(key, 9, "a").missed == 2
-    assert t.observe(key, 9, "a").stale
-    assert t.observe(key, 3, "a").restarted == "seq-back"
-    assert t.observe(key, 4, "a") == SeqVerdict()
-    assert t.observe(key, 0, "b") == SeqVerdict(restarted="run_id")
-    assert t.observe(key, 1, "b").missed == 0
-    assert t.observe(key, 3, "c") == SeqVerdict(restarted="run_id", missed=3), "a new run's records 0-2 were lost"
-    assert t.observe(("l2", "rpm"), 100, "c").joined == 100
-    assert t.observe(("l3", "rpm"), 10**15, "d").joined == 0, "a poisoned first seq is not a gap of 10**15"
+    assert t.observe(key, 6, "a", now_s=1.1).missed == 0
+    assert t.observe(key, 9, "a", now_s=1.2).missed == 2
+    assert t.observe(key, 9, "a", now_s=1.3).stale
+    assert t.observe(key, 3, "a", now_s=1.4).restarted == "seq-back"
+    assert t.observe(key, 4, "a", now_s=1.5) == SeqVerdict()
+    assert t.observe(key, 0, "b", now_s=1.6) == SeqVerdict(restarted="run_id")
+    assert t.observe(key, 1, "b", now_s=1.7).missed == 0
+    assert t.observe(key, 3, "c", now_s=1.8) == SeqVerdict(restarted="run_id", missed=3), "a new run's 0-2 were lost"
+    assert t.observe(("l2", "rpm"), 100, "c", now_s=2.0).joined == 100
+    assert t.observe(("l3", "rpm"), 10**15, "d", now_s=2.0).joined == 0, "a poisoned first seq is not a gap of 10**15"
 
 
 def test_a_poisoned_seq_does_not_blind_the_stream_after_it() -> None:
     """One record numbered 10**15 from a faulty source: a restart, then the real stream goes on as another."""
-    t = SequenceTracker()
+    t = SequenceTracker(started_s=0.0)
     key = ("l1", "rpm")
-    assert t.observe(key, 100, "run") == SeqVerdict(joined=100)
-    assert t.observe(key, 10**15, "run").restarted == "seq-jump"
-    assert t.observe(key, 101, "run").restarted == "seq-back"
-    verdicts = [t.observe(key, seq, "run") for seq in range(102, 1000)]
+    assert t.observe(key, 100, "run", now_s=1.0) == SeqVerdict(joined=100)
+    assert t.observe(key, 10**15, "run", now_s=1.1).restarted == "seq-jump"
+    assert t.observe(key, 101, "run", now_s=1.2).restarted == "seq-back"
+    verdicts = [t.observe(key, seq, "run", now_s=1.2 + seq / 1000) for seq in range(102, 1000)]
     assert verdicts == [SeqVerdict()] * len(verdicts), "no real record is dropped as stale or counted missed"
-    assert t.observe(key, 1000 + MAX_SEQ_JUMP, "run").missed == MAX_SEQ_JUMP, "a big but plausible gap is a gap"
+
+
+def test_records_missed_are_at_most_what_the_source_could_have_numbered_meanwhile() -> None:
+    """A key that may publish for the lane sends a large seq (below any fixed cap): a restart, not a million records
+    missed; a gap as large as the time since the previous record allows is a gap. A new run and a source first
+    seen are judged the same way."""
+    t = SequenceTracker(started_s=0.0)
+    key = ("l1", "rpm")
+    t.observe(key, 0, "run", now_s=10.0)
+    jump = t.observe(key, 999_999, "run", now_s=10.2)
+    assert jump.restarted == "seq-jump" and jump.missed == 0
+    t.observe(key, 1, "run", now_s=10.4)  # the real stream again: seq-back, a restart, nothing missed
+    allowed = plausible_gap(60.0)
+    assert t.observe(key, 2 + allowed, "run", now_s=70.4).missed == allowed, "a minute's worth of records: a gap"
+    assert t.observe(key, 10 * allowed, "run", now_s=70.5).restarted == "seq-jump"
+    assert t.observe(key, 999_999, "new", now_s=70.6) == SeqVerdict(restarted="run_id"), "a new run's big first seq"
+    assert t.observe(key, 100, "newer", now_s=70.7) == SeqVerdict(restarted="run_id", missed=100)
+    assert t.observe(("l2", "rpm"), 999_999, "x", now_s=1.0).joined == 0
+    assert t.observe(("l3", "rpm"), plausible_gap(1.0), "x", now_s=1.0).joined == plausible_gap(1.0)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from lanewatch.edge.bus.records import Kind, Record
 from lanewatch.edge.config import Config, parse
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.decisions.subscriber import AlertSubscriber
+from lanewatch.edge.lane.occupancy import Decided
 from lanewatch.edge.ops.metrics import DriverMetrics
+from lanewatch.edge.service import shed
 
 
 def _config(tmp_path: Path, extra: str = "") -> Config:
@@ -330,3 +333,56 @@ def test_journal_deleted_while_running_fails_health_and_loses_nothing(tmp_path: 
         assert [d["seq"] for d in journal.since(0)] == [2, 3]
         assert [d["occupancy_id"] for d in journal.since(0)] == [d["occupancy_id"] for d in after]
         assert journal.last_seq() == 3
+
+
+def test_decisions_held_while_nothing_takes_them_are_bounded_and_each_drop_is_counted(
+    tmp_path: Path, ctx: zmq.Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The journal deleted (so decisions go to its fallback file) and a directory where the fallback file goes: the
+    decisions are held in memory, at most ``max_pending``; past that each one dropped is counted, logged at CRITICAL
+    and shown by /healthz, which fails. Once the fallback file can be written, the held ones are journaled and
+    published, numbered on."""
+    config = _config(tmp_path)
+    running = Running(config)
+    try:
+        running.service.max_pending = 2
+        pub = _publisher(ctx, config)
+        _background(pub)
+        _occupancy(pub, 10, seed=1)
+        assert len(_collect(ctx, config, 1)) == 1
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{config.service.journal}{suffix}").unlink(missing_ok=True)
+        blocker = Path(f"{config.service.journal}.fallback.jsonl")
+        blocker.mkdir()
+        for seed in (2, 3, 4, 5):
+            _occupancy(pub, 10, seed=seed)
+        deadline = time.monotonic() + 60
+        while running.service.health()["journal"]["dropped"] < 2:
+            assert time.monotonic() < deadline, f"no drops: {running.service.health()['journal']}"
+            time.sleep(0.05)
+        health = running.service.health()
+        assert not health["ok"] and health["journal"]["pending"] == 2 and health["journal"]["dropped"] == 2
+        dropped = sum(
+            running.value("lanewatch_decisions_dropped_total", lane="lane1", verdict=v)
+            for v in ("CLEAR", "ALARM", "INCOMPLETE")
+        )
+        assert dropped == 2
+        assert [r for r in caplog.records if r.levelname == "CRITICAL" and "decision DROPPED" in r.getMessage()]
+        blocker.rmdir()
+        after = _collect(ctx, config, 2, since=1)
+        assert [d["seq"] for d in after] == [2, 3]
+        deadline = time.monotonic() + 30
+        while running.service.health()["journal"]["pending"]:
+            assert time.monotonic() < deadline, "the held decisions were never journaled"
+            time.sleep(0.05)
+    finally:
+        running.close()
+
+
+def test_the_least_important_held_decision_is_dropped_first() -> None:
+    def held(verdict: str, n: int) -> Decided:
+        return Decided({"lane": "lane1", "occupancy_id": f"o{n}", "verdict": verdict}, n)
+
+    pending = deque([held("ALARM", 1), held("INCOMPLETE", 2), held("CLEAR", 3), held("CLEAR", 4), held("ALARM", 5)])
+    order = [shed(pending).decision["occupancy_id"] for _ in range(5)]
+    assert order == ["o3", "o4", "o2", "o1", "o5"], "CLEARs first, then the vehicle not screened, ALARMs last"

@@ -8,6 +8,7 @@ without the drivers. Every record carries its source's sequence number; a
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import zmq
@@ -119,9 +120,18 @@ def service_ingest(ctx: zmq.Context, endpoint: str, keys: Keys | None = None) ->
     return sock
 
 
-MAX_SEQ_JUMP = 1_000_000
-"""A forward jump in ``seq`` larger than this is a restart of the source's numbering (or a bad number), not that many
-records missed: a running service cannot plausibly have missed a million records of one source."""
+MAX_RECORD_RATE_HZ = 1000.0
+"""Most records a second one source can publish (a portal's driver sends about ten, an X-ray driver tens of line
+batches): more records missed than this rate allows for the time since the source's previous record (plus
+:data:`MAX_SEQ_SLACK`) is not a gap but a restart of the source's numbering, or a bad number."""
+MAX_SEQ_SLACK = 256
+"""Records a gap may hold beyond what :data:`MAX_RECORD_RATE_HZ` allows for the time it spans (records queued
+together arrive together)."""
+
+
+def plausible_gap(elapsed_s: float) -> int:
+    """Most records a source can have numbered in ``elapsed_s`` seconds that the service did not receive."""
+    return MAX_SEQ_SLACK + int(MAX_RECORD_RATE_HZ * max(0.0, elapsed_s))
 
 
 @dataclass(slots=True)
@@ -134,37 +144,47 @@ class SeqVerdict:
     """True when this number repeats the previous one: a duplicate, dropped."""
     restarted: str = ""
     """Why this record starts a new numbering of its source ("" when it does not): ``run_id`` (the driver started
-    again), ``seq-back`` (its seq went backwards) or ``seq-jump`` (its seq jumped more than :data:`MAX_SEQ_JUMP`)."""
+    again), ``seq-back`` (its seq went backwards) or ``seq-jump`` (its seq jumped further than the source could
+    have numbered since its previous record, :func:`plausible_gap`)."""
     joined: int = 0
-    """For the first number seen from a source: the records it numbered before it (its seq, 0 past
-    :data:`MAX_SEQ_JUMP`). Whether those were missed or sent before anyone listened is for the caller to judge."""
+    """For the first number seen from a source: the records it numbered before it (its seq; 0 when more than it
+    could have numbered since the tracker started). Whether those were missed or sent before anyone listened is
+    for the caller to judge."""
 
 
 @dataclass
 class SequenceTracker:
-    """Per-key last ``(run_id, seq)``; the first number seen from a key reports what came before it as ``joined``.
+    """Per-key last ``(run_id, seq, when)``; the first number seen from a key reports what came before it as
+    ``joined``.
 
     A source restart is followed, not fought: a record of a new run, or one whose ``seq`` went
     backwards or leapt forward, starts a new numbering (counted by the caller), so one bad number
     (``seq`` 10**15) costs at most that one record's worth of trust, never the real stream that follows.
+    Records are counted missed only as many as the source could have numbered in the time (the service's
+    monotonic clock, s) since its previous record: a key that may publish cannot inflate the missed count by
+    sending a large ``seq``, and a new run's first records are judged the same way.
     Within one run ZeroMQ delivers in order, so the only stale record is a repeat of the last ``seq``.
     """
 
-    last: dict[tuple[str, ...], tuple[str, int]] = field(default_factory=dict)
+    last: dict[tuple[str, ...], tuple[str, int, float]] = field(default_factory=dict)
+    started_s: float = field(default_factory=time.monotonic)
+    """When the tracker started (monotonic s): a source first seen can have numbered only so much since."""
 
-    def observe(self, key: tuple[str, ...], seq: int, run_id: str = "") -> SeqVerdict:
+    def observe(self, key: tuple[str, ...], seq: int, run_id: str = "", now_s: float | None = None) -> SeqVerdict:
+        """The verdict on ``seq`` of ``key``'s run ``run_id``, received at ``now_s`` (monotonic s; default now)."""
+        now_s = time.monotonic() if now_s is None else now_s
         prev = self.last.get(key)
-        self.last[key] = (run_id, seq)
-        before = seq if seq <= MAX_SEQ_JUMP else 0
+        self.last[key] = (run_id, seq, now_s)
         if prev is None:
-            return SeqVerdict(joined=before)
-        prev_run, prev_seq = prev
+            return SeqVerdict(joined=seq if seq <= plausible_gap(now_s - self.started_s) else 0)
+        prev_run, prev_seq, prev_s = prev
+        bound = plausible_gap(now_s - prev_s)
         if run_id != prev_run:  # a run numbers from 0 and this one began while we listened: what came before is lost
-            return SeqVerdict(restarted="run_id", missed=before)
+            return SeqVerdict(restarted="run_id", missed=seq if seq <= bound else 0)
         if seq == prev_seq:
             return SeqVerdict(stale=True)
         if seq < prev_seq:
             return SeqVerdict(restarted="seq-back")
-        if seq - prev_seq - 1 > MAX_SEQ_JUMP:
+        if seq - prev_seq - 1 > bound:
             return SeqVerdict(restarted="seq-jump")
         return SeqVerdict(missed=seq - prev_seq - 1)

@@ -44,9 +44,9 @@ A request that cannot be understood gets ``{"ok": false, "error": "..."}``, is c
 ``invalid`` in ``lanewatch_journal_queries_total`` and logged at a bounded rate; one the journal
 cannot answer gets ``ok: false`` too. The server goes on serving either way.
 
-Queries cannot starve decisions. Each peer (its key on a CURVE bus, else its connection) and all
-peers together have a budget (:data:`PEER_RATE`, :data:`TOTAL_RATE`: requests a second, a request
-costing one more for each :data:`COST_BYTES` of its reply); a request over it is answered at once
+Queries cannot starve decisions. Each peer (its connection, under its key on a CURVE bus: consoles that share a
+key do not share a budget) and all peers together have a budget (:data:`PEER_RATE`, :data:`TOTAL_RATE`: requests
+a second, a request costing one more for each :data:`COST_BYTES` of its reply); a request over it is answered at once
 with ``{"ok": false, "error": "rate limited", "retry_after_s": s}`` (op ``rate-limited``), which
 :class:`~lanewatch.edge.decisions.subscriber.JournalClient` honours by waiting. Replies are the
 journal's stored JSON, not decoded and encoded again. The service serves queries from a thread
@@ -370,8 +370,10 @@ class AlertBus:
             # A REQ peer puts an empty delimiter before its request; the reply goes back behind it.
             cut = len(rest) - rest[::-1].index(b"") if b"" in rest else 0
             envelope, body = [peer, *rest[:cut]], rest[cut:]
-            who = (security.user_id(frames[0]) or "").encode() if self.keyed else peer
-            reply = self.answer(body[0] if len(body) == 1 else None, peer, who or peer)
+            # A key may be shared (every console of a site may hold the console key): the budget is the connection's
+            # under its key, so a client flooding with a shared key spends its own budget, not the other consoles'.
+            who = (security.user_id(frames[0]) or "").encode() + b"/" + peer if self.keyed else peer
+            reply = self.answer(body[0] if len(body) == 1 else None, peer, who)
             try:
                 self.router.send_multipart([*envelope, reply], zmq.NOBLOCK)
             except zmq.ZMQError as exc:

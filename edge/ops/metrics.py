@@ -288,6 +288,13 @@ class ServiceMetrics:
             "Decisions written to the fallback file because the journal could not take them.",
             registry=r,
         )
+        self.dropped = Counter(
+            "lanewatch_decisions_dropped_total",
+            "Decisions lost because neither the journal nor its fallback file took them and the most held in memory "
+            "were held (the least important dropped first).",
+            ["lane", "verdict"],
+            registry=r,
+        )
         self.journal_seq = Gauge("lanewatch_journal_last_seq", "Sequence number of the newest decision.", registry=r)
         self.subscribers = Gauge("lanewatch_alert_subscribers", "Subscriptions open on the alert bus.", registry=r)
         self.queries = Counter(
