@@ -32,7 +32,7 @@ QUERY_TIMEOUT_S = 5.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lanewatch evidence``."""
     parser.add_argument("seq", type=int, help="journal sequence number of the decision")
-    parser.add_argument("--out", required=True, type=Path, help="directory to write the files to (created)")
+    parser.add_argument("--out", required=True, type=Path, help="directory to write evidence-SEQ.zip to (created)")
     parser.add_argument("--journal", type=Path, help="journal file to read (default: the configuration's)")
     parser.add_argument("--query", action="store_true", help="ask the service's query endpoint, not the file")
     parser.add_argument("--key", default="console", help="CURVE key name for --query (default console)")
