@@ -13,7 +13,12 @@ turns the tracked background into the one handed to the occupancy, and
 
 Printed per variant and portal, and overall: false alarms per 1000 benign vehicles, detection per threat
 kind, NORM loads alarmed against the fielded rule (5 sigma on 1 s of gross counts, and the neutron rule)
-on the same counts, and detection as a fraction of a known-signal bound.
+on the same counts, and detection as a fraction of a known-signal bound. Then the anomaly model's findings:
+each variant and portal is one lane, its vehicles in order through the service's
+:class:`lanewatch.edge.model.runtime.ModelRunner` (the shipped model, the lane's own calibration, default
+``[model]`` keys): after the warm-up, the share of ordinary vehicles (benign and NORM, not alarmed) with a
+finding against its nominal ``10^-finding_threshold``, the same with the model's own (training-calibrated)
+score, the lane's drift ratio, and the threats the rules missed that the model flags.
 
 The bound is the Neyman-Pearson test of each threat vehicle's own expected signal against its true
 background, on the same counts the analysis gets (per channel, and per window for the windowed portal;
@@ -53,12 +58,17 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from lanewatch.drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, SOURCES, VARIANTS, Passage, Traffic
-from lanewatch.edge.config import DetectionConfig
+from lanewatch.edge.config import SHIPPED_MODEL, DetectionConfig, ModelConfig
+from lanewatch.edge.decisions import decision as decision_mod
 from lanewatch.edge.lane.background import BackgroundEstimator, BackgroundSnapshot
 from lanewatch.edge.lane.calibration import LaneCalibration
 from lanewatch.edge.lane.detect import analyze, gamma_plan, max_threshold, warm_up
+from lanewatch.edge.model import runtime
+from lanewatch.edge.model.calibration import TRAINING_LEVEL
+from lanewatch.edge.model.features import FeatureError
 from lanewatch.kernels.matched import mf_series
 from lanewatch.models.corpus import MEAN_GAP_S, READING_INTERVAL_S, WARM_UP_S, WINDOWS_KEV
 
@@ -178,6 +188,33 @@ def _idle(traffic: Traffic, est: BackgroundEstimator, calibrations: list[LaneCal
             cal.on_background_line(traffic.time_s)
 
 
+_MODELS: list[runtime.AnomalyModel] = []
+"""The shipped model, loaded once per worker process."""
+
+
+def raw_score(result: dict[str, Any], passage: Passage, gamma: np.ndarray, occupancy_id: str) -> float | None:
+    """The shipped model's own score of the decision built from ``result`` as a lane builds it (None: no profile)."""
+    if not _MODELS:
+        _MODELS.append(runtime.load(SHIPPED_MODEL))
+    decision = decision_mod.build(
+        lane="robustness",
+        occupancy_id=occupancy_id,
+        start_wall_ns=0,
+        end_wall_ns=int(gamma.shape[0] * GAMMA_DT_S * 1e9),
+        end_reason="gx",
+        device_occupancy=None,
+        analysis=result,
+        samples=gamma.shape[0] + passage.neutron.shape[0],
+        device_alarm=False,
+        tamper=False,
+        link_interruptions=0,
+    )
+    try:
+        return _MODELS[0].score(decision)
+    except FeatureError:
+        return None
+
+
 def run_chunk(chunk: Chunk) -> list[dict[str, Any]]:
     """One seeded lane stream of a variant; one row per vehicle and portal."""
     cfgs = configs()
@@ -214,6 +251,8 @@ def run_chunk(chunk: Chunk) -> list[dict[str, Any]]:
                     "bound": category == "threat" and bound_detects(passage, portal == "gross", alpha),
                     "search_bound": category == "threat" and bound_detects(passage, portal == "gross", alpha, True),
                     "shadow_known": category == "threat" and shadow_known_detects(passage, cfg, alpha),
+                    "id": f"{chunk.seed}-{passage.index}",
+                    "raw": raw_score(result, passage, gamma, f"{chunk.seed}-{passage.index}-{portal}"),
                 }
             )
         _idle(traffic, est, list(calibrations.values()), max(READING_INTERVAL_S, float(gaps.exponential(MEAN_GAP_S))))
@@ -309,6 +348,59 @@ def report(rows: list[dict[str, Any]], variants: Sequence[str]) -> None:
         print("benign false alarms by variant and test: " + (", ".join(f"{k} {v}" for k, v in false.items()) or "none"))
 
 
+def model_findings(rows: list[dict[str, Any]]) -> None:
+    """Judge every row's raw score as the service does, one lane per variant and portal, in stream order; adds
+    ``model`` (the decision's model section) to each row."""
+    runner = runtime.ModelRunner(ModelConfig(), CollectorRegistry())
+    runner.start()
+    for r in rows:
+        decision = {
+            "lane": f"{r['variant']}/{r['portal']}",
+            "occupancy_id": r["id"],
+            "verdict": "ALARM" if r["alarm"] else "CLEAR",
+            "alarms": [],
+        }
+        r["model"] = runner.judge(decision, r["raw"], "no usable profile")["model"]
+
+
+def report_model(rows: list[dict[str, Any]], variants: Sequence[str]) -> None:
+    cfg = ModelConfig()
+    levels = (1.0, cfg.finding_threshold)
+    print(
+        f"\nanomaly model, one lane per variant and portal (min_occupancies {cfg.min_occupancies}, window "
+        f"{cfg.calibration_window}): ordinary vehicles (benign and NORM, not alarmed) after the warm-up, share "
+        "scoring at least s at the lane / with the model's own score (nominal 10^-s); threats the rules missed "
+        f"that have a finding (score >= {cfg.finding_threshold:g})"
+    )
+    header = (
+        f"{'variant':16s} {'portal':7s} {'ordinary':>8s} "
+        + " ".join(f"{f's >= {s:g}: lane / own':>22s}" for s in levels)
+        + f" {'drift ratio':>11s} {'missed threats flagged':>22s}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in [*variants, "all"]:
+        for portal in PORTALS:
+            sel = [r for r in rows if r["portal"] == portal and (name == "all" or r["variant"] == name)]
+            ready = [r for r in sel if r["model"].get("calibration") == "lane"]
+            ordinary = [r for r in ready if r["category"] in ("benign", "norm") and not r["alarm"]]
+            if not ordinary:
+                continue
+            cells = []
+            for s in levels:
+                lane = np.mean([r["model"]["score"] >= s for r in ordinary])
+                own = np.mean([r["model"]["raw_score"] >= s for r in ordinary])
+                cells.append(f"{lane:10.4f} / {own:6.4f}")
+            scored = [r for r in sel if r["raw"] is not None]
+            drift = np.mean([r["raw"] >= TRAINING_LEVEL for r in scored if not r["alarm"]]) / 10**-TRAINING_LEVEL
+            missed = [r for r in ready if r["category"] == "threat" and not r["alarm"]]
+            flagged = sum(r["model"]["finding"] for r in missed)
+            print(
+                f"{name:16s} {portal:7s} {len(ordinary):8d} {' '.join(f'{c:>22s}' for c in cells)} "
+                f"{drift:11.1f} {f'{flagged} of {len(missed)}':>22s}"
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="vehicles per variant (default 2000)")
@@ -335,6 +427,8 @@ def main(argv: list[str] | None = None) -> None:
         f"mix {', '.join(f'{k} {v:g}' for k, v in MIX.items())}"
     )
     report(rows, args.variants)
+    model_findings(rows)
+    report_model(rows, args.variants)
     print(f"\n{time.perf_counter() - t0:.0f} s")
 
 

@@ -203,11 +203,24 @@ class ModelConfig(_Section):
     path: str = SHIPPED_MODEL
     """ONNX anomaly model file scored on every decision (default: the shipped model; "" for none)."""
     finding_threshold: Score = 2.0
-    """Anomaly score (-log10 of the fraction of ordinary vehicles as unusual) from which a decision has a finding."""
+    """Anomaly score (-log10 of the fraction of the lane's ordinary vehicles as unusual) from which a decision has a
+    finding."""
     alarm_threshold: Score = 0.0
     """Anomaly score from which a model-anomaly finding is an alarm (verdict ALARM); 0 for none: findings only."""
     release_threshold: Score = 2.0
     """A NORM-consistent finding is marked release recommended only when the anomaly score is below this."""
+    state: Annotated[str, Meta(min_length=1)] = "lanewatch-model.db"
+    """SQLite file (created if missing) where each lane's calibration window is kept across restarts, relative to
+    the journal's folder."""
+    calibration_window: Annotated[int, Meta(ge=100, le=100_000)] = 2000
+    """Ordinary occupancies (complete, scored, not alarmed) a lane's calibration keeps, the most recent: the score
+    of an occupancy is -log10 of the fraction of them whose model score is at least its own."""
+    min_occupancies: Annotated[int, Meta(ge=20, le=100_000)] = 200
+    """Ordinary occupancies a lane's calibration needs before its scores mean anything: until then decisions say
+    the model is warming up, have no score and no finding (at most calibration_window)."""
+    drift_ratio: Annotated[float, Meta(gt=1, le=100)] = 5.0
+    """A lane's traffic has left the model's training domain (fault model-drift) when the share of its ordinary
+    occupancies that the model scores 2 or more is at least this many times the 1 in 100 of its training traffic."""
 
 
 class Config(_Section):
@@ -400,6 +413,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             f"model.finding_threshold: expected at most alarm_threshold ({m.alarm_threshold}), "
             f"got {m.finding_threshold}"
+        )
+    if m.min_occupancies > m.calibration_window:
+        raise ConfigError(
+            f"model.min_occupancies: expected at most calibration_window ({m.calibration_window}), "
+            f"got {m.min_occupancies}"
         )
     _check_addresses(cfg)
     if cfg.bus.plaintext:

@@ -19,6 +19,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -89,7 +90,7 @@ class Service:
         self.lanes = {
             lane.id: Lane(lane, config.detection, self.metrics, config.fusion, stale_s) for lane in config.lanes
         }
-        self.model = ModelRunner(config.model, self.registry)
+        self.model = ModelRunner(config.model, self.registry, Path(config.service.journal).parent / config.model.state)
         self.sequences = ingest.SequenceTracker()
         self.pending: deque[Decided] = deque()
         """Decisions to journal then publish, oldest first; at most :attr:`max_pending` (:data:`MAX_PENDING`)."""
@@ -151,7 +152,7 @@ class Service:
             t0 = time.perf_counter()
             detect.warm_up()
             log.info("kernels ready in %.1f s", time.perf_counter() - t0)
-            self.model.start()
+            self.model.start(self.lanes)
         except BaseException:
             self.ingest.close(linger=0)
             if self.gatekeeper is not None:
@@ -206,6 +207,7 @@ class Service:
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
         self.journal.close()
+        self.model.close()
         if self._ctx is not None:
             self._ctx.term()
 
@@ -494,7 +496,7 @@ class Service:
                 "last_record_age_s": None if age is None else round(age, 3),
                 "fresh": fresh,
                 "occupied": lane.occupancy is not None,
-                "faults": sorted(lane.faults),
+                "faults": sorted(lane.faults | self.model.faults(lane_id)),
                 "rejected": why if when is not None and now_s - when < self.config.service.rejected_health_s else "",
             }
         writable = self.started and not self.journal_problem
@@ -518,6 +520,7 @@ class Service:
                 "dropped": self.dropped,
             },
             "watchdog": watchdog,
+            "model": self.model.health(),
         }
 
 

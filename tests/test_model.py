@@ -360,8 +360,9 @@ def _runner(path: str, **kw: Any) -> tuple[ModelRunner, CollectorRegistry]:
 def test_runner_scores_skips_and_counts(tiny: Path, benign_decision: dict[str, Any]) -> None:
     runner, registry = _runner(str(tiny))
     d = runner.review(copy.deepcopy(benign_decision))
-    assert d["model"]["version"] == runner.model.version and isinstance(d["model"]["score"], float)
-    assert registry.get_sample_value("lanewatch_model_score_count", {"lane": "t"}) == 1
+    assert d["model"]["version"] == runner.model.version and isinstance(d["model"]["raw_score"], float)
+    assert d["model"]["calibration"] == "warming-up" and d["model"]["score"] is None, "the lane's first vehicle"
+    assert registry.get_sample_value("lanewatch_model_calibration_occupancies", {"lane": "t"}) == 1
     incomplete = runner.review(dict(copy.deepcopy(benign_decision), end_reason="stalled", verdict="INCOMPLETE"))
     assert incomplete["model"]["score"] is None and incomplete["verdict"] == "INCOMPLETE"
     assert incomplete["model"]["unscored"] == "ended by stalled"
@@ -529,7 +530,7 @@ def test_sighup_reloads_the_model_without_losing_an_occupancy(tiny: Path, tmp_pa
         old, new = load(tiny).version, load(SHIPPED_MODEL).version
         assert versions[:2] == [old, old] and versions[-2:] == [new, new]
         assert set(versions[2:4]) <= {old, new} and versions[4] == new
-        assert all(isinstance(d["model"]["score"], float) for d in decisions)
+        assert all(isinstance(d["model"]["raw_score"], float) for d in decisions)
         metrics = metrics_text()
         assert 'lanewatch_model_reloads_total{result="loaded"} 1.0' in metrics
         assert 'lanewatch_model_reloads_total{result="refused"} 1.0' in metrics

@@ -138,11 +138,12 @@ def _time(value: Any, zone: tzinfo = UTC) -> str:
 
 
 def _model(decision: dict[str, Any]) -> str:
-    """``4.04 find`` (a finding), ``1.2`` (scored, no finding) or ``-``."""
+    """``4.04 find`` (a finding), ``1.2`` (scored, no finding), ``warming`` (the lane's calibration warms up) or
+    ``-``."""
     model = decision.get("model")
     score = model.get("score") if isinstance(model, dict) else None
     if not isinstance(score, int | float):
-        return "-"
+        return "warming" if isinstance(model, dict) and model.get("calibration") == "warming-up" else "-"
     return f"{score:.3g} find" if model.get("finding") else f"{score:.3g}"
 
 

@@ -76,7 +76,11 @@ README_MARKERS = ("<!-- decision-fields -->\n", "<!-- /decision-fields -->")
 def readme_tables() -> str:
     """The README's decision tables, as :func:`field_table` makes them from the schema."""
     alarms = field_table("decision", "Alarm")
-    return f"{field_table()}\n\nEach `alarms` entry (further fields, by reason, are allowed):\n\n{alarms}\n"
+    model = field_table("decision", "ModelScore")
+    return (
+        f"{field_table()}\n\nEach `alarms` entry (further fields, by reason, are allowed):\n\n{alarms}\n\n"
+        f"The `model` section:\n\n{model}\n"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -172,6 +172,9 @@ def model_text(decision: Decision) -> str:
         return ""
     if model.get("unscored"):
         return f"not scored: {model['unscored']}"
+    if model.get("calibration") == "warming-up":
+        seen, needed = model.get("calibration_occupancies"), model.get("min_occupancies")
+        return f"warming up: {seen} of {needed} ordinary vehicles seen at this lane, no score yet"
     score = _num(model.get("score"), 2)
     return f"{'finding' if model.get('finding') else 'no finding'}, score {score}"
 

@@ -61,8 +61,9 @@ if TYPE_CHECKING:
     from lanewatch.edge.xray.scan import Scan
 
 VERDICTS = ("CLEAR", "ALARM", "INCOMPLETE")
-SCHEMA_VERSION = 1
-"""Version of the decision contract (:class:`Decision`); it grows when a field changes meaning or is removed."""
+SCHEMA_VERSION = 2
+"""Version of the decision contract (:class:`Decision`); it grows when a field changes meaning or is removed. 2:
+``model.score`` is read against the lane's own traffic (``model.raw_score`` is the model's own score)."""
 Verdict = Literal["CLEAR", "ALARM", "INCOMPLETE"]
 Instant = Annotated[str, Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")]
 """ISO 8601 UTC, e.g. 2026-11-28T03:30:16.123Z."""
@@ -175,14 +176,28 @@ class ModelScore(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     version: str
     """The model that scored ("" when none is loaded)."""
     score: float | None
-    """Anomaly score: -log10 of the fraction of ordinary vehicles as unusual; null when not scored."""
+    """Anomaly score at this lane: -log10 of the fraction of the lane's recent ordinary vehicles scoring at least as
+    high (schema 1: of the model's training traffic); null when not scored or while the lane's calibration warms
+    up."""
     finding: bool
     """True when the score reaches ``finding_threshold``."""
     finding_threshold: float
+    """``[model] finding_threshold``: the score from which there is a finding."""
     alarm_threshold: float
+    """``[model] alarm_threshold``: the score from which the model alarms (0: never)."""
     release_threshold: float
+    """``[model] release_threshold``: a NORM release is recommended only below this score."""
     unscored: str | None = None
     """Why there is no score."""
+    raw_score: float | None = None
+    """The model's own score: -log10 of the fraction of its training traffic (simulated) scoring at least as high."""
+    calibration: Literal["lane", "warming-up"] | None = None
+    """lane: the score is read against the lane's own ordinary traffic; warming-up: the lane has fewer than
+    ``min_occupancies`` of them yet, so there is no score, no finding and no model alarm."""
+    calibration_occupancies: Annotated[int, Meta(ge=0)] | None = None
+    """Ordinary occupancies in the lane's calibration when this one was scored."""
+    min_occupancies: Annotated[int, Meta(ge=0)] | None = None
+    """Ordinary occupancies the lane's calibration needs before it gives scores."""
 
 
 class Xray(_Section):
@@ -238,8 +253,8 @@ class Decision(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A lanewatch decision: exactly one per occupancy (or per X-ray scan that matched none), journaled, then
     published. ``lanewatch schema decision`` prints this contract as JSON Schema."""
 
-    schema_version: Literal[1]
-    """Version of this contract."""
+    schema_version: Literal[1, 2]
+    """Version of this contract: 2 since ``model.score`` is calibrated at the lane, 1 before."""
     seq: Annotated[int, Meta(ge=1)]
     """Journal sequence number: strictly increasing, never reused."""
     lane: str

@@ -2,7 +2,11 @@
 
 The model (trained by :mod:`lanewatch.models.train`, described in ``models/README.md``) scores how unusual an
 occupancy is against ordinary traffic, as ``-log10`` of the fraction of ordinary vehicles at least as
-unusual on the same kind of lane: 2 is one vehicle in a hundred, 3 one in a thousand.
+unusual on the same kind of lane in its training traffic: the decision's ``model.raw_score``. Each lane reads
+that raw score against its own recent ordinary traffic (:mod:`lanewatch.edge.model.calibration`): the decision's
+``model.score`` is ``-log10`` of the fraction of the lane's ordinary vehicles scoring at least as high, 2 one
+vehicle in a hundred at this lane, 3 one in a thousand. Until the lane has seen ``min_occupancies`` ordinary
+vehicles, ``model.calibration`` is ``warming-up`` and there is no score.
 
 Loading (:func:`load`) checks, and refuses with a :class:`ModelError` that says why: that the file is
 readable and a valid ONNX model; that it was trained for this lanewatch's feature schema
@@ -23,7 +27,9 @@ Combination policy (:func:`apply_policy`), explainable tests first:
   is below ``release_threshold``, the vehicle looks like ordinary traffic. It stays (or becomes)
   ``release_recommended`` only when the model agrees, and when the image agrees too if the fusion
   judged it (its own ``release_recommended``). Without a score it is never recommended;
-- every scored decision records ``model``: version, score and thresholds (or why it has no score).
+- every scored decision records ``model``: version, score, raw score, the lane's calibration (``lane`` or
+  ``warming-up``, and its occupancies) and thresholds (or why it has no score). While the lane warms up there is
+  no finding, no model alarm and no release recommended: a raw score from another domain means nothing here.
 
 Decisions whose radiation data is not whole (an occupancy ended by timeout or stalled samples, a scan
 with no occupancy) and those without gamma samples are not scored: ``model.score`` is None and
@@ -42,6 +48,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +59,7 @@ from prometheus_client import CollectorRegistry
 from lanewatch.edge.config import ConfigError, ModelConfig
 from lanewatch.edge.decisions.decision import COMPLETE_ENDS
 from lanewatch.edge.model import features
+from lanewatch.edge.model.calibration import Calibrated, LaneCalibration
 from lanewatch.edge.ops.metrics import ModelMetrics
 
 log = logging.getLogger("lanewatch.model")
@@ -198,11 +206,18 @@ def load(path: str | Path) -> AnomalyModel:
 
 
 def apply_policy(
-    decision: dict[str, Any], score: float | None, cfg: ModelConfig, version: str = "", reason: str | None = None
+    decision: dict[str, Any],
+    score: float | None,
+    cfg: ModelConfig,
+    version: str = "",
+    reason: str | None = None,
+    raw: float | None = None,
+    calibrated: Calibrated | None = None,
 ) -> dict[str, Any]:
     """Combine the model's ``score`` with the rule tests' decision, in place (see the module docstring).
 
-    ``score`` None means no score (``reason`` says why). Returns ``decision``.
+    ``score`` None means no score: ``reason`` says why, unless the model's ``raw`` score is there and the lane's
+    calibration (``calibrated``, as it read ``raw``) is warming up. Returns ``decision``.
     """
     entry: dict[str, Any] = {
         "version": version,
@@ -212,7 +227,13 @@ def apply_policy(
         "alarm_threshold": cfg.alarm_threshold,
         "release_threshold": cfg.release_threshold,
     }
-    if score is None:
+    if raw is not None:
+        entry["raw_score"] = round(float(raw), 3)
+    if calibrated is not None:
+        entry["calibration"] = "warming-up" if calibrated.warming_up else "lane"
+        entry["calibration_occupancies"] = calibrated.occupancies
+        entry["min_occupancies"] = cfg.min_occupancies
+    if score is None and raw is None:
         entry["unscored"] = reason or "no score"
     decision["model"] = entry
     agrees = score is not None and score < cfg.release_threshold
@@ -239,29 +260,53 @@ def apply_policy(
 class ModelRunner:
     """The service's model: optional (``cfg.path`` empty disables it), reloadable, never fails a decision."""
 
-    def __init__(self, cfg: ModelConfig, registry: CollectorRegistry) -> None:
+    def __init__(self, cfg: ModelConfig, registry: CollectorRegistry, state: Path | None = None) -> None:
+        """``state``: the file that keeps the lanes' calibration across restarts (None: kept in memory only)."""
         self.cfg = cfg
         self.metrics = ModelMetrics(registry)
         self.model: AnomalyModel | None = None
         self._reload = threading.Event()
+        self._state = state
+        self.calibration: LaneCalibration | None = None
 
     @property
     def enabled(self) -> bool:
         return bool(self.cfg.path)
 
-    def start(self) -> None:
-        """Load, check and warm the configured model; :class:`ModelError` (a start-up error) if refused."""
+    def start(self, lanes: Iterable[str] = ()) -> None:
+        """Load, check and warm the configured model, and read the ``lanes``' calibration; :class:`ModelError` (a
+        start-up error) if the model is refused."""
         if not self.enabled:
             log.info("anomaly model disabled ([model] path is empty)")
             return
         t0 = time.perf_counter()
         self._use(load(self.cfg.path))
+        self.calibration = LaneCalibration(self.cfg, self._state, self.metrics)
+        for lane in lanes:
+            self.calibration.window(lane, self.model.version)
         log.info(
             "anomaly model %s (schema %s) ready in %.0f ms",
             self.model.version,
             self.model.info.schema,
             1e3 * (time.perf_counter() - t0),
         )
+
+    def close(self) -> None:
+        if self.calibration is not None:
+            self.calibration.close()
+
+    def faults(self, lane: str) -> set[str]:
+        """The model's faults at ``lane``: ``model-drift`` while its traffic is out of the training domain."""
+        return {"model-drift"} if self.calibration is not None and lane in self.calibration.drifting else set()
+
+    def health(self) -> dict[str, Any]:
+        """The model's part of /healthz: the version in use and its calibration state's file and problem."""
+        calibration = self.calibration
+        return {
+            "version": self.model.version if self.model else None,
+            "state": str(self._state) if self._state else None,
+            "state_problem": calibration.problem if calibration else "",
+        }
 
     def _use(self, model: AnomalyModel) -> None:
         if self.model is not None:
@@ -294,12 +339,12 @@ class ModelRunner:
         log.info("anomaly model reloaded: %s -> %s", old, model.version)
 
     def review(self, decision: dict[str, Any]) -> dict[str, Any]:
-        """Score ``decision`` and apply the policy, in place; a no-op when the model is disabled."""
+        """Score ``decision`` and :meth:`judge` it, in place; a no-op when the model is disabled."""
         model = self.model
         if model is None:
             return decision
         lane = str(decision.get("lane", ""))
-        score: float | None = None
+        raw: float | None = None
         reason: str | None = None
         t0 = time.perf_counter()
         if decision.get("end_reason") not in COMPLETE_ENDS:
@@ -308,7 +353,7 @@ class ModelRunner:
             reason = f"incomplete: {', '.join(decision['incomplete'])}"
         else:
             try:
-                score = model.score(decision)
+                raw = model.score(decision)
             except features.FeatureError as exc:
                 reason = "no usable profile"
                 log.warning("lane %s occupancy %s not scored: %s", lane, decision.get("occupancy_id"), exc)
@@ -316,14 +361,27 @@ class ModelRunner:
                 reason = "inference error"
                 log.error("lane %s occupancy %s: model failed: %r", lane, decision.get("occupancy_id"), exc)
             else:
-                if not math.isfinite(score):
-                    reason, score = "non-finite score", None
+                if not math.isfinite(raw):
+                    reason, raw = "non-finite score", None
         self.metrics.inference.observe(time.perf_counter() - t0)
-        if score is None:
-            self.metrics.unscored.labels(lane, reason).inc()
-        else:
-            self.metrics.scores.labels(lane).observe(score)
-        apply_policy(decision, score, self.cfg, model.version, reason)
-        if score is not None and score >= self.cfg.finding_threshold:
-            self.metrics.findings.labels(lane, str(0 < self.cfg.alarm_threshold <= score).lower()).inc()
+        return self.judge(decision, raw, reason)
+
+    def judge(self, decision: dict[str, Any], raw: float | None, reason: str | None = None) -> dict[str, Any]:
+        """Read the model's ``raw`` score of ``decision`` with its lane's calibration and apply the policy, in place
+        (``raw`` None: not scored, ``reason`` says why); then a scored occupancy not alarmed joins the lane's
+        calibration. Needs a started runner."""
+        assert self.model is not None and self.calibration is not None, "judge needs a started runner"
+        lane, version = str(decision.get("lane", "")), self.model.version
+        if raw is None:
+            self.metrics.unscored.labels(lane, reason or "no score").inc()
+            return apply_policy(decision, None, self.cfg, version, reason)
+        calibrated = self.calibration.read(lane, version, raw)
+        apply_policy(decision, calibrated.score, self.cfg, version, raw=raw, calibrated=calibrated)
+        finding = bool(decision["model"]["finding"])
+        if calibrated.score is not None:
+            self.metrics.scores.labels(lane).observe(calibrated.score)
+            if finding:
+                self.metrics.findings.labels(lane, str(0 < self.cfg.alarm_threshold <= calibrated.score).lower()).inc()
+        if decision.get("verdict") != "ALARM":
+            self.calibration.learn(lane, version, str(decision.get("occupancy_id")), raw, finding)
         return decision

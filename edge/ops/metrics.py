@@ -339,6 +339,38 @@ class ModelMetrics:
         self.loaded = Gauge(
             "lanewatch_model_info", "1 for the model version in use.", ["version", "schema"], registry=registry
         )
+        self.calibration_occupancies = Gauge(
+            "lanewatch_model_calibration_occupancies",
+            "Ordinary occupancies in the lane's calibration window (the model warms up until min_occupancies).",
+            ["lane"],
+            registry=registry,
+        )
+        self.finding_rate = Gauge(
+            "lanewatch_model_finding_rate",
+            "Findings per ordinary occupancy over the lane's calibration window (nominal: 10^-finding_threshold).",
+            ["lane"],
+            registry=registry,
+        )
+        self.drift_ratio = Gauge(
+            "lanewatch_model_drift_ratio",
+            "Share of the lane's calibration window with a raw model score of 2 or more, over the 1 in 100 of the "
+            "model's training traffic (about 1 in the training domain).",
+            ["lane"],
+            registry=registry,
+        )
+        self.drift = Gauge(
+            "lanewatch_model_drift",
+            "1 while the lane's traffic has left the model's training domain (drift ratio at least [model] "
+            "drift_ratio): fault model-drift.",
+            ["lane"],
+            registry=registry,
+        )
+        self.state_errors = Counter(
+            "lanewatch_model_state_errors_total",
+            "Failures of the model's calibration state file, by operation (open, read, write).",
+            ["op"],
+            registry=registry,
+        )
 
 
 class ConsoleMetrics:
