@@ -14,7 +14,7 @@ import pytest
 import zmq
 from independent_lane import IndependentLane, passages, publish_background
 from prometheus_client import CollectorRegistry
-from support import Running, free_port
+from support import Running, service_toml
 
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher
@@ -194,25 +194,15 @@ def test_decisions_say_warming_up_until_the_lane_has_enough_ordinary_occupancies
 
 # ---- the service on independent traffic --------------------------------------------------------------------
 def _config(tmp_path: Path) -> Config:
-    return parse(
-        f"""
-        [service]
-        journal = "{tmp_path / "journal.db"}"
-        http = "127.0.0.1:{free_port()}"
-        [bus]
-        ingest = "tcp://127.0.0.1:{free_port()}"
-        alerts = "tcp://127.0.0.1:{free_port()}"
-        query = "tcp://127.0.0.1:{free_port()}"
-        plaintext = true
+    tables = """
         [model]
         finding_threshold = 1.0
         min_occupancies = 100
         calibration_window = 400
         [[lanes]]
         id = "lane1"
-        """,
-        "calibration-test",
-    )
+        """
+    return parse(service_toml(tmp_path / "journal.db") + tables, "calibration-test")
 
 
 def _drive(config: Config, lane: IndependentLane, count: int, seq0: int) -> Running:
