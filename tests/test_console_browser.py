@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.ops.units import self_signed_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,12 +38,6 @@ TIMEOUT_S = 300.0
 """Longest wait for the demo to start and for its first alarm (the first run compiles the kernels)."""
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, check: Callable[[], bool], procs: list[subprocess.Popen], timeout_s: float) -> None:
@@ -71,12 +66,12 @@ class Site:
         cert, key = self_signed_pair("localhost")
         (root / "console-cert.pem").write_bytes(cert)
         (root / "console-key.pem").write_bytes(key)
-        port = free_port()
+        port, http = free_ports(2)
         self.url = f"https://127.0.0.1:{port}"
         console = re.sub(  # the demo's own [console] section, replaced by this test's
             r"\[console\]\n(?:[^\[\n].*\n)*",
-            f'[console]\nlisten = "127.0.0.1:{port}"\ncertificate = "{root}/console-cert.pem"\n'
-            f'key = "{root}/console-key.pem"\ntimezone = "{ZONE}"\n\n',
+            f'[console]\nlisten = "127.0.0.1:{port}"\nhttp = "127.0.0.1:{http}"\n'
+            f'certificate = "{root}/console-cert.pem"\nkey = "{root}/console-key.pem"\ntimezone = "{ZONE}"\n\n',
             demo_config.read_text(),
         )
         self.config = root / "console.toml"

@@ -74,7 +74,7 @@ GAP_S = 4.0
 
 
 def write_config(path: Path, lanes: int, sim_base: int, xray_base: int) -> None:
-    ingest, alerts, query, http, console, *drivers = free_ports(5 + 2 * lanes)
+    ingest, alerts, query, http, console, console_http, *drivers = free_ports(6 + 2 * lanes)
     lines = [
         "# lanewatch demo configuration (written by `lanewatch demo`)",
         "[service]",
@@ -92,6 +92,7 @@ def write_config(path: Path, lanes: int, sim_base: int, xray_base: int) -> None:
         "",
         "[console]",
         f'listen = "127.0.0.1:{console}"',
+        f'http = "127.0.0.1:{console_http}"',
         f'certificate = "{path.parent / "console-cert.pem"}"',
         f'key = "{path.parent / "console-key.pem"}"',
     ]
