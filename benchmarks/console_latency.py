@@ -59,6 +59,8 @@ class Service(threading.Thread):
         self.appended: dict[int, float] = {}
         self.running = threading.Event()
         self.stopping = threading.Event()
+        self.started_s = 0.0
+        """When the run last started (monotonic s)."""
 
     def run(self) -> None:
         poller = zmq.Poller()
@@ -74,7 +76,7 @@ class Service(threading.Thread):
             if self.bus.router in ready:
                 self.bus.handle_query()
             if not self.running.is_set():
-                next_at = time.monotonic()  # the rate starts when the run does, with no backlog to catch up
+                next_at = self.started_s = time.monotonic()  # the rate starts with the run, no backlog to catch up
             elif time.monotonic() >= next_at:
                 n += 1
                 now = time.time()

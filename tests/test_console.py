@@ -26,6 +26,7 @@ from lanewatch.edge.commands.schema import schema
 from lanewatch.edge.config import Config, ConfigError
 from lanewatch.edge.console.adjudication import AdjudicationError, Adjudications, EventFilter
 from lanewatch.edge.console.app import LoginLimiter, create_app, n42_nuclides
+from lanewatch.edge.console.health import HealthHistory
 from lanewatch.edge.console.present import reasons
 from lanewatch.edge.console.users import UserStore, users_path
 from lanewatch.edge.decisions.journal import Journal
@@ -514,6 +515,43 @@ def test_supervisor_day_report_as_page_and_csv(client: TestClient, site: Config)
     assert by_lane["lane2"]["disposed_norm"] == "1" and by_lane["lane2"]["median_minutes_to_disposition"]
     assert sum(int(r["awaiting"]) for r in by_lane.values()) == 4
     assert client.get("/reports?day=yesterday").status_code == 400
+
+
+def test_report_gives_each_lanes_uptime_and_faults_from_the_health_history(client: TestClient, site: Config) -> None:
+    """Readings every 10 s from 09:00 to 10:00 UTC on 2026-01-15: lane1 has a gamma-high fault from 09:30 to 09:40;
+    lane2 is watched until 09:20, not at all until 09:50 (no console ran), then the service is unreachable."""
+    from datetime import UTC, datetime, timedelta
+
+    def reading(faults: list[str]) -> dict[str, Any]:
+        sensor = {"name": "RPM", "connected": True, "fresh": True, "age_s": 0.2, "ok": True, "problem": ""}
+        lane = {"occupied": False, "faults": faults, "sensors": [sensor]}
+        return {"reachable": True, "ok": not faults, "lanes": {"lane1": lane, "lane2": {**lane, "faults": []}}}
+
+    history = HealthHistory(site.service.journal)
+    start = datetime(2026, 1, 15, 9, tzinfo=UTC)
+    for step in range(361):
+        at = start + timedelta(seconds=10 * step)
+        when = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        minute = step / 6
+        history.record(reading(["gamma-high"] if 30 <= minute < 40 else []), ["lane1"], when)
+        if minute <= 20:
+            history.record(reading([]), ["lane2"], when)
+        elif minute >= 50:
+            history.record({"reachable": False, "lanes": {}}, ["lane2"], when)
+    history.close()
+    login(client, "sam")
+    csv_text = client.get("/reports?day=2026-01-15&shift=day&format=csv").text.splitlines()
+    header, *rows = [line.split(",") for line in csv_text]
+    by_lane = {row[1]: dict(zip(header, row, strict=True)) for row in rows}
+    lane1, lane2 = by_lane["lane1"], by_lane["lane2"]
+    assert (lane1["uptime_percent"], lane1["down_minutes"], lane1["unobserved_minutes"]) == ("83.3", "10.0", "1380.0")
+    assert lane1["faults"] == "gamma-high 1x 10.0 min"
+    assert (lane2["uptime_percent"], lane2["down_minutes"], lane2["unobserved_minutes"]) == ("66.7", "10.0", "1410.0")
+    assert lane2["faults"] == "service unreachable 1x 10.0 min"
+    page = client.get("/reports?day=2026-01-15&shift=day")
+    assert "83.3%" in page.text and "gamma-high 1x 10.0 min" in page.text and "not watched 1380 min" in page.text
+    early = client.get("/reports?day=2026-01-15&shift=early&format=csv").text.splitlines()  # 06:00-14:00 local
+    assert early[1].split(",")[-4:] == ["83.3", "10.0", "420.0", "gamma-high 1x 10.0 min"]
 
 
 def test_wall_state_has_each_lanes_tile_with_its_background_and_awaiting_alarms(client: TestClient) -> None:

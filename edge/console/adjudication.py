@@ -36,11 +36,14 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from lanewatch.edge.console.store import SqliteStore
 from lanewatch.edge.console.users import now_text, role_allows
 from lanewatch.edge.decisions.adjudication import DISPOSITIONS, KINDS, MAX_NOTES, SECONDARY, Adjudication
-from lanewatch.edge.decisions.journal import Journal
+from lanewatch.edge.decisions.journal import Journal, decode_as
 
 STATES = ("unacknowledged", "acknowledged", "awaiting", "disposed")
 """Adjudication states a filter may ask for; ``awaiting`` is unacknowledged or acknowledged, not yet disposed."""
@@ -108,6 +111,21 @@ class EventFilter:
     """Words looked for in the adjudication notes (case-insensitive, as a phrase)."""
 
 
+class RowFields(msgspec.Struct, frozen=True):
+    """The fields of a decision the event table shows beside its columns (read without the rest of the decision)."""
+
+    verdict: str = ""
+    alarms: list[dict[str, Any]] = []
+    device_alarm: bool | None = None
+    incomplete: list[str] = []
+    end_reason: str | None = None
+    model: dict[str, Any] | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """As a decision's dict would answer (what :mod:`lanewatch.edge.console.present` reads)."""
+        return getattr(self, key, default)
+
+
 @dataclass(frozen=True)
 class EventRow:
     seq: int
@@ -118,6 +136,8 @@ class EventRow:
     state: str
     """unacknowledged | acknowledged | disposed | "" (a decision that needs no adjudication)."""
     disposition: str | None
+    fields: RowFields | None = None
+    """What the table shows of the decision, when :meth:`Adjudications.events` was asked for it."""
 
 
 @dataclass(frozen=True)
@@ -300,9 +320,12 @@ class Adjudications(SqliteStore):
         """ALARM decisions not yet disposed, newest first."""
         return self.events(EventFilter(state="awaiting"), limit=limit).rows
 
-    def events(self, where: EventFilter, limit: int, before: int | None = None, after: int | None = None) -> EventPage:
+    def events(
+        self, where: EventFilter, limit: int, before: int | None = None, after: int | None = None, fields: bool = False
+    ) -> EventPage:
         """One page of decisions matching ``where``, the latest end first: those after decision ``before`` in that
-        order, or (``after``) the page before decision ``after``."""
+        order, or (``after``) the page before decision ``after``; ``fields`` also reads each row's
+        :class:`RowFields` in the same query."""
         clauses, params = [], []
         for clause, value in (
             ("d.lane = ?", where.lane),
@@ -335,8 +358,9 @@ class Adjudications(SqliteStore):
             params += [found[0][0], cursor]
         order = "DESC" if after is None else "ASC"
         sql = (
-            'SELECT d.seq, d.lane, d.verdict, d.start, d."end", s.state, s.disposition FROM decisions d'
-            " LEFT JOIN adjudication_state s ON s.seq = d.seq"
+            'SELECT d.seq, d.lane, d.verdict, d.start, d."end", s.state, s.disposition'
+            + (", d.encoding, d.body" if fields else ", NULL, NULL")
+            + " FROM decisions d LEFT JOIN adjudication_state s ON s.seq = d.seq"
         )
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
@@ -347,9 +371,12 @@ class Adjudications(SqliteStore):
         if order == "ASC":
             rows.reverse()
         page = [
-            EventRow(seq, lane, verdict, start, end, state or ("unacknowledged" if verdict == "ALARM" else ""), disp)
-            for seq, lane, verdict, start, end, state, disp in rows
-        ]
+            EventRow(
+                seq, lane, verdict, start, end, state or ("unacknowledged" if verdict == "ALARM" else ""), disp,
+                None if body is None else decode_as(encoding, body, RowFields),
+            )
+            for seq, lane, verdict, start, end, state, disp, encoding, body in rows
+        ]  # fmt: skip
         if not page:
             return EventPage([], None, None)
         newest_page = after is None and before is None

@@ -53,6 +53,7 @@ from lanewatch.edge.console.adjudication import (
     Adjudications,
     EventFilter,
 )
+from lanewatch.edge.console.health import HealthHistory
 from lanewatch.edge.console.live import Event, Feeds, Hub, Wall, read_health
 from lanewatch.edge.console.present import Clock, model_text, reasons, release_recommended, summary, utc_label
 from lanewatch.edge.console.users import ROLES, Session, UserError, UserStore, role_allows, users_path
@@ -271,7 +272,8 @@ def create_app(
     hub = Hub()
     metrics = ConsoleMetrics(registry if registry is not None else CollectorRegistry())
     metrics.sse_clients.set_function(lambda: len(hub.queues))
-    feeds = Feeds(config, wall, hub, metrics, health=health, keys=keys)
+    history = HealthHistory(journal_path)
+    feeds = Feeds(config, wall, hub, metrics, history, health=health, keys=keys)
     env = Environment(loader=PackageLoader("lanewatch.edge.console", "templates"), autoescape=select_autoescape())
     env.globals.update(ROLES=ROLES, DISPOSITIONS=DISPOSITIONS, SECONDARY=SECONDARY, VERDICTS=VERDICTS, STATES=STATES)
     env.filters["local"] = clock.local
@@ -458,7 +460,7 @@ def create_app(
         since = utc_text(midnight + timedelta(hours=start_hour))
         until = utc_text(midnight + timedelta(hours=end_hour))
         lanes = [lane.id for lane in config.lanes]
-        reports = await run_in_threadpool(lane_reports, adjudications, journal, lanes, since, until)
+        reports = await run_in_threadpool(lane_reports, adjudications, journal, history, lanes, since, until)
         span = f"{day} {shift} ({start_hour:02d}:00-{end_hour % 24:02d}:00 {config.console.timezone})"
         if request.query_params.get("format") == "csv":
             disposition = f'attachment; filename="report-{day}-{shift}.csv"'
@@ -497,6 +499,7 @@ def create_app(
                 feeds.stop()
             journal.close()
             adjudications.close()
+            history.close()
             users.close()
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -562,28 +565,31 @@ def decision_routes(
     async def table(request: Request) -> Response:
         session = await need(request)
         where, shown, error = _filter(console, request.query_params)
+        if request.query_params.get("format") == "csv":
+            return await run_in_threadpool(_csv, console, where)
 
         def page_arg(name: str) -> int | None:
             value = request.query_params.get(name, "")
             return int(value) if value.isdigit() else None
 
-        page = await run_in_threadpool(
-            adjudications.events, where, config.console.page_size, page_arg("before"), page_arg("after")
-        )
-        rows = []
-        for row in page.rows:
-            decision = journal.get(row.seq) or {}
-            rows.append({"row": row, "reasons": reasons(decision)[:2], "model": model_text(decision),
-                         "device_alarm": bool(decision.get("device_alarm")),
-                         "release": release_recommended(decision)})  # fmt: skip
-        if request.query_params.get("format") == "csv":
-            return _csv(console, where)
-        query = "&".join(f"{k}={v}" for k, v in shown.items() if v)
-        lanes = [lane.id for lane in config.lanes]
-        return render(
-            request, "events.html", session, 400 if error else 200, rows=rows, page=page, shown=shown, error=error,
-            query=query, lanes=lanes, timezone=config.console.timezone,
-        )  # fmt: skip
+        def build() -> Response:  # off the event loop: the query, the rows' decoding and the rendering
+            page = adjudications.events(
+                where, config.console.page_size, page_arg("before"), page_arg("after"), fields=True
+            )
+            rows = [
+                {"row": row, "reasons": reasons(row.fields)[:2], "model": model_text(row.fields),
+                 "device_alarm": bool(row.fields.device_alarm), "release": release_recommended(row.fields)}
+                for row in page.rows
+                if row.fields is not None
+            ]  # fmt: skip
+            query = "&".join(f"{k}={v}" for k, v in shown.items() if v)
+            lanes = [lane.id for lane in config.lanes]
+            return render(
+                request, "events.html", session, 400 if error else 200, rows=rows, page=page, shown=shown,
+                error=error, query=query, lanes=lanes, timezone=config.console.timezone,
+            )  # fmt: skip
+
+        return await run_in_threadpool(build)
 
     async def detail(request: Request) -> Response:
         session = await need(request)
@@ -695,12 +701,11 @@ def _csv(console: Console, where: EventFilter) -> Response:
     before = None
     written = 0
     while written < 100_000:
-        page = console.adjudications.events(where, 500, before)
+        page = console.adjudications.events(where, 500, before, fields=True)
         for row in page.rows:
-            decision = console.journal.get(row.seq) or {}
             writer.writerow(
                 [row.seq, row.lane, row.verdict, console.clock.local(row.end), row.end, row.state,
-                 row.disposition or "", "; ".join(reasons(decision))]
+                 row.disposition or "", "; ".join(reasons(row.fields) if row.fields else [])]
             )  # fmt: skip
         written += len(page.rows)
         if page.older is None:

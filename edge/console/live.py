@@ -10,7 +10,7 @@ Four threads feed one :class:`Wall`:
 - the journal thread reads the acts from the journal's append-only ``adjudications`` table (the truth) as soon
   as one is announced or recorded here, and every ``[console].adjudication_resync_s`` for any whose announcement was
   lost (service down, console reconnecting), and reads the health of the service and of each lane's drivers
-  (every :data:`HEALTH_POLL_S`);
+  (every :data:`HEALTH_POLL_S`), kept in the lane health history (:mod:`lanewatch.edge.console.health`);
 - the wall thread sends the wall to the browsers, at most every :data:`WALL_INTERVAL_S`.
 
 Every change is put to :class:`Hub`, which hands it to each open browser's queue on the event
@@ -36,6 +36,7 @@ import zmq
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.console.adjudication import Adjudications
+from lanewatch.edge.console.health import HealthHistory
 from lanewatch.edge.console.present import Clock, background_cps, parse_utc, reason_text, summary
 from lanewatch.edge.decisions.adjudication import Adjudication
 from lanewatch.edge.decisions.journal import Journal, JournalError
@@ -265,6 +266,7 @@ class Feeds:
         wall: Wall,
         hub: Hub,
         metrics: ConsoleMetrics,
+        history: HealthHistory,
         health: Callable[[Config], dict[str, Any]] = read_health,
         keys: Keys | None = None,
     ) -> None:
@@ -274,6 +276,7 @@ class Feeds:
         self.wall = wall
         self.hub = hub
         self.metrics = metrics
+        self.history = history
         self.health = health
         self.stopping = threading.Event()
         self.adjudication_cursor = wall.adjudications.last_id()
@@ -404,6 +407,10 @@ class Feeds:
                 health = self.health(self.config)
                 self.metrics.service_reachable.set(bool(health.get("reachable")))
                 self.wall.on_health(health)
+                try:
+                    self.history.record(health, self.wall.lanes)
+                except Exception as exc:  # a locked or unwritable database must not stop the wall
+                    self._ratelog.log(logging.WARNING, "history", "console: cannot record lane health: %s", exc)
                 next_health = time.monotonic() + HEALTH_POLL_S
                 changed = True
             if changed:

@@ -1,8 +1,8 @@
-"""Shift and day reports per lane: vehicles, verdicts, alarms by reason, dispositions, time to disposition.
+"""Shift and day reports per lane: vehicles, verdicts, alarms by reason, dispositions, time to disposition,
+uptime and faults.
 
-Counted from the journal (decisions and their adjudications) over a span of time in the site's time zone;
-link interruptions and incomplete decisions stand for the lane's trouble, as the journal holds no health
-history.
+Counted from the journal (decisions and their adjudications) and the lane health history the consoles keep
+in it (:mod:`lanewatch.edge.console.health`) over a span of time in the site's time zone.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from lanewatch.edge.console.adjudication import DISPOSITIONS, Adjudications
+from lanewatch.edge.console.health import HealthHistory, Uptime
 from lanewatch.edge.console.present import parse_utc
 from lanewatch.edge.decisions.journal import Journal
 
@@ -35,6 +36,14 @@ class LaneReport:
     minutes_to_disposition: list[float] = field(default_factory=list)
     link_interruptions: int = 0
     incomplete_reasons: Counter[str] = field(default_factory=Counter)
+    health: Uptime = field(default_factory=Uptime)
+
+    @property
+    def faults_text(self) -> str:
+        """Each fault with how often it began and for how long it was active, most frequent first."""
+        return "; ".join(
+            f"{fault} {n}x {self.health.fault_s[fault] / 60:.1f} min" for fault, n in self.health.faults.most_common()
+        )
 
     @property
     def median_minutes(self) -> float | None:
@@ -46,10 +55,10 @@ class LaneReport:
 
 
 def lane_reports(
-    adjudications: Adjudications, journal: Journal, lanes: list[str], since: str, until: str
+    adjudications: Adjudications, journal: Journal, history: HealthHistory, lanes: list[str], since: str, until: str
 ) -> list[LaneReport]:
     """One report per lane (configured lanes first, then any other in the journal) for ends in [since, until)."""
-    reports = {lane: LaneReport(lane) for lane in lanes}
+    reports = {lane: LaneReport(lane, health=history.uptime(lane, since, until)) for lane in lanes}
     rows = adjudications.span(since, until)
     for seq, lane, verdict, state, disposition in rows:
         report = reports.setdefault(lane, LaneReport(lane))
@@ -85,7 +94,8 @@ def reports_csv(reports: list[LaneReport], span: str) -> str:
     writer.writerow(
         ["span", "lane", "vehicles", "clear", "alarm", "incomplete", "portal_alarms", "alarms_by_reason", "awaiting",
          *[f"disposed_{code}" for code in DISPOSITIONS], "median_minutes_to_disposition",
-         "max_minutes_to_disposition", "link_interruptions", "incomplete_by_end_reason"]
+         "max_minutes_to_disposition", "link_interruptions", "incomplete_by_end_reason", "uptime_percent",
+         "down_minutes", "unobserved_minutes", "faults"]
     )  # fmt: skip
     for r in reports:
         writer.writerow(
@@ -94,6 +104,8 @@ def reports_csv(reports: list[LaneReport], span: str) -> str:
              *[r.dispositions[code] for code in DISPOSITIONS],
              "" if r.median_minutes is None else f"{r.median_minutes:.1f}",
              "" if r.max_minutes is None else f"{r.max_minutes:.1f}", r.link_interruptions,
-             "; ".join(f"{k} {v}" for k, v in r.incomplete_reasons.most_common())]
+             "; ".join(f"{k} {v}" for k, v in r.incomplete_reasons.most_common()),
+             "" if r.health.uptime is None else f"{100 * r.health.uptime:.1f}", f"{r.health.down_s / 60:.1f}",
+             f"{r.health.unobserved_s / 60:.1f}", r.faults_text]
         )  # fmt: skip
     return out.getvalue()

@@ -53,7 +53,7 @@ import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -169,6 +169,15 @@ def _json(encoding: str, body: str | bytes) -> bytes:
     if b"NaN" in raw or b"Infinity" in raw:  # a body written before msgspec encoded decisions may hold NaN: not JSON
         raw = JSON_ENCODER.encode(json.loads(raw))
     return raw
+
+
+T = TypeVar("T")
+
+
+def decode_as(encoding: str, body: str | bytes, tp: type[T]) -> T:
+    """A stored decision (its ``encoding`` and ``body`` columns) decoded as ``tp``, a Struct of some of its fields:
+    the others (the X-ray preview, the profile: most of its bytes) are skipped, not built."""
+    return msgspec.json.decode(_json(encoding, body), type=tp)
 
 
 def _decode(encoding: str, body: str | bytes) -> dict[str, Any]:
