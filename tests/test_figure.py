@@ -85,8 +85,9 @@ def test_stacked_labels_of_a_row_never_overlap(labels: list[tuple[float, float]]
 
 
 def test_value_range_takes_a_near_threshold_in_and_leaves_a_far_one_out() -> None:
-    assert value_range([1.0, 3.0], 4.8)[1] > 4.8, "near: on the scale"
-    lo, hi = value_range([-4.0, 2.0], 40.0)
+    assert value_range([1.0, 3.0], [4.8])[1] > 4.8, "near: on the scale"
+    lo, hi = value_range([-4.0, 2.0], [40.0, -4.9])
+    assert lo < -4.9, "the near one taken in"
     assert hi < 40.0 and lo < -4.0 and hi > 2.0, "far: left off, the data keep the height"
     assert value_range([13.0, 45.0], from_zero=True)[0] == 0.0, "counts start at zero"
 
@@ -158,6 +159,8 @@ def test_svg_threshold_off_the_scale_is_an_arrow_with_its_value(page: Any) -> No
     frames = boxes(page, far_threshold(), "rect.frame")
     z = frames[1]
     assert len(arrows) == 1 and abs(arrows[0]["y"] - z["y"]) < 1, "at the top edge of the statistics panel"
+    both = boxes(page, by_reason("device"), "text.thrlab")  # gamma and shape thresholds, 9.7 z units apart
+    assert [b["text"] for b in both] == ["alarm threshold 4.83", "shape threshold -4.83"] and not overlap(*both)
     near = boxes(page, by_reason("shielded-source-suspected"), "line.threshold")
     assert len(near) == 1 and not boxes(page, by_reason("shielded-source-suspected"), "polygon.thrarrow")
 
@@ -224,3 +227,16 @@ def test_evidence_figure_shows_a_far_threshold_at_the_edge_and_frames_a_dark_ima
     (x0, x1), z_mm = too_dark()["xray"]["preview"]["x_m"], too_dark()["xray"]["preview"]["z_mm"]
     assert len(frames) == 1 and frames[0].get_width() == pytest.approx(x1 - x0)
     assert frames[0].get_height() == pytest.approx((z_mm[1] - z_mm[0]) / 1000)
+
+
+def test_the_two_sided_shape_test_shows_its_threshold_on_its_side(page: Any, drawn: Any) -> None:
+    """A NORM release: the shape test crossed on the harder (negative) side, its threshold drawn there."""
+    decision = by_reason("norm-consistent")
+    shape = next(a for a in decision["alarms"] if a["reason"] == "gamma-shape")
+    assert shape["statistic"] < -shape["threshold"]
+    expected = f"shape threshold {-shape['threshold']:.3g}"
+    assert [b["text"] for b in boxes(page, decision, "text.thrlab")] == [expected]
+    assert len(boxes(page, decision, "line.threshold.shape")) == 1
+    z = next(ax for ax in drawn(decision).axes if ax.get_ylabel().startswith("test statistic"))
+    assert expected in [t.get_text() for t in z.get_legend().get_texts()]
+    assert z.get_ylim()[0] < -shape["threshold"] < z.get_ylim()[1]

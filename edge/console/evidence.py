@@ -140,7 +140,7 @@ def figure(decision: dict[str, Any]) -> Any:
         ax.plot(rad["location_m"], rad["mf_z"][:n], color="#c01818", label="matched filter z")
         if rad["shape_z"]:
             ax.plot(rad["location_m"], rad["shape_z"][:n], color="#1060c0", label="shape z")
-        _threshold(ax, Line2D, rad["mf_z"][:n] + rad["shape_z"][:n], rad["thresholds"].get("gamma"))
+        _thresholds(ax, Line2D, rad["mf_z"][:n] + rad["shape_z"][:n], rad["z_thresholds"])
         ax.set_ylabel("test statistic\nz (sigma)")
     if "neutron" in by and neutron["counts"]:
         ax = by["neutron"]
@@ -200,24 +200,24 @@ def _image_panel(
     ax.set_ylabel("from the top\nof the image (m)")
 
 
-def _threshold(ax: Any, line: Any, values: list[Any], threshold: float | None) -> None:
-    """The alarm threshold as a line when it shares the data's scale, else as an arrow at the edge it lies beyond."""
-    lo, hi = value_range(values, threshold)
+def _thresholds(ax: Any, line: Any, values: list[Any], thresholds: list[tuple[float, str]]) -> None:
+    """Each threshold (value, label) as a line when it shares the data's scale, else as an arrow at the edge it
+    lies beyond with its value."""
+    lo, hi = value_range(values, [t for t, _ in thresholds])
     ax.set_ylim(lo, hi)
-    if threshold is None:
-        return
-    if lo <= threshold <= hi:
-        ax.axhline(threshold, color="#c01818", ls=":", label=f"alarm threshold {threshold:.3g}")
-        return
-    above = threshold > hi
-    marker = "^" if above else "v"
-    ax.plot([0.985], [0.93 if above else 0.07], marker=marker, ms=9, color="#c01818", transform=ax.transAxes,
-            clip_on=False, ls="none")  # fmt: skip
-    ax.annotate(f"alarm threshold {threshold:.3g} {'above' if above else 'below'} this scale",
-                (0.97, 0.93 if above else 0.07), xycoords="axes fraction", ha="right", va="center", fontsize=8,
-                color="#c01818")  # fmt: skip
-    ax.add_line(line([], [], marker=marker, color="#c01818", ls="none",
-                     label=f"alarm threshold {threshold:.3g} (off scale)"))  # fmt: skip
+    off = 0
+    for threshold, label in thresholds:
+        colour = "#1060c0" if label.startswith("shape") else "#c01818"
+        if lo <= threshold <= hi:
+            ax.axhline(threshold, color=colour, ls=":", label=label)
+            continue
+        above = threshold > hi
+        marker, y = ("^", 0.93 - 0.12 * off) if above else ("v", 0.07 + 0.12 * off)
+        ax.plot([0.985], [y], marker=marker, ms=9, color=colour, transform=ax.transAxes, clip_on=False, ls="none")
+        ax.annotate(f"{label} {'above' if above else 'below'} this scale", (0.97, y), xycoords="axes fraction",
+                    ha="right", va="center", fontsize=8, color=colour)  # fmt: skip
+        ax.add_line(line([], [], marker=marker, color=colour, ls="none", label=f"{label} (off scale)"))
+        off += 1
 
 
 def _label(fig: Any, ax: Any, finding: dict[str, Any]) -> Any:

@@ -85,13 +85,14 @@ def _panel(
     title: str,
     unit: str,
     series: list[tuple[str, list[float], list[Any], str, str]],
-    threshold: float | None = None,
+    thresholds: list[tuple[float, str]] | None = None,
     from_zero: bool = False,
 ) -> None:
     """One line-plot panel under a header row (title, legend) at ``top``: ``series`` are (name, x_m, values,
-    colour, dash); counts panels start at zero (``from_zero``)."""
+    colour, dash), ``thresholds`` (value, label); counts panels start at zero (``from_zero``)."""
     values = [v for _, _, ys, _, _ in series for v in _finite(ys)]
-    lo, hi = value_range(values, threshold, from_zero)
+    thresholds = thresholds or []
+    lo, hi = value_range(values, [t for t, _ in thresholds], from_zero)
     legend_x = LEFT
     out.append(f'<text x="{legend_x}" y="{top + 12}" class="ptitle">{escape(title)}</text>')
     legend_x += 24 + _width(title)
@@ -122,25 +123,32 @@ def _panel(
         if points:
             dashing = f' stroke-dasharray="{dash}"' if dash else ""
             out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.6"{dashing}/>')
-    if threshold is None:
-        return
-    if lo <= threshold <= hi:
-        out.append(
-            f'<line x1="{LEFT}" x2="{right}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" class="threshold"/>'
-        )
-        out.append(
-            f'<text x="{right - 4}" y="{y(threshold) - 3:.1f}" class="thrlab">alarm threshold {threshold:g}</text>'
-        )
-        return
-    # off the scale: an arrow at the edge it lies beyond, its value in the header row (clear of the data)
-    above = threshold > hi
-    edge = top if above else top + PANEL_HEIGHT
-    base = edge + 9 if above else edge - 9
-    x = right - 10
-    text = f"alarm threshold {threshold:g}, {'above' if above else 'below'} this scale"
-    out.append(f'<polygon points="{x - 6},{base} {x + 6},{base} {x},{edge}" class="thrarrow"><title>{text}</title>')
-    out.append("</polygon>")
-    out.append(f'<text x="{right}" y="{top - HEADER + 12}" class="thrlab">{"▲" if above else "▼"} {text}</text>')
+    off: list[str] = []
+    last_label_y = -math.inf  # the labels share the right edge: one above its line, or under the one before
+    for threshold, label in sorted(thresholds, key=lambda t: -t[0]):
+        kind = "shape" if label.startswith("shape") else "alarm"
+        if lo <= threshold <= hi:
+            out.append(
+                f'<line x1="{LEFT}" x2="{right}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
+                f'class="threshold {kind}"/>'
+            )
+            label_y = y(threshold) - 3
+            if label_y < last_label_y + LABEL_ROW:  # under its line, clear of the label before
+                label_y = max(y(threshold) + 12, last_label_y + LABEL_ROW)
+            last_label_y = label_y
+            out.append(f'<text x="{right - 4}" y="{label_y:.1f}" class="thrlab {kind}">{label}</text>')
+            continue
+        # off the scale: an arrow at the edge it lies beyond, its value in the header row (clear of the data)
+        above = threshold > hi
+        edge = top if above else top + PANEL_HEIGHT
+        base = edge + 9 if above else edge - 9
+        x = right - 10 - 16 * len(off)
+        text = f"{label}, {'above' if above else 'below'} this scale"
+        out.append(f'<polygon points="{x - 6},{base} {x + 6},{base} {x},{edge}" class="thrarrow {kind}">')
+        out.append(f"<title>{text}</title></polygon>")
+        off.append(f'<tspan class="{kind}">{"▲" if above else "▼"} {text}</tspan>')
+    if off:
+        out.append(f'<text x="{right}" y="{top - HEADER + 12}" class="thrlab">{" · ".join(off)}</text>')
 
 
 def _labels(out: list[str], axis: Axis, found: list[dict[str, Any]], top: float) -> tuple[float, list[float]]:
@@ -240,7 +248,7 @@ def svg(decision: dict[str, Any], preview_url: str | None) -> str:
         series = [("matched filter", xs, rad["mf_z"], "#c01818", "")]
         if rad["shape_z"]:
             series.append(("shape", xs, rad["shape_z"], "#1060c0", ""))
-        _panel(out, axis, top, "test statistics", "z (sigma)", series, rad["thresholds"].get("gamma"))
+        _panel(out, axis, top, "test statistics", "z (sigma)", series, rad["z_thresholds"])
         top += panel + GAP
     if neutron["counts"]:
         expected = neutron["expected"]

@@ -52,16 +52,18 @@ def stack(spans: list[tuple[float, float]], gap: float = 0.0) -> list[int]:
     return rows
 
 
-def value_range(values: list[Any], threshold: float | None = None, from_zero: bool = False) -> tuple[float, float]:
-    """A panel's value range: its finite ``values`` (and 0 for counts, ``from_zero``), padded by 5%, taking in
-    ``threshold`` when it lies within :data:`SCALE_REACH` data spans of them (else it is drawn clipped)."""
+def value_range(
+    values: list[Any], thresholds: list[float] | None = None, from_zero: bool = False
+) -> tuple[float, float]:
+    """A panel's value range: its finite ``values`` (and 0 for counts, ``from_zero``), padded by 5%, taking in each
+    of ``thresholds`` that lies within :data:`SCALE_REACH` data spans of them (a farther one is drawn clipped)."""
     finite = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     if from_zero:
         lo = min(lo, 0.0)
     span = hi - lo if hi > lo else max(abs(hi), 1.0)
-    if threshold is not None and lo - SCALE_REACH * span <= threshold <= hi + SCALE_REACH * span:
-        lo, hi = min(lo, threshold), max(hi, threshold)
+    near = [t for t in thresholds or [] if lo - SCALE_REACH * span <= t <= hi + SCALE_REACH * span]
+    lo, hi = min([lo, *near]), max([hi, *near])
     if hi <= lo:
         hi = lo + 1.0
     pad = 0.05 * (hi - lo)
@@ -90,7 +92,11 @@ def profile_data(decision: dict[str, Any]) -> dict[str, Any]:
         "seq": decision.get("seq"),
         "occupancy_id": decision.get("occupancy_id"),
         "axis": axis_name(decision),
-        "radiation": {**radiation, "thresholds": {k: thresholds.get(k) for k in ("gamma", "gamma-shape")}},
+        "radiation": {
+            **radiation,
+            "thresholds": {k: thresholds.get(k) for k in ("gamma", "gamma-shape")},
+            "z_thresholds": z_thresholds(decision),
+        },
         "neutron": {
             "dt_s": neutron_dt,
             "location_m": [round((i + 0.5) * nstep, 3) for i in range(len(neutron))] if nstep else [],
@@ -105,6 +111,22 @@ def profile_data(decision: dict[str, Any]) -> dict[str, Any]:
         },
         "findings": findings(decision),
     }
+
+
+def z_thresholds(decision: dict[str, Any]) -> list[tuple[float, str]]:
+    """The thresholds of the test statistics (z) with their labels: the gamma test's, and the two-sided shape
+    test's on the side its statistic lies (negative: harder than background)."""
+    out: list[tuple[float, str]] = []
+    for a in decision.get("alarms") or []:
+        threshold, statistic = (a.get("threshold"), a.get("statistic")) if isinstance(a, dict) else (None, None)
+        if not isinstance(threshold, int | float):
+            continue
+        if a.get("reason") == "gamma":
+            out.append((float(threshold), f"alarm threshold {threshold:.3g}"))
+        elif a.get("reason") == "gamma-shape":
+            value = -float(threshold) if isinstance(statistic, int | float) and statistic < 0 else float(threshold)
+            out.append((value, f"shape threshold {value:.3g}"))
+    return list(dict.fromkeys(out))
 
 
 def axis_name(decision: dict[str, Any]) -> str:
