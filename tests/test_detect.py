@@ -257,9 +257,16 @@ def test_neutron_source_alarms() -> None:
     results = [run(vehicle, seed) for seed in range(10)]
     hits = [alarms(r).get("neutron") for r in results]
     assert sum(h is not None for h in hits) >= 9
-    for hit in filter(None, hits):
+    for result, hit in zip(results, hits, strict=True):
+        if hit is None:
+            continue
         assert hit["statistic"] >= hit["threshold"]
         assert abs(hit["location_m"] - 8.0) < 4.0
+        # window_s names the window the statistic sums: the counts of its samples, centred on the location
+        dt, counts = result["profile"]["neutron_dt_s"], result["profile"]["neutron"]
+        m = round(hit["window_s"] / dt)
+        start = round(hit["location_m"] / (vehicle.speed_kmh / 3.6 * dt) - 0.5 * m)
+        assert m >= 1 and sum(counts[start : start + m]) == pytest.approx(hit["statistic"])
 
 
 def test_ship_effect_null_holds_its_false_alarm_probability(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -240,3 +240,19 @@ def test_the_two_sided_shape_test_shows_its_threshold_on_its_side(page: Any, dra
     z = next(ax for ax in drawn(decision).axes if ax.get_ylabel().startswith("test statistic"))
     assert expected in [t.get_text() for t in z.get_legend().get_texts()]
     assert z.get_ylim()[0] < -shape["threshold"] < z.get_ylim()[1]
+
+
+def test_the_neutron_threshold_is_drawn_per_sample_over_its_window(page: Any, drawn: Any) -> None:
+    """The neutron test sums a window (``window_s``): its threshold reads as that sum and as the mean per sample
+    the window had to reach, on the counts-per-sample axis. (The recorded decision predates ``window_s``: its
+    window, 3 samples of 1 s, is the ratio of its expected sum to the expected counts per sample.)"""
+    decision = copy.deepcopy(by_reason("neutron"))
+    entry = next(a for a in decision["alarms"] if a["reason"] == "neutron")
+    assert round(entry["expected"] / decision["profile"]["neutron_expected"]) == 3
+    entry["window_s"] = 3.0
+    label = f"alarm threshold 85 counts in 3 s ({85 / 3:.3g} per 1 s)"
+    assert [b["text"] for b in boxes(page, decision, "text.thrlab")] == [label]
+    line, neutron_frame = boxes(page, decision, "line.threshold")[0], boxes(page, decision, "rect.frame")[-1]
+    assert neutron_frame["y"] < line["y"] < neutron_frame["y"] + neutron_frame["h"]
+    neutron = drawn(decision).axes[-1]
+    assert label in [t.get_text() for t in neutron.get_legend().get_texts()] and neutron.get_ylim()[0] == 0.0

@@ -149,7 +149,8 @@ def figure(decision: dict[str, Any]) -> Any:
         expected = neutron["expected"]
         if expected is not None:
             ax.axhline(expected, color="grey", ls="--", label="expected")
-        ax.set_ylim(*value_range(neutron["counts"] + ([expected] if expected is not None else []), from_zero=True))
+        values = neutron["counts"] + ([expected] if expected is not None else [])
+        _thresholds(ax, Line2D, values, neutron["thresholds"], from_zero=True)
         ax.set_ylabel(f"neutron counts\nper {neutron['dt_s']:g} s")
     for finding in data["findings"]:
         sd = finding.get("location_sd_m") or 0.0
@@ -200,10 +201,12 @@ def _image_panel(
     ax.set_ylabel("from the top\nof the image (m)")
 
 
-def _thresholds(ax: Any, line: Any, values: list[Any], thresholds: list[tuple[float, str]]) -> None:
-    """Each threshold (value, label) as a line when it shares the data's scale, else as an arrow at the edge it
-    lies beyond with its value."""
-    lo, hi = value_range(values, [t for t, _ in thresholds])
+def _thresholds(
+    ax: Any, line: Any, values: list[Any], thresholds: list[tuple[float, str]], from_zero: bool = False
+) -> None:
+    """The panel's value range (:func:`value_range`), and each threshold (value, label) as a line when it shares
+    the data's scale, else as an arrow at the edge it lies beyond with its value."""
+    lo, hi = value_range(values, [t for t, _ in thresholds], from_zero)
     ax.set_ylim(lo, hi)
     off = 0
     for threshold, label in thresholds:

@@ -256,7 +256,8 @@ def svg(decision: dict[str, Any], preview_url: str | None) -> str:
         series = [("counts", nxs, neutron["counts"], "#6a2ca0", "")]
         if isinstance(expected, int | float):
             series.append(("expected", nxs, [expected] * len(nxs), "#888", "4 3"))
-        _panel(out, axis, top, "neutrons", f"counts per {neutron['dt_s']:g} s", series, from_zero=True)
+        unit = f"counts per {neutron['dt_s']:g} s"
+        _panel(out, axis, top, "neutrons", unit, series, neutron["thresholds"], from_zero=True)
         top += panel + GAP
     bottom = top - GAP
     for finding, line_top in zip(found, line_tops, strict=True):

@@ -111,6 +111,8 @@ class Alarm(_Section):
     """For reason norm-consistent: the anomaly score is below the release threshold."""
     radiation_z: float | None = None
     """For fused findings: the matched-filter z at the image object."""
+    window_s: float | None = None
+    """For reason neutron: length (s) of the sliding window whose counts the statistic, threshold and expected sum."""
     model_version: str | None = None
     """For reason model-anomaly: the model that scored."""
 

@@ -102,6 +102,7 @@ def profile_data(decision: dict[str, Any]) -> dict[str, Any]:
             "location_m": [round((i + 0.5) * nstep, 3) for i in range(len(neutron))] if nstep else [],
             "counts": neutron,
             "expected": profile.get("neutron_expected"),
+            "thresholds": neutron_thresholds(decision),
         },
         "image": {
             "profile": xray.get("profile") or {"x_m": [], "mean_att": []},
@@ -127,6 +128,21 @@ def z_thresholds(decision: dict[str, Any]) -> list[tuple[float, str]]:
             value = -float(threshold) if isinstance(statistic, int | float) and statistic < 0 else float(threshold)
             out.append((value, f"shape threshold {value:.3g}"))
     return list(dict.fromkeys(out))
+
+
+def neutron_thresholds(decision: dict[str, Any]) -> list[tuple[float, str]]:
+    """The neutron test's threshold on the counts-per-sample axis, with its label: the window's sum it had to
+    reach, as a mean per sample over that window (entries without ``window_s`` have none to draw)."""
+    dt = (decision.get("profile") or {}).get("neutron_dt_s")
+    out = []
+    for a in decision.get("alarms") or []:
+        if not isinstance(a, dict) or a.get("reason") != "neutron":
+            continue
+        threshold, window = a.get("threshold"), a.get("window_s")
+        if isinstance(threshold, int | float) and isinstance(window, int | float) and window > 0 and dt:
+            level = threshold * dt / window
+            out.append((level, f"alarm threshold {threshold:.0f} counts in {window:g} s ({level:.3g} per {dt:g} s)"))
+    return out
 
 
 def axis_name(decision: dict[str, Any]) -> str:

@@ -557,7 +557,11 @@ class OccupancyAnalyzer:
             return []
         k = min(i + 1, m)
         alarm = _alarm("neutron", total, needed, (i + 1 - 0.5 * k) * self.neutron_dt_s, self.speed_kmh, None)
-        alarm.update(expected=round(mean, 2), raised_at_s=round((i + 1) * self.neutron_dt_s, 3))
+        alarm.update(
+            expected=round(mean, 2),
+            window_s=round(k * self.neutron_dt_s, 3),
+            raised_at_s=round((i + 1) * self.neutron_dt_s, 3),
+        )
         self.raised["neutron"] = alarm
         return [alarm]
 
@@ -624,7 +628,7 @@ class OccupancyAnalyzer:
             alarms.append({**prior, "alarm": True})
         elif sums[k] >= needed or prior is not None:
             entry = _alarm("neutron", sums[k], needed, (k + 0.5 * m) * dt, self.speed_kmh, None)
-            alarms.append({**entry, "expected": round(float(means[k]), 2), "alarm": True})
+            alarms.append({**entry, "expected": round(float(means[k]), 2), "window_s": round(m * dt, 3), "alarm": True})
         elif gamma is not None:
             joint = _joint(log_sf, gamma, u)
             if joint is not None:
