@@ -100,8 +100,6 @@ def figure(decision: dict[str, Any]) -> Any:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch, Rectangle
 
     data = profile_data(decision)
     rad, neutron = data["radiation"], data["neutron"]
@@ -126,7 +124,7 @@ def figure(decision: dict[str, Any]) -> Any:
     seq, lane, verdict = decision.get("seq"), decision.get("lane"), decision.get("verdict")
     fig.suptitle(f"Decision {seq} · {lane} · {verdict} · ended {decision.get('end')}", fontsize=11)
     if preview:
-        _image_panel(by["image"], plt, Patch, Rectangle, xray, preview, data["image"]["too_dark"])
+        _image_panel(by["image"], xray, preview, data["image"]["too_dark"])
     if "gamma" in by and rad["gross"]:
         ax = by["gamma"]
         n = len(rad["location_m"])
@@ -140,7 +138,7 @@ def figure(decision: dict[str, Any]) -> Any:
         ax.plot(rad["location_m"], rad["mf_z"][:n], color="#c01818", label="matched filter z")
         if rad["shape_z"]:
             ax.plot(rad["location_m"], rad["shape_z"][:n], color="#1060c0", label="shape z")
-        _thresholds(ax, Line2D, rad["mf_z"][:n] + rad["shape_z"][:n], rad["z_thresholds"])
+        _thresholds(ax, rad["mf_z"][:n] + rad["shape_z"][:n], rad["thresholds"])
         ax.set_ylabel("test statistic\nz (sigma)")
     if "neutron" in by and neutron["counts"]:
         ax = by["neutron"]
@@ -150,7 +148,7 @@ def figure(decision: dict[str, Any]) -> Any:
         if expected is not None:
             ax.axhline(expected, color="grey", ls="--", label="expected")
         values = neutron["counts"] + ([expected] if expected is not None else [])
-        _thresholds(ax, Line2D, values, neutron["thresholds"], from_zero=True)
+        _thresholds(ax, values, neutron["thresholds"], from_zero=True)
         ax.set_ylabel(f"neutron counts\nper {neutron['dt_s']:g} s")
     for finding in data["findings"]:
         sd = finding.get("location_sd_m") or 0.0
@@ -173,11 +171,12 @@ def figure(decision: dict[str, Any]) -> Any:
     return fig
 
 
-def _image_panel(
-    ax: Any, plt: Any, patch: Any, rectangle: Any, xray: dict[str, Any], preview: dict[str, Any], dark: Any
-) -> None:
+def _image_panel(ax: Any, xray: dict[str, Any], preview: dict[str, Any], dark: dict[str, Any] | None) -> None:
     """The X-ray preview on the metres axis, its objects boxed by material with a legend beside it; a dashed frame
-    round the whole image and its caption when the image is too dark to clear the load."""
+    round the whole image and its caption when the image is too dark to clear the load (``dark``)."""
+    from matplotlib import pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
     image = plt.imread(io.BytesIO(base64.b64decode(preview["png_base64"])), format="png")
     (x0, x1), (z0, z1) = preview["x_m"], preview.get("z_mm") or [0.0, 4600.0]
     ax.imshow(image, cmap="gray", extent=(x0, x1, z1 / 1000, z0 / 1000), aspect="auto", vmin=0, vmax=1)
@@ -186,26 +185,26 @@ def _image_panel(
         colour = MATERIAL_COLOURS.get(obj.get("material", ""), "black")
         top = (obj["pixels"][0] / rows * (z1 - z0) + z0) / 1000
         bottom = ((obj["pixels"][1] + 1) / rows * (z1 - z0) + z0) / 1000
-        ax.add_patch(rectangle((obj["x_m"][0], top), obj["x_m"][1] - obj["x_m"][0], bottom - top, fill=False, ec=colour,
+        ax.add_patch(Rectangle((obj["x_m"][0], top), obj["x_m"][1] - obj["x_m"][0], bottom - top, fill=False, ec=colour,
                                lw=2))  # fmt: skip
         ax.annotate(f"{obj.get('lead_mm')} mm Pb eq.", (obj["x_m"][1], top), color=colour, fontsize=8,
                     xytext=(4, 0), textcoords="offset points", va="top")  # fmt: skip
-    handles = [patch(fill=False, ec=c, lw=2, label=m.replace("_", "-")) for m, c in MATERIAL_COLOURS.items()]
+    handles = [Patch(fill=False, ec=c, lw=2, label=m.replace("_", "-")) for m, c in MATERIAL_COLOURS.items()]
     if dark is not None:
-        ax.add_patch(rectangle((x0, z0 / 1000), x1 - x0, (z1 - z0) / 1000, fill=True, fc=(0.16, 0.08, 0, 0.08),
+        ax.add_patch(Rectangle((x0, z0 / 1000), x1 - x0, (z1 - z0) / 1000, fill=True, fc=(0.16, 0.08, 0, 0.08),
                                ec=DARK_COLOUR, lw=3, ls="--"))  # fmt: skip
         ax.text(0.01, 0.96, reason_text(dark), transform=ax.transAxes, va="top", fontsize=8, fontweight="bold",
                 color=DARK_COLOUR, bbox={"fc": "white", "ec": "none", "alpha": 0.85})  # fmt: skip
-        handles.append(patch(fill=False, ec=DARK_COLOUR, lw=2, ls="--", label="image too dark"))
+        handles.append(Patch(fill=False, ec=DARK_COLOUR, lw=2, ls="--", label="image too dark"))
     ax.legend(handles=handles, title="image objects", **LEGEND)
     ax.set_ylabel("from the top\nof the image (m)")
 
 
-def _thresholds(
-    ax: Any, line: Any, values: list[Any], thresholds: list[tuple[float, str]], from_zero: bool = False
-) -> None:
+def _thresholds(ax: Any, values: list[Any], thresholds: list[tuple[float, str]], from_zero: bool = False) -> None:
     """The panel's value range (:func:`value_range`), and each threshold (value, label) as a line when it shares
     the data's scale, else as an arrow at the edge it lies beyond with its value."""
+    from matplotlib.lines import Line2D
+
     lo, hi = value_range(values, [t for t, _ in thresholds], from_zero)
     ax.set_ylim(lo, hi)
     off = 0
@@ -219,7 +218,7 @@ def _thresholds(
         ax.plot([0.985], [y], marker=marker, ms=9, color=colour, transform=ax.transAxes, clip_on=False, ls="none")
         ax.annotate(f"{label} {'above' if above else 'below'} this scale", (0.97, y), xycoords="axes fraction",
                     ha="right", va="center", fontsize=8, color=colour)  # fmt: skip
-        ax.add_line(line([], [], marker=marker, color=colour, ls="none", label=f"{label} (off scale)"))
+        ax.add_line(Line2D([], [], marker=marker, color=colour, ls="none", label=f"{label} (off scale)"))
         off += 1
 
 

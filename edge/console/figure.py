@@ -136,14 +136,14 @@ def _panel(
             if label_y < last_label_y + LABEL_ROW:  # under its line, clear of the label before
                 label_y = max(y(threshold) + 12, last_label_y + LABEL_ROW)
             last_label_y = label_y
-            out.append(f'<text x="{right - 4}" y="{label_y:.1f}" class="thrlab {kind}">{label}</text>')
+            out.append(f'<text x="{right - 4}" y="{label_y:.1f}" class="thrlab {kind}">{escape(label)}</text>')
             continue
         # off the scale: an arrow at the edge it lies beyond, its value in the header row (clear of the data)
         above = threshold > hi
         edge = top if above else top + PANEL_HEIGHT
         base = edge + 9 if above else edge - 9
         x = right - 10 - 16 * len(off)
-        text = f"{label}, {'above' if above else 'below'} this scale"
+        text = escape(f"{label}, {'above' if above else 'below'} this scale")
         out.append(f'<polygon points="{x - 6},{base} {x + 6},{base} {x},{edge}" class="thrarrow {kind}">')
         out.append(f"<title>{text}</title></polygon>")
         off.append(f'<tspan class="{kind}">{"▲" if above else "▼"} {text}</tspan>')
@@ -179,12 +179,8 @@ def svg(decision: dict[str, Any], preview_url: str | None) -> str:
     rad, neutron = data["radiation"], data["neutron"]
     xray = decision.get("xray") or {}
     preview = xray.get("preview") if preview_url else None
-    spans = []
-    if rad["location_m"]:
-        spans.append((0.0, rad["location_m"][-1] + 0.5 * (rad["location_m"][1] - rad["location_m"][0])))
-    if neutron["location_m"]:
-        half = 0.5 * (neutron["location_m"][1] - neutron["location_m"][0]) if len(neutron["location_m"]) > 1 else 0.0
-        spans.append((0.0, neutron["location_m"][-1] + half))
+    # samples centred at (i + 0.5) steps: the last of n ends at n steps
+    spans = [(0.0, xs[-1] * len(xs) / (len(xs) - 0.5)) for xs in (rad["location_m"], neutron["location_m"]) if xs]
     if preview:
         spans.append(tuple(preview["x_m"]))
     x0, x1 = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0.0, 1.0)
@@ -248,7 +244,7 @@ def svg(decision: dict[str, Any], preview_url: str | None) -> str:
         series = [("matched filter", xs, rad["mf_z"], "#c01818", "")]
         if rad["shape_z"]:
             series.append(("shape", xs, rad["shape_z"], "#1060c0", ""))
-        _panel(out, axis, top, "test statistics", "z (sigma)", series, rad["z_thresholds"])
+        _panel(out, axis, top, "test statistics", "z (sigma)", series, rad["thresholds"])
         top += panel + GAP
     if neutron["counts"]:
         expected = neutron["expected"]

@@ -87,16 +87,11 @@ def profile_data(decision: dict[str, Any]) -> dict[str, Any]:
     neutron = profile.get("neutron") or []
     nstep = speed / 3.6 * neutron_dt if speed and neutron_dt else None
     xray = decision.get("xray") or {}
-    thresholds = {a["reason"]: a.get("threshold") for a in decision.get("alarms") or [] if isinstance(a, dict)}
     return {
         "seq": decision.get("seq"),
         "occupancy_id": decision.get("occupancy_id"),
         "axis": axis_name(decision),
-        "radiation": {
-            **radiation,
-            "thresholds": {k: thresholds.get(k) for k in ("gamma", "gamma-shape")},
-            "z_thresholds": z_thresholds(decision),
-        },
+        "radiation": {**radiation, "thresholds": z_thresholds(decision)},
         "neutron": {
             "dt_s": neutron_dt,
             "location_m": [round((i + 0.5) * nstep, 3) for i in range(len(neutron))] if nstep else [],
