@@ -89,6 +89,7 @@ def fit(
     reg: float = REG_COVAR,
     iterations: int = 200,
     tol: float = 1e-6,
+    groups: np.ndarray | None = None,
 ) -> Mixture:
     """Fit the mixture to the rows of ``x`` (ordinary traffic only) with scikit-learn's ``GaussianMixture``.
 
@@ -97,27 +98,49 @@ def fit(
     added to every covariance's diagonal (``reg_covar``); EM stops after ``iterations`` or when the mean
     log-likelihood gains less than ``tol`` (nats per row). Needs the ``train`` extra; scoring (:func:`nll`)
     needs numpy only.
+
+    ``groups`` (rows,) labels rows that never mix (the kinds of lane: in a group, the flags that name it
+    are constant): each group then gets a mixture of ``components`` of its own, fitted to its rows alone,
+    and the result joins them, each component's weight times its group's share of the rows. The scaling
+    is common to all groups. A component sits at its group's flags with variance ``reg`` there, so a row
+    of another group lies many standard deviations from it (the flags differ by the scale of a 0/1 feature).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
     x = np.asarray(x, np.float64)
-    if x.ndim != 2 or len(x) < 2 * components:
-        raise ValueError(f"need a (rows, features) array with at least {2 * components} rows, got shape {x.shape}")
+    labels = np.zeros(len(x), np.int64) if groups is None else np.asarray(groups)
+    if x.ndim != 2 or labels.shape != (len(x),):
+        raise ValueError(f"need a (rows, features) array and one group label per row, got {x.shape}, {labels.shape}")
+    members = [labels == g for g in np.unique(labels)]
+    if not members or min(int(m.sum()) for m in members) < 2 * components:
+        raise ValueError(f"need at least {2 * components} rows in every group, got shape {x.shape}")
     loc, scale = scaling(x)
-    gm = GaussianMixture(
-        components,
-        covariance_type="full",
-        tol=tol,
-        reg_covar=reg,
-        max_iter=iterations,
-        init_params="kmeans",
-        random_state=seed,
+    u = transform(x, loc, scale)
+    parts = []
+    for rows in members:
+        gm = GaussianMixture(
+            components,
+            covariance_type="full",
+            tol=tol,
+            reg_covar=reg,
+            max_iter=iterations,
+            init_params="kmeans",
+            random_state=seed,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm.fit(u[rows])
+        parts.append((gm.weights_ * rows.mean(), gm))
+    return Mixture(
+        loc,
+        scale,
+        np.concatenate([w for w, _ in parts]),
+        np.concatenate([gm.means_ for _, gm in parts]),
+        np.concatenate([gm.precisions_cholesky_ for _, gm in parts]),
+        max(int(gm.n_iter_) for _, gm in parts),
+        all(bool(gm.converged_) for _, gm in parts),
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        gm.fit(transform(x, loc, scale))
-    return Mixture(loc, scale, gm.weights_, gm.means_, gm.precisions_cholesky_, int(gm.n_iter_), bool(gm.converged_))
 
 
 def nll(model: Mixture, x: np.ndarray) -> np.ndarray:

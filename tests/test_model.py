@@ -145,6 +145,38 @@ def test_numpy_scorer_agrees_with_scikit_learn_and_keeps_the_regularisation() ->
     assert np.array_equal(again.means, model.means) and np.array_equal(again.precision_chol, model.precision_chol)
 
 
+def test_one_mixture_per_group_is_each_group_fitted_alone() -> None:
+    """With ``groups``, each group's components are scikit-learn's fit of that group's rows alone, weighted by its
+    share, and a row's likelihood comes from its own group's components (the flags keep the others far away)."""
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(8)
+    flag = (rng.random(3000) < 0.3).astype(np.float64)
+    # The groups differ in a flag and in the shape of the rest: one mixture for both would have to share components.
+    x = np.column_stack([flag, rng.normal(size=(3000, 4)) * np.where(flag[:, None] > 0, [3.0, 0.2, 1, 1], 1.0)])
+    model = mixture.fit(x, 3, seed=2, groups=flag.astype(np.int64))
+    assert model.means.shape == (6, 5) and model.weights.sum() == pytest.approx(1.0)
+    u = mixture.transform(x, model.loc, model.scale)
+    nll = mixture.nll(model, x)
+    for g, first in ((0, 0), (1, 3)):
+        rows = flag == g
+        alone = GaussianMixture(
+            3,
+            covariance_type="full",
+            reg_covar=mixture.REG_COVAR,
+            tol=1e-6,
+            max_iter=200,
+            init_params="kmeans",
+            random_state=2,
+        ).fit(u[rows])
+        np.testing.assert_array_equal(model.means[first : first + 3], alone.means_)
+        np.testing.assert_allclose(model.weights[first : first + 3], alone.weights_ * rows.mean(), rtol=1e-12)
+        want = -alone.score_samples(u[rows]) - np.log(rows.mean())
+        np.testing.assert_allclose(nll[rows], want, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="at least 6 rows in every group"):
+        mixture.fit(x, 3, seed=2, groups=np.r_[np.zeros(2995, np.int64), np.ones(5, np.int64)])
+
+
 def test_onnx_graph_computes_what_numpy_computes(tmp_path: Path) -> None:
     """The exported graph against the numpy mixture and calibration curves, on every mode."""
     rng = np.random.default_rng(3)
