@@ -582,3 +582,32 @@ def test_incomplete_decisions_say_why_in_words() -> None:
         "Incomplete: no background reading before it, so its tests are withheld; the link to the portal was lost "
         "during it"
     ]
+
+
+def test_the_consoles_listening_socket_gives_connections_tcp_nodelay() -> None:
+    """asyncio turns Nagle's algorithm off only on connections of a socket that says it is TCP; without that, every
+    response waited about 40 ms for the browser's delayed acknowledgement."""
+    import asyncio
+    import socket
+
+    from lanewatch.edge.console.command import bind
+
+    async def accepted_nodelay() -> int:
+        listener = bind("127.0.0.1", 0)
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname())
+        try:
+            return await asyncio.wait_for(seen, 60)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) == 1
