@@ -77,7 +77,16 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS adjudication_state_state ON adjudication_state (state, seq)",
     "CREATE INDEX IF NOT EXISTS decisions_verdict_seq ON decisions (verdict, seq)",
+    # The event table's pages by lane and verdict, newest first, without reading the rows of the lane's other
+    # verdicts; and the search in notes as a scan of this index, not of the table (which holds attachments).
+    'CREATE INDEX IF NOT EXISTS decisions_lane_verdict_end ON decisions (lane, verdict, "end")',
+    "CREATE INDEX IF NOT EXISTS adjudications_notes ON adjudications (notes, seq)",
+    # The end of each decision by seq, compact: a search in notes orders its matches from it, not from the rows.
+    'CREATE INDEX IF NOT EXISTS decisions_seq_end ON decisions (seq, "end")',
 )
+READ_PRAGMAS = ("cache_size = -65536", "mmap_size = 268435456")
+"""The event table's reads: a 64 MiB page cache (the indexes it pages through stay in it) and reads of the journal
+by memory map (up to 256 MiB) rather than a system call per page."""
 
 
 def adjudication_state(path: str | Path, seq: int, verdict: str) -> str:
@@ -155,7 +164,7 @@ class Adjudications(SqliteStore):
     def __init__(self, path: str | Path) -> None:
         if not Path(path).exists():
             Journal(Path(path)).close()  # an empty journal with its schema, as the service would make it
-        super().__init__(path, SCHEMA, pragmas=["synchronous = FULL"])
+        super().__init__(path, SCHEMA, pragmas=["synchronous = FULL", *READ_PRAGMAS])
 
     # ---- writing ---------------------------------------------------------------------------------
     def record(
@@ -348,7 +357,8 @@ class Adjudications(SqliteStore):
             clauses.append("d.seq IN (SELECT seq FROM adjudications WHERE notes LIKE ? ESCAPE '\\')")
             params.append(f"%{escaped}%")
         # Newest first by end time, then seq: the journal's (lane, end), (verdict, end) and (end) indexes give this
-        # order directly, so a page never sorts the rows a filter matches (a day holds hundreds of thousands).
+        # order directly, so a page never sorts the rows a filter matches (a day holds hundreds of thousands);
+        # a search in notes sorts its matches (adjudicated decisions only) by seq and end, not their rows.
         cursor = before if after is None else after
         if cursor is not None:
             found = self._read('SELECT "end" FROM decisions WHERE seq = ?', (cursor,))
@@ -357,19 +367,27 @@ class Adjudications(SqliteStore):
             clauses.append('(d."end", d.seq) < (?, ?)' if after is None else '(d."end", d.seq) > (?, ?)')
             params += [found[0][0], cursor]
         order = "DESC" if after is None else "ASC"
-        sql = (
-            'SELECT d.seq, d.lane, d.verdict, d.start, d."end", s.state, s.disposition'
-            + (", d.encoding, d.body" if fields else ", NULL, NULL")
-            + " FROM decisions d LEFT JOIN adjudication_state s ON s.seq = d.seq"
-        )
+        # Two steps: the page's seqs, from the indexes alone where the filter allows (no state, no notes: the
+        # journal's indexes hold lane, verdict, end and seq), then the page's rows and bodies by seq.
+        sql = "SELECT d.seq FROM decisions d"
+        if where.state:
+            sql += " LEFT JOIN adjudication_state s ON s.seq = d.seq"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += f' ORDER BY d."end" {order}, d.seq {order} LIMIT ?'
-        rows = self._read(sql, (*params, limit + 1))
-        more = len(rows) > limit
-        rows = rows[:limit]
+        seqs = [row[0] for row in self._read(sql, (*params, limit + 1))]
+        more = len(seqs) > limit
+        seqs = seqs[:limit]
         if order == "ASC":
-            rows.reverse()
+            seqs.reverse()
+        marks = ",".join("?" * len(seqs))
+        sql = (
+            'SELECT d.seq, d.lane, d.verdict, d.start, d."end", s.state, s.disposition'
+            + (", d.encoding, d.body" if fields else ", NULL, NULL")
+            + f" FROM decisions d LEFT JOIN adjudication_state s ON s.seq = d.seq WHERE d.seq IN ({marks})"
+        )
+        found = {row[0]: row for row in self._read(sql, tuple(seqs))} if seqs else {}
+        rows = [found[seq] for seq in seqs if seq in found]
         page = [
             EventRow(
                 seq, lane, verdict, start, end, state or ("unacknowledged" if verdict == "ALARM" else ""), disp,
