@@ -89,8 +89,10 @@ class DetectionConfig(_Section):
     """Distance (m) from the detector face to a source on the lane centre line; sets the filter width."""
     default_speed_kmh: Annotated[float, Meta(gt=0, le=200)] = 8.0
     """Speed assumed (km/h) until the device reports one."""
-    norm_min_extent: Fraction = 0.5
-    """Smallest fraction of the vehicle length over which an excess must spread to be NORM-consistent."""
+    norm_min_extent: Fraction = 0.0
+    """Smallest fraction of the vehicle length over which an excess must spread to be NORM-consistent, besides being
+    wider than a point source can be at the standoff and speed (a load explaining it clearly better than any point
+    source); 0: that alone, so short loads (a pallet of fertilizer, a few metres of tiles) can be NORM-consistent."""
     norm_verdict: Literal["release", "alarm"] = "release"
     """What a NORM-consistent excess (spread along the vehicle wider than a point source can be, no point source on
     top of it, and harder than background where energy windows tell) does to the verdict: "release" (its gamma

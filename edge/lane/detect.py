@@ -29,10 +29,10 @@ Tests (kernels in :mod:`kernels`):
   norm-consistent); nominal template only.
   Reported only when no other test alarms.
 
-A gamma or harder-shape alarm is ``norm-consistent`` when its excess is spread (a uniform load over at
-least ``norm_min_extent`` of the vehicle explains it clearly better than any point source,
-``NORM_PREFERENCE``), holds no point source on top of that load (``NORM_PEAK_Z``), with energy windows is
-harder than background over the load (the low-window fraction at least ``NORM_HARD_Z`` standard
+A gamma or harder-shape alarm is ``norm-consistent`` when its excess is spread (a uniform load, of any
+length from ``norm_min_extent`` of the vehicle up, explains it clearly better than any point source at the
+standoff and speed can, ``NORM_PREFERENCE``), holds no point source on top of that load (``NORM_PEAK_Z``),
+with energy windows is harder than background over the load (the low-window fraction at least ``NORM_HARD_Z`` standard
 deviations below what background would give), and no softer-shape alarm stands; on gross counts the
 spread alone decides. ``norm_verdict`` says whether such alarms are released (they stop alarming) or
 stay alarms with the ``norm-consistent`` entry beside them. Softer excesses and point-like ones are
@@ -842,7 +842,7 @@ class OccupancyAnalyzer:
 
         ``profiles`` holds each alarming test's excess (counts per sample) and its variance: the gross
         excess, and the hard excess (low-window counts missing against the background's fraction).
-        Each must be NORM-like: a uniform load covering at least ``norm_min_extent`` of the vehicle
+        Each must be NORM-like: a uniform load (covering at least ``norm_min_extent`` of the vehicle)
         explains it better than any point source by ``NORM_PREFERENCE`` (chi-square units, allowing
         ``NORM_MODEL_ERROR`` of either model), and no point source stands on top of that load (the
         matched filter on the residual stays below ``NORM_PEAK_Z``). With energy windows, the counts over the
