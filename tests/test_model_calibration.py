@@ -27,7 +27,7 @@ from lanewatch.edge.model.calibration import LaneCalibration, Window
 from lanewatch.edge.model.runtime import ModelRunner
 from lanewatch.edge.ops.metrics import DriverMetrics, ModelMetrics
 
-TIMEOUT_S = 300.0
+TIMEOUT_S = 900.0
 """Longest wait for the service to decide what was sent (a loaded 2-core machine)."""
 
 
