@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import queue
 import re
 import threading
@@ -23,7 +24,7 @@ from test_journal import make_decision
 
 from lanewatch.edge.commands import alerts
 from lanewatch.edge.config import BusConfig, Config, LaneConfig
-from lanewatch.edge.decisions.alertbus import MAX_REPLY_BYTES, AlertBus, AlertBusError
+from lanewatch.edge.decisions.alertbus import MAX_REPLY_BYTES, AlertBus, AlertBusError, RateLimiter
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
 from lanewatch.edge.ops.metrics import ServiceMetrics
@@ -202,6 +203,24 @@ def test_a_lost_last_decision_arrives_by_resync(ctx: zmq.Context, service: Servi
         lost = service.append(make_decision(1), publish=False)
         assert take(items, 2) == [sent, lost]
         assert (sub.stats.live, sub.stats.filled, sub.stats.gaps) == (1, 1, 1)
+
+
+def test_a_periodic_resync_over_the_query_budget_does_not_wait_and_live_decisions_go_on(
+    ctx: zmq.Context, service: ServiceLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """All peers together over the query budget (a flood elsewhere): the subscriber's periodic resync is refused and
+    deferred to the next one instead of being waited out, so live decisions are yielded meanwhile, and the service is
+    not reported unreachable. A live gap is still filled."""
+    with subscriber(ctx, service, since=0, resync_s=0.05) as sub:
+        items = sub.decisions(follow=True, timeout_s=0.05)
+        assert next(items) is None
+        wait_until(lambda: service.gauge("lanewatch_alert_subscribers") == 1, "the subscription")
+        service.call(lambda: setattr(service.bus, "total", RateLimiter(2.0, burst_s=0.5)))
+        wait_until(lambda: next(items) is None and sub.stats.resyncs_deferred >= 3, "resyncs refused as over budget")
+        stored = [service.append(make_decision(i)) for i in range(5)]
+        assert take(items, 5) == stored
+        assert sub.stats.live == 5 and sub.client.rate_limited >= sub.stats.resyncs_deferred >= 3, sub.stats
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "rate limited" in r.getMessage()]
 
 
 def test_overflowing_queues_lose_nothing(ctx: zmq.Context, tmp_path: Path) -> None:

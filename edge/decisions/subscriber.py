@@ -44,6 +44,10 @@ class QueryError(RuntimeError):
     """The query endpoint answered ``ok: false``; the message is its error."""
 
 
+class RateLimited(QueryError):
+    """The query endpoint refused the request as over its query budget, and the caller chose not to wait."""
+
+
 def _retry_after_s(frame: bytes) -> float | None:
     """The wait (s) a ``rate limited`` reply asks for; None for any other reply."""
     if not frame.startswith(b'{"ok":false,"error":"rate limited"'):
@@ -80,11 +84,12 @@ class JournalClient:
             self._sock.connect(self.endpoint)
         return self._sock
 
-    def request(self, request: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+    def request(self, request: dict[str, Any], timeout_s: float | None = None, patient: bool = True) -> dict[str, Any]:
         """Send ``request`` and return the ``ok`` reply, retrying for up to ``timeout_s`` (default: one attempt).
 
         Raises :class:`ServiceUnreachable` when no reply came in time and :class:`QueryError`
-        when the endpoint refused the request.
+        when the endpoint refused the request. A ``rate limited`` reply is waited out and asked again while
+        ``patient`` (and the wait fits before the deadline); else it raises :class:`RateLimited` at once.
         """
         deadline = time.monotonic() + (self.attempt_s if timeout_s is None else timeout_s)
         payload = json.dumps(request).encode()
@@ -95,6 +100,9 @@ class JournalClient:
             if sock.poll(max(1, int(wait_s * 1000))):
                 frame = sock.recv_multipart()[-1]
                 retry_s = _retry_after_s(frame)
+                if retry_s is not None and not patient:
+                    self.rate_limited += 1
+                    raise RateLimited(f"{self.endpoint}: rate limited, retry after {retry_s:g} s")
                 if retry_s is None or time.monotonic() + retry_s >= deadline:
                     return self._check(frame)
                 self.rate_limited += 1
@@ -120,9 +128,11 @@ class JournalClient:
             raise QueryError(f"{self.endpoint}: the reply lacks records or last_seq")
         return reply
 
-    def since(self, seq: int, limit: int = MAX_LIMIT, timeout_s: float | None = None) -> dict[str, Any]:
+    def since(
+        self, seq: int, limit: int = MAX_LIMIT, timeout_s: float | None = None, patient: bool = True
+    ) -> dict[str, Any]:
         """Reply to ``{"op": "since"}``: decisions after ``seq`` (one page) and ``last_seq``."""
-        return self.request({"op": "since", "seq": seq, "limit": limit}, timeout_s)
+        return self.request({"op": "since", "seq": seq, "limit": limit}, timeout_s, patient)
 
     def get(self, seq: int, timeout_s: float | None = None) -> dict[str, Any] | None:
         """The decision numbered ``seq``, or None."""
@@ -157,6 +167,8 @@ class SubscriberStats:
     """Times a gap was found: a jump in live seq, or a periodic resync that found decisions missing."""
     duplicates: int = 0
     """Live messages dropped because their seq was already yielded."""
+    resyncs_deferred: int = 0
+    """Periodic resyncs the query endpoint refused as over its budget (tried again at the next one)."""
     provisional: int = 0
     """Provisional alarms received."""
     adjudications: int = 0
@@ -249,7 +261,7 @@ class AlertSubscriber:
                     yielded = True
                     yield item
             if time.monotonic() >= next_resync:
-                for item in self._fill():
+                for item in self._fill(periodic=True):
                     yielded = True
                     yield item
                 next_resync = time.monotonic() + self.resync_s
@@ -299,16 +311,22 @@ class AlertSubscriber:
         self.stats.live += 1
         yield message
 
-    def _fill(self) -> Iterator[dict[str, Any]]:
-        """The decisions the journal has after the cursor, counted as gap fills; quiet while unreachable."""
+    def _fill(self, periodic: bool = False) -> Iterator[dict[str, Any]]:
+        """The decisions the journal has after the cursor, counted as gap fills; quiet while unreachable.
+
+        A ``periodic`` resync (nothing known to be missing) does not wait when the query endpoint says it is over its
+        budget: it is tried again at the next one, and live decisions are not held up meanwhile."""
         found = 0
         try:
-            for decision in self._catch_up(None):
+            for decision in self._catch_up(None, patient=not periodic):
                 if not found:
                     self.stats.gaps += 1
                 found += 1
                 self.stats.filled += 1
                 yield decision
+        except RateLimited:
+            self.stats.resyncs_deferred += 1
+            return
         except (ServiceUnreachable, QueryError) as exc:
             if self._reachable:
                 log.warning("%s; retrying every %g s", exc, self.resync_s)
@@ -318,10 +336,11 @@ class AlertSubscriber:
             log.info("journal query endpoint %s answers again", self.client.endpoint)
         self._reachable = True
 
-    def _catch_up(self, timeout_s: float | None) -> Iterator[dict[str, Any]]:
-        """Every decision the journal has after the cursor, page by page, advancing the cursor."""
+    def _catch_up(self, timeout_s: float | None, patient: bool = True) -> Iterator[dict[str, Any]]:
+        """Every decision the journal has after the cursor, page by page, advancing the cursor (``patient``: see
+        :meth:`JournalClient.request`)."""
         while True:
-            reply = self.client.since(self.cursor, timeout_s=timeout_s)
+            reply = self.client.since(self.cursor, timeout_s=timeout_s, patient=patient)
             records = reply["records"]
             if reply["last_seq"] < self.cursor and not self._behind_warned:
                 self._behind_warned = True
