@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
 import traceback
@@ -63,6 +64,11 @@ MAX_RESUME_LOOKBACK = 50
 """Latest decisions of a lane searched at start for the portal's occupancy counter to resume from."""
 REPLAY_WAIT_S = 2.0
 """Longest wait (s) for the records a driver kept before the first one a (re)started service received from it."""
+SWITCH_INTERVAL_S = 0.0005
+"""The interpreter's thread switch interval in the service process (s; Python's default is 0.005). Each time the
+decision loop comes back from waiting (a socket, an fsync, the model) while the query thread runs Python code, it
+waits up to this long for the interpreter: at the default, a query flood added milliseconds at each of the decision
+path's dozen waits."""
 MAX_BATCH = 2000
 """Most ingest messages handled before the loop looks at its other sockets."""
 JOIN_GRACE_S = 5 * STATUS_INTERVAL_S
@@ -173,6 +179,7 @@ class Service:
         self.handshakes = HandshakeMonitor(self.metrics.auth_failures)
         for sock, endpoint in ((self.ingest, "ingest"), (self.alerts.pub, "alerts"), (self.alerts.router, "query")):
             self.poller.register(self.handshakes.watch(sock, endpoint), zmq.POLLIN)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.alerts.start_query_thread()
         if self._http:
             try:

@@ -27,7 +27,7 @@ from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.decisions.subscriber import AlertSubscriber
 from lanewatch.edge.lane.occupancy import Decided
 from lanewatch.edge.ops.metrics import DriverMetrics
-from lanewatch.edge.service import shed
+from lanewatch.edge.service import SWITCH_INTERVAL_S, shed
 
 
 def _config(tmp_path: Path, extra: str = "") -> Config:
@@ -386,3 +386,9 @@ def test_the_least_important_held_decision_is_dropped_first() -> None:
     pending = deque([held("ALARM", 1), held("INCOMPLETE", 2), held("CLEAR", 3), held("CLEAR", 4), held("ALARM", 5)])
     order = [shed(pending).decision["occupancy_id"] for _ in range(5)]
     assert order == ["o3", "o4", "o2", "o1", "o5"], "CLEARs first, then the vehicle not screened, ALARMs last"
+
+
+def test_the_service_shortens_the_thread_switch_interval(running: Running) -> None:
+    """The decision loop shares the interpreter with the query thread: each time it comes back from a socket, an fsync
+    or the model it waits for the interpreter at most the switch interval, which the service shortens."""
+    assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S) and SWITCH_INTERVAL_S < 0.005
