@@ -140,7 +140,7 @@ class Service:
         self.keys = Keys.load(self.config.bus, keyfiles.SERVICE)
         if self.keys is not None:
             self._senders = {info.name: info for info in self.keys.clients.values()}
-        self.journal = Journal(self.config.service.journal, self.metrics)
+        self.journal = Journal(self.config.service.journal, self.metrics, checkpoint_in_background=True)
         self.last_seq = self.journal.last_seq()
         self.journal_problem = self.journal.problem()
         for lane_id, lane in self.lanes.items():

@@ -457,3 +457,34 @@ def test_a_decision_that_breaks_the_schema_is_counted_logged_and_still_journaled
     assert journal.invalid == 1
     assert "does not fit the decision schema" in caplog.text and "L1-000001" in caplog.text
     assert decision.problems(bad) is not None and decision.problems({**make_decision(2), "seq": 2}) is None
+
+
+def test_background_checkpoints_bring_commits_into_the_database_file_without_a_commit_doing_it(
+    tmp_path: Path,
+) -> None:
+    """With checkpoints in the background no commit checkpoints (SQLite's automatic checkpoint is off for the
+    writer), yet every committed decision reaches the database file itself: a copy of that file alone, without the
+    WAL, holds them all once the checkpoint thread has run. The decisions are durable before that, in the WAL."""
+    path = tmp_path / "journal.db"
+    with Journal(path, checkpoint_in_background=True) as journal:
+        assert journal._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        stored = [journal.append(make_decision(i)) for i in range(20)]
+
+        def in_file_alone() -> list[int]:
+            copy = tmp_path / f"copy-{time.monotonic_ns()}.db"
+            copy.write_bytes(path.read_bytes())
+            conn = sqlite3.connect(copy)
+            try:
+                return [row[0] for row in conn.execute("SELECT seq FROM decisions ORDER BY seq")]
+            except sqlite3.DatabaseError:
+                return []  # the schema itself not yet in the file
+            finally:
+                conn.close()
+
+        deadline = time.monotonic() + 30
+        while in_file_alone() != [d["seq"] for d in stored]:
+            assert time.monotonic() < deadline, f"never checkpointed: {in_file_alone()}"
+            time.sleep(0.05)
+        assert journal._checkpointer is not None and journal._checkpointer.done >= 1
+    with Journal(path) as again:
+        assert [d["seq"] for d in again.since(0)] == [d["seq"] for d in stored]

@@ -79,6 +79,9 @@ RESUME_FREE_BYTES = 2 * MIN_FREE_BYTES
 SEQ_SUFFIX = ".seq"
 """Side file beside the journal holding the highest seq ever given."""
 FALLBACK_SUFFIX = ".fallback.jsonl"
+CHECKPOINT_DELAY_S = 0.2
+"""With background checkpoints, how long (s) after a commit the checkpoint thread copies the new pages into the
+database file: vehicles are seconds apart, so its fsync falls between two decisions' commits, not inside one."""
 """File beside the journal that takes decisions while the journal cannot (JSON lines, fsynced)."""
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -200,6 +203,7 @@ class Journal:
         *,
         readonly: bool = False,
         busy_timeout_s: float = 5.0,
+        checkpoint_in_background: bool = False,
     ) -> None:
         self.path = Path(path)
         self.metrics = metrics
@@ -220,6 +224,7 @@ class Journal:
         self.invalid = 0
         """Decisions journaled that did not fit the decision schema (each one a bug, counted and logged)."""
         self._closed = False
+        self._checkpointer: _Checkpointer | None = None
         try:
             if readonly:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
@@ -233,11 +238,15 @@ class Journal:
                 if mode.lower() != "wal":
                     raise JournalError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
                 self._conn.execute("PRAGMA synchronous = FULL")
+                if checkpoint_in_background:
+                    self._conn.execute("PRAGMA wal_autocheckpoint = 0")  # no commit copies the WAL into the file
             self._migrate()
             if not readonly:
                 self._identity = _identity(self.path)
                 self._hwm = max(self._db_seq(), _read_seq(self.seq_path))
                 self._import_fallback()
+                if checkpoint_in_background:
+                    self._checkpointer = _Checkpointer(self.path)
         except (sqlite3.Error, OSError) as exc:
             if hasattr(self, "_conn"):
                 self._conn.close()
@@ -447,6 +456,8 @@ class Journal:
             body = JSON_ENCODER.encode(full).decode()
             self._insert(full, body)
             conn.execute("COMMIT")
+            if self._checkpointer is not None:
+                self._checkpointer.poke()
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -625,6 +636,8 @@ class Journal:
 
     def close(self) -> None:
         """Close the database; later calls raise :class:`JournalError`."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -638,3 +651,52 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Checkpointer:
+    """Copies the journal's committed WAL pages into its database file from a thread of its own, over a connection of
+    its own, :data:`CHECKPOINT_DELAY_S` after a commit (``PRAGMA wal_checkpoint(PASSIVE)``, which waits for no writer
+    or reader). The writer's own automatic checkpoint is off, so no decision's commit pays for copying the pages of
+    the hundreds before it (SQLite's default checkpoints inside the commit that fills 1000 pages). Durability is the
+    commit's: each is fsynced to the WAL; a checkpoint fsyncs the WAL before and the database file after copying."""
+
+    def __init__(self, path: Path) -> None:
+        # mode=rw: a journal deleted meanwhile is never created again empty by this connection
+        self._conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, check_same_thread=False)
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute("PRAGMA busy_timeout = 1000")
+        self.path = path
+        self.done = 0
+        """Checkpoints run."""
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="journal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """A commit happened: checkpoint soon."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        failures = 0
+        try:
+            while True:
+                self._wake.wait()
+                if self._stop.wait(CHECKPOINT_DELAY_S):
+                    return
+                self._wake.clear()
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.done += 1
+                except sqlite3.Error as exc:  # the next commit tries again; the WAL holds every decision meanwhile
+                    failures += 1
+                    if failures & (failures - 1) == 0:
+                        log.error("%s: checkpoint failed (%d so far): %s", self.path, failures, exc)
+        finally:
+            self._conn.close()
+
+    def stop(self) -> None:
+        """Stop the thread (a checkpoint under way finishes first)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
