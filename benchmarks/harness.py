@@ -95,6 +95,18 @@ class Deployment:
         except urllib.error.HTTPError as exc:
             return json.load(exc)
 
+    def metric_sums(self) -> dict[str, float]:
+        """The service's metrics now, each sample by name (labels dropped, values of the same name added)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://{self.config.service.http}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        sums: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+        return sums
+
     def close(self) -> None:
         for p in reversed(self.procs):
             if p.poll() is None:
