@@ -79,9 +79,12 @@ RESUME_FREE_BYTES = 2 * MIN_FREE_BYTES
 SEQ_SUFFIX = ".seq"
 """Side file beside the journal holding the highest seq ever given."""
 FALLBACK_SUFFIX = ".fallback.jsonl"
-CHECKPOINT_DELAY_S = 0.2
-"""With background checkpoints, how long (s) after a commit the checkpoint thread copies the new pages into the
-database file: vehicles are seconds apart, so its fsync falls between two decisions' commits, not inside one."""
+CHECKPOINT_QUIET_S = 0.5
+"""With background checkpoints, how long (s) the journal must have had no commit before the checkpoint thread copies
+the new pages into the database file: a lane's decisions are seconds apart, so the checkpoint's fsync falls between
+two of them rather than beside one."""
+CHECKPOINT_COMMITS = 256
+"""... or how many commits may wait for a checkpoint when the journal is never that quiet (many lanes)."""
 """File beside the journal that takes decisions while the journal cannot (JSON lines, fsynced)."""
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -655,10 +658,11 @@ class Journal:
 
 class _Checkpointer:
     """Copies the journal's committed WAL pages into its database file from a thread of its own, over a connection of
-    its own, :data:`CHECKPOINT_DELAY_S` after a commit (``PRAGMA wal_checkpoint(PASSIVE)``, which waits for no writer
-    or reader). The writer's own automatic checkpoint is off, so no decision's commit pays for copying the pages of
-    the hundreds before it (SQLite's default checkpoints inside the commit that fills 1000 pages). Durability is the
-    commit's: each is fsynced to the WAL; a checkpoint fsyncs the WAL before and the database file after copying."""
+    its own, once no commit came for :data:`CHECKPOINT_QUIET_S` or :data:`CHECKPOINT_COMMITS` are waiting
+    (``PRAGMA wal_checkpoint(PASSIVE)``, which waits for no writer or reader). The writer's own automatic checkpoint
+    is off, so no decision's commit pays for copying the pages of the hundreds before it (SQLite's default checkpoints
+    inside the commit that fills 1000 pages). Durability is the commit's: each is fsynced to the WAL; a checkpoint
+    fsyncs the WAL before and the database file after copying."""
 
     def __init__(self, path: Path) -> None:
         # mode=rw: a journal deleted meanwhile is never created again empty by this connection
@@ -670,21 +674,41 @@ class _Checkpointer:
         """Checkpoints run."""
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._commits = 0
+        """Commits since the last checkpoint began."""
+        self._last_s = 0.0
+        """Monotonic time (s) of the last commit."""
         self._thread = threading.Thread(target=self._run, name="journal-checkpoint", daemon=True)
         self._thread.start()
 
     def poke(self) -> None:
-        """A commit happened: checkpoint soon."""
-        self._wake.set()
+        """A commit happened."""
+        with self._lock:
+            self._commits += 1
+            self._last_s = time.monotonic()
+            self._wake.set()
+
+    def _due_in_s(self) -> float:
+        """How long (s) until the next checkpoint is due (0: now); a checkpoint due now is begun."""
+        with self._lock:
+            quiet_at_s = self._last_s + CHECKPOINT_QUIET_S
+            wait_s = 0.0 if self._commits >= CHECKPOINT_COMMITS else quiet_at_s - time.monotonic()
+            if wait_s <= 0:
+                self._commits = 0
+                self._wake.clear()
+            return max(0.0, wait_s)
 
     def _run(self) -> None:
         failures = 0
         try:
             while True:
                 self._wake.wait()
-                if self._stop.wait(CHECKPOINT_DELAY_S):
+                while (wait_s := self._due_in_s()) > 0:
+                    if self._stop.wait(wait_s):
+                        return
+                if self._stop.is_set():
                     return
-                self._wake.clear()
                 try:
                     self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.done += 1
