@@ -245,16 +245,16 @@ class Adjudications(SqliteStore):
                 raise AdjudicationError(f"decision {seq} is {verdict}, not an alarm: there is nothing to acknowledge")
             if current is not None:
                 raise AdjudicationError(
-                    f"decision {seq} was disposed already ({current[2]}, {by(current)}): there is nothing left to "
-                    f"acknowledge"
+                    f"decision {seq} was disposed already ({DISPOSITIONS[current[2]]}, {by(current)}): there is "
+                    f"nothing left to acknowledge"
                 )
             if ack is not None:
                 raise AdjudicationError(f"decision {seq} was acknowledged already, {by(ack)}")
         elif kind == "adjudicate":
             if current is not None:
                 raise AdjudicationError(
-                    f"decision {seq} was disposed already ({current[2]}, {by(current)}); a second disposition is "
-                    f"refused: a supervisor can amend it"
+                    f"decision {seq} was disposed already ({DISPOSITIONS[current[2]]}, {by(current)}); a second "
+                    f"disposition is refused: a supervisor can amend it"
                 )
         elif current is None:
             raise AdjudicationError(f"decision {seq} is not disposed yet: adjudicate it (an amendment corrects one)")
