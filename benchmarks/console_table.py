@@ -7,9 +7,10 @@ half of them adjudicated, a note on every tenth adjudication) with the journal's
 console's adjudication tables, then times whole HTTP requests for pages of the event table from the console
 under uvicorn (routing, session, query, decoding the page's decisions, rendering): the newest page, a lane,
 alarms awaiting adjudication, a one-day range in the site's time zone, a text search in notes, and a page a
-thousand pages deep. Each page is timed twice: quiet, then live, while a thread playing the service journals
-(fsynced) and publishes ``--live-hz`` decisions a second per lane on a real alert bus, the console follows it and
-a browser's event stream reads the wall. Target: every page under 100 ms (p99), live too. Baselines in the same
+thousand pages deep. The console is ``lanewatch console`` in a process of its own, as deployed. Each page is
+timed twice: quiet, then live, while another process playing the service journals (fsynced) and publishes
+``--live-hz`` decisions a second per lane on a real alert bus, the console follows it and a browser's event
+stream reads the wall. Target: every page under 100 ms (p99), live too. Baselines in the same
 run: the quiet pages, and the deep page fetched with LIMIT/OFFSET, the way a naive table pages.
 """
 
@@ -17,24 +18,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
+import signal
+import socket
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import zoneinfo
 from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
-import uvicorn
 
-from benchmarks.console_latency import Service, free_port
+from benchmarks.console_latency import Service
 from lanewatch.edge import config as config_module
+from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.console.adjudication import Adjudications
-from lanewatch.edge.console.app import create_app
 from lanewatch.edge.console.users import UserStore, users_path
 from lanewatch.edge.decisions.journal import Journal
 
@@ -102,6 +108,33 @@ def timed(http: httpx.Client, url: str, requests: int) -> tuple[float, float, in
     return statistics.median(times), times[min(len(times) - 1, int(0.99 * len(times)))], rows
 
 
+def play_service(journal: Path, live_hz: float, pipe: Connection) -> None:
+    """In a process of its own, as the service runs: journal and publish decisions while told to ("run", "pause"
+    answered with how many were journaled, "stop")."""
+    service = Service(journal, LANES, live_hz)
+    service.start()
+    pipe.send((service.bus.alerts_endpoint, service.bus.query_endpoint))
+    while (command := pipe.recv()) != "stop":
+        if command == "run":
+            service.running.set()
+        else:
+            service.running.clear()
+            pipe.send(len(service.appended))
+    service.close()
+
+
+def start_service(journal: Path, live_hz: float) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    ours, theirs = multiprocessing.Pipe()
+    process = multiprocessing.get_context("spawn").Process(target=play_service, args=(journal, live_hz, theirs))
+    process.start()
+    return process, ours
+
+
+def answers(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def follow_stream(url: str, cookies: dict[str, str], received: list[str], stop: threading.Event) -> None:
     """Read the console's event stream as a browser on the wall does, noting each event's name."""
     with httpx.Client(base_url=url, cookies=cookies, timeout=60) as http, http.stream("GET", "/events") as stream:
@@ -125,24 +158,28 @@ def main() -> int:
         build(journal, args.decisions)
         print(f"journal of {args.decisions:,} decisions built in {time.perf_counter() - t0:.1f} s "
               f"({journal.stat().st_size / 1e6:.0f} MB)")  # fmt: skip
-        service = Service(journal, LANES, args.live_hz)
-        service.start()
+        service, pipe = start_service(journal, args.live_hz)
+        alerts, query = pipe.recv()
         lanes = "".join(f'[[lanes]]\nid = "lane{i + 1}"\n' for i in range(LANES))
-        port = free_port()
-        config = config_module.parse(
-            f'[service]\njournal = "{journal}"\nhttp = "127.0.0.1:{free_port()}"\n'
-            f'[bus]\nalerts = "{service.bus.alerts_endpoint}"\nquery = "{service.bus.query_endpoint}"\n'
-            f'plaintext = true\n[console]\nlisten = "127.0.0.1:{port}"\nplain_http = true\n'
-            f'timezone = "Europe/Amsterdam"\n{lanes}',
-            "bench.toml",
+        port, http_port, service_http = free_ports(3)
+        text = (
+            f'[service]\njournal = "{journal}"\nhttp = "127.0.0.1:{service_http}"\n'
+            f'[bus]\nalerts = "{alerts}"\nquery = "{query}"\nplaintext = true\n'
+            f'[console]\nlisten = "127.0.0.1:{port}"\nhttp = "127.0.0.1:{http_port}"\nplain_http = true\n'
+            f'timezone = "Europe/Amsterdam"\n{lanes}'
         )
-        store = UserStore(users_path(config))
+        (Path(folder) / "bench.toml").write_text(text)
+        store = UserStore(users_path(config_module.parse(text, "bench.toml")))
         store.add("olga", "operator", PASSWORD)
         store.close()
-        server = uvicorn.Server(uvicorn.Config(create_app(config, secure=False), port=port, log_level="error"))
-        threading.Thread(target=server.run, daemon=True).start()
-        while not server.started:
-            time.sleep(0.05)
+        console = subprocess.Popen(
+            [str(Path(sys.executable).parent / "lanewatch"), "console", "--config", str(Path(folder) / "bench.toml")]
+        )
+        deadline = time.monotonic() + 600
+        while not answers(port):
+            if console.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the console did not start (exit status {console.poll()})")
+            time.sleep(0.2)
         url = f"http://127.0.0.1:{port}"
         newest = START + timedelta(seconds=0.2 * args.decisions)
         last_day = newest.astimezone(zoneinfo.ZoneInfo("Europe/Amsterdam")).date().isoformat()
@@ -168,21 +205,24 @@ def main() -> int:
                 http.get(page_url)
             for phase in ("quiet", "live"):
                 if phase == "live":
-                    service.running.set()
+                    pipe.send("run")
                     time.sleep(2.0)  # the rate is reached
-                journaled = len(service.appended)
+                t0 = time.monotonic()
                 results[phase] = {name: timed(http, page, args.requests) for name, page in pages.items()}
                 if phase == "live":
-                    live_s = time.monotonic() - service.started_s
+                    timed_s = time.monotonic() - t0
+                    pipe.send("pause")
+                    journaled = pipe.recv()
                     print(
-                        f"live: {len(service.appended) - journaled:,} decisions journaled, fsynced and published while "
-                        f"the pages were timed ({len(service.appended) / live_s:.0f} a second, {LANES} lanes x "
-                        f"{args.live_hz:g} Hz), {received.count('decision'):,} decision events streamed"
+                        f"live: {journaled:,} decisions journaled, fsynced and published ({LANES} lanes x "
+                        f"{args.live_hz:g} Hz), {received.count('decision'):,} decision events streamed, while the "
+                        f"pages were timed for {timed_s:.0f} s"
                     )
-            service.running.clear()
         stop.set()
-        server.should_exit = True
-        service.close()
+        console.send_signal(signal.SIGINT)
+        console.wait(60)
+        pipe.send("stop")
+        service.join(30)
         print(f"{'page':24} {'quiet p50':>9} {'p99 ms':>7} {'live p50':>9} {'p99 ms':>7} {'rows':>5}")
         worst = 0.0
         for name in pages:
