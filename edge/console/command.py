@@ -11,6 +11,7 @@ bound (the message names its configuration key).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import socket
@@ -76,6 +77,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 1
     registry = CollectorRegistry()
     app = create_app(config, secure=not config.console.plain_http, keys=keys, registry=registry)
+    # What start-up made (about 44,000 objects) lives as long as the process: out of the collector's sight, a full
+    # collection inside a request takes microseconds instead of 10-25 ms.
+    gc.collect()
+    gc.freeze()
     http = None
     if config.console.http:
         try:
