@@ -433,6 +433,7 @@ class Service:
                 self._barrier("model", self.model.review, event.decision)
                 self._hold(event)
         self._flush_pending()
+        self.model.save()
 
     def _hold(self, event: Decided) -> None:
         """Queue ``event`` for the journal; when :attr:`max_pending` are held already, drop the least important."""

@@ -106,9 +106,12 @@ def test_state_survives_a_restart_bounded_and_per_model(tmp_path: Path) -> None:
     # a new model starts a new window, and the old model's rows of that lane go
     assert again.read("l1", "m2", 3.0).warming_up and len(again.window("l1", "m2")) == 0
     again.learn("l1", "m2", "n0", 1.0, False)
+    count = "SELECT lane, model, count(*) FROM window GROUP BY lane, model ORDER BY lane"
+    with sqlite3.connect(path) as conn:  # learnt, not yet kept: the file is written after the decision is out
+        assert conn.execute(count).fetchall() == [("l1", "m1", 100), ("l2", "m1", 1)]
+    again.save()
     with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT lane, model, count(*) FROM window GROUP BY lane, model ORDER BY lane").fetchall()
-    assert rows == [("l1", "m2", 1), ("l2", "m1", 1)]
+        assert conn.execute(count).fetchall() == [("l1", "m2", 1), ("l2", "m1", 1)]
     again.close()
 
 
@@ -132,6 +135,7 @@ def test_a_state_file_that_cannot_be_written_keeps_the_calibration_in_memory(tmp
     calibration.store._conn.execute("PRAGMA query_only = ON")  # every write now fails, as on a full disk
     for i in range(3):
         calibration.learn("l1", "m", f"o{i}", 1.0, False)
+    calibration.save()
     assert len(calibration.window("l1", "m")) == 3 and "cannot keep lane l1's window" in calibration.problem
     assert registry.get_sample_value("lanewatch_model_state_errors_total", {"op": "write"}) == 3
     calibration.close()

@@ -199,6 +199,8 @@ class LaneCalibration:
         self.problem = ""
         """What is wrong with the state file ("" when nothing is)."""
         self._ratelog = RateLimitedLog(log)
+        self._unsaved: list[tuple[str, tuple[str, float, bool], Window]] = []
+        """Occupancies learnt, not yet in the state file: (lane, row, its window)."""
         self.store = self._open() if path is not None else None
 
     def _open(self) -> StateStore | None:
@@ -253,17 +255,26 @@ class LaneCalibration:
         return Calibrated(window.score(raw) if n >= self.cfg.min_occupancies else None, n)
 
     def learn(self, lane: str, model: str, occupancy_id: str, raw: float, finding: bool) -> None:
-        """Add an ordinary occupancy to the lane's window and keep it in the state file."""
+        """Add an ordinary occupancy to the lane's window; the state file gets it at the next :meth:`save`."""
         window = self.window(lane, model)
         if not window.add(occupancy_id, raw, finding):
             return
         if self.store is not None:
+            self._unsaved.append((lane, (occupancy_id, raw, finding), window))
+        self._publish(lane, window)
+
+    def save(self) -> None:
+        """Keep in the state file the occupancies learnt since the last call. The service calls it once its
+        decisions are journaled and published, so the file's commit is never on the way of an alert."""
+        unsaved, self._unsaved = self._unsaved, []
+        if self.store is None:
+            return
+        for lane, row, window in unsaved:
             try:
-                self.store.add(lane, model, (occupancy_id, raw, finding), window.size, first=not window.kept)
+                self.store.add(lane, window.model, row, window.size, first=not window.kept)
                 window.kept = True
             except sqlite3.Error as exc:
                 self._report("write", f"{self.path}: cannot keep lane {lane}'s window ({exc}); kept in memory")
-        self._publish(lane, window)
 
     def _publish(self, lane: str, window: Window) -> None:
         n = len(window)
@@ -290,5 +301,6 @@ class LaneCalibration:
         self.metrics.drift.labels(lane).set(1 if drift else 0)
 
     def close(self) -> None:
+        self.save()
         if self.store is not None:
             self.store.close()

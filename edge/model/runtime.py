@@ -291,6 +291,11 @@ class ModelRunner:
             1e3 * (time.perf_counter() - t0),
         )
 
+    def save(self) -> None:
+        """Keep the lanes' calibration learnt since the last call in the state file (off the alert's path)."""
+        if self.calibration is not None:
+            self.calibration.save()
+
     def close(self) -> None:
         if self.calibration is not None:
             self.calibration.close()
