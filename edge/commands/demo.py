@@ -5,7 +5,8 @@ xray``, ``lanewatch driver rpm`` and ``lanewatch driver xray`` per lane, ``lanew
 loopback ports, with a configuration and the bus's CURVE keys (service, every driver, this view's
 console key, as ``lanewatch keys init`` makes them) written to the work directory; this process
 follows the alert bus and prints each decision as it is journaled. The operators' web console runs
-over the same lanes (HTTPS with a self-signed certificate, an operator whose password is printed).
+over the same lanes (HTTPS with a self-signed certificate; an operator and a supervisor whose passwords are
+printed once the console answers).
 Every lane has both sensors: the X-ray simulator runs with the lane simulator's seed, mix, gap and
 speedup, so it images the vehicles whose radiation the portal reports, and the decisions are fused.
 Ctrl-C stops them all.
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,8 +42,11 @@ DEMO_MIX = (
     "none=0.40,k40-fertilizer=0.12,ceramics=0.05,tc99m=0.04,i131=0.03,cs137=0.09,co60=0.05,"
     "heu=0.05,pu=0.05,shielded-cs137=0.07,shielded-co60=0.05"
 )
-DEMO_OPERATOR = "operator"
-"""The console user the demo makes (role operator); its password is new on every start and printed."""
+DEMO_USERS = ("operator", "supervisor")
+"""The console users the demo makes, each with the role of its name; their passwords are new on every start and
+printed (a supervisor also reads the reports and amends adjudications)."""
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal a process gets when its parent dies."""
 READY_TIMEOUT_S = 120.0
 """Longest wait (s) for the service to answer: the first start compiles the kernels."""
 
@@ -109,8 +115,8 @@ def write_config(path: Path, lanes: int, sim_base: int, xray_base: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _console_site(workdir: Path, config: Config) -> tuple[str, str]:
-    """The console's self-signed certificate and an operator with a fresh password; (name, password)."""
+def _console_site(config: Config) -> dict[str, str]:
+    """The console's self-signed certificate and the demo's users with fresh passwords; {name: password}."""
     from lanewatch.edge.console.users import UserStore, users_path
     from lanewatch.edge.ops.units import self_signed_pair
 
@@ -120,16 +126,22 @@ def _console_site(workdir: Path, config: Config) -> tuple[str, str]:
         cert.write_bytes(cert_pem)
         key.touch(mode=0o600)
         key.write_bytes(key_pem)
-    password = secrets.token_urlsafe(9)
+    passwords = {name: secrets.token_urlsafe(9) for name in DEMO_USERS}
     store = UserStore(users_path(config))
     try:
-        if store.get(DEMO_OPERATOR) is None:
-            store.add(DEMO_OPERATOR, "operator", password, by="demo")
-        else:
-            store.set_password(DEMO_OPERATOR, password, by="demo")
+        for name, password in passwords.items():
+            if store.get(name) is None:
+                store.add(name, name, password, by="demo")
+            else:
+                store.set_password(name, password, by="demo")
     finally:
         store.close()
-    return DEMO_OPERATOR, password
+    return passwords
+
+
+def _die_with_parent() -> None:
+    """In a child before it runs: SIGTERM to it when the demo dies (Linux's PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _wait_http(address: str, deadline: float) -> bool:
@@ -155,7 +167,7 @@ def demo(args: argparse.Namespace) -> int:
     for info in keyfiles.site_keys(config.lanes):  # the bus is authenticated here as at a lane
         if not (Path(config.bus.keys) / "secret" / f"{info.name}.key_secret").exists():
             keyfiles.create(Path(config.bus.keys), info)
-    operator = _console_site(workdir, config) if args.console else None
+    users = _console_site(config) if args.console else {}
     me = [sys.executable, "-m", "lanewatch.edge", "--log-level", "INFO"]
     same = ["--lanes", str(args.lanes), "--seed", str(args.seed), "--mix", DEMO_MIX]
     same += ["--gap", str(GAP_S), "--speedup", str(args.speedup)]
@@ -168,26 +180,34 @@ def demo(args: argparse.Namespace) -> int:
         "sim": [*me, *sim],
         "xray-sim": [*me, *xsim],
     }
-    if operator is not None:
+    if users:
         commands["console"] = [*me, "console", "--config", str(cfg_path)]
     for lane in config.lanes:
         for driver in ("rpm", "xray"):
             commands[f"driver-{driver}-{lane.id}"] = [
                 *me, "driver", driver, "--config", str(cfg_path), "--lane", lane.id
             ]  # fmt: skip
+    exe = shutil.which("lanewatch") or str(Path(sys.executable).with_name("lanewatch"))
     print(f"lanewatch demo: {args.lanes} simulated lanes with a portal monitor and an X-ray scanner each")
     print(f"  config, journal and logs in {workdir}")
-    print(f"  follow from another terminal: lanewatch alerts --config {cfg_path} --follow")
-    print(f"  evidence of a decision:       lanewatch evidence SEQ --out DIR --config {cfg_path}")
-    if operator is not None:
-        print(f"  web console:                  https://{config.console.listen}/  (self-signed certificate)")
-        print(f"                                user {operator[0]}, password {operator[1]} (role operator)")
+    print(f"  follow from another terminal: {exe} alerts --config {cfg_path} --follow")
+    print(f"  health of every part:         {exe} status --config {cfg_path}")
+    print(f"  evidence of a decision:       {exe} evidence SEQ --out DIR --config {cfg_path}")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
+
         def start(name: str) -> None:
             log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
-            procs[name] = subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT)
+            # Ctrl-C reaches the demo alone, which then stops every part in order; a demo killed outright takes
+            # its parts with it.
+            procs[name] = subprocess.Popen(
+                commands[name],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
 
         # The service first, ready before the devices stream: a lane's first vehicles are then decided with
         # both sensors, not lost to a first start that compiles the kernels.
@@ -199,6 +219,13 @@ def demo(args: argparse.Namespace) -> int:
         for name in commands:
             if name != "service":
                 start(name)
+        if users:
+            if not _wait_http(config.console.http, time.monotonic() + READY_TIMEOUT_S):
+                print(f"lanewatch demo: the console did not start; see {workdir / 'console.log'}", file=sys.stderr)
+                return 1
+            print(f"  web console:                  https://{config.console.listen}/  (self-signed certificate)")
+            for name, password in users.items():
+                print(f"                                user {name}, password {password} (role {name})")
         print("  live decisions (Ctrl-C to stop):\n")
         print(alerts.header(color=sys.stdout.isatty()))
         return _follow(config, args.duration, procs)
