@@ -486,7 +486,7 @@ def test_format_row_shows_the_evidence() -> None:
         "Gamma excess 7.2 sigma (threshold 4.8) 3.5 m behind the front, ± 0.3 m; "
         "Tamper: the portal reports its cabinet opened or a detector fault; "
         "Gamma spectrum shape harder than background 5.2 sigma (threshold 4.9) 1.0 m behind the front, ± 1.1 m; "
-        "released as norm-consistent"
+        "consistent with NORM, so it does not alarm on its own"
     )
     assert len(alerts.header()) <= len(row)
     assert alerts.header().index("REASONS") == row.index("Gamma excess")
@@ -521,7 +521,8 @@ def test_format_row_shows_portal_alarm_model_norm_release_state_and_local_time()
     cells = row[head.index("PORTAL") : head.index("REASONS")].split()
     assert cells == ["ALARM", "4.04", "find", "release", "acknowledged"]
     assert row[head.index("REASONS") :] == (
-        "The portal's own alarm; Consistent with NORM, spread over 70% of the load: release recommended"
+        "The portal's own alarm; Consistent with NORM, spread over 70% of the load: release recommended; the ALARM "
+        "stands on its other reasons"
     )
 
 

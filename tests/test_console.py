@@ -23,13 +23,15 @@ from starlette.testclient import TestClient
 
 from lanewatch.edge import config as config_module
 from lanewatch.edge.commands.schema import schema
-from lanewatch.edge.config import Config, ConfigError
+from lanewatch.edge.config import Config, ConfigError, ModelConfig
 from lanewatch.edge.console.adjudication import AdjudicationError, Adjudications, EventFilter
 from lanewatch.edge.console.app import LoginLimiter, create_app, n42_nuclides
 from lanewatch.edge.console.health import HealthHistory
-from lanewatch.edge.console.present import reasons
+from lanewatch.edge.console.present import Clock, norm_state, reasons, summary
 from lanewatch.edge.console.users import UserStore, users_path
 from lanewatch.edge.decisions.journal import Journal
+from lanewatch.edge.model.calibration import Calibrated
+from lanewatch.edge.model.runtime import apply_policy
 
 DATA = Path(__file__).parent / "data"
 PASSWORD = "correct horse battery"
@@ -360,9 +362,57 @@ def test_reasons_read_as_plain_words() -> None:
     assert re.match(located, gamma[0])
     assert "The portal's own alarm (gamma); lanewatch's own tests confirm it (gamma, gamma-shape)" in gamma
     norm = reasons(by_reason[("gamma-shape", "norm-consistent")])
-    spread = r"Consistent with NORM, spread over \d+% of the load: (release recommended|not)"
+    spread = r"Consistent with NORM, spread over \d+% of the load: (release recommended|cleared by the radiation)"
     assert any(re.match(spread, r) for r in norm)
-    assert any("released as" in r for r in norm)
+    assert any("consistent with NORM, so it does not alarm on its own" in r for r in norm)
+    assert not any("released" in r for r in norm)
+
+
+def norm_decision(image_agrees: bool = True, **model: Any) -> dict[str, Any]:
+    """The demo's NORM-consistent vehicle with the image's judgement of the load (``image_agrees``, as the fusion
+    records it) scored again by the model's policy (``model``: apply_policy's arguments)."""
+    decision = next(d for d in decisions() if any(a["reason"] == "norm-consistent" for a in d["alarms"]))
+    norm = next(a for a in decision["alarms"] if a["reason"] == "norm-consistent")
+    norm["image"]["agrees"] = norm["release_recommended"] = image_agrees
+    return apply_policy(decision, cfg=ModelConfig(path="model.onnx"), version="test", **model)
+
+
+def test_norm_release_reason_names_its_cause() -> None:
+    warming = norm_decision(score=None, raw=0.709, calibrated=Calibrated(None, 19))
+    text = next(r for r in reasons(warming) if r.startswith("Consistent with NORM"))
+    assert text.endswith(
+        "cleared by the radiation tests, release not confirmed: the anomaly model is still warming up (19 of 200 "
+        "ordinary vehicles scored at this lane; no release is recommended before it has scored 200)"
+    )
+    assert "unusual" not in text and norm_state(warming) == "unconfirmed"
+    unusual = norm_decision(score=2.23, raw=0.9, calibrated=Calibrated(2.23, 300))
+    assert reasons(unusual)[0].endswith(
+        "release not confirmed: the anomaly model finds the load unusual (score 2.23, release below 2.00)"
+    )
+    ordinary = norm_decision(score=0.4, raw=0.3, calibrated=Calibrated(0.4, 300))
+    assert reasons(ordinary)[0].endswith(": release recommended") and norm_state(ordinary) == "release"
+    dark = norm_decision(False, score=0.4, raw=0.3, calibrated=Calibrated(0.4, 300))
+    assert reasons(dark)[0].endswith("release not confirmed: the X-ray image does not agree")
+    unscored = norm_decision(False, score=None, reason="no usable profile")
+    assert reasons(unscored)[0].endswith(
+        "the X-ray image does not agree; the anomaly model gave no score (no usable profile)"
+    )
+
+
+def test_norm_wording_agrees_with_an_alarm_verdict_in_summary_and_detail() -> None:
+    """The portal alarms on a NORM-consistent load: the verdict is ALARM, lanewatch released nothing."""
+    decision = norm_decision(score=None, raw=0.709, calibrated=Calibrated(None, 19))
+    portal = next(d for d in decisions() if d["device_alarm"] and len(d["alarms"]) == 1)["alarms"][0]
+    decision.update(verdict="ALARM", device_alarm=True)
+    decision["alarms"].append({**portal, "gamma": True, "neutron": False, "lanewatch": "norm-consistent"})
+    shown = summary(decision, "unacknowledged", Clock.named("UTC"))
+    assert shown["norm"] == "held" and not shown["release_recommended"]
+    assert shown["reasons"][:2] == reasons(decision)[:2]
+    assert shown["reasons"][0].startswith("The portal's own alarm (gamma); lanewatch finds the excess consistent")
+    assert re.search(
+        r": no release recommended: the anomaly model is still warming up \(19 of 200", shown["reasons"][1]
+    )
+    assert not any("released" in r or "release recommended;" in r for r in reasons(decision))
 
 
 # ---- configuration ---------------------------------------------------------------------------------------

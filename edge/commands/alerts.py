@@ -28,7 +28,7 @@ import zmq
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.console.adjudication import adjudication_state
-from lanewatch.edge.console.present import reason_text, reasons
+from lanewatch.edge.console.present import norm_state, reason_text, reasons
 from lanewatch.edge.decisions.journal import VERDICTS, Journal, JournalError
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
 
@@ -148,11 +148,8 @@ def _model(decision: dict[str, Any]) -> str:
 
 
 def _norm(decision: dict[str, Any]) -> str:
-    """``release`` (NORM-consistent, release recommended), ``held`` (NORM-consistent, not released) or ``-``."""
-    norm = [a for a in decision.get("alarms") or [] if isinstance(a, dict) and a.get("reason") == "norm-consistent"]
-    if not norm:
-        return "-"
-    return "release" if any(a.get("release_recommended") for a in norm) else "held"
+    """The NORM release (:func:`lanewatch.edge.console.present.norm_state`), ``-`` without a NORM-consistent excess."""
+    return norm_state(decision) or "-"
 
 
 def format_row(decision: dict[str, Any], color: bool = False, zone: tzinfo = UTC, state: str = "") -> str:

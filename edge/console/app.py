@@ -55,7 +55,15 @@ from lanewatch.edge.console.adjudication import (
 )
 from lanewatch.edge.console.health import HealthHistory
 from lanewatch.edge.console.live import Event, Feeds, Hub, Wall, read_health
-from lanewatch.edge.console.present import Clock, model_text, reasons, release_recommended, summary, utc_label
+from lanewatch.edge.console.present import (
+    Clock,
+    model_short,
+    model_text,
+    reasons,
+    release_recommended,
+    summary,
+    utc_label,
+)
 from lanewatch.edge.console.users import ROLES, Session, UserError, UserStore, role_allows, users_path
 from lanewatch.edge.decisions.journal import VERDICTS, Journal, utc_text
 from lanewatch.edge.decisions.profile import axis_name
@@ -577,7 +585,7 @@ def decision_routes(
                 where, config.console.page_size, page_arg("before"), page_arg("after"), fields=True
             )
             rows = [
-                {"row": row, "reasons": reasons(row.fields)[:2], "model": model_text(row.fields),
+                {"row": row, "reasons": reasons(row.fields)[:2], "model": model_short(row.fields),
                  "device_alarm": bool(row.fields.device_alarm), "release": release_recommended(row.fields)}
                 for row in page.rows
                 if row.fields is not None

@@ -68,8 +68,9 @@ def _where(alarm: dict[str, Any]) -> str:
     return f" {location:.{digits}f} m behind the front, ± {sd:.{digits}f} m"
 
 
-def reason_text(alarm: dict[str, Any]) -> str:
-    """One ``alarms`` entry in plain words with its numbers."""
+def reason_text(alarm: dict[str, Any], decision: Decision | None = None) -> str:
+    """One ``alarms`` entry in plain words with its numbers (``decision``: the one it belongs to, whose verdict and
+    model explain a ``norm-consistent`` entry's release)."""
     reason = str(alarm.get("reason", "?"))
     stat, threshold = alarm.get("statistic"), alarm.get("threshold")
     if reason in TEST_NAMES:
@@ -90,7 +91,7 @@ def reason_text(alarm: dict[str, Any]) -> str:
         if alarm.get("withheld"):
             text += f"; withheld: {WITHHELD_WORDS.get(alarm['withheld'], alarm['withheld'])}"
         elif alarm.get("alarm") is False:
-            text += f"; released as {alarm.get('released_as') or 'NORM-consistent'}"
+            text += "; consistent with NORM, so it does not alarm on its own"
         return text
     if reason.endswith("(below threshold)"):
         test = reason.removesuffix(" (below threshold)")
@@ -100,13 +101,7 @@ def reason_text(alarm: dict[str, Any]) -> str:
     if reason == "norm-consistent":
         extent = alarm.get("extent")
         spread = f", spread over {extent:.0%} of the load" if isinstance(extent, int | float) else ""
-        if alarm.get("release_recommended"):
-            verdict = "release recommended"
-        elif alarm.get("model_agrees") is False:
-            verdict = "not released: the anomaly model finds the load unusual"
-        else:
-            verdict = "not released: the image does not agree"
-        return f"Consistent with NORM{spread}: {verdict}"
+        return f"Consistent with NORM{spread}: {norm_release_text(alarm, decision or {})}"
     if reason == "device":
         which = " and ".join(k for k in ("gamma", "neutron") if alarm.get(k)) or "unspecified"
         reading = alarm.get("lanewatch")
@@ -150,12 +145,15 @@ def finding_label(finding: dict[str, Any]) -> str:
 
 
 def reasons(decision: Decision) -> list[str]:
-    """Every reason of ``decision`` in plain words: alarming ones first, then the portal's own alarm and the rest."""
+    """Every reason of ``decision`` in plain words: alarming ones first, then the portal's own alarm, the NORM release
+    and the rest."""
     alarms = [a for a in decision.get("alarms") or [] if isinstance(a, dict)]
-    out = [reason_text(a) for a in alarms if a.get("alarm")]
+    out = [reason_text(a, decision) for a in alarms if a.get("alarm")]
     if decision.get("device_alarm") and not any(a.get("reason") == "device" for a in alarms):
         out.append("The portal's own alarm")
-    out += [reason_text(a) for a in alarms if not a.get("alarm")]
+    # the NORM release (or why there is none) next, so a short summary never shows a released excess without it
+    out += [reason_text(a, decision) for a in alarms if not a.get("alarm") and a.get("reason") == "norm-consistent"]
+    out += [reason_text(a, decision) for a in alarms if not a.get("alarm") and a.get("reason") != "norm-consistent"]
     if decision.get("verdict") == "INCOMPLETE":
         why = [INCOMPLETE_WORDS.get(str(w), str(w)) for w in decision.get("incomplete") or []]
         end = str(decision.get("end_reason") or "?")
@@ -179,12 +177,66 @@ def model_text(decision: Decision) -> str:
     return f"{'finding' if model.get('finding') else 'no finding'}, score {score}"
 
 
+def model_short(decision: Decision) -> str:
+    """:func:`model_text` short enough for a table cell."""
+    model = decision.get("model")
+    if isinstance(model, dict) and not model.get("unscored") and model.get("calibration") == "warming-up":
+        return "model warming up"
+    return model_text(decision)
+
+
+def _norm_entries(decision: Decision) -> list[dict[str, Any]]:
+    alarms = decision.get("alarms") or []
+    return [a for a in alarms if isinstance(a, dict) and a.get("reason") == "norm-consistent"]
+
+
 def release_recommended(decision: Decision) -> bool:
-    return any(
-        a.get("reason") == "norm-consistent" and a.get("release_recommended")
-        for a in decision.get("alarms") or []
-        if isinstance(a, dict)
-    )
+    return any(a.get("release_recommended") for a in _norm_entries(decision))
+
+
+def norm_state(decision: Decision) -> str:
+    """``release`` (NORM-consistent, release recommended), ``held`` (NORM-consistent but the verdict is ALARM, no
+    release recommended), ``unconfirmed`` (cleared as NORM-consistent by the radiation tests, but the model or the
+    image did not confirm the release) or "" (no NORM-consistent excess)."""
+    if not _norm_entries(decision):
+        return ""
+    if release_recommended(decision):
+        return "release"
+    return "held" if decision.get("verdict") == "ALARM" else "unconfirmed"
+
+
+def _no_release_causes(alarm: dict[str, Any], decision: Decision) -> str:
+    """Why a ``norm-consistent`` entry carries no release recommendation, in words (the image's and the model's)."""
+    image = alarm.get("image")
+    causes = ["the X-ray image does not agree"] if isinstance(image, dict) and image.get("agrees") is False else []
+    model = decision.get("model")
+    if not isinstance(model, dict):
+        causes.append("the anomaly model disagrees" if alarm.get("model_agrees") is False else "no model judged it")
+    elif model.get("calibration") == "warming-up" and not isinstance(model.get("score"), int | float):
+        needed = model.get("min_occupancies")
+        causes.append(
+            f"the anomaly model is still warming up ({model.get('calibration_occupancies')} of {needed} ordinary "
+            f"vehicles scored at this lane; no release is recommended before it has scored {needed})"
+        )
+    elif model.get("unscored"):
+        causes.append(f"the anomaly model gave no score ({model['unscored']})")
+    elif not isinstance(model.get("score"), int | float):
+        causes.append("the anomaly model gave no score")
+    elif alarm.get("model_agrees") is False:
+        score, limit = _num(model.get("score"), 2), _num(model.get("release_threshold"), 2)
+        causes.append(f"the anomaly model finds the load unusual (score {score}, release below {limit})")
+    return "; ".join(causes) or "no anomaly model or X-ray image confirmed it"
+
+
+def norm_release_text(alarm: dict[str, Any], decision: Decision) -> str:
+    """What a ``norm-consistent`` entry means for release, consistent with the decision's verdict."""
+    alarm_stands = decision.get("verdict") == "ALARM"
+    if alarm.get("release_recommended"):
+        return "release recommended" + ("; the ALARM stands on its other reasons" if alarm_stands else "")
+    cause = _no_release_causes(alarm, decision)
+    if alarm_stands:
+        return f"no release recommended: {cause}"
+    return f"cleared by the radiation tests, release not confirmed: {cause}"
 
 
 @dataclass(frozen=True)
@@ -239,6 +291,7 @@ def summary(decision: Decision, state: str, clock: Clock) -> dict[str, Any]:
         "device_alarm": bool(decision.get("device_alarm")),
         "model": model_text(decision),
         "release_recommended": release_recommended(decision),
+        "norm": norm_state(decision),
         "state": state,
         "background_cps": background_cps(decision),
     }
