@@ -118,6 +118,7 @@ def test_background_only_is_clear_and_serializable(seed: int) -> None:
     profile = result["profile"]
     assert len(profile["gross"]) == len(profile["mf_z"]) == len(profile["expected"]) == len(profile["windows"])
     assert profile["dt_s"] == DT and profile["speed_kmh"] == 8.0
+    assert 3.0 < profile["gamma_threshold"] < 7.0 and 3.0 < profile["shape_threshold"] < 7.0, "recorded when clear"
 
 
 def test_false_alarm_rate_within_the_configured_probability() -> None:
@@ -365,6 +366,7 @@ def test_gross_counts_only() -> None:
     result = analyze(cfg, bg, gamma.sum(axis=2), neutron, DT, 1.0, 8.0)
     assert set(alarms(result)) == {"gamma"}
     assert "windows" not in result["profile"] and "shape_z" not in result["profile"]
+    assert "shape_threshold" not in result["profile"] and result["profile"]["gamma_threshold"] > 3.0
 
 
 def test_provisional_alarm_fires_before_the_end() -> None:

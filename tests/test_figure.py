@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from test_console import decisions
 
 from lanewatch.edge.console import evidence, figure
-from lanewatch.edge.decisions.profile import findings, stack, value_range
+from lanewatch.edge.console.present import reasons
+from lanewatch.edge.decisions.profile import SHAPE_SERIES, findings, stack, value_range
 
 CHROMIUM = "/usr/bin/chromium"
 CSS = Path(figure.__file__).parent / "static" / "console.css"
@@ -160,7 +161,8 @@ def test_svg_threshold_off_the_scale_is_an_arrow_with_its_value(page: Any) -> No
     z = frames[1]
     assert len(arrows) == 1 and abs(arrows[0]["y"] - z["y"]) < 1, "at the top edge of the statistics panel"
     both = boxes(page, by_reason("device"), "text.thrlab")  # gamma and shape thresholds, 9.7 z units apart
-    assert [b["text"] for b in both] == ["alarm threshold 4.83", "shape threshold -4.83"] and not overlap(*both)
+    assert [b["text"] for b in both] == ["alarm threshold 4.83", "shape threshold -4.83 (harder)"]
+    assert not overlap(*both)
     near = boxes(page, by_reason("shielded-source-suspected"), "line.threshold")
     assert len(near) == 1 and not boxes(page, by_reason("shielded-source-suspected"), "polygon.thrarrow")
 
@@ -218,7 +220,8 @@ def test_evidence_figure_labels_never_overlap_legends_sit_beside_and_neutrons_st
 
 def test_evidence_figure_shows_a_far_threshold_at_the_edge_and_frames_a_dark_image(drawn: Any) -> None:
     z = next(ax for ax in drawn(far_threshold()).axes if ax.get_ylabel().startswith("test statistic"))
-    assert z.get_ylim()[1] < 40 and [t.get_text() for t in z.texts] == ["alarm threshold 40 above this scale"]
+    arrows = [t.get_text() for t in z.texts if "scale" in t.get_text()]
+    assert z.get_ylim()[1] < 40 and arrows == ["alarm threshold 40 above this scale"]
     assert "alarm threshold 40 (off scale)" in [t.get_text() for t in z.get_legend().get_texts()]
     image = drawn(too_dark()).axes[0]
     captions = [t.get_text() for t in image.texts if t.get_color() == evidence.DARK_COLOUR]
@@ -230,16 +233,44 @@ def test_evidence_figure_shows_a_far_threshold_at_the_edge_and_frames_a_dark_ima
 
 
 def test_the_two_sided_shape_test_shows_its_threshold_on_its_side(page: Any, drawn: Any) -> None:
-    """A NORM release: the shape test crossed on the harder (negative) side, its threshold drawn there."""
+    """A NORM release: the shape test crossed on the harder (negative) side, its threshold drawn there; the words
+    give its size and side, the plot its signed curve, and both name the side and the same threshold size."""
     decision = by_reason("norm-consistent")
     shape = next(a for a in decision["alarms"] if a["reason"] == "gamma-shape")
     assert shape["statistic"] < -shape["threshold"]
-    expected = f"shape threshold {-shape['threshold']:.3g}"
+    words = next(r for r in reasons(decision) if r.startswith("Gamma spectrum shape"))
+    assert words.startswith(f"Gamma spectrum shape harder than background {abs(shape['statistic']):.1f} sigma")
+    expected = f"shape threshold {-shape['threshold']:.3g} (harder)"
     assert [b["text"] for b in boxes(page, decision, "text.thrlab")] == [expected]
     assert len(boxes(page, decision, "line.threshold.shape")) == 1
+    assert SHAPE_SERIES in [b["text"] for b in boxes(page, decision, "text.legend")]
+    assert "below 0: harder than background" in SHAPE_SERIES
     z = next(ax for ax in drawn(decision).axes if ax.get_ylabel().startswith("test statistic"))
-    assert expected in [t.get_text() for t in z.get_legend().get_texts()]
+    legend = [t.get_text() for t in z.get_legend().get_texts()]
+    assert expected in legend and SHAPE_SERIES in legend
     assert z.get_ylim()[0] < -shape["threshold"] < z.get_ylim()[1]
+
+
+def test_the_statistics_panel_always_shows_the_gamma_thresholds_or_says_why_not(page: Any, drawn: Any) -> None:
+    """A dense-object alarm, no gamma test crossed: the thresholds the detection recorded are drawn (both sides of
+    the shape test's); a decision journaled before they were recorded says so in the panel, as does one without
+    a shape test."""
+    decision = copy.deepcopy(by_reason("image-review"))
+    assert {a["reason"] for a in decision["alarms"]} == {"image-review"}
+    assert [b["text"] for b in boxes(page, decision, "text.pnote")] == [
+        "gamma threshold not recorded in this decision",
+        "shape threshold not recorded in this decision",
+    ]
+    decision["profile"].update(gamma_threshold=4.81, shape_threshold=4.9)
+    labels = ["alarm threshold 4.81", "shape threshold +4.9 (softer)", "shape threshold -4.9 (harder)"]
+    assert sorted(b["text"] for b in boxes(page, decision, "text.thrlab")) == sorted(labels)
+    assert not boxes(page, decision, "text.pnote") and len(boxes(page, decision, "line.threshold")) == 3
+    z = next(ax for ax in drawn(decision).axes if ax.get_ylabel().startswith("test statistic"))
+    assert set(labels) <= {t.get_text() for t in z.get_legend().get_texts()}
+    del decision["profile"]["shape_z"], decision["profile"]["shape_threshold"]
+    assert [b["text"] for b in boxes(page, decision, "text.pnote")] == ["shape test did not run (gross counts only)"]
+    z = next(ax for ax in drawn(decision).axes if ax.get_ylabel().startswith("test statistic"))
+    assert "shape test did not run (gross counts only)" in [t.get_text() for t in z.texts]
 
 
 def test_the_neutron_threshold_is_drawn_per_sample_over_its_window(page: Any, drawn: Any) -> None:

@@ -44,7 +44,7 @@ import msgspec
 from lanewatch.edge.console.figure import MATERIAL_COLOURS
 from lanewatch.edge.console.present import finding_label, parse_utc, reason_text, reasons
 from lanewatch.edge.decisions.adjudication import Adjudication
-from lanewatch.edge.decisions.profile import profile_data, stack, value_range
+from lanewatch.edge.decisions.profile import SHAPE_SERIES, Z_REACH, profile_data, stack, value_range
 
 DPI = 110
 LABEL_ROW_PT = 11
@@ -137,8 +137,10 @@ def figure(decision: dict[str, Any]) -> Any:
         n = len(rad["location_m"])
         ax.plot(rad["location_m"], rad["mf_z"][:n], color="#c01818", label="matched filter z")
         if rad["shape_z"]:
-            ax.plot(rad["location_m"], rad["shape_z"][:n], color="#1060c0", label="shape z")
-        _thresholds(ax, rad["mf_z"][:n] + rad["shape_z"][:n], rad["thresholds"])
+            ax.plot(rad["location_m"], rad["shape_z"][:n], color="#1060c0", label=SHAPE_SERIES)
+        _thresholds(ax, rad["mf_z"][:n] + rad["shape_z"][:n], rad["thresholds"], reach=Z_REACH)
+        if rad["notes"]:
+            ax.text(0.01, 0.96, "\n".join(rad["notes"]), transform=ax.transAxes, va="top", fontsize=8, color="#555")
         ax.set_ylabel("test statistic\nz (sigma)")
     if "neutron" in by and neutron["counts"]:
         ax = by["neutron"]
@@ -200,12 +202,14 @@ def _image_panel(ax: Any, xray: dict[str, Any], preview: dict[str, Any], dark: d
     ax.set_ylabel("from the top\nof the image (m)")
 
 
-def _thresholds(ax: Any, values: list[Any], thresholds: list[tuple[float, str]], from_zero: bool = False) -> None:
+def _thresholds(
+    ax: Any, values: list[Any], thresholds: list[tuple[float, str]], from_zero: bool = False, reach: float = 0.0
+) -> None:
     """The panel's value range (:func:`value_range`), and each threshold (value, label) as a line when it shares
     the data's scale, else as an arrow at the edge it lies beyond with its value."""
     from matplotlib.lines import Line2D
 
-    lo, hi = value_range(values, [t for t, _ in thresholds], from_zero)
+    lo, hi = value_range(values, [t for t, _ in thresholds], from_zero, reach)
     ax.set_ylim(lo, hi)
     off = 0
     for threshold, label in thresholds:

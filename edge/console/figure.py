@@ -18,7 +18,7 @@ from html import escape
 from typing import Any
 
 from lanewatch.edge.console.present import finding_label, reason_text
-from lanewatch.edge.decisions.profile import profile_data, stack, value_range
+from lanewatch.edge.decisions.profile import SHAPE_SERIES, Z_REACH, profile_data, stack, value_range
 
 WIDTH = 1000
 """Width (px) of the figure."""
@@ -87,12 +87,15 @@ def _panel(
     series: list[tuple[str, list[float], list[Any], str, str]],
     thresholds: list[tuple[float, str]] | None = None,
     from_zero: bool = False,
+    notes: list[str] | None = None,
+    reach: float = 0.0,
 ) -> None:
     """One line-plot panel under a header row (title, legend) at ``top``: ``series`` are (name, x_m, values,
-    colour, dash), ``thresholds`` (value, label); counts panels start at zero (``from_zero``)."""
+    colour, dash), ``thresholds`` (value, label), ``notes`` (what it lacks, in words, at its top left corner);
+    counts panels start at zero (``from_zero``); ``reach``: see :func:`value_range`."""
     values = [v for _, _, ys, _, _ in series for v in _finite(ys)]
     thresholds = thresholds or []
-    lo, hi = value_range(values, [t for t, _ in thresholds], from_zero)
+    lo, hi = value_range(values, [t for t, _ in thresholds], from_zero, reach)
     legend_x = LEFT
     out.append(f'<text x="{legend_x}" y="{top + 12}" class="ptitle">{escape(title)}</text>')
     legend_x += 24 + _width(title)
@@ -123,6 +126,8 @@ def _panel(
         if points:
             dashing = f' stroke-dasharray="{dash}"' if dash else ""
             out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.6"{dashing}/>')
+    for row, note in enumerate(notes or []):
+        out.append(f'<text x="{LEFT + 6}" y="{top + 14 + row * LABEL_ROW}" class="pnote">{escape(note)}</text>')
     off: list[str] = []
     last_label_y = -math.inf  # the labels share the right edge: one above its line, or under the one before
     for threshold, label in sorted(thresholds, key=lambda t: -t[0]):
@@ -243,8 +248,10 @@ def svg(decision: dict[str, Any], preview_url: str | None) -> str:
         top += panel + GAP
         series = [("matched filter", xs, rad["mf_z"], "#c01818", "")]
         if rad["shape_z"]:
-            series.append(("shape", xs, rad["shape_z"], "#1060c0", ""))
-        _panel(out, axis, top, "test statistics", "z (sigma)", series, rad["thresholds"])
+            series.append((SHAPE_SERIES, xs, rad["shape_z"], "#1060c0", ""))
+        _panel(
+            out, axis, top, "test statistics", "z (sigma)", series, rad["thresholds"], notes=rad["notes"], reach=Z_REACH
+        )
         top += panel + GAP
     if neutron["counts"]:
         expected = neutron["expected"]

@@ -52,17 +52,24 @@ def stack(spans: list[tuple[float, float]], gap: float = 0.0) -> list[int]:
     return rows
 
 
+Z_REACH = 8.0
+"""A test statistic reads against its threshold: a z threshold within this many sigma of the data is taken into
+the panel's range even when the data's span is small."""
+
+
 def value_range(
-    values: list[Any], thresholds: list[float] | None = None, from_zero: bool = False
+    values: list[Any], thresholds: list[float] | None = None, from_zero: bool = False, reach: float = 0.0
 ) -> tuple[float, float]:
     """A panel's value range: its finite ``values`` (and 0 for counts, ``from_zero``), padded by 5%, taking in each
-    of ``thresholds`` that lies within :data:`SCALE_REACH` data spans of them (a farther one is drawn clipped)."""
+    of ``thresholds`` that lies within :data:`SCALE_REACH` data spans (or ``reach``) of them (a farther one is drawn
+    clipped)."""
     finite = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     if from_zero:
         lo = min(lo, 0.0)
     span = hi - lo if hi > lo else max(abs(hi), 1.0)
-    near = [t for t in thresholds or [] if lo - SCALE_REACH * span <= t <= hi + SCALE_REACH * span]
+    margin = max(SCALE_REACH * span, reach)
+    near = [t for t in thresholds or [] if lo - margin <= t <= hi + margin]
     lo, hi = min([lo, *near]), max([hi, *near])
     if hi <= lo:
         hi = lo + 1.0
@@ -91,7 +98,7 @@ def profile_data(decision: dict[str, Any]) -> dict[str, Any]:
         "seq": decision.get("seq"),
         "occupancy_id": decision.get("occupancy_id"),
         "axis": axis_name(decision),
-        "radiation": {**radiation, "thresholds": z_thresholds(decision)},
+        "radiation": {**radiation, "thresholds": z_thresholds(decision), "notes": z_notes(decision)},
         "neutron": {
             "dt_s": neutron_dt,
             "location_m": [round((i + 0.5) * nstep, 3) for i in range(len(neutron))] if nstep else [],
@@ -109,20 +116,49 @@ def profile_data(decision: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _number(value: Any, otherwise: Any) -> Any:
+    return value if isinstance(value, int | float) else otherwise
+
+
+SHAPE_SERIES = "shape z (below 0: harder than background)"
+"""The shape test's curve by name: its statistic is signed (negative where the counts are harder than background,
+positive where softer), while the reasons in words give its size and name the side."""
+
+
 def z_thresholds(decision: dict[str, Any]) -> list[tuple[float, str]]:
     """The thresholds of the test statistics (z) with their labels: the gamma test's, and the two-sided shape
-    test's on the side its statistic lies (negative: harder than background)."""
+    test's on the side its statistic lies (negative: harder than background), both sides when it did not cross.
+    A test's entry carries its threshold; without one the profile's (recorded for every test that ran)."""
+    profile = decision.get("profile") or {}
+    entries = {a.get("reason"): a for a in decision.get("alarms") or [] if isinstance(a, dict)}
     out: list[tuple[float, str]] = []
-    for a in decision.get("alarms") or []:
-        threshold, statistic = (a.get("threshold"), a.get("statistic")) if isinstance(a, dict) else (None, None)
-        if not isinstance(threshold, int | float):
-            continue
-        if a.get("reason") == "gamma":
-            out.append((float(threshold), f"alarm threshold {threshold:.3g}"))
-        elif a.get("reason") == "gamma-shape":
-            value = -float(threshold) if isinstance(statistic, int | float) and statistic < 0 else float(threshold)
-            out.append((value, f"shape threshold {value:.3g}"))
+    gamma = _number((entries.get("gamma") or {}).get("threshold"), profile.get("gamma_threshold"))
+    if isinstance(gamma, int | float):
+        out.append((float(gamma), f"alarm threshold {gamma:.3g}"))
+    shape = entries.get("gamma-shape") or {}
+    threshold, statistic = _number(shape.get("threshold"), profile.get("shape_threshold")), shape.get("statistic")
+    if isinstance(threshold, int | float):
+        sides = [statistic < 0] if isinstance(statistic, int | float) else [True, False]
+        for harder in sides:
+            value = -float(threshold) if harder else float(threshold)
+            out.append((value, f"shape threshold {value:+.3g} ({'harder' if harder else 'softer'})"))
     return list(dict.fromkeys(out))
+
+
+def z_notes(decision: dict[str, Any]) -> list[str]:
+    """What the test-statistics panel lacks, in words: a test that did not run, a threshold not recorded."""
+    profile = decision.get("profile") or {}
+    if not profile.get("gross"):
+        return ["no gamma samples: the gamma tests did not run"]
+    drawn = {label.split()[0] for _, label in z_thresholds(decision)}
+    notes = []
+    if "alarm" not in drawn:
+        notes.append("gamma threshold not recorded in this decision")
+    if not profile.get("shape_z"):
+        notes.append("shape test did not run (gross counts only)")
+    elif "shape" not in drawn:
+        notes.append("shape threshold not recorded in this decision")
+    return notes
 
 
 def neutron_thresholds(decision: dict[str, Any]) -> list[tuple[float, str]]:

@@ -721,6 +721,7 @@ class OccupancyAnalyzer:
             "sideband_expected": _finite_list(side_level * e, 2),
             "mf_z": _finite_list(z_gamma),
             "sideband_spread": round(spread, 3),
+            "gamma_threshold": round(thr.gross, 3),
         }
         alarms: list[dict[str, Any]] = []
         gamma = self._final("gamma", z_gamma, t_gamma, thr.gross)
@@ -735,6 +736,7 @@ class OccupancyAnalyzer:
             )
             profile["windows"] = [[round(float(v), 1) for v in row] for row in self._win.view]
             profile["shape_z"] = _finite_list(z_shape)
+            profile["shape_threshold"] = round(thr.shape, 3)
             shape = self._final("gamma-shape", z_shape, t_shape, thr.shape)
             if shape is not None and shape["direction"] == "softer":
                 profiles = []
