@@ -101,10 +101,11 @@
     if (lane.unacknowledged) classes.push("unacknowledged");
     if (lane.awaiting_count && lane.status !== "alarm") classes.push("awaiting");
     const node = el("article", { class: classes.join(" "), id: `lane-${lane.id}`, "data-status": lane.status });
-    const head = el("h2", {}, el("span", { text: lane.id }), el("span", { class: "status", text: STATUS[lane.status] }));
+    const statebox = el("span", { class: "statebox" }, el("span", { class: "status", text: STATUS[lane.status] }));
     if (lane.awaiting_count && lane.status !== "alarm") {
-      head.append(el("span", { class: "awaiting-count", text: `${lane.awaiting_count} awaiting adjudication` }));
+      statebox.append(el("span", { class: "awaiting-count", text: `+ ${lane.awaiting_count} alarm${lane.awaiting_count > 1 ? "s" : ""} awaiting adjudication` }));
     }
+    const head = el("h2", {}, el("span", { text: lane.id }), statebox);
     node.append(head);
     const sensors = el("div", { class: "sensors" });
     for (const s of lane.sensors) {

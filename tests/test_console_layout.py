@@ -1,0 +1,95 @@
+"""The console's pages laid out by Chromium: a narrow window and a lane tile with alarms awaiting adjudication.
+
+The console is the real application over a real journal (Starlette's TestClient, as in test_console.py); Chromium
+(Debian's, through Playwright) loads its pages, scripts and style sheet through the client, so what is measured is
+what the browser draws. Screenshots are saved in ``$LANEWATCH_ARTIFACTS`` (default ``test-artifacts/``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+from test_console import client, login, seq_of, site  # noqa: F401 (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("LANEWATCH_ARTIFACTS", REPO / "test-artifacts")) / "console-layout"
+CHROMIUM = "/usr/bin/chromium"
+BASE = "https://testserver"
+
+
+@pytest.fixture
+def browser_page(client: TestClient) -> Iterator[Any]:  # noqa: F811
+    """A Chromium page 800 px wide whose requests the console answers (its event stream is refused: no live feed)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: `make system-deps` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    def answer(route: Any) -> None:
+        request = route.request
+        path = request.url.removeprefix(BASE)
+        if path.startswith("/events"):
+            route.fulfill(status=204, body=b"")
+            return
+        response = client.request(request.method, path, content=request.post_data_buffer)
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding")}
+        route.fulfill(status=response.status_code, headers=headers, body=response.content)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox"] if os.geteuid() == 0 else []
+        )
+        context = browser.new_context(viewport={"width": 800, "height": 900})
+        context.route(f"{BASE}/**", answer)
+        yield context.new_page()
+        browser.close()
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def box(page: Any, selector: str) -> dict[str, float]:
+    return page.eval_on_selector(selector, "e => { const b = e.getBoundingClientRect(); return {x: b.x, y: b.y, "
+                                 "right: b.right, bottom: b.bottom}; }")  # fmt: skip
+
+
+def test_the_detail_page_fits_an_800_px_window(client: TestClient, browser_page: Any) -> None:  # noqa: F811
+    login(client, "olga")
+    page = browser_page
+    page.goto(f"{BASE}/decision/{seq_of(client, 'device')}")
+    page.wait_for_selector("#adjudication")
+    shot(page, "detail-800")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800, "no horizontal scrolling"
+    why, adjudication = box(page, "section.card:has(> h2:text('Why'))"), box(page, "#adjudication")
+    assert adjudication["right"] <= 800 and adjudication["y"] >= why["bottom"], "the cards stack"
+    assert box(page, "table.history")["right"] <= adjudication["right"]
+
+
+def test_an_occupied_lane_with_an_unacknowledged_alarm_shows_the_alarm(client: TestClient, browser_page: Any) -> None:  # noqa: F811
+    """Lane 1 has a vehicle in it now and alarms of earlier ones unacknowledged: the tile says both, in its
+    width, and its colour is the alarm's."""
+    login(client, "olga")
+    sensors = [{"name": "rpm", "ok": True, "connected": True, "fresh": True, "age_s": 0.1}]
+    client.app.state.console.wall.on_health(
+        {"reachable": True, "ok": True, "lanes": {"lane1": {"occupied": True, "sensors": sensors}}}
+    )
+    page = browser_page
+    page.goto(f"{BASE}/")
+    page.wait_for_selector("#lane-lane1 .awaiting-count")
+    shot(page, "wall-800")
+    tile = box(page, "#lane-lane1")
+    assert page.inner_text("#lane-lane1 .status") == "OCCUPIED"
+    count = page.inner_text("#lane-lane1 .awaiting-count")
+    assert count.endswith("alarms awaiting adjudication")
+    assert box(page, "#lane-lane1 .awaiting-count")["right"] <= tile["right"], "the count stays in its tile"
+    assert page.get_attribute("#lane-lane1", "class").split() == ["tile", "occupied", "unacknowledged", "awaiting"]
+    colour = page.eval_on_selector("#lane-lane1", "e => getComputedStyle(e).borderLeftColor")
+    assert colour == "rgb(200, 30, 30)"
+    page.eval_on_selector("#lane-lane1", "e => e.style.animation = 'none'")  # its colour between two flashes
+    assert page.eval_on_selector("#lane-lane1", "e => getComputedStyle(e).backgroundColor") == "rgb(253, 236, 236)"
