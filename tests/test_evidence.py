@@ -167,10 +167,16 @@ def test_evidence_of_a_radiation_only_decision_through_the_query_endpoint(journa
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
     thread.start()
+    store = Adjudications(journal_path)
+    store.record(2, "acknowledge", "olga", "operator")
+    store.close()
+    away = tmp_path / "away.toml"  # the same service, asked from a machine without its journal file
+    away.write_text(text.replace(str(journal_path), str(tmp_path / "not-here" / "journal.db")))
     try:
         out = tmp_path / "out"
         done = _evidence("2", "--out", str(out), "--config", str(config_path), "--query")
         missing = _evidence("7", "--out", str(out), "--config", str(config_path), "--query")
+        remote = _evidence("2", "--out", str(tmp_path / "remote"), "--config", str(away), "--query")
         stored = service.journal.get(2)
     finally:
         stop.set()
@@ -180,8 +186,14 @@ def test_evidence_of_a_radiation_only_decision_through_the_query_endpoint(journa
     assert stored is not None and "xray" not in stored
     files = _check_bundle(out, 2, stored)
     assert "xray-preview.png" not in files
-    assert json.loads(files["adjudications.json"])["history"] == [], "the query endpoint serves decisions only"
+    history = json.loads(files["adjudications.json"])["history"]
+    assert [(h["kind"], h["user"]) for h in history] == [("acknowledge", "olga")], "read from the journal file here"
+    assert "not included" not in done.stderr
     assert missing.returncode == 1 and "no decision numbered 7" in missing.stdout
+    assert remote.returncode == 0, remote.stdout + remote.stderr
+    record = json.loads(_read_bundle(tmp_path / "remote", 2)["adjudications.json"])
+    assert record["history"] is None and "history is not included" in record["history_not_included"]
+    assert "adjudication history is not included" in remote.stderr and "not-here" in remote.stderr
 
 
 def test_evidence_refuses_what_it_cannot_read(journal_path: Path, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ another file), or from the service's query endpoint (``--query``, or when there 
 here), and writes ``DIR/evidence-SEQ.zip``: the same bundle the operators' console gives for the
 decision (:func:`lanewatch.edge.console.evidence.bundle`: the decision JSON, the profile as CSV, the
 evidence figure, the X-ray preview, the occupancy as N42.42, the adjudication history and a SHA-256
-manifest). The history is read from the journal file; through the query endpoint it is empty.
+manifest). The history is read from the journal file whenever it is here, also with ``--query``; without it the
+bundle's ``adjudications.json`` says the history is not included and why (``history`` null), and so does stderr.
 
 Exit status 0 when the bundle was written, 1 when the decision cannot be read (or its preview
 cannot be decoded), 2 for a bad command line.
@@ -14,6 +15,7 @@ cannot be decoded), 2 for a bad command line.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +55,17 @@ def _read(args: argparse.Namespace, config: Config) -> dict[str, Any] | None:
         ctx.term()
 
 
-def _history(args: argparse.Namespace, config: Config) -> list[Adjudication]:
-    """The decision's adjudications when its journal file is here (the query endpoint serves decisions only)."""
+def _history(args: argparse.Namespace, config: Config) -> tuple[list[Adjudication] | None, str]:
+    """The decision's adjudications from the journal file when it is here, else None and why they are not included
+    (the query endpoint serves decisions only)."""
     path = args.journal or Path(config.service.journal)
-    return [] if args.query or not path.exists() else Adjudications.read_history(path, args.seq)
+    if path.exists():
+        return Adjudications.read_history(path, args.seq), ""
+    return None, (
+        f"the adjudication history is not included: it is kept in the journal file ({path}), which is not on this "
+        "machine, and the service's query endpoint serves decisions only; run lanewatch evidence where the journal is "
+        "or download the bundle from the console"
+    )
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -73,8 +82,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if decision is None:
         print(f"lanewatch evidence: no decision numbered {args.seq} in {where}")
         return 1
+    history, missing = _history(args, config)
+    if history is None:
+        print(f"lanewatch evidence: decision {args.seq}: {missing}", file=sys.stderr)
     try:
-        body = bundle(decision, _history(args, config))
+        body = bundle(decision, history, missing)
     except (ValueError, OSError) as exc:
         print(f"lanewatch evidence: decision {args.seq}: its X-ray preview cannot be decoded: {exc}")
         return 1

@@ -21,7 +21,9 @@
     sample and one neutron record per neutron sample, with their start and real times (not in the bundle
     of a decision without radiation samples, such as a scan with no occupancy).
 ``adjudications.json``
-    Every act on the decision (acknowledgement, adjudications, amendments), oldest first.
+    Every act on the decision (acknowledgement, adjudications, amendments), oldest first; ``history`` null and
+    ``history_not_included`` saying why when the history could not be read (``lanewatch evidence --query`` away
+    from the journal file).
 ``MANIFEST.sha256``
     The SHA-256 of every other file, in ``sha256sum`` format (``sha256sum -c`` checks it).
 """
@@ -301,19 +303,21 @@ def _stamp(record: Any, specutils: Any, sample: int, detector: str, when: dateti
     record.setStartTime(when)
 
 
-def bundle(decision: dict[str, Any], history: list[Adjudication]) -> bytes:
-    """The evidence ZIP of ``decision`` with its adjudication ``history`` (see the module docstring)."""
+def bundle(decision: dict[str, Any], history: list[Adjudication] | None, missing: str = "") -> bytes:
+    """The evidence ZIP of ``decision`` with its adjudication ``history`` (see the module docstring); None when the
+    history could not be read, ``missing`` saying why."""
     seq = decision.get("seq")
+    acts = None if history is None else [msgspec.to_builtins(h) for h in history]
+    record = {"seq": seq, "reasons": reasons(decision), "history": acts}
+    if history is None:
+        record["history_not_included"] = missing
     gamma, neutrons = profile_csv(decision)
     files: dict[str, bytes] = {
         "decision.json": json.dumps(decision, indent=1).encode() + b"\n",
         "profile.csv": gamma,
         "neutron.csv": neutrons,
         "evidence.png": figure_png(decision),
-        "adjudications.json": json.dumps(
-            {"seq": seq, "reasons": reasons(decision), "history": [msgspec.to_builtins(h) for h in history]}, indent=1
-        ).encode()
-        + b"\n",
+        "adjudications.json": json.dumps(record, indent=1).encode() + b"\n",
     }
     profile = decision.get("profile") or {}
     if profile.get("gross") or profile.get("neutron"):
