@@ -620,9 +620,9 @@ def test_reasons_read_as_an_operator_would() -> None:
               "location_sd_m": 0.1, "alarm": True}  # fmt: skip
     row = alerts.format_row({"seq": 2, "verdict": "ALARM", "device_alarm": True, "alarms": [withheld, review]})
     assert row.endswith(
-        "Dense object, 48 mm lead equivalent (review from 8 mm) 5.6 m behind the front, ± 0.1 m: large enough to hide"
-        " a source, image review needed; The portal's own alarm; Gamma excess 23.1 sigma (threshold 4.8); withheld: "
-        "no background reading before the vehicle to test against"
+        "Dense object, 48 mm lead equivalent 5.6 m behind the front, ± 0.1 m: large enough to hide a source, image "
+        "review needed (above 8 mm lead equivalent); The portal's own alarm; Gamma excess 23.1 sigma (threshold 4.8); "
+        "withheld: no background reading before the vehicle to test against"
     )
     assert not re.search(r"[<>|]", row), "no comparison operators or bars: words"
     fused = {"reason": "shielded-source-suspected", "statistic": 22.446, "threshold": 3.0, "location_m": 6.19,

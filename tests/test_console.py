@@ -9,6 +9,7 @@ analysis results.
 from __future__ import annotations
 
 import gzip
+import html
 import json
 import re
 import sqlite3
@@ -27,7 +28,7 @@ from lanewatch.edge.config import Config, ConfigError, ModelConfig
 from lanewatch.edge.console.adjudication import AdjudicationError, Adjudications, EventFilter
 from lanewatch.edge.console.app import LoginLimiter, create_app, n42_nuclides
 from lanewatch.edge.console.health import HealthHistory
-from lanewatch.edge.console.present import Clock, norm_state, reasons, summary
+from lanewatch.edge.console.present import INCOMPLETE_NAMES, Clock, incomplete_causes, norm_state, reasons, summary
 from lanewatch.edge.console.users import UserStore, users_path
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.model.calibration import Calibrated
@@ -338,6 +339,27 @@ def test_event_table_shows_local_time_with_utc_on_hover(client: TestClient, site
     local = client.app.state.console.clock.local(end)
     assert f'title="{end[:10]} {end[11:19]} UTC">{local}<' in page
     assert local != f"{end[:10]} {end[11:19]}", "Europe/Amsterdam is never UTC"
+    assert "Dates and times in Europe/Amsterdam; hover a time for UTC." in page
+
+
+def test_event_table_at_a_utc_site_says_so_once_and_keeps_the_model_short(tmp_path: Path) -> None:
+    config = site_config(tmp_path, timezone="UTC")
+    with Journal(config.service.journal) as journal:
+        for decision in decisions():
+            warming = apply_policy(
+                decision, None, ModelConfig(path="m.onnx"), "m", raw=0.709, calibrated=Calibrated(None, 19)
+            )
+            journal.append({**warming, "lane": "lane1"})
+    store = UserStore(users_path(config))
+    store.add("olga", "operator", PASSWORD)
+    store.close()
+    with TestClient(create_app(config, start_feeds=False), base_url="https://testserver") as utc:
+        login(utc, "olga")
+        page = utc.get("/decisions").text
+        detail = utc.get("/decision/1").text
+    assert "Dates and times in UTC." in page and "hover a time for UTC" not in page
+    assert page.count("<td>model warming up</td>") == 7 and "ordinary vehicles seen at this lane" not in page
+    assert "warming up: 19 of 200 ordinary vehicles seen at this lane, no score yet" in detail
 
 
 def test_detail_page_gives_reasons_in_words_and_one_figure(client: TestClient) -> None:
@@ -555,7 +577,16 @@ def test_supervisor_day_report_as_page_and_csv(client: TestClient, site: Config)
     with Journal(site.service.journal, readonly=True) as journal:
         day = client.app.state.console.clock.local(journal.get(1)["end"])[:10]
     page = client.get(f"/reports?day={day}&shift=day")
-    assert page.status_code == 200 and f"Lane report, {day} day" in page.text
+    heading = f"Lane report, {day} day shift 00:00-24:00 local time (Europe/Amsterdam)"
+    assert page.status_code == 200 and heading in page.text and "day (00:00-24:00)" in page.text
+    assert "night (22:00-06:00)" in page.text
+    # alarms by reason and incomplete decisions by cause in words, uptime of the time watched
+    text = html.unescape(page.text)
+    assert "Dense object: image review 1" in text and "Portal's own alarm" in text
+    assert "image-review 1" not in text and "device " not in text
+    joined = next(d for d in decisions() if d["incomplete"])  # a vehicle whose start the service did not see
+    assert [INCOMPLETE_NAMES[c] for c in incomplete_causes(joined)] == ["start not seen", "no background before it"]
+    assert "Uptime (of the time watched)" in page.text
     csv_text = client.get(f"/reports?day={day}&shift=day&format=csv").text.splitlines()
     header, *rows = [line.split(",") for line in csv_text]
     by_lane = {row[1]: dict(zip(header, row, strict=False)) for row in rows}
@@ -599,7 +630,8 @@ def test_report_gives_each_lanes_uptime_and_faults_from_the_health_history(clien
     assert (lane2["uptime_percent"], lane2["down_minutes"], lane2["unobserved_minutes"]) == ("66.7", "10.0", "1410.0")
     assert lane2["faults"] == "service unreachable 1x 10.0 min"
     page = client.get("/reports?day=2026-01-15&shift=day")
-    assert "83.3%" in page.text and "gamma-high 1x 10.0 min" in page.text and "not watched 1380 min" in page.text
+    assert "83.3% of 60 min watched" in page.text and "not watched 1380 min" in page.text
+    assert "gamma-high 1x 10.0 min" in page.text
     early = client.get("/reports?day=2026-01-15&shift=early&format=csv").text.splitlines()  # 06:00-14:00 local
     assert early[1].split(",")[-4:] == ["83.3", "10.0", "420.0", "gamma-high 1x 10.0 min"]
 

@@ -56,6 +56,8 @@ from lanewatch.edge.console.adjudication import (
 from lanewatch.edge.console.health import HealthHistory
 from lanewatch.edge.console.live import Event, Feeds, Hub, Wall, read_health
 from lanewatch.edge.console.present import (
+    INCOMPLETE_NAMES,
+    REASON_NAMES,
     Clock,
     model_short,
     model_text,
@@ -284,6 +286,7 @@ def create_app(
     feeds = Feeds(config, wall, hub, metrics, history, health=health, keys=keys)
     env = Environment(loader=PackageLoader("lanewatch.edge.console", "templates"), autoescape=select_autoescape())
     env.globals.update(ROLES=ROLES, DISPOSITIONS=DISPOSITIONS, SECONDARY=SECONDARY, VERDICTS=VERDICTS, STATES=STATES)
+    env.globals.update(REASON_NAMES=REASON_NAMES, INCOMPLETE_NAMES=INCOMPLETE_NAMES)
     env.filters["local"] = clock.local
     env.filters["utc"] = utc_label
     env.globals["allows"] = role_allows
@@ -469,7 +472,8 @@ def create_app(
         until = utc_text(midnight + timedelta(hours=end_hour))
         lanes = [lane.id for lane in config.lanes]
         reports = await run_in_threadpool(lane_reports, adjudications, journal, history, lanes, since, until)
-        span = f"{day} {shift} ({start_hour:02d}:00-{end_hour % 24:02d}:00 {config.console.timezone})"
+        end = end_hour if end_hour <= 24 else end_hour - 24  # a day ends at 24:00, a night the next day at 06:00
+        span = f"{day} {shift} shift {start_hour:02d}:00-{end:02d}:00 local time ({config.console.timezone})"
         if request.query_params.get("format") == "csv":
             disposition = f'attachment; filename="report-{day}-{shift}.csv"'
             return PlainTextResponse(

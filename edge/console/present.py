@@ -28,6 +28,14 @@ FINDING_LABELS = {
     "image-review": "Dense object: image review",
 }
 """Short names of located findings, for labels on a figure."""
+REASON_NAMES = {
+    **FINDING_LABELS,
+    "device": "Portal's own alarm",
+    "tamper": "Tamper",
+    "model-anomaly": "Anomaly model",
+    "image-too-dark": "X-ray image too dark",
+}
+"""Every alarm reason by a short name, for counts in a report."""
 
 
 INCOMPLETE_WORDS = {
@@ -50,6 +58,28 @@ END_WORDS = {
     "no-occupancy": "an X-ray scan with no occupancy at the portal",
 }
 """How an occupancy ended (``end_reason``), in words."""
+INCOMPLETE_NAMES = {
+    "partial": "start not seen",
+    "no-background": "no background before it",
+    "background": "end line lost",
+    "counter-jump": "occupancy counter jumped",
+    "driver-restart": "driver restarted",
+    "link-lost": "link to the portal lost",
+    "stalled": "samples stopped",
+    "timeout": "occupancy timeout",
+    "error": "error in its handling",
+    "missed": "vehicle lanewatch never saw",
+    "no-occupancy": "scan without an occupancy",
+}
+"""Why a decision is INCOMPLETE (an ``incomplete`` entry or its ``end_reason``) by a short name, for a report."""
+
+
+def incomplete_causes(decision: Decision) -> list[str]:
+    """The codes that make ``decision`` INCOMPLETE: its ``incomplete`` entries when it ended normally (the portal's
+    end line), else how it ended (as :func:`reasons` words them)."""
+    why = [str(w) for w in decision.get("incomplete") or []]
+    end = str(decision.get("end_reason") or "?")
+    return why if why and end in ("gx", "background") else [*why, end]
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -122,8 +152,8 @@ def reason_text(alarm: dict[str, Any], decision: Decision | None = None) -> str:
         )
     if reason == "image-review":
         return (
-            f"Dense object, {_num(stat, 0)} mm lead equivalent (review from {_num(threshold, 0)} mm){_where(alarm)}: "
-            "large enough to hide a source, image review needed"
+            f"Dense object, {_num(stat, 0)} mm lead equivalent{_where(alarm)}: large enough to hide a source, image "
+            f"review needed (above {_num(threshold, 0)} mm lead equivalent)"
         )
     if reason == "image-too-dark":
         fraction = f"{stat:.0%}" if isinstance(stat, int | float) else "?"
@@ -155,10 +185,11 @@ def reasons(decision: Decision) -> list[str]:
     out += [reason_text(a, decision) for a in alarms if not a.get("alarm") and a.get("reason") == "norm-consistent"]
     out += [reason_text(a, decision) for a in alarms if not a.get("alarm") and a.get("reason") != "norm-consistent"]
     if decision.get("verdict") == "INCOMPLETE":
-        why = [INCOMPLETE_WORDS.get(str(w), str(w)) for w in decision.get("incomplete") or []]
-        end = str(decision.get("end_reason") or "?")
-        if end not in ("gx", "background") or not why:
-            why.append(END_WORDS.get(end, f"it ended by {end}"))
+        flags = {str(w) for w in decision.get("incomplete") or []}
+        why = [
+            INCOMPLETE_WORDS.get(c, c) if c in flags else END_WORDS.get(c, f"it ended by {c}")
+            for c in incomplete_causes(decision)
+        ]
         out.append("Incomplete: " + "; ".join(why))
     return out
 

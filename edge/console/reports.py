@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from lanewatch.edge.console.adjudication import DISPOSITIONS, Adjudications
 from lanewatch.edge.console.health import HealthHistory, Uptime
-from lanewatch.edge.console.present import parse_utc
+from lanewatch.edge.console.present import incomplete_causes, parse_utc
 from lanewatch.edge.decisions.journal import Journal
 
 SHIFTS = {"day": (0, 24), "early": (6, 14), "late": (14, 22), "night": (22, 30)}
@@ -36,6 +36,7 @@ class LaneReport:
     minutes_to_disposition: list[float] = field(default_factory=list)
     link_interruptions: int = 0
     incomplete_reasons: Counter[str] = field(default_factory=Counter)
+    """INCOMPLETE decisions by cause (:func:`lanewatch.edge.console.present.incomplete_causes`)."""
     health: Uptime = field(default_factory=Uptime)
 
     @property
@@ -73,7 +74,7 @@ def lane_reports(
         decision = journal.get(seq) or {}
         report.link_interruptions += int(decision.get("link_interruptions") or 0)
         if verdict == "INCOMPLETE":
-            report.incomplete_reasons[str(decision.get("end_reason"))] += 1
+            report.incomplete_reasons.update(incomplete_causes(decision))
         if verdict == "ALARM":
             report.portal_alarms += bool(decision.get("device_alarm"))
             for alarm in decision.get("alarms") or []:
