@@ -40,10 +40,10 @@ from typing import Any
 
 import msgspec
 
-from lanewatch.edge.console.store import SqliteStore
 from lanewatch.edge.console.users import now_text, role_allows
 from lanewatch.edge.decisions.adjudication import DISPOSITIONS, KINDS, MAX_NOTES, SECONDARY, Adjudication
 from lanewatch.edge.decisions.journal import Journal, decode_as
+from lanewatch.edge.store import SqliteStore
 
 STATES = ("unacknowledged", "acknowledged", "awaiting", "disposed")
 """Adjudication states a filter may ask for; ``awaiting`` is unacknowledged or acknowledged, not yet disposed."""

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from lanewatch.edge.console.present import parse_utc
-from lanewatch.edge.console.store import SqliteStore
 from lanewatch.edge.console.users import now_text
+from lanewatch.edge.store import SqliteStore
 
 GAP_S = 10.0
 """Readings further apart than this (s) leave the time between them unobserved (the consoles read every 2 s)."""

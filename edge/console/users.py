@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lanewatch.edge.config import Config
-from lanewatch.edge.console.store import SqliteStore
+from lanewatch.edge.store import SqliteStore
 
 ROLES = ("operator", "supervisor", "admin")
 """Roles, each allowed what the ones before it are."""

@@ -55,9 +55,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lanewatch.edge.config import ModelConfig
-from lanewatch.edge.console.store import SqliteStore
 from lanewatch.edge.ops.metrics import ModelMetrics
 from lanewatch.edge.ops.ratelog import RateLimitedLog
+from lanewatch.edge.store import SqliteStore
 
 log = logging.getLogger("lanewatch.model")
 

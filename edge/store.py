@@ -1,4 +1,4 @@
-"""One SQLite connection shared by the console's threads: serialised, with immediate write transactions."""
+"""One SQLite connection shared by threads, serialised, with immediate write transactions."""
 
 from __future__ import annotations
 
