@@ -63,7 +63,6 @@ from prometheus_client import CollectorRegistry
 
 from lanewatch.drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, SOURCES, VARIANTS, Passage, Traffic
 from lanewatch.edge.config import SHIPPED_MODEL, DetectionConfig, ModelConfig
-from lanewatch.edge.decisions import decision as decision_mod
 from lanewatch.edge.lane.background import BackgroundEstimator, BackgroundSnapshot
 from lanewatch.edge.lane.calibration import LaneCalibration
 from lanewatch.edge.lane.detect import analyze, gamma_plan, max_threshold, warm_up
@@ -71,7 +70,7 @@ from lanewatch.edge.model import runtime
 from lanewatch.edge.model.calibration import TRAINING_LEVEL
 from lanewatch.edge.model.features import FeatureError
 from lanewatch.kernels.matched import mf_series
-from lanewatch.models.corpus import MEAN_GAP_S, READING_INTERVAL_S, WARM_UP_S, WINDOWS_KEV
+from lanewatch.models.corpus import MEAN_GAP_S, READING_INTERVAL_S, WARM_UP_S, WINDOWS_KEV, passage_decision
 
 MIX: dict[str, float] = {
     "none": 0.55,
@@ -197,19 +196,7 @@ def raw_score(result: dict[str, Any], passage: Passage, gamma: np.ndarray, occup
     """The shipped model's own score of the decision built from ``result`` as a lane builds it (None: no profile)."""
     if not _MODELS:
         _MODELS.append(runtime.load(SHIPPED_MODEL))
-    decision = decision_mod.build(
-        lane="robustness",
-        occupancy_id=occupancy_id,
-        start_wall_ns=0,
-        end_wall_ns=int(gamma.shape[0] * GAMMA_DT_S * 1e9),
-        end_reason="gx",
-        device_occupancy=None,
-        analysis=result,
-        samples=gamma.shape[0] + passage.neutron.shape[0],
-        device_alarm=False,
-        tamper=False,
-        link_interruptions=0,
-    )
+    decision = passage_decision("robustness", occupancy_id, 0, result, passage, gamma)
     try:
         return _MODELS[0].score(decision)
     except FeatureError:

@@ -27,7 +27,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from lanewatch.edge.decisions import decision as decision_mod
 from lanewatch.edge.lane.background import BackgroundEstimator, BackgroundSnapshot
 from lanewatch.edge.lane.detect import analyze
 from lanewatch.edge.model.features import FeatureError, extract
+
+if TYPE_CHECKING:
+    from lanewatch.drivers.sim import physics
 
 WINDOWS_KEV = (30.0, 400.0, 3000.0)
 """Energy window edges (keV) of the windowed portal."""
@@ -250,22 +253,40 @@ def simulate(chunk: Chunk) -> Iterator[tuple[dict[str, Any], str, dict[str, Any]
                 yield (
                     passage.truth,
                     variant,
-                    decision_mod.build(
-                        lane="sim",
-                        occupancy_id=f"sim-{chunk.seed}-{passage.index}-{variant}",
-                        start_wall_ns=start_ns,
-                        end_wall_ns=start_ns + int(gamma.shape[0] * GAMMA_DT_S * 1e9),
-                        end_reason="gx",
-                        device_occupancy=None,
-                        analysis=result,
-                        samples=gamma.shape[0] + passage.neutron.shape[0],
-                        device_alarm=False,
-                        tamper=False,
-                        link_interruptions=0,
-                        xray=xray,
+                    passage_decision(
+                        "sim", f"sim-{chunk.seed}-{passage.index}-{variant}", start_ns, result, passage, gamma, xray
                     ),
                 )
         _feed(traffic, est, max(READING_INTERVAL_S, float(gaps.exponential(MEAN_GAP_S))))
+
+
+def passage_decision(
+    lane: str,
+    occupancy_id: str,
+    start_ns: int,
+    analysis: dict[str, Any],
+    passage: physics.Passage,
+    gamma: np.ndarray,
+    xray: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The decision a lane builds from ``analysis`` of a whole simulated ``passage`` (``gamma``: the samples the
+    analysis read, counts per 0.2 s) that started at ``start_ns`` (ns, UTC) and ended with its GX."""
+    from lanewatch.drivers.sim.physics import GAMMA_DT_S
+
+    return decision_mod.build(
+        lane=lane,
+        occupancy_id=occupancy_id,
+        start_wall_ns=start_ns,
+        end_wall_ns=start_ns + int(gamma.shape[0] * GAMMA_DT_S * 1e9),
+        end_reason="gx",
+        device_occupancy=None,
+        analysis=analysis,
+        samples=gamma.shape[0] + passage.neutron.shape[0],
+        device_alarm=False,
+        tamper=False,
+        link_interruptions=0,
+        xray=xray,
+    )
 
 
 def run_chunk(chunk: Chunk) -> tuple[np.ndarray, list[str], list[str], list[str], list[dict[str, Any]]]:
