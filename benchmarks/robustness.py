@@ -61,7 +61,16 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from lanewatch.drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, SOURCES, VARIANTS, Passage, Traffic
+from lanewatch.drivers.sim.physics import (
+    DEFAULT_MIX,
+    GAMMA_DT_S,
+    HOLD_IN_S,
+    NEUTRON_DT_S,
+    SOURCES,
+    VARIANTS,
+    Passage,
+    Traffic,
+)
 from lanewatch.edge.config import SHIPPED_MODEL, DetectionConfig, ModelConfig
 from lanewatch.edge.lane.background import BackgroundEstimator, BackgroundSnapshot
 from lanewatch.edge.lane.calibration import LaneCalibration
@@ -72,18 +81,13 @@ from lanewatch.edge.model.features import FeatureError
 from lanewatch.kernels.matched import mf_series
 from lanewatch.models.corpus import MEAN_GAP_S, READING_INTERVAL_S, WARM_UP_S, WINDOWS_KEV, passage_decision
 
+MEDICAL = ("tc99m", "i131")
 MIX: dict[str, float] = {
-    "none": 0.55,
-    "k40-fertilizer": 0.08,
-    "ceramics": 0.07,
-    "cs137": 0.06,
-    "co60": 0.05,
-    "heu": 0.06,
-    "pu": 0.05,
-    "shielded-cs137": 0.04,
-    "shielded-co60": 0.04,
+    kind: share + (sum(DEFAULT_MIX[m] for m in MEDICAL) if kind == "none" else 0.0)
+    for kind, share in DEFAULT_MIX.items()
+    if kind not in MEDICAL
 }
-"""Benign vehicles, NORM loads and threats (medical patients left out: alarming on them is right)."""
+"""The simulator's default mix with medical patients left out (alarming on them is right), their share benign."""
 PORTALS = ("windows", "gross")
 SHIP_DISPERSION = 2.5
 """Variance-to-mean ratio of the simulator's ship-effect counts (bursts of 1 + Poisson(1) neutrons)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import zmq
 from prometheus_client import CollectorRegistry
@@ -25,6 +27,18 @@ TIMEOUT_S = 5.0
 def free_port() -> int:
     """A free TCP port on loopback."""
     return free_ports(1)[0]
+
+
+def flood_replies(sock: zmq.Socket, request: bytes, count: int, wait_s: float) -> list[dict[str, Any]]:
+    """Send ``request`` ``count`` times at once on the query socket ``sock`` and read every reply (JSON), each within
+    ``wait_s`` (failing otherwise)."""
+    for _ in range(count):
+        sock.send(request)
+    replies = []
+    while len(replies) < count:
+        assert sock.poll(int(wait_s * 1000)), f"{len(replies)} replies of {count}"
+        replies.append(json.loads(sock.recv()))
+    return replies
 
 
 def service_toml(journal: Path) -> str:

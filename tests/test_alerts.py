@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import zmq
 from prometheus_client import CollectorRegistry
+from support import flood_replies
 from test_journal import make_decision
 
 from lanewatch.edge.commands import alerts
@@ -678,13 +679,7 @@ def test_query_thread_budgets_each_peer_and_counts_bad_requests(
         for sock in (flood, other):
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(bus.query_endpoint)
-        requests = 300
-        for _ in range(requests):
-            flood.send(b'{"op": "since", "seq": 0}')
-        replies = []
-        while len(replies) < requests:
-            assert flood.poll(int(WAIT_S * 1000)), f"{len(replies)} replies of {requests}"
-            replies.append(json.loads(flood.recv()))
+        replies = flood_replies(flood, b'{"op": "since", "seq": 0}', 300, WAIT_S)
         limited = [r for r in replies if not r["ok"]]
         assert limited and all(r["error"] == "rate limited" and r["retry_after_s"] > 0 for r in limited)
         assert all(r["ok"] and len(r["records"]) == 5 for r in replies if r not in limited)

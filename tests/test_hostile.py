@@ -27,6 +27,7 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from support import flood_replies
 
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher
@@ -412,13 +413,7 @@ def test_a_client_flooding_with_the_console_key_does_not_starve_the_consoles_sha
     the same key is still answered: the budget is each connection's under its key, not the key's."""
     flood, console = console_socket(site), console_socket(site)
     try:
-        requests = 200
-        for _ in range(requests):
-            flood.send(b'{"op": "last"}')
-        replies = []
-        while len(replies) < requests:
-            assert flood.poll(int(WAIT_S * 1000)), f"{len(replies)} replies of {requests}"
-            replies.append(json.loads(flood.recv()))
+        replies = flood_replies(flood, b'{"op": "last"}', 200, WAIT_S)
         assert any(r.get("error") == "rate limited" for r in replies), "the flooding connection is over its budget"
         console.send(b'{"op": "last"}')
         assert console.poll(int(WAIT_S * 1000))
