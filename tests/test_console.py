@@ -315,7 +315,7 @@ def test_event_table_filters_and_pages(client: TestClient, site: Config) -> None
     form = {"csrf": token, "disposition": "norm", "secondary": "not-performed", "notes": "Kitty litter, 100% clay"}
     client.post("/decision/3/adjudicate", data=form)
     assert table_seqs(client, "q=litter") == [3]
-    assert table_seqs(client, "q=100%25") == [3], "a % in the text is a character, not a wildcard"
+    assert table_seqs(client, "q=100%25") == [3], "punctuation is no operator"
     assert table_seqs(client, "q=nothing+such") == []
     assert table_seqs(client, "state=disposed") == [3]
     assert 3 not in table_seqs(client, "state=awaiting")

@@ -9,6 +9,11 @@ attachment, nuclides, amends)``
     handheld identifier's N42 file with the nuclides it identified), or ``amend`` (a supervisor's
     correction of an earlier adjudication, ``amends`` its id). Triggers refuse UPDATE and DELETE:
     history is never rewritten, an amendment is a new row.
+``adjudication_notes``
+    SQLite's full-text index (FTS5) of the acts' notes, row for row (its rowid is the act's id; the text stays in
+    ``adjudications``). A trigger indexes each new act in the transaction that appends it (acts are never updated
+    or deleted, so that is all it needs); a journal from before the index has it built when a console first opens
+    it. :func:`notes_query` turns what a user types into the index's query language.
 ``adjudication_state(seq, state, disposition, last_id)``
     The current state of each adjudicated decision (``acknowledged`` or ``disposed``), kept in
     the same transaction as the row that changed it, so the event table filters on it by index.
@@ -33,6 +38,7 @@ pass it)::
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,12 +84,26 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS adjudication_state_state ON adjudication_state (state, seq)",
     "CREATE INDEX IF NOT EXISTS decisions_verdict_seq ON decisions (verdict, seq)",
     # The event table's pages by lane and verdict, newest first, without reading the rows of the lane's other
-    # verdicts; and the search in notes as a scan of this index, not of the table (which holds attachments).
+    # verdicts.
     'CREATE INDEX IF NOT EXISTS decisions_lane_verdict_end ON decisions (lane, verdict, "end")',
-    "CREATE INDEX IF NOT EXISTS adjudications_notes ON adjudications (notes, seq)",
+    # The notes are searched by their full-text index (NOTES_INDEX); this index served the earlier scan with LIKE.
+    "DROP INDEX IF EXISTS adjudications_notes",
     # The end of each decision by seq, compact: a search in notes orders its matches from it, not from the rows.
     'CREATE INDEX IF NOT EXISTS decisions_seq_end ON decisions (seq, "end")',
 )
+NOTES_INDEX = (
+    # External content: the index holds the words, ``adjudications`` the text. Case and accents are ignored
+    # ("Röntgen" is found by "rontgen"); words are runs of letters and digits ("Cs-137" is "cs" then "137").
+    "CREATE VIRTUAL TABLE adjudication_notes USING fts5(notes, content='adjudications', content_rowid='id',"
+    " tokenize='unicode61 remove_diacritics 2')",
+    """CREATE TRIGGER adjudication_notes_insert AFTER INSERT ON adjudications
+        BEGIN INSERT INTO adjudication_notes (rowid, notes) VALUES (new.id, new.notes); END""",
+    "INSERT INTO adjudication_notes (adjudication_notes) VALUES ('rebuild')",  # the acts recorded before the index
+)
+"""The notes' full-text index, created with its trigger and filled from the acts so far in one transaction (so no act
+is recorded between the fill and the trigger), when a journal does not have it yet."""
+MAX_SEARCH_TERMS = 16
+"""Words and quoted phrases a search in notes may have."""
 READ_PRAGMAS = ("cache_size = -65536", "mmap_size = 268435456")
 """The event table's reads: a 64 MiB page cache (the indexes it pages through stay in it) and reads of the journal
 by memory map (up to 256 MiB) rather than a system call per page."""
@@ -107,6 +127,54 @@ class AdjudicationError(ValueError):
     """An adjudication that cannot be recorded; the message says why."""
 
 
+class SearchError(ValueError):
+    """A search in notes that cannot be run; the message says why, in words for the user."""
+
+
+class SearchUnavailable(RuntimeError):
+    """This Python's SQLite lacks the full-text module (FTS5) the search in notes needs."""
+
+
+_SEARCH_PART = re.compile(r'"([^"]*)"?|[^\s"]+')
+
+
+def notes_query(text: str) -> str:
+    """The FTS5 query for what a user typed in "notes contain": every word must be in one act's notes, in any order,
+    as a word or the start of one (``lit`` finds "litter"), case and accents ignored; text in double quotes is a
+    phrase of whole words in that order (an unclosed quote runs to the end). Everything is quoted into the query
+    language, so no character the user types is an operator (``*``, ``NEAR(``, ``OR``, ``-``, ``:`` are text).
+    Punctuation alone is no word: raises :class:`SearchError` when nothing searchable is left, or for more than
+    :data:`MAX_SEARCH_TERMS` words and phrases."""
+    terms = []
+    for part in _SEARCH_PART.finditer(text):
+        phrase = part.group(1)
+        words = part.group(0) if phrase is None else phrase
+        if not any(ch.isalnum() for ch in words):
+            continue  # the index holds letters and digits only: this part could only match nothing
+        quoted = '"' + words.replace('"', '""') + '"'
+        terms.append(quoted if phrase is not None else quoted + "*")
+    if not terms:
+        raise SearchError("search the notes for at least one word (letters or digits)")
+    if len(terms) > MAX_SEARCH_TERMS:
+        raise SearchError(f"search the notes for at most {MAX_SEARCH_TERMS} words or quoted phrases, not {len(terms)}")
+    return " ".join(terms)
+
+
+def require_fts5() -> None:
+    """Raise :class:`SearchUnavailable` unless this Python's SQLite has the full-text module FTS5."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("CREATE VIRTUAL TABLE probe USING fts5(text)")
+    except sqlite3.OperationalError as exc:
+        raise SearchUnavailable(
+            f"this Python's SQLite {sqlite3.sqlite_version} has no full-text module FTS5 ({exc}), which the console's "
+            f"search in notes needs: run the console with a Python whose sqlite3 is built with FTS5 (Debian's and "
+            f"python.org's are)"
+        ) from None
+    finally:
+        conn.close()
+
+
 @dataclass(frozen=True)
 class EventFilter:
     """What the event table shows; times are UTC journal text (``since`` inclusive, ``until`` exclusive)."""
@@ -117,7 +185,7 @@ class EventFilter:
     since: str | None = None
     until: str | None = None
     text: str | None = None
-    """Words looked for in the adjudication notes (case-insensitive, as a phrase)."""
+    """What the user typed to search the adjudication notes, as :func:`notes_query` reads it."""
 
 
 class RowFields(msgspec.Struct, frozen=True):
@@ -162,9 +230,14 @@ class Adjudications(SqliteStore):
     """The adjudication tables of the journal at ``path`` (created there if missing), and reads of its decisions."""
 
     def __init__(self, path: str | Path) -> None:
+        require_fts5()
         if not Path(path).exists():
             Journal(Path(path)).close()  # an empty journal with its schema, as the service would make it
         super().__init__(path, SCHEMA, pragmas=["synchronous = FULL", *READ_PRAGMAS])
+        with self._tx() as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'adjudication_notes'").fetchone() is None:
+                for statement in NOTES_INDEX:
+                    conn.execute(statement)
 
     # ---- writing ---------------------------------------------------------------------------------
     def record(
@@ -353,12 +426,14 @@ class Adjudications(SqliteStore):
             clauses.append("s.state = ?")
             params.append(where.state)
         if where.text:
-            escaped = where.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            clauses.append("d.seq IN (SELECT seq FROM adjudications WHERE notes LIKE ? ESCAPE '\\')")
-            params.append(f"%{escaped}%")
+            clauses.append(
+                "d.seq IN (SELECT a.seq FROM adjudication_notes JOIN adjudications a ON a.id = adjudication_notes.rowid"
+                " WHERE adjudication_notes MATCH ?)"
+            )
+            params.append(notes_query(where.text))
         # Newest first by end time, then seq: the journal's (lane, end), (verdict, end) and (end) indexes give this
         # order directly, so a page never sorts the rows a filter matches (a day holds hundreds of thousands);
-        # a search in notes sorts its matches (adjudicated decisions only) by seq and end, not their rows.
+        # a search in notes sorts its matches (found by the full-text index) by seq and end, not their rows.
         cursor = before if after is None else after
         if cursor is not None:
             found = self._read('SELECT "end" FROM decisions WHERE seq = ?', (cursor,))
@@ -375,7 +450,12 @@ class Adjudications(SqliteStore):
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += f' ORDER BY d."end" {order}, d.seq {order} LIMIT ?'
-        seqs = [row[0] for row in self._read(sql, (*params, limit + 1))]
+        try:
+            seqs = [row[0] for row in self._read(sql, (*params, limit + 1))]
+        except sqlite3.OperationalError as exc:
+            if not where.text or "fts5" not in str(exc):
+                raise
+            raise SearchError(f"the search in notes could not be run ({exc}): try plain words") from None
         more = len(seqs) > limit
         seqs = seqs[:limit]
         if order == "ASC":

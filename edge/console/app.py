@@ -52,6 +52,8 @@ from lanewatch.edge.console.adjudication import (
     AdjudicationError,
     Adjudications,
     EventFilter,
+    EventPage,
+    SearchError,
 )
 from lanewatch.edge.console.health import HealthHistory
 from lanewatch.edge.console.live import Event, Feeds, Hub, Wall, read_health
@@ -555,7 +557,7 @@ def _filter(console: Console, params: Any) -> tuple[EventFilter, dict[str, str],
         state=shown["state"] if shown["state"] in STATES else None,
         since=since,
         until=until,
-        text=shown["q"] or None,
+        text=shown["q"].strip() or None,  # read by Adjudications.events, which raises SearchError for a bad one
     )
     return where, shown, error
 
@@ -578,16 +580,25 @@ def decision_routes(
         session = await need(request)
         where, shown, error = _filter(console, request.query_params)
         if request.query_params.get("format") == "csv":
-            return await run_in_threadpool(_csv, console, where)
+            if error:  # not an export of other decisions than asked for
+                return PlainTextResponse(error, status_code=400)
+            try:
+                return await run_in_threadpool(_csv, console, where)
+            except SearchError as exc:
+                return PlainTextResponse(str(exc), status_code=400)
 
         def page_arg(name: str) -> int | None:
             value = request.query_params.get(name, "")
             return int(value) if value.isdigit() else None
 
         def build() -> Response:  # off the event loop: the query, the rows' decoding and the rendering
-            page = adjudications.events(
-                where, config.console.page_size, page_arg("before"), page_arg("after"), fields=True
-            )
+            nonlocal error
+            try:
+                page = adjudications.events(
+                    where, config.console.page_size, page_arg("before"), page_arg("after"), fields=True
+                )
+            except SearchError as exc:  # no rows rather than rows the search did not choose
+                error, page = str(exc), EventPage([], None, None)
             rows = [
                 {"row": row, "reasons": reasons(row.fields)[:2], "model": model_short(row.fields),
                  "device_alarm": bool(row.fields.device_alarm), "release": release_recommended(row.fields)}

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     from lanewatch.edge.bus.security import Keys
     from lanewatch.edge.config import ConfigError, loopback
+    from lanewatch.edge.console.adjudication import SearchUnavailable
     from lanewatch.edge.console.app import create_app
     from lanewatch.edge.ops.metrics import serve_http
 
@@ -76,7 +77,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(f"lanewatch console: {option}: cannot bind {listen}: {exc.strerror} ({config.source})", file=sys.stderr)
         return 1
     registry = CollectorRegistry()
-    app = create_app(config, secure=not config.console.plain_http, keys=keys, registry=registry)
+    try:
+        app = create_app(config, secure=not config.console.plain_http, keys=keys, registry=registry)
+    except SearchUnavailable as exc:
+        listener.close()
+        print(f"lanewatch console: {exc}", file=sys.stderr)
+        return 1
     # What start-up made (about 44,000 objects) lives as long as the process: out of the collector's sight, a full
     # collection inside a request takes microseconds instead of 10-25 ms.
     gc.collect()
