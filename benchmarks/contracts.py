@@ -165,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     print("ratio > 1: lanewatch is faster than the json + dict baseline")
     stored = {"seq": 1, **_fused_decision()}
     assert problems(stored) is None
-    body = journal._ENCODER.encode(stored)
+    body = journal.JSON_ENCODER.encode(stored)
     print(f"\ndecision of a vehicle with a scanner ({len(body)} bytes of JSON): us per decision, same run")
-    write = per_call_us(lambda: (problems(stored), journal._ENCODER.encode(stored)), args.seconds)
+    write = per_call_us(lambda: (problems(stored), journal.JSON_ENCODER.encode(stored)), args.seconds)
     write_json = per_call_us(lambda: json.dumps(stored, separators=(",", ":")).encode(), args.seconds)
     read = per_call_us(lambda: msgspec.json.decode(body), args.seconds)
     read_json = per_call_us(lambda: json.loads(body), args.seconds)

@@ -77,6 +77,81 @@ class _Section(msgspec.Struct, kw_only=True):
     """A part of a decision whose listed fields are checked; further fields (by reason or by source) are allowed."""
 
 
+class ImageObject(_Section):
+    """A high-Z or dense object of the X-ray image, on the metres axis (see :mod:`lanewatch.edge.xray.fusion`)."""
+
+    x_m: list[float | None] | None = None
+    """Its span (m from the vehicle front, or from the scan's first line)."""
+    lines: list[int] | None = None
+    """First and last image line."""
+    pixels: list[int] | None = None
+    """First and last detector pixel."""
+    z_mm: list[float | None] | None = None
+    """Its span (mm) up the detector column."""
+    material: str | None = None
+    """Material class (high_z, dense, metal, organic, unresolvable, ...)."""
+    ratio: float | None = None
+    """Dual-energy ratio (low over high energy attenuation)."""
+    excess: float | None = None
+    """Mean attenuation above its surroundings."""
+    max_excess: float | None = None
+    """Largest attenuation above its surroundings."""
+    lead_mm: float | None = None
+    """Lead-equivalent thickness (mm)."""
+    area_mm2: float | None = None
+    """Area (mm²) in the image."""
+    shields: bool | None = None
+    """Large and dense enough to shield a source."""
+    mean_att: float | None = None
+    """For a dense region: its mean attenuation."""
+    max_att: float | None = None
+    """For a dense region: its largest attenuation."""
+
+
+class RadiationEvidence(_Section):
+    """For reason shielded-source-suspected: the radiation evidence co-located with the image object (an alarm, or
+    a weak hotspot whose reason ends in ``(below threshold)``)."""
+
+    reason: str
+    statistic: float | None = None
+    threshold: float | None = None
+    location_m: float | None = None
+    location_sd_m: float | None = None
+    separation_m: float | None = None
+    """Distance (m) between the evidence and the object's span."""
+    separation_sigma: float | None = None
+    """That distance in standard deviations of the two locations combined."""
+
+
+class NormImage(_Section):
+    """For reason norm-consistent at a lane with a scanner: whether the image shows homogeneous low-Z bulk cargo
+    where the excess lies."""
+
+    agrees: bool
+    """The image supports the release."""
+    extent_m: list[float | None] | None = None
+    """The span (m) of the load that was looked at."""
+    load_ratio: float | None = None
+    """The load's dual-energy ratio (null without two energies)."""
+    load_ratio_min: float | None = None
+    """The ratio below which the load attenuates like metal or high-Z."""
+    spread: float | None = None
+    """Inter-quartile spread of the load's attenuation over its median."""
+    spread_max: float | None = None
+    """The largest spread of a homogeneous load."""
+    dark_fraction: float | None = None
+    """Share of the load too dark to see through."""
+    disagrees_because: list[str] = []
+    """Why the image does not agree, in words."""
+
+
+class FalseAlarmProbabilities(_Section):
+    """For reason device: the false-alarm probabilities lanewatch's own tests were run at."""
+
+    gamma: float | None = None
+    neutron: float | None = None
+
+
 class Alarm(_Section):
     """One ``alarms`` entry: a test that crossed its threshold, or a finding that explains the verdict."""
 
@@ -115,6 +190,39 @@ class Alarm(_Section):
     """For reason neutron: length (s) of the sliding window whose counts the statistic, threshold and expected sum."""
     model_version: str | None = None
     """For reason model-anomaly: the model that scored."""
+    direction: Literal["softer", "harder"] | None = None
+    """For reason gamma-shape: the spectrum is softer or harder than background."""
+    expected: float | None = None
+    """For reason neutron: the counts expected in the window."""
+    released_as: str | None = None
+    """For a radiation test released as NORM: norm-consistent."""
+    raised_at_s: float | None = None
+    """For a provisional alarm: time (s) after the occupancy start at which the streaming test crossed."""
+    extent: float | None = None
+    """For reason norm-consistent: share of the load the excess is spread over."""
+    min_extent: float | None = None
+    """For reason norm-consistent: the share from which an excess counts as spread over the load."""
+    extent_m: list[float | None] | None = None
+    """For reason image-too-dark: the longest dark stretch (m), or null."""
+    image: NormImage | None = None
+    """For reason norm-consistent at a lane with a scanner: what the image says about the release."""
+    object: ImageObject | None = None
+    """For fused findings: the image object."""
+    radiation: RadiationEvidence | None = None
+    """For reason shielded-source-suspected: the radiation evidence at the object."""
+    false_alarm_probability: FalseAlarmProbabilities | None = None
+    """For reason device: the false-alarm probabilities of lanewatch's own tests."""
+
+
+class ProvisionalAlarm(Alarm, kw_only=True):
+    """A mid-passage alarm, published on the alert bus (not journaled) as soon as a streaming test crosses: an
+    ``alarms`` entry of the occupancy still under way."""
+
+    lane: str
+    """The lane id."""
+    occupancy_id: str
+    """The occupancy under way."""
+    alarm: bool = True
 
 
 class Baseline(_Section):
@@ -202,6 +310,87 @@ class ModelScore(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Ordinary occupancies the lane's calibration needs before it gives scores."""
 
 
+class Registration(_Section):
+    """How the X-ray image's lines map to metres from the vehicle front (see :mod:`lanewatch.edge.xray.fusion`)."""
+
+    method: str | None = None
+    """How the front was found."""
+    origin: str | None = None
+    """What the metres count from: front (the vehicle front) or first-line (the scan's first line)."""
+    front_line: float | None = None
+    rear_line: float | None = None
+    line_spacing_mm: float | None = None
+    """Vehicle travel (mm) between two image lines."""
+    front_sd_m: float | None = None
+    """Standard deviation (m) of the front's place."""
+    speed_kmh: float | None = None
+    """The speed (km/h) the registration used."""
+    radiation_origin_sd_m: float | None = None
+    """Standard deviation (m) of the radiation profile's origin on the same axis."""
+    sd_m: float | None = None
+    """Standard deviation (m) of a place on the common axis (image and radiation together)."""
+
+
+class VehicleLength(_Section):
+    """The vehicle length (m) as the image and the radiation profile see it."""
+
+    image: float | None = None
+    radiation: float | None = None
+
+
+class ImageProfile(_Section):
+    """Mean high-energy attenuation of the vehicle along the axis."""
+
+    x_m: Numbers = []
+    mean_att: Numbers = []
+
+
+class Preview(_Section):
+    """The image preview: a PNG (base64) and where it lies on the axes."""
+
+    png_base64: str
+    width: int | None = None
+    height: int | None = None
+    x_m: Numbers | None = None
+    """The preview's left and right edges (m)."""
+    z_mm: Numbers | None = None
+    """The preview's bottom and top (mm up the detector column)."""
+    lines_per_px: float | None = None
+    pixels_per_px: float | None = None
+
+
+class Profile(_Section):
+    """The radiation count profiles to draw evidence (empty for a scan alone); series are per sample, null where
+    there is no value."""
+
+    dt_s: float | None = None
+    """Gamma sample interval (s)."""
+    speed_kmh: float | None = None
+    gross: Numbers | None = None
+    """Gross gamma counts per sample."""
+    expected: Numbers | None = None
+    """Expected gamma counts per sample (the background, locally levelled)."""
+    sideband_expected: Numbers | None = None
+    sideband_spread: float | None = None
+    mf_z: Numbers | None = None
+    """The gross matched filter's z per sample."""
+    gamma_threshold: float | None = None
+    """The gamma test's z threshold."""
+    windows: list[Numbers] | None = None
+    """Counts per sample and energy window."""
+    shape_z: Numbers | None = None
+    """The spectrum shape test's signed z per sample (below 0: harder than background)."""
+    shape_threshold: float | None = None
+    neutron: Numbers | None = None
+    """Neutron counts per neutron sample."""
+    neutron_dt_s: float | None = None
+    neutron_expected: float | None = None
+    """Neutron background (counts per neutron sample)."""
+    neutron_ship_expected: Numbers | None = None
+    neutron_total: float | None = None
+    neutron_total_expected: float | None = None
+
+
 class Xray(_Section):
     """The X-ray part: the scan matched with the occupancy (or ``status`` missing), its registration and findings."""
 
@@ -230,22 +419,22 @@ class Xray(_Section):
     calibration: str | None = None
     """measured, estimated or partial."""
     recalibrations: int | None = None
-    registration: dict[str, Any] | None = None
+    registration: Registration | None = None
     """How the image's lines map to metres from the vehicle front, and its uncertainty."""
-    vehicle_length_m: dict[str, Any] | None = None
+    vehicle_length_m: VehicleLength | None = None
     """The vehicle length as the image and the radiation profile see it."""
     cell_mm: list[float] | None = None
     class_fractions: dict[str, float] | None = None
     """Share of the vehicle's attenuation per material class."""
     dark_fraction: float | None = None
     """Fraction of the vehicle's image too dark to see through."""
-    objects: list[dict[str, Any]] | None = None
+    objects: list[ImageObject] | None = None
     """High-Z objects on the metres axis."""
-    regions: list[dict[str, Any]] | None = None
-    """Dense regions on the metres axis."""
-    profile: dict[str, Any] | None = None
+    regions: list[ImageObject] | None = None
+    """Dense regions on the metres axis (with their mean and largest attenuation)."""
+    profile: ImageProfile | None = None
     """Image profile along the vehicle."""
-    preview: dict[str, Any] | None = None
+    preview: Preview | None = None
     """Preview PNG (base64) and its geometry."""
     meta: dict[str, Any] | None = None
     """What the image source said about the scan (a DICOS file's identifiers)."""
@@ -302,12 +491,24 @@ class Decision(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Vehicle speed (km/h) used for the location, or null."""
     background: Background | None
     """The background the occupancy was tested against (null without one)."""
-    profile: dict[str, Any]
+    profile: Profile
     """Radiation count profiles to draw evidence (t_s, gross, expected, mf_z, neutron, ...); empty for a scan alone."""
     model: ModelScore | None = None
     """The anomaly model's score, when a model is configured."""
     xray: Xray | None = None
     """Only at a lane with an X-ray scanner, or when a scan was fused."""
+
+
+_DECODER = msgspec.json.Decoder(Decision)
+
+
+def decode(raw: bytes | str) -> Decision:
+    """A decision's JSON (as journaled and published, with its ``seq``) as a :class:`Decision`.
+
+    Sections keep the fields they declare: further fields the JSON holds in them are skipped, so code that must
+    pass the decision on exactly as journaled passes its JSON on. Raises ``msgspec.ValidationError`` when it does
+    not fit the contract and ``msgspec.DecodeError`` when it is not JSON."""
+    return _DECODER.decode(raw)
 
 
 def problems(decision: dict[str, Any]) -> str | None:
