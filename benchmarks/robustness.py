@@ -320,12 +320,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "norm_alarms": sum(r["alarm"] for r in by["norm"]) / max(len(by["norm"]), 1),
         "norm_fielded": sum(r["fielded"] for r in by["norm"]) / max(len(by["norm"]), 1),
         "norm_released": sum(r["released"] for r in by["norm"]) / max(len(by["norm"]), 1),
+        "threats_released": sum(r["released"] for r in threats),
+        "co60_released": sum(r["released"] for r in threats if "co60" in r["source"]),
     }
 
 
 def _rate(s: dict[str, Any]) -> str:
     lo, hi = s["false_alarms_interval"]
     return f"{s['false_alarms_per_1000']:.1f} [{lo:.1f}-{hi:.1f}]"
+
+
+def _released(s: dict[str, Any]) -> str:
+    return f"{s['threats_released']} ({s['co60_released']} Co-60)"
 
 
 def _verdict(s: dict[str, Any]) -> str:
@@ -347,7 +353,7 @@ def report(rows: list[dict[str, Any]], variants: Sequence[str]) -> None:
             f"{'variant':16s} {'benign':>6s} {'FA/1000 [95 %]':>18s} "
             + " ".join(f"{k[:14]:>14s}" for k in kinds)
             + f" {'overall':>11s} {'of bound':>8s} {'searched':>8s} {'of it':>6s} {'shadow kn':>9s} "
-            + f"{'NORM lw/fielded':>16s}  targets"
+            + f"{'NORM lw/fielded':>16s} {'threats released':>16s}  targets"
         )
         print(header)
         print("-" * len(header))
@@ -363,7 +369,8 @@ def report(rows: list[dict[str, Any]], variants: Sequence[str]) -> None:
                 f"{name:16s} {s['benign']:6d} {_rate(s):>18s} {cells} "
                 f"{s['detection']:5.2f}/{s['bound']:4.2f} {s['of_bound']:8.3f} {s['search_bound']:8.2f} "
                 f"{s['of_search_bound']:6.3f} {s['shadow_known']:9.2f} "
-                f"{s['norm_alarms']:7.3f}/{s['norm_fielded']:6.3f}  {_verdict(s)}"
+                f"{s['norm_alarms']:7.3f}/{s['norm_fielded']:6.3f} "
+                f"{_released(s):>16s}  {_verdict(s)}"
             )
         false = defaultdict(int)
         for r in rows:
