@@ -5,8 +5,10 @@ Features are first put on a common scale, robustly and with heavy tails compress
 deviation of a normal), floored so a nearly constant feature cannot blow up. The mixture of ``K`` full-
 covariance Gaussians is fitted by ``sklearn.mixture.GaussianMixture``: expectation-maximisation started
 from k-means clusters (k-means++ seeding, then Lloyd iterations; seeded), with ``reg`` added to every
-covariance's diagonal. The anomaly statistic is the negative log-likelihood of ``u`` (nats): low for
-traffic like the training corpus, high for what it never saw.
+covariance's diagonal, from ``N_INIT`` seeded starts (the best on its own rows is kept). :func:`select`
+chooses the number of components of each group by the likelihood of rows held back from the fit. The
+anomaly statistic is the negative log-likelihood of ``u`` (nats): low for traffic like the training corpus,
+high for what it never saw.
 
 :func:`nll` is the plain-numpy scorer (no scikit-learn): the twin that the ONNX graph
 (:mod:`lanewatch.models.export`) is checked against, which computes the same numbers.
@@ -16,14 +18,25 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sklearn.mixture import GaussianMixture
 
 MIN_SCALE = 1e-3
 """Smallest feature scale (units of the feature) before the asinh compression."""
 REG_COVAR = 1e-2
 """Added to every covariance's diagonal (scaled units squared): keeps thin components from collapsing."""
+TOL = 1e-3
+"""EM stops when the mean log-likelihood gains less than this (nats per row): scikit-learn's default."""
+N_INIT = 2
+"""EM runs from this many seeded k-means starts and keeps the one that fits its own rows best, so that one start
+does not decide the fit."""
 
 
 @dataclass(frozen=True)
@@ -82,65 +95,151 @@ def _logsumexp(a: np.ndarray) -> np.ndarray:
     return (m + np.log(np.exp(a - m).sum(axis=1, keepdims=True)))[:, 0]
 
 
-def fit(
-    x: np.ndarray,
-    components: int,
-    seed: int,
-    reg: float = REG_COVAR,
-    iterations: int = 200,
-    tol: float = 1e-6,
-    groups: np.ndarray | None = None,
-) -> Mixture:
-    """Fit the mixture to the rows of ``x`` (ordinary traffic only) with scikit-learn's ``GaussianMixture``.
-
-    Full covariances, started from k-means clusters (k-means++ seeding and Lloyd iterations, seeded by
-    ``seed``, as the numpy EM this replaced was started), ``reg``
-    added to every covariance's diagonal (``reg_covar``); EM stops after ``iterations`` or when the mean
-    log-likelihood gains less than ``tol`` (nats per row). Needs the ``train`` extra; scoring (:func:`nll`)
-    needs numpy only.
-
-    ``groups`` (rows,) labels rows that never mix (the kinds of lane: in a group, the flags that name it
-    are constant): each group then gets a mixture of ``components`` of its own, fitted to its rows alone,
-    and the result joins them, each component's weight times its group's share of the rows. The scaling
-    is common to all groups. A component sits at its group's flags with variance ``reg`` there, so a row
-    of another group lies many standard deviations from it (the flags differ by the scale of a 0/1 feature).
-    """
+def _fit_one(
+    u: np.ndarray, components: int, seed: int, reg: float, iterations: int, tol: float, n_init: int
+) -> GaussianMixture:
+    """scikit-learn's fit of the rows ``u`` (scaled space), on one BLAS thread: the same numbers on any machine."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
 
+    gm = GaussianMixture(
+        components,
+        covariance_type="full",
+        tol=tol,
+        reg_covar=reg,
+        max_iter=iterations,
+        n_init=n_init,
+        init_params="kmeans",
+        random_state=seed,
+    )
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return gm.fit(u)
+
+
+def _fit_many(
+    jobs: Sequence[tuple[np.ndarray, int]],
+    seed: int,
+    reg: float,
+    iterations: int,
+    tol: float,
+    n_init: int,
+    workers: int,
+) -> list[GaussianMixture]:
+    """:func:`_fit_one` of each (rows, components) job, in ``workers`` processes; results in job order."""
+    args = [(u, k, seed, reg, iterations, tol, n_init) for u, k in jobs]
+    if workers <= 1 or len(jobs) <= 1:
+        return [_fit_one(*a) for a in args]
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        # Largest fits first, so that the last one to finish is a small one.
+        order = sorted(range(len(args)), key=lambda i: -args[i][0].shape[0] * args[i][1])
+        futures = {i: pool.submit(_fit_one, *args[i]) for i in order}
+        return [futures[i].result() for i in range(len(args))]
+
+
+def _group_rows(x: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The rows as float64 and a mask of each group's rows, groups in ascending label order."""
     x = np.asarray(x, np.float64)
     labels = np.zeros(len(x), np.int64) if groups is None else np.asarray(groups)
     if x.ndim != 2 or labels.shape != (len(x),):
         raise ValueError(f"need a (rows, features) array and one group label per row, got {x.shape}, {labels.shape}")
-    members = [labels == g for g in np.unique(labels)]
-    if not members or min(int(m.sum()) for m in members) < 2 * components:
-        raise ValueError(f"need at least {2 * components} rows in every group, got shape {x.shape}")
+    return x, [labels == g for g in np.unique(labels)]
+
+
+def fit(
+    x: np.ndarray,
+    components: int | Sequence[int],
+    seed: int,
+    reg: float = REG_COVAR,
+    iterations: int = 200,
+    tol: float = TOL,
+    groups: np.ndarray | None = None,
+    n_init: int = N_INIT,
+    workers: int = 1,
+) -> Mixture:
+    """Fit the mixture to the rows of ``x`` (ordinary traffic only) with scikit-learn's ``GaussianMixture``.
+
+    Full covariances, started from k-means clusters (k-means++ seeding and Lloyd iterations, seeded by
+    ``seed``; ``n_init`` starts, the best kept), ``reg`` added to every covariance's diagonal (``reg_covar``);
+    EM stops after ``iterations`` or when the mean log-likelihood gains less than ``tol`` (nats per row). Needs
+    the ``train`` extra; scoring (:func:`nll`) needs numpy only. ``workers`` processes fit the groups; the
+    result does not depend on how many.
+
+    ``groups`` (rows,) labels rows that never mix (the kinds of lane: in a group, the flags that name it
+    are constant): each group then gets a mixture of its own, fitted to its rows alone, and the result joins
+    them, each component's weight times its group's share of the rows. ``components`` is one count for every
+    group or one per group (ascending label order). The scaling is common to all groups. A component sits at
+    its group's flags with variance ``reg`` there, so a row of another group lies many standard deviations
+    from it (the flags differ by the scale of a 0/1 feature).
+    """
+    x, members = _group_rows(x, groups)
+    counts = [components] * len(members) if isinstance(components, int) else [int(k) for k in components]
+    if len(counts) != len(members) or min(counts, default=0) < 1:
+        raise ValueError(f"need a component count >= 1 for each of the {len(members)} groups, got {components}")
+    if not members or any(int(m.sum()) < 2 * k for m, k in zip(members, counts, strict=True)):
+        raise ValueError(f"need at least {2 * max(counts)} rows in every group, got shape {x.shape}")
     loc, scale = scaling(x)
     u = transform(x, loc, scale)
-    parts = []
-    for rows in members:
-        gm = GaussianMixture(
-            components,
-            covariance_type="full",
-            tol=tol,
-            reg_covar=reg,
-            max_iter=iterations,
-            init_params="kmeans",
-            random_state=seed,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gm.fit(u[rows])
-        parts.append((gm.weights_ * rows.mean(), gm))
+    fits = _fit_many(
+        [(u[m], k) for m, k in zip(members, counts, strict=True)], seed, reg, iterations, tol, n_init, workers
+    )
+    shares = [float(m.mean()) for m in members]
     return Mixture(
         loc,
         scale,
-        np.concatenate([w for w, _ in parts]),
-        np.concatenate([gm.means_ for _, gm in parts]),
-        np.concatenate([gm.precisions_cholesky_ for _, gm in parts]),
-        max(int(gm.n_iter_) for _, gm in parts),
-        all(bool(gm.converged_) for _, gm in parts),
+        np.concatenate([gm.weights_ * share for gm, share in zip(fits, shares, strict=True)]),
+        np.concatenate([gm.means_ for gm in fits]),
+        np.concatenate([gm.precisions_cholesky_ for gm in fits]),
+        max(int(gm.n_iter_) for gm in fits),
+        all(bool(gm.converged_) for gm in fits),
     )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Components per group chosen by the mean log-likelihood of held-back rows."""
+
+    candidates: tuple[int, ...]
+    """The component counts tried."""
+    log_likelihood: np.ndarray
+    """(groups, candidates) mean log-likelihood of each group's held-back rows (nats per row) under the fit of
+    its other rows with that many components."""
+
+    @property
+    def chosen(self) -> tuple[int, ...]:
+        """Per group, the count whose held-back rows are likeliest (the fewest on a tie)."""
+        return tuple(self.candidates[int(np.argmax(row))] for row in self.log_likelihood)
+
+
+def select(
+    x: np.ndarray,
+    held_back: np.ndarray,
+    candidates: Sequence[int],
+    seed: int,
+    reg: float = REG_COVAR,
+    iterations: int = 200,
+    tol: float = TOL,
+    groups: np.ndarray | None = None,
+    n_init: int = N_INIT,
+    workers: int = 1,
+) -> Selection:
+    """Choose each group's number of components without looking beyond ``x``: fit the rows not ``held_back``
+    (bool, rows,) with every count of ``candidates`` (as :func:`fit` would, scaled by those rows alone) and
+    score the held-back rows of the same group. ``candidates`` must be ascending."""
+    x, members = _group_rows(x, groups)
+    held = np.asarray(held_back, bool)
+    ks = tuple(int(k) for k in candidates)
+    if held.shape != (len(x),) or not ks or list(ks) != sorted(set(ks)) or ks[0] < 1:
+        raise ValueError(f"need one held-back flag per row and ascending candidates >= 1, got {held.shape}, {ks}")
+    if any(int((m & held).sum()) < 1 or int((m & ~held).sum()) < 2 * ks[-1] for m in members):
+        raise ValueError(f"every group needs held-back rows and at least {2 * ks[-1]} rows to fit")
+    loc, scale = scaling(x[~held])
+    u = transform(x, loc, scale)
+    jobs = [(u[m & ~held], k) for m in members for k in ks]
+    fits = _fit_many(jobs, seed, reg, iterations, tol, n_init, workers)
+    scores = [gm.score(u[m & held]) for m, gm in zip([m for m in members for _ in ks], fits, strict=True)]
+    return Selection(ks, np.array(scores, np.float64).reshape(len(members), len(ks)))
 
 
 def nll(model: Mixture, x: np.ndarray) -> np.ndarray:

@@ -6,8 +6,10 @@
     lanewatch model train --out /tmp/m.onnx --train-vehicles 2000 --calibration-vehicles 1000
 
 Steps: simulate a training corpus and a separate calibration corpus of ordinary traffic (benign loads,
-NORM, medical isotopes; never a threat) with :mod:`lanewatch.models.corpus`; fit the Gaussian mixture
-(:mod:`lanewatch.models.mixture`) to the training rows; calibrate its score per mode on the calibration rows;
+NORM, medical isotopes; never a threat) with :mod:`lanewatch.models.corpus`; choose each kind of lane's
+number of components by the likelihood of the last ``VALIDATION_FRACTION`` of the training chunks under a
+fit of the others (:func:`lanewatch.models.mixture.select`); fit the Gaussian mixture
+(:mod:`lanewatch.models.mixture`) to all training rows; calibrate its score per mode on the calibration rows;
 write the ONNX graph (:mod:`lanewatch.models.export`) with its provenance in the model's metadata.
 
 Seeds: chunk ``i`` of the training corpus uses seed ``SEED_STRIDE * seed + i``, of the calibration
@@ -51,8 +53,10 @@ HELD_OUT_BASE = 900_000_000
 CHUNK_VEHICLES = 250
 """Vehicles per simulated chunk (one traffic stream)."""
 MODEL_NAME = "gaussian-mixture"
-DEFAULT_COMPONENTS = 12
-"""Mixture components per kind of lane (mode): chosen by the likelihood of training rows held back from the fit."""
+COMPONENT_CANDIDATES = (8, 12, 16)
+"""Mixture components per kind of lane (mode) tried; each mode gets the count its held-back rows find likeliest."""
+VALIDATION_FRACTION = 0.2
+"""Share of the training chunks (the last ones) held back from the fits that choose the components."""
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Trained:
     train_rows: int
     calibration_rows: int
     seconds: float
+    selection: mixture.Selection | None
 
 
 def plan(seed: int, vehicles: int, offset: int = 0, images: bool = True) -> list[corpus.Chunk]:
@@ -102,7 +107,7 @@ def train(
     seed: int,
     train_vehicles: int,
     calibration_vehicles: int,
-    components: int,
+    components: int | None,
     out: Path,
     workers: int = 1,
     date: str | None = None,
@@ -111,18 +116,35 @@ def train(
 ) -> Trained:
     """Run the whole pipeline and write the model to ``out``; see the module docstring.
 
-    ``images`` False leaves the image variants out of both corpora (a quick run: the model then knows
-    lanes without a scanner only, and scores every image as unusual).
+    ``components`` None chooses each mode's number of components among ``COMPONENT_CANDIDATES`` (needs at least
+    two training chunks); a number gives every mode that many. ``images`` False leaves the image variants out of
+    both corpora (a quick run: the model then knows lanes without a scanner only, and scores every image as
+    unusual).
     """
     import sklearn
 
     t0 = time.perf_counter()
     train_plan = plan(seed, train_vehicles, 0, images)
     cal_plan = plan(seed, calibration_vehicles, CALIBRATION_OFFSET, images)
-    train_set = _simulate(train_plan, workers, "training vehicles", progress)
+    held_chunks = max(1, round(VALIDATION_FRACTION * len(train_plan))) if components is None else 0
+    if held_chunks >= len(train_plan):
+        raise ValueError(f"choosing the components needs at least 2 training chunks ({2 * CHUNK_VEHICLES} vehicles)")
+    fit_set = _simulate(train_plan[: len(train_plan) - held_chunks], workers, "training vehicles", progress)
+    train_set = fit_set
+    if held_chunks:
+        held_set = _simulate(train_plan[len(train_plan) - held_chunks :], workers, "held-back vehicles", progress)
+        train_set = corpus.Corpus.join([fit_set, held_set])
     cal_set = _simulate(cal_plan, workers, "calibration vehicles", progress)
     train_modes = export.mode_index(train_set.features, features.FEATURE_NAMES)
-    model = mixture.fit(train_set.features, components, seed, groups=train_modes)
+    selection = None
+    if components is None:
+        held = np.arange(len(train_set)) >= len(fit_set)
+        selection = mixture.select(
+            train_set.features, held, COMPONENT_CANDIDATES, seed, groups=train_modes, workers=workers
+        )
+        log.info("components per mode %s: held-back log-likelihood %s", selection.chosen, selection.log_likelihood)
+    counts = list(selection.chosen) if selection else components
+    model = mixture.fit(train_set.features, counts, seed, groups=train_modes, workers=workers)
     log.info("mixture fitted: %d EM iterations, converged %s", model.iterations, model.converged)
     cal_nll = mixture.nll(model, cal_set.features)
     modes = export.mode_index(cal_set.features, features.FEATURE_NAMES)
@@ -170,10 +192,19 @@ def train(
                 "init": "k-means (k-means++ seeding, Lloyd iterations)",
                 "per_mode": {
                     "flags": list(export.MODE_FLAGS),
-                    "components": components,
-                    "modes": len(np.unique(train_modes)),
+                    "modes": np.unique(train_modes).tolist(),
+                    "components": counts if selection else [components] * len(np.unique(train_modes)),
+                },
+                "selection": None
+                if selection is None
+                else {
+                    "candidates": list(selection.candidates),
+                    "held_back_chunks": held_chunks,
+                    "held_back_log_likelihood": np.round(selection.log_likelihood, 4).tolist(),
                 },
                 "reg_covar": mixture.REG_COVAR,
+                "n_init": mixture.N_INIT,
+                "tol": mixture.TOL,
                 "em_iterations": model.iterations,
                 "converged": model.converged,
             }
@@ -192,7 +223,7 @@ def train(
         ),
     }
     doc = (
-        f"lanewatch anomaly model: {components}-component Gaussian mixture of ordinary traffic "
+        f"lanewatch anomaly model: {len(model.weights)}-component Gaussian mixture of ordinary traffic "
         f"(feature schema {features.SCHEMA_VERSION}), seed {seed}, trained {when}."
     )
     blob = export.build(model, curves, features.FEATURE_NAMES, metadata, doc)
@@ -200,7 +231,7 @@ def train(
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(blob)
     os.replace(tmp, out)
-    return Trained(out, len(blob), metadata, len(train_set), len(cal_set), time.perf_counter() - t0)
+    return Trained(out, len(blob), metadata, len(train_set), len(cal_set), time.perf_counter() - t0, selection)
 
 
 def _combined_digest(*sets: corpus.Corpus) -> str:
@@ -223,8 +254,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--components",
         type=int,
-        default=DEFAULT_COMPONENTS,
-        help=f"mixture components per kind of lane (default {DEFAULT_COMPONENTS})",
+        help=f"mixture components per kind of lane (default: each kind's likeliest of {COMPONENT_CANDIDATES} "
+        f"on the last {VALIDATION_FRACTION:.0%} of the training chunks, held back from the fit)",
     )
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="simulation processes (default: one per core)"
@@ -243,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seed < 0 or args.seed * SEED_STRIDE + CALIBRATION_OFFSET + 10_000 >= HELD_OUT_BASE:
         print(f"train: --seed must be 0..{HELD_OUT_BASE // SEED_STRIDE - 1}", file=sys.stderr)
         return 2
-    if args.components < 1 or args.train_vehicles < 2 * args.components:
+    least = max(COMPONENT_CANDIDATES) if args.components is None else args.components
+    if least < 1 or args.train_vehicles < 2 * least:
         print("train: need --components >= 1 and at least two training vehicles per component", file=sys.stderr)
         return 2
     try:

@@ -38,13 +38,14 @@ def shipped() -> Any:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model retrained from a tiny corpus (the smallest calibration set allowed)."""
+    """A model retrained from a tiny corpus (the smallest calibration set allowed; two training chunks, one of them
+    held back to choose the components)."""
     out = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
     train.train(
         seed=7,
-        train_vehicles=150,
+        train_vehicles=300,
         calibration_vehicles=1000,
-        components=2,
+        components=None,
         out=out,
         workers=2,
         date="2026-01-01",
@@ -102,9 +103,9 @@ def test_tiny_retraining_is_deterministic_and_valid(tiny: Path, tmp_path: Path) 
     again = tmp_path / "again.onnx"
     train.train(
         seed=7,
-        train_vehicles=150,
+        train_vehicles=300,
         calibration_vehicles=1000,
-        components=2,
+        components=None,
         out=again,
         workers=1,
         date="2026-01-01",
@@ -115,7 +116,13 @@ def test_tiny_retraining_is_deterministic_and_valid(tiny: Path, tmp_path: Path) 
     model = load(tiny)
     meta = model.info.metadata
     assert meta["lanewatch.seed"] == "7" and meta["lanewatch.trained"] == "2026-01-01"
-    assert json.loads(meta["lanewatch.corpus"])["train_rows"] == 300  # 150 vehicles, windows and gross
+    assert json.loads(meta["lanewatch.corpus"])["train_rows"] == 600  # 300 vehicles, windows and gross
+    fit = json.loads(meta["lanewatch.fit"])
+    chosen, table = fit["per_mode"]["components"], fit["selection"]["held_back_log_likelihood"]
+    assert fit["selection"]["candidates"] == list(train.COMPONENT_CANDIDATES) and fit["n_init"] >= 2
+    assert len(chosen) == len(table) == 2  # the gross and the windows lanes
+    assert chosen == [train.COMPONENT_CANDIDATES[int(np.argmax(row))] for row in table]
+    assert int(meta["lanewatch.components"]) == sum(chosen)
 
 
 def test_numpy_scorer_agrees_with_scikit_learn_and_keeps_the_regularisation() -> None:
@@ -125,17 +132,21 @@ def test_numpy_scorer_agrees_with_scikit_learn_and_keeps_the_regularisation() ->
     rng = np.random.default_rng(5)
     # Two groups, one of them nearly flat in two features: the regularisation must keep it from collapsing.
     x = np.concatenate([rng.normal(size=(600, 6)), rng.normal(5.0, 1.0, size=(400, 6)) * [1, 1, 1, 1, 1e-4, 1e-4]])
+    from threadpoolctl import threadpool_limits
+
     model = mixture.fit(x, 2, seed=4)
     u = mixture.transform(x, model.loc, model.scale)
-    reference = GaussianMixture(
-        2,
-        covariance_type="full",
-        reg_covar=mixture.REG_COVAR,
-        tol=1e-6,
-        max_iter=200,
-        init_params="kmeans",
-        random_state=4,
-    ).fit(u)
+    with threadpool_limits(1):
+        reference = GaussianMixture(
+            2,
+            covariance_type="full",
+            reg_covar=mixture.REG_COVAR,
+            tol=mixture.TOL,
+            n_init=mixture.N_INIT,
+            max_iter=200,
+            init_params="kmeans",
+            random_state=4,
+        ).fit(u)
     np.testing.assert_allclose(mixture.nll(model, x), -reference.score_samples(u), rtol=1e-9, atol=1e-9)
     assert model.converged and 1 <= model.iterations <= 200
     for chol in model.precision_chol:
@@ -149,32 +160,74 @@ def test_one_mixture_per_group_is_each_group_fitted_alone() -> None:
     """With ``groups``, each group's components are scikit-learn's fit of that group's rows alone, weighted by its
     share, and a row's likelihood comes from its own group's components (the flags keep the others far away)."""
     from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(8)
     flag = (rng.random(3000) < 0.3).astype(np.float64)
     # The groups differ in a flag and in the shape of the rest: one mixture for both would have to share components.
     x = np.column_stack([flag, rng.normal(size=(3000, 4)) * np.where(flag[:, None] > 0, [3.0, 0.2, 1, 1], 1.0)])
-    model = mixture.fit(x, 3, seed=2, groups=flag.astype(np.int64))
-    assert model.means.shape == (6, 5) and model.weights.sum() == pytest.approx(1.0)
+    model = mixture.fit(x, [3, 2], seed=2, groups=flag.astype(np.int64))
+    assert model.means.shape == (5, 5) and model.weights.sum() == pytest.approx(1.0)
+    # The groups are fitted in separate processes when there are workers: the same numbers.
+    parallel = mixture.fit(x, [3, 2], seed=2, groups=flag.astype(np.int64), workers=2)
+    assert np.array_equal(parallel.means, model.means) and np.array_equal(parallel.precision_chol, model.precision_chol)
     u = mixture.transform(x, model.loc, model.scale)
     nll = mixture.nll(model, x)
-    for g, first in ((0, 0), (1, 3)):
+    for g, first, k in ((0, 0, 3), (1, 3, 2)):
         rows = flag == g
-        alone = GaussianMixture(
-            3,
-            covariance_type="full",
-            reg_covar=mixture.REG_COVAR,
-            tol=1e-6,
-            max_iter=200,
-            init_params="kmeans",
-            random_state=2,
-        ).fit(u[rows])
-        np.testing.assert_array_equal(model.means[first : first + 3], alone.means_)
-        np.testing.assert_allclose(model.weights[first : first + 3], alone.weights_ * rows.mean(), rtol=1e-12)
+        with threadpool_limits(1):
+            alone = GaussianMixture(
+                k,
+                covariance_type="full",
+                reg_covar=mixture.REG_COVAR,
+                tol=mixture.TOL,
+                n_init=mixture.N_INIT,
+                max_iter=200,
+                init_params="kmeans",
+                random_state=2,
+            ).fit(u[rows])
+        np.testing.assert_array_equal(model.means[first : first + k], alone.means_)
+        np.testing.assert_allclose(model.weights[first : first + k], alone.weights_ * rows.mean(), rtol=1e-12)
         want = -alone.score_samples(u[rows]) - np.log(rows.mean())
         np.testing.assert_allclose(nll[rows], want, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="at least 6 rows in every group"):
         mixture.fit(x, 3, seed=2, groups=np.r_[np.zeros(2995, np.int64), np.ones(5, np.int64)])
+    with pytest.raises(ValueError, match="a component count >= 1 for each of the 2 groups"):
+        mixture.fit(x, [3], seed=2, groups=flag.astype(np.int64))
+
+
+def test_selection_scores_held_back_rows_under_each_fit_and_picks_the_likeliest() -> None:
+    """Each group's count is the candidate whose fit of the other rows gives its held-back rows the highest mean
+    log-likelihood; a group of three clusters is found to need three, not one."""
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(11)
+    flag = (rng.random(2400) < 0.5).astype(np.float64)
+    centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 6.0, 0.0]])[rng.integers(0, 3, 2400)]
+    x = np.column_stack([flag, rng.normal(size=(2400, 3)) + np.where(flag[:, None] > 0, centres, 0.0)])
+    held = np.arange(2400) >= 1800
+    sel = mixture.select(x, held, (1, 3), seed=5, groups=flag.astype(np.int64))
+    assert sel.log_likelihood.shape == (2, 2)
+    loc, scale = mixture.scaling(x[~held])
+    u = mixture.transform(x, loc, scale)
+    for g in (0, 1):
+        for j, k in enumerate((1, 3)):
+            with threadpool_limits(1):
+                gm = GaussianMixture(
+                    k,
+                    covariance_type="full",
+                    reg_covar=mixture.REG_COVAR,
+                    tol=mixture.TOL,
+                    n_init=mixture.N_INIT,
+                    init_params="kmeans",
+                    random_state=5,
+                ).fit(u[(flag == g) & ~held])
+            assert sel.log_likelihood[g, j] == pytest.approx(gm.score(u[(flag == g) & held]), rel=1e-12)
+    assert sel.chosen[1] == 3 and sel.log_likelihood[1, 1] > sel.log_likelihood[1, 0] + 0.5
+    assert sel.chosen == tuple((1, 3)[int(np.argmax(row))] for row in sel.log_likelihood)
+    with pytest.raises(ValueError, match="ascending candidates"):
+        mixture.select(x, held, (3, 1), seed=5, groups=flag.astype(np.int64))
 
 
 def test_onnx_graph_computes_what_numpy_computes(tmp_path: Path) -> None:
@@ -215,6 +268,8 @@ def test_training_refuses_bad_options(tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     assert train.main(["--out", str(out), "--seed", "-1"]) == 2
     assert train.main(["--out", str(out), "--components", "0"]) == 2
+    # Choosing the components holds back whole training chunks: one chunk is not enough.
+    assert train.main(["--out", str(out), "--train-vehicles", "200", "--no-progress"]) == 2
     with pytest.raises(ValueError, match="calibration needs at least 1000 rows"):
         export.calibrate(np.arange(500.0))
     assert not out.exists()
