@@ -22,12 +22,18 @@ two thresholds (an alarm when either does). Then the combination policy as confi
 by the model, threats released as NORM that it holds back) and loses (ordinary vehicles it alarms on,
 NORM releases it does not recommend).
 
-Timing: feature extraction plus one onnxruntime run per occupancy, on one core (the process is pinned),
-p50 and p99, against the rule tests' analysis of the same occupancies (``lanewatch.edge.lane.detect.analyze``) in the
-same run.
+Uncertainty of the all-threats detection: how many held-out ordinary vehicles score above the 1/1000
+threshold (the few that set it), and a bootstrap interval (``BOOTSTRAP`` resamplings of the ordinary and the
+threat vehicles, the threshold recomputed each time).
 
-With ``--baseline``, a second model (the one being replaced, say) is scored on the same held-out vehicles
-and timed in the same run, and a last table sets the two side by side per kind of lane.
+Timing: feature extraction plus one onnxruntime run per occupancy, and the onnxruntime run alone, on one core
+(the process is pinned), p50 and p99, against the rule tests' analysis of the same occupancies
+(``lanewatch.edge.lane.detect.analyze``) in the same run; with baselines, every model in turn on each
+occupancy.
+
+With ``--baseline`` (once or more), other models (the ones being replaced, say) are scored on the same held-out
+vehicles and timed in the same run, and a last table sets each beside the model per kind of lane, with the
+bootstrap interval of the difference in detection (the same resamplings for both: paired).
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ RATES = (1, 10)
 """False alarms per 1000 ordinary vehicles at which detection is reported."""
 POLICY_THRESHOLDS = (3.0, 2.0)
 """``alarm_threshold`` values the policy is scored at (nominally 1 and 10 ordinary vehicles in 1000)."""
+BOOTSTRAP = 2000
+"""Bootstrap resamplings of the held-out vehicles behind each detection interval (95 %, percentile)."""
 
 
 def _chunks(offset: int, vehicles: int, mix: dict[str, float]) -> list[corpus.Chunk]:
@@ -77,6 +85,25 @@ def auc(negative: np.ndarray, positive: np.ndarray) -> float:
             ranks[tie] = ranks[tie].mean()
     r = ranks[len(negative) :].sum()
     return float((r - len(positive) * (len(positive) + 1) / 2) / (len(negative) * len(positive)))
+
+
+def bootstrap_pd(ordinary: list[np.ndarray], threats: list[np.ndarray], rate: int, seed: int = 0) -> np.ndarray:
+    """(BOOTSTRAP, models) detection at ``rate`` false alarms per 1000 of each model (its ordinary and threat
+    scores, one array per model over the same vehicles), the vehicles resampled with replacement and the
+    threshold recomputed each time; the same resampling for every model."""
+    rng = np.random.default_rng(seed)
+    n_o, n_t = len(ordinary[0]), len(threats[0])
+    out = np.empty((BOOTSTRAP, len(ordinary)))
+    for b in range(BOOTSTRAP):
+        io, it = rng.integers(0, n_o, n_o), rng.integers(0, n_t, n_t)
+        for m, (o, t) in enumerate(zip(ordinary, threats, strict=True)):
+            out[b, m] = np.mean(t[it] > np.quantile(o[io], 1.0 - rate / 1000.0))
+    return out
+
+
+def _interval(values: np.ndarray) -> str:
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def _rule_alarm(decisions: list[dict[str, Any]]) -> np.ndarray:
@@ -104,6 +131,7 @@ def quality(model: AnomalyModel, ordinary: corpus.Corpus, threats: corpus.Corpus
         all_threats[f"model@{rate}"] = float(np.mean(t_score > thr))
         all_threats[f"both@{rate}"] = float(np.mean(t_rule | (t_score > thr)))
     rows.append(all_threats)
+    intervals = {rate: bootstrap_pd([o_score], [t_score], rate)[:, 0] for rate in RATES}
     ordinary_rates = {"rules": 1000 * float(o_rule.mean())}
     for rate, thr in thresholds.items():
         ordinary_rates[f"model@{rate}"] = 1000 * float(np.mean(o_score > thr))
@@ -114,6 +142,9 @@ def quality(model: AnomalyModel, ordinary: corpus.Corpus, threats: corpus.Corpus
         "thresholds": thresholds,
         "rows": rows,
         "ordinary_per_1000": ordinary_rates,
+        "ordinary_above": {rate: int(np.sum(o_score > thr)) for rate, thr in thresholds.items()},
+        "intervals": {rate: _interval(v) for rate, v in intervals.items()},
+        "scores": (o_score, t_score),
         "policy": [policy(o, o_score, t, t_score, thr) for thr in POLICY_THRESHOLDS],
     }
 
@@ -159,12 +190,14 @@ def policy(
     }
 
 
-def timing(model: AnomalyModel, vehicles: int) -> dict[str, Any]:
-    """Feature extraction plus inference per occupancy, against the radiation analysis (p50, p99 in us)."""
+def timing(models: list[AnomalyModel], vehicles: int) -> list[dict[str, Any]]:
+    """Per model, feature extraction plus inference per occupancy and inference alone, against the radiation
+    analysis (p50, p99 in us). The models take turns on each occupancy, so a change of load touches all alike."""
     from lanewatch.drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, Traffic
     from lanewatch.edge.config import DetectionConfig
     from lanewatch.edge.lane.background import BackgroundEstimator
     from lanewatch.edge.lane.detect import analyze
+    from lanewatch.edge.model.features import extract
 
     chunk = _chunks(TIMING_OFFSET, vehicles, corpus.benign_mix())[0]
     records = [record for _, variant, record in corpus.simulate(chunk) if variant == "windows"]
@@ -175,24 +208,40 @@ def timing(model: AnomalyModel, vehicles: int) -> dict[str, Any]:
     passages = [traffic.next_passage() for _ in range(len(records))]
     snap = est.snapshot()
     analyze(cfg, snap, passages[0].gamma, passages[0].neutron, GAMMA_DT_S, NEUTRON_DT_S, passages[0].speed_kmh)
-    model_s, rules_s = [], []
+    vectors = [extract(record)[None, :] for record in records]
+    model_s: list[list[float]] = [[] for _ in models]
+    onnx_s: list[list[float]] = [[] for _ in models]
+    rules_s: list[float] = []
     for _ in range(5):
-        for record, p in zip(records, passages, strict=True):
+        for record, vector, p in zip(records, vectors, passages, strict=True):
+            for i, model in enumerate(models):
+                t0 = time.perf_counter()
+                model.score(record)
+                t1 = time.perf_counter()
+                model.score_vectors(vector)
+                t2 = time.perf_counter()
+                model_s[i].append(t1 - t0)
+                onnx_s[i].append(t2 - t1)
             t0 = time.perf_counter()
-            model.score(record)
-            t1 = time.perf_counter()
             analyze(cfg, snap, p.gamma, p.neutron, GAMMA_DT_S, NEUTRON_DT_S, p.speed_kmh)
-            t2 = time.perf_counter()
-            model_s.append(t1 - t0)
-            rules_s.append(t2 - t1)
-    m, r = np.array(model_s) * 1e6, np.array(rules_s) * 1e6
-    return {
-        "occupancies": len(m),
-        "model_p50_us": float(np.percentile(m, 50)),
-        "model_p99_us": float(np.percentile(m, 99)),
-        "rules_p50_us": float(np.percentile(r, 50)),
-        "rules_p99_us": float(np.percentile(r, 99)),
-    }
+            rules_s.append(time.perf_counter() - t0)
+    r = np.array(rules_s) * 1e6
+    out = []
+    for m, x in zip(model_s, onnx_s, strict=True):
+        m, x = np.array(m) * 1e6, np.array(x) * 1e6
+        out.append(
+            {
+                "occupancies": len(m),
+                "model_p50_us": float(np.percentile(m, 50)),
+                "model_p99_us": float(np.percentile(m, 99)),
+                "onnx_p50_us": float(np.percentile(x, 50)),
+                "onnx_p99_us": float(np.percentile(x, 99)),
+                "rules_p50_us": float(np.percentile(r, 50)),
+                "rules_p99_us": float(np.percentile(r, 99)),
+                "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
+            }
+        )
+    return out
 
 
 def _pct(v: float) -> str:
@@ -207,9 +256,11 @@ def report(path: str, model: AnomalyModel, tables: list[dict[str, Any]], times: 
     print(
         f"inference per occupancy (features + onnxruntime, one core, {times['occupancies']} runs): "
         f"p50 {times['model_p50_us']:.0f} us, p99 {times['model_p99_us']:.0f} us (budget p99 1000 us); "
+        f"onnxruntime alone: p50 {times['onnx_p50_us']:.0f} us, p99 {times['onnx_p99_us']:.0f} us; "
         f"radiation analysis of the same occupancies: p50 {times['rules_p50_us']:.0f} us, "
         f"p99 {times['rules_p99_us']:.0f} us; model / analysis at p50: "
-        f"{times['model_p50_us'] / times['rules_p50_us']:.2f}"
+        f"{times['model_p50_us'] / times['rules_p50_us']:.2f} (load average {times['load_average']:.1f}, the models "
+        f"taking turns on each occupancy)"
     )
     for table in tables:
         rates = table["ordinary_per_1000"]
@@ -218,7 +269,12 @@ def report(path: str, model: AnomalyModel, tables: list[dict[str, Any]], times: 
         print(
             f"thresholds (score): {thr[1]:.2f} at 1 and {thr[10]:.2f} at 10 per 1000 ordinary vehicles; "
             f"alarms per 1000 ordinary vehicles: rules {rates['rules']:.1f}, rules + model "
-            f"{rates['both@1']:.1f} (at 1) and {rates['both@10']:.1f} (at 10)\n"
+            f"{rates['both@1']:.1f} (at 1) and {rates['both@10']:.1f} (at 10)"
+        )
+        above, ci = table["ordinary_above"], table["intervals"]
+        print(
+            f"all threats: the 1/1000 threshold has {above[1]} ordinary vehicles above it, the 10/1000 one "
+            f"{above[10]}; model Pd 95 % bootstrap interval {ci[1]} % at 1/1000, {ci[10]} % at 10/1000\n"
         )
         print(
             "| threat | n | model AUC | model Pd @1/1000 | model Pd @10/1000 | rules Pd | rules + model @1 "
@@ -245,23 +301,31 @@ def report(path: str, model: AnomalyModel, tables: list[dict[str, Any]], times: 
             )
 
 
-def compare(tables: list[dict[str, Any]], base_tables: list[dict[str, Any]]) -> None:
-    """Print the all-threats figures of the model against the baseline, per kind of lane."""
-    print("\n### model against baseline (all threats; thresholds: score at 10 and 1 per 1000 ordinary)\n")
+def compare(tables: list[dict[str, Any]], base_tables: list[dict[str, Any]], name: str) -> None:
+    """Print the all-threats figures of the model against the baseline ``name``, per kind of lane, and the
+    bootstrap interval of the difference in detection (model minus baseline, paired resamplings)."""
+    print(f"\n### model against {name} (all threats; thresholds: score at 10 and 1 per 1000 ordinary)\n")
     print(
         "| lane | AUC | Pd @1/1000 | Pd @10/1000 | rules + model @1 | rules + model @10 | score @10/1000 "
-        "| score @1/1000 |"
+        "| score @1/1000 | difference @1/1000 (95 %) | difference @10/1000 (95 %) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for new, old in zip(tables, base_tables, strict=True):
         a, b = new["rows"][-1], old["rows"][-1]
+        diffs = []
+        for rate in RATES:
+            both = bootstrap_pd(
+                [new["scores"][0], old["scores"][0]], [new["scores"][1], old["scores"][1]], rate, seed=rate
+            )
+            diffs.append(_interval(both[:, 0] - both[:, 1]))
         print(
             f"| {new['variant']} | {a['auc']:.3f} ({b['auc']:.3f}) | {_pct(a['model@1'])} % ({_pct(b['model@1'])} %) "
             f"| {_pct(a['model@10'])} % ({_pct(b['model@10'])} %) | {_pct(a['both@1'])} % ({_pct(b['both@1'])} %) "
             f"| {_pct(a['both@10'])} % ({_pct(b['both@10'])} %) | {new['thresholds'][10]:.2f} "
-            f"({old['thresholds'][10]:.2f}) | {new['thresholds'][1]:.2f} ({old['thresholds'][1]:.2f}) |"
+            f"({old['thresholds'][10]:.2f}) | {new['thresholds'][1]:.2f} ({old['thresholds'][1]:.2f}) "
+            f"| {diffs[0]} points | {diffs[1]} points |"
         )
-    print("\n(baseline in parentheses)")
+    print(f"\n({name} in parentheses)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,23 +334,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ordinary", type=int, default=10_000, help="held-out ordinary vehicles (default 10000)")
     parser.add_argument("--threats", type=int, default=3000, help="held-out threat vehicles (default 3000)")
     parser.add_argument("--timing", type=int, default=200, help="occupancies timed (default 200)")
-    parser.add_argument("--baseline", help="a second model file, measured on the same data and compared")
+    parser.add_argument(
+        "--baseline", action="append", default=[], help="another model file, measured on the same data and compared"
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="simulation processes")
     args = parser.parse_args(argv)
-    paths = [args.model] + ([args.baseline] if args.baseline else [])
+    paths = [args.model, *args.baseline]
     models = [load(path) for path in paths]
     ordinary = corpus.build(_chunks(ORDINARY_OFFSET, args.ordinary, corpus.benign_mix()), workers=args.workers)
     threats = corpus.build(_chunks(THREAT_OFFSET, args.threats, corpus.threat_mix()), workers=args.workers)
     tables = [[quality(model, ordinary, threats, variant) for variant in corpus.VARIANTS] for model in models]
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    times = [timing(model, args.timing) for model in models]
+    times = timing(models, args.timing)
     for i, (path, model) in enumerate(zip(paths, models, strict=True)):
         if i:
             print("\n## baseline\n")
         report(path, model, tables[i], times[i])
-    if args.baseline:
-        compare(tables[0], tables[1])
+    for path, base_tables in zip(args.baseline, tables[1:], strict=True):
+        compare(tables[0], base_tables, path)
     return 0
 
 
