@@ -16,6 +16,7 @@ Decision = dict[str, Any]
 TEST_NAMES = {
     "gamma": "Gamma excess",
     "gamma-shape": "Gamma spectrum shape",
+    "gamma-side": "Gamma share of one portal column",
     "neutron": "Neutron excess",
     "neutron-gamma": "Neutrons with gamma evidence (plutonium-like)",
 }
@@ -108,6 +109,8 @@ def reason_text(alarm: dict[str, Any], decision: Decision | None = None) -> str:
         name = TEST_NAMES[reason]
         if reason == "gamma-shape" and alarm.get("direction"):
             name += f" {alarm['direction']} than background"
+        if reason == "gamma-side" and alarm.get("side"):
+            name += f" (the {alarm['side']} half of the channels)"
         if reason == "neutron":
             expected = alarm.get("expected")
             beside = f", {_num(expected, 0)} expected" if isinstance(expected, int | float) else ""

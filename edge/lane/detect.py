@@ -14,6 +14,13 @@ Tests (kernels in :mod:`kernels`):
   the background's, corrected for the way shielding softens the background, matched-filter weighted
   (:mod:`lanewatch.kernels.shape`); two-sided: ``direction`` "softer" (Cs-137 and lighter emitters, HEU, Pu,
   medical isotopes) or "harder" (Co-60, and NORM: K-40, thorium).
+- ``gamma-side`` (an even number of gamma channels, the first half one column of the portal and the second half
+  the other, as RPMs number their panels): the same conditional binomial test and shielding correction
+  (:mod:`lanewatch.kernels.shape`, its own prior ``SIDE_PRIOR_SD``) on the first half's share of the gross counts.
+  A vehicle's shadow lowers both columns alike, or by a fixed ratio the correction fits per occupancy, however it
+  varies along the vehicle, so the test holds under any shadow; a source nearer one column, or shielded more
+  toward the other by the cargo, changes the share where it passes. Two-sided: ``side`` "first" or "second", the
+  half whose share rose. It finds sources whose excess does not make up the shadow's deficit in the gross counts.
 - ``neutron``: tail test of the neutron counts (all tubes) on sliding windows about as long as a point
   source takes to pass, against a negative binomial null (:mod:`lanewatch.kernels.poisson`): the tracked background
   (with its uncertainty) plus the He-3 ship effect of steel cargo, whose expected counts grow with the
@@ -29,7 +36,8 @@ Tests (kernels in :mod:`kernels`):
   norm-consistent); nominal template only.
   Reported only when no other test alarms.
 
-A gamma or harder-shape alarm is ``norm-consistent`` when its excess is spread (a uniform load, of any
+A gamma, side or harder-shape alarm is ``norm-consistent`` when its excess (a side alarm's: the gross excess) is
+spread (a uniform load, of any
 length from ``norm_min_extent`` of the vehicle up, explains it clearly better than any point source at the
 standoff and speed can, ``NORM_PREFERENCE``), holds no point source on top of that load (``NORM_PEAK_Z``),
 with energy windows is harder than background over the load (the low-window fraction at least ``NORM_HARD_Z`` standard
@@ -40,7 +48,8 @@ never released. The vehicle is the occupancy less the portal's ``occupancy_hold_
 
 Thresholds come from the configured false-alarm probabilities per occupancy. The gamma budget is split
 evenly between the gross test (its two versions and their templates sharing that half, each version's
-templates with their own lag-1 autocorrelation) and the shape test (half per side);
+templates with their own lag-1 autocorrelation; ``SIDE_SHARE`` of that half goes to the side test, half per
+side) and the shape test (half per side);
 within a test the chance that the maximum over centres and templates crosses ``u`` is bounded by Rice's
 up-crossing formula for the template's lag-1 autocorrelation (never more than Bonferroni over the
 centres), and a Cornish-Fisher term corrects each z for the skewness of its counts. The neutron budget
@@ -105,6 +114,11 @@ LEVEL_HALF = 2
 """Half-width (samples) of the window over which a sample's shielding level is measured."""
 SOFTENING_PRIOR_SD = 0.05
 """Prior spread of the shape test's shielding correction kappa (low-window fraction per unit s/(1-s))."""
+SIDE_SHARE = 0.25
+"""Share of the gross test's false-alarm budget that the side test takes (half of it per side)."""
+SIDE_PRIOR_SD = 0.1
+"""Prior spread of the side test's shielding correction (first half's share per unit s/(1-s)): the two columns of a
+portal may see a load's shadow differently by tens of percent."""
 MIN_GAMMA_CPS = 1.0
 """A tracked gamma background below this (cps, all channels) is a dead counter, not a background."""
 MIN_NEUTRON_CPS = 0.1
@@ -305,6 +319,7 @@ class Thresholds:
 
     gross: float
     shape: float
+    side: float
 
     @property
     def cf_gross(self) -> float:
@@ -313,6 +328,10 @@ class Thresholds:
     @property
     def cf_shape(self) -> float:
         return (self.shape**2 - 1.0) / 6.0
+
+    @property
+    def cf_side(self) -> float:
+        return (self.side**2 - 1.0) / 6.0
 
 
 def _finite_list(values: np.ndarray, digits: int = 3) -> list[float | None]:
@@ -359,6 +378,9 @@ class _GammaBackground:
     relvar: float
     p0: float
     var_p0: float
+    first: float
+    """Share of the gross background in the first half of the channels (one column of the portal)."""
+    var_first: float
     origin: str
     cps: list[float | None]
 
@@ -379,14 +401,19 @@ class OccupancyAnalyzer:
         self.neutron_channels = neutron_channels
         self.windows = max(1, len(cfg.energy_windows_kev) - 1)
         self.speed_kmh = cfg.default_speed_kmh
+        self.sides = gamma_channels >= 2 and gamma_channels % 2 == 0
         shape_share = 0.5 if self.windows >= 2 else 0.0
-        self.alpha_gross = cfg.gamma_false_alarm_probability * (1.0 - shape_share) / 2.0
+        gross_share = cfg.gamma_false_alarm_probability * (1.0 - shape_share)
+        side_share = SIDE_SHARE if self.sides else 0.0
+        self.alpha_gross = gross_share * (1.0 - side_share) / 2.0
+        self.alpha_side = gross_share * side_share / 2.0
         self.alpha_shape_side = cfg.gamma_false_alarm_probability * shape_share / 2.0
         self.raised: dict[str, dict[str, Any]] = {}
         self.gamma_dt_s = 0.0
         self.neutron_dt_s = 0.0
         self._gross = _Grow()
         self._low = _Grow()
+        self._first = _Grow()
         self._win = _Grow((self.windows,))
         self._dts = _Grow()
         self._expected = _Grow()
@@ -406,11 +433,14 @@ class OccupancyAnalyzer:
             total = float(g.sum())
             counts = total * background.gamma_exposure_s
             p0 = float(g[:, 0].sum()) / total if self.windows >= 2 else 1.0
+            first = float(g[: gamma_channels // 2].sum()) / total
             self._tracked = _GammaBackground(
                 expected=np.empty(0),
                 relvar=1.0 / counts if counts > 0 else 0.0,
                 p0=p0,
                 var_p0=p0 * (1.0 - p0) / counts if counts > 0 else 0.0,
+                first=first,
+                var_first=first * (1.0 - first) / counts if counts > 0 else 0.0,
                 origin="tracked",
                 cps=_finite_list(g.reshape(-1)),
             )
@@ -442,7 +472,10 @@ class OccupancyAnalyzer:
     def _thresholds(self, n: int) -> Thresholds:
         plan = self._gamma_plan()
         shape = max_threshold(self.alpha_shape_side, n, plan.rho1) if self.windows >= 2 else math.inf
-        return Thresholds(gross=max_threshold(2.0 * self.alpha_gross, n, plan.rho1 + plan.side_rho1), shape=shape)
+        side = max_threshold(self.alpha_side, n, plan.rho1) if self.sides else math.inf
+        return Thresholds(
+            gross=max_threshold(2.0 * self.alpha_gross, n, plan.rho1 + plan.side_rho1), shape=shape, side=side
+        )
 
     def add_gamma(self, counts: np.ndarray, dt_s: float) -> list[dict[str, Any]]:
         """One gamma sample: counts (channels, K) (or (channels,) when K = 1) in counts per ``dt_s`` seconds."""
@@ -462,6 +495,7 @@ class OccupancyAnalyzer:
         per_window = sample.sum(axis=0)
         i = self._gross.append(per_window.sum())
         self._low.append(per_window[0])
+        self._first.append(sample[: self.gamma_channels // 2].sum())
         self._win.append(per_window)
         self._dts.append(dt_s)
         self._softening.append(0.0)
@@ -508,6 +542,8 @@ class OccupancyAnalyzer:
         )
         if reason == "gamma-shape":
             alarm["direction"] = "softer" if z > 0 else "harder"
+        if reason == "gamma-side":
+            alarm["side"] = "first" if z > 0 else "second"
         return alarm
 
     def _raise(self, reason: str, z: float, thr: float, template: int, i: int) -> dict[str, Any]:
@@ -682,6 +718,7 @@ class OccupancyAnalyzer:
         calm = self._win.view[rate <= level].sum(axis=0)
         total = float(calm.sum())
         p0 = float(calm[0] / total) if total > 0 and self.windows >= 2 else 1.0
+        first = float(self._first.view[rate <= level].sum()) / total if total > 0 else 0.5
         # A quartile of n samples has the variance of a mean of about 0.54 n of them.
         counts = max(level * float(dts.sum()) * 0.54, 1.0)
         window_cps = calm / total * level if total > 0 else np.full(self.windows, level / self.windows)
@@ -690,6 +727,8 @@ class OccupancyAnalyzer:
             relvar=1.0 / counts,
             p0=p0,
             var_p0=p0 * (1.0 - p0) / max(total, 1.0),
+            first=first,
+            var_first=first * (1.0 - first) / max(total, 1.0),
             origin="estimated-from-occupancy",
             cps=_finite_list(window_cps),
         )
@@ -725,12 +764,20 @@ class OccupancyAnalyzer:
         }
         alarms: list[dict[str, Any]] = []
         gamma = self._final("gamma", z_gamma, t_gamma, thr.gross)
-        shape = None
-        profiles: list[tuple[np.ndarray, np.ndarray]] = [] if gamma is None else [(x - local * e, e)]
+        shape = side = None
+        b = self._softening.data[:n]
+        softening_covariate_into(x, e, n, 0, LEVEL_HALF, b)
+        if self.sides:
+            z_side, t_side = shape_series(
+                self._first.view, x, b, bg.first, bg.var_first, SIDE_PRIOR_SD**2, plan.bank, plan.halfw, thr.cf_side
+            )
+            profile["side_z"] = _finite_list(z_side)
+            profile["side_threshold"] = round(thr.side, 3)
+            side = self._final("gamma-side", z_side, t_side, thr.side)
+        spread = gamma is not None or side is not None
+        profiles: list[tuple[np.ndarray, np.ndarray]] = [(x - local * e, e)] if spread else []
         if self.windows >= 2:
             low = self._low.view
-            b = self._softening.data[:n]
-            softening_covariate_into(x, e, n, 0, LEVEL_HALF, b)
             z_shape, t_shape = shape_series(
                 low, x, b, bg.p0, bg.var_p0, SOFTENING_PRIOR_SD**2, plan.bank, plan.halfw, thr.cf_shape
             )
@@ -747,7 +794,7 @@ class OccupancyAnalyzer:
         norm = self._norm_check(profiles, bg, plan) if profiles else None
         if norm is not None:
             release = self.cfg.norm_verdict == "release"
-            for entry in (gamma, shape):
+            for entry in (gamma, shape, side):
                 if entry is not None:
                     entry["alarm"] = not release
                     if release:
@@ -756,7 +803,7 @@ class OccupancyAnalyzer:
         # On gross counts a NORM-consistent excess is no evidence for a neutron source (with windows the softer
         # shape, which NORM does not raise, is the evidence).
         self._joint_evidence = None if norm is not None and self.windows < 2 else self._joint_evidence_of(bg, thr)
-        alarms[:0] = [entry for entry in (gamma, shape) if entry is not None]
+        alarms[:0] = [entry for entry in (gamma, shape, side) if entry is not None]
         base = {
             "max_sigma": round(
                 float(nsigma_series(x, float(e.sum() / self._dts.view.sum()) * plan.n_1s * plan.dt_s, plan.n_1s).max()),
@@ -827,7 +874,7 @@ class OccupancyAnalyzer:
 
         The gross test is one-sided (an excess), the shape test two-sided.
         """
-        strength = np.abs(z) if reason == "gamma-shape" else z
+        strength = np.abs(z) if reason in ("gamma-shape", "gamma-side") else z
         c = int(np.argmax(strength))
         prior = self.raised.get(reason)
         if prior is not None and abs(prior["statistic"]) >= strength[c]:
@@ -908,7 +955,7 @@ class OccupancyAnalyzer:
         ``neutron_threshold``), ``profile`` (per-sample evidence: ``gross``, ``windows``, ``expected`` (the
         background times the shadow's level on the flanks, at most 1 with a tracked background),
         ``sideband_expected`` (the background times the line the sideband test fitted around each sample: the
-        level it tested against), ``sideband_spread``, ``mf_z``, ``shape_z``, ``neutron``, with ``dt_s``,
+        level it tested against), ``sideband_spread``, ``mf_z``, ``shape_z``, ``side_z``, ``neutron``, with ``dt_s``,
         ``neutron_dt_s`` and ``speed_kmh``),
         ``background`` (cps used and ``origin``/``neutron_origin``: "tracked" or
         "estimated-from-occupancy") and ``provisional`` (the alarms raised mid-passage).
