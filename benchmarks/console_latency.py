@@ -33,7 +33,7 @@ from lanewatch.edge import config as config_module
 from lanewatch.edge.console.app import create_app
 from lanewatch.edge.console.users import UserStore, users_path
 from lanewatch.edge.decisions.alertbus import AlertBus
-from lanewatch.edge.decisions.decision import SCHEMA_VERSION
+from lanewatch.edge.decisions.decision import SCHEMA_VERSION, Decision
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.decisions.subscriber import AlertSubscriber
 
@@ -170,8 +170,8 @@ def main() -> int:
                 for item in sub.decisions(follow=True, timeout_s=0.2):
                     if stop.is_set():
                         return
-                    if item is not None:
-                        bare.setdefault(item["seq"], time.monotonic())
+                    if isinstance(item, Decision):
+                        bare.setdefault(item.seq, time.monotonic())
 
         follower = threading.Thread(target=follow, daemon=True)
         follower.start()

@@ -6,8 +6,10 @@ Bus records: :meth:`Record.encode` and :func:`decode` (msgspec Structs, every fi
 the json + dict encoding of the same records that the bus used before, which checked only the array sizes.
 
 Decisions: what the journal does with each one now (check it against the decision contract, encode it with
-msgspec; read it back with msgspec) against what it did before (``json.dumps``, ``json.loads``), on a decision
-of a vehicle with a scanner (count profiles, X-ray section with its preview) made by the lane itself.
+msgspec; read it back as a typed :class:`~lanewatch.edge.decisions.decision.Decision`, as every reader gets it)
+against what it did before (``json.dumps``, ``json.loads``), on a decision of a vehicle with a scanner (count
+profiles, X-ray section with its preview) made by the lane itself; msgspec's untyped decode (the journal's read
+before its readers were typed) beside.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from lanewatch.drivers.sim.physics import HOLD_IN_S, Traffic
 from lanewatch.drivers.sim.xray import XrayScanner
 from lanewatch.edge.bus.records import Kind, Record, decode
 from lanewatch.edge.config import DetectionConfig, LaneConfig
-from lanewatch.edge.decisions import journal
-from lanewatch.edge.decisions.decision import problems
+from lanewatch.edge.decisions import decision, journal
 from lanewatch.edge.lane.occupancy import Lane
 from lanewatch.edge.ops.metrics import ServiceMetrics
 
@@ -164,15 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("ratio > 1: lanewatch is faster than the json + dict baseline")
     stored = {"seq": 1, **_fused_decision()}
-    assert problems(stored) is None
+    assert decision.problems(stored) is None
     body = journal.JSON_ENCODER.encode(stored)
     print(f"\ndecision of a vehicle with a scanner ({len(body)} bytes of JSON): us per decision, same run")
-    write = per_call_us(lambda: (problems(stored), journal.JSON_ENCODER.encode(stored)), args.seconds)
+    write = per_call_us(lambda: (decision.problems(stored), journal.JSON_ENCODER.encode(stored)), args.seconds)
     write_json = per_call_us(lambda: json.dumps(stored, separators=(",", ":")).encode(), args.seconds)
-    read = per_call_us(lambda: msgspec.json.decode(body), args.seconds)
+    read = per_call_us(lambda: decision.decode(body), args.seconds)
+    untyped = per_call_us(lambda: msgspec.json.decode(body), args.seconds)
     read_json = per_call_us(lambda: json.loads(body), args.seconds)
     print(f"journal write: check+msgspec encode {write:8.1f}  json.dumps {write_json:7.1f}  {write_json / write:.1f}x")
     print(f"journal read:  msgspec decode {read:15.1f}  json.loads {read_json:7.1f}  {read_json / read:.1f}x")
+    print(f"  (typed Decision; msgspec untyped {untyped:.1f}, {untyped / read:.1f}x the typed time)")
     return 0
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import socket
 import time
 from collections import defaultdict
@@ -46,6 +45,7 @@ from lanewatch.drivers.sim.physics import GAMMA_DT_S, HOLD_IN_S, NEUTRON_DT_S, P
 from lanewatch.drivers.sim.xray import LINE_RATE_HZ, XrayScan, XrayScanner
 from lanewatch.edge.bus.records import Kind, Record
 from lanewatch.edge.config import DetectionConfig, LaneConfig
+from lanewatch.edge.decisions.decision import Decision
 from lanewatch.edge.decisions.subscriber import AlertSubscriber
 from lanewatch.edge.lane.detect import warm_up
 from lanewatch.edge.lane.occupancy import Decided, Lane
@@ -307,19 +307,20 @@ def latency(vehicles: int, pixels: int, rate: float) -> dict[str, Any]:
             conns["rpm2"].sendall(occupancy_lines(passage) + background_lines(rng))
             decision = next(stream)
             received = time.time_ns()
-            if decision is None or decision["lane"] != "lane2":
+            if not isinstance(decision, Decision) or decision.lane != "lane2":
                 raise RuntimeError(f"no radiation-only decision for vehicle {i}; see {dep.dir}")
             if i >= warm:
-                plain.append((received - decision["end_ns"]) / 1e9)
+                plain.append((received - decision.end_ns) / 1e9)
             conns["rpm1"].sendall(occupancy_lines(passage) + background_lines(rng))
             _send_paced(conns["xray1"], list(scan.frames(time.time_ns())), rate)
             decision = next(stream)
             received = time.time_ns()
-            if decision is None or decision.get("xray", {}).get("scan_id") != scan.scan_id:
+            xray = decision.xray if isinstance(decision, Decision) else None
+            if xray is None or xray.scan_id != scan.scan_id or xray.end_ns is None:
                 raise RuntimeError(f"no fused decision for scan {scan.scan_id}; see {dep.dir}")
             if i >= warm:
-                fused.append((received - decision["xray"]["end_ns"]) / 1e9)
-                sizes.append(len(json.dumps(decision)))
+                fused.append((received - xray.end_ns) / 1e9)
+                sizes.append(len(sub.journaled))
         sub.close()
         ctx.term()
         metrics = _scrape(dep.config.service.http)

@@ -32,6 +32,7 @@ from typing import Any
 
 from benchmarks.harness import Deployment
 from lanewatch.edge.commands.demo import free_ports
+from lanewatch.edge.decisions.decision import Decision
 from lanewatch.edge.decisions.journal import Journal
 
 TOLERANCE_NS = 50_000_000
@@ -73,16 +74,16 @@ def _ns(iso: str) -> int:
     return round(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1e9)
 
 
-def score(truth: list[dict[str, Any]], decisions: list[dict[str, Any]], run: KillRun) -> None:
+def score(truth: list[dict[str, Any]], decisions: list[Decision], run: KillRun) -> None:
     """Match ``decisions`` to the ``truth`` vehicles and fill in ``run``'s counts."""
     spans = [(_ns(t["start"]) - TOLERANCE_NS, _ns(t["end"]) + TOLERANCE_NS) for t in truth]
     by_counter = {t["device_occupancy"]: i for i, t in enumerate(truth)}
     per_vehicle: Counter[int] = Counter()
     run.decisions = len(decisions)
     for d in decisions:
-        overlapping = [i for i, (a, b) in enumerate(spans) if d["start_ns"] <= b and d["end_ns"] >= a]
-        counter = d.get("device_occupancy")
-        if d["end_reason"] != "missed" and len(overlapping) > 1:
+        overlapping = [i for i, (a, b) in enumerate(spans) if d.start_ns <= b and d.end_ns >= a]
+        counter = d.device_occupancy
+        if d.end_reason != "missed" and len(overlapping) > 1:
             run.merged += 1
         if isinstance(counter, int) and counter in by_counter:
             per_vehicle[by_counter[counter]] += 1
@@ -90,9 +91,9 @@ def score(truth: list[dict[str, Any]], decisions: list[dict[str, Any]], run: Kil
             per_vehicle[overlapping[0]] += 1
         else:
             run.unmatched += 1
-        if d["verdict"] == "INCOMPLETE":
+        if d.verdict == "INCOMPLETE":
             run.incomplete += 1
-            why = [d["end_reason"], *d.get("incomplete", [])]
+            why = [d.end_reason, *d.incomplete]
             for reason in dict.fromkeys(r for r in why if r not in ("gx", "background")):
                 run.reasons[reason] = run.reasons.get(reason, 0) + 1
     run.decided_once = sum(1 for i in range(len(truth)) if per_vehicle[i] == 1)
@@ -100,7 +101,7 @@ def score(truth: list[dict[str, Any]], decisions: list[dict[str, Any]], run: Kil
     run.duplicated = sum(1 for i in range(len(truth)) if per_vehicle[i] > 1)
 
 
-def _journal(path: Path) -> tuple[list[dict[str, Any]], list[int], str]:
+def _journal(path: Path) -> tuple[list[Decision], list[int], str]:
     with Journal(path, readonly=True) as journal:
         decisions = journal.since(0, limit=1_000_000)
     with sqlite3.connect(path) as conn:

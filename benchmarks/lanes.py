@@ -28,6 +28,7 @@ from benchmarks.harness import Deployment, percentiles
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher
 from lanewatch.edge.bus.records import Kind, decode
+from lanewatch.edge.decisions.decision import Decision
 from lanewatch.edge.decisions.subscriber import AlertSubscriber
 from lanewatch.edge.ops.metrics import DriverMetrics
 
@@ -93,8 +94,8 @@ def run_lanes(lanes: int, seconds: float) -> dict:
         drain_until = None
         while drain_until is None or time.monotonic() < drain_until:
             d = next(stream)
-            if d is not None:
-                latencies.append((time.time_ns() - d["end_ns"]) / 1e9)
+            if isinstance(d, Decision):
+                latencies.append((time.time_ns() - d.end_ns) / 1e9)
             if drain_until is None and (not gen.is_alive() or time.monotonic() > deadline):
                 drain_until = time.monotonic() + 3.0  # what is still in flight
         gen.join()

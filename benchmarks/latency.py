@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing
 import os
 import socket
@@ -41,7 +40,8 @@ import numpy as np
 import zmq
 
 from benchmarks.harness import Deployment, percentiles
-from lanewatch.edge.decisions.subscriber import AlertSubscriber
+from lanewatch.edge.decisions.decision import Decision
+from lanewatch.edge.decisions.subscriber import AlertSubscriber, Item
 
 SAMPLES = 25
 """Gamma samples per occupancy (5 s at 0.2 s)."""
@@ -196,7 +196,8 @@ class Phase:
 
 
 def measure(
-    stream: Iterator[dict | None],
+    sub: AlertSubscriber,
+    stream: Iterator[Item],
     conn: socket.socket,
     rng: np.random.Generator,
     phase: Phase,
@@ -212,10 +213,10 @@ def measure(
         send_paced(conn, occupancy_lines(rng, samples), interval_s)
         decision = next(stream)
         received_ns = time.time_ns()
-        if decision is None:
+        if not isinstance(decision, Decision):
             raise RuntimeError(f"no decision for occupancy {i}")
-        phase.latencies.append((received_ns - decision["end_ns"]) / 1e9)
-        phase.sizes.append(len(json.dumps(decision)))
+        phase.latencies.append((received_ns - decision.end_ns) / 1e9)
+        phase.sizes.append(len(sub.journaled))
         if base is not None:
             phase.floors.append(base.sample(phase.sizes[-1]))
         conn.sendall(background_lines(rng))
@@ -497,7 +498,7 @@ def main() -> None:
         for _ in range(3):
             conn.sendall(background_lines(rng))
         pace = {"samples": args.samples, "interval_s": args.interval}
-        measure(stream, conn, rng, Phase(), None, 20, **pace)  # the first ones warm caches and connections
+        measure(sub, stream, conn, rng, Phase(), None, 20, **pace)  # the first ones warm caches and connections
         if args.flood:
             flooder = mp.Process(
                 target=flood, args=(dep.config.bus.query, args.flood, args.flood_peers, active, stop, queue)
@@ -517,7 +518,7 @@ def main() -> None:
                 time.sleep(1.0)  # its backlog answered
             before = dep.metric_sums()
             n = min(args.block, args.occupancies - len(phase.latencies))
-            measure(stream, conn, rng, phase, base, n, **pace)
+            measure(sub, stream, conn, rng, phase, base, n, **pace)
             phase.add_metrics(before, dep.metric_sums())
         if flooder is not None:
             stop.set()

@@ -145,7 +145,7 @@ class Service:
         self.last_seq = self.journal.last_seq()
         self.journal_problem = self.journal.problem()
         for lane_id, lane in self.lanes.items():
-            counters = [d["device_occupancy"] for d in self.journal.query(lane=lane_id, limit=MAX_RESUME_LOOKBACK)]
+            counters = [d.device_occupancy for d in self.journal.query(lane=lane_id, limit=MAX_RESUME_LOOKBACK)]
             lane.resume(next((c for c in reversed(counters) if isinstance(c, int)), None))
         self._ctx = zmq.Context()
         if self.keys is not None:

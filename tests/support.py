@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import zmq
 from prometheus_client import CollectorRegistry
 
@@ -18,10 +19,16 @@ from lanewatch.edge.bus.driver import RecordPublisher
 from lanewatch.edge.bus.records import Record, decode
 from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.config import Config
+from lanewatch.edge.decisions.decision import Decision
 from lanewatch.edge.ops.metrics import DriverMetrics
 from lanewatch.edge.service import Service
 
 TIMEOUT_S = 5.0
+
+
+def typed(decision: dict[str, Any]) -> Decision:
+    """A decision as journaled (a dict with its seq) as the typed :class:`Decision` its readers get."""
+    return msgspec.convert(decision, Decision)
 
 
 def free_port() -> int:

@@ -20,14 +20,15 @@ from typing import Any
 import pytest
 import zmq
 from prometheus_client import CollectorRegistry
-from support import flood_replies
+from support import flood_replies, typed
 from test_journal import make_decision
 
 from lanewatch.edge.commands import alerts
 from lanewatch.edge.config import BusConfig, Config, LaneConfig
-from lanewatch.edge.decisions.alertbus import MAX_REPLY_BYTES, AlertBus, AlertBusError, RateLimiter
+from lanewatch.edge.decisions.alertbus import MAX_REPLY_BYTES, AlertBus, AlertBusError, RateLimiter, Reply
+from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm, decode, seq_of
 from lanewatch.edge.decisions.journal import Journal
-from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
+from lanewatch.edge.decisions.subscriber import AlertSubscriber, Item, JournalClient, QueryError, ServiceUnreachable
 from lanewatch.edge.ops.metrics import ServiceMetrics
 
 WAIT_S = 30.0
@@ -134,21 +135,32 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
-def take(items: Iterator[dict[str, Any] | None], n: int) -> list[dict[str, Any]]:
-    """The next ``n`` items of a ``decisions(timeout_s=...)`` iterator; fail after WAIT_S."""
-    out: list[dict[str, Any]] = []
+def take(items: Iterator[Item], n: int) -> list[Decision | ProvisionalAlarm]:
+    """The next ``n`` decisions or provisional alarms of a ``decisions(timeout_s=...)`` iterator; fail after
+    WAIT_S."""
+    out: list[Decision | ProvisionalAlarm] = []
     deadline = time.monotonic() + WAIT_S
     while len(out) < n:
         item = next(items)
-        if item is not None:
+        if isinstance(item, Decision | ProvisionalAlarm):
             out.append(item)
         if time.monotonic() > deadline:
-            raise AssertionError(f"got {len(out)} of {n} items: {[i.get('seq') for i in out]}")
+            raise AssertionError(f"got {len(out)} of {n} items: {out}")
     return out
 
 
-def seqs(items: list[dict[str, Any]]) -> list[int]:
-    return [item["seq"] for item in items]
+def seqs(items: list[Decision | ProvisionalAlarm]) -> list[int]:
+    return [item.seq for item in items if isinstance(item, Decision)]
+
+
+def records(reply: Reply) -> list[dict[str, Any]]:
+    """A query reply's decisions as journaled."""
+    return [json.loads(bytes(raw)) for raw in reply.records or []]
+
+
+def as_read(stored: list[dict[str, Any]]) -> list[Decision]:
+    """Decisions as :meth:`ServiceLoop.append` returned them, as a subscriber yields them."""
+    return [typed(d) for d in stored]
 
 
 # ---- subscribers -------------------------------------------------------------------------------
@@ -158,10 +170,11 @@ def test_late_subscriber_gets_the_backlog_then_live_decisions(ctx: zmq.Context, 
     stored = [service.append(make_decision(i)) for i in range(5)]
     with subscriber(ctx, service, since=0, resync_s=60) as sub:
         items = sub.decisions(follow=True, timeout_s=0.05)
-        assert take(items, 5) == stored
+        assert take(items, 5) == as_read(stored)
         wait_until(lambda: service.gauge("lanewatch_alert_subscribers") == 1, "the subscription")
         stored += [service.append(make_decision(i)) for i in range(5, 10)]
-        assert take(items, 5) == stored[5:]
+        assert take(items, 5) == as_read(stored[5:])
+        assert sub.journaled == json.dumps(stored[-1], separators=(",", ":")).encode(), "its JSON as journaled"
         assert dataclasses.astuple(sub.stats)[:3] == (5, 5, 0), sub.stats
         assert sub.stats.duplicates == sub.stats.malformed == 0
 
@@ -190,7 +203,7 @@ def test_decisions_missed_on_the_wire_are_filled_from_the_journal(ctx: zmq.Conte
         # only odd seqs reach the wire; the jumps must be filled from the journal, in order
         stored = [service.append(make_decision(i), publish=i % 2 == 0) for i in range(10)]
         got = take(items, 10)
-        assert got == stored
+        assert got == as_read(stored)
         assert sub.stats.filled >= 4 and sub.stats.gaps >= 1, sub.stats
         assert sub.stats.live + sub.stats.filled == 10
 
@@ -202,7 +215,7 @@ def test_a_lost_last_decision_arrives_by_resync(ctx: zmq.Context, service: Servi
         wait_until(lambda: service.gauge("lanewatch_alert_subscribers") == 1, "the subscription")
         sent = service.append(make_decision(0))
         lost = service.append(make_decision(1), publish=False)
-        assert take(items, 2) == [sent, lost]
+        assert take(items, 2) == as_read([sent, lost])
         assert (sub.stats.live, sub.stats.filled, sub.stats.gaps) == (1, 1, 1)
 
 
@@ -219,7 +232,7 @@ def test_a_periodic_resync_over_the_query_budget_does_not_wait_and_live_decision
         service.call(lambda: setattr(service.bus, "total", RateLimiter(2.0, burst_s=0.5)))
         wait_until(lambda: next(items) is None and sub.stats.resyncs_deferred >= 3, "resyncs refused as over budget")
         stored = [service.append(make_decision(i)) for i in range(5)]
-        assert take(items, 5) == stored
+        assert take(items, 5) == as_read(stored)
         assert sub.stats.live == 5 and sub.client.rate_limited >= sub.stats.resyncs_deferred >= 3, sub.stats
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "rate limited" in r.getMessage()]
 
@@ -253,7 +266,7 @@ def test_subscriber_survives_a_service_restart(ctx: zmq.Context, tmp_path: Path)
         items = sub.decisions(follow=True, timeout_s=0.05)
         try:
             before = [first.append(make_decision(i)) for i in range(3)]
-            assert take(items, 3) == before
+            assert take(items, 3) == as_read(before)
         finally:
             first.stop()
         # While the bus is down the subscriber keeps waiting (its queries time out and are retried).
@@ -266,7 +279,7 @@ def test_subscriber_survives_a_service_restart(ctx: zmq.Context, tmp_path: Path)
         second = ServiceLoop(path, alerts, query)
         try:
             after = [second.append(make_decision(i)) for i in range(6, 8)]
-            assert take(items, 5) == unsent + after
+            assert take(items, 5) == as_read(unsent + after)
             assert sub.stats.filled >= 3
             assert sub.client.timeouts >= 1, "it queried a service that was gone"
         finally:
@@ -278,14 +291,14 @@ def test_subscriber_pages_through_a_large_backlog(ctx: zmq.Context, service: Ser
     client = JournalClient(ctx, service.query)
     try:
         page = client.since(0)
-        assert 1 < len(page["records"]) < 60
-        assert page["records"] == stored[: len(page["records"])]
-        assert len(json.dumps(page, separators=(",", ":"))) <= MAX_REPLY_BYTES + 100
-        assert page["last_seq"] == 60
+        assert 1 < len(records(page)) < 60
+        assert records(page) == stored[: len(records(page))]
+        assert sum(len(raw) for raw in page.records or []) <= MAX_REPLY_BYTES
+        assert page.last_seq == 60
     finally:
         client.close()
     with subscriber(ctx, service, since=0) as sub:
-        assert list(sub.decisions(follow=False)) == stored
+        assert list(sub.decisions(follow=False)) == as_read(stored)
         assert sub.stats.backlog == 60
 
 
@@ -300,11 +313,12 @@ def test_provisional_alarms_are_yielded_only_when_asked(ctx: zmq.Context, servic
         wait_until(lambda: (service.provisional(alarm), next(eager_items))[1] is not None, "a provisional alarm")
         decision = service.append(make_decision(0, verdict="ALARM"))
         rest = take(eager_items, 1)
-        while rest[-1].get("provisional"):
+        while isinstance(rest[-1], ProvisionalAlarm):
+            assert rest[-1] == ProvisionalAlarm(**alarm)
             rest = take(eager_items, 1)
-        assert rest == [decision]
+        assert rest == as_read([decision])
         assert eager.stats.provisional >= 1
-        assert take(plain_items, 1) == [decision]
+        assert take(plain_items, 1) == as_read([decision])
         assert plain.stats.provisional == 0
 
 
@@ -422,14 +436,15 @@ def test_query_ops_for_dealer_and_req_clients(ctx: zmq.Context, service: Service
     req.connect(service.query)
     try:
         assert client.last_seq() == 6
-        assert client.get(3) == stored[2]
-        assert client.get(99) is None
-        assert client.since(4)["records"] == stored[4:]
-        assert client.since(0, limit=2)["records"] == stored[:2]
+        assert json.loads(client.get_json(3) or b"") == stored[2]
+        assert client.get_json(99) is None
+        assert records(client.since(4)) == stored[4:]
+        assert [decode(raw) for raw in client.since(4).records or []] == as_read(stored[4:])
+        assert records(client.since(0, limit=2)) == stored[:2]
         alarms = client.query(lane="L0", verdict="ALARM")
-        assert alarms["records"] == [stored[0]] and alarms["last_seq"] == 6
-        assert client.query(limit=2)["records"] == stored[4:]
-        assert client.request({"op": "last"})["records"] == [stored[-1]]
+        assert records(alarms) == [stored[0]] and alarms.last_seq == 6
+        assert records(client.query(limit=2)) == stored[4:]
+        assert records(client.request({"op": "last"})) == [stored[-1]]
         with pytest.raises(QueryError, match="unknown op"):
             client.request({"op": "nope"})
         req.send_json({"op": "get", "seq": 2})
@@ -452,7 +467,7 @@ def test_binding_a_taken_endpoint_fails_clearly(ctx: zmq.Context, service: Servi
 def alarm_decision() -> dict[str, Any]:
     decision = make_decision(42, lane="lane-3", verdict="ALARM")
     decision["seq"] = 17
-    decision["end"] = "2024-05-01T14:03:04.500+02:00"
+    decision["end"] = "2024-05-01T12:03:04.500Z"
     decision["alarms"] = [
         {
             "reason": "gamma-shape",
@@ -479,7 +494,7 @@ def alarm_decision() -> dict[str, Any]:
 
 
 def test_format_row_shows_the_evidence() -> None:
-    row = alerts.format_row(alarm_decision(), color=False)
+    row = alerts.format_row(typed(alarm_decision()), color=False)
     assert row.split()[:5] == ["17", "2024-05-01", "12:03:04", "lane-3", "ALARM"]
     assert "CLEAR" in row and "\x1b[" not in row
     reasons = row[alerts.header().index("REASONS") :]
@@ -491,29 +506,33 @@ def test_format_row_shows_the_evidence() -> None:
     )
     assert len(alerts.header()) <= len(row)
     assert alerts.header().index("REASONS") == row.index("Gamma excess")
-    colored = alerts.format_row(alarm_decision(), color=True)
+    colored = alerts.format_row(typed(alarm_decision()), color=True)
     assert alerts.COLORS["ALARM"] in colored and alerts.COLORS["CLEAR"] in colored
     assert (
         colored.replace(alerts.COLORS["ALARM"], "").replace(alerts.COLORS["CLEAR"], "").replace(alerts.RESET, "") == row
     ), "colour adds escapes only"
-    incomplete = dict(make_decision(1, verdict="INCOMPLETE"), seq=2, end_reason="timeout")
+    incomplete = typed(dict(make_decision(1, verdict="INCOMPLETE"), seq=2, end_reason="timeout"))
     line = alerts.format_row(incomplete, color=False)
     assert line[alerts.header().index("REASONS") :] == (
         "Gamma excess below its threshold: 3.5 sigma (threshold 4.8) 3.1 m behind the front; "
         "Neutron excess below its threshold: 1 counts in its window (threshold 7); "
         "Incomplete: it lasted longer than the occupancy timeout"
     )
-    clear = dict(make_decision(1), seq=3, alarms=[])
+    clear = typed(dict(make_decision(1), seq=3, alarms=[]))
     assert alerts.format_row(clear, color=False).split()[-6:] == ["CLEAR", "-", "-", "-", "-", "-"]
 
 
 def test_format_row_shows_portal_alarm_model_norm_release_state_and_local_time() -> None:
-    decision = {
-        **alarm_decision(),
-        "device_alarm": True,
-        "model": {"score": 4.04, "finding": True},
-        "alarms": [{"reason": "norm-consistent", "alarm": False, "extent": 0.7, "release_recommended": True}],
-    }
+    model = {"version": "m1", "score": 4.04, "finding": True, "finding_threshold": 3.0, "alarm_threshold": 0.0,
+             "release_threshold": 2.0}  # fmt: skip
+    decision = typed(
+        {
+            **alarm_decision(),
+            "device_alarm": True,
+            "model": model,
+            "alarms": [{"reason": "norm-consistent", "alarm": False, "extent": 0.7, "release_recommended": True}],
+        }
+    )
     zone = zoneinfo.ZoneInfo("Europe/Amsterdam")
     row = alerts.format_row(decision, zone=zone, state="acknowledged")
     head = alerts.header(zone=zone)
@@ -528,9 +547,9 @@ def test_format_row_shows_portal_alarm_model_norm_release_state_and_local_time()
 
 
 def test_format_provisional_is_distinct() -> None:
-    alarm = {"lane": "lane-3", "occupancy_id": "lane-3-99", "reason": "neutron", "statistic": 15, "threshold": 7}
-    line = alerts.format_provisional({**alarm, "time": "2024-05-01T12:00:00Z"}, color=False)
-    assert line.split()[:5] == ["~", "2024-05-01", "12:00:00", "lane-3", "PROVISIONAL"]
+    alarm = ProvisionalAlarm(lane="lane-3", occupancy_id="lane-3-99", reason="neutron", statistic=15, threshold=7)
+    line = alerts.format_provisional(alarm, color=False)
+    assert line.split()[0] == "~" and line.split()[3:5] == ["lane-3", "PROVISIONAL"], "shown as it arrives"
     assert line.endswith("Neutron excess 15 counts in its window (threshold 7)  (occupancy lane-3-99)")
     assert alerts.COLORS["PROVISIONAL"] in alerts.format_provisional(alarm, color=True)
 
@@ -609,17 +628,22 @@ def test_console_says_when_the_service_is_not_running(ctx: zmq.Context, capsys: 
         assert alerts.run(console_args("--since", "0", "--timeout", "0.3"), config) == 1
 
 
+def row_of(**fields: Any) -> Decision:
+    """A journaled decision with ``fields`` changed."""
+    return typed({**make_decision(0), **fields})
+
+
 def test_reasons_read_as_an_operator_would() -> None:
     """The table's reasons are the console's plain words, numbers rounded to what they mean, no operators."""
     shape = {"reason": "gamma-shape", "statistic": -9.75, "threshold": 4.89, "direction": "softer", "location_m": 5.8,
              "location_sd_m": 0.25, "alarm": True}  # fmt: skip
-    assert alerts.format_row({"seq": 1, "verdict": "ALARM", "alarms": [shape]}).endswith(
+    assert alerts.format_row(row_of(seq=1, verdict="ALARM", alarms=[shape])).endswith(
         "Gamma spectrum shape softer than background 9.8 sigma (threshold 4.9) 5.8 m behind the front, ± 0.2 m"
     )
     withheld = {"reason": "gamma", "statistic": 23.1, "threshold": 4.79, "alarm": False, "withheld": "no-background"}
     review = {"reason": "image-review", "statistic": 48.3, "threshold": 8.0, "location_m": 5.58,
               "location_sd_m": 0.1, "alarm": True}  # fmt: skip
-    row = alerts.format_row({"seq": 2, "verdict": "ALARM", "device_alarm": True, "alarms": [withheld, review]})
+    row = alerts.format_row(row_of(seq=2, verdict="ALARM", device_alarm=True, alarms=[withheld, review]))
     assert row.endswith(
         "Dense object, 48 mm lead equivalent 5.6 m behind the front, ± 0.1 m: large enough to hide a source, image "
         "review needed (above 8 mm lead equivalent); The portal's own alarm; Gamma excess 23.1 sigma (threshold 4.8); "
@@ -628,7 +652,7 @@ def test_reasons_read_as_an_operator_would() -> None:
     assert not re.search(r"[<>|]", row), "no comparison operators or bars: words"
     fused = {"reason": "shielded-source-suspected", "statistic": 22.446, "threshold": 3.0, "location_m": 6.19,
              "location_sd_m": 0.104, "object": {"lead_mm": 53.3}, "alarm": True}  # fmt: skip
-    assert alerts.format_row({"seq": 3, "verdict": "ALARM", "alarms": [fused]}).endswith(
+    assert alerts.format_row(row_of(seq=3, verdict="ALARM", alarms=[fused])).endswith(
         "Shielded source suspected: dense object, 53 mm lead equivalent 6.2 m behind the front, ± 0.1 m, where the "
         "radiation rises (22.4 sigma, threshold 3.0)"
     ), "the place rounded to what its uncertainty supports"
@@ -707,7 +731,8 @@ def test_query_thread_budgets_each_peer_and_counts_bad_requests(
             pages = [client.since(0, timeout_s=WAIT_S) for _ in range(60)]  # more than one peer's burst of 40
         finally:
             client.close()
-        assert all(seqs(page["records"]) == [1, 2, 3, 4, 5] for page in pages) and client.rate_limited > 0
+        assert all([seq_of(raw) for raw in page.records or []] == [1, 2, 3, 4, 5] for page in pages)
+        assert client.rate_limited > 0
     finally:
         flood.close()
         other.close()

@@ -21,15 +21,17 @@ import jsonschema
 import msgspec
 import pytest
 from starlette.testclient import TestClient
+from support import typed
 
 from lanewatch.edge import config as config_module
 from lanewatch.edge.commands.schema import schema
 from lanewatch.edge.config import Config, ConfigError, ModelConfig
-from lanewatch.edge.console.adjudication import AdjudicationError, Adjudications, EventFilter
+from lanewatch.edge.console.adjudication import AdjudicationError, Adjudications, EventFilter, RowFields
 from lanewatch.edge.console.app import LoginLimiter, create_app, n42_nuclides
 from lanewatch.edge.console.health import HealthHistory
 from lanewatch.edge.console.present import INCOMPLETE_NAMES, Clock, incomplete_causes, norm_state, reasons, summary
 from lanewatch.edge.console.users import UserStore, users_path
+from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.model.calibration import Calibrated
 from lanewatch.edge.model.runtime import apply_policy
@@ -93,7 +95,7 @@ def csrf(client: TestClient, path: str = "/") -> str:
 
 def seq_of(client: TestClient, reason: str) -> int:
     with Journal(client.app.state.console.config.service.journal, readonly=True) as journal:
-        return next(d["seq"] for d in journal.since(0) if any(a["reason"] == reason for a in d["alarms"]))
+        return next(d.seq for d in journal.since(0) if any(a.reason == reason for a in d.alarms))
 
 
 # ---- login, sessions, roles --------------------------------------------------------------------------
@@ -230,8 +232,8 @@ def test_contradictory_acts_are_refused_with_who_acted_before(site: Config) -> N
     try:
         with Journal(site.service.journal, readonly=True) as journal:
             found = journal.since(0)
-        alarms = [d["seq"] for d in found if d["verdict"] == "ALARM"]
-        clear = next(d["seq"] for d in found if d["verdict"] == "CLEAR")
+        alarms = [d.seq for d in found if d.verdict == "ALARM"]
+        clear = next(d.seq for d in found if d.verdict == "CLEAR")
         first, second = alarms[0], alarms[1]
 
         def refused(seq: int, kind: str, role: str = "operator", **kw: Any) -> str:
@@ -304,7 +306,7 @@ def test_event_table_filters_and_pages(client: TestClient, site: Config) -> None
     alarms = table_seqs(client, "state=awaiting")
     assert alarms == [6, 5, 3, 2, 7]
     with Journal(site.service.journal, readonly=True) as journal:
-        end = journal.get(1)["end"]
+        end = journal.since(0)[0].end
     day = client.app.state.console.clock.local(end)[:10]
     assert table_seqs(client, f"from={day}&to={day}") == [6, 5, 4, 3, 2, 1, 7]
     assert table_seqs(client, "to=2000-01-01") == []
@@ -334,7 +336,7 @@ def test_event_table_filters_and_pages(client: TestClient, site: Config) -> None
 def test_event_table_shows_local_time_with_utc_on_hover(client: TestClient, site: Config) -> None:
     login(client, "olga")
     with Journal(site.service.journal, readonly=True) as journal:
-        end = journal.get(1)["end"]
+        end = journal.since(0)[0].end
     page = client.get("/decisions").text
     local = client.app.state.console.clock.local(end)
     assert f'title="{end[:10]} {end[11:19]} UTC">{local}<' in page
@@ -378,7 +380,7 @@ def test_detail_page_gives_reasons_in_words_and_one_figure(client: TestClient) -
 
 
 def test_reasons_read_as_plain_words() -> None:
-    by_reason = {tuple(a["reason"] for a in d["alarms"]): d for d in decisions()}
+    by_reason = {tuple(a["reason"] for a in d["alarms"]): read(d) for d in decisions()}
     gamma = reasons(by_reason[("gamma", "gamma-shape", "device")])
     located = r"Gamma excess \d+\.\d sigma \(threshold \d+\.\d\) \d+\.\d m behind the front, ± \d\.\d m"
     assert re.match(located, gamma[0])
@@ -388,6 +390,11 @@ def test_reasons_read_as_plain_words() -> None:
     assert any(re.match(spread, r) for r in norm)
     assert any("consistent with NORM, so it does not alarm on its own" in r for r in norm)
     assert not any("released" in r for r in norm)
+
+
+def read(decision: dict[str, Any]) -> Decision:
+    """One of the demo's decisions (or one changed here) as the console reads it from the journal."""
+    return typed({"seq": 1, **decision})
 
 
 def norm_decision(image_agrees: bool = True, **model: Any) -> dict[str, Any]:
@@ -401,22 +408,22 @@ def norm_decision(image_agrees: bool = True, **model: Any) -> dict[str, Any]:
 
 def test_norm_release_reason_names_its_cause() -> None:
     warming = norm_decision(score=None, raw=0.709, calibrated=Calibrated(None, 19))
-    text = next(r for r in reasons(warming) if r.startswith("Consistent with NORM"))
+    text = next(r for r in reasons(read(warming)) if r.startswith("Consistent with NORM"))
     assert text.endswith(
         "cleared by the radiation tests, release not confirmed: the anomaly model is still warming up (19 of 200 "
         "ordinary vehicles scored at this lane; no release is recommended before it has scored 200)"
     )
-    assert "unusual" not in text and norm_state(warming) == "unconfirmed"
+    assert "unusual" not in text and norm_state(read(warming)) == "unconfirmed"
     unusual = norm_decision(score=2.23, raw=0.9, calibrated=Calibrated(2.23, 300))
-    assert reasons(unusual)[0].endswith(
+    assert reasons(read(unusual))[0].endswith(
         "release not confirmed: the anomaly model finds the load unusual (score 2.23, release below 2.00)"
     )
     ordinary = norm_decision(score=0.4, raw=0.3, calibrated=Calibrated(0.4, 300))
-    assert reasons(ordinary)[0].endswith(": release recommended") and norm_state(ordinary) == "release"
+    assert reasons(read(ordinary))[0].endswith(": release recommended") and norm_state(read(ordinary)) == "release"
     dark = norm_decision(False, score=0.4, raw=0.3, calibrated=Calibrated(0.4, 300))
-    assert reasons(dark)[0].endswith("release not confirmed: the X-ray image does not agree")
+    assert reasons(read(dark))[0].endswith("release not confirmed: the X-ray image does not agree")
     unscored = norm_decision(False, score=None, reason="no usable profile")
-    assert reasons(unscored)[0].endswith(
+    assert reasons(read(unscored))[0].endswith(
         "the X-ray image does not agree; the anomaly model gave no score (no usable profile)"
     )
 
@@ -427,14 +434,12 @@ def test_norm_wording_agrees_with_an_alarm_verdict_in_summary_and_detail() -> No
     portal = next(d for d in decisions() if d["device_alarm"] and len(d["alarms"]) == 1)["alarms"][0]
     decision.update(verdict="ALARM", device_alarm=True)
     decision["alarms"].append({**portal, "gamma": True, "neutron": False, "lanewatch": "norm-consistent"})
-    shown = summary(decision, "unacknowledged", Clock.named("UTC"))
-    assert shown["norm"] == "held" and not shown["release_recommended"]
-    assert shown["reasons"][:2] == reasons(decision)[:2]
-    assert shown["reasons"][0].startswith("The portal's own alarm (gamma); lanewatch finds the excess consistent")
-    assert re.search(
-        r": no release recommended: the anomaly model is still warming up \(19 of 200", shown["reasons"][1]
-    )
-    assert not any("released" in r or "release recommended;" in r for r in reasons(decision))
+    shown = summary(read(decision), "unacknowledged", Clock.named("UTC"))
+    assert shown.norm == "held" and not shown.release_recommended
+    assert shown.reasons[:2] == reasons(read(decision))[:2]
+    assert shown.reasons[0].startswith("The portal's own alarm (gamma); lanewatch finds the excess consistent")
+    assert re.search(r": no release recommended: the anomaly model is still warming up \(19 of 200", shown.reasons[1])
+    assert not any("released" in r or "release recommended;" in r for r in reasons(read(decision)))
 
 
 # ---- configuration ---------------------------------------------------------------------------------------
@@ -480,7 +485,7 @@ def test_evidence_zip_has_a_manifest_an_n42_spectutils_reads_and_the_history(cli
         files
     )
     with Journal(site.service.journal, readonly=True) as journal:
-        decision = journal.get(seq)
+        decision = json.loads(journal.get_json(seq) or b"")
     assert json.loads(files["decision.json"]) == decision
     jsonschema.Draft202012Validator(schema("decision")).validate(json.loads(files["decision.json"]))
     history = json.loads(files["adjudications.json"])["history"]
@@ -575,7 +580,7 @@ def test_supervisor_day_report_as_page_and_csv(client: TestClient, site: Config)
     client.post("/decision/2/adjudicate", data=form)
     login(client, "sam")
     with Journal(site.service.journal, readonly=True) as journal:
-        day = client.app.state.console.clock.local(journal.get(1)["end"])[:10]
+        day = client.app.state.console.clock.local(journal.since(0)[0].end)[:10]
     page = client.get(f"/reports?day={day}&shift=day")
     heading = f"Lane report, {day} day shift 00:00-24:00 local time (Europe/Amsterdam)"
     assert page.status_code == 200 and heading in page.text and "day (00:00-24:00)" in page.text
@@ -585,7 +590,10 @@ def test_supervisor_day_report_as_page_and_csv(client: TestClient, site: Config)
     assert "Dense object: image review 1" in text and "Portal's own alarm" in text
     assert "image-review 1" not in text and "device " not in text
     joined = next(d for d in decisions() if d["incomplete"])  # a vehicle whose start the service did not see
-    assert [INCOMPLETE_NAMES[c] for c in incomplete_causes(joined)] == ["start not seen", "no background before it"]
+    assert [INCOMPLETE_NAMES[c] for c in incomplete_causes(read(joined))] == [
+        "start not seen",
+        "no background before it",
+    ]
     assert "Uptime (of the time watched)" in page.text
     csv_text = client.get(f"/reports?day={day}&shift=day&format=csv").text.splitlines()
     header, *rows = [line.split(",") for line in csv_text]
@@ -650,16 +658,17 @@ def test_wall_state_has_each_lanes_tile_with_its_background_and_awaiting_alarms(
 def test_a_lane_with_alarms_awaiting_still_shows_the_vehicle_in_it_now(client: TestClient) -> None:
     """Alarms of earlier vehicles wait on the tile; the tile's state is what the lane is doing now."""
     login(client, "olga")
-    client.app.state.console.wall.on_provisional({"lane": "lane1"}, "gamma 9.1 > 4.8 at 3.0 m")
+    alarm = ProvisionalAlarm(lane="lane1", occupancy_id="lane1-9", reason="gamma", statistic=9.1, threshold=4.8)
+    client.app.state.console.wall.on_provisional(alarm, "gamma 9.1 > 4.8 at 3.0 m")
     lanes = {lane["id"]: lane for lane in client.get("/wall.json").json()["lanes"]}
     assert lanes["lane1"]["status"] == "provisional" and lanes["lane1"]["awaiting_count"] >= 1
     assert lanes["lane2"]["status"] == "alarm" and lanes["lane2"]["awaiting_count"] >= 1
 
 
 def test_incomplete_decisions_say_why_in_words() -> None:
-    partial = {"verdict": "INCOMPLETE", "end_reason": "gx", "incomplete": ["partial"], "alarms": []}
+    partial = RowFields(verdict="INCOMPLETE", end_reason="gx", incomplete=["partial"])
     assert reasons(partial) == ["Incomplete: its start was not seen (the driver or the service joined mid-vehicle)"]
-    cut = {"verdict": "INCOMPLETE", "end_reason": "link-lost", "incomplete": ["no-background"], "alarms": []}
+    cut = RowFields(verdict="INCOMPLETE", end_reason="link-lost", incomplete=["no-background"])
     assert reasons(cut) == [
         "Incomplete: no background reading before it, so its tests are withheld; the link to the portal was lost "
         "during it"

@@ -140,7 +140,7 @@ def logged_in(url: str) -> httpx.Client:
 
 def test_an_act_on_one_console_reaches_the_others_event_stream_over_the_bus(site: Site) -> None:
     with Journal(site.root / "journal.db", readonly=True) as journal:
-        seq = next(d["seq"] for d in journal.since(0) if d["verdict"] == "ALARM")
+        seq = next(d.seq for d in journal.since(0) if d.verdict == "ALARM")
     a, b = logged_in(site.url["a"]), logged_in(site.url["b"])
     events: list[tuple[str, dict]] = []
     opened, arrived = threading.Event(), threading.Event()
@@ -182,7 +182,7 @@ def test_an_act_on_one_console_reaches_the_others_event_stream_over_the_bus(site
 def test_a_console_started_later_shows_every_act_from_the_journal(site: Site) -> None:
     """Nothing is lost to a console that was not running: the journal holds every act (append-only)."""
     with Journal(site.root / "journal.db", readonly=True) as journal:
-        seq = [d["seq"] for d in journal.since(0) if d["verdict"] == "ALARM"][1]
+        seq = [d.seq for d in journal.since(0) if d.verdict == "ALARM"][1]
     a = logged_in(site.url["a"])
     token = re.search(r'name="csrf" content="([^"]+)"', a.get("/").text).group(1)
     form = {"csrf": token, "disposition": "background", "notes": "rescanned clean"}

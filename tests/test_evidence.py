@@ -131,8 +131,9 @@ def test_evidence_of_a_fused_decision_from_the_journal_file(journal_path: Path, 
     assert done.stdout.split() == [str(out / "evidence-1.zip")]
     assert sorted(p.name for p in out.iterdir()) == ["evidence-1.zip"], "one file: the bundle"
     with Journal(journal_path, readonly=True) as journal:
-        stored = journal.get(1)
-    assert stored is not None
+        journaled = journal.get_json(1)
+    assert journaled is not None
+    stored = json.loads(journaled)
     files = _check_bundle(out, 1, stored)
     assert files["xray-preview.png"] == base64.b64decode(stored["xray"]["preview"]["png_base64"])
     history = json.loads(files["adjudications.json"])["history"]
@@ -140,7 +141,7 @@ def test_evidence_of_a_fused_decision_from_the_journal_file(journal_path: Path, 
     # the console's bundle of the same decision and history: the same files (the N42 file has its own UUID)
     served = {
         name.split("/", 1)[1]: body
-        for name, body in _zip_files(bundle(stored, Adjudications.read_history(journal_path, 1))).items()
+        for name, body in _zip_files(bundle(journaled, Adjudications.read_history(journal_path, 1))).items()
     }
     assert set(served) == set(files) | {"MANIFEST.sha256"}
     for name in ("decision.json", "profile.csv", "neutron.csv", "evidence.png", "adjudications.json"):
@@ -177,7 +178,7 @@ def test_evidence_of_a_radiation_only_decision_through_the_query_endpoint(journa
         done = _evidence("2", "--out", str(out), "--config", str(config_path), "--query")
         missing = _evidence("7", "--out", str(out), "--config", str(config_path), "--query")
         remote = _evidence("2", "--out", str(tmp_path / "remote"), "--config", str(away), "--query")
-        stored = service.journal.get(2)
+        stored = json.loads(service.journal.get_json(2) or b"null")
     finally:
         stop.set()
         thread.join(10)

@@ -17,14 +17,21 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import typed
 from test_console import decisions
 
 from lanewatch.edge.console import evidence, figure
 from lanewatch.edge.console.present import reasons
+from lanewatch.edge.decisions.decision import Decision
 from lanewatch.edge.decisions.profile import SHAPE_SERIES, findings, stack, value_range
 
 CHROMIUM = "/usr/bin/chromium"
 CSS = Path(figure.__file__).parent / "static" / "console.css"
+
+
+def read(decision: dict[str, Any]) -> Decision:
+    """One of the demo's decisions (or one changed here) as the console reads it from the journal."""
+    return typed({"seq": 1, **decision})
 
 
 def by_reason(reason: str) -> dict[str, Any]:
@@ -94,7 +101,7 @@ def test_value_range_takes_a_near_threshold_in_and_leaves_a_far_one_out() -> Non
 
 
 def test_image_too_dark_is_no_located_finding() -> None:
-    assert [f["reason"] for f in findings(too_dark())] == ["image-review"]
+    assert [f.reason for f in findings(read(too_dark()))] == ["image-review"]
 
 
 # ---- the console's SVG, measured in Chromium -------------------------------------------------------------
@@ -115,7 +122,7 @@ def page() -> Iterator[Any]:
 
 def boxes(page: Any, decision: dict[str, Any], selector: str) -> list[dict[str, Any]]:
     """The bounding boxes (SVG user units) and texts of the figure's elements matching ``selector``."""
-    svg = figure.svg(decision, "data:image/png;base64," + (decision.get("xray") or {})["preview"]["png_base64"])
+    svg = figure.svg(read(decision), "data:image/png;base64," + decision["xray"]["preview"]["png_base64"])
     page.set_content(f"<!doctype html><style>{CSS.read_text()}</style><body>{svg}</body>")
     return page.evaluate(
         """sel => [...document.querySelectorAll('svg.figure ' + sel)].map(e => {
@@ -186,7 +193,7 @@ def drawn() -> Iterator[Any]:
     figures: list[Any] = []
 
     def draw(decision: dict[str, Any]) -> Any:
-        fig = evidence.figure(decision)
+        fig = evidence.figure(read(decision))
         fig.canvas.draw()
         figures.append(fig)
         return fig
@@ -238,7 +245,7 @@ def test_the_two_sided_shape_test_shows_its_threshold_on_its_side(page: Any, dra
     decision = by_reason("norm-consistent")
     shape = next(a for a in decision["alarms"] if a["reason"] == "gamma-shape")
     assert shape["statistic"] < -shape["threshold"]
-    words = next(r for r in reasons(decision) if r.startswith("Gamma spectrum shape"))
+    words = next(r for r in reasons(read(decision)) if r.startswith("Gamma spectrum shape"))
     assert words.startswith(f"Gamma spectrum shape harder than background {abs(shape['statistic']):.1f} sigma")
     expected = f"shape threshold {-shape['threshold']:.3g} (harder)"
     assert [b["text"] for b in boxes(page, decision, "text.thrlab")] == [expected]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import threading
 import time
@@ -171,7 +172,7 @@ def _collect(ctx: zmq.Context, config: Config, count: int, timeout_s: float = 60
     try:
         for item in sub.decisions(follow=True, timeout_s=0.5):
             if item is not None:
-                got.append(item)
+                got.append(json.loads(sub.journaled))  # as published
             if len(got) >= count or time.monotonic() > deadline:
                 break
     finally:

@@ -89,7 +89,7 @@ class Site:
     def journaled(self, lane: str) -> list[dict[str, Any]]:
         client = JournalClient(self.ctx, self.config.bus.query, keys=self.keys("console"))
         try:
-            return client.query(timeout_s=10, lane=lane)["records"]
+            return [json.loads(bytes(raw)) for raw in client.query(timeout_s=10, lane=lane).records or []]
         finally:
             client.close()
 

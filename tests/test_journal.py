@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from support import typed
 
 from lanewatch.edge.decisions import decision
 from lanewatch.edge.decisions import journal as journal_module
@@ -81,7 +82,7 @@ def test_seq_is_strictly_increasing_and_survives_reopening(tmp_path: Path, metri
     with Journal(path) as journal:
         assert journal.last_seq() == 5
         assert journal.append(make_decision(100))["seq"] == 6
-        assert [d["seq"] for d in journal.since(0)] == [1, 2, 3, 6]
+        assert [d.seq for d in journal.since(0)] == [1, 2, 3, 6]
 
 
 def test_append_is_idempotent_per_occupancy(tmp_path: Path, metrics: ServiceMetrics) -> None:
@@ -104,9 +105,9 @@ def test_append_returns_what_is_stored(tmp_path: Path) -> None:
         stored = journal.append(decision)
         assert "seq" not in decision, "the caller's dict is left alone"
         assert stored == {"seq": 1, **decision}
-        assert journal.get(1) == stored
+        assert journal.get(1) == typed(stored) and json.loads(journal.get_json(1) or b"") == stored
         assert journal.get(2) is None
-        assert journal.get_occupancy("L1-000007") == stored
+        assert journal.get_occupancy("L1-000007") == typed(stored)
         assert journal.get_occupancy("nope") is None
 
 
@@ -115,29 +116,29 @@ def test_since_get_last_and_paging_by_size(tmp_path: Path) -> None:
         for i in range(10):
             journal.append(make_decision(i, profile_len=200))
         assert journal.last_seq() == 10
-        assert [d["seq"] for d in journal.since(0)] == list(range(1, 11))
-        assert [d["seq"] for d in journal.since(7)] == [8, 9, 10]
-        assert [d["seq"] for d in journal.since(2, limit=3)] == [3, 4, 5]
+        assert [d.seq for d in journal.since(0)] == list(range(1, 11))
+        assert [d.seq for d in journal.since(7)] == [8, 9, 10]
+        assert [d.seq for d in journal.since(2, limit=3)] == [3, 4, 5]
         assert journal.since(10) == []
-        one = len(json.dumps(journal.get(1), separators=(",", ":")))
+        one = len(journal.get_json(1) or b"")
         paged = journal.since(0, max_bytes=int(2.5 * one))
         assert 1 <= len(paged) < 10
-        assert [d["seq"] for d in paged] == list(range(1, len(paged) + 1))
+        assert [d.seq for d in paged] == list(range(1, len(paged) + 1))
         # A page always holds at least one decision, so paging always advances.
-        assert [d["seq"] for d in journal.since(4, max_bytes=1)] == [5]
+        assert [d.seq for d in journal.since(4, max_bytes=1)] == [5]
 
 
 def test_query_filters_by_lane_verdict_and_end_time(tmp_path: Path) -> None:
     with Journal(tmp_path / "j.db") as journal:
         for i in range(12):
             journal.append(make_decision(i, lane=f"L{i % 2}", verdict="ALARM" if i % 3 == 0 else "CLEAR"))
-        assert [d["seq"] for d in journal.query(lane="L0")] == [1, 3, 5, 7, 9, 11]
-        assert [d["seq"] for d in journal.query(verdict="ALARM")] == [1, 4, 7, 10]
-        assert [d["seq"] for d in journal.query(lane="L1", verdict="ALARM")] == [4, 10]
-        assert [d["seq"] for d in journal.query(limit=3)] == [10, 11, 12]
+        assert [d.seq for d in journal.query(lane="L0")] == [1, 3, 5, 7, 9, 11]
+        assert [d.seq for d in journal.query(verdict="ALARM")] == [1, 4, 7, 10]
+        assert [d.seq for d in journal.query(lane="L1", verdict="ALARM")] == [4, 10]
+        assert [d.seq for d in journal.query(limit=3)] == [10, 11, 12]
         # ends are at 12:00:0i.8; a bound given in another zone is compared in UTC
         window = journal.query(since="2024-05-01T14:00:03+02:00", until="2024-05-01T12:00:06Z")
-        assert [d["device_occupancy"] for d in window] == [3, 4, 5]
+        assert [d.device_occupancy for d in window] == [3, 4, 5]
         assert journal.query(lane="nowhere") == []
 
 
@@ -160,8 +161,9 @@ def test_large_bodies_are_compressed_small_ones_stay_readable_json(tmp_path: Pat
     with Journal(path) as journal:
         small = journal.append(make_decision(1, profile_len=5))
         large = journal.append(make_decision(2, profile_len=2000))
-        assert journal.get(2) == large
-        assert journal.since(0) == [small, large]
+        assert json.loads(journal.get_json(2) or b"") == large
+        assert [json.loads(raw) for raw in journal.since_json(0)] == [small, large]
+        assert journal.since(0) == [typed(small), typed(large)]
     with sqlite3.connect(path) as conn:
         rows = conn.execute("SELECT seq, encoding, length(body), typeof(body) FROM decisions ORDER BY seq").fetchall()
         # plain JSON rows stay queryable with SQLite's own JSON functions
@@ -181,7 +183,7 @@ def test_numpy_values_are_stored_as_plain_numbers(tmp_path: Path) -> None:
         stored = journal.append(decision)
         assert stored["profile"] == {"t_s": [0.0, 0.2, 0.4], "peak": 1.5}
         assert stored["device_occupancy"] == 4
-        assert journal.get(1) == stored
+        assert json.loads(journal.get_json(1) or b"") == stored
 
 
 @pytest.mark.parametrize(
@@ -213,7 +215,7 @@ def test_another_connection_and_process_see_committed_rows(tmp_path: Path) -> No
     with Journal(path) as writer, Journal(path, readonly=True) as reader:
         assert reader.since(0) == []
         written = [writer.append(make_decision(i)) for i in range(3)]
-        assert reader.since(0) == written
+        assert reader.since(0) == [typed(d) for d in written]
         assert reader.last_seq() == 3
         assert not reader.writable()
         script = textwrap.dedent(
@@ -227,7 +229,8 @@ def test_another_connection_and_process_see_committed_rows(tmp_path: Path) -> No
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == ",".join(d["occupancy_id"] for d in written)
         writer.append(make_decision(3))
-        assert reader.get(4)["occupancy_id"] == "L1-000003"
+        fourth = reader.get(4)
+        assert fourth is not None and fourth.occupancy_id == "L1-000003"
 
 
 WRITER_SCRIPT = textwrap.dedent(
@@ -280,13 +283,13 @@ def test_kill_9_loses_no_acknowledged_decision(tmp_path: Path) -> None:
     assert seqs == sorted(set(seqs)), "acknowledged seqs strictly increase, also across the crash"
     with Journal(path) as journal:
         for seq, occupancy in acked:
-            stored = journal.get(seq)
+            stored = journal.get_json(seq)
             assert stored is not None, f"acknowledged seq {seq} lost"
             i = int(occupancy.split("-")[1])
-            assert stored == {"seq": seq, **make_decision(i, profile_len=300)}
+            assert json.loads(stored) == {"seq": seq, **make_decision(i, profile_len=300)}
         after = journal.append(make_decision(10**6))
         assert after["seq"] > max(seqs)
-        assert after["seq"] > journal.since(0)[-2]["seq"]
+        assert after["seq"] > journal.since(0)[-2].seq
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
@@ -334,7 +337,7 @@ def test_a_full_disk_raises_journal_error_and_keeps_what_was_acknowledged(tmp_pa
     assert lines[-3:] == ["WRITABLE False", f"ACK {acked[-1]}", "WRITABLE True"]
     assert acked == list(range(1, len(acked) + 1))
     with Journal(path) as journal:
-        assert [d["seq"] for d in journal.since(0, limit=10**6)] == acked
+        assert [d.seq for d in journal.since(0, limit=10**6)] == acked
         assert journal.append(make_decision(10**7))["seq"] == acked[-1] + 1
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -359,7 +362,7 @@ def test_a_locked_database_spills_to_the_fallback_then_recovers(tmp_path: Path, 
             other.close()
         assert journal.append(make_decision(2))["seq"] == 3  # the fallback moves into the journal first
         assert journal.writable() and not journal.fallback_path.exists()
-        assert [d["seq"] for d in journal.since(0)] == [1, 2, 3]
+        assert [d.seq for d in journal.since(0)] == [1, 2, 3]
 
 
 def test_seq_is_never_reused_when_the_file_is_deleted_or_replaced_while_stopped(tmp_path: Path) -> None:
@@ -391,7 +394,7 @@ def test_a_journal_deleted_while_open_is_detected_and_nothing_is_lost(tmp_path: 
         assert stored == [2, 3, 4] and not path.exists(), "nothing is written into the deleted file"
         assert [json.loads(line)["seq"] for line in journal.fallback_path.read_text().splitlines()] == stored
     with Journal(path) as journal:  # a restart imports the fallback into the new file at the path
-        assert [d["seq"] for d in journal.since(0)] == [2, 3, 4] and journal.writable()
+        assert [d.seq for d in journal.since(0)] == [2, 3, 4] and journal.writable()
         assert journal.append(make_decision(9))["seq"] == 5 and not journal.fallback_path.exists()
 
 
@@ -451,7 +454,10 @@ def test_a_decision_that_breaks_the_schema_is_counted_logged_and_still_journaled
     with Journal(tmp_path / "j.db", metrics) as journal:
         stored = journal.append(bad)
         journal.append(make_decision(2))
-        assert journal.get(stored["seq"]) == stored and stored["surprise"] is True
+        assert json.loads(journal.get_json(stored["seq"]) or b"") == stored and stored["surprise"] is True
+        with pytest.raises(JournalError, match="decision 1 does not fit the decision contract"):
+            journal.get(1)  # the typed read names it: a reader passes it over, or reads its JSON
+        assert journal.get(2) == typed({**make_decision(2), "seq": 2})
     where = {"where": "decision-schema"}
     assert sample(metrics, "lanewatch_handler_errors_total", where) == 1
     assert journal.invalid == 1
@@ -489,4 +495,4 @@ def test_background_checkpoints_bring_commits_into_the_database_file_without_a_c
             assert time.monotonic() < deadline, f"never checkpointed: {in_file_alone()}, {checkpointer.done} counted"
             time.sleep(0.05)
     with Journal(path) as again:
-        assert [d["seq"] for d in again.since(0)] == [d["seq"] for d in stored]
+        assert [d.seq for d in again.since(0)] == [d["seq"] for d in stored]

@@ -587,7 +587,7 @@ def test_sighup_reloads_the_model_without_losing_an_occupancy(tiny: Path, tmp_pa
             deadline = time.monotonic() + 60
             for item in sub.decisions(follow=True, timeout_s=0.5):
                 if item is not None:
-                    decisions.append(item)
+                    decisions.append(json.loads(sub.journaled))  # as published
                 if len(decisions) >= count or time.monotonic() > deadline:
                     return
 

@@ -4,6 +4,7 @@ traffic from a generator built independently of lanewatch's simulator."""
 from __future__ import annotations
 
 import copy
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import zmq
 from independent_lane import IndependentLane, passages, publish_background
 from prometheus_client import CollectorRegistry
-from support import Running, service_toml
+from support import Running, service_toml, typed
 
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher
@@ -181,9 +182,9 @@ def test_decisions_say_warming_up_until_the_lane_has_enough_ordinary_occupancies
     assert len(warm) == 21 and [m["calibration_occupancies"] for m in warm] == [*range(4), *range(3, 20)]
     assert all(m["score"] is None and not m["finding"] and "unscored" not in m for m in warm)
     assert all(isinstance(m["raw_score"], float) and m["min_occupancies"] == 20 for m in seen)
-    shown = {"model": warm[-1]}
+    shown, scored = (typed({**ordinary, "seq": 1, "model": m}) for m in (warm[-1], seen[-1]))
     assert present.model_text(shown) == "warming up: 19 of 20 ordinary vehicles seen at this lane, no score yet"
-    assert alerts._model(shown) == "warming" and alerts._model({"model": seen[-1]}) == f"{seen[-1]['score']:.3g}"
+    assert alerts._model(shown) == "warming" and alerts._model(scored) == f"{seen[-1]['score']:.3g}"
     ready = seen[21:]
     assert all(m["calibration"] == "lane" and isinstance(m["score"], float) for m in ready)
     # the same vehicle again and again: the lane has learnt that it is ordinary there
@@ -248,7 +249,7 @@ def test_independent_traffic_finding_rate_is_nominal_after_warm_up_and_survives_
     drift_metric = running.value("lanewatch_model_drift", lane="lane1")
     running.close()
     with Journal(str(tmp_path / "journal.db"), readonly=True) as journal:
-        decided = journal.query(lane="lane1", limit=10_000)
+        decided = [json.loads(raw) for raw in journal.query_json(lane="lane1", limit=10_000)]
     assert len(decided) == 1000 and all(decision.problems(d) is None for d in decided)
     assert all(d["end_reason"] == "gx" and not d["incomplete"] for d in decided)
     models = [d["model"] for d in decided]
@@ -275,7 +276,7 @@ def test_independent_traffic_finding_rate_is_nominal_after_warm_up_and_survives_
     assert running.value("lanewatch_model_calibration_occupancies", lane="lane1") == 400
     running.close()
     with Journal(str(tmp_path / "journal.db"), readonly=True) as journal:
-        after = [d["model"] for d in journal.query(lane="lane1", limit=10_000)[1000:]]
+        after = [json.loads(raw)["model"] for raw in journal.query_json(lane="lane1", limit=10_000)[1000:]]
     assert len(after) == 5 and before == 400
     assert all(m["calibration"] == "lane" and isinstance(m["score"], float) for m in after)
     assert [m["calibration_occupancies"] for m in after] == [400] * 5

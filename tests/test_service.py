@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
 from lanewatch.edge.bus.records import Kind, Record
 from lanewatch.edge.config import Config, parse
+from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.decisions.subscriber import AlertSubscriber
 from lanewatch.edge.lane.occupancy import Decided
@@ -67,7 +69,7 @@ def _collect(ctx: zmq.Context, config: Config, count: int, since: int = 0, timeo
     try:
         for item in sub.decisions(follow=True, timeout_s=0.5):
             if item is not None:
-                got.append(item)
+                got.append(json.loads(sub.journaled))  # as published
             if len(got) >= count or time.monotonic() > deadline:
                 break
     finally:
@@ -199,22 +201,23 @@ def test_strong_source_alarms_mid_passage_and_is_located(running: Running, ctx: 
     for e in excess:
         pub.emit(Kind.GAMMA_SCAN, dt_s=0.2, counts=rng.poisson(48.0 + e / 4, (4, 1)).astype(np.uint32))
     pub.emit(Kind.OCCUPANCY_END, values={"device_occupancy": 7})
-    seen: list[dict] = []
+    provisional: list[ProvisionalAlarm] = []
+    final: list[Decision] = []
     deadline = time.monotonic() + 30
     for item in stream:
-        if item is not None:
-            seen.append(item)
-        if any(not i.get("provisional") for i in seen) or time.monotonic() > deadline:
+        if isinstance(item, ProvisionalAlarm):
+            provisional.append(item)
+        elif isinstance(item, Decision):
+            final.append(item)
+        if final or time.monotonic() > deadline:
             break
     sub.close()
-    provisional = [i for i in seen if i.get("provisional")]
-    final = [i for i in seen if not i.get("provisional")]
-    assert provisional and provisional[0]["reason"] == "gamma"
-    assert final[0]["verdict"] == "ALARM"
-    gamma = next(a for a in final[0]["alarms"] if a["reason"] == "gamma")
-    assert gamma["statistic"] > gamma["threshold"]
-    assert abs(gamma["location_m"] - 12.0) < 3.0
-    assert final[0]["baseline_verdict"] == "ALARM"
+    assert provisional and provisional[0].reason == "gamma"
+    assert final[0].verdict == "ALARM"
+    gamma = next(a for a in final[0].alarms if a.reason == "gamma")
+    assert gamma.statistic is not None and gamma.threshold is not None and gamma.statistic > gamma.threshold
+    assert gamma.location_m is not None and abs(gamma.location_m - 12.0) < 3.0
+    assert final[0].baseline_verdict == "ALARM"
 
 
 STARTUP_S = 120.0
@@ -243,7 +246,7 @@ def test_sigkill_mid_stream_loses_no_journaled_decision(tmp_path: Path, ctx: zmq
         service.wait(10)
         with Journal(config.service.journal) as journal:
             stored = journal.since(0)
-        assert [d["seq"] for d in stored] == [d["seq"] for d in before]
+        assert [d.seq for d in stored] == [d["seq"] for d in before]
         service = _lanewatch("run", "--config", str(cfg_path), log=tmp_path / "service.log")
         pub2 = _publisher(ctx, config, wait_s=STARTUP_S)
         _background(pub2)
@@ -337,8 +340,8 @@ def test_journal_deleted_while_running_fails_health_and_loses_nothing(tmp_path: 
     finally:
         running.close()
     with Journal(config.service.journal) as journal:  # what a restarted service opens: the fallback imported
-        assert [d["seq"] for d in journal.since(0)] == [2, 3]
-        assert [d["occupancy_id"] for d in journal.since(0)] == [d["occupancy_id"] for d in after]
+        assert [d.seq for d in journal.since(0)] == [2, 3]
+        assert [d.occupancy_id for d in journal.since(0)] == [d["occupancy_id"] for d in after]
         assert journal.last_seq() == 3
 
 

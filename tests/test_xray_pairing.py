@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -85,9 +86,9 @@ def test_a_killed_xray_driver_never_lends_one_vehicle_another_vehicles_scan(tmp_
             xray = _xray_driver(config_path, tmp_path / "xray.log")
         _wait(lambda: lane_sim.occupancies_sent >= VEHICLES, 600.0)
         journal = running.service.journal
-        _wait(lambda: sum(d["end_reason"] != "no-occupancy" for d in journal.since(0, 100_000)) >= VEHICLES, 60.0)
+        _wait(lambda: sum(d.end_reason != "no-occupancy" for d in journal.since(0, 100_000)) >= VEHICLES, 60.0)
         time.sleep(2 * config.fusion.scan_wait_s)  # a scan left over would be journaled on its own by now
-        decisions = journal.since(0, 100_000)
+        decisions = [json.loads(raw) for raw in journal.since_json(0, 100_000)]
     finally:
         stop.set()
         xray.send_signal(signal.SIGKILL)

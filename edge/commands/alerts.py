@@ -12,23 +12,24 @@ line, exactly as journaled. Exit status 1 when the service does not answer withi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
 import sys
 import time
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
+import msgspec
 import zmq
 
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.console.adjudication import adjudication_state
 from lanewatch.edge.console.present import norm_state, reason_text, reasons
+from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm, decode, seq_of
 from lanewatch.edge.decisions.journal import VERDICTS, Journal, JournalError
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
 
@@ -126,7 +127,7 @@ def header(color: bool = False, zone: tzinfo = UTC) -> str:
     return f"\x1b[1m{line}{RESET}" if color else line
 
 
-def _time(value: Any, zone: tzinfo = UTC) -> str:
+def _time(value: str, zone: tzinfo = UTC) -> str:
     """An ISO 8601 time as ``YYYY-MM-DD HH:MM:SS`` in ``zone`` (naive times are UTC; unparseable values as given)."""
     try:
         when = datetime.fromisoformat(value)
@@ -137,56 +138,56 @@ def _time(value: Any, zone: tzinfo = UTC) -> str:
     return when.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _model(decision: dict[str, Any]) -> str:
+def _model(decision: Decision) -> str:
     """``4.04 find`` (a finding), ``1.2`` (scored, no finding), ``warming`` (the lane's calibration warms up) or
     ``-``."""
-    model = decision.get("model")
-    score = model.get("score") if isinstance(model, dict) else None
-    if not isinstance(score, int | float):
-        return "warming" if isinstance(model, dict) and model.get("calibration") == "warming-up" else "-"
-    return f"{score:.3g} find" if model.get("finding") else f"{score:.3g}"
+    model = decision.model
+    if model is None or model.score is None:
+        return "warming" if model is not None and model.calibration == "warming-up" else "-"
+    return f"{model.score:.3g} find" if model.finding else f"{model.score:.3g}"
 
 
-def _norm(decision: dict[str, Any]) -> str:
+def _norm(decision: Decision) -> str:
     """The NORM release (:func:`lanewatch.edge.console.present.norm_state`), ``-`` without a NORM-consistent excess."""
     return norm_state(decision) or "-"
 
 
-def format_row(decision: dict[str, Any], color: bool = False, zone: tzinfo = UTC, state: str = "") -> str:
+def format_row(decision: Decision, color: bool = False, zone: tzinfo = UTC, state: str = "") -> str:
     """One table line: seq, end time (in ``zone``), lane, verdict, the fielded rule's verdict, the portal's own
     alarm, the anomaly model's score and finding, NORM release, the adjudication ``state``, then the reasons in
     plain words (the console's, :func:`lanewatch.edge.console.present.reasons`)."""
-    verdict = str(decision.get("verdict", "?"))
-    baseline = str(decision.get("baseline_verdict") or "-")
-    values = (str(decision.get("seq", "?")), _time(decision.get("end"), zone), str(decision.get("lane", "?")), verdict)
-    portal = "ALARM" if decision.get("device_alarm") else "-"
+    verdict = decision.verdict
+    baseline = decision.baseline_verdict or "-"
+    values = (str(decision.seq), _time(decision.end, zone), decision.lane, verdict)
+    portal = "ALARM" if decision.device_alarm else "-"
     extra = (portal, _model(decision), _norm(decision), state or "-")
     row = _cells((*values, baseline, *extra), {3: verdict, 4: baseline, 5: portal}, color, zone)
     return f"{row}  {'; '.join(reasons(decision)) or '-'}"
 
 
-def format_provisional(alarm: dict[str, Any], color: bool = False, zone: tzinfo = UTC) -> str:
-    """One table line for a provisional (mid-passage) alarm: no seq, marked PROVISIONAL."""
-    when = alarm.get("time") or datetime.now(UTC).isoformat()
-    values = ("~", _time(when, zone), str(alarm.get("lane", "?")), "PROVISIONAL", "", "", "", "", "")
-    occupancy = alarm.get("occupancy_id")
-    tail = f"  (occupancy {occupancy})" if occupancy else ""
+def format_provisional(alarm: ProvisionalAlarm, color: bool = False, zone: tzinfo = UTC) -> str:
+    """One table line for a provisional (mid-passage) alarm, as it arrives: no seq, marked PROVISIONAL."""
+    values = ("~", _time(datetime.now(UTC).isoformat(), zone), alarm.lane, "PROVISIONAL", "", "", "", "", "")
+    tail = f"  (occupancy {alarm.occupancy_id})" if alarm.occupancy_id else ""
     return f"{_cells(values, {3: 'PROVISIONAL'}, color, zone)}  {reason_text(alarm)}{tail}"
 
 
-def _matches(item: dict[str, Any], args: argparse.Namespace) -> bool:
-    if args.lane is not None and item.get("lane") != args.lane:
+def _matches(item: Decision | ProvisionalAlarm, args: argparse.Namespace) -> bool:
+    if args.lane is not None and item.lane != args.lane:
         return False
-    if item.get("provisional"):
+    if isinstance(item, ProvisionalAlarm):
         return args.verdict in (None, "ALARM")
-    return args.verdict is None or item.get("verdict") == args.verdict
+    return args.verdict is None or item.verdict == args.verdict
 
 
-def _emit(item: dict[str, Any], args: argparse.Namespace, color: bool, out: TextIO) -> None:
-    if args.format == "jsonl":
-        out.write(json.dumps(item, separators=(",", ":")) + "\n")
-    elif item.get("provisional"):
+def _emit(
+    item: Decision | ProvisionalAlarm, journaled: bytes, args: argparse.Namespace, color: bool, out: TextIO
+) -> None:
+    """One line: a decision as ``journaled`` (jsonl) or as a table row, or a provisional alarm's table row."""
+    if isinstance(item, ProvisionalAlarm):
         out.write(format_provisional(item, color, args.zone) + "\n")
+    elif args.format == "jsonl":
+        out.write(journaled.decode() + "\n")
     else:
         state = args.states(item) if args.states else ""
         out.write(format_row(item, color, args.zone, state) + "\n")
@@ -194,14 +195,25 @@ def _emit(item: dict[str, Any], args: argparse.Namespace, color: bool, out: Text
         out.flush()
 
 
-def _states(path: Path) -> Callable[[dict[str, Any]], str] | None:
+def _typed(journaled: Iterable[bytes]) -> Iterator[tuple[Decision, bytes]]:
+    """Each decision's JSON with its typed decision; one that does not fit the decision contract is named on stderr
+    and passed over."""
+    for raw in journaled:
+        try:
+            yield decode(raw), bytes(raw)
+        except msgspec.ValidationError as exc:
+            why = f"decision {seq_of(raw)} does not fit the decision contract, passed over: {exc}"
+            print(f"lanewatch alerts: {why}", file=sys.stderr)
+
+
+def _states(path: Path) -> Callable[[Decision], str] | None:
     """The adjudication state of a decision, read from the journal file at ``path`` (None when it is not here)."""
     if not path.exists():
         return None
 
-    def state(decision: dict[str, Any]) -> str:
+    def state(decision: Decision) -> str:
         try:
-            return adjudication_state(path, decision["seq"], str(decision.get("verdict")))
+            return adjudication_state(path, decision.seq, decision.verdict)
         except sqlite3.Error:
             return "?"
 
@@ -226,23 +238,25 @@ def _offline(args: argparse.Namespace, config: Config, color: bool, out: TextIO)
         print(f"lanewatch alerts: {exc}", file=sys.stderr)
         return 1
     with journal:
-        problem = _unknown_lane(args, config, lambda lane: bool(journal.query(lane=lane, limit=1)))
+        problem = _unknown_lane(args, config, lambda lane: bool(journal.query_json(lane=lane, limit=1)))
         if problem:
             print(f"lanewatch alerts: {problem}", file=sys.stderr)
             return 2
         if args.format == "table":
             out.write(header(color, args.zone) + "\n")
         if args.since is None:
-            for decision in journal.query(lane=args.lane, verdict=args.verdict, limit=args.last):
-                _emit(decision, args, color, out)
+            for decision, raw in _typed(journal.query_json(lane=args.lane, verdict=args.verdict, limit=args.last)):
+                _emit(decision, raw, args, color, out)
             cursor = journal.last_seq()
         else:
             cursor = args.since
         while True:
-            for decision in journal.since(cursor, 500) if args.since is not None or args.follow else []:
-                cursor = decision["seq"]
+            batch = journal.since_json(cursor, 500) if args.since is not None or args.follow else []
+            for decision, raw in _typed(batch):
                 if _matches(decision, args):
-                    _emit(decision, args, color, out)
+                    _emit(decision, raw, args, color, out)
+            if batch:
+                cursor = seq_of(batch[-1])
             if not args.follow:
                 return 0
             time.sleep(FOLLOW_POLL_S)
@@ -266,7 +280,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     subscriber: AlertSubscriber | None = None
     try:
         client.last_seq(timeout_s=args.timeout)  # the service answers: the table can start
-        problem = _unknown_lane(args, config, lambda lane: bool(client.query(lane=lane, limit=1)["records"]))
+        problem = _unknown_lane(args, config, lambda lane: bool(client.query(lane=lane, limit=1).records))
         if problem:
             print(f"lanewatch alerts: {problem}", file=sys.stderr)
             return 2
@@ -275,18 +289,18 @@ def run(args: argparse.Namespace, config: Config) -> int:
         since = args.since
         if since is None:
             reply = client.query(lane=args.lane, verdict=args.verdict, limit=args.last)
-            for decision in reply["records"]:
-                _emit(decision, args, color, out)
+            for decision, raw in _typed(reply.records or []):
+                _emit(decision, raw, args, color, out)
             if not args.follow:
                 return 0
-            since = reply["last_seq"]
+            since = reply.last_seq
         subscriber = AlertSubscriber(
             ctx, config.bus.alerts, config.bus.query, since, connect_timeout_s=args.timeout, keys=keys
         )
         live_alarms = args.follow and args.format == "table"
         for item in subscriber.decisions(follow=args.follow, provisional=live_alarms):
-            if item is not None and _matches(item, args):
-                _emit(item, args, color, out)
+            if isinstance(item, Decision | ProvisionalAlarm) and _matches(item, args):
+                _emit(item, subscriber.journaled, args, color, out)
         return 0
     except ServiceUnreachable as exc:
         print(f"lanewatch alerts: {exc}; is the service running? (configuration: {config.source})", file=sys.stderr)

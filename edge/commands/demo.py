@@ -34,6 +34,7 @@ import zmq
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.commands import alerts
 from lanewatch.edge.config import Config, load
+from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm
 from lanewatch.edge.decisions.subscriber import AlertSubscriber
 from lanewatch.edge.ops import keyfiles
 
@@ -251,13 +252,10 @@ def _follow(config: Config, duration: float, procs: dict[str, subprocess.Popen[b
     end = time.monotonic() + duration if duration else None
     try:
         for item in sub.decisions(follow=True, timeout_s=1.0, provisional=True):
-            if item is not None:
-                line = (
-                    alerts.format_provisional(item, color)
-                    if item.get("provisional")
-                    else alerts.format_row(item, color)
-                )
-                print(line, flush=True)
+            if isinstance(item, ProvisionalAlarm):
+                print(alerts.format_provisional(item, color), flush=True)
+            elif isinstance(item, Decision):
+                print(alerts.format_row(item, color), flush=True)
             dead = [name for name, p in procs.items() if p.poll() is not None]
             if dead:
                 logs = os.path.dirname(config.service.journal)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
+import msgspec
 import zmq
 
 from lanewatch.edge.bus.security import Keys
@@ -40,16 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", default="console", help="CURVE key name for --query (default console)")
 
 
-def _read(args: argparse.Namespace, config: Config) -> dict[str, Any] | None:
-    """The decision, from the journal file or else the query endpoint; None when there is none."""
+def _read(args: argparse.Namespace, config: Config) -> bytes | None:
+    """The decision's JSON as journaled, from the journal file or else the query endpoint; None when there is
+    none."""
     path = args.journal or Path(config.service.journal)
     if not args.query and (args.journal is not None or path.exists()):
         with Journal(path, readonly=True) as journal:
-            return journal.get(args.seq)
+            return journal.get_json(args.seq)
     ctx = zmq.Context()
     client = JournalClient(ctx, config.bus.query, keys=Keys.load(config.bus, args.key))
     try:
-        return client.get(args.seq, timeout_s=QUERY_TIMEOUT_S)
+        return client.get_json(args.seq, timeout_s=QUERY_TIMEOUT_S)
     finally:
         client.close()
         ctx.term()
@@ -75,18 +76,21 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 2
     where = f"the query endpoint {config.bus.query}" if args.query else str(args.journal or config.service.journal)
     try:
-        decision = _read(args, config)
+        journaled = _read(args, config)
     except (JournalError, QueryError, ServiceUnreachable) as exc:
         print(f"lanewatch evidence: cannot read decision {args.seq}: {exc}")
         return 1
-    if decision is None:
+    if journaled is None:
         print(f"lanewatch evidence: no decision numbered {args.seq} in {where}")
         return 1
     history, missing = _history(args, config)
     if history is None:
         print(f"lanewatch evidence: decision {args.seq}: {missing}", file=sys.stderr)
     try:
-        body = bundle(decision, history, missing)
+        body = bundle(journaled, history, missing)
+    except msgspec.ValidationError as exc:
+        print(f"lanewatch evidence: decision {args.seq} does not fit the decision contract: {exc}")
+        return 1
     except (ValueError, OSError) as exc:
         print(f"lanewatch evidence: decision {args.seq}: its X-ray preview cannot be decoded: {exc}")
         return 1

@@ -7,7 +7,6 @@ and the ``n42`` replay driver found by name, then prints the decision of the occ
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import tempfile
@@ -21,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
 from lanewatch.edge.config import BusConfig, Config, DetectionConfig, LaneConfig, ServiceConfig
+from lanewatch.edge.decisions.decision import decode
 from lanewatch.edge.ops.metrics import DriverMetrics
 from lanewatch.edge.service import Service
 
@@ -96,7 +96,7 @@ def replay(args: argparse.Namespace) -> int:
                     deadline = deadline or time.monotonic() + DECISION_WAIT_S
                     if time.monotonic() > deadline:
                         break
-            decisions = service.journal.since(first_seq)
+            journaled = service.journal.since_json(first_seq)
         finally:
             stop.set()
             player.join(5)
@@ -106,9 +106,9 @@ def replay(args: argparse.Namespace) -> int:
     if errors:
         print(f"lanewatch replay: {errors[0]}")
         return 2
-    if not decisions:
+    if not journaled:
         print(f"lanewatch replay: {path} produced no decision (no occupancy in the file?)")
         return 1
-    for d in decisions:
-        print(json.dumps(d) if args.format == "json" else alerts.format_row(d, color=False))
+    for raw in journaled:  # as journaled (json), or a table line of the typed decision
+        print(raw.decode() if args.format == "json" else alerts.format_row(decode(raw), color=False))
     return 0

@@ -42,12 +42,12 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from lanewatch.edge.console.users import now_text, role_allows
 from lanewatch.edge.decisions.adjudication import DISPOSITIONS, KINDS, MAX_NOTES, SECONDARY, Adjudication
+from lanewatch.edge.decisions.decision import Alarm, ModelScore
 from lanewatch.edge.decisions.journal import Journal, decode_as
 from lanewatch.edge.store import SqliteStore
 
@@ -192,15 +192,11 @@ class RowFields(msgspec.Struct, frozen=True):
     """The fields of a decision the event table shows beside its columns (read without the rest of the decision)."""
 
     verdict: str = ""
-    alarms: list[dict[str, Any]] = []
+    alarms: list[Alarm] = []
     device_alarm: bool | None = None
     incomplete: list[str] = []
     end_reason: str | None = None
-    model: dict[str, Any] | None = None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """As a decision's dict would answer (what :mod:`lanewatch.edge.console.present` reads)."""
-        return getattr(self, key, default)
+    model: ModelScore | None = None
 
 
 @dataclass(frozen=True)

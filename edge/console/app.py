@@ -29,6 +29,7 @@ from datetime import time as time_of_day
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from jinja2 import Environment, PackageLoader, select_autoescape
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -383,10 +384,12 @@ def create_app(
     # ---- the wall and its live feed ----------------------------------------------------------------
     async def wall_page(request: Request) -> Response:
         session = await need(request)
-        recent = [
-            summary(d, adjudications.state(d["seq"], d["verdict"]), clock)
-            for d in await run_in_threadpool(journal.query, limit=TICKER_ROWS)
-        ]
+        recent = msgspec.to_builtins(
+            [
+                summary(d, adjudications.state(d.seq, d.verdict), clock)
+                for d in await run_in_threadpool(journal.query, limit=TICKER_ROWS)
+            ]
+        )
         return render(
             request, "wall.html", session, wall=wall.snapshot(), recent=recent, max_mute_s=config.console.max_mute_s
         )
@@ -412,10 +415,10 @@ def create_app(
                 if since is not None:
                     backlog = await run_in_threadpool(journal.since, since, BACKLOG_LIMIT)
                     for decision in backlog:
-                        state = adjudications.state(decision["seq"], decision["verdict"])
-                        data = json.dumps(summary(decision, state, clock))
-                        yield Event("decision", decision["seq"], data).encode()
-                        sent = decision["seq"]
+                        state = adjudications.state(decision.seq, decision.verdict)
+                        data = msgspec.json.encode(summary(decision, state, clock)).decode()
+                        yield Event("decision", decision.seq, data).encode()
+                        sent = decision.seq
                 while True:
                     try:
                         event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
@@ -621,35 +624,38 @@ def decision_routes(
         if decision is None:
             raise HTTPException(404, f"no decision numbered {seq}")
         history = adjudications.history(seq)
-        preview = (decision.get("xray") or {}).get("preview")
+        preview = decision.xray.preview if decision.xray is not None else None
         svg = figure.svg(decision, f"/decision/{seq}/preview.png" if preview else None)
         return render(
             request, "detail.html", session, d=decision, seq=seq, reasons=reasons(decision), model=model_text(decision),
-            state=adjudications.state(seq, decision["verdict"]), history=history, figure=svg,
+            state=adjudications.state(seq, decision.verdict), history=history, figure=svg,
             axis=axis_name(decision), awaiting=[r.seq for r in adjudications.awaiting(50)],
         )  # fmt: skip
 
     async def preview_png(request: Request) -> Response:
         await need(request)
-        decision = journal.get(request.path_params["seq"]) or {}
-        preview = (decision.get("xray") or {}).get("preview")
-        if not preview:
+        decision = journal.get(request.path_params["seq"])
+        preview = decision.xray.preview if decision is not None and decision.xray is not None else None
+        if preview is None:
             raise HTTPException(404, "this decision has no X-ray preview")
         try:
-            png = base64.b64decode(preview["png_base64"], validate=True)
-        except (binascii.Error, KeyError, TypeError):
+            png = base64.b64decode(preview.png_base64, validate=True)
+        except binascii.Error:
             raise HTTPException(500, "the X-ray preview of this decision cannot be decoded") from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def evidence_zip(request: Request) -> Response:
         session = await need(request)
         seq = request.path_params["seq"]
-        decision = journal.get(seq)
-        if decision is None:
+        journaled = journal.get_json(seq)
+        if journaled is None:
             raise HTTPException(404, f"no decision numbered {seq}")
         from lanewatch.edge.console.evidence import bundle
 
-        data = await run_in_threadpool(bundle, decision, adjudications.history(seq))
+        try:
+            data = await run_in_threadpool(bundle, journaled, adjudications.history(seq))
+        except msgspec.ValidationError as exc:
+            raise HTTPException(500, f"decision {seq} does not fit the decision contract: {exc}") from None
         audit(session, "evidence-downloaded", f"decision {seq}", request)
         disposition = f'attachment; filename="evidence-{seq}.zip"'
         return Response(data, media_type="application/zip", headers={"Content-Disposition": disposition})

@@ -46,7 +46,8 @@ import msgspec
 from lanewatch.edge.console.figure import MATERIAL_COLOURS
 from lanewatch.edge.console.present import finding_label, parse_utc, reason_text, reasons
 from lanewatch.edge.decisions.adjudication import Adjudication
-from lanewatch.edge.decisions.profile import SHAPE_SERIES, Z_REACH, profile_data, stack, value_range
+from lanewatch.edge.decisions.decision import Alarm, Decision, Preview, Xray, decode
+from lanewatch.edge.decisions.profile import SHAPE_SERIES, Z_REACH, Located, profile_data, stack, value_range
 
 DPI = 110
 LABEL_ROW_PT = 11
@@ -67,25 +68,25 @@ def _csv(header: list[str], columns: list[list[Any]]) -> bytes:
     return out.getvalue().encode()
 
 
-def profile_csv(decision: dict[str, Any]) -> tuple[bytes, bytes]:
+def profile_csv(decision: Decision) -> tuple[bytes, bytes]:
     """The gamma and the neutron samples as CSV."""
     data = profile_data(decision)
-    rad, neutron = data["radiation"], data["neutron"]
-    n = len(rad["location_m"])
+    rad, neutron = data.radiation, data.neutron
+    n = len(rad.location_m)
     gamma = _csv(
         ["location_m", "gross_counts", "expected_counts", "matched_filter_z", "shape_z"],
-        [rad["location_m"], rad["gross"][:n], rad["expected"][:n], rad["mf_z"][:n], rad["shape_z"][:n] or [""] * n],
+        [rad.location_m, rad.gross[:n], rad.expected[:n], rad.mf_z[:n], rad.shape_z[:n] or [""] * n],
     )
-    m = len(neutron["location_m"])
-    expected = neutron["expected"]
+    m = len(neutron.location_m)
+    expected = neutron.expected
     neutrons = _csv(
         ["location_m", "counts", "expected_counts"],
-        [neutron["location_m"], neutron["counts"][:m], [expected if expected is not None else ""] * m],
+        [neutron.location_m, neutron.counts[:m], [expected if expected is not None else ""] * m],
     )
     return gamma, neutrons
 
 
-def figure_png(decision: dict[str, Any]) -> bytes:
+def figure_png(decision: Decision) -> bytes:
     """The evidence figure (see the module docstring) as PNG."""
     from matplotlib import pyplot as plt
 
@@ -96,7 +97,7 @@ def figure_png(decision: dict[str, Any]) -> bytes:
     return out.getvalue()
 
 
-def figure(decision: dict[str, Any]) -> Any:
+def figure(decision: Decision) -> Any:
     """The evidence figure as a matplotlib Figure, laid out (the caller closes it)."""
     import matplotlib
 
@@ -104,12 +105,12 @@ def figure(decision: dict[str, Any]) -> Any:
     from matplotlib import pyplot as plt
 
     data = profile_data(decision)
-    rad, neutron = data["radiation"], data["neutron"]
-    xray = decision.get("xray") or {}
-    preview = xray.get("preview")
+    rad, neutron = data.radiation, data.neutron
+    xray = decision.xray
+    preview = xray.preview if xray is not None else None
     panels = ["image"] if preview else []
-    panels += ["gamma", "z"] if rad["gross"] else []
-    panels += ["neutron"] if neutron["counts"] else []
+    panels += ["gamma", "z"] if rad.gross else []
+    panels += ["neutron"] if neutron.counts else []
     if not panels:
         panels = ["gamma"]
     heights = [1.6 if p == "image" else 1.0 for p in panels]
@@ -123,75 +124,75 @@ def figure(decision: dict[str, Any]) -> Any:
     )
     axes = list(axes) if len(panels) > 1 else [axes]
     by = dict(zip(panels, axes, strict=True))
-    seq, lane, verdict = decision.get("seq"), decision.get("lane"), decision.get("verdict")
-    fig.suptitle(f"Decision {seq} · {lane} · {verdict} · ended {decision.get('end')}", fontsize=11)
-    if preview:
-        _image_panel(by["image"], xray, preview, data["image"]["too_dark"])
-    if "gamma" in by and rad["gross"]:
+    seq, lane, verdict = decision.seq, decision.lane, decision.verdict
+    fig.suptitle(f"Decision {seq} · {lane} · {verdict} · ended {decision.end}", fontsize=11)
+    if xray is not None and preview is not None:
+        _image_panel(by["image"], xray, preview, data.image.too_dark)
+    if "gamma" in by and rad.gross:
         ax = by["gamma"]
-        n = len(rad["location_m"])
-        ax.plot(rad["location_m"], rad["gross"][:n], color="black", lw=1.2, label="gross")
-        ax.plot(rad["location_m"], rad["expected"][:n], color="grey", ls="--", label="expected")
-        ax.set_ylim(*value_range(rad["gross"][:n] + rad["expected"][:n]))
-        ax.set_ylabel(f"gamma counts\nper {rad['dt_s']:g} s")
+        n = len(rad.location_m)
+        ax.plot(rad.location_m, rad.gross[:n], color="black", lw=1.2, label="gross")
+        ax.plot(rad.location_m, rad.expected[:n], color="grey", ls="--", label="expected")
+        ax.set_ylim(*value_range(rad.gross[:n] + rad.expected[:n]))
+        ax.set_ylabel(f"gamma counts\nper {rad.dt_s:g} s")
     if "z" in by:
         ax = by["z"]
-        n = len(rad["location_m"])
-        ax.plot(rad["location_m"], rad["mf_z"][:n], color="#c01818", label="matched filter z")
-        if rad["shape_z"]:
-            ax.plot(rad["location_m"], rad["shape_z"][:n], color="#1060c0", label=SHAPE_SERIES)
-        _thresholds(ax, rad["mf_z"][:n] + rad["shape_z"][:n], rad["thresholds"], reach=Z_REACH)
-        if rad["notes"]:
-            ax.text(0.01, 0.96, "\n".join(rad["notes"]), transform=ax.transAxes, va="top", fontsize=8, color="#555")
+        n = len(rad.location_m)
+        ax.plot(rad.location_m, rad.mf_z[:n], color="#c01818", label="matched filter z")
+        if rad.shape_z:
+            ax.plot(rad.location_m, rad.shape_z[:n], color="#1060c0", label=SHAPE_SERIES)
+        _thresholds(ax, rad.mf_z[:n] + rad.shape_z[:n], rad.thresholds, reach=Z_REACH)
+        if rad.notes:
+            ax.text(0.01, 0.96, "\n".join(rad.notes), transform=ax.transAxes, va="top", fontsize=8, color="#555")
         ax.set_ylabel("test statistic\nz (sigma)")
-    if "neutron" in by and neutron["counts"]:
+    if "neutron" in by and neutron.counts:
         ax = by["neutron"]
-        xs = neutron["location_m"]
-        ax.step(xs, neutron["counts"][: len(xs)], where="mid", color="#6a2ca0", label="neutron counts")
-        expected = neutron["expected"]
+        xs = neutron.location_m
+        ax.step(xs, neutron.counts[: len(xs)], where="mid", color="#6a2ca0", label="neutron counts")
+        expected = neutron.expected
         if expected is not None:
             ax.axhline(expected, color="grey", ls="--", label="expected")
-        values = neutron["counts"] + ([expected] if expected is not None else [])
-        _thresholds(ax, values, neutron["thresholds"], from_zero=True)
-        ax.set_ylabel(f"neutron counts\nper {neutron['dt_s']:g} s")
-    for finding in data["findings"]:
-        sd = finding.get("location_sd_m") or 0.0
+        values = neutron.counts + ([expected] if expected is not None else [])
+        _thresholds(ax, values, neutron.thresholds, from_zero=True)
+        ax.set_ylabel(f"neutron counts\nper {neutron.dt_s:g} s")
+    for finding in data.findings:
+        sd = finding.location_sd_m or 0.0
         for ax in axes:
-            ax.axvline(finding["location_m"], color=FINDING_COLOUR, lw=2 if finding["alarm"] else 1)
+            ax.axvline(finding.location_m, color=FINDING_COLOUR, lw=2 if finding.alarm else 1)
             if sd:
-                ax.axvspan(finding["location_m"] - sd, finding["location_m"] + sd, color=FINDING_COLOUR, alpha=0.12)
-    axes[-1].set_xlabel(f"{data['axis']} (m)")
+                ax.axvspan(finding.location_m - sd, finding.location_m + sd, color=FINDING_COLOUR, alpha=0.12)
+    axes[-1].set_xlabel(f"{data.axis} (m)")
     for ax, panel in zip(axes, panels, strict=True):
         ax.grid(alpha=0.25)
         if panel != "image":
-            if data["findings"]:
+            if data.findings:
                 ax.plot([], [], color=FINDING_COLOUR, label="finding ± 1 sigma")
             ax.legend(**LEGEND)
     fig.tight_layout()
-    labels = [_label(fig, axes[0], finding) for finding in data["findings"]]
+    labels = [_label(fig, axes[0], finding) for finding in data.findings]
     for _ in range(2):  # stack the labels, then again once the layout has made room for them
         _stack_labels(fig, labels)
         fig.tight_layout()
     return fig
 
 
-def _image_panel(ax: Any, xray: dict[str, Any], preview: dict[str, Any], dark: dict[str, Any] | None) -> None:
+def _image_panel(ax: Any, xray: Xray, preview: Preview, dark: Alarm | None) -> None:
     """The X-ray preview on the metres axis, its objects boxed by material with a legend beside it; a dashed frame
     round the whole image and its caption when the image is too dark to clear the load (``dark``)."""
     from matplotlib import pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
-    image = plt.imread(io.BytesIO(base64.b64decode(preview["png_base64"])), format="png")
-    (x0, x1), (z0, z1) = preview["x_m"], preview.get("z_mm") or [0.0, 4600.0]
+    image = plt.imread(io.BytesIO(base64.b64decode(preview.png_base64)), format="png")
+    (x0, x1), (z0, z1) = preview.x_m, preview.z_mm or [0.0, 4600.0]
     ax.imshow(image, cmap="gray", extent=(x0, x1, z1 / 1000, z0 / 1000), aspect="auto", vmin=0, vmax=1)
-    rows = xray.get("pixels") or 1
-    for obj in xray.get("objects") or []:
-        colour = MATERIAL_COLOURS.get(obj.get("material", ""), "black")
-        top = (obj["pixels"][0] / rows * (z1 - z0) + z0) / 1000
-        bottom = ((obj["pixels"][1] + 1) / rows * (z1 - z0) + z0) / 1000
-        ax.add_patch(Rectangle((obj["x_m"][0], top), obj["x_m"][1] - obj["x_m"][0], bottom - top, fill=False, ec=colour,
+    rows = xray.pixels or 1
+    for obj in xray.objects or []:
+        colour = MATERIAL_COLOURS.get(obj.material or "", "black")
+        top = (obj.pixels[0] / rows * (z1 - z0) + z0) / 1000
+        bottom = ((obj.pixels[1] + 1) / rows * (z1 - z0) + z0) / 1000
+        ax.add_patch(Rectangle((obj.x_m[0], top), obj.x_m[1] - obj.x_m[0], bottom - top, fill=False, ec=colour,
                                lw=2))  # fmt: skip
-        ax.annotate(f"{obj.get('lead_mm')} mm Pb eq.", (obj["x_m"][1], top), color=colour, fontsize=8,
+        ax.annotate(f"{obj.lead_mm} mm Pb eq.", (obj.x_m[1], top), color=colour, fontsize=8,
                     xytext=(4, 0), textcoords="offset points", va="top")  # fmt: skip
     handles = [Patch(fill=False, ec=c, lw=2, label=m.replace("_", "-")) for m, c in MATERIAL_COLOURS.items()]
     if dark is not None:
@@ -228,7 +229,7 @@ def _thresholds(
         off += 1
 
 
-def _label(fig: Any, ax: Any, finding: dict[str, Any]) -> Any:
+def _label(fig: Any, ax: Any, finding: Located) -> Any:
     """A finding's label above ``ax``, joined to its line; turned to the left of the line when it would run past
     the panel's right edge."""
     from matplotlib.text import Text
@@ -238,7 +239,7 @@ def _label(fig: Any, ax: Any, finding: dict[str, Any]) -> Any:
         if label is not None:
             label.remove()
         label = ax.annotate(
-            finding_label(finding), (finding["location_m"], 1.0), xycoords=("data", "axes fraction"),
+            finding_label(finding), (finding.location_m, 1.0), xycoords=("data", "axes fraction"),
             xytext=(2 * side, 3), textcoords="offset points", ha="left" if side > 0 else "right", va="bottom",
             color=FINDING_COLOUR, fontsize=8, fontweight="bold",
             arrowprops={"arrowstyle": "-", "color": FINDING_COLOUR, "lw": 1, "shrinkA": 0, "shrinkB": 0,
@@ -266,27 +267,27 @@ def _stack_labels(fig: Any, labels: list[Any]) -> None:
         label.xyann = (label.xyann[0], 3 + LABEL_ROW_PT * (max(rows) - row))
 
 
-def occupancy_n42(decision: dict[str, Any]) -> bytes:
+def occupancy_n42(decision: Decision) -> bytes:
     """The occupancy's gross gamma counts and neutron counts as an N42.42-2012 file (SpecUtils)."""
     import SpecUtils
 
-    profile = decision.get("profile") or {}
-    start = parse_utc(decision.get("start")) or datetime.now(UTC)
+    profile = decision.profile
+    start = parse_utc(decision.start) or datetime.now(UTC)
     spec = SpecUtils.SpecFile()
-    dt = float(profile.get("dt_s") or 0.2)
-    for i, counts in enumerate(profile.get("gross") or []):
+    dt = float(profile.dt_s or 0.2)
+    for i, counts in enumerate(profile.gross or []):
         record = SpecUtils.Measurement()
         record.setGammaCounts([float(counts)], dt, dt)
         _stamp(record, SpecUtils, i + 1, "gamma", start + timedelta(seconds=i * dt))
         spec.addMeasurement(record, False)
-    neutron_dt = float(profile.get("neutron_dt_s") or 1.0)
-    for i, counts in enumerate(profile.get("neutron") or []):
+    neutron_dt = float(profile.neutron_dt_s or 1.0)
+    for i, counts in enumerate(profile.neutron or []):
         record = SpecUtils.Measurement()
         record.setNeutronCounts([float(counts)], neutron_dt)
         _stamp(record, SpecUtils, i + 1, "neutron", start + timedelta(seconds=i * neutron_dt))
         spec.addMeasurement(record, False)
     spec.cleanupAfterLoad(True, False, False)
-    spec.setRemarks([f"lanewatch decision {decision.get('seq')}, occupancy {decision.get('occupancy_id')}"])
+    spec.setRemarks([f"lanewatch decision {decision.seq}, occupancy {decision.occupancy_id}"])
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "occupancy.n42")
         with open(path, "wb") as out:
@@ -303,28 +304,28 @@ def _stamp(record: Any, specutils: Any, sample: int, detector: str, when: dateti
     record.setStartTime(when)
 
 
-def bundle(decision: dict[str, Any], history: list[Adjudication] | None, missing: str = "") -> bytes:
-    """The evidence ZIP of ``decision`` with its adjudication ``history`` (see the module docstring); None when the
-    history could not be read, ``missing`` saying why."""
-    seq = decision.get("seq")
+def bundle(journaled: bytes, history: list[Adjudication] | None, missing: str = "") -> bytes:
+    """The evidence ZIP of the decision whose JSON (as journaled) is ``journaled``, with its adjudication ``history``
+    (see the module docstring); None when the history could not be read, ``missing`` saying why. Raises
+    ``msgspec.ValidationError`` when the decision does not fit the decision contract."""
+    decision = decode(journaled)
+    seq = decision.seq
     acts = None if history is None else [msgspec.to_builtins(h) for h in history]
     record = {"seq": seq, "reasons": reasons(decision), "history": acts}
     if history is None:
         record["history_not_included"] = missing
     gamma, neutrons = profile_csv(decision)
     files: dict[str, bytes] = {
-        "decision.json": json.dumps(decision, indent=1).encode() + b"\n",
+        "decision.json": json.dumps(json.loads(journaled), indent=1).encode() + b"\n",
         "profile.csv": gamma,
         "neutron.csv": neutrons,
         "evidence.png": figure_png(decision),
         "adjudications.json": json.dumps(record, indent=1).encode() + b"\n",
     }
-    profile = decision.get("profile") or {}
-    if profile.get("gross") or profile.get("neutron"):
+    if decision.profile.gross or decision.profile.neutron:
         files["occupancy.n42"] = occupancy_n42(decision)
-    preview = (decision.get("xray") or {}).get("preview")
-    if preview:
-        files["xray-preview.png"] = base64.b64decode(preview["png_base64"])
+    if decision.xray is not None and decision.xray.preview is not None:
+        files["xray-preview.png"] = base64.b64decode(decision.xray.preview.png_base64)
     manifest = "".join(f"{hashlib.sha256(body).hexdigest()}  {name}\n" for name, body in sorted(files.items()))
     files["MANIFEST.sha256"] = manifest.encode()
     out = io.BytesIO()

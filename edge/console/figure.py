@@ -18,7 +18,8 @@ from html import escape
 from typing import Any
 
 from lanewatch.edge.console.present import finding_label, reason_text
-from lanewatch.edge.decisions.profile import SHAPE_SERIES, Z_REACH, profile_data, stack, value_range
+from lanewatch.edge.decisions.decision import Decision
+from lanewatch.edge.decisions.profile import SHAPE_SERIES, Z_REACH, Located, profile_data, stack, value_range
 
 WIDTH = 1000
 """Width (px) of the figure."""
@@ -156,19 +157,19 @@ def _panel(
         out.append(f'<text x="{right}" y="{top - HEADER + 12}" class="thrlab">{" · ".join(off)}</text>')
 
 
-def _labels(out: list[str], axis: Axis, found: list[dict[str, Any]], top: float) -> tuple[float, list[float]]:
+def _labels(out: list[str], axis: Axis, found: list[Located], top: float) -> tuple[float, list[float]]:
     """The findings' labels in rows above the figure, stacked so none overlaps another; returns the strip's
     height (px) and, per finding, where its line starts (just under its label)."""
     texts = [finding_label(f) for f in found]
     right = WIDTH - RIGHT
     spans = []
     for finding, text in zip(found, texts, strict=True):
-        x = axis.px(finding["location_m"])
+        x = axis.px(finding.location_m)
         fits = x + 4 + _width(text) <= right
         spans.append((x + 4, x + 4 + _width(text)) if fits else (x - 4 - _width(text), x - 4))
     rows = stack(spans, gap=8.0)
     for finding, (left, end), text, row in zip(found, spans, texts, rows, strict=True):
-        at_left = left > axis.px(finding["location_m"])
+        at_left = left > axis.px(finding.location_m)
         anchor = "" if at_left else ' text-anchor="end"'
         out.append(
             f'<text x="{left if at_left else end:.1f}" y="{top + 11 + row * LABEL_ROW}" class="flab"{anchor}>'
@@ -178,49 +179,49 @@ def _labels(out: list[str], axis: Axis, found: list[dict[str, Any]], top: float)
     return height, [top + row * LABEL_ROW + 2 for row in rows]
 
 
-def svg(decision: dict[str, Any], preview_url: str | None) -> str:
+def svg(decision: Decision, preview_url: str | None) -> str:
     """The figure as an inline SVG element; ``preview_url`` is where the browser gets the X-ray preview PNG."""
     data = profile_data(decision)
-    rad, neutron = data["radiation"], data["neutron"]
-    xray = decision.get("xray") or {}
-    preview = xray.get("preview") if preview_url else None
+    rad, neutron = data.radiation, data.neutron
+    xray = decision.xray
+    preview = xray.preview if xray is not None and preview_url else None
     # samples centred at (i + 0.5) steps: the last of n ends at n steps
-    spans = [(0.0, xs[-1] * len(xs) / (len(xs) - 0.5)) for xs in (rad["location_m"], neutron["location_m"]) if xs]
+    spans = [(0.0, xs[-1] * len(xs) / (len(xs) - 0.5)) for xs in (rad.location_m, neutron.location_m) if xs]
     if preview:
-        spans.append(tuple(preview["x_m"]))
+        spans.append(tuple(preview.x_m))
     x0, x1 = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0.0, 1.0)
     axis = Axis(x0, x1 if x1 > x0 else x0 + 1.0)
     out: list[str] = []
-    found = data["findings"]
+    found = data.findings
     labels: list[str] = []  # drawn last, over the findings' lines
     strip, line_tops = _labels(labels, axis, found, 8.0)
     top = 8.0 + strip
     if preview:
-        a, b = axis.px(preview["x_m"][0]), axis.px(preview["x_m"][1])
+        a, b = axis.px(preview.x_m[0]), axis.px(preview.x_m[1])
         out.append(
             f'<image href="{escape(preview_url or "")}" x="{a:.1f}" y="{top}" width="{b - a:.1f}" '
             f'height="{IMAGE_HEIGHT}" preserveAspectRatio="none" class="xray"/>'
         )
-        dark = data["image"]["too_dark"]
+        dark = data.image.too_dark
         if dark is not None:  # the whole image fails, not a place in it: a frame round it and its caption
             out.append(
                 f'<rect x="{a + 1.5:.1f}" y="{top + 1.5}" width="{b - a - 3:.1f}" height="{IMAGE_HEIGHT - 3}" '
                 f'class="darkframe"><title>{escape(reason_text(dark))}</title></rect>'
             )
             out.append(f'<text x="{a + 10:.1f}" y="{top + 20}" class="darklab">{escape(reason_text(dark))}</text>')
-        rows = xray.get("pixels") or 1
-        for obj in xray.get("objects") or []:
-            colour = MATERIAL_COLOURS.get(obj.get("material", ""), "#000")
-            ox0, ox1 = axis.px(obj["x_m"][0]), axis.px(obj["x_m"][1])
-            oy0 = top + obj["pixels"][0] / rows * IMAGE_HEIGHT
-            oy1 = top + (obj["pixels"][1] + 1) / rows * IMAGE_HEIGHT
+        rows = xray.pixels or 1
+        for obj in xray.objects or []:
+            colour = MATERIAL_COLOURS.get(obj.material or "", "#000")
+            ox0, ox1 = axis.px(obj.x_m[0]), axis.px(obj.x_m[1])
+            oy0 = top + obj.pixels[0] / rows * IMAGE_HEIGHT
+            oy1 = top + (obj.pixels[1] + 1) / rows * IMAGE_HEIGHT
             out.append(
                 f'<rect x="{ox0 - 2:.1f}" y="{oy0 - 2:.1f}" width="{max(ox1 - ox0, 1) + 4:.1f}" '
                 f'height="{max(oy1 - oy0, 1) + 4:.1f}" fill="none" stroke="{colour}" stroke-width="2.5"/>'
             )
             out.append(
                 f'<text x="{ox1 + 6:.1f}" y="{oy0 + 10:.1f}" class="objlab" fill="{colour}">'
-                f"{obj.get('lead_mm')} mm Pb eq.</text>"
+                f"{obj.lead_mm} mm Pb eq.</text>"
             )
         legend_x = LEFT
         legend_y = top + IMAGE_HEIGHT + 14
@@ -235,44 +236,44 @@ def svg(decision: dict[str, Any], preview_url: str | None) -> str:
             legend_x += 30 + 7 * len(material)
         top += IMAGE_HEIGHT + GAP
     panel = HEADER + PANEL_HEIGHT
-    if rad["gross"]:
-        xs = rad["location_m"]
+    if rad.gross:
+        xs = rad.location_m
         _panel(
             out,
             axis,
             top,
             "gamma",
-            f"counts per {rad['dt_s']:g} s",
-            [("gross", xs, rad["gross"], "#111", ""), ("expected", xs, rad["expected"], "#888", "4 3")],
+            f"counts per {rad.dt_s:g} s",
+            [("gross", xs, rad.gross, "#111", ""), ("expected", xs, rad.expected, "#888", "4 3")],
         )
         top += panel + GAP
-        series = [("matched filter", xs, rad["mf_z"], "#c01818", "")]
-        if rad["shape_z"]:
-            series.append((SHAPE_SERIES, xs, rad["shape_z"], "#1060c0", ""))
+        series = [("matched filter", xs, rad.mf_z, "#c01818", "")]
+        if rad.shape_z:
+            series.append((SHAPE_SERIES, xs, rad.shape_z, "#1060c0", ""))
         _panel(
-            out, axis, top, "test statistics", "z (sigma)", series, rad["thresholds"], notes=rad["notes"], reach=Z_REACH
+            out, axis, top, "test statistics", "z (sigma)", series, rad.thresholds, notes=rad.notes, reach=Z_REACH
         )
         top += panel + GAP
-    if neutron["counts"]:
-        expected = neutron["expected"]
-        nxs = neutron["location_m"]
-        series = [("counts", nxs, neutron["counts"], "#6a2ca0", "")]
+    if neutron.counts:
+        expected = neutron.expected
+        nxs = neutron.location_m
+        series = [("counts", nxs, neutron.counts, "#6a2ca0", "")]
         if isinstance(expected, int | float):
             series.append(("expected", nxs, [expected] * len(nxs), "#888", "4 3"))
-        unit = f"counts per {neutron['dt_s']:g} s"
-        _panel(out, axis, top, "neutrons", unit, series, neutron["thresholds"], from_zero=True)
+        unit = f"counts per {neutron.dt_s:g} s"
+        _panel(out, axis, top, "neutrons", unit, series, neutron.thresholds, from_zero=True)
         top += panel + GAP
     bottom = top - GAP
     for finding, line_top in zip(found, line_tops, strict=True):
-        x = axis.px(finding["location_m"])
-        sd = finding.get("location_sd_m") or 0.0
+        x = axis.px(finding.location_m)
+        sd = finding.location_sd_m or 0.0
         if sd:
-            a, b = axis.px(finding["location_m"] - sd), axis.px(finding["location_m"] + sd)
+            a, b = axis.px(finding.location_m - sd), axis.px(finding.location_m + sd)
             out.append(
                 f'<rect x="{a:.1f}" y="{8 + strip}" width="{b - a:.1f}" height="{bottom - 8 - strip:.1f}" '
                 'class="band"/>'
             )
-        cls = "finding alarm" if finding["alarm"] else "finding"
+        cls = "finding alarm" if finding.alarm else "finding"
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{line_top:.1f}" y2="{bottom:.1f}" class="{cls}"/>')
     out += labels
     for tick in _ticks(axis.x0_m, axis.x1_m, 10):
@@ -280,7 +281,7 @@ def svg(decision: dict[str, Any], preview_url: str | None) -> str:
             x = axis.px(tick)
             out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{bottom}" y2="{bottom + 5}" class="tick"/>')
             out.append(f'<text x="{x:.1f}" y="{bottom + 18}" class="xlab">{tick:g}</text>')
-    out.append(f'<text x="{WIDTH / 2}" y="{bottom + 36}" class="xtitle">{escape(data["axis"])} (m)</text>')
+    out.append(f'<text x="{WIDTH / 2}" y="{bottom + 36}" class="xtitle">{escape(data.axis)} (m)</text>')
     height = bottom + 44
     return (
         f'<svg class="figure" viewBox="0 0 {WIDTH} {height:.0f}" width="100%" role="img" '

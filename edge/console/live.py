@@ -37,8 +37,9 @@ from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.console.adjudication import Adjudications
 from lanewatch.edge.console.health import HealthHistory
-from lanewatch.edge.console.present import Clock, background_cps, parse_utc, reason_text, summary
+from lanewatch.edge.console.present import Clock, Summary, background_cps, parse_utc, reason_text, summary
 from lanewatch.edge.decisions.adjudication import Adjudication
+from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm
 from lanewatch.edge.decisions.journal import Journal, JournalError
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
 from lanewatch.edge.ops.metrics import ConsoleMetrics
@@ -118,8 +119,8 @@ class Wall:
         self.journal = journal
         self._lock = threading.Lock()
         self.lanes = [lane.id for lane in config.lanes]
-        self.last: dict[str, dict[str, Any]] = {}
-        self.awaiting: dict[int, dict[str, Any]] = {}
+        self.last: dict[str, Summary] = {}
+        self.awaiting: dict[int, Summary] = {}
         self.provisional: dict[str, tuple[float, str]] = {}
         self.background: dict[str, deque[float]] = {lane: deque(maxlen=SPARKLINE) for lane in self.lanes}
         self.health: dict[str, Any] = {"reachable": None, "lanes": {}}
@@ -140,37 +141,35 @@ class Wall:
                 if cps is not None:
                     self.background[lane].append(cps)
             if found:
-                last[lane] = summary(
-                    found[-1], self.adjudications.state(found[-1]["seq"], found[-1]["verdict"]), self.clock
-                )
+                last[lane] = summary(found[-1], self.adjudications.state(found[-1].seq, found[-1].verdict), self.clock)
         with self._lock:
             self.awaiting, self.last = awaiting, last
 
-    def on_decision(self, decision: dict[str, Any]) -> dict[str, Any]:
-        state = self.adjudications.state(decision["seq"], decision["verdict"])
+    def on_decision(self, decision: Decision) -> Summary:
+        state = self.adjudications.state(decision.seq, decision.verdict)
         item = summary(decision, state, self.clock)
         with self._lock:
-            lane = str(decision.get("lane"))
+            lane = decision.lane
             self.provisional.pop(lane, None)
             current = self.last.get(lane)
-            if current is None or current["seq"] < item["seq"]:
+            if current is None or current.seq < item.seq:
                 self.last[lane] = item
-                if item["background_cps"] is not None:
-                    self.background.setdefault(lane, deque(maxlen=SPARKLINE)).append(item["background_cps"])
-            if item["verdict"] == "ALARM" and state != "disposed":
-                self.awaiting[item["seq"]] = item
+                if item.background_cps is not None:
+                    self.background.setdefault(lane, deque(maxlen=SPARKLINE)).append(item.background_cps)
+            if item.verdict == "ALARM" and state != "disposed":
+                self.awaiting[item.seq] = item
         return item
 
-    def on_provisional(self, alarm: dict[str, Any], text: str) -> None:
+    def on_provisional(self, alarm: ProvisionalAlarm, text: str) -> None:
         with self._lock:
-            self.provisional[str(alarm.get("lane"))] = (time.monotonic(), text)
+            self.provisional[alarm.lane] = (time.monotonic(), text)
 
     def on_adjudication(self, act: Adjudication) -> None:
         with self._lock:
-            for items in (self.awaiting, {i["seq"]: i for i in self.last.values()}):
+            for items in (self.awaiting, {i.seq: i for i in self.last.values()}):
                 item = items.get(act.seq)
                 if item is not None:
-                    item["state"] = "acknowledged" if act.kind == "acknowledge" else "disposed"
+                    item.state = "acknowledged" if act.kind == "acknowledge" else "disposed"
             if act.kind != "acknowledge":
                 self.awaiting.pop(act.seq, None)
 
@@ -183,11 +182,11 @@ class Wall:
         now = time.monotonic()
         with self._lock:
             self.provisional = {k: v for k, v in self.provisional.items() if now - v[0] < PROVISIONAL_HOLD_S}
-            awaiting = sorted(self.awaiting.values(), key=lambda i: -i["seq"])
+            awaiting = sorted(self.awaiting.values(), key=lambda i: -i.seq)
             lanes = []
             for lane in self.lanes:
                 health = self.health["lanes"].get(lane) or {}
-                mine = [i for i in awaiting if i["lane"] == lane]
+                mine = [i for i in awaiting if i.lane == lane]
                 # What is in the lane now comes first: alarms of earlier vehicles still awaiting
                 # adjudication stay listed on the tile (and in the banner) while the next truck passes.
                 if lane in self.provisional:
@@ -204,7 +203,7 @@ class Wall:
                         "status": status,
                         "awaiting": mine[:5],
                         "awaiting_count": len(mine),
-                        "unacknowledged": sum(1 for i in mine if i["state"] == "unacknowledged"),
+                        "unacknowledged": sum(1 for i in mine if i.state == "unacknowledged"),
                         "provisional": self.provisional.get(lane, (0, ""))[1],
                         "last": self.last.get(lane),
                         "background_cps": [round(v, 1) for v in self.background.get(lane, ())],
@@ -212,11 +211,13 @@ class Wall:
                         "faults": health.get("faults") or [],
                     }
                 )
-            return {
-                "lanes": lanes,
-                "unacknowledged": [i for i in awaiting if i["state"] == "unacknowledged"],
-                "service": {"reachable": self.health["reachable"], "ok": self.health.get("ok")},
-            }
+            return msgspec.to_builtins(
+                {
+                    "lanes": lanes,
+                    "unacknowledged": [i for i in awaiting if i.state == "unacknowledged"],
+                    "service": {"reachable": self.health["reachable"], "ok": self.health.get("ok")},
+                }
+            )
 
 
 def _sensor(name: str, connected: bool | None, fresh: bool | None, age_s: float | None, problem: str) -> dict[str, Any]:
@@ -352,15 +353,15 @@ class Feeds:
                             if isinstance(item, Adjudication):
                                 self._on_announced(item)
                                 continue
-                            if item.get("provisional"):
+                            if isinstance(item, ProvisionalAlarm):
                                 self.wall.on_provisional(item, reason_text(item))
                             else:
                                 via = "bus" if subscriber.stats.live > live else "journal"
                                 live = subscriber.stats.live
                                 self.metrics.decisions.labels(via).inc()
-                                self.decision_cursor = item["seq"]
+                                self.decision_cursor = item.seq
                                 data = self.wall.on_decision(item)
-                                self.hub.publish(Event("decision", item["seq"], json.dumps(data)))
+                                self.hub.publish(Event("decision", item.seq, msgspec.json.encode(data).decode()))
                             self.publish_wall()
                 except (ServiceUnreachable, QueryError, JournalError) as exc:
                     log.warning("console: alert bus: %s; retrying in %g s", exc, RETRY_S)

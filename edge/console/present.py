@@ -8,10 +8,32 @@ from __future__ import annotations
 import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-Decision = dict[str, Any]
-"""A journaled decision as decoded from the journal (see :mod:`lanewatch.edge.decisions.decision`)."""
+import msgspec
+
+from lanewatch.edge.decisions.decision import Alarm, Decision, ModelScore
+from lanewatch.edge.decisions.profile import Located
+
+
+class Told(Protocol):
+    """The fields of a decision its reasons in words are made from: a
+    :class:`~lanewatch.edge.decisions.decision.Decision`, or the event table's
+    :class:`~lanewatch.edge.console.adjudication.RowFields` (the same fields, read without the rest)."""
+
+    @property
+    def verdict(self) -> str: ...
+    @property
+    def alarms(self) -> list[Alarm]: ...
+    @property
+    def device_alarm(self) -> bool | None: ...
+    @property
+    def incomplete(self) -> list[str]: ...
+    @property
+    def end_reason(self) -> str | None: ...
+    @property
+    def model(self) -> ModelScore | None: ...
+
 
 TEST_NAMES = {
     "gamma": "Gamma excess",
@@ -75,11 +97,11 @@ INCOMPLETE_NAMES = {
 """Why a decision is INCOMPLETE (an ``incomplete`` entry or its ``end_reason``) by a short name, for a report."""
 
 
-def incomplete_causes(decision: Decision) -> list[str]:
+def incomplete_causes(decision: Told) -> list[str]:
     """The codes that make ``decision`` INCOMPLETE: its ``incomplete`` entries when it ended normally (the portal's
     end line), else how it ended (as :func:`reasons` words them)."""
-    why = [str(w) for w in decision.get("incomplete") or []]
-    end = str(decision.get("end_reason") or "?")
+    why = list(decision.incomplete)
+    end = decision.end_reason or "?"
     return why if why and end in ("gx", "background") else [*why, end]
 
 
@@ -87,43 +109,43 @@ def _num(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) and not isinstance(value, bool) else "?"
 
 
-def _where(alarm: dict[str, Any]) -> str:
+def _where(alarm: Alarm) -> str:
     """`` 5.2 m behind the front, ± 0.3 m``, or "" for an entry without a location."""
-    location = alarm.get("location_m")
-    if not isinstance(location, int | float):
+    location = alarm.location_m
+    if location is None:
         return ""
-    sd = alarm.get("location_sd_m")
-    if not isinstance(sd, int | float) or sd <= 0:
+    sd = alarm.location_sd_m
+    if sd is None or sd <= 0:
         return f" {location:.1f} m behind the front"
     digits = 1 if sd >= 0.1 else 2  # the place to the precision its uncertainty supports
     return f" {location:.{digits}f} m behind the front, ± {sd:.{digits}f} m"
 
 
-def reason_text(alarm: dict[str, Any], decision: Decision | None = None) -> str:
-    """One ``alarms`` entry in plain words with its numbers (``decision``: the one it belongs to, whose verdict and
-    model explain a ``norm-consistent`` entry's release)."""
-    reason = str(alarm.get("reason", "?"))
-    stat, threshold = alarm.get("statistic"), alarm.get("threshold")
+def reason_text(alarm: Alarm, decision: Told | None = None) -> str:
+    """One ``alarms`` entry (or a provisional alarm) in plain words with its numbers (``decision``: the one it belongs
+    to, whose verdict and model explain a ``norm-consistent`` entry's release)."""
+    reason = alarm.reason
+    stat, threshold = alarm.statistic, alarm.threshold
     if reason in TEST_NAMES:
-        size = abs(stat) if isinstance(stat, int | float) else stat
+        size = abs(stat) if stat is not None else stat
         name = TEST_NAMES[reason]
-        if reason == "gamma-shape" and alarm.get("direction"):
-            name += f" {alarm['direction']} than background"
-        if reason == "gamma-side" and alarm.get("side"):
-            name += f" (the {alarm['side']} half of the channels)"
+        if reason == "gamma-shape" and alarm.direction:
+            name += f" {alarm.direction} than background"
+        if reason == "gamma-side" and alarm.side:
+            name += f" (the {alarm.side} half of the channels)"
         if reason == "neutron":
-            expected = alarm.get("expected")
-            beside = f", {_num(expected, 0)} expected" if isinstance(expected, int | float) else ""
+            expected = alarm.expected
+            beside = f", {_num(expected, 0)} expected" if expected is not None else ""
             measure = f" {_num(stat, 0)} counts in its window{beside} (threshold {_num(threshold, 0)})"
         else:
             measure = f" {_num(size)} sigma (threshold {_num(threshold)})"
-        crossed = not isinstance(size, int | float) or not isinstance(threshold, int | float) or size > threshold
+        crossed = size is None or threshold is None or size > threshold
         if not crossed:
             return f"{name} below its threshold:{measure}{_where(alarm)}"
         text = f"{name}{measure}{_where(alarm)}"
-        if alarm.get("withheld"):
-            text += f"; withheld: {WITHHELD_WORDS.get(alarm['withheld'], alarm['withheld'])}"
-        elif alarm.get("alarm") is False:
+        if alarm.withheld:
+            text += f"; withheld: {WITHHELD_WORDS.get(alarm.withheld, alarm.withheld)}"
+        elif not alarm.alarm:
             text += "; consistent with NORM, so it does not alarm on its own"
         return text
     if reason.endswith("(below threshold)"):
@@ -132,23 +154,23 @@ def reason_text(alarm: dict[str, Any], decision: Decision | None = None) -> str:
             _where(alarm)
         )
     if reason == "norm-consistent":
-        extent = alarm.get("extent")
-        spread = f", spread over {extent:.0%} of the load" if isinstance(extent, int | float) else ""
-        return f"Consistent with NORM{spread}: {norm_release_text(alarm, decision or {})}"
+        extent = alarm.extent
+        spread = f", spread over {extent:.0%} of the load" if extent is not None else ""
+        return f"Consistent with NORM{spread}: {norm_release_text(alarm, decision)}"
     if reason == "device":
-        which = " and ".join(k for k in ("gamma", "neutron") if alarm.get(k)) or "unspecified"
-        reading = alarm.get("lanewatch")
+        which = " and ".join(k for k, on in (("gamma", alarm.gamma), ("neutron", alarm.neutron)) if on) or "unspecified"
+        reading = alarm.lanewatch
         if reading == "alarm":
-            own = f"lanewatch's own tests confirm it ({', '.join(alarm.get('confirmed_by') or [])})"
+            own = f"lanewatch's own tests confirm it ({', '.join(alarm.confirmed_by or [])})"
         elif reading == "norm-consistent":
             own = "lanewatch finds the excess consistent with NORM"
         else:
             own = "lanewatch's own tests find no significant excess"
-        return f"The portal's own alarm ({which}); {own}" + ("" if alarm.get("alarm") else ", reported only")
+        return f"The portal's own alarm ({which}); {own}" + ("" if alarm.alarm else ", reported only")
     if reason == "tamper":
         return "Tamper: the portal reports its cabinet opened or a detector fault"
     if reason == "shielded-source-suspected":
-        lead = (alarm.get("object") or {}).get("lead_mm")
+        lead = alarm.object.lead_mm if alarm.object is not None else None
         return (
             f"Shielded source suspected: dense object, {_num(lead, 0)} mm lead equivalent{_where(alarm)}, where the "
             f"radiation rises ({_num(stat)} sigma, threshold {_num(threshold)})"
@@ -159,36 +181,35 @@ def reason_text(alarm: dict[str, Any], decision: Decision | None = None) -> str:
             f"review needed (above {_num(threshold, 0)} mm lead equivalent)"
         )
     if reason == "image-too-dark":
-        fraction = f"{stat:.0%}" if isinstance(stat, int | float) else "?"
-        limit = f"{threshold:.0%}" if isinstance(threshold, int | float) else "?"
+        fraction = f"{stat:.0%}" if stat is not None else "?"
+        limit = f"{threshold:.0%}" if threshold is not None else "?"
         return f"X-ray image too dark over {fraction} of the load (limit {limit}): the image cannot clear it"
     if reason == "model-anomaly":
         return f"Anomaly model score {_num(stat, 2)} (alarm from {_num(threshold, 2)})"
-    numbers = f" {_num(stat)} (threshold {_num(threshold)})" if isinstance(stat, int | float) else ""
+    numbers = f" {_num(stat)} (threshold {_num(threshold)})" if stat is not None else ""
     return f"{reason}{numbers}{_where(alarm)}"
 
 
-def finding_label(finding: dict[str, Any]) -> str:
+def finding_label(finding: Located) -> str:
     """A located finding's short label with its place: ``Gamma excess 8.0 m``."""
-    reason = str(finding.get("reason", "?"))
+    reason = finding.reason
     test = reason.removesuffix(" (below threshold)")
     label = FINDING_LABELS.get(test, test) + (" (below threshold)" if test != reason else "")
-    location = finding.get("location_m")
-    return f"{label} {location:.1f} m" if isinstance(location, int | float) else label
+    return f"{label} {finding.location_m:.1f} m"
 
 
-def reasons(decision: Decision) -> list[str]:
+def reasons(decision: Told) -> list[str]:
     """Every reason of ``decision`` in plain words: alarming ones first, then the portal's own alarm, the NORM release
     and the rest."""
-    alarms = [a for a in decision.get("alarms") or [] if isinstance(a, dict)]
-    out = [reason_text(a, decision) for a in alarms if a.get("alarm")]
-    if decision.get("device_alarm") and not any(a.get("reason") == "device" for a in alarms):
+    alarms = decision.alarms
+    out = [reason_text(a, decision) for a in alarms if a.alarm]
+    if decision.device_alarm and not any(a.reason == "device" for a in alarms):
         out.append("The portal's own alarm")
     # the NORM release (or why there is none) next, so a short summary never shows a released excess without it
-    out += [reason_text(a, decision) for a in alarms if not a.get("alarm") and a.get("reason") == "norm-consistent"]
-    out += [reason_text(a, decision) for a in alarms if not a.get("alarm") and a.get("reason") != "norm-consistent"]
-    if decision.get("verdict") == "INCOMPLETE":
-        flags = {str(w) for w in decision.get("incomplete") or []}
+    out += [reason_text(a, decision) for a in alarms if not a.alarm and a.reason == "norm-consistent"]
+    out += [reason_text(a, decision) for a in alarms if not a.alarm and a.reason != "norm-consistent"]
+    if decision.verdict == "INCOMPLETE":
+        flags = set(decision.incomplete)
         why = [
             INCOMPLETE_WORDS.get(c, c) if c in flags else END_WORDS.get(c, f"it ended by {c}")
             for c in incomplete_causes(decision)
@@ -197,38 +218,37 @@ def reasons(decision: Decision) -> list[str]:
     return out
 
 
-def model_text(decision: Decision) -> str:
+def model_text(decision: Told) -> str:
     """The anomaly model's finding in words, or "" when the decision was not scored."""
-    model = decision.get("model")
-    if not isinstance(model, dict):
+    model = decision.model
+    if model is None:
         return ""
-    if model.get("unscored"):
-        return f"not scored: {model['unscored']}"
-    if model.get("calibration") == "warming-up":
-        seen, needed = model.get("calibration_occupancies"), model.get("min_occupancies")
+    if model.unscored:
+        return f"not scored: {model.unscored}"
+    if model.calibration == "warming-up":
+        seen, needed = model.calibration_occupancies, model.min_occupancies
         return f"warming up: {seen} of {needed} ordinary vehicles seen at this lane, no score yet"
-    score = _num(model.get("score"), 2)
-    return f"{'finding' if model.get('finding') else 'no finding'}, score {score}"
+    score = _num(model.score, 2)
+    return f"{'finding' if model.finding else 'no finding'}, score {score}"
 
 
-def model_short(decision: Decision) -> str:
+def model_short(decision: Told) -> str:
     """:func:`model_text` short enough for a table cell."""
-    model = decision.get("model")
-    if isinstance(model, dict) and not model.get("unscored") and model.get("calibration") == "warming-up":
+    model = decision.model
+    if model is not None and not model.unscored and model.calibration == "warming-up":
         return "model warming up"
     return model_text(decision)
 
 
-def _norm_entries(decision: Decision) -> list[dict[str, Any]]:
-    alarms = decision.get("alarms") or []
-    return [a for a in alarms if isinstance(a, dict) and a.get("reason") == "norm-consistent"]
+def _norm_entries(decision: Told) -> list[Alarm]:
+    return [a for a in decision.alarms if a.reason == "norm-consistent"]
 
 
-def release_recommended(decision: Decision) -> bool:
-    return any(a.get("release_recommended") for a in _norm_entries(decision))
+def release_recommended(decision: Told) -> bool:
+    return any(a.release_recommended for a in _norm_entries(decision))
 
 
-def norm_state(decision: Decision) -> str:
+def norm_state(decision: Told) -> str:
     """``release`` (NORM-consistent, release recommended), ``held`` (NORM-consistent but the verdict is ALARM, no
     release recommended), ``unconfirmed`` (cleared as NORM-consistent by the radiation tests, but the model or the
     image did not confirm the release) or "" (no NORM-consistent excess)."""
@@ -236,36 +256,35 @@ def norm_state(decision: Decision) -> str:
         return ""
     if release_recommended(decision):
         return "release"
-    return "held" if decision.get("verdict") == "ALARM" else "unconfirmed"
+    return "held" if decision.verdict == "ALARM" else "unconfirmed"
 
 
-def _no_release_causes(alarm: dict[str, Any], decision: Decision) -> str:
+def _no_release_causes(alarm: Alarm, decision: Told | None) -> str:
     """Why a ``norm-consistent`` entry carries no release recommendation, in words (the image's and the model's)."""
-    image = alarm.get("image")
-    causes = ["the X-ray image does not agree"] if isinstance(image, dict) and image.get("agrees") is False else []
-    model = decision.get("model")
-    if not isinstance(model, dict):
-        causes.append("the anomaly model disagrees" if alarm.get("model_agrees") is False else "no model judged it")
-    elif model.get("calibration") == "warming-up" and not isinstance(model.get("score"), int | float):
-        needed = model.get("min_occupancies")
+    causes = ["the X-ray image does not agree"] if alarm.image is not None and not alarm.image.agrees else []
+    model = decision.model if decision is not None else None
+    if model is None:
+        causes.append("the anomaly model disagrees" if alarm.model_agrees is False else "no model judged it")
+    elif model.calibration == "warming-up" and model.score is None:
+        needed = model.min_occupancies
         causes.append(
-            f"the anomaly model is still warming up ({model.get('calibration_occupancies')} of {needed} ordinary "
+            f"the anomaly model is still warming up ({model.calibration_occupancies} of {needed} ordinary "
             f"vehicles scored at this lane; no release is recommended before it has scored {needed})"
         )
-    elif model.get("unscored"):
-        causes.append(f"the anomaly model gave no score ({model['unscored']})")
-    elif not isinstance(model.get("score"), int | float):
+    elif model.unscored:
+        causes.append(f"the anomaly model gave no score ({model.unscored})")
+    elif model.score is None:
         causes.append("the anomaly model gave no score")
-    elif alarm.get("model_agrees") is False:
-        score, limit = _num(model.get("score"), 2), _num(model.get("release_threshold"), 2)
+    elif alarm.model_agrees is False:
+        score, limit = _num(model.score, 2), _num(model.release_threshold, 2)
         causes.append(f"the anomaly model finds the load unusual (score {score}, release below {limit})")
     return "; ".join(causes) or "no anomaly model or X-ray image confirmed it"
 
 
-def norm_release_text(alarm: dict[str, Any], decision: Decision) -> str:
+def norm_release_text(alarm: Alarm, decision: Told | None) -> str:
     """What a ``norm-consistent`` entry means for release, consistent with the decision's verdict."""
-    alarm_stands = decision.get("verdict") == "ALARM"
-    if alarm.get("release_recommended"):
+    alarm_stands = decision is not None and decision.verdict == "ALARM"
+    if alarm.release_recommended:
         return "release recommended" + ("; the ALARM stands on its other reasons" if alarm_stands else "")
     cause = _no_release_causes(alarm, decision)
     if alarm_stands:
@@ -312,26 +331,52 @@ def utc_label(text: str | None) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
 
 
-def summary(decision: Decision, state: str, clock: Clock) -> dict[str, Any]:
+class Summary(msgspec.Struct, kw_only=True):
     """What the wall and the live feed show of a decision (small enough to push to every browser)."""
-    return {
-        "seq": decision.get("seq"),
-        "lane": decision.get("lane"),
-        "verdict": decision.get("verdict"),
-        "end": decision.get("end"),
-        "end_local": clock.local(decision.get("end")),
-        "end_utc": utc_label(decision.get("end")),
-        "reasons": reasons(decision)[:3],
-        "device_alarm": bool(decision.get("device_alarm")),
-        "model": model_text(decision),
-        "release_recommended": release_recommended(decision),
-        "norm": norm_state(decision),
-        "state": state,
-        "background_cps": background_cps(decision),
-    }
+
+    seq: int
+    lane: str
+    verdict: str
+    end: str
+    """End (ISO 8601 UTC)."""
+    end_local: str
+    """End in the site's time zone."""
+    end_utc: str
+    """End as ``YYYY-MM-DD HH:MM:SS UTC``."""
+    reasons: list[str]
+    """The first three reasons in words."""
+    device_alarm: bool
+    model: str
+    """The anomaly model's finding in words."""
+    release_recommended: bool
+    norm: str
+    """The NORM release (:func:`norm_state`)."""
+    state: str
+    """The adjudication state (changes as operators act)."""
+    background_cps: float | None
+    """The gamma background (cps, all channels) the decision was judged against."""
+
+
+def summary(decision: Decision, state: str, clock: Clock) -> Summary:
+    """What the wall and the live feed show of ``decision``, whose adjudication ``state`` is given."""
+    return Summary(
+        seq=decision.seq,
+        lane=decision.lane,
+        verdict=decision.verdict,
+        end=decision.end,
+        end_local=clock.local(decision.end),
+        end_utc=utc_label(decision.end),
+        reasons=reasons(decision)[:3],
+        device_alarm=decision.device_alarm,
+        model=model_text(decision),
+        release_recommended=release_recommended(decision),
+        norm=norm_state(decision),
+        state=state,
+        background_cps=background_cps(decision),
+    )
 
 
 def background_cps(decision: Decision) -> float | None:
     """The gamma background (cps, all channels) the decision was judged against, or None."""
-    value = (decision.get("background") or {}).get("gamma_total_cps")
-    return float(value) if isinstance(value, int | float) else None
+    value = decision.background.gamma_total_cps if decision.background is not None else None
+    return None if value is None else float(value)

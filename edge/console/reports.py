@@ -71,18 +71,20 @@ def lane_reports(
             report.dispositions[disposition] += 1
         if verdict == "CLEAR" and state != "disposed":
             continue
-        decision = journal.get(seq) or {}
-        report.link_interruptions += int(decision.get("link_interruptions") or 0)
+        decision = journal.get(seq)
+        if decision is None:  # not after the span read its seq from the same table
+            continue
+        report.link_interruptions += decision.link_interruptions
         if verdict == "INCOMPLETE":
             report.incomplete_reasons.update(incomplete_causes(decision))
         if verdict == "ALARM":
-            report.portal_alarms += bool(decision.get("device_alarm"))
-            for alarm in decision.get("alarms") or []:
-                if isinstance(alarm, dict) and alarm.get("alarm"):
-                    report.reasons[str(alarm.get("reason"))] += 1
+            report.portal_alarms += decision.device_alarm
+            for alarm in decision.alarms:
+                if alarm.alarm:
+                    report.reasons[alarm.reason] += 1
         if state == "disposed":
             first = next((h for h in adjudications.history(seq) if h.kind == "adjudicate"), None)
-            ended, disposed = parse_utc(decision.get("end")), parse_utc(first.time if first else None)
+            ended, disposed = parse_utc(decision.end), parse_utc(first.time if first else None)
             if ended and disposed:
                 report.minutes_to_disposition.append(max(0.0, (disposed - ended).total_seconds() / 60))
     return list(reports.values())

@@ -171,6 +171,21 @@ def _bind(sock: zmq.Socket, endpoint: str, what: str) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+class Reply(msgspec.Struct, kw_only=True):
+    """A reply of the query endpoint: ``ok`` with ``last_seq`` and ``records`` (each decision's JSON as journaled,
+    for the reader to decode: :func:`lanewatch.edge.decisions.decision.decode`), or not ``ok`` with its ``error``
+    (and ``retry_after_s`` when rate limited)."""
+
+    ok: bool
+    last_seq: int | None = None
+    """The journal's newest seq (0 when empty)."""
+    records: list[msgspec.Raw] | None = None
+    """The decisions, oldest first, each as its JSON."""
+    error: str | None = None
+    retry_after_s: float | None = None
+    """For ``rate limited``: when (s) to ask again."""
+
+
 def _int(request: dict[str, Any], key: str, default: int | None = None, minimum: int = 0) -> int:
     value = request.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:

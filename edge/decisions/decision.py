@@ -192,6 +192,8 @@ class Alarm(_Section):
     """For reason model-anomaly: the model that scored."""
     direction: Literal["softer", "harder"] | None = None
     """For reason gamma-shape: the spectrum is softer or harder than background."""
+    side: Literal["first", "second"] | None = None
+    """For reason gamma-side: the half of the portal's channels whose share of the gross counts rose."""
     expected: float | None = None
     """For reason neutron: the counts expected in the window."""
     released_as: str | None = None
@@ -381,6 +383,9 @@ class Profile(_Section):
     shape_z: Numbers | None = None
     """The spectrum shape test's signed z per sample (below 0: harder than background)."""
     shape_threshold: float | None = None
+    side_z: Numbers | None = None
+    """The side test's signed z per sample (above 0: the first half of the channels' share rose)."""
+    side_threshold: float | None = None
     neutron: Numbers | None = None
     """Neutron counts per neutron sample."""
     neutron_dt_s: float | None = None
@@ -509,6 +514,16 @@ def decode(raw: bytes | str) -> Decision:
     pass the decision on exactly as journaled passes its JSON on. Raises ``msgspec.ValidationError`` when it does
     not fit the contract and ``msgspec.DecodeError`` when it is not JSON."""
     return _DECODER.decode(raw)
+
+
+class _Numbered(msgspec.Struct):
+    seq: int
+
+
+def seq_of(raw: bytes | str) -> int:
+    """The ``seq`` of a decision's JSON, read without the rest (``msgspec.DecodeError`` when it has none): what
+    passes a decision that does not fit the contract over names it by."""
+    return msgspec.json.decode(raw, type=_Numbered).seq
 
 
 def problems(decision: dict[str, Any]) -> str | None:

@@ -58,6 +58,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from lanewatch.edge.decisions import decision as contract
+from lanewatch.edge.decisions.decision import Decision
 from lanewatch.edge.ops.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,15 @@ def decode_as(encoding: str, body: str | bytes, tp: type[T]) -> T:
 
 def _decode(encoding: str, body: str | bytes) -> dict[str, Any]:
     return msgspec.json.decode(_json(encoding, body))
+
+
+def _typed(raw: bytes) -> Decision:
+    """A stored decision's JSON as a :class:`Decision`; one that does not fit the contract (journaled anyway, each
+    one a bug: see :meth:`Journal._check`) raises :class:`JournalError` naming it."""
+    try:
+        return contract.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise JournalError(f"decision {contract.seq_of(raw)} does not fit the decision contract: {exc}") from exc
 
 
 class Journal:
@@ -511,13 +521,13 @@ class Journal:
         with self._reading() as conn:
             return conn.execute(sql, params).fetchall()
 
-    def since(self, seq: int, limit: int = 1000, max_bytes: int | None = None) -> list[dict[str, Any]]:
+    def since(self, seq: int, limit: int = 1000, max_bytes: int | None = None) -> list[Decision]:
         """Decisions with a seq above ``seq``, ascending, at most ``limit`` of them.
 
         ``max_bytes`` stops the list once the stored bodies (bytes) reach it; the first
         decision is always included, so paging always advances.
         """
-        return [msgspec.json.decode(raw) for raw in self.since_json(seq, limit, max_bytes)]
+        return [_typed(raw) for raw in self.since_json(seq, limit, max_bytes)]
 
     def since_json(self, seq: int, limit: int = 1000, max_bytes: int | None = None) -> list[bytes]:
         """:meth:`since` as each decision's JSON, not decoded (what the query server sends on)."""
@@ -532,21 +542,21 @@ class Journal:
                 rows.append((encoding, body))
         return [_json(encoding, body) for encoding, body in rows]
 
-    def get(self, seq: int) -> dict[str, Any] | None:
+    def get(self, seq: int) -> Decision | None:
         """The decision numbered ``seq``, or None."""
         raw = self.get_json(seq)
-        return None if raw is None else msgspec.json.decode(raw)
+        return None if raw is None else _typed(raw)
 
     def get_json(self, seq: int) -> bytes | None:
         """:meth:`get` as the decision's JSON, not decoded."""
         rows = self._rows("SELECT seq, encoding, body FROM decisions WHERE seq = ?", (seq,))
         return _json(rows[0][1], rows[0][2]) if rows else None
 
-    def get_occupancy(self, occupancy_id: str) -> dict[str, Any] | None:
+    def get_occupancy(self, occupancy_id: str) -> Decision | None:
         """The decision of occupancy ``occupancy_id``, or None."""
         sql = "SELECT seq, encoding, body FROM decisions WHERE occupancy_id = ?"
         rows = self._rows(sql, (occupancy_id,))
-        return _decode(rows[0][1], rows[0][2]) if rows else None
+        return _typed(_json(rows[0][1], rows[0][2])) if rows else None
 
     def last_seq(self) -> int:
         """The highest seq ever given (0 for a new journal)."""
@@ -560,13 +570,13 @@ class Journal:
         since: str | datetime | None = None,
         until: str | datetime | None = None,
         limit: int = 100,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Decision]:
         """The newest ``limit`` decisions matching every filter given, in ascending seq order.
 
         ``since``/``until`` bound the decision's ``end`` time (ISO 8601 or datetime; since
         inclusive, until exclusive).
         """
-        return [msgspec.json.decode(raw) for raw in self.query_json(lane, verdict, since, until, limit)]
+        return [_typed(raw) for raw in self.query_json(lane, verdict, since, until, limit)]
 
     def query_json(
         self,

@@ -8,6 +8,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import msgspec
+
+from lanewatch.edge.decisions.decision import Alarm, Decision, ImageProfile, Numbers, Registration
+
 WHOLE_IMAGE = frozenset({"image-too-dark"})
 """Findings about the whole image, not a place on the vehicle: drawn as a condition of the image, never as a line
 at a location (``image-too-dark`` carries the middle of its darkest stretch, but the whole image is what fails)."""
@@ -16,25 +20,29 @@ SCALE_REACH = 1.0
 flatten the data, so it is drawn clipped at the panel's edge with its value."""
 
 
-def findings(decision: dict[str, Any]) -> list[dict[str, Any]]:
+class Located(msgspec.Struct, frozen=True):
+    """A located entry of ``alarms``, as the figures draw it."""
+
+    reason: str
+    alarm: bool
+    location_m: float
+    """Where (m on the figure's axis)."""
+    location_sd_m: float | None
+    """Its standard deviation (m)."""
+
+
+def findings(decision: Decision) -> list[Located]:
     """Located entries of ``alarms``: reason, alarm flag, location and its standard deviation (m)."""
     return [
-        {
-            "reason": a.get("reason"),
-            "alarm": bool(a.get("alarm")),
-            "location_m": a["location_m"],
-            "location_sd_m": a.get("location_sd_m"),
-        }
-        for a in decision.get("alarms") or []
-        if isinstance(a, dict) and isinstance(a.get("location_m"), int | float) and a.get("reason") not in WHOLE_IMAGE
+        Located(a.reason, a.alarm, a.location_m, a.location_sd_m)
+        for a in decision.alarms
+        if a.location_m is not None and a.reason not in WHOLE_IMAGE
     ]
 
 
-def too_dark(decision: dict[str, Any]) -> dict[str, Any] | None:
+def too_dark(decision: Decision) -> Alarm | None:
     """The decision's ``image-too-dark`` entry (share of the load that is dark, its limit), or None."""
-    return next(
-        (a for a in decision.get("alarms") or [] if isinstance(a, dict) and a.get("reason") == "image-too-dark"), None
-    )
+    return next((a for a in decision.alarms if a.reason == "image-too-dark"), None)
 
 
 def stack(spans: list[tuple[float, float]], gap: float = 0.0) -> list[int]:
@@ -77,47 +85,105 @@ def value_range(
     return (lo if from_zero and lo == 0.0 else lo - pad), hi + pad
 
 
-def profile_data(decision: dict[str, Any]) -> dict[str, Any]:
+class RadiationPlot(msgspec.Struct, kw_only=True):
+    """The gamma panels: counts and test statistics per sample, at ``location_m``."""
+
+    dt_s: float | None
+    """Sample interval (s)."""
+    speed_kmh: float | None
+    location_m: list[float]
+    """Each sample's place (m); empty without a speed."""
+    gross: Numbers
+    expected: Numbers
+    mf_z: Numbers
+    shape_z: Numbers
+    thresholds: list[tuple[float, str]]
+    """The test statistics' thresholds (z) and their labels (:func:`z_thresholds`)."""
+    notes: list[str]
+    """What the statistics panel lacks, in words (:func:`z_notes`)."""
+
+
+class NeutronPlot(msgspec.Struct, kw_only=True):
+    """The neutron panel: counts per neutron sample at ``location_m``."""
+
+    dt_s: float | None
+    location_m: list[float]
+    counts: Numbers
+    expected: float | None
+    """Background (counts per sample)."""
+    thresholds: list[tuple[float, str]]
+    """The neutron test's threshold per sample and its label (:func:`neutron_thresholds`)."""
+
+
+class ImagePlot(msgspec.Struct, kw_only=True):
+    """The X-ray image's part."""
+
+    profile: ImageProfile
+    preview_x_m: Numbers | None
+    registration: Registration | None
+    too_dark: Alarm | None
+    """The ``image-too-dark`` entry: the whole image fails, drawn as a frame round it."""
+
+
+class PlotData(msgspec.Struct, kw_only=True):
+    """What the plots of a decision show, on one metres axis."""
+
+    seq: int
+    occupancy_id: str
+    axis: str
+    """What the metres count from (:func:`axis_name`)."""
+    radiation: RadiationPlot
+    neutron: NeutronPlot
+    image: ImagePlot
+    findings: list[Located]
+
+
+def profile_data(decision: Decision) -> PlotData:
     """What the plots show, on the metres-from-the-front axis."""
-    profile = decision.get("profile") or {}
-    speed = decision.get("speed_kmh") or profile.get("speed_kmh")
-    dt = profile.get("dt_s")
-    gross = profile.get("gross") or []
+    profile = decision.profile
+    speed = decision.speed_kmh or profile.speed_kmh
+    dt = profile.dt_s
+    gross = profile.gross or []
     step = speed / 3.6 * dt if speed and dt else None
-    radiation = {
-        "dt_s": dt,
-        "speed_kmh": speed,
-        "location_m": [round((i + 0.5) * step, 3) for i in range(len(gross))] if step else [],
-        **{key: profile.get(key) or [] for key in ("gross", "expected", "mf_z", "shape_z")},
-    }
-    neutron_dt = profile.get("neutron_dt_s")
-    neutron = profile.get("neutron") or []
+    radiation = RadiationPlot(
+        dt_s=dt,
+        speed_kmh=speed,
+        location_m=[round((i + 0.5) * step, 3) for i in range(len(gross))] if step else [],
+        gross=gross,
+        expected=profile.expected or [],
+        mf_z=profile.mf_z or [],
+        shape_z=profile.shape_z or [],
+        thresholds=z_thresholds(decision),
+        notes=z_notes(decision),
+    )
+    neutron_dt = profile.neutron_dt_s
+    neutron = profile.neutron or []
     nstep = speed / 3.6 * neutron_dt if speed and neutron_dt else None
-    xray = decision.get("xray") or {}
-    return {
-        "seq": decision.get("seq"),
-        "occupancy_id": decision.get("occupancy_id"),
-        "axis": axis_name(decision),
-        "radiation": {**radiation, "thresholds": z_thresholds(decision), "notes": z_notes(decision)},
-        "neutron": {
-            "dt_s": neutron_dt,
-            "location_m": [round((i + 0.5) * nstep, 3) for i in range(len(neutron))] if nstep else [],
-            "counts": neutron,
-            "expected": profile.get("neutron_expected"),
-            "thresholds": neutron_thresholds(decision),
-        },
-        "image": {
-            "profile": xray.get("profile") or {"x_m": [], "mean_att": []},
-            "preview_x_m": (xray.get("preview") or {}).get("x_m"),
-            "registration": xray.get("registration"),
-            "too_dark": too_dark(decision),
-        },
-        "findings": findings(decision),
-    }
+    xray = decision.xray
+    return PlotData(
+        seq=decision.seq,
+        occupancy_id=decision.occupancy_id,
+        axis=axis_name(decision),
+        radiation=radiation,
+        neutron=NeutronPlot(
+            dt_s=neutron_dt,
+            location_m=[round((i + 0.5) * nstep, 3) for i in range(len(neutron))] if nstep else [],
+            counts=neutron,
+            expected=profile.neutron_expected,
+            thresholds=neutron_thresholds(decision),
+        ),
+        image=ImagePlot(
+            profile=(xray.profile if xray is not None else None) or ImageProfile(),
+            preview_x_m=xray.preview.x_m if xray is not None and xray.preview is not None else None,
+            registration=xray.registration if xray is not None else None,
+            too_dark=too_dark(decision),
+        ),
+        findings=findings(decision),
+    )
 
 
-def _number(value: Any, otherwise: Any) -> Any:
-    return value if isinstance(value, int | float) else otherwise
+def _number(value: float | None, otherwise: float | None) -> float | None:
+    return value if value is not None else otherwise
 
 
 SHAPE_SERIES = "shape z (below 0: harder than background)"
@@ -125,60 +191,61 @@ SHAPE_SERIES = "shape z (below 0: harder than background)"
 positive where softer), while the reasons in words give its size and name the side."""
 
 
-def z_thresholds(decision: dict[str, Any]) -> list[tuple[float, str]]:
+def z_thresholds(decision: Decision) -> list[tuple[float, str]]:
     """The thresholds of the test statistics (z) with their labels: the gamma test's, and the two-sided shape
     test's on the side its statistic lies (negative: harder than background), both sides when it did not cross.
     A test's entry carries its threshold; without one the profile's (recorded for every test that ran)."""
-    profile = decision.get("profile") or {}
-    entries = {a.get("reason"): a for a in decision.get("alarms") or [] if isinstance(a, dict)}
+    profile = decision.profile
+    entries = {a.reason: a for a in decision.alarms}
     out: list[tuple[float, str]] = []
-    gamma = _number((entries.get("gamma") or {}).get("threshold"), profile.get("gamma_threshold"))
-    if isinstance(gamma, int | float):
+    gamma_entry, shape = entries.get("gamma"), entries.get("gamma-shape")
+    gamma = _number(gamma_entry.threshold if gamma_entry else None, profile.gamma_threshold)
+    if gamma is not None:
         out.append((float(gamma), f"alarm threshold {gamma:.3g}"))
-    shape = entries.get("gamma-shape") or {}
-    threshold, statistic = _number(shape.get("threshold"), profile.get("shape_threshold")), shape.get("statistic")
-    if isinstance(threshold, int | float):
-        sides = [statistic < 0] if isinstance(statistic, int | float) else [True, False]
+    threshold = _number(shape.threshold if shape else None, profile.shape_threshold)
+    statistic = shape.statistic if shape else None
+    if threshold is not None:
+        sides = [statistic < 0] if statistic is not None else [True, False]
         for harder in sides:
             value = -float(threshold) if harder else float(threshold)
             out.append((value, f"shape threshold {value:+.3g} ({'harder' if harder else 'softer'})"))
     return list(dict.fromkeys(out))
 
 
-def z_notes(decision: dict[str, Any]) -> list[str]:
+def z_notes(decision: Decision) -> list[str]:
     """What the test-statistics panel lacks, in words: a test that did not run, a threshold not recorded."""
-    profile = decision.get("profile") or {}
-    if not profile.get("gross"):
+    profile = decision.profile
+    if not profile.gross:
         return ["no gamma samples: the gamma tests did not run"]
     drawn = {label.split()[0] for _, label in z_thresholds(decision)}
     notes = []
     if "alarm" not in drawn:
         notes.append("gamma threshold not recorded in this decision")
-    if not profile.get("shape_z"):
+    if not profile.shape_z:
         notes.append("shape test did not run (gross counts only)")
     elif "shape" not in drawn:
         notes.append("shape threshold not recorded in this decision")
     return notes
 
 
-def neutron_thresholds(decision: dict[str, Any]) -> list[tuple[float, str]]:
+def neutron_thresholds(decision: Decision) -> list[tuple[float, str]]:
     """The neutron test's threshold on the counts-per-sample axis, with its label: the window's sum it had to
     reach, as a mean per sample over that window (entries without ``window_s`` have none to draw)."""
-    dt = (decision.get("profile") or {}).get("neutron_dt_s")
+    dt = decision.profile.neutron_dt_s
     out = []
-    for a in decision.get("alarms") or []:
-        if not isinstance(a, dict) or a.get("reason") != "neutron":
+    for a in decision.alarms:
+        if a.reason != "neutron":
             continue
-        threshold, window = a.get("threshold"), a.get("window_s")
-        if isinstance(threshold, int | float) and isinstance(window, int | float) and window > 0 and dt:
+        threshold, window = a.threshold, a.window_s
+        if threshold is not None and window is not None and window > 0 and dt:
             level = threshold * dt / window
             out.append((level, f"alarm threshold {threshold:.0f} counts in {window:g} s ({level:.3g} per {dt:g} s)"))
     return out
 
 
-def axis_name(decision: dict[str, Any]) -> str:
+def axis_name(decision: Decision) -> str:
     """What the metres count from: the vehicle front, or the scan's first line when its image shows no front."""
-    registration = (decision.get("xray") or {}).get("registration") or {}
-    if registration.get("origin") == "first-line":
+    registration = decision.xray.registration if decision.xray is not None else None
+    if registration is not None and registration.origin == "first-line":
         return "metres from the scan's first line"
     return "metres behind the vehicle front"

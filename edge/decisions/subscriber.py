@@ -31,9 +31,14 @@ import zmq
 from lanewatch.edge.bus import security
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.decisions.adjudication import Adjudication
-from lanewatch.edge.decisions.alertbus import ADJUDICATION_TOPIC, DECISION_TOPIC, MAX_LIMIT, PROVISIONAL_TOPIC
+from lanewatch.edge.decisions.alertbus import ADJUDICATION_TOPIC, DECISION_TOPIC, MAX_LIMIT, PROVISIONAL_TOPIC, Reply
+from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm, decode, seq_of
 
 log = logging.getLogger(__name__)
+
+
+Item = Decision | ProvisionalAlarm | Adjudication | None
+"""What :meth:`AlertSubscriber.decisions` yields."""
 
 
 class ServiceUnreachable(ConnectionError):
@@ -53,9 +58,10 @@ def _retry_after_s(frame: bytes) -> float | None:
     if not frame.startswith(b'{"ok":false,"error":"rate limited"'):
         return None
     try:
-        return max(0.0, float(json.loads(frame)["retry_after_s"]))
-    except (ValueError, KeyError, TypeError):
+        wait_s = msgspec.json.decode(frame, type=Reply).retry_after_s
+    except msgspec.MsgspecError:
         return None
+    return None if wait_s is None else max(0.0, wait_s)
 
 
 class JournalClient:
@@ -84,7 +90,7 @@ class JournalClient:
             self._sock.connect(self.endpoint)
         return self._sock
 
-    def request(self, request: dict[str, Any], timeout_s: float | None = None, patient: bool = True) -> dict[str, Any]:
+    def request(self, request: dict[str, Any], timeout_s: float | None = None, patient: bool = True) -> Reply:
         """Send ``request`` and return the ``ok`` reply, retrying for up to ``timeout_s`` (default: one attempt).
 
         Raises :class:`ServiceUnreachable` when no reply came in time and :class:`QueryError`
@@ -116,34 +122,35 @@ class JournalClient:
                     f"within {self.attempt_s if timeout_s is None else timeout_s:g} s"
                 )
 
-    def _check(self, frame: bytes) -> dict[str, Any]:
+    def _check(self, frame: bytes) -> Reply:
         try:
-            reply = json.loads(frame)
-        except ValueError:
+            reply = msgspec.json.decode(frame, type=Reply)
+        except msgspec.DecodeError:
             raise QueryError(f"{self.endpoint}: the reply is not JSON: {frame[:80]!r}") from None
-        if not isinstance(reply, dict) or not reply.get("ok"):
-            error = reply.get("error", "request refused") if isinstance(reply, dict) else "reply is not an object"
-            raise QueryError(f"{self.endpoint}: {error}")
-        if not isinstance(reply.get("records"), list) or not isinstance(reply.get("last_seq"), int):
+        except msgspec.ValidationError as exc:
+            raise QueryError(f"{self.endpoint}: the reply is not a query reply: {exc}") from None
+        if not reply.ok:
+            raise QueryError(f"{self.endpoint}: {reply.error or 'request refused'}")
+        if reply.records is None or reply.last_seq is None:
             raise QueryError(f"{self.endpoint}: the reply lacks records or last_seq")
         return reply
 
     def since(
         self, seq: int, limit: int = MAX_LIMIT, timeout_s: float | None = None, patient: bool = True
-    ) -> dict[str, Any]:
+    ) -> Reply:
         """Reply to ``{"op": "since"}``: decisions after ``seq`` (one page) and ``last_seq``."""
         return self.request({"op": "since", "seq": seq, "limit": limit}, timeout_s, patient)
 
-    def get(self, seq: int, timeout_s: float | None = None) -> dict[str, Any] | None:
-        """The decision numbered ``seq``, or None."""
-        records = self.request({"op": "get", "seq": seq}, timeout_s)["records"]
-        return records[0] if records else None
+    def get_json(self, seq: int, timeout_s: float | None = None) -> bytes | None:
+        """The decision numbered ``seq`` as its JSON (as journaled), or None."""
+        records = self.request({"op": "get", "seq": seq}, timeout_s).records
+        return bytes(records[0]) if records else None
 
     def last_seq(self, timeout_s: float | None = None) -> int:
         """The journal's newest seq (0 when empty)."""
-        return int(self.request({"op": "last"}, timeout_s)["last_seq"])
+        return int(self.request({"op": "last"}, timeout_s).last_seq or 0)
 
-    def query(self, timeout_s: float | None = None, **filters: Any) -> dict[str, Any]:
+    def query(self, timeout_s: float | None = None, **filters: Any) -> Reply:
         """Reply to ``{"op": "query", **filters}`` (lane, verdict, since, until, limit)."""
         return self.request({"op": "query", **filters}, timeout_s)
 
@@ -174,7 +181,8 @@ class SubscriberStats:
     adjudications: int = 0
     """Adjudications received (acts on decisions, see :class:`~lanewatch.edge.decisions.adjudication.Adjudication`)."""
     malformed: int = 0
-    """Bus messages that were not a decision or alarm (logged and dropped)."""
+    """Bus messages that were not a decision or alarm (logged and dropped), and journaled decisions that do not fit
+    the decision contract (logged and passed over)."""
 
 
 class AlertSubscriber:
@@ -225,6 +233,8 @@ class AlertSubscriber:
         self._reachable = True
         self._behind_warned = False
         self._contacted = since is None
+        self.journaled = b""
+        """The JSON (as journaled and published) of the decision :meth:`decisions` yielded last."""
         if since is None:
             try:
                 self.cursor = self.client.last_seq(connect_timeout_s)
@@ -234,15 +244,16 @@ class AlertSubscriber:
 
     def decisions(
         self, follow: bool = True, timeout_s: float | None = None, provisional: bool = False
-    ) -> Iterator[dict[str, Any] | Adjudication | None]:
+    ) -> Iterator[Item]:
         """Yield decisions in seq order: the backlog, then (``follow``) live ones until the caller stops.
 
         ``follow=False`` stops once the journal's decisions up to now are yielded. While
         following, ``timeout_s`` yields ``None`` after every ``timeout_s`` seconds in which
         nothing else was yielded, so the caller can do other work (``None``: never).
-        ``provisional`` also yields live mid-passage alarms as ``{"provisional": True, ...}``,
+        ``provisional`` also yields live mid-passage alarms (:class:`ProvisionalAlarm`),
         as they arrive (they carry no seq). Raises :class:`ServiceUnreachable` when the service
-        does not answer the first request within ``connect_timeout_s``.
+        does not answer the first request within ``connect_timeout_s``. After a decision is yielded,
+        :attr:`journaled` holds its JSON exactly as journaled and published.
         """
         self._provisional = provisional
         for decision in self._catch_up(None if self._contacted else self.connect_timeout_s):
@@ -273,7 +284,7 @@ class AlertSubscriber:
                     next_tick = now + timeout_s
                     yield None
 
-    def _on_message(self, frames: list[bytes]) -> Iterator[dict[str, Any] | Adjudication]:
+    def _on_message(self, frames: list[bytes]) -> Iterator[Decision | ProvisionalAlarm | Adjudication]:
         """What one bus message yields: a provisional alarm, an act, the decision, or the decisions up to it."""
         try:
             topic, body = frames
@@ -282,23 +293,18 @@ class AlertSubscriber:
                 self.stats.adjudications += 1
                 yield act
                 return
-            message = json.loads(body)
-            if not isinstance(message, dict):
-                raise ValueError("not a JSON object")
-            if topic == DECISION_TOPIC:
-                seq = message["seq"]
-                if isinstance(seq, bool) or not isinstance(seq, int):
-                    raise ValueError(f"seq {seq!r} is not an integer")
-            elif topic != PROVISIONAL_TOPIC:
+            if topic == PROVISIONAL_TOPIC:
+                alarm = msgspec.json.decode(body, type=ProvisionalAlarm)
+                if self._provisional:
+                    self.stats.provisional += 1
+                    yield alarm
+                return
+            if topic != DECISION_TOPIC:
                 raise ValueError(f"unknown topic {topic[:40]!r}")
-        except (ValueError, KeyError, msgspec.ValidationError) as exc:
+            seq = seq_of(body)
+        except (ValueError, msgspec.MsgspecError) as exc:
             self.stats.malformed += 1
             log.warning("alerts: dropped a malformed message (%s): %r", exc, frames[:2])
-            return
-        if topic == PROVISIONAL_TOPIC:
-            if self._provisional:
-                self.stats.provisional += 1
-                yield {**message, "provisional": True}
             return
         if seq <= self.cursor:
             self.stats.duplicates += 1
@@ -307,11 +313,25 @@ class AlertSubscriber:
             yield from self._fill()
             if not self._reachable or seq <= self.cursor:
                 return  # filled from the journal (it has it, being journaled before sent), or to be fetched later
+        decision = self._decision(body, seq)
         self.cursor = seq
-        self.stats.live += 1
-        yield message
+        if decision is not None:
+            self.stats.live += 1
+            yield decision
 
-    def _fill(self, periodic: bool = False) -> Iterator[dict[str, Any]]:
+    def _decision(self, body: bytes, seq: int) -> Decision | None:
+        """Decision ``seq``'s JSON ``body`` typed (and kept as :attr:`journaled`); None (counted as malformed, logged)
+        when it does not fit the decision contract: it is passed over, as the journal keeps it."""
+        try:
+            decision = decode(body)
+        except msgspec.MsgspecError as exc:
+            self.stats.malformed += 1
+            log.error("alerts: decision %d does not fit the decision contract, passed over: %s", seq, exc)
+            return None
+        self.journaled = bytes(body)
+        return decision
+
+    def _fill(self, periodic: bool = False) -> Iterator[Decision]:
         """The decisions the journal has after the cursor, counted as gap fills; quiet while unreachable.
 
         A ``periodic`` resync (nothing known to be missing) does not wait when the query endpoint says it is over its
@@ -336,25 +356,31 @@ class AlertSubscriber:
             log.info("journal query endpoint %s answers again", self.client.endpoint)
         self._reachable = True
 
-    def _catch_up(self, timeout_s: float | None, patient: bool = True) -> Iterator[dict[str, Any]]:
+    def _catch_up(self, timeout_s: float | None, patient: bool = True) -> Iterator[Decision]:
         """Every decision the journal has after the cursor, page by page, advancing the cursor (``patient``: see
         :meth:`JournalClient.request`)."""
         while True:
             reply = self.client.since(self.cursor, timeout_s=timeout_s, patient=patient)
-            records = reply["records"]
-            if reply["last_seq"] < self.cursor and not self._behind_warned:
+            last_seq = reply.last_seq or 0
+            if last_seq < self.cursor and not self._behind_warned:
                 self._behind_warned = True
                 log.warning(
                     "journal's newest seq %d is below %d, the last one seen: was the journal replaced?",
-                    reply["last_seq"],
+                    last_seq,
                     self.cursor,
                 )
             start = self.cursor
-            for decision in records:
-                if decision["seq"] > self.cursor:
-                    self.cursor = decision["seq"]
-                    yield decision
-            if self.cursor == start or self.cursor >= reply["last_seq"]:
+            for raw in reply.records or []:
+                try:
+                    seq = seq_of(raw)
+                except msgspec.MsgspecError as exc:
+                    raise QueryError(f"{self.client.endpoint}: a record without its seq: {exc}") from None
+                if seq > self.cursor:
+                    decision = self._decision(raw, seq)
+                    self.cursor = seq
+                    if decision is not None:
+                        yield decision
+            if self.cursor == start or self.cursor >= last_seq:
                 return
 
     def close(self) -> None:
