@@ -28,7 +28,7 @@ from lanewatch.edge.commands.schema import schema
 from lanewatch.edge.config import Config, ConfigError, ModelConfig
 from lanewatch.edge.console.adjudication import AdjudicationError, Adjudications, EventFilter, RowFields
 from lanewatch.edge.console.app import LoginLimiter, create_app, n42_nuclides
-from lanewatch.edge.console.health import HealthHistory
+from lanewatch.edge.console.health import Health, HealthHistory, LaneHealth, SensorHealth
 from lanewatch.edge.console.present import INCOMPLETE_NAMES, Clock, incomplete_causes, norm_state, reasons, summary
 from lanewatch.edge.console.users import UserStore, users_path
 from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm
@@ -611,10 +611,10 @@ def test_report_gives_each_lanes_uptime_and_faults_from_the_health_history(clien
     lane2 is watched until 09:20, not at all until 09:50 (no console ran), then the service is unreachable."""
     from datetime import UTC, datetime, timedelta
 
-    def reading(faults: list[str]) -> dict[str, Any]:
-        sensor = {"name": "RPM", "connected": True, "fresh": True, "age_s": 0.2, "ok": True, "problem": ""}
-        lane = {"occupied": False, "faults": faults, "sensors": [sensor]}
-        return {"reachable": True, "ok": not faults, "lanes": {"lane1": lane, "lane2": {**lane, "faults": []}}}
+    def reading(faults: list[str]) -> Health:
+        sensor = SensorHealth(name="RPM", connected=True, fresh=True, age_s=0.2, ok=True)
+        lanes = {"lane1": LaneHealth(faults=faults, sensors=[sensor]), "lane2": LaneHealth(sensors=[sensor])}
+        return Health(reachable=True, ok=not faults, lanes=lanes)
 
     history = HealthHistory(site.service.journal)
     start = datetime(2026, 1, 15, 9, tzinfo=UTC)
@@ -626,7 +626,7 @@ def test_report_gives_each_lanes_uptime_and_faults_from_the_health_history(clien
         if minute <= 20:
             history.record(reading([]), ["lane2"], when)
         elif minute >= 50:
-            history.record({"reachable": False, "lanes": {}}, ["lane2"], when)
+            history.record(Health(reachable=False), ["lane2"], when)
     history.close()
     login(client, "sam")
     csv_text = client.get("/reports?day=2026-01-15&shift=day&format=csv").text.splitlines()

@@ -16,6 +16,8 @@ import pytest
 from starlette.testclient import TestClient
 from test_console import client, login, seq_of, site  # noqa: F401 (fixtures)
 
+from lanewatch.edge.console.health import Health, LaneHealth, SensorHealth
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("LANEWATCH_ARTIFACTS", REPO / "test-artifacts")) / "console-layout"
 CHROMIUM = "/usr/bin/chromium"
@@ -75,9 +77,9 @@ def test_an_occupied_lane_with_an_unacknowledged_alarm_shows_the_alarm(client: T
     """Lane 1 has a vehicle in it now and alarms of earlier ones unacknowledged: the tile says both, in its
     width, and its colour is the alarm's."""
     login(client, "olga")
-    sensors = [{"name": "rpm", "ok": True, "connected": True, "fresh": True, "age_s": 0.1}]
+    sensors = [SensorHealth(name="rpm", ok=True, connected=True, fresh=True, age_s=0.1)]
     client.app.state.console.wall.on_health(
-        {"reachable": True, "ok": True, "lanes": {"lane1": {"occupied": True, "sensors": sensors}}}
+        Health(reachable=True, ok=True, lanes={"lane1": LaneHealth(occupied=True, sensors=sensors)})
     )
     page = browser_page
     page.goto(f"{BASE}/")

@@ -56,7 +56,7 @@ from lanewatch.edge.console.adjudication import (
     EventPage,
     SearchError,
 )
-from lanewatch.edge.console.health import HealthHistory
+from lanewatch.edge.console.health import Health, HealthHistory
 from lanewatch.edge.console.live import Event, Feeds, Hub, Wall, read_health
 from lanewatch.edge.console.present import (
     INCOMPLETE_NAMES,
@@ -126,7 +126,7 @@ class Console:
             "ok": not problems,
             "problems": problems,
             "journal": {"path": self.config.service.journal, "last_seq": last_seq},
-            "service": {"reachable": self.wall.health.get("reachable")},
+            "service": {"reachable": self.wall.health.reachable},
             "sse_clients": len(self.hub.queues),
         }
 
@@ -268,7 +268,7 @@ def create_app(
     config: Config,
     *,
     secure: bool = True,
-    health: Callable[[Config], dict[str, Any]] = read_health,
+    health: Callable[[Config], Health] = read_health,
     start_feeds: bool = True,
     keys: Keys | None = None,
     registry: CollectorRegistry | None = None,

@@ -22,7 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 from lanewatch.edge.console.present import parse_utc
 from lanewatch.edge.console.users import now_text
@@ -44,21 +45,59 @@ SCHEMA = (
 )
 
 
-def lane_state(health: dict[str, Any], lane: str) -> tuple[str, list[str]]:
+class SensorHealth(msgspec.Struct, kw_only=True):
+    """One sensor of a lane as the console sees it."""
+
+    name: str
+    """RPM or X-ray."""
+    connected: bool | None = None
+    """Its driver is linked to the device (None: unknown)."""
+    fresh: bool | None = None
+    """Its data is fresh at the service (None: unknown)."""
+    age_s: float | None = None
+    """Age (s) of its newest record at the service."""
+    ok: bool = False
+    problem: str = ""
+    """What is wrong with its link, in words."""
+
+
+class LaneHealth(msgspec.Struct, kw_only=True):
+    """One lane in a reading of :func:`~lanewatch.edge.console.live.read_health`."""
+
+    occupied: bool = False
+    faults: list[str] = []
+    """The service's active faults of the lane."""
+    sensors: list[SensorHealth] = []
+
+
+class Health(msgspec.Struct, kw_only=True):
+    """One reading of the lanes' health: the service's and the drivers' /healthz, as the wall and the history
+    keep it."""
+
+    reachable: bool | None = None
+    """The service answered (None: not read yet)."""
+    ok: bool | None = None
+    """The service says it is healthy."""
+    error: str | None = None
+    """Why the service could not be read."""
+    lanes: dict[str, LaneHealth] = {}
+
+
+def lane_state(health: Health, lane: str) -> tuple[str, list[str]]:
     """(``up`` or ``down``, what is wrong) of ``lane`` in one reading of :func:`read_health`."""
-    if not health.get("reachable"):
+    if not health.reachable:
         return "down", ["service unreachable"]
-    seen = (health.get("lanes") or {}).get(lane)
+    seen = health.lanes.get(lane)
     if seen is None:
         return "down", ["not reported by the service"]
-    faults = [str(f) for f in seen.get("faults") or []]
-    for sensor in seen.get("sensors") or []:
-        if sensor.get("connected") is False:
-            faults.append(f"{sensor['name']} link down")
-        elif sensor.get("fresh") is False:
-            faults.append(f"{sensor['name']} stale")
-        elif not sensor.get("ok"):
-            faults.append(f"{sensor['name']} not ok")
+    faults = list(seen.faults)
+    for sensor in seen.sensors:
+        if sensor.connected is False:
+            faults.append(f"{sensor.name} link down")
+        elif sensor.fresh is False:
+            faults.append(f"{sensor.name} stale")
+        elif not sensor.ok:
+            faults.append(f"{sensor.name} not ok")
     faults = sorted(set(faults))
     return ("down" if faults else "up"), faults
 
@@ -92,7 +131,7 @@ class HealthHistory(SqliteStore):
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, SCHEMA)
 
-    def record(self, health: dict[str, Any], lanes: list[str], when: str | None = None) -> None:
+    def record(self, health: Health, lanes: list[str], when: str | None = None) -> None:
         """Fold one reading of every lane's health (``when``: UTC journal text, default now) into the history."""
         when = when or now_text()
         at = parse_utc(when)

@@ -36,7 +36,7 @@ import zmq
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.console.adjudication import Adjudications
-from lanewatch.edge.console.health import HealthHistory
+from lanewatch.edge.console.health import Health, HealthHistory, LaneHealth, SensorHealth
 from lanewatch.edge.console.present import Clock, Summary, background_cps, parse_utc, reason_text, summary
 from lanewatch.edge.decisions.adjudication import Adjudication
 from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm
@@ -44,7 +44,7 @@ from lanewatch.edge.decisions.journal import Journal, JournalError
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
 from lanewatch.edge.ops.metrics import ConsoleMetrics
 from lanewatch.edge.ops.ratelog import RateLimitedLog
-from lanewatch.edge.ops.status import fetch_health
+from lanewatch.edge.ops.status import DriverHealth, ServiceHealth, fetch_health
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Wall:
         self.awaiting: dict[int, Summary] = {}
         self.provisional: dict[str, tuple[float, str]] = {}
         self.background: dict[str, deque[float]] = {lane: deque(maxlen=SPARKLINE) for lane in self.lanes}
-        self.health: dict[str, Any] = {"reachable": None, "lanes": {}}
+        self.health = Health()
         self.load()
 
     def load(self) -> None:
@@ -173,7 +173,7 @@ class Wall:
             if act.kind != "acknowledge":
                 self.awaiting.pop(act.seq, None)
 
-    def on_health(self, health: dict[str, Any]) -> None:
+    def on_health(self, health: Health) -> None:
         with self._lock:
             self.health = health
 
@@ -185,13 +185,13 @@ class Wall:
             awaiting = sorted(self.awaiting.values(), key=lambda i: -i.seq)
             lanes = []
             for lane in self.lanes:
-                health = self.health["lanes"].get(lane) or {}
+                health = self.health.lanes.get(lane) or LaneHealth()
                 mine = [i for i in awaiting if i.lane == lane]
                 # What is in the lane now comes first: alarms of earlier vehicles still awaiting
                 # adjudication stay listed on the tile (and in the banner) while the next truck passes.
                 if lane in self.provisional:
                     status = "provisional"
-                elif health.get("occupied"):
+                elif health.occupied:
                     status = "occupied"
                 elif mine:
                     status = "alarm"
@@ -207,55 +207,57 @@ class Wall:
                         "provisional": self.provisional.get(lane, (0, ""))[1],
                         "last": self.last.get(lane),
                         "background_cps": [round(v, 1) for v in self.background.get(lane, ())],
-                        "sensors": health.get("sensors") or [],
-                        "faults": health.get("faults") or [],
+                        "sensors": health.sensors,
+                        "faults": health.faults,
                     }
                 )
             return msgspec.to_builtins(
                 {
                     "lanes": lanes,
                     "unacknowledged": [i for i in awaiting if i.state == "unacknowledged"],
-                    "service": {"reachable": self.health["reachable"], "ok": self.health.get("ok")},
+                    "service": {"reachable": self.health.reachable, "ok": self.health.ok},
                 }
             )
 
 
-def _sensor(name: str, connected: bool | None, fresh: bool | None, age_s: float | None, problem: str) -> dict[str, Any]:
+def _sensor(name: str, connected: bool | None, fresh: bool | None, age_s: float | None, problem: str) -> SensorHealth:
     ok = connected is not False and fresh is not False and not problem
-    return {"name": name, "connected": connected, "fresh": fresh, "age_s": age_s, "ok": ok, "problem": problem}
+    return SensorHealth(name=name, connected=connected, fresh=fresh, age_s=age_s, ok=ok, problem=problem)
 
 
-def read_health(config: Config, timeout_s: float = 1.0) -> dict[str, Any]:
+def read_health(config: Config, timeout_s: float = 1.0) -> Health:
     """Per lane: occupied, faults, and each sensor's link and freshness, from the service's and drivers' /healthz."""
-    service, error = fetch_health(config.service.http, timeout_s)
+    service, error = fetch_health(config.service.http, timeout_s, ServiceHealth)
     if service is None:
-        return {"reachable": False, "error": error, "lanes": {}}
+        return Health(reachable=False, error=error)
     lanes = {}
     for lane in config.lanes:
-        seen = (service.get("lanes") or {}).get(lane.id) or {}
-        connected, problem = seen.get("link_up"), "; ".join(str(p) for p in seen.get("link_problems") or [])
+        seen = service.lanes.get(lane.id)
+        connected = seen.link_up if seen else None
+        problem = "; ".join(seen.link_problems) if seen else ""
         if lane.driver_http:
-            driver, error = fetch_health(lane.driver_http, timeout_s)
-            connected = None if driver is None else bool(driver.get("connected"))
+            driver, error = fetch_health(lane.driver_http, timeout_s, DriverHealth)
+            connected = None if driver is None else driver.connected
             problem = error if driver is None else ""
-        sensors = [_sensor("RPM", connected, seen.get("fresh"), seen.get("last_record_age_s"), problem)]
+        fresh, age_s = (seen.fresh, seen.last_record_age_s) if seen else (None, None)
+        sensors = [_sensor("RPM", connected, fresh, age_s, problem)]
         if lane.xray:
-            xray, error = fetch_health(lane.xray_http, timeout_s) if lane.xray_http else (None, "no xray_http")
+            xray, error = (
+                fetch_health(lane.xray_http, timeout_s, DriverHealth) if lane.xray_http else (None, "no xray_http")
+            )
             sensors.append(
                 _sensor(
                     "X-ray",
-                    None if xray is None else bool(xray.get("connected")),
-                    None if xray is None else bool(xray.get("ok")),
+                    None if xray is None else xray.connected,
+                    None if xray is None else xray.ok,
                     None,
                     error if xray is None else "",
                 )
             )
-        lanes[lane.id] = {
-            "occupied": bool(seen.get("occupied")),
-            "faults": seen.get("faults") or [],
-            "sensors": sensors,
-        }
-    return {"reachable": True, "ok": bool(service.get("ok")), "lanes": lanes}
+        lanes[lane.id] = LaneHealth(
+            occupied=seen.occupied if seen else False, faults=list(seen.faults) if seen else [], sensors=sensors
+        )
+    return Health(reachable=True, ok=service.ok, lanes=lanes)
 
 
 class Feeds:
@@ -268,7 +270,7 @@ class Feeds:
         hub: Hub,
         metrics: ConsoleMetrics,
         history: HealthHistory,
-        health: Callable[[Config], dict[str, Any]] = read_health,
+        health: Callable[[Config], Health] = read_health,
         keys: Keys | None = None,
     ) -> None:
         self.config = config
@@ -406,7 +408,7 @@ class Feeds:
                 changed = self._read_acts()
             if time.monotonic() >= next_health:
                 health = self.health(self.config)
-                self.metrics.service_reachable.set(bool(health.get("reachable")))
+                self.metrics.service_reachable.set(bool(health.reachable))
                 self.wall.on_health(health)
                 try:
                     self.history.record(health, self.wall.lanes)

@@ -18,11 +18,74 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from lanewatch.edge.config import Config, LaneConfig
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_UNREACHABLE = 0, 1, 2
+T = TypeVar("T")
+
+
+class LaneHealth(msgspec.Struct, kw_only=True):
+    """One lane in the service's ``/healthz`` (what this module and the console read of it)."""
+
+    link: str | None = None
+    """The device link as the service sees it: up, down, unknown or stale."""
+    link_up: bool | None = None
+    """Whether the link is up (None: unknown)."""
+    link_problems: list[str] = []
+    """Why the link is not up, in words."""
+    last_record_age_s: float | None = None
+    """Age (s) of the lane's newest record."""
+    fresh: bool = False
+    """The newest record is within ``[service] stale_after_s``."""
+    occupied: bool = False
+    faults: list[str] = []
+    """Active detector (and model) faults."""
+    rejected: str = ""
+    """Why records of the lane were rejected lately ("" when none were)."""
+
+
+class JournalHealth(msgspec.Struct, kw_only=True):
+    """The journal in the service's ``/healthz``."""
+
+    path: str = "?"
+    writable: bool = False
+    problem: str = ""
+    last_seq: int | None = None
+    pending: int = 0
+    """Decisions held while the journal does not take them."""
+    dropped: int = 0
+    """Held decisions dropped over the cap."""
+
+
+class WatchdogHealth(msgspec.Struct, kw_only=True):
+    """The systemd watchdog in the service's ``/healthz``."""
+
+    enabled: bool = False
+    last_ping_age_s: float | None = None
+    """Age (s) of the last keep-alive (None before the first)."""
+    fed: bool | None = None
+    """The last keep-alive is within the watchdog interval (None: not said; fed unless enabled)."""
+
+
+class ServiceHealth(msgspec.Struct, kw_only=True):
+    """The service's ``/healthz`` as this module and the console read it (further fields are skipped)."""
+
+    ok: bool = False
+    lanes: dict[str, LaneHealth] = {}
+    journal: JournalHealth = msgspec.field(default_factory=JournalHealth)
+    watchdog: WatchdogHealth = msgspec.field(default_factory=WatchdogHealth)
+
+
+class DriverHealth(msgspec.Struct, kw_only=True):
+    """A driver's ``/healthz`` as the console reads it (each driver reports more)."""
+
+    ok: bool = False
+    connected: bool = False
+    """Linked to its device."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def fetch_health(address: str, timeout_s: float) -> tuple[dict[str, Any] | None, str]:
-    """GET ``http://address/healthz``: the JSON report (answered with 200 or 503), or None and why not."""
+def fetch_health(address: str, timeout_s: float, tp: type[T]) -> tuple[T | None, str]:
+    """GET ``http://address/healthz``: the JSON report (answered with 200 or 503) as ``tp``, or None and why not."""
     url = f"http://{address}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
@@ -47,21 +110,21 @@ def fetch_health(address: str, timeout_s: float) -> tuple[dict[str, Any] | None,
         reason = getattr(exc, "reason", exc)
         return None, f"{url}: {reason}"
     try:
-        report = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return msgspec.json.decode(body, type=tp), ""
+    except msgspec.ValidationError as exc:
+        return None, f"{url}: not a health report: {exc}"
+    except msgspec.DecodeError as exc:
         return None, f"{url}: not JSON: {exc}"
-    if not isinstance(report, dict):
-        return None, f"{url}: expected a JSON object, got {type(report).__name__}"
-    return report, ""
 
 
 def _xray(lane: LaneConfig, timeout_s: float) -> tuple[bool | None, list[str], dict[str, Any] | None]:
-    """A scanner lane's X-ray driver: connected to its scanner (None: unknown), its problems, its report."""
+    """A scanner lane's X-ray driver: connected to its scanner (None: unknown), its problems, its report (as it
+    answered: the report passes it on)."""
     if not lane.xray:
         return None, [], None
     if not lane.xray_http:
         return None, [], None  # no endpoint configured: nothing to ask
-    report, error = fetch_health(lane.xray_http, timeout_s)
+    report, error = fetch_health(lane.xray_http, timeout_s, dict[str, Any])
     if report is None:
         return None, [f"X-ray driver unreachable: {error}"], None
     connected = bool(report.get("connected"))
@@ -71,13 +134,14 @@ def _xray(lane: LaneConfig, timeout_s: float) -> tuple[bool | None, list[str], d
     return connected, problems, report
 
 
-def _lane_summary(lane: LaneConfig, service_lane: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """One lane's health from the service's view and, when they have an endpoint, its drivers'."""
+def _lane_summary(lane: LaneConfig, service_lane: LaneHealth, timeout_s: float) -> dict[str, Any]:
+    """One lane's health from the service's view and, when they have an endpoint, its drivers' (their reports as
+    they answered: the report passes them on)."""
     driver_http = lane.driver_http
     problems = []
     driver: dict[str, Any] | None = None
     if driver_http:
-        driver, error = fetch_health(driver_http, timeout_s)
+        driver, error = fetch_health(driver_http, timeout_s, dict[str, Any])
         if driver is None:
             problems.append(f"driver unreachable: {error}")
             connected = None
@@ -86,18 +150,18 @@ def _lane_summary(lane: LaneConfig, service_lane: dict[str, Any], timeout_s: flo
             if not driver.get("ok"):
                 problems.append("driver reports not ok")
     else:
-        connected = service_lane.get("link_up")
+        connected = service_lane.link_up
     if connected is False:
         problems.append("driver not connected to its device")
-    if service_lane.get("link") in ("unknown", "stale"):
-        reasons = "; ".join(str(r) for r in service_lane.get("link_problems") or [])
-        problems.append(f"link {service_lane['link']} at the service: {reasons}")
-    fresh = bool(service_lane.get("fresh"))
+    if service_lane.link in ("unknown", "stale"):
+        reasons = "; ".join(service_lane.link_problems)
+        problems.append(f"link {service_lane.link} at the service: {reasons}")
+    fresh = service_lane.fresh
     if not fresh:
         problems.append("no fresh samples at the service")
-    if service_lane.get("rejected"):
-        problems.append(f"records rejected: {service_lane['rejected']}")
-    faults = [str(f) for f in service_lane.get("faults") or []]
+    if service_lane.rejected:
+        problems.append(f"records rejected: {service_lane.rejected}")
+    faults = list(service_lane.faults)
     if faults:
         problems.append("detector faults: " + ", ".join(faults))
     xray_connected, xray_problems, xray = _xray(lane, timeout_s)
@@ -109,8 +173,8 @@ def _lane_summary(lane: LaneConfig, service_lane: dict[str, Any], timeout_s: flo
         "xray_connected": xray_connected,
         "xray_driver": xray,
         "samples_fresh": fresh,
-        "last_record_age_s": service_lane.get("last_record_age_s"),
-        "occupied": bool(service_lane.get("occupied")),
+        "last_record_age_s": service_lane.last_record_age_s,
+        "occupied": service_lane.occupied,
         "faults": faults,
         "problems": problems,
         "driver": driver,
@@ -119,19 +183,19 @@ def _lane_summary(lane: LaneConfig, service_lane: dict[str, Any], timeout_s: flo
 
 def check(config: Config, timeout_s: float) -> dict[str, Any]:
     """The whole report: service, journal, watchdog, lanes; ``exit`` is the command's exit status."""
-    service, error = fetch_health(config.service.http, timeout_s)
+    service, error = fetch_health(config.service.http, timeout_s, ServiceHealth)
     if service is None:
         return {"ok": False, "exit": EXIT_UNREACHABLE, "service": {"address": config.service.http, "error": error}}
-    service_lanes = service.get("lanes") or {}
-    lanes = {lane.id: _lane_summary(lane, service_lanes.get(lane.id) or {}, timeout_s) for lane in config.lanes}
-    journal = service.get("journal") or {}
-    watchdog = service.get("watchdog") or {}
-    fed = bool(watchdog.get("fed", not watchdog.get("enabled")))
+    lanes = {
+        lane.id: _lane_summary(lane, service.lanes.get(lane.id) or LaneHealth(), timeout_s) for lane in config.lanes
+    }
+    journal, watchdog = service.journal, service.watchdog
+    fed = watchdog.fed if watchdog.fed is not None else not watchdog.enabled
     problems = [
         text
         for bad, text in (
-            (not service.get("ok"), "the service reports not ok"),
-            (not journal.get("writable"), f"the journal is not writable: {journal.get('problem') or '?'}"),
+            (not service.ok, "the service reports not ok"),
+            (not journal.writable, f"the journal is not writable: {journal.problem or '?'}"),
             (not fed, "the systemd watchdog is starved"),
         )
         if bad
@@ -142,9 +206,9 @@ def check(config: Config, timeout_s: float) -> dict[str, Any]:
         "ok": ok,
         "problems": problems,
         "exit": EXIT_OK if ok else EXIT_UNHEALTHY,
-        "service": {"address": config.service.http, "ok": bool(service.get("ok"))},
-        "journal": journal,
-        "watchdog": {**watchdog, "fed": fed},
+        "service": {"address": config.service.http, "ok": service.ok},
+        "journal": msgspec.to_builtins(journal),
+        "watchdog": {**msgspec.to_builtins(watchdog), "fed": fed},
         "lanes": lanes,
     }
 
