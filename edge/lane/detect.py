@@ -32,8 +32,10 @@ Tests (kernels in :mod:`kernels`):
   normal z), when at least ``JOINT_MIN_Z``, combined with the gamma z where the window is centred,
   ``sqrt(z_n^2 + z_gamma+^2)`` (``z_gamma+`` its positive part, the largest over the gamma samples
   within half a neutron sample of the centre): the softer-shape z with energy windows (NORM, being
-  harder, adds nothing), else the gross z against the tracked background (none when that excess is
-  norm-consistent); nominal template only.
+  harder, adds nothing), else the gross z against the tracked background less the z the whole occupancy
+  shares (the median z of the centres beyond the nominal template's reach from the strongest one, when
+  positive: a gamma background that rose since it was tracked lifts every centre where nothing shields, and
+  is no point source), none when that excess is norm-consistent; nominal template only.
   Reported only when no other test alarms.
 
 A gamma, side or harder-shape alarm is ``norm-consistent`` when its excess (a side alarm's: the gross excess) is
@@ -856,18 +858,21 @@ class OccupancyAnalyzer:
     def _joint_evidence_of(self, bg: _GammaBackground, thr: Thresholds) -> np.ndarray | None:
         """Gamma evidence per sample for the neutron-gamma test: the squared positive part of the nominal
         template's z, of the shape test with energy windows (softer), else of the gross test against the
-        tracked background; None without either."""
+        tracked background less what the whole occupancy shares (:func:`_shared_offset`: a gamma background that
+        rose since it was tracked is no point source); None without either."""
         plan = self._gamma_plan()
         x, n = self._gross.view, self._gross.n
         bank, halfw = plan.bank[plan.mid : plan.mid + 1], plan.halfw[plan.mid : plan.mid + 1]
         if self.windows >= 2:
             b = self._softening.data[:n]
-            z = shape_series(self._low.view, x, b, bg.p0, bg.var_p0, SOFTENING_PRIOR_SD**2, bank, halfw, thr.cf_shape)
+            prior = SOFTENING_PRIOR_SD**2
+            z, _ = shape_series(self._low.view, x, b, bg.p0, bg.var_p0, prior, bank, halfw, thr.cf_shape)
         elif self._tracked is not None:
-            z = mf_series(x, self._expected.view, np.ones(n), np.full(n, bg.relvar), bank, halfw, thr.cf_gross)
+            z, _ = mf_series(x, self._expected.view, np.ones(n), np.full(n, bg.relvar), bank, halfw, thr.cf_gross)
+            z = z - _shared_offset(z, int(halfw[0]))
         else:
             return None
-        return np.maximum(z[0], 0.0) ** 2
+        return np.maximum(z, 0.0) ** 2
 
     def _final(self, reason: str, z: np.ndarray, templates: np.ndarray, thr: float) -> dict[str, Any] | None:
         """The final entry of a test (its strongest centre, or the provisional alarm if stronger); None below threshold.
@@ -985,6 +990,15 @@ class OccupancyAnalyzer:
             "background": background,
             "provisional": list(self.raised.values()),
         }
+
+
+def _shared_offset(z: np.ndarray, reach: int) -> float:
+    """The z an occupancy's centres share away from its strongest one: the median of the z's more than ``reach``
+    centres from it (a source's own reach), when positive and from at least ``SPREAD_MIN_CENTRES`` of them, else 0."""
+    far = np.abs(np.arange(z.shape[0]) - int(np.argmax(z))) > reach
+    if int(far.sum()) < SPREAD_MIN_CENTRES:
+        return 0.0
+    return max(float(np.median(z[far])), 0.0)
 
 
 def _log_normal_sf(u: float) -> float:
