@@ -159,8 +159,8 @@ def batch_cases(n: int) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]
         ),
         (
             "shape_series",
-            lambda: shape.shape_series(low, x, b, 0.63, 1e-6, 0.0025, bank, halfw, 3.6),
-            lambda: shape.shape_series_ref(low, x, b, 0.63, 1e-6, 0.0025, bank, halfw, 3.6),
+            lambda: shape.shape_series(low, x, b, 0.63, 1e-6, 0.0025, bank, halfw, 3.6, 0.0),
+            lambda: shape.shape_series_ref(low, x, b, 0.63, 1e-6, 0.0025, bank, halfw, 3.6, 0.0),
         ),
         (
             "ship_window_log_sf (neutron)",

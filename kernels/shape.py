@@ -148,8 +148,12 @@ def shape_series(
     bank: np.ndarray,
     halfw: np.ndarray,
     cf: float,
+    section_var: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Shape z at every centre of complete data, each template's ``kappa`` fitted outside its own window."""
+    """Shape z at every centre of complete data, each template's ``kappa`` fitted outside its own window.
+
+    ``section_var`` is the variance by which ``kappa`` under the window may differ from the one fitted outside it
+    (a load whose sections soften, or shield the portal's columns, differently); it adds to ``kappa``'s own."""
     n = low.shape[0]
     hmax = (bank.shape[1] - 1) // 2
     q = p0 * (1.0 - p0)
@@ -167,7 +171,7 @@ def shape_series(
             hi = min(n - 1, c + h)
             precision = (cum_nb2[n] - cum_nb2[hi + 1] + cum_nb2[lo]) / q + 1.0 / prior_var
             kappa = (cum_by[n] - cum_by[hi + 1] + cum_by[lo]) / q / precision
-            zt = _span(low, total, b, bank[t], c - hmax, lo, hi, p0, var_p0, kappa, 1.0 / precision, cf)
+            zt = _span(low, total, b, bank[t], c - hmax, lo, hi, p0, var_p0, kappa, 1.0 / precision + section_var, cf)
             if abs(zt) > abs(z[c]):
                 z[c] = zt
                 idx[c] = t
@@ -262,6 +266,7 @@ def shape_series_ref(
     bank: np.ndarray,
     halfw: np.ndarray,
     cf: float,
+    section_var: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Numpy twin of :func:`shape_series`: a fit and a span per centre and template."""
     n = low.shape[0]
@@ -274,7 +279,7 @@ def shape_series_ref(
             kappa, var_kappa = softening_fit_ref(low, total, b, n, lo, hi, p0, prior_var)
             s = slice(lo, hi + 1)
             w = bank[t, lo - c + hmax : hi - c + hmax + 1]
-            zt = _span_ref(low[s], total[s], b[s], w, p0, var_p0, kappa, var_kappa, cf)
+            zt = _span_ref(low[s], total[s], b[s], w, p0, var_p0, kappa, var_kappa + section_var, cf)
             if abs(zt) > abs(z[c]):
                 z[c], idx[c] = zt, t
     return z, idx

@@ -135,7 +135,7 @@ def test_bank_picks_the_matching_width(scale: float) -> None:
         assert series(x, e, np.ones(k.size), np.zeros(k.size), rows, halfw, 0.0)[1][40] == expect
     low = 0.6 * e + (x - e)
     for series in (shape.shape_series, shape.shape_series_ref):
-        assert series(low, x, np.zeros(k.size), 0.6, 0.0, 1e-4, rows, halfw, 0.0)[1][40] == expect
+        assert series(low, x, np.zeros(k.size), 0.6, 0.0, 1e-4, rows, halfw, 0.0, 0.0)[1][40] == expect
 
 
 def test_matched_filter_known_value() -> None:
@@ -168,6 +168,7 @@ def test_point_template_integrates_the_lorentzian() -> None:
     prior=st.floats(1e-4, 1e-2),
     bank=banks(),
     cf=st.floats(0.0, 5.0),
+    section=st.sampled_from([0.0, 1e-3, 0.01]),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_shape_matches_reference(
@@ -177,6 +178,7 @@ def test_shape_matches_reference(
     prior: float,
     bank: tuple[np.ndarray, np.ndarray],
     cf: float,
+    section: float,
     seed: int,
 ) -> None:
     rng = np.random.default_rng(seed)
@@ -185,8 +187,8 @@ def test_shape_matches_reference(
     rows, halfw = bank
     # Templates can tie to rounding on small counts, so the index is checked where it is unambiguous.
     close(
-        shape.shape_series(low, x, b, p0, var_p0, prior, rows, halfw, cf)[0],
-        shape.shape_series_ref(low, x, b, p0, var_p0, prior, rows, halfw, cf)[0],
+        shape.shape_series(low, x, b, p0, var_p0, prior, rows, halfw, cf, section)[0],
+        shape.shape_series_ref(low, x, b, p0, var_p0, prior, rows, halfw, cf, section)[0],
     )
     n = x.size
     lo, hi = sorted(rng.integers(0, n, 2).tolist())

@@ -17,9 +17,11 @@ Tests (kernels in :mod:`kernels`):
 - ``gamma-side`` (an even number of gamma channels, the first half one column of the portal and the second half
   the other, as RPMs number their panels): the same conditional binomial test and shielding correction
   (:mod:`lanewatch.kernels.shape`, its own prior ``SIDE_PRIOR_SD``) on the first half's share of the gross counts.
-  A vehicle's shadow lowers both columns alike, or by a fixed ratio the correction fits per occupancy, however it
-  varies along the vehicle, so the test holds under any shadow; a source nearer one column, or shielded more
-  toward the other by the cargo, changes the share where it passes. Two-sided: ``side`` "first" or "second", the
+  A vehicle's shadow lowers both columns alike, or by a ratio the correction fits per occupancy, however deep it is
+  along the vehicle; a load off-centre in some sections and not in others changes that ratio from section to
+  section, which the test allows for (``SIDE_SECTION_SD``: its variance grows with the shadow's depth under the
+  window). A source nearer one column, or shielded more toward the other by the cargo, changes the share where it
+  passes. Two-sided: ``side`` "first" or "second", the
   half whose share rose. It finds sources whose excess does not make up the shadow's deficit in the gross counts.
 - ``neutron``: tail test of the neutron counts (all tubes) on sliding windows about as long as a point
   source takes to pass, against a negative binomial null (:mod:`lanewatch.kernels.poisson`): the tracked background
@@ -121,6 +123,11 @@ SIDE_SHARE = 0.25
 SIDE_PRIOR_SD = 0.1
 """Prior spread of the side test's shielding correction (first half's share per unit s/(1-s)): the two columns of a
 portal may see a load's shadow differently by tens of percent."""
+SIDE_SECTION_SD = 0.1
+"""How far (standard deviation, first half's share per unit s/(1-s)) the side test's shielding correction may differ
+from one section of a load to the next, beyond its fit over the rest of the vehicle: a load placed off-centre in some
+sections and not in others shields the two columns by ratios that change along the vehicle. 0.1 allows the columns'
+shielding to differ by about 30 % (one standard deviation per column) from section to section."""
 MIN_GAMMA_CPS = 1.0
 """A tracked gamma background below this (cps, all channels) is a dead counter, not a background."""
 MIN_NEUTRON_CPS = 0.1
@@ -771,7 +778,16 @@ class OccupancyAnalyzer:
         softening_covariate_into(x, e, n, 0, LEVEL_HALF, b)
         if self.sides:
             z_side, t_side = shape_series(
-                self._first.view, x, b, bg.first, bg.var_first, SIDE_PRIOR_SD**2, plan.bank, plan.halfw, thr.cf_side
+                self._first.view,
+                x,
+                b,
+                bg.first,
+                bg.var_first,
+                SIDE_PRIOR_SD**2,
+                plan.bank,
+                plan.halfw,
+                thr.cf_side,
+                SIDE_SECTION_SD**2,
             )
             profile["side_z"] = _finite_list(z_side)
             profile["side_threshold"] = round(thr.side, 3)
@@ -781,7 +797,7 @@ class OccupancyAnalyzer:
         if self.windows >= 2:
             low = self._low.view
             z_shape, t_shape = shape_series(
-                low, x, b, bg.p0, bg.var_p0, SOFTENING_PRIOR_SD**2, plan.bank, plan.halfw, thr.cf_shape
+                low, x, b, bg.p0, bg.var_p0, SOFTENING_PRIOR_SD**2, plan.bank, plan.halfw, thr.cf_shape, 0.0
             )
             profile["windows"] = [[round(float(v), 1) for v in row] for row in self._win.view]
             profile["shape_z"] = _finite_list(z_shape)
@@ -866,7 +882,7 @@ class OccupancyAnalyzer:
         if self.windows >= 2:
             b = self._softening.data[:n]
             prior = SOFTENING_PRIOR_SD**2
-            z, _ = shape_series(self._low.view, x, b, bg.p0, bg.var_p0, prior, bank, halfw, thr.cf_shape)
+            z, _ = shape_series(self._low.view, x, b, bg.p0, bg.var_p0, prior, bank, halfw, thr.cf_shape, 0.0)
         elif self._tracked is not None:
             z, _ = mf_series(x, self._expected.view, np.ones(n), np.full(n, bg.relvar), bank, halfw, thr.cf_gross)
             z = z - _shared_offset(z, int(halfw[0]))
