@@ -104,11 +104,11 @@ def _parses_or_refuses(payload: bytes) -> None:
         request = parse_request(payload)
     except BadRequest:
         return
-    assert request["op"] in ("since", "get", "last", "query")
-    if "limit" in request:
-        assert 1 <= request["limit"] <= MAX_LIMIT
-    if "seq" in request:
-        assert isinstance(request["seq"], int) and request["seq"] >= 0
+    assert request.op in ("since", "get", "last", "query")
+    if request.limit is not None:
+        assert 1 <= request.limit <= MAX_LIMIT
+    if request.seq is not None:
+        assert isinstance(request.seq, int) and request.seq >= 0
 
 
 @settings(max_examples=150, deadline=None)

@@ -39,6 +39,7 @@ from lanewatch.edge.console.adjudication import Adjudications
 from lanewatch.edge.console.health import Health, HealthHistory, LaneHealth, SensorHealth
 from lanewatch.edge.console.present import Clock, Summary, background_cps, parse_utc, reason_text, summary
 from lanewatch.edge.decisions.adjudication import Adjudication
+from lanewatch.edge.decisions.alertbus import Request
 from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm
 from lanewatch.edge.decisions.journal import Journal, JournalError
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
@@ -385,7 +386,7 @@ class Feeds:
         try:
             while (act := self.outbox.get()) is not None:
                 try:
-                    client.request({"op": "adjudicated", "adjudication": msgspec.to_builtins(act)}, ANNOUNCE_TIMEOUT_S)
+                    client.request(Request(op="adjudicated", adjudication=act), ANNOUNCE_TIMEOUT_S)
                 except (ServiceUnreachable, QueryError) as exc:
                     self.metrics.announce_failures.inc()
                     self._ratelog.log(

@@ -171,6 +171,26 @@ def _bind(sock: zmq.Socket, endpoint: str, what: str) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+class Request(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A request to the query endpoint (see the module's docstring for each op's keys); encoded without the keys
+    left unset. :func:`parse_request` gives it checked, ``limit`` capped at :data:`MAX_LIMIT`."""
+
+    op: str
+    """since, get, last, query or adjudicated."""
+    seq: int | None = None
+    """For since: after this seq; for get: this one."""
+    limit: int | None = None
+    """For since and query: at most this many decisions."""
+    lane: str | None = None
+    verdict: str | None = None
+    since: str | None = None
+    """For query: decisions that ended at or after this ISO 8601 time."""
+    until: str | None = None
+    """For query: decisions that ended before this ISO 8601 time."""
+    adjudication: Adjudication | None = None
+    """For adjudicated: the act a console has just journaled."""
+
+
 class Reply(msgspec.Struct, kw_only=True):
     """A reply of the query endpoint: ``ok`` with ``last_seq`` and ``records`` (each decision's JSON as journaled,
     for the reader to decode: :func:`lanewatch.edge.decisions.decision.decode`), or not ``ok`` with its ``error``
@@ -200,7 +220,7 @@ def _text(request: dict[str, Any], key: str) -> str | None:
     return value
 
 
-def parse_request(payload: bytes) -> dict[str, Any]:
+def parse_request(payload: bytes) -> Request:
     """The checked request in one query frame; raises :class:`BadRequest` when it breaks the protocol (and nothing
     else, whatever the bytes)."""
     if len(payload) > MAX_ADJUDICATED_BYTES:
@@ -245,7 +265,7 @@ def parse_request(payload: bytes) -> dict[str, Any]:
             request["adjudication"] = msgspec.convert(request["adjudication"], Adjudication)
         except msgspec.ValidationError as exc:
             raise BadRequest(f"'adjudication': {exc}") from None
-    return request
+    return Request(**request)
 
 
 class AlertBus:
@@ -410,9 +430,9 @@ class AlertBus:
             if payload is None:
                 raise BadRequest("expected exactly one JSON frame after the envelope")
             request = parse_request(payload)
-            op = request["op"]
-            if op == "adjudicated":
-                self._relay(request["adjudication"])
+            op = request.op
+            if request.adjudication is not None:
+                self._relay(request.adjudication)
             records, newest_first = self._records(request)
             last_seq = self.reader.last_seq()
         except BadRequest as exc:
@@ -450,19 +470,17 @@ class AlertBus:
         except zmq.Again:
             raise JournalError("the alert bus is not keeping up: the adjudication was not published") from None
 
-    def _records(self, request: dict[str, Any]) -> tuple[list[bytes], bool]:
+    def _records(self, request: Request) -> tuple[list[bytes], bool]:
         """The records (JSON) a checked request asks for, and whether the newest ones matter most when trimming."""
-        op = request["op"]
-        reader = self.reader
+        op, reader, limit = request.op, self.reader, request.limit or MAX_LIMIT
         if op == "adjudicated":
             return [], False
         if op == "since":
-            return reader.since_json(request["seq"], request["limit"], max_bytes=MAX_REPLY_BYTES), False
+            return reader.since_json(request.seq or 0, limit, max_bytes=MAX_REPLY_BYTES), False
         if op in ("get", "last"):
-            raw = reader.get_json(request["seq"] if op == "get" else reader.last_seq())
+            raw = reader.get_json(reader.last_seq() if op == "last" else request.seq or 0)
             return ([] if raw is None else [raw]), False
-        filters = {key: request.get(key) for key in ("lane", "verdict", "since", "until")}
-        return reader.query_json(**filters, limit=request["limit"]), True
+        return reader.query_json(request.lane, request.verdict, request.since, request.until, limit), True
 
     def stop_query_thread(self) -> None:
         """Stop the query thread (if it runs) and close its connection; the router is this thread's again."""

@@ -18,12 +18,10 @@ waits for the service as long as its caller keeps iterating.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 import zmq
@@ -31,7 +29,14 @@ import zmq
 from lanewatch.edge.bus import security
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.decisions.adjudication import Adjudication
-from lanewatch.edge.decisions.alertbus import ADJUDICATION_TOPIC, DECISION_TOPIC, MAX_LIMIT, PROVISIONAL_TOPIC, Reply
+from lanewatch.edge.decisions.alertbus import (
+    ADJUDICATION_TOPIC,
+    DECISION_TOPIC,
+    MAX_LIMIT,
+    PROVISIONAL_TOPIC,
+    Reply,
+    Request,
+)
 from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm, decode, seq_of
 
 log = logging.getLogger(__name__)
@@ -90,7 +95,7 @@ class JournalClient:
             self._sock.connect(self.endpoint)
         return self._sock
 
-    def request(self, request: dict[str, Any], timeout_s: float | None = None, patient: bool = True) -> Reply:
+    def request(self, request: Request, timeout_s: float | None = None, patient: bool = True) -> Reply:
         """Send ``request`` and return the ``ok`` reply, retrying for up to ``timeout_s`` (default: one attempt).
 
         Raises :class:`ServiceUnreachable` when no reply came in time and :class:`QueryError`
@@ -98,7 +103,7 @@ class JournalClient:
         ``patient`` (and the wait fits before the deadline); else it raises :class:`RateLimited` at once.
         """
         deadline = time.monotonic() + (self.attempt_s if timeout_s is None else timeout_s)
-        payload = json.dumps(request).encode()
+        payload = msgspec.json.encode(request)
         while True:
             wait_s = min(self.attempt_s, deadline - time.monotonic())
             sock = self._socket()
@@ -139,20 +144,31 @@ class JournalClient:
         self, seq: int, limit: int = MAX_LIMIT, timeout_s: float | None = None, patient: bool = True
     ) -> Reply:
         """Reply to ``{"op": "since"}``: decisions after ``seq`` (one page) and ``last_seq``."""
-        return self.request({"op": "since", "seq": seq, "limit": limit}, timeout_s, patient)
+        return self.request(Request(op="since", seq=seq, limit=limit), timeout_s, patient)
 
     def get_json(self, seq: int, timeout_s: float | None = None) -> bytes | None:
         """The decision numbered ``seq`` as its JSON (as journaled), or None."""
-        records = self.request({"op": "get", "seq": seq}, timeout_s).records
+        records = self.request(Request(op="get", seq=seq), timeout_s).records
         return bytes(records[0]) if records else None
 
     def last_seq(self, timeout_s: float | None = None) -> int:
         """The journal's newest seq (0 when empty)."""
-        return int(self.request({"op": "last"}, timeout_s).last_seq or 0)
+        return int(self.request(Request(op="last"), timeout_s).last_seq or 0)
 
-    def query(self, timeout_s: float | None = None, **filters: Any) -> Reply:
-        """Reply to ``{"op": "query", **filters}`` (lane, verdict, since, until, limit)."""
-        return self.request({"op": "query", **filters}, timeout_s)
+    def query(
+        self,
+        timeout_s: float | None = None,
+        *,
+        lane: str | None = None,
+        verdict: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+    ) -> Reply:
+        """Reply to ``{"op": "query", ...}``: the newest ``limit`` decisions of ``lane`` with ``verdict`` that ended
+        in [since, until) (each filter optional)."""
+        request = Request(op="query", lane=lane, verdict=verdict, since=since, until=until, limit=limit)
+        return self.request(request, timeout_s)
 
     def close(self) -> None:
         if self._sock is not None:
