@@ -25,7 +25,7 @@ from test_journal import make_decision
 
 from lanewatch.edge.commands import alerts
 from lanewatch.edge.config import BusConfig, Config, LaneConfig
-from lanewatch.edge.decisions.alertbus import MAX_REPLY_BYTES, AlertBus, AlertBusError, RateLimiter, Reply
+from lanewatch.edge.decisions.alertbus import MAX_REPLY_BYTES, AlertBus, AlertBusError, RateLimiter, Reply, Request
 from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm, decode, seq_of
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, Item, JournalClient, QueryError, ServiceUnreachable
@@ -233,7 +233,9 @@ def test_a_periodic_resync_over_the_query_budget_does_not_wait_and_live_decision
         wait_until(lambda: next(items) is None and sub.stats.resyncs_deferred >= 3, "resyncs refused as over budget")
         stored = [service.append(make_decision(i)) for i in range(5)]
         assert take(items, 5) == as_read(stored)
-        assert sub.stats.live == 5 and sub.client.rate_limited >= sub.stats.resyncs_deferred >= 3, sub.stats
+        # a resync the budget lets through (a token every 0.5 s) may fetch some before their live message is read
+        assert sub.stats.live + sub.stats.filled == 5, sub.stats
+        assert sub.client.rate_limited >= sub.stats.resyncs_deferred >= 3, sub.stats
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "rate limited" in r.getMessage()]
 
 
@@ -444,9 +446,9 @@ def test_query_ops_for_dealer_and_req_clients(ctx: zmq.Context, service: Service
         alarms = client.query(lane="L0", verdict="ALARM")
         assert records(alarms) == [stored[0]] and alarms.last_seq == 6
         assert records(client.query(limit=2)) == stored[4:]
-        assert records(client.request({"op": "last"})) == [stored[-1]]
+        assert records(client.request(Request(op="last"))) == [stored[-1]]
         with pytest.raises(QueryError, match="unknown op"):
-            client.request({"op": "nope"})
+            client.request(Request(op="nope"))
         req.send_json({"op": "get", "seq": 2})
         assert req.poll(int(WAIT_S * 1000))
         assert req.recv_json() == {"ok": True, "last_seq": 6, "records": [stored[1]]}
