@@ -50,6 +50,8 @@ class Vehicle:
     sections and not in others."""
     high_window_shield: float = 1.0
     """Shielding of the high window relative to the gross (above 1: shielding softens the spectrum)."""
+    section_softening: tuple[float, ...] = ()
+    """``high_window_shield`` per equal section of the cargo: sections of other materials."""
     source_m: float | None = None
     source_cps: float = 0.0
     source_low: float = 0.9
@@ -73,15 +75,17 @@ class Vehicle:
         n = math.ceil((self.length_m / v + self.hold_in_s) / DT)
         x = (np.arange(n) + 0.5) * DT * v
         shield = self._shield(x, rng)
-        window_shield = shield[:, None] * np.array(
-            [1.0 - (self.high_window_shield - 1.0) * 0.5, self.high_window_shield]
-        )
+        high = np.full(n, self.high_window_shield)
+        start = self.cab_m + self.gap_m
+        section = ((x - start) / (self.length_m - start)).clip(0.0, 0.999)
+        cargo = (x >= start) & (x < self.length_m)
+        if self.section_softening:
+            high[cargo] = np.array(self.section_softening)[(section[cargo] * len(self.section_softening)).astype(int)]
+        window_shield = shield[:, None] * np.stack([1.0 - (high - 1.0) * 0.5, high], axis=1)
         columns = np.tile(np.repeat(self.column_shield, 2), (n, 1))
         if self.section_columns:
-            start = self.cab_m + self.gap_m
-            section = ((x - start) / (self.length_m - start) * len(self.section_columns)).astype(int)
-            cargo = (x >= start) & (x < self.length_m)
-            columns[cargo] = np.repeat(np.array(self.section_columns), 2, axis=1)[section[cargo]]
+            per = np.repeat(np.array(self.section_columns), 2, axis=1)
+            columns[cargo] = per[(section[cargo] * len(self.section_columns)).astype(int)]
         lam = GAMMA_CPS[None] * DT * (1.0 - np.clip(window_shield[:, None, :] * columns[:, :, None], 0.0, 0.9))
         d = self.standoff_m
         if self.source_m is not None and self.source_cps:
@@ -225,10 +229,12 @@ SHADOWS = {
     "off-centre": Vehicle(
         cab_shield=0.08, cargo_shield=0.45, section_columns=((1.3, 0.7), (0.8, 1.2), (1.25, 0.75), (0.7, 1.3))
     ),
+    "mixed-cargo": Vehicle(cab_shield=0.08, cargo_shield=0.5, section_softening=(1.4, 0.8, 1.4, 0.8)),
     "none": Vehicle(shadow="none"),
 }
 """One vehicle per kind of shadow: partial is a load the two columns see differently, off-centre one whose sections
-the two columns see differently, each in its own way."""
+the two columns see differently, each in its own way, mixed-cargo one whose sections soften the background by
+different amounts (and the cab not at all)."""
 
 
 @pytest.mark.parametrize("kind", list(SHADOWS))

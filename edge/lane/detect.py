@@ -11,7 +11,8 @@ Tests (kernels in :mod:`kernels`):
   are divided by their own spread below the median (at least 1), measured away from the strongest
   centre, which a source does not widen. The statistic is the larger z.
 - ``gamma-shape`` (K >= 2 energy windows): conditional binomial test of the low-window fraction against
-  the background's, corrected for the way shielding softens the background, matched-filter weighted
+  the background's, corrected for the way shielding softens the background (fitted over the rest of the vehicle,
+  allowing a section to soften otherwise, ``SHAPE_SECTION_SD``), matched-filter weighted
   (:mod:`lanewatch.kernels.shape`); two-sided: ``direction`` "softer" (Cs-137 and lighter emitters, HEU, Pu,
   medical isotopes) or "harder" (Co-60, and NORM: K-40, thorium).
 - ``gamma-side`` (an even number of gamma channels, the first half one column of the portal and the second half
@@ -118,6 +119,11 @@ LEVEL_HALF = 2
 """Half-width (samples) of the window over which a sample's shielding level is measured."""
 SOFTENING_PRIOR_SD = 0.05
 """Prior spread of the shape test's shielding correction kappa (low-window fraction per unit s/(1-s))."""
+SHAPE_SECTION_SD = 0.05
+"""How far (standard deviation) the shape test's shielding correction kappa may differ from one section of a load to
+the next, beyond its fit over the rest of the vehicle: sections of other materials soften the background by other
+amounts (the cab's engine, a steel section, an organic one). As far as vehicles differ from each other
+(``SOFTENING_PRIOR_SD``)."""
 SIDE_SHARE = 0.25
 """Share of the gross test's false-alarm budget that the side test takes (half of it per side)."""
 SIDE_PRIOR_SD = 0.1
@@ -525,12 +531,15 @@ class OccupancyAnalyzer:
             z, t = mf_at(x, e, n, c, 1.0, bg.relvar, plan.bank, plan.halfw, thr.cf_gross)
             if z > thr.gross:
                 raised.append(self._raise("gamma", z, thr.gross, t, i))
+        if self.windows >= 2:
+            # Every sample's covariate, from the first: the fit below reads the samples before the window.
+            softening_covariate_into(x, e, n, i - LEVEL_HALF, LEVEL_HALF, self._softening.data)
         if c >= 0 and self.windows >= 2 and "gamma-shape" not in self.raised:
             b = self._softening.data
-            softening_covariate_into(x, e, n, i - LEVEL_HALF, LEVEL_HALF, b)
             kappa, var_kappa = softening_fit(
                 self._low.data, x, b, max(0, c - plan.half), -1, -1, bg.p0, SOFTENING_PRIOR_SD**2
             )
+            var_kappa += SHAPE_SECTION_SD**2
             z, t = shape_at(
                 self._low.data, x, b, n, c, bg.p0, bg.var_p0, kappa, var_kappa, plan.bank, plan.halfw, thr.cf_shape
             )
@@ -797,7 +806,16 @@ class OccupancyAnalyzer:
         if self.windows >= 2:
             low = self._low.view
             z_shape, t_shape = shape_series(
-                low, x, b, bg.p0, bg.var_p0, SOFTENING_PRIOR_SD**2, plan.bank, plan.halfw, thr.cf_shape, 0.0
+                low,
+                x,
+                b,
+                bg.p0,
+                bg.var_p0,
+                SOFTENING_PRIOR_SD**2,
+                plan.bank,
+                plan.halfw,
+                thr.cf_shape,
+                SHAPE_SECTION_SD**2,
             )
             profile["windows"] = [[round(float(v), 1) for v in row] for row in self._win.view]
             profile["shape_z"] = _finite_list(z_shape)
@@ -882,7 +900,8 @@ class OccupancyAnalyzer:
         if self.windows >= 2:
             b = self._softening.data[:n]
             prior = SOFTENING_PRIOR_SD**2
-            z, _ = shape_series(self._low.view, x, b, bg.p0, bg.var_p0, prior, bank, halfw, thr.cf_shape, 0.0)
+            section = SHAPE_SECTION_SD**2
+            z, _ = shape_series(self._low.view, x, b, bg.p0, bg.var_p0, prior, bank, halfw, thr.cf_shape, section)
         elif self._tracked is not None:
             z, _ = mf_series(x, self._expected.view, np.ones(n), np.full(n, bg.relvar), bank, halfw, thr.cf_gross)
             z = z - _shared_offset(z, int(halfw[0]))
