@@ -48,14 +48,16 @@ def free_port() -> int:
 
 class Service(threading.Thread):
     """Journals and publishes ``rate`` decisions a second per lane until stopped; ``appended[seq]`` = monotonic
-    time the append returned."""
+    time the append returned. ``payload`` (e.g. a real decision's profile and X-ray section) goes in every
+    decision."""
 
-    def __init__(self, journal_path: Path, lanes: int, rate_hz: float) -> None:
+    def __init__(self, journal_path: Path, lanes: int, rate_hz: float, payload: dict[str, Any] | None = None) -> None:
         super().__init__(daemon=True)
         self.ctx = zmq.Context()
         self.journal = Journal(journal_path)
         self.bus = AlertBus(self.ctx, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", self.journal)
         self.lanes, self.rate_hz = lanes, rate_hz
+        self.payload = payload or {}
         self.appended: dict[int, float] = {}
         self.running = threading.Event()
         self.stopping = threading.Event()
@@ -70,7 +72,8 @@ class Service(threading.Thread):
         next_at = time.monotonic()
         n = 0
         while not self.stopping.is_set():
-            ready = dict(poller.poll(max(0, int((next_at - time.monotonic()) * 1000))))
+            wait_ms = max(0, int((next_at - time.monotonic()) * 1000)) if self.running.is_set() else 50
+            ready = dict(poller.poll(wait_ms))  # paused: waits for the bus, not a busy loop
             if self.bus.pub in ready:
                 self.bus.handle_pub()
             if self.bus.router in ready:
@@ -91,7 +94,7 @@ class Service(threading.Thread):
                      "device_occupancy": n, "start": stamp, "end": stamp, "start_ns": now_ns, "end_ns": now_ns,
                      "verdict": verdict, "alarms": alarms, "baseline_verdict": verdict, "baseline": None,
                      "end_reason": "gx", "incomplete": [], "samples": 25, "device_alarm": False, "tamper": False,
-                     "link_interruptions": 0, "speed_kmh": 8.0, "background": None, "profile": {}}
+                     "link_interruptions": 0, "speed_kmh": 8.0, "background": None, "profile": {}} | self.payload
                 )  # fmt: skip
                 self.appended[stored["seq"]] = time.monotonic()
                 self.bus.publish(stored)
