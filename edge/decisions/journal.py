@@ -596,12 +596,19 @@ class Journal:
             if value is not None:
                 where.append(clause)
                 params.append(utc_text(value))
-        sql = "SELECT seq, encoding, body FROM decisions"
+        # Two steps: the seqs from the indexes alone, then only their rows. In one, a filter's matches were sorted
+        # with their bodies: a lane's last 60 of a million decisions (14-30 kB each) read every one of the lane's.
+        sql = "SELECT seq FROM decisions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
-        rows = self._rows(sql, (*params, max(0, limit)))
-        return [_json(encoding, body) for _, encoding, body in reversed(rows)]
+        with self._reading() as conn:
+            seqs = [row[0] for row in conn.execute(sql, (*params, max(0, limit)))]
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        rows = self._rows(f"SELECT seq, encoding, body FROM decisions WHERE seq IN ({marks}) ORDER BY seq", tuple(seqs))
+        return [_json(encoding, body) for _, encoding, body in rows]
 
     def writable(self) -> bool:
         """True when :meth:`problem` finds none."""
