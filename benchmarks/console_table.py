@@ -343,17 +343,19 @@ def main() -> int:
             "lane, notes: papers": "/decisions?lane=lane7&q=papers",
             "1000 pages deep": f"/decisions?before={deep}",
         }
-        store = Adjudications(journal)  # the console's queries, for the search baseline
-        conn = sqlite3.connect(journal)
-        for pragma in READ_PRAGMAS:
-            conn.execute(f"PRAGMA {pragma}")
-        conn.execute("CREATE INDEX IF NOT EXISTS adjudications_notes ON adjudications (notes, seq)")
         searches: dict[str, dict[str, tuple[float, ...]]] = {}
         stop = threading.Event()
         received: list[str] = []
         results: dict[str, dict[str, tuple[float, float, int]]] = {}
         with httpx.Client(base_url=url, timeout=60) as http:
-            token = re.search(r'name="csrf" value="([^"]+)"', http.get("/login").text).group(1)
+            # the socket listens before the console has loaded the wall from the journal
+            login = http.get("/login", timeout=max(1.0, deadline - time.monotonic()))
+            token = re.search(r'name="csrf" value="([^"]+)"', login.text).group(1)
+            store = Adjudications(journal)  # the console's queries, for the search baseline (now it has started)
+            conn = sqlite3.connect(journal)
+            for pragma in READ_PRAGMAS:
+                conn.execute(f"PRAGMA {pragma}")
+            conn.execute("CREATE INDEX IF NOT EXISTS adjudications_notes ON adjudications (notes, seq)")
             http.post("/login", data={"name": "olga", "password": PASSWORD, "csrf": token})
             reader = threading.Thread(target=follow_stream, args=(url, dict(http.cookies), received, stop), daemon=True)
             reader.start()
