@@ -241,6 +241,6 @@ def test_evidence_of_a_scan_without_an_occupancy(tmp_path: Path, shared_data: Pa
     assert done.returncode == 0, done.stdout + done.stderr
     files = _check_bundle(out, stored["seq"], stored)
     assert files["profile.csv"].decode().splitlines() == [
-        "location_m,gross_counts,expected_counts,matched_filter_z,shape_z"
+        "location_m,gross_counts,expected_counts,matched_filter_z,shape_z,side_z"
     ], "a scan alone: no radiation samples"
     assert files["xray-preview.png"] == base64.b64decode(stored["xray"]["preview"]["png_base64"])

@@ -23,7 +23,7 @@ from test_console import decisions
 from lanewatch.edge.console import evidence, figure
 from lanewatch.edge.console.present import reasons
 from lanewatch.edge.decisions.decision import Decision
-from lanewatch.edge.decisions.profile import SHAPE_SERIES, findings, stack, value_range
+from lanewatch.edge.decisions.profile import SHAPE_SERIES, SIDE_SERIES, findings, stack, value_range
 
 CHROMIUM = "/usr/bin/chromium"
 CSS = Path(figure.__file__).parent / "static" / "console.css"
@@ -237,6 +237,27 @@ def test_evidence_figure_shows_a_far_threshold_at_the_edge_and_frames_a_dark_ima
     (x0, x1), z_mm = too_dark()["xray"]["preview"]["x_m"], too_dark()["xray"]["preview"]["z_mm"]
     assert len(frames) == 1 and frames[0].get_width() == pytest.approx(x1 - x0)
     assert frames[0].get_height() == pytest.approx((z_mm[1] - z_mm[0]) / 1000)
+
+
+def test_the_side_test_shows_its_curve_and_threshold_on_its_side(page: Any, drawn: Any) -> None:
+    """A gamma-side alarm (the second column's share rose): its signed curve and its threshold on that side are drawn,
+    on the page and in the evidence figure, so the panel shows the statistic that alarmed."""
+    decision = copy.deepcopy(by_reason("gamma"))
+    n = len(decision["profile"]["gross"])
+    decision["profile"]["side_z"] = [-6.2 if i == n // 2 else -0.5 for i in range(n)]
+    decision["profile"]["side_threshold"] = 5.2
+    decision["alarms"].append(
+        {"reason": "gamma-side", "alarm": True, "statistic": -6.2, "threshold": 5.2, "side": "second",
+         "location_m": 4.0, "location_sd_m": 0.4}
+    )
+    expected = "side threshold -5.2 (second column)"
+    assert expected in [b["text"] for b in boxes(page, decision, "text.thrlab")]
+    assert len(boxes(page, decision, "line.threshold.side")) == 1
+    assert SIDE_SERIES in [b["text"] for b in boxes(page, decision, "text.legend")]
+    z = next(ax for ax in drawn(decision).axes if ax.get_ylabel().startswith("test statistic"))
+    legend = [t.get_text() for t in z.get_legend().get_texts()]
+    assert expected in legend and SIDE_SERIES in legend
+    assert z.get_ylim()[0] < -6.2
 
 
 def test_the_two_sided_shape_test_shows_its_threshold_on_its_side(page: Any, drawn: Any) -> None:

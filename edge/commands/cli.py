@@ -256,7 +256,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "users": ("add, list, disable or enable console users", _config_command("lanewatch.edge.console.users")),
     "replay": ("replay an N42 portal file and print its decision", _setup_replay),
     "install-units": ("install systemd units and an example configuration", _setup_install_units),
-    "schema": ("print the JSON Schema of a contract: decision, record or config", _setup_schema),
+    "schema": ("print the JSON Schema of a contract: decision, record, config or adjudication", _setup_schema),
 }
 """Every command: its help line, and the setup that adds its options. Only the command being run is set
 up, so ``lanewatch --help`` and light commands import nothing they do not use."""

@@ -15,7 +15,7 @@ from lanewatch.edge.contracts import json_schema
 
 
 def schema(name: str) -> dict[str, Any]:
-    """The JSON Schema of the contract ``name`` (decision, record or config)."""
+    """The JSON Schema of the contract ``name`` (decision, record, config or adjudication)."""
     if name == "decision":
         from lanewatch.edge.decisions.decision import Decision
 

@@ -87,6 +87,9 @@ TICKER_ROWS = 15
 """Decisions the wall lists when it opens (newer ones are added live)."""
 BACKLOG_LIMIT = 500
 """Most decisions replayed to a reconnecting browser (its Last-Event-ID onwards)."""
+AWAITING_QUEUE = 1000
+"""Alarms awaiting adjudication a decision's page reads to link the next one: the oldest of them, first come first
+served."""
 
 
 @dataclass
@@ -629,7 +632,7 @@ def decision_routes(
         return render(
             request, "detail.html", session, d=decision, seq=seq, reasons=reasons(decision), model=model_text(decision),
             state=adjudications.state(seq, decision.verdict), history=history, figure=svg,
-            axis=axis_name(decision), awaiting=[r.seq for r in adjudications.awaiting(50)],
+            axis=axis_name(decision), awaiting=[r.seq for r in reversed(adjudications.awaiting(AWAITING_QUEUE))],
         )  # fmt: skip
 
     async def preview_png(request: Request) -> Response:

@@ -47,7 +47,15 @@ from lanewatch.edge.console.figure import MATERIAL_COLOURS
 from lanewatch.edge.console.present import finding_label, parse_utc, reason_text, reasons
 from lanewatch.edge.decisions.adjudication import Adjudication
 from lanewatch.edge.decisions.decision import Alarm, Decision, Preview, Xray, decode
-from lanewatch.edge.decisions.profile import SHAPE_SERIES, Z_REACH, Located, profile_data, stack, value_range
+from lanewatch.edge.decisions.profile import (
+    SHAPE_SERIES,
+    SIDE_SERIES,
+    Z_REACH,
+    Located,
+    profile_data,
+    stack,
+    value_range,
+)
 
 DPI = 110
 LABEL_ROW_PT = 11
@@ -74,8 +82,15 @@ def profile_csv(decision: Decision) -> tuple[bytes, bytes]:
     rad, neutron = data.radiation, data.neutron
     n = len(rad.location_m)
     gamma = _csv(
-        ["location_m", "gross_counts", "expected_counts", "matched_filter_z", "shape_z"],
-        [rad.location_m, rad.gross[:n], rad.expected[:n], rad.mf_z[:n], rad.shape_z[:n] or [""] * n],
+        ["location_m", "gross_counts", "expected_counts", "matched_filter_z", "shape_z", "side_z"],
+        [
+            rad.location_m,
+            rad.gross[:n],
+            rad.expected[:n],
+            rad.mf_z[:n],
+            rad.shape_z[:n] or [""] * n,
+            rad.side_z[:n] or [""] * n,
+        ],
     )
     m = len(neutron.location_m)
     expected = neutron.expected
@@ -141,7 +156,9 @@ def figure(decision: Decision) -> Any:
         ax.plot(rad.location_m, rad.mf_z[:n], color="#c01818", label="matched filter z")
         if rad.shape_z:
             ax.plot(rad.location_m, rad.shape_z[:n], color="#1060c0", label=SHAPE_SERIES)
-        _thresholds(ax, rad.mf_z[:n] + rad.shape_z[:n], rad.thresholds, reach=Z_REACH)
+        if rad.side_z:
+            ax.plot(rad.location_m, rad.side_z[:n], color="#0a8a5a", ls="-.", label=SIDE_SERIES)
+        _thresholds(ax, rad.mf_z[:n] + rad.shape_z[:n] + rad.side_z[:n], rad.thresholds, reach=Z_REACH)
         if rad.notes:
             ax.text(0.01, 0.96, "\n".join(rad.notes), transform=ax.transAxes, va="top", fontsize=8, color="#555")
         ax.set_ylabel("test statistic\nz (sigma)")

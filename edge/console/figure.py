@@ -19,7 +19,15 @@ from typing import Any
 
 from lanewatch.edge.console.present import finding_label, reason_text
 from lanewatch.edge.decisions.decision import Decision
-from lanewatch.edge.decisions.profile import SHAPE_SERIES, Z_REACH, Located, profile_data, stack, value_range
+from lanewatch.edge.decisions.profile import (
+    SHAPE_SERIES,
+    SIDE_SERIES,
+    Z_REACH,
+    Located,
+    profile_data,
+    stack,
+    value_range,
+)
 
 WIDTH = 1000
 """Width (px) of the figure."""
@@ -132,7 +140,7 @@ def _panel(
     off: list[str] = []
     last_label_y = -math.inf  # the labels share the right edge: one above its line, or under the one before
     for threshold, label in sorted(thresholds, key=lambda t: -t[0]):
-        kind = "shape" if label.startswith("shape") else "alarm"
+        kind = next((k for k in ("shape", "side") if label.startswith(k)), "alarm")
         if lo <= threshold <= hi:
             out.append(
                 f'<line x1="{LEFT}" x2="{right}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
@@ -250,6 +258,8 @@ def svg(decision: Decision, preview_url: str | None) -> str:
         series = [("matched filter", xs, rad.mf_z, "#c01818", "")]
         if rad.shape_z:
             series.append((SHAPE_SERIES, xs, rad.shape_z, "#1060c0", ""))
+        if rad.side_z:
+            series.append((SIDE_SERIES, xs, rad.side_z, "#0a8a5a", "6 2"))
         _panel(
             out, axis, top, "test statistics", "z (sigma)", series, rad.thresholds, notes=rad.notes, reach=Z_REACH
         )

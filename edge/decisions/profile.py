@@ -97,6 +97,8 @@ class RadiationPlot(msgspec.Struct, kw_only=True):
     expected: Numbers
     mf_z: Numbers
     shape_z: Numbers
+    side_z: Numbers
+    """The side test's z (the first column's share of the gross counts); empty where it did not run."""
     thresholds: list[tuple[float, str]]
     """The test statistics' thresholds (z) and their labels (:func:`z_thresholds`)."""
     notes: list[str]
@@ -153,6 +155,7 @@ def profile_data(decision: Decision) -> PlotData:
         expected=profile.expected or [],
         mf_z=profile.mf_z or [],
         shape_z=profile.shape_z or [],
+        side_z=profile.side_z or [],
         thresholds=z_thresholds(decision),
         notes=z_notes(decision),
     )
@@ -191,24 +194,36 @@ SHAPE_SERIES = "shape z (below 0: harder than background)"
 positive where softer), while the reasons in words give its size and name the side."""
 
 
+SIDE_SERIES = "column share z (below 0: second column)"
+"""The side test's curve by name: its statistic is signed (positive where the first column's share of the counts
+rose, negative where the second's did)."""
+
+
 def z_thresholds(decision: Decision) -> list[tuple[float, str]]:
-    """The thresholds of the test statistics (z) with their labels: the gamma test's, and the two-sided shape
-    test's on the side its statistic lies (negative: harder than background), both sides when it did not cross.
-    A test's entry carries its threshold; without one the profile's (recorded for every test that ran)."""
+    """The thresholds of the test statistics (z) with their labels: the gamma test's, and each two-sided test's (shape:
+    negative is harder than background; side: negative is the second column) on the side its statistic lies, both
+    sides when it did not cross. A test's entry carries its threshold; without one the profile's (recorded for every
+    test that ran)."""
     profile = decision.profile
     entries = {a.reason: a for a in decision.alarms}
     out: list[tuple[float, str]] = []
-    gamma_entry, shape = entries.get("gamma"), entries.get("gamma-shape")
+    gamma_entry = entries.get("gamma")
     gamma = _number(gamma_entry.threshold if gamma_entry else None, profile.gamma_threshold)
     if gamma is not None:
         out.append((float(gamma), f"alarm threshold {gamma:.3g}"))
-    threshold = _number(shape.threshold if shape else None, profile.shape_threshold)
-    statistic = shape.statistic if shape else None
-    if threshold is not None:
-        sides = [statistic < 0] if statistic is not None else [True, False]
-        for harder in sides:
-            value = -float(threshold) if harder else float(threshold)
-            out.append((value, f"shape threshold {value:+.3g} ({'harder' if harder else 'softer'})"))
+    two_sided = (
+        ("gamma-shape", "shape", profile.shape_threshold, ("softer", "harder")),
+        ("gamma-side", "side", profile.side_threshold, ("first column", "second column")),
+    )
+    for reason, name, recorded, (above, below) in two_sided:
+        entry = entries.get(reason)
+        threshold = _number(entry.threshold if entry else None, recorded)
+        statistic = entry.statistic if entry else None
+        if threshold is None:
+            continue
+        for negative in [statistic < 0] if statistic is not None else [True, False]:
+            value = -float(threshold) if negative else float(threshold)
+            out.append((value, f"{name} threshold {value:+.3g} ({below if negative else above})"))
     return list(dict.fromkeys(out))
 
 
@@ -225,6 +240,8 @@ def z_notes(decision: Decision) -> list[str]:
         notes.append("shape test did not run (gross counts only)")
     elif "shape" not in drawn:
         notes.append("shape threshold not recorded in this decision")
+    if profile.side_z and "side" not in drawn:
+        notes.append("side threshold not recorded in this decision")
     return notes
 
 
