@@ -43,8 +43,8 @@ Tests (kernels in :mod:`kernels`):
 
 A gamma, side or harder-shape alarm is ``norm-consistent`` when its excess (a side alarm's: the gross excess) is
 spread (a uniform load, of any
-length from ``norm_min_extent`` of the vehicle up, explains it clearly better than any point source at the
-standoff and speed can, ``NORM_PREFERENCE``), holds no point source on top of that load (``NORM_PEAK_Z``),
+length from ``norm_min_extent`` of the vehicle and ``NORM_MIN_LOAD_M`` up, explains it clearly better than any point
+source at the standoff and speed can, ``NORM_PREFERENCE``), holds no point source on top of that load (``NORM_PEAK_Z``),
 with energy windows is harder than background over the load (the low-window fraction at least ``NORM_HARD_Z`` standard
 deviations below what background would give), and no softer-shape alarm stands; on gross counts the
 spread alone decides. ``norm_verdict`` says whether such alarms are released (they stop alarming) or
@@ -146,6 +146,8 @@ NORM_HARD_Z = 1.0
 """How many standard deviations harder than background an excess must be to be NORM-consistent."""
 NORM_MODEL_ERROR = 0.1
 """Fraction of a uniform-load model of a NORM excess allowed as model error before a residual counts as a peak."""
+NORM_MIN_LOAD_M = 2.0
+"""Shortest load (m) an excess may be spread over to be NORM-consistent: bulk cargo, not a package."""
 NORM_PEAK_Z = 3.0
 """z of a point source on top of a NORM load above which the load is not released."""
 NORM_PREFERENCE = 9.0
@@ -940,7 +942,8 @@ class OccupancyAnalyzer:
         """
         n = profiles[0][0].shape[0]
         vehicle = max(n - self.cfg.occupancy_hold_in_s / plan.dt_s, 0.5 * n)
-        shortest = self.cfg.norm_min_extent * vehicle
+        step_m = max(self.speed_kmh, MIN_SPEED_KMH) / 3.6 * plan.dt_s
+        shortest = max(self.cfg.norm_min_extent * vehicle, NORM_MIN_LOAD_M / step_m)
         loads = []
         preference = math.inf
         for excess, variance in profiles:
