@@ -14,6 +14,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterator
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +313,16 @@ def test_event_table_filters_and_pages(client: TestClient, site: Config) -> None
     assert table_seqs(client, "to=2000-01-01") == []
     unknown = client.get("/decisions?lane=nosuch")
     assert unknown.status_code == 400 and "no lane &#39;nosuch&#39; in the configuration" in unknown.text
+    for query, says in (
+        ("verdict=BOGUS", "no verdict"),
+        ("state=bogus", "no adjudication state"),
+        ("from=garbage", "dates are YYYY-MM-DD"),
+        ("from=2026-13-45", "dates are YYYY-MM-DD"),
+        (f"from={date.fromisoformat(day) + timedelta(days=1)}&to={day}", "the dates are the wrong way round"),
+    ):
+        refused = client.get(f"/decisions?{query}")
+        assert refused.status_code == 400 and says in refused.text, query
+        assert '<td><a href="/decision/' not in refused.text, f"{query}: a filter in error shows no rows"
 
     token = csrf(client)
     form = {"csrf": token, "disposition": "norm", "secondary": "not-performed", "notes": "Kitty litter, 100% clay"}

@@ -555,8 +555,14 @@ def _filter(console: Console, params: Any) -> tuple[EventFilter, dict[str, str],
             until = console.clock.utc_of_local(_next_day(end) if len(end) == 10 else end)
     except ValueError:
         error = "dates are YYYY-MM-DD or YYYY-MM-DDTHH:MM, in the site's time zone"
+    if since is not None and until is not None and since >= until:
+        error = f"the dates are the wrong way round: from {shown['from']} is not before to {shown['to']}"
     if shown["lane"] and shown["lane"] not in [lane.id for lane in console.config.lanes]:
         error = f"no lane {shown['lane']!r} in the configuration"
+    if shown["verdict"] and shown["verdict"] not in VERDICTS:
+        error = f"no verdict {shown['verdict']!r}: one of {', '.join(VERDICTS)}"
+    if shown["state"] and shown["state"] not in STATES:
+        error = f"no adjudication state {shown['state']!r}: one of {', '.join(STATES)}"
     where = EventFilter(
         lane=shown["lane"] or None,
         verdict=shown["verdict"] if shown["verdict"] in VERDICTS else None,
@@ -599,12 +605,14 @@ def decision_routes(
 
         def build() -> Response:  # off the event loop: the query, the rows' decoding and the rendering
             nonlocal error
-            try:
-                page = adjudications.events(
-                    where, config.console.page_size, page_arg("before"), page_arg("after"), fields=True
-                )
-            except SearchError as exc:  # no rows rather than rows the search did not choose
-                error, page = str(exc), EventPage([], None, None)
+            page = EventPage([], None, None)  # a filter in error shows no rows rather than rows it did not choose
+            if not error:
+                try:
+                    page = adjudications.events(
+                        where, config.console.page_size, page_arg("before"), page_arg("after"), fields=True
+                    )
+                except SearchError as exc:
+                    error = str(exc)
             rows = [
                 {"row": row, "reasons": reasons(row.fields)[:2], "model": model_short(row.fields),
                  "device_alarm": bool(row.fields.device_alarm), "release": release_recommended(row.fields)}
