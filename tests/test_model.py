@@ -125,28 +125,32 @@ def test_tiny_retraining_is_deterministic_and_valid(tiny: Path, tmp_path: Path) 
     assert int(meta["lanewatch.components"]) == sum(chosen)
 
 
-def test_numpy_scorer_agrees_with_scikit_learn_and_keeps_the_regularisation() -> None:
-    """The plain-numpy scorer (the ONNX graph's twin) against GaussianMixture's own log-likelihood."""
+def sklearn_fit(u: np.ndarray, k: int, seed: int) -> Any:
+    """scikit-learn's own fit of the scaled rows ``u`` with ``k`` components, as :func:`mixture.fit` asks for it."""
     from sklearn.mixture import GaussianMixture
-
-    rng = np.random.default_rng(5)
-    # Two groups, one of them nearly flat in two features: the regularisation must keep it from collapsing.
-    x = np.concatenate([rng.normal(size=(600, 6)), rng.normal(5.0, 1.0, size=(400, 6)) * [1, 1, 1, 1, 1e-4, 1e-4]])
     from threadpoolctl import threadpool_limits
 
-    model = mixture.fit(x, 2, seed=4)
-    u = mixture.transform(x, model.loc, model.scale)
     with threadpool_limits(1):
-        reference = GaussianMixture(
-            2,
+        return GaussianMixture(
+            k,
             covariance_type="full",
             reg_covar=mixture.REG_COVAR,
             tol=mixture.TOL,
             n_init=mixture.N_INIT,
             max_iter=200,
             init_params="kmeans",
-            random_state=4,
+            random_state=seed,
         ).fit(u)
+
+
+def test_numpy_scorer_agrees_with_scikit_learn_and_keeps_the_regularisation() -> None:
+    """The plain-numpy scorer (the ONNX graph's twin) against GaussianMixture's own log-likelihood."""
+    rng = np.random.default_rng(5)
+    # Two groups, one of them nearly flat in two features: the regularisation must keep it from collapsing.
+    x = np.concatenate([rng.normal(size=(600, 6)), rng.normal(5.0, 1.0, size=(400, 6)) * [1, 1, 1, 1, 1e-4, 1e-4]])
+    model = mixture.fit(x, 2, seed=4)
+    u = mixture.transform(x, model.loc, model.scale)
+    reference = sklearn_fit(u, 2, seed=4)
     np.testing.assert_allclose(mixture.nll(model, x), -reference.score_samples(u), rtol=1e-9, atol=1e-9)
     assert model.converged and 1 <= model.iterations <= 200
     for chol in model.precision_chol:
@@ -159,9 +163,6 @@ def test_numpy_scorer_agrees_with_scikit_learn_and_keeps_the_regularisation() ->
 def test_one_mixture_per_group_is_each_group_fitted_alone() -> None:
     """With ``groups``, each group's components are scikit-learn's fit of that group's rows alone, weighted by its
     share, and a row's likelihood comes from its own group's components (the flags keep the others far away)."""
-    from sklearn.mixture import GaussianMixture
-    from threadpoolctl import threadpool_limits
-
     rng = np.random.default_rng(8)
     flag = (rng.random(3000) < 0.3).astype(np.float64)
     # The groups differ in a flag and in the shape of the rest: one mixture for both would have to share components.
@@ -175,17 +176,7 @@ def test_one_mixture_per_group_is_each_group_fitted_alone() -> None:
     nll = mixture.nll(model, x)
     for g, first, k in ((0, 0, 3), (1, 3, 2)):
         rows = flag == g
-        with threadpool_limits(1):
-            alone = GaussianMixture(
-                k,
-                covariance_type="full",
-                reg_covar=mixture.REG_COVAR,
-                tol=mixture.TOL,
-                n_init=mixture.N_INIT,
-                max_iter=200,
-                init_params="kmeans",
-                random_state=2,
-            ).fit(u[rows])
+        alone = sklearn_fit(u[rows], k, seed=2)
         np.testing.assert_array_equal(model.means[first : first + k], alone.means_)
         np.testing.assert_allclose(model.weights[first : first + k], alone.weights_ * rows.mean(), rtol=1e-12)
         want = -alone.score_samples(u[rows]) - np.log(rows.mean())
@@ -199,9 +190,6 @@ def test_one_mixture_per_group_is_each_group_fitted_alone() -> None:
 def test_selection_scores_held_back_rows_under_each_fit_and_picks_the_likeliest() -> None:
     """Each group's count is the candidate whose fit of the other rows gives its held-back rows the highest mean
     log-likelihood; a group of three clusters is found to need three, not one."""
-    from sklearn.mixture import GaussianMixture
-    from threadpoolctl import threadpool_limits
-
     rng = np.random.default_rng(11)
     flag = (rng.random(2400) < 0.5).astype(np.float64)
     centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 6.0, 0.0]])[rng.integers(0, 3, 2400)]
@@ -213,16 +201,7 @@ def test_selection_scores_held_back_rows_under_each_fit_and_picks_the_likeliest(
     u = mixture.transform(x, loc, scale)
     for g in (0, 1):
         for j, k in enumerate((1, 3)):
-            with threadpool_limits(1):
-                gm = GaussianMixture(
-                    k,
-                    covariance_type="full",
-                    reg_covar=mixture.REG_COVAR,
-                    tol=mixture.TOL,
-                    n_init=mixture.N_INIT,
-                    init_params="kmeans",
-                    random_state=5,
-                ).fit(u[(flag == g) & ~held])
+            gm = sklearn_fit(u[(flag == g) & ~held], k, seed=5)
             assert sel.log_likelihood[g, j] == pytest.approx(gm.score(u[(flag == g) & held]), rel=1e-12)
     assert sel.chosen[1] == 3 and sel.log_likelihood[1, 1] > sel.log_likelihood[1, 0] + 0.5
     assert sel.chosen == tuple((1, 3)[int(np.argmax(row))] for row in sel.log_likelihood)
