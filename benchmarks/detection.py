@@ -102,9 +102,10 @@ def run(cfg: DetectionConfig, n: int, seed: int) -> dict[str, Any]:
         row["lanewatch"] += result["verdict"] == "ALARM"
         row["baseline"] += result["baseline_verdict"] == "ALARM"
         base = result["baseline"]
-        row["baseline gamma"] += base["max_sigma"] > base["n_sigma"]
+        row["baseline gamma"] += base["max_sigma"] is not None and base["max_sigma"] > base["n_sigma"]
         row["baseline neutron"] += (
             base["neutron_max"] is not None
+            and base["neutron_background"] is not None
             and base["neutron_max"] - base["neutron_background"] > base["neutron_threshold"]
         )
         for alarm in result["alarms"]:

@@ -390,6 +390,21 @@ def test_detail_page_gives_reasons_in_words_and_one_figure(client: TestClient) -
     assert client.get("/decision/999").status_code == 404
 
 
+def test_detail_page_says_why_the_fielded_rule_was_not_evaluated(site: Config) -> None:
+    """A first vehicle with no background before it: the fielded rule gives no verdict and says why, never a number
+    against the vehicle's own level."""
+    first = next(d for d in decisions() if d["baseline"])
+    baseline = {**first["baseline"], "max_sigma": None, "neutron_background": None, "not_evaluated": "no-background"}
+    with Journal(site.service.journal) as journal:
+        first.update(occupancy_id="first-after-start", verdict="INCOMPLETE", alarms=[], incomplete=["no-background"])
+        seq = journal.append({**first, "baseline_verdict": None, "baseline": baseline})["seq"]
+    with TestClient(create_app(site, start_feeds=False), base_url="https://testserver") as client:
+        login(client, "olga")
+        page = client.get(f"/decision/{seq}").text
+    assert "Fielded rule</dt><dd>not evaluated: no background reading before the vehicle to compare it with" in page
+    assert "sigma at most" not in page and "0.0 background" not in page
+
+
 def test_reasons_read_as_plain_words() -> None:
     by_reason = {tuple(a["reason"] for a in d["alarms"]): read(d) for d in decisions()}
     gamma = reasons(by_reason[("gamma", "gamma-shape", "device")])

@@ -482,6 +482,36 @@ def test_without_tracked_background_estimates_from_the_occupancy() -> None:
     assert found["provisional"] == []
 
 
+def test_the_fielded_rule_is_not_evaluated_against_the_occupancy_itself() -> None:
+    """Without a background from the portal the fielded rule has nothing to compare with: no verdict, no numbers
+    computed against the occupancy's own level, and why; with the portal's background (tracked) it is evaluated."""
+    benign, source = Vehicle(cargo_shield=0.3), Vehicle(source_m=9.0, source_cps=1500.0, source_low=0.9)
+    for vehicle in (benign, source):
+        for bg, why in (
+            (BackgroundSnapshot(), "no-background"),
+            (BackgroundSnapshot(np.zeros((4, 2)), NEUTRON_CPS.copy(), 60.0, 60.0), "no-background"),
+            (BackgroundSnapshot(GAMMA_CPS * 5.0, NEUTRON_CPS.copy(), 200.0, 200.0), "background-rejected"),
+        ):
+            result = run(vehicle, 3, bg=bg)
+            assert result["background"]["origin"] == "estimated-from-occupancy"
+            assert result["baseline_verdict"] is None, (why, result["baseline"])
+            assert result["baseline"]["not_evaluated"] == why and result["baseline"]["max_sigma"] is None
+    assert run(source, 3)["baseline_verdict"] == "ALARM"
+    clear = run(benign, 3)
+    assert clear["baseline_verdict"] == "CLEAR" and "not_evaluated" not in clear["baseline"]
+
+
+def test_the_fielded_neutron_rule_needs_a_neutron_background() -> None:
+    """Gamma against the portal's background, neutrons without one: a gamma alarm of the rule stands, a clear does
+    not (its neutron part was not evaluated)."""
+    no_neutrons = BackgroundSnapshot(GAMMA_CPS.copy(), None, 200.0, 0.0)
+    quiet = run(Vehicle(), 3, bg=no_neutrons)
+    assert quiet["baseline_verdict"] is None and quiet["baseline"]["not_evaluated"] == "no-neutron-background"
+    assert quiet["baseline"]["max_sigma"] is not None and quiet["baseline"]["neutron_background"] is None
+    loud = run(Vehicle(source_m=9.0, source_cps=1500.0), 3, bg=no_neutrons)
+    assert loud["baseline_verdict"] == "ALARM" and loud["baseline"]["not_evaluated"] == "no-neutron-background"
+
+
 def test_gross_counts_only() -> None:
     """K = 1: one window, no shape test; a point source is still found and located."""
     cfg = DetectionConfig()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -18,6 +19,9 @@ from test_service import _background, _collect, _config, _occupancy, _publisher
 from benchmarks.kills import kill_run
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
 from lanewatch.edge.bus.records import Kind
+from lanewatch.edge.commands import alerts
+from lanewatch.edge.console.present import fielded_text
+from lanewatch.edge.decisions.decision import decode
 
 SPEEDUP = 10.0
 """Time compression of the paced SRLS replays."""
@@ -154,7 +158,14 @@ def test_no_background_yet_is_incomplete_and_never_tested_against_itself(running
     assert first["verdict"] == "INCOMPLETE" and first["incomplete"] == ["no-background"]
     assert first["end_reason"] == "gx"
     assert first["alarms"] and all(a["alarm"] is False and a["withheld"] == "no-background" for a in first["alarms"])
+    assert first["baseline_verdict"] is None, "the fielded rule, too, is never evaluated against the vehicle itself"
+    assert first["baseline"]["not_evaluated"] == "no-background" and first["baseline"]["max_sigma"] is None
     assert second["verdict"] == "ALARM" and second["incomplete"] == []
+    assert second["baseline_verdict"] == "ALARM" and "not_evaluated" not in second["baseline"]
+    shown = decode(json.dumps(first))
+    assert fielded_text(shown).startswith("not evaluated: no background reading before the vehicle")
+    head = alerts.header()
+    assert alerts.format_row(shown)[head.index("BASELINE") :].split()[:2] == ["not", "eval."]
 
 
 def test_an_occupancy_whose_start_was_not_seen_is_partial(running: Running, ctx: zmq.Context) -> None:
@@ -169,6 +180,9 @@ def test_an_occupancy_whose_start_was_not_seen_is_partial(running: Running, ctx:
     whole, tail, after = _collect(ctx, config, 3)
     assert (whole["verdict"], whole["incomplete"]) == ("CLEAR", [])
     assert (tail["verdict"], tail["incomplete"]) == ("INCOMPLETE", ["partial"])
+    # the fielded rule on the part seen, against the portal's background as lanewatch's own tests
+    assert tail["background"]["origin"] == "tracked" and tail["baseline_verdict"] == "CLEAR"
+    assert tail["baseline"]["max_sigma"] is not None and "not_evaluated" not in tail["baseline"]
     assert (after["verdict"], after["incomplete"]) == ("CLEAR", [])
 
 

@@ -180,6 +180,7 @@ def test_bad_bus_input_is_counted_and_the_service_goes_on(running: Running, ctx:
     # decided, and honestly: no background line and no idle line seen before it
     assert decisions[0]["verdict"] == "INCOMPLETE"
     assert decisions[0]["incomplete"] == ["partial", "no-background"]
+    assert (decisions[0]["baseline_verdict"], decisions[0]["baseline"]["not_evaluated"]) == (None, "no-background")
     assert running.value("lanewatch_bus_decode_errors_total", kind="header") == 1
     assert running.value("lanewatch_bus_decode_errors_total", kind="frames") == 1
     assert running.value("lanewatch_bus_decode_errors_total", kind="field") == 1

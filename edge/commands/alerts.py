@@ -28,7 +28,7 @@ import zmq
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.console.adjudication import adjudication_state
-from lanewatch.edge.console.present import norm_state, reason_text, reasons
+from lanewatch.edge.console.present import fielded_short, norm_state, reason_text, reasons
 from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm, decode, seq_of
 from lanewatch.edge.decisions.journal import VERDICTS, Journal, JournalError
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
@@ -157,7 +157,7 @@ def format_row(decision: Decision, color: bool = False, zone: tzinfo = UTC, stat
     alarm, the anomaly model's score and finding, NORM release, the adjudication ``state``, then the reasons in
     plain words (the console's, :func:`lanewatch.edge.console.present.reasons`)."""
     verdict = decision.verdict
-    baseline = decision.baseline_verdict or "-"
+    baseline = fielded_short(decision)
     values = (str(decision.seq), _time(decision.end, zone), decision.lane, verdict)
     portal = "ALARM" if decision.device_alarm else "-"
     extra = (portal, _model(decision), _norm(decision), state or "-")

@@ -62,6 +62,7 @@ from lanewatch.edge.console.present import (
     INCOMPLETE_NAMES,
     REASON_NAMES,
     Clock,
+    fielded_text,
     model_short,
     model_text,
     reasons,
@@ -639,8 +640,9 @@ def decision_routes(
         svg = figure.svg(decision, f"/decision/{seq}/preview.png" if preview else None)
         return render(
             request, "detail.html", session, d=decision, seq=seq, reasons=reasons(decision), model=model_text(decision),
-            state=adjudications.state(seq, decision.verdict), history=history, figure=svg,
-            axis=axis_name(decision), awaiting=[r.seq for r in reversed(adjudications.awaiting(AWAITING_QUEUE))],
+            fielded=fielded_text(decision), state=adjudications.state(seq, decision.verdict), history=history,
+            figure=svg, axis=axis_name(decision),
+            awaiting=[r.seq for r in reversed(adjudications.awaiting(AWAITING_QUEUE))],
         )  # fmt: skip
 
     async def preview_png(request: Request) -> Response:

@@ -68,6 +68,12 @@ INCOMPLETE_WORDS = {
 """Why an occupancy's data is not whole (``incomplete`` entries), in words."""
 WITHHELD_WORDS = {"no-background": "no background reading before the vehicle to test against"}
 """Why a radiation test that crossed its threshold does not alarm (``withheld``), in words."""
+FIELDED_NOT_EVALUATED = {
+    "no-background": "no background reading before the vehicle to compare it with",
+    "background-rejected": "the portal's background is far above what the vehicle measured, so not in its units",
+    "no-neutron-background": "no neutron background to compare the neutron counts with",
+}
+"""Why the fielded rule (or a part of it) was not evaluated (``baseline.not_evaluated``), in words."""
 END_WORDS = {
     "gx": "it ended with the portal's end-of-occupancy line",
     "background": "its end line was lost (ended by the next background line)",
@@ -290,6 +296,34 @@ def norm_release_text(alarm: Alarm, decision: Told | None) -> str:
     if alarm_stands:
         return f"no release recommended: {cause}"
     return f"cleared by the radiation tests, release not confirmed: {cause}"
+
+
+def fielded_short(decision: Decision) -> str:
+    """The fielded rule's verdict for a table cell: ``ALARM``, ``CLEAR``, ``not eval.`` (no background to compare
+    with) or ``-`` (no radiation data)."""
+    if decision.baseline_verdict is not None:
+        return decision.baseline_verdict
+    return "not eval." if decision.baseline is not None and decision.baseline.not_evaluated else "-"
+
+
+def fielded_text(decision: Decision) -> str:
+    """The fielded n-sigma rule's verdict with its numbers in words, and why it (or a part of it) was not evaluated."""
+    base = decision.baseline
+    if base is None:
+        return "not applied: no radiation data"
+    parts = []
+    if base.max_sigma is not None:
+        parts.append(f"gamma {base.max_sigma:.1f} sigma at most (alarm above {_num(base.n_sigma)})")
+    if base.neutron_max is not None and base.neutron_background is not None:
+        parts.append(
+            f"neutrons {_num(base.neutron_max, 0)} counts at most against {_num(base.neutron_background)} background"
+            f" (alarm above +{base.neutron_threshold})"
+        )
+    why = FIELDED_NOT_EVALUATED.get(base.not_evaluated or "", base.not_evaluated)
+    if decision.baseline_verdict is None:
+        return "; ".join([f"not evaluated: {why or 'no verdict'}", *parts])
+    what = "; ".join(parts) or "nothing measured"
+    return f"{decision.baseline_verdict}: {what}" + (f"; the rest not evaluated: {why}" if why else "")
 
 
 @dataclass(frozen=True)

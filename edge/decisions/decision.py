@@ -12,7 +12,8 @@ Fields (the journal assigns ``seq``):
   end with its end-of-occupancy line (timeout, stalled samples, link lost), else ``CLEAR``,
 - ``alarms``: every test that crossed its threshold, with statistic, threshold and location
   (``alarm`` false on entries released as NORM-consistent, with the reason explained),
-- ``baseline_verdict``: what the fielded n-sigma rule said, and ``baseline`` its numbers,
+- ``baseline_verdict``: what the fielded n-sigma rule said, and ``baseline`` its numbers: against the portal's own
+  background only, so null with ``baseline.not_evaluated`` saying why when there is none to compare with,
 - ``incomplete``: why the occupancy's data is not whole whatever its end: ``partial`` (its start was not seen:
   the driver or the service joined mid-vehicle), ``no-background`` (no background reading before it: the
   radiation tests' entries are kept as evidence with ``alarm`` false and ``withheld`` "no-background", since
@@ -228,16 +229,22 @@ class ProvisionalAlarm(Alarm, kw_only=True):
 
 
 class Baseline(_Section):
-    """What the fielded n-sigma rule computed."""
+    """What the fielded n-sigma rule computed: against the tracked background (the portal's own background lines)
+    only, never against a level estimated from the occupancy itself."""
 
     max_sigma: float | None = None
-    """Largest excess of the 1 s gross count over background, in standard deviations."""
+    """Largest excess of the 1 s gross count over background, in standard deviations (null: not evaluated)."""
     n_sigma: float | None = None
     """The rule's n."""
     neutron_max: float | None = None
-    """Largest neutron sample above background (counts)."""
+    """Largest neutron sample (counts, all tubes)."""
     neutron_background: float | None = None
-    """Neutron background (counts per sample)."""
+    """Neutron background (counts per sample; null: the neutron part not evaluated)."""
+    not_evaluated: Literal["no-background", "background-rejected", "no-neutron-background"] | None = None
+    """Why a part of the rule was not evaluated (``baseline_verdict`` then null unless another part alarmed):
+    no-background (no usable gamma background before the vehicle: the rule would compare the vehicle with itself),
+    background-rejected (the tracked gamma background far above the occupancy's least shielded second, see
+    ``background.tracked_rejected_ratio``), no-neutron-background (neutrons counted, no neutron background)."""
     neutron_threshold: int | None = None
     """The fielded neutron threshold (counts above background)."""
 
@@ -475,7 +482,8 @@ class Decision(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     alarms: list[Alarm]
     """Every test that crossed its threshold and every finding that explains the verdict."""
     baseline_verdict: Literal["CLEAR", "ALARM"] | None
-    """What the fielded n-sigma rule said (null without radiation data)."""
+    """What the fielded n-sigma rule said (null without radiation data, and when it could not be evaluated:
+    ``baseline.not_evaluated`` says why)."""
     baseline: Baseline | None
     """The fielded rule's numbers (null without radiation data)."""
     end_reason: str

@@ -842,13 +842,12 @@ class OccupancyAnalyzer:
         # shape, which NORM does not raise, is the evidence).
         self._joint_evidence = None if norm is not None and self.windows < 2 else self._joint_evidence_of(bg, thr)
         alarms[:0] = [entry for entry in (gamma, shape, side) if entry is not None]
-        base = {
-            "max_sigma": round(
-                float(nsigma_series(x, float(e.sum() / self._dts.view.sum()) * plan.n_1s * plan.dt_s, plan.n_1s).max()),
-                3,
-            ),
-            "n_sigma": self.cfg.baseline_n_sigma,
-        }
+        base: dict[str, Any] = {"max_sigma": None, "n_sigma": self.cfg.baseline_n_sigma}
+        if tracked:
+            bg_1s = float(e.sum() / self._dts.view.sum()) * plan.n_1s * plan.dt_s
+            base["max_sigma"] = round(float(nsigma_series(x, bg_1s, plan.n_1s).max()), 3)
+        else:
+            base["not_evaluated"] = "no-background" if rejected is None else "background-rejected"
         background = {
             "origin": bg.origin,
             "gamma_cps": bg.cps,
@@ -995,7 +994,9 @@ class OccupancyAnalyzer:
         Keys: ``alarms`` (entries with ``alarm`` true or false, see the module docstring), ``verdict``
         ("ALARM" iff an entry alarms, else "CLEAR"), ``baseline_verdict`` and ``baseline`` (the fielded
         rule on the same counts: ``max_sigma``, ``n_sigma``, ``neutron_max``, ``neutron_background``,
-        ``neutron_threshold``), ``profile`` (per-sample evidence: ``gross``, ``windows``, ``expected`` (the
+        ``neutron_threshold``; only against a tracked background, the portal's own: a part of the rule without one is
+        not evaluated, its numbers null and ``not_evaluated`` saying why, see :func:`_fielded_verdict`),
+        ``profile`` (per-sample evidence: ``gross``, ``windows``, ``expected`` (the
         background times the shadow's level on the flanks, at most 1 with a tracked background),
         ``sideband_expected`` (the background times the line the sideband test fitted around each sample: the
         level it tested against), ``sideband_spread``, ``mf_z``, ``shape_z``, ``side_z``, ``neutron``, with ``dt_s``,
@@ -1014,20 +1015,33 @@ class OccupancyAnalyzer:
         counts = self._neutron.view
         neutron_max = float(counts.max()) if counts.size else None
         neutron_bg = profile.get("neutron_expected")
+        if neutron_max is not None and background["neutron_origin"] != "tracked":
+            neutron_bg = None
+            baseline.setdefault("not_evaluated", "no-neutron-background")
         baseline.update(neutron_max=neutron_max, neutron_background=neutron_bg)
         baseline["neutron_threshold"] = self.cfg.baseline_neutron_threshold
-        baseline_alarm = baseline.get("max_sigma", -math.inf) > self.cfg.baseline_n_sigma or (
-            neutron_max is not None and neutron_max - neutron_bg > self.cfg.baseline_neutron_threshold
-        )
         return {
             "alarms": alarms,
             "verdict": "ALARM" if any(a["alarm"] for a in alarms) else "CLEAR",
-            "baseline_verdict": "ALARM" if baseline_alarm else "CLEAR",
+            "baseline_verdict": _fielded_verdict(baseline),
             "baseline": baseline,
             "profile": profile,
             "background": background,
             "provisional": list(self.raised.values()),
         }
+
+
+def _fielded_verdict(baseline: dict[str, Any]) -> str | None:
+    """The fielded rule's verdict from its numbers: ALARM when a part of it that was evaluated alarms (gamma:
+    ``max_sigma`` over ``n_sigma``; neutrons: ``neutron_max`` over ``neutron_background`` by more than
+    ``neutron_threshold``), else CLEAR when every part was evaluated, else None (``not_evaluated`` says why: a clear
+    from the part evaluated is no clear of the vehicle)."""
+    sigma, neutrons, neutron_bg = baseline.get("max_sigma"), baseline.get("neutron_max"), baseline["neutron_background"]
+    if sigma is not None and sigma > baseline["n_sigma"]:
+        return "ALARM"
+    if neutrons is not None and neutron_bg is not None and neutrons - neutron_bg > baseline["neutron_threshold"]:
+        return "ALARM"
+    return None if "not_evaluated" in baseline else "CLEAR"
 
 
 def _shared_offset(z: np.ndarray, reach: int) -> float:
