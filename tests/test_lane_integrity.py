@@ -137,14 +137,15 @@ def running(tmp_path: Path) -> Iterator[Running]:
     r.close()
 
 
-def _source_passes(pub: RecordPublisher, samples: int = 30, seed: int = 3) -> None:
-    """A vehicle with a strong source in the middle, ended by its GX line."""
+def _source_passes(pub: RecordPublisher, samples: int = 30, seed: int = 3, counter: int | None = 0) -> None:
+    """A vehicle with a strong source in the middle, ended by its GX line with ``counter`` (no GX when None)."""
     rng = np.random.default_rng(seed)
     t = np.arange(samples) * 0.2
     excess = 200.0 / (1.0 + ((t - t[-1] / 2) * 2.0 / 2.0) ** 2)
     for e in excess:
         pub.emit(Kind.GAMMA_SCAN, dt_s=0.2, counts=rng.poisson(48.0 + e / 4, (4, 1)).astype(np.uint32))
-    pub.emit(Kind.OCCUPANCY_END, values={"device_occupancy": 0, "neutron_background_cps": 3.0})
+    if counter is not None:
+        pub.emit(Kind.OCCUPANCY_END, values={"device_occupancy": counter, "neutron_background_cps": 3.0})
 
 
 def test_no_background_yet_is_incomplete_and_never_tested_against_itself(running: Running, ctx: zmq.Context) -> None:
@@ -268,6 +269,24 @@ def test_a_vehicle_cut_by_a_driver_restart_gets_one_decision(running: Running, c
     assert (head["device_occupancy"], head["counter_inferred"], head["end_reason"]) == (23, True, "driver-restart")
     assert (missed["device_occupancy"], missed["end_reason"]) == (24, "missed")
     assert (tail["device_occupancy"], tail["incomplete"], tail["end_reason"]) == (25, ["partial"], "gx")
+
+
+def test_a_vehicle_seen_in_two_pieces_keeps_the_fielded_alarm_of_its_head(running: Running, ctx: zmq.Context) -> None:
+    """The source passed before the driver died: the one decision of the vehicle keeps the fielded rule's ALARM of its
+    head, not the CLEAR of its tail alone."""
+    config = running.service.config
+    pub = _publisher(ctx, config)
+    _background(pub)
+    _vehicle(pub, 15, 31)
+    _source_passes(pub, counter=None)  # the driver dies after the source went by ...
+    pub = _restarted(pub)
+    _vehicle(pub, 8, 32)  # ... and comes back for the vehicle's tail
+    _background(pub)
+    first, joined = _collect(ctx, config, 2)
+    assert first["baseline_verdict"] == "CLEAR"
+    assert joined["device_occupancy"] == 32 and "partial" in joined["incomplete"]
+    assert any(a["part"] == "head" and a["reason"] == "gamma" for a in joined["alarms"])
+    assert joined["baseline_verdict"] == "ALARM" and joined["baseline"]["max_sigma"] > joined["baseline"]["n_sigma"]
 
 
 def test_a_lost_link_ends_the_occupancy(running: Running, ctx: zmq.Context) -> None:

@@ -699,9 +699,10 @@ class Lane:
 
 def _combine(head: _Ended, tail: _Ended) -> _Ended:
     """One vehicle seen in two pieces (its occupancy cut, then joined again mid-vehicle): one decision with the
-    tail's id, analysis and end, the head's start, both pieces' alarms (``part`` "head" or "tail"), and why the
-    data between them is missing among ``incomplete``. The id is the tail's: a restarted service that is replayed
-    the tail (the head went with the driver's previous run) decides it under the id already journaled."""
+    tail's id, analysis and end, the head's start, both pieces' alarms (``part`` "head" or "tail"), the fielded rule's
+    verdict of the piece that says most (an ALARM of either, else either's "not evaluated", else the tail's CLEAR), and
+    why the data between them is missing among ``incomplete``. The id is the tail's: a restarted service that is
+    replayed the tail (the head went with the driver's previous run) decides it under the id already journaled."""
     h, facts = head.facts, dict(tail.facts)
     facts.update(
         start_wall_ns=h["start_wall_ns"],
@@ -713,7 +714,14 @@ def _combine(head: _Ended, tail: _Ended) -> _Ended:
     )
     alarms = [{**a, "part": "head"} for a in head.analysis["alarms"]]
     alarms += [{**a, "part": "tail"} for a in tail.analysis["alarms"]]
-    return _Ended(facts, {**tail.analysis, "alarms": alarms}, tail.deadline_mono_ns)
+    fielded = max((tail.analysis, head.analysis), key=lambda a: _FIELDED_RANK.get(a.get("baseline_verdict"), 0))
+    analysis = {**tail.analysis, "alarms": alarms}
+    analysis.update(baseline_verdict=fielded["baseline_verdict"], baseline=fielded.get("baseline"))
+    return _Ended(facts, analysis, tail.deadline_mono_ns)
+
+
+_FIELDED_RANK = {"ALARM": 2, None: 1}
+"""How much a piece's fielded verdict says about the whole vehicle (CLEAR: 0, the least)."""
 
 
 _NO_ANALYSIS: dict[str, Any] = {"alarms": [], "baseline_verdict": None, "profile": {}}
