@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import zmq
 from prometheus_client import CollectorRegistry
@@ -618,6 +619,57 @@ def test_console_follow_prints_new_decisions(service: ServiceLoop, tmp_path: Pat
         proc.wait(timeout=WAIT_S)
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_the_demos_live_view_prints_the_alerts_table(service: ServiceLoop, tmp_path: Path) -> None:
+    """The demo's live view and ``lanewatch alerts`` print one table for the same decisions: the adjudication state
+    (an ALARM nobody touched is unacknowledged), the portal's alarm, the model, NORM release and local time."""
+    import io
+    import subprocess
+    import sys
+
+    from lanewatch.edge.commands import demo
+    from lanewatch.edge.config import ConsoleConfig, ServiceConfig
+    from lanewatch.edge.console.adjudication import Adjudications
+
+    portal = {**make_decision(1, verdict="ALARM"), "device_alarm": True}
+    for decision in (make_decision(0), portal, make_decision(2, verdict="ALARM")):
+        service.append(decision)
+    store = Adjudications(service.journal.path)
+    store.record(3, "acknowledge", "olga", "operator")
+    store.close()
+    config = msgspec.structs.replace(
+        bus_config(service),
+        service=ServiceConfig(journal=str(service.journal.path)),
+        console=ConsoleConfig(timezone="Europe/Amsterdam"),
+    )
+    part = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    shown = io.StringIO()
+
+    def stop_once_shown() -> None:
+        try:
+            wait_until(lambda: len(shown.getvalue().splitlines()) >= 4, "the live view's rows")
+        finally:
+            assert part.stdin is not None
+            part.stdin.close()  # a part of the demo exits: the live view ends
+
+    stopper = threading.Thread(target=stop_once_shown)
+    stopper.start()
+    with contextlib.redirect_stdout(shown), contextlib.redirect_stderr(io.StringIO()):
+        assert demo._follow(config, 0.0, {"part": part}) == 1
+    stopper.join(WAIT_S)
+    part.wait(WAIT_S)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert alerts.run(console_args("--since", "0"), config) == 0
+    live = shown.getvalue().splitlines()
+    assert live == printed.getvalue().splitlines()
+    head = live[0]
+    assert "END (Europe/Amsterdam)" in head
+    states = [line[head.index("ADJUDICATION") :].split()[0] for line in live[1:]]
+    assert states == ["-", "unacknowledged", "acknowledged"]
+    assert [line[head.index("PORTAL") :].split()[0] for line in live[1:]] == ["-", "ALARM", "-"]
+    assert live[1].split()[1:3] == ["2024-05-01", "14:00:00"], "12:00 UTC is 14:00 in Amsterdam in May"
 
 
 def test_console_says_when_the_service_is_not_running(ctx: zmq.Context, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,6 +18,7 @@ import sys
 import time
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TextIO
@@ -172,6 +173,32 @@ def format_provisional(alarm: ProvisionalAlarm, color: bool = False, zone: tzinf
     return f"{_cells(values, {3: 'PROVISIONAL'}, color, zone)}  {reason_text(alarm)}{tail}"
 
 
+@dataclass(frozen=True)
+class Table:
+    """The table ``lanewatch alerts`` prints, and the demo's live view: the columns of :func:`format_row`, times in
+    the site's time zone (``[console].timezone``), each decision's adjudication state read from the journal file
+    (``states``; None: no state column values)."""
+
+    zone: tzinfo = UTC
+    states: Callable[[Decision], str] | None = None
+    color: bool = False
+
+    @classmethod
+    def of(cls, config: Config, journal: Path | None = None, color: bool = False) -> Table:
+        """The table of the site ``config`` names, with states from ``journal`` (default: the service's journal)."""
+        zone = zoneinfo.ZoneInfo(config.console.timezone)
+        return cls(zone, _states(journal or Path(config.service.journal)), color)
+
+    def header(self) -> str:
+        return header(self.color, self.zone)
+
+    def line(self, item: Decision | ProvisionalAlarm) -> str:
+        """A decision's row (with its adjudication state) or a provisional alarm's."""
+        if isinstance(item, ProvisionalAlarm):
+            return format_provisional(item, self.color, self.zone)
+        return format_row(item, self.color, self.zone, self.states(item) if self.states else "")
+
+
 def _matches(item: Decision | ProvisionalAlarm, args: argparse.Namespace) -> bool:
     if args.lane is not None and item.lane != args.lane:
         return False
@@ -181,16 +208,13 @@ def _matches(item: Decision | ProvisionalAlarm, args: argparse.Namespace) -> boo
 
 
 def _emit(
-    item: Decision | ProvisionalAlarm, journaled: bytes, args: argparse.Namespace, color: bool, out: TextIO
+    item: Decision | ProvisionalAlarm, journaled: bytes, args: argparse.Namespace, out: TextIO
 ) -> None:
     """One line: a decision as ``journaled`` (jsonl) or as a table row, or a provisional alarm's table row."""
-    if isinstance(item, ProvisionalAlarm):
-        out.write(format_provisional(item, color, args.zone) + "\n")
-    elif args.format == "jsonl":
+    if args.format == "jsonl" and isinstance(item, Decision):
         out.write(journaled.decode() + "\n")
     else:
-        state = args.states(item) if args.states else ""
-        out.write(format_row(item, color, args.zone, state) + "\n")
+        out.write(args.table.line(item) + "\n")
     if args.follow:
         out.flush()
 
@@ -206,12 +230,13 @@ def _typed(journaled: Iterable[bytes]) -> Iterator[tuple[Decision, bytes]]:
             print(f"lanewatch alerts: {why}", file=sys.stderr)
 
 
-def _states(path: Path) -> Callable[[Decision], str] | None:
-    """The adjudication state of a decision, read from the journal file at ``path`` (None when it is not here)."""
-    if not path.exists():
-        return None
+def _states(path: Path) -> Callable[[Decision], str]:
+    """The adjudication state of a decision, read from the journal file at ``path`` ("" while there is none here: the
+    service may run on another machine, or not have started yet)."""
 
     def state(decision: Decision) -> str:
+        if not path.exists():
+            return ""
         try:
             return adjudication_state(path, decision.seq, decision.verdict)
         except sqlite3.Error:
@@ -230,7 +255,7 @@ def _unknown_lane(args: argparse.Namespace, config: Config, known: Callable[[str
     return "" if known(args.lane) else f"no decision of lane {args.lane!r} in the journal"
 
 
-def _offline(args: argparse.Namespace, config: Config, color: bool, out: TextIO) -> int:
+def _offline(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     """The decisions of the journal file ``args.journal``; with ``--follow``, new ones as they are written."""
     try:
         journal = Journal(args.journal, readonly=True)
@@ -243,10 +268,10 @@ def _offline(args: argparse.Namespace, config: Config, color: bool, out: TextIO)
             print(f"lanewatch alerts: {problem}", file=sys.stderr)
             return 2
         if args.format == "table":
-            out.write(header(color, args.zone) + "\n")
+            out.write(args.table.header() + "\n")
         if args.since is None:
             for decision, raw in _typed(journal.query_json(lane=args.lane, verdict=args.verdict, limit=args.last)):
-                _emit(decision, raw, args, color, out)
+                _emit(decision, raw, args, out)
             cursor = journal.last_seq()
         else:
             cursor = args.since
@@ -254,7 +279,7 @@ def _offline(args: argparse.Namespace, config: Config, color: bool, out: TextIO)
             batch = journal.since_json(cursor, 500) if args.since is not None or args.follow else []
             for decision, raw in _typed(batch):
                 if _matches(decision, args):
-                    _emit(decision, raw, args, color, out)
+                    _emit(decision, raw, args, out)
             if batch:
                 cursor = seq_of(batch[-1])
             if not args.follow:
@@ -265,13 +290,11 @@ def _offline(args: argparse.Namespace, config: Config, color: bool, out: TextIO)
 def run(args: argparse.Namespace, config: Config) -> int:
     """List (and with ``--follow`` keep listing) decisions from the service named by ``config.bus``, or from the
     journal file ``--journal``."""
-    args.zone = zoneinfo.ZoneInfo(config.console.timezone)
-    args.states = _states(args.journal or Path(config.service.journal))
     out = sys.stdout
-    color = args.format == "table" and out.isatty()
+    args.table = Table.of(config, args.journal, color=args.format == "table" and out.isatty())
     if args.journal is not None:
         try:
-            return _offline(args, config, color, out)
+            return _offline(args, config, out)
         except KeyboardInterrupt:
             return 0
     keys = Keys.load(config.bus, args.key)
@@ -285,12 +308,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
             print(f"lanewatch alerts: {problem}", file=sys.stderr)
             return 2
         if args.format == "table":
-            out.write(header(color, args.zone) + "\n")
+            out.write(args.table.header() + "\n")
         since = args.since
         if since is None:
             reply = client.query(lane=args.lane, verdict=args.verdict, limit=args.last)
             for decision, raw in _typed(reply.records or []):
-                _emit(decision, raw, args, color, out)
+                _emit(decision, raw, args, out)
             if not args.follow:
                 return 0
             since = reply.last_seq
@@ -300,7 +323,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         live_alarms = args.follow and args.format == "table"
         for item in subscriber.decisions(follow=args.follow, provisional=live_alarms):
             if isinstance(item, Decision | ProvisionalAlarm) and _matches(item, args):
-                _emit(item, subscriber.journaled, args, color, out)
+                _emit(item, subscriber.journaled, args, out)
         return 0
     except ServiceUnreachable as exc:
         print(f"lanewatch alerts: {exc}; is the service running? (configuration: {config.source})", file=sys.stderr)

@@ -228,7 +228,6 @@ def demo(args: argparse.Namespace) -> int:
             for name, password in users.items():
                 print(f"                                user {name}, password {password} (role {name})")
         print("  live decisions (Ctrl-C to stop):\n")
-        print(alerts.header(color=sys.stdout.isatty()))
         return _follow(config, args.duration, procs)
     except KeyboardInterrupt:
         return 0
@@ -246,16 +245,17 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _follow(config: Config, duration: float, procs: dict[str, subprocess.Popen[bytes]]) -> int:
-    color = sys.stdout.isatty()
+    """The live view: ``lanewatch alerts --follow``'s table (:class:`lanewatch.edge.commands.alerts.Table`) of every
+    decision and provisional alarm, until ``duration`` (s; 0: until stopped) passed or a part of the demo exited."""
+    table = alerts.Table.of(config, color=sys.stdout.isatty())
+    print(table.header(), flush=True)
     ctx = zmq.Context()
     sub = AlertSubscriber(ctx, config.bus.alerts, config.bus.query, since=0, keys=Keys.load(config.bus, "console"))
     end = time.monotonic() + duration if duration else None
     try:
         for item in sub.decisions(follow=True, timeout_s=1.0, provisional=True):
-            if isinstance(item, ProvisionalAlarm):
-                print(alerts.format_provisional(item, color), flush=True)
-            elif isinstance(item, Decision):
-                print(alerts.format_row(item, color), flush=True)
+            if isinstance(item, Decision | ProvisionalAlarm):
+                print(table.line(item), flush=True)
             dead = [name for name, p in procs.items() if p.poll() is not None]
             if dead:
                 logs = os.path.dirname(config.service.journal)
