@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import socket
 import statistics
 import tempfile
@@ -49,7 +50,9 @@ def free_port() -> int:
 class Service(threading.Thread):
     """Journals and publishes ``rate`` decisions a second per lane until stopped; ``appended[seq]`` = monotonic
     time the append returned. ``payload`` (e.g. a real decision's profile and X-ray section) goes in every
-    decision."""
+    decision. Each run's occupancy ids are its own, so that on a journal kept from an earlier run every decision is
+    journaled anew (the journal answers an occupancy id it holds with the decision it stored, which the console
+    rightly takes for one it has)."""
 
     def __init__(self, journal_path: Path, lanes: int, rate_hz: float, payload: dict[str, Any] | None = None) -> None:
         super().__init__(daemon=True)
@@ -59,6 +62,8 @@ class Service(threading.Thread):
         self.lanes, self.rate_hz = lanes, rate_hz
         self.payload = payload or {}
         self.appended: dict[int, float] = {}
+        self.run_id = secrets.token_hex(4)
+        """In every occupancy id of this run."""
         self.running = threading.Event()
         self.stopping = threading.Event()
         self.started_s = 0.0
@@ -90,7 +95,7 @@ class Service(threading.Thread):
                 alarms = alarms if n % 40 == 0 else []
                 now_ns = time.time_ns()
                 stored = self.journal.append(
-                    {"schema_version": SCHEMA_VERSION, "lane": lane, "occupancy_id": f"{lane}-{n}",
+                    {"schema_version": SCHEMA_VERSION, "lane": lane, "occupancy_id": f"{lane}-{self.run_id}-{n}",
                      "device_occupancy": n, "start": stamp, "end": stamp, "start_ns": now_ns, "end_ns": now_ns,
                      "verdict": verdict, "alarms": alarms, "baseline_verdict": verdict, "baseline": None,
                      "end_reason": "gx", "incomplete": [], "samples": 25, "device_alarm": False, "tamper": False,
