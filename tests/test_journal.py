@@ -425,8 +425,12 @@ def test_schema_version_and_files_that_are_not_journals(tmp_path: Path) -> None:
     garbage.write_bytes(b"this is not a database, just some bytes" * 100)
     with pytest.raises(JournalError, match=r"garbage\.db: cannot open journal"):
         Journal(garbage)
-    with pytest.raises(JournalError, match="cannot open journal"):
+    with pytest.raises(JournalError, match=r"missing\.db: cannot open journal: no such file$"):
         Journal(tmp_path / "missing.db", readonly=True)
+    assert not (tmp_path / "missing.db").exists(), "reading creates nothing"
+    for readonly in (True, False):
+        with pytest.raises(JournalError, match=r"cannot open journal: a directory, not a journal file$"):
+            Journal(tmp_path, readonly=readonly)
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
     with pytest.raises(JournalError, match="not a lanewatch journal"):

@@ -238,6 +238,9 @@ class Journal:
         """Decisions journaled that did not fit the decision schema (each one a bug, counted and logged)."""
         self._closed = False
         self._checkpointer: _Checkpointer | None = None
+        if self.path.is_dir() or (readonly and not self.path.exists()):
+            why = "a directory, not a journal file" if self.path.is_dir() else "no such file"
+            raise JournalError(f"{self.path}: cannot open journal: {why}")
         try:
             if readonly:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
