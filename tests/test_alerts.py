@@ -563,6 +563,18 @@ def console_args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+def test_bad_numbers_are_refused_in_words(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, words in (
+        (["--since", "abc"], "argument --since: expected a seq >= 0, got 'abc'"),
+        (["--since", "-1"], "argument --since: expected a seq >= 0, got '-1'"),
+        (["--last", "0"], "argument --last: expected a count >= 1, got '0'"),
+        (["--last", "1.5"], "argument --last: expected a count >= 1, got '1.5'"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            console_args(*argv)
+        assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
 def bus_config(loop: ServiceLoop) -> Config:
     return Config(bus=BusConfig(alerts=loop.alerts, query=loop.query, plaintext=True), source="test.toml")
 

@@ -90,18 +90,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seq >= 0, got {value}")
-    return value
+def _at_least(lowest: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``lowest``, else an error naming ``what`` was expected."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lowest:
+            raise argparse.ArgumentTypeError(f"expected a {what} >= {lowest}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a count >= 1, got {value}")
-    return value
+_non_negative_int = _at_least(0, "seq")
+_positive_int = _at_least(1, "count")
 
 
 def _paint(text: str, key: str, color: bool) -> str:
