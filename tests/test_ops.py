@@ -609,6 +609,9 @@ def test_status_exits_2_when_the_service_is_unreachable(capsys: pytest.CaptureFi
     closed = free_ports(1)[0]
     code, out = status_of(site(f"127.0.0.1:{closed}"), capsys)
     assert code == 2 and f"service 127.0.0.1:{closed}: UNREACHABLE" in out
+    assert "is the service running? (no --config given: the embedded defaults)" in out
+    named = msgspec.structs.replace(site(f"127.0.0.1:{closed}"), source="/etc/lanewatch/site.toml")
+    assert "(configuration: /etc/lanewatch/site.toml)" in status_of(named, capsys)[1]
 
 
 def test_status_treats_a_non_json_answer_as_unreachable(capsys: pytest.CaptureFixture[str]) -> None:

@@ -185,7 +185,8 @@ def check(config: Config, timeout_s: float) -> dict[str, Any]:
     """The whole report: service, journal, watchdog, lanes; ``exit`` is the command's exit status."""
     service, error = fetch_health(config.service.http, timeout_s, ServiceHealth)
     if service is None:
-        return {"ok": False, "exit": EXIT_UNREACHABLE, "service": {"address": config.service.http, "error": error}}
+        unreachable = {"address": config.service.http, "error": error, "configuration": config.source}
+        return {"ok": False, "exit": EXIT_UNREACHABLE, "service": unreachable}
     lanes = {
         lane.id: _lane_summary(lane, service.lanes.get(lane.id) or LaneHealth(), timeout_s) for lane in config.lanes
     }
@@ -221,7 +222,9 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     service = report["service"]
     if "error" in service:
-        return f"service {service['address']}: UNREACHABLE ({service['error']})"
+        where = service.get("configuration", "?")
+        config = "no --config given: the embedded defaults" if where == "<defaults>" else f"configuration: {where}"
+        return f"service {service['address']}: UNREACHABLE ({service['error']}); is the service running? ({config})"
     lines = [f"service {service['address']}: {'ok' if service['ok'] else 'NOT OK'}"]
     journal = report["journal"]
     lines.append(
