@@ -190,7 +190,7 @@ def test_evidence_of_a_radiation_only_decision_through_the_query_endpoint(journa
     history = json.loads(files["adjudications.json"])["history"]
     assert [(h["kind"], h["user"]) for h in history] == [("acknowledge", "olga")], "read from the journal file here"
     assert "not included" not in done.stderr
-    assert missing.returncode == 1 and "no decision numbered 7" in missing.stdout
+    assert missing.returncode == 1 and "no decision numbered 7" in missing.stderr
     assert remote.returncode == 0, remote.stdout + remote.stderr
     record = json.loads(_read_bundle(tmp_path / "remote", 2)["adjudications.json"])
     assert record["history"] is None and "history is not included" in record["history_not_included"]
@@ -199,10 +199,18 @@ def test_evidence_of_a_radiation_only_decision_through_the_query_endpoint(journa
 
 def test_evidence_refuses_what_it_cannot_read(journal_path: Path, tmp_path: Path) -> None:
     gone = _evidence("1", "--out", str(tmp_path / "out"), "--journal", str(tmp_path / "none.db"))
-    assert gone.returncode == 1 and "cannot read decision 1" in gone.stdout
+    assert gone.returncode == 1 and "cannot read decision 1" in gone.stderr and "no such file" in gone.stderr
+    assert gone.stdout == "", "errors on stderr: stdout holds only the bundle's path"
     assert not (tmp_path / "out").exists()
     bad = _evidence("0", "--out", str(tmp_path / "out"), "--journal", str(journal_path))
-    assert bad.returncode == 2
+    assert bad.returncode == 2 and "SEQ must be a journal sequence number" in bad.stderr and bad.stdout == ""
+    none = _evidence("99", "--out", str(tmp_path / "out"), "--journal", str(journal_path))
+    assert none.returncode == 1 and f"no decision numbered 99 in {journal_path}" in none.stderr and none.stdout == ""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    unwritable = _evidence("1", "--out", str(blocked), "--journal", str(journal_path))
+    assert unwritable.returncode == 1 and unwritable.stdout == ""
+    assert unwritable.stderr.startswith(f"lanewatch evidence: cannot write {blocked}/evidence-1.zip: ")
 
 
 def test_evidence_of_a_scan_without_an_occupancy(tmp_path: Path, shared_data: Path) -> None:

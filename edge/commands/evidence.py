@@ -8,8 +8,8 @@ evidence figure, the X-ray preview, the occupancy as N42.42, the adjudication hi
 manifest). The history is read from the journal file whenever it is here, also with ``--query``; without it the
 bundle's ``adjudications.json`` says the history is not included and why (``history`` null), and so does stderr.
 
-Exit status 0 when the bundle was written, 1 when the decision cannot be read (or its preview
-cannot be decoded), 2 for a bad command line.
+Prints the bundle's path; errors go to stderr. Exit status 0 when the bundle was written, 1 when the decision
+cannot be read (or its preview cannot be decoded) or the bundle cannot be written, 2 for a bad command line.
 """
 
 from __future__ import annotations
@@ -72,16 +72,16 @@ def _history(args: argparse.Namespace, config: Config) -> tuple[list[Adjudicatio
 def run(args: argparse.Namespace, config: Config) -> int:
     """Write the evidence files of decision ``args.seq`` into ``args.out``."""
     if args.seq < 1:
-        print(f"lanewatch evidence: SEQ must be a journal sequence number (1 or more), got {args.seq}")
+        print(f"lanewatch evidence: SEQ must be a journal sequence number (1 or more), got {args.seq}", file=sys.stderr)
         return 2
     where = f"the query endpoint {config.bus.query}" if args.query else str(args.journal or config.service.journal)
     try:
         journaled = _read(args, config)
     except (JournalError, QueryError, ServiceUnreachable) as exc:
-        print(f"lanewatch evidence: cannot read decision {args.seq}: {exc}")
+        print(f"lanewatch evidence: cannot read decision {args.seq}: {exc}", file=sys.stderr)
         return 1
     if journaled is None:
-        print(f"lanewatch evidence: no decision numbered {args.seq} in {where}")
+        print(f"lanewatch evidence: no decision numbered {args.seq} in {where}", file=sys.stderr)
         return 1
     history, missing = _history(args, config)
     if history is None:
@@ -89,13 +89,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
     try:
         body = bundle(journaled, history, missing)
     except msgspec.ValidationError as exc:
-        print(f"lanewatch evidence: decision {args.seq} does not fit the decision contract: {exc}")
+        print(f"lanewatch evidence: decision {args.seq} does not fit the decision contract: {exc}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:
-        print(f"lanewatch evidence: decision {args.seq}: its X-ray preview cannot be decoded: {exc}")
+        print(f"lanewatch evidence: decision {args.seq}: its X-ray preview cannot be decoded: {exc}", file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"evidence-{args.seq}.zip"
-    path.write_bytes(body)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+    except OSError as exc:
+        print(f"lanewatch evidence: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(path)
     return 0
