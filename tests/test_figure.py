@@ -315,3 +315,21 @@ def test_the_neutron_threshold_is_drawn_per_sample_over_its_window(page: Any, dr
     assert neutron_frame["y"] < line["y"] < neutron_frame["y"] + neutron_frame["h"]
     neutron = drawn(decision).axes[-1]
     assert label in [t.get_text() for t in neutron.get_legend().get_texts()] and neutron.get_ylim()[0] == 0.0
+
+
+def test_the_evidence_figure_says_when_the_background_came_from_the_vehicle_itself(drawn: Any) -> None:
+    """The first vehicle after start: its "expected" is the vehicle's own level and its tests were withheld, which
+    the statistics panel says; the title gives the end in UTC as a person reads it."""
+    decision = copy.deepcopy(by_reason("gamma"))
+    decision.update(verdict="INCOMPLETE", incomplete=["no-background"], end="2024-05-01T12:03:04.500Z")
+    decision["background"]["origin"] = "estimated-from-occupancy"
+    for alarm in decision["alarms"]:
+        alarm.update(alarm=False, withheld="no-background")
+    fig = drawn(decision)
+    z = next(ax for ax in fig.axes if ax.get_ylabel().startswith("test statistic"))
+    note = "no background before the vehicle: expected from the vehicle itself, tests withheld"
+    assert note in [t.get_text() for t in z.texts]
+    assert fig.get_suptitle().endswith("INCOMPLETE · ended 2024-05-01 12:03:04 UTC")
+    decision["incomplete"] = []
+    z = next(ax for ax in drawn(decision).axes if ax.get_ylabel().startswith("test statistic"))
+    assert "expected from the vehicle itself (no usable background line)" in [t.get_text() for t in z.texts]

@@ -44,7 +44,7 @@ from typing import Any
 import msgspec
 
 from lanewatch.edge.console.figure import MATERIAL_COLOURS
-from lanewatch.edge.console.present import finding_label, parse_utc, reason_text, reasons
+from lanewatch.edge.console.present import finding_label, parse_utc, reason_text, reasons, utc_label
 from lanewatch.edge.decisions.adjudication import Adjudication
 from lanewatch.edge.decisions.decision import Alarm, Decision, Preview, Xray, decode
 from lanewatch.edge.decisions.profile import (
@@ -140,7 +140,7 @@ def figure(decision: Decision) -> Any:
     axes = list(axes) if len(panels) > 1 else [axes]
     by = dict(zip(panels, axes, strict=True))
     seq, lane, verdict = decision.seq, decision.lane, decision.verdict
-    fig.suptitle(f"Decision {seq} · {lane} · {verdict} · ended {decision.end}", fontsize=11)
+    fig.suptitle(f"Decision {seq} · {lane} · {verdict} · ended {utc_label(decision.end)}", fontsize=11)
     if xray is not None and preview is not None:
         _image_panel(by["image"], xray, preview, data.image.too_dark)
     if "gamma" in by and rad.gross:

@@ -228,12 +228,17 @@ def z_thresholds(decision: Decision) -> list[tuple[float, str]]:
 
 
 def z_notes(decision: Decision) -> list[str]:
-    """What the test-statistics panel lacks, in words: a test that did not run, a threshold not recorded."""
+    """What the test-statistics panel lacks, in words: a test that did not run, a threshold not recorded, a
+    background estimated from the vehicle itself (and the tests withheld when there was none before it)."""
     profile = decision.profile
     if not profile.gross:
         return ["no gamma samples: the gamma tests did not run"]
     drawn = {label.split()[0] for _, label in z_thresholds(decision)}
     notes = []
+    if "no-background" in decision.incomplete:
+        notes.append("no background before the vehicle: expected from the vehicle itself, tests withheld")
+    elif decision.background is not None and decision.background.origin == "estimated-from-occupancy":
+        notes.append("expected from the vehicle itself (no usable background line)")
     if "alarm" not in drawn:
         notes.append("gamma threshold not recorded in this decision")
     if not profile.shape_z:
