@@ -681,6 +681,24 @@ def test_wall_state_has_each_lanes_tile_with_its_background_and_awaiting_alarms(
     assert wall["service"]["reachable"] is None, "no health read yet: the feeds are not running"
 
 
+def test_the_wall_carries_the_newest_alarms_awaiting_and_counts_the_rest(client: TestClient) -> None:
+    """A site with many alarms not yet disposed: every wall update (sent to each browser several times a second)
+    carries the newest few for the banner and each tile, and how many there are."""
+    login(client, "olga")
+    wall = client.app.state.console.wall
+    alarm = client.app.state.console.journal.get(2)
+    for seq in range(100, 112):  # twelve more alarms on lane1, none acknowledged
+        wall.on_decision(msgspec.structs.replace(alarm, seq=seq, lane="lane1"))
+    shown = client.get("/wall.json").json()
+    assert [a["seq"] for a in shown["unacknowledged"]] == [111, 110, 109, 108, 107]
+    assert shown["unacknowledged_count"] == 17
+    lanes = {lane["id"]: lane for lane in shown["lanes"]}
+    assert [a["seq"] for a in lanes["lane1"]["awaiting"]] == [111, 110, 109, 108, 107]
+    mine = [seq for seq in (2, 3, 5, 6, 7) if client.app.state.console.journal.get(seq).lane == "lane1"]
+    assert lanes["lane1"]["awaiting_count"] == lanes["lane1"]["unacknowledged"] == 12 + len(mine)
+    assert lanes["lane2"]["awaiting_count"] == lanes["lane2"]["unacknowledged"] == 5 - len(mine)
+
+
 def test_a_lane_with_alarms_awaiting_still_shows_the_vehicle_in_it_now(client: TestClient) -> None:
     """Alarms of earlier vehicles wait on the tile; the tile's state is what the lane is doing now."""
     login(client, "olga")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from starlette.testclient import TestClient
 from test_console import client, login, seq_of, site  # noqa: F401 (fixtures)
@@ -95,3 +96,18 @@ def test_an_occupied_lane_with_an_unacknowledged_alarm_shows_the_alarm(client: T
     assert colour == "rgb(200, 30, 30)"
     page.eval_on_selector("#lane-lane1", "e => e.style.animation = 'none'")  # its colour between two flashes
     assert page.eval_on_selector("#lane-lane1", "e => getComputedStyle(e).backgroundColor") == "rgb(253, 236, 236)"
+
+
+def test_the_banner_shows_the_newest_alarms_and_counts_the_rest(client: TestClient, browser_page: Any) -> None:  # noqa: F811
+    """The wall carries the newest few unacknowledged alarms and their count; the banner lists five and says how many
+    more there are."""
+    login(client, "olga")
+    wall = client.app.state.console.wall
+    alarm = client.app.state.console.journal.get(2)
+    for seq in range(100, 112):
+        wall.on_decision(msgspec.structs.replace(alarm, seq=seq))
+    page = browser_page
+    page.goto(f"{BASE}/")
+    page.wait_for_selector("#banner .item")
+    assert page.locator("#banner .item").count() == 5
+    assert page.inner_text("#banner").splitlines()[-1] == "and 12 more unacknowledged"  # 17 in all

@@ -141,15 +141,16 @@
     if (!container) return;
     container.replaceChildren(...wall.lanes.map(tile));
     const banner = document.getElementById("banner");
-    const alarms = wall.unacknowledged;
-    state.unacknowledged = alarms.length;
+    const alarms = wall.unacknowledged;  // the newest few; wall.unacknowledged_count says how many there are
+    state.unacknowledged = wall.unacknowledged_count;
     banner.hidden = alarms.length === 0;
     banner.replaceChildren(...alarms.slice(0, 5).map((a) => el("div", { class: "item" },
       el("strong", { text: `ALARM ${a.lane}` }),
       el("a", { href: `/decision/${a.seq}`, text: `decision ${a.seq}` }),
       el("span", { text: `${a.end_local.slice(11)} · ${a.reasons[0] || (a.device_alarm ? "The portal's own alarm" : "")}` }),
       ackForm(a.seq, "Acknowledge"))));
-    if (alarms.length > 5) banner.append(el("div", { text: `and ${alarms.length - 5} more unacknowledged` }));
+    const more = wall.unacknowledged_count - Math.min(alarms.length, 5);
+    if (more > 0) banner.append(el("div", { text: `and ${more} more unacknowledged` }));
     const service = document.getElementById("service-state");
     const reachable = wall.service.reachable;
     service.textContent = reachable === false ? "Service unreachable" : reachable ? (wall.service.ok ? "Service ok" : "Service NOT OK") : "";
