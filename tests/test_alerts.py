@@ -684,6 +684,22 @@ def test_the_demos_live_view_prints_the_alerts_table(service: ServiceLoop, tmp_p
     assert live[1].split()[1:3] == ["2024-05-01", "14:00:00"], "12:00 UTC is 14:00 in Amsterdam in May"
 
 
+def test_the_demo_shows_times_in_this_machines_time_zone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's site is this machine: its configuration names the machine's zone, so its live view, ``alerts`` and
+    the console show the times of the clock on the wall."""
+    from lanewatch.edge.commands import demo
+    from lanewatch.edge.config import load
+
+    path = tmp_path / "lanewatch.toml"
+    monkeypatch.setenv("TZ", ":Europe/Amsterdam")
+    demo.write_config(path, 1, 40000, 40001)
+    assert load(path).console.timezone == "Europe/Amsterdam"
+    assert alerts.Table.of(load(path)).header().split()[1:3] == ["END", "(Europe/Amsterdam)"]
+    monkeypatch.setenv("TZ", "no/such/zone")
+    demo.write_config(path, 1, 40000, 40001)
+    zoneinfo.ZoneInfo(load(path).console.timezone)  # /etc/localtime's zone, else UTC: always a zone
+
+
 def test_console_says_when_the_service_is_not_running(ctx: zmq.Context, capsys: pytest.CaptureFixture[str]) -> None:
     with socket_on_free_port(ctx) as (alerts_endpoint, query):
         config = Config(bus=BusConfig(alerts=alerts_endpoint, query=query, plaintext=True), source="site.toml")

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zoneinfo
 from pathlib import Path
 
 import zmq
@@ -80,7 +81,23 @@ GAP_S = 4.0
 """Empty time (s, simulated) between vehicles, the same for both simulators of a lane."""
 
 
+def host_zone() -> str:
+    """This machine's IANA time zone: ``TZ`` when it names one, else where /etc/localtime links into the zone
+    database; UTC when neither says."""
+    names = [os.environ.get("TZ", "").removeprefix(":")]
+    with contextlib.suppress(OSError):
+        names.append(os.readlink("/etc/localtime").partition("zoneinfo/")[2])
+    for name in names:
+        if name:
+            with contextlib.suppress(ValueError, zoneinfo.ZoneInfoNotFoundError):
+                zoneinfo.ZoneInfo(name)
+                return name
+    return "UTC"
+
+
 def write_config(path: Path, lanes: int, sim_base: int, xray_base: int) -> None:
+    """The demo's configuration at ``path``: loopback ports, keys beside it, the console in this machine's time zone
+    (times are shown in it, as at a site)."""
     ingest, alerts, query, http, console, console_http, *drivers = free_ports(6 + 2 * lanes)
     lines = [
         "# lanewatch demo configuration (written by `lanewatch demo`)",
@@ -102,6 +119,7 @@ def write_config(path: Path, lanes: int, sim_base: int, xray_base: int) -> None:
         f'http = "127.0.0.1:{console_http}"',
         f'certificate = "{path.parent / "console-cert.pem"}"',
         f'key = "{path.parent / "console-key.pem"}"',
+        f'timezone = "{host_zone()}"',
     ]
     for i in range(lanes):
         lines += [
