@@ -13,7 +13,8 @@ the tracked background predicts for them:
   folds in the scan sample's duration too).
 
 The median over the last ``RECENT`` occupancies is the lane's ratio (sources and the ship effect raise a
-few; the median ignores them). Within ``TOLERANCE`` of 1 (``NOMINAL_GAMMA_RATIO`` for gamma) the
+few; the median ignores them; occupancies the portal itself alarmed on are not taken, so a run of sources does not
+make the median). Within ``TOLERANCE`` of 1 (``NOMINAL_GAMMA_RATIO`` for gamma) the
 conventions agree (``consistent``). Otherwise, if the ratio matches the background lines holding counts
 summed over their observed reporting interval, the lane divides by that interval (``calibrated``); failing
 that, the tracked background of that sensor is not used at all and the lane raises the health fault

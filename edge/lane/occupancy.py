@@ -487,7 +487,7 @@ class Lane:
         t0 = time.perf_counter()
         analysis = occ.analyzer.finish()
         self.metrics.kernel_time.labels("finish").observe(time.perf_counter() - t0)
-        self._calibrate(occ.analyzer, analysis)
+        self._calibrate(occ.analyzer, analysis, evidence=not (occ.device_gamma or occ.device_neutron))
         if "no-background" in occ.incomplete:
             # Never an occupancy tested against itself: what the tests found stays as evidence, not as an alarm.
             analysis["alarms"] = [{**a, "alarm": False, "withheld": "no-background"} for a in analysis["alarms"]]
@@ -533,11 +533,16 @@ class Lane:
         self.waiting.append(ended)
         return self._match(now_mono_ns)
 
-    def _calibrate(self, analyzer: OccupancyAnalyzer, analysis: dict[str, Any]) -> None:
+    def _calibrate(self, analyzer: OccupancyAnalyzer, analysis: dict[str, Any], evidence: bool = True) -> None:
         """Check the background conventions against the ended occupancy (:mod:`lanewatch.edge.lane.calibration`):
-        report them in its analysis, log a change, and raise or clear the ``calibration-mismatch`` fault."""
+        report them in its analysis, log a change, and raise or clear the ``calibration-mismatch`` fault.
+
+        An occupancy the portal alarmed on is no ``evidence``: its source raises its rates over the background
+        whatever the lines' convention, and where sources are most of the traffic their median would call the lines
+        a mismatch (the portal's own alarm runs on its own background, so it says nothing against the lines)."""
         before = self.calibration.as_dict()
-        self.calibration.observe(*analyzer.counts())
+        if evidence:
+            self.calibration.observe(*analyzer.counts())
         state = self.calibration.as_dict()
         analysis["background"]["calibration"] = state
         for sensor in ("gamma", "neutron"):
