@@ -415,3 +415,13 @@ def test_lanewatch_replay_dates_the_decision_by_the_file(portal_path: Path, port
     assert decision["start"] == iso_utc(round(first.start.timestamp() * 1e9))
     assert decision["start"] == "2010-01-24T00:08:24.078Z"
     assert decision["end"] == iso_utc(round((last.start.timestamp() + last.real_time_s) * 1e9))
+    command = [sys.executable, "-m", "lanewatch.edge", "replay", str(portal_path)]
+    table = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stdout + table.stderr
+    head, row = table.stdout.splitlines()
+    assert head.split()[:6] == ["SEQ", "END", "(UTC)", "LANE", "VERDICT", "BASELINE"], "the columns have titles"
+    assert row.split()[:5] == ["1", "2010-01-24", "00:08:57", "replay", "INCOMPLETE"]
+    missing = subprocess.run(
+        [sys.executable, "-m", "lanewatch.edge", "replay", str(portal_path) + ".gone"], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and missing.stdout == "" and "cannot read N42 file" in missing.stderr

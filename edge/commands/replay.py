@@ -1,7 +1,8 @@
 """``lanewatch replay FILE.n42``: the decision the service makes for one N42 portal file, dated by the file.
 
 Runs a private service (journal in a temp dir unless ``--journal``, sockets on ``ipc://``)
-and the ``n42`` replay driver found by name, then prints the decision of the occupancy.
+and the ``n42`` replay driver found by name, then prints the decision of the occupancy: as a table with its
+column titles (``lanewatch alerts``' table, times in UTC), or as journaled (``--format json``). Errors go to stderr.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 import tempfile
 import threading
 import time
@@ -72,7 +74,7 @@ def replay(args: argparse.Namespace) -> int:
         except ValueError as exc:
             sock.close(linger=0)
             ctx.term()
-            print(f"lanewatch replay: {exc}")
+            print(f"lanewatch replay: {exc}", file=sys.stderr)
             return 2
         service.start()
         stop = threading.Event()
@@ -104,11 +106,14 @@ def replay(args: argparse.Namespace) -> int:
             sock.close(linger=0)
             ctx.term()
     if errors:
-        print(f"lanewatch replay: {errors[0]}")
+        print(f"lanewatch replay: {errors[0]}", file=sys.stderr)
         return 2
     if not journaled:
-        print(f"lanewatch replay: {path} produced no decision (no occupancy in the file?)")
+        print(f"lanewatch replay: {path} produced no decision (no occupancy in the file?)", file=sys.stderr)
         return 1
+    table = alerts.Table()  # the file's times in UTC: a replay has no site
+    if args.format != "json":
+        print(table.header())
     for raw in journaled:  # as journaled (json), or a table line of the typed decision
-        print(raw.decode() if args.format == "json" else alerts.format_row(decode(raw), color=False))
+        print(raw.decode() if args.format == "json" else table.line(decode(raw)))
     return 0
