@@ -539,7 +539,7 @@ def test_format_row_shows_portal_alarm_model_norm_release_state_and_local_time()
     zone = zoneinfo.ZoneInfo("Europe/Amsterdam")
     row = alerts.format_row(decision, zone=zone, state="acknowledged")
     head = alerts.header(zone=zone)
-    assert head.split()[:6] == ["SEQ", "END", "(Europe/Amsterdam)", "LANE", "VERDICT", "BASELINE"]
+    assert head.split()[:6] == ["SEQ", "END", "(Europe/Amsterdam)", "LANE", "VERDICT", "FIELDED"]
     assert row.split()[:3] == ["17", "2024-05-01", "14:03:04"], "12:03 UTC is 14:03 in Amsterdam in May"
     cells = row[head.index("PORTAL") : head.index("REASONS")].split()
     assert cells == ["ALARM", "4.04", "find", "release", "acknowledged"]

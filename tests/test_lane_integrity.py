@@ -166,7 +166,7 @@ def test_no_background_yet_is_incomplete_and_never_tested_against_itself(running
     shown = decode(json.dumps(first))
     assert fielded_text(shown).startswith("not evaluated: no background reading before the vehicle")
     head = alerts.header()
-    assert alerts.format_row(shown)[head.index("BASELINE") :].split()[:2] == ["not", "eval."]
+    assert alerts.format_row(shown)[head.index("FIELDED") :].split()[:2] == ["not", "eval."]
 
 
 def test_an_occupancy_whose_start_was_not_seen_is_partial(running: Running, ctx: zmq.Context) -> None:

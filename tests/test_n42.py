@@ -419,7 +419,7 @@ def test_lanewatch_replay_dates_the_decision_by_the_file(portal_path: Path, port
     table = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert table.returncode == 0, table.stdout + table.stderr
     head, row = table.stdout.splitlines()
-    assert head.split()[:6] == ["SEQ", "END", "(UTC)", "LANE", "VERDICT", "BASELINE"], "the columns have titles"
+    assert head.split()[:6] == ["SEQ", "END", "(UTC)", "LANE", "VERDICT", "FIELDED"], "the columns have titles"
     assert row.split()[:5] == ["1", "2010-01-24", "00:08:57", "replay", "INCOMPLETE"]
     missing = subprocess.run(
         [sys.executable, "-m", "lanewatch.edge", "replay", str(portal_path) + ".gone"], capture_output=True, text=True

@@ -7,6 +7,11 @@ missing one (see :mod:`lanewatch.edge.decisions.subscriber`), and in table mode 
 alarms as they are raised. ``--format jsonl`` prints each decision as one JSON object per
 line, exactly as journaled. Exit status 1 when the service does not answer within
 ``--timeout`` seconds.
+
+The table's columns: SEQ, END (in the site's time zone), LANE, VERDICT, FIELDED (the classic n-sigma rule on the
+same counts: ALARM, CLEAR, or ``not eval.`` without the portal's background to compare with), PORTAL (the portal's
+own alarm), MODEL (the anomaly model's score, ``find`` for a finding), NORM (the NORM release), ADJUDICATION, and the
+reasons in words.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ _COLUMNS = (
     ("END (UTC)", 19, "<"),
     ("LANE", 10, "<"),
     ("VERDICT", 11, "<"),
-    ("BASELINE", 10, "<"),
+    ("FIELDED", 10, "<"),
     ("PORTAL", 7, "<"),
     ("MODEL", 11, "<"),
     ("NORM", 8, "<"),
