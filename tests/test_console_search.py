@@ -104,6 +104,26 @@ def test_search_keeps_the_filters_and_pages_both_ways(store: Adjudications) -> N
     assert [r.seq for r in back.rows] == expected[:2]
 
 
+def test_a_search_orders_its_matches_from_the_index_of_seq_and_end_not_the_rows(store: Adjudications) -> None:
+    """The decisions rows are 14-30 kB each: a search matching thousands of notes must not read them to sort."""
+    executed: list[str] = []
+    store._conn.set_trace_callback(executed.append)
+    try:
+        for where in ({}, {"lane": "lane2"}, {"state": "disposed", "verdict": "ALARM"}):
+            found(store, "papers", **where)
+    finally:
+        store._conn.set_trace_callback(None)
+    searches = [sql for sql in executed if "MATCH" in sql]
+    assert len(searches) == 3
+    conn = sqlite3.connect(store.path)
+    try:
+        for sql in searches:
+            plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
+            assert "SEARCH d USING COVERING INDEX decisions_seq_end_lane_verdict (seq=?)" in plan, plan
+    finally:
+        conn.close()
+
+
 def test_a_supervisors_amendment_is_found(store: Adjudications) -> None:
     disposed = store.history(3)[-1]
     store.record(
