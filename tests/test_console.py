@@ -168,6 +168,29 @@ def test_idle_session_is_closed(client: TestClient, site: Config) -> None:
     assert client.get("/", follow_redirects=False).headers["location"] == "/login?next=/"
 
 
+def test_users_list_names_a_missing_users_file_and_makes_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lanewatch users list`` with a forgotten --config: an error naming the file it looked for, not an empty list
+    and a new database in the current folder."""
+    import argparse
+
+    from lanewatch.edge.console import users
+
+    parser = argparse.ArgumentParser()
+    users.add_arguments(parser)
+    config = site_config(tmp_path)
+    assert users.run(parser.parse_args(["list"]), config) == 1
+    err = capsys.readouterr().err
+    assert f"no users file {users_path(config)} (configuration: {config.source})" in err
+    assert not users_path(config).exists()
+    store = UserStore(users_path(config))
+    store.add("olga", "operator", PASSWORD)
+    store.close()
+    assert users.run(parser.parse_args(["list"]), config) == 0
+    assert capsys.readouterr().out.split()[:2] == ["olga", "operator"]
+
+
 def test_operator_is_refused_the_users_page_and_an_admin_adds_a_user(client: TestClient) -> None:
     login(client, "olga")
     assert client.get("/users").status_code == 403

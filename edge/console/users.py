@@ -293,8 +293,16 @@ def _read_password() -> str:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    """Run ``lanewatch users ACTION``; 0 when done, 1 when refused (reason on stderr)."""
-    store = UserStore(users_path(config))
+    """Run ``lanewatch users ACTION``; 0 when done, 1 when refused (reason on stderr). Only ``add`` makes the users
+    file: the others on a file that is not there (a forgotten or wrong ``--config``) say so, not "no users"."""
+    path = users_path(config)
+    if args.action != "add" and not path.exists():
+        print(
+            f"lanewatch users: no users file {path} (configuration: {config.source}); `lanewatch users add` makes it",
+            file=sys.stderr,
+        )
+        return 1
+    store = UserStore(path)
     try:
         if args.action == "add":
             user = store.add(args.name, args.role, _read_password())
