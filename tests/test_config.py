@@ -218,3 +218,18 @@ def test_plaintext_is_accepted_only_on_loopback(endpoint: str, local: bool) -> N
     else:
         with pytest.raises(ConfigError, match="only on loopback"):
             config.parse(text)
+
+
+def test_a_configuration_error_without_config_says_the_defaults_were_used(tmp_path: Path) -> None:
+    """``lanewatch alerts`` with --config forgotten: the embedded defaults point at /etc/lanewatch/keys, and the
+    error says no --config was given, the likelier cause than a missing key."""
+    if Path("/etc/lanewatch/keys").exists():
+        pytest.skip("this machine has a lanewatch site in /etc/lanewatch")
+    cmd = [sys.executable, "-m", "lanewatch.edge", "alerts", "--timeout", "0.2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "configuration error: no secret key console.key_secret" in proc.stderr
+    assert proc.stderr.rstrip().endswith("(no --config given: the embedded defaults were used)")
+    named = tmp_path / "site.toml"
+    named.write_text('[bus]\nkeys = "keys-nowhere"\n')
+    proc = subprocess.run([*cmd, "--config", str(named)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "no secret key" in proc.stderr and "no --config given" not in proc.stderr

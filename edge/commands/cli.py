@@ -299,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"lanewatch: configuration error: {exc}", file=sys.stderr)
+        defaults = getattr(args, "config", "") is None  # a command that takes --config, run without it
+        hint = " (no --config given: the embedded defaults were used)" if defaults else ""
+        print(f"lanewatch: configuration error: {exc}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
