@@ -20,7 +20,7 @@ from benchmarks.kills import kill_run
 from lanewatch.edge.bus.driver import RecordPublisher, load_driver
 from lanewatch.edge.bus.records import Kind
 from lanewatch.edge.commands import alerts
-from lanewatch.edge.console.present import fielded_text
+from lanewatch.edge.console.present import fielded_text, reasons
 from lanewatch.edge.decisions.decision import decode
 
 SPEEDUP = 10.0
@@ -137,13 +137,17 @@ def running(tmp_path: Path) -> Iterator[Running]:
     r.close()
 
 
-def _source_passes(pub: RecordPublisher, samples: int = 30, seed: int = 3, counter: int | None = 0) -> None:
-    """A vehicle with a strong source in the middle, ended by its GX line with ``counter`` (no GX when None)."""
+def _source_passes(
+    pub: RecordPublisher, samples: int = 30, seed: int = 3, counter: int | None = 0, flags: tuple[str, ...] = ()
+) -> None:
+    """A vehicle with a strong source in the middle, ended by its GX line with ``counter`` (no GX when None);
+    ``flags`` on its samples (``device_alarm``: the portal alarmed)."""
     rng = np.random.default_rng(seed)
     t = np.arange(samples) * 0.2
     excess = 200.0 / (1.0 + ((t - t[-1] / 2) * 2.0 / 2.0) ** 2)
     for e in excess:
-        pub.emit(Kind.GAMMA_SCAN, dt_s=0.2, counts=rng.poisson(48.0 + e / 4, (4, 1)).astype(np.uint32))
+        counts = rng.poisson(48.0 + e / 4, (4, 1)).astype(np.uint32)
+        pub.emit(Kind.GAMMA_SCAN, dt_s=0.2, counts=counts, flags=flags)
     if counter is not None:
         pub.emit(Kind.OCCUPANCY_END, values={"device_occupancy": counter, "neutron_background_cps": 3.0})
 
@@ -167,6 +171,25 @@ def test_no_background_yet_is_incomplete_and_never_tested_against_itself(running
     assert fielded_text(shown).startswith("not evaluated: no background reading before the vehicle")
     head = alerts.header()
     assert alerts.format_row(shown)[head.index("FIELDED") :].split()[:2] == ["not", "eval."]
+
+
+def test_the_portals_alarm_with_no_background_yet_says_lanewatch_could_not_test(
+    running: Running, ctx: zmq.Context
+) -> None:
+    """The portal alarms on the first vehicle after start: lanewatch's reading beside it is that it had no
+    background to test against (its gamma test's excess withheld), not "no significant excess"."""
+    config = running.service.config
+    pub = _publisher(ctx, config)
+    pub.emit(Kind.NEUTRON_BACKGROUND, counts=np.full((4, 1), 3, np.uint32))  # idle seen, but no gamma background
+    _source_passes(pub, flags=("device_alarm",))
+    (first,) = _collect(ctx, config, 1)
+    assert first["verdict"] == "ALARM" and first["incomplete"] == ["no-background"]
+    device = next(a for a in first["alarms"] if a["reason"] == "device")
+    assert device["lanewatch"] == "no-background" and device["confirmed_by"] == []
+    assert any(a["reason"] == "gamma" and a["withheld"] == "no-background" for a in first["alarms"])
+    said = reasons(decode(json.dumps(first)))
+    assert "The portal's own alarm (gamma); lanewatch had no background before the vehicle to test against" in said
+    assert not any("no significant excess" in r for r in said)
 
 
 def test_an_occupancy_whose_start_was_not_seen_is_partial(running: Running, ctx: zmq.Context) -> None:

@@ -170,6 +170,8 @@ def reason_text(alarm: Alarm, decision: Told | None = None) -> str:
             own = f"lanewatch's own tests confirm it ({', '.join(alarm.confirmed_by or [])})"
         elif reading == "norm-consistent":
             own = "lanewatch finds the excess consistent with NORM"
+        elif reading == "no-background":
+            own = "lanewatch had no background before the vehicle to test against"
         else:
             own = "lanewatch's own tests find no significant excess"
         return f"The portal's own alarm ({which}); {own}" + ("" if alarm.alarm else ", reported only")

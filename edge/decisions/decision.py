@@ -178,7 +178,8 @@ class Alarm(_Section):
     neutron: bool | None = None
     """For reason device: the portal's neutron alarm."""
     lanewatch: str | None = None
-    """For reason device: lanewatch's own reading (alarm, norm-consistent, not-significant)."""
+    """For reason device: lanewatch's own reading (alarm, norm-consistent, not-significant, no-background: no
+    background before the vehicle to test against, what its tests found withheld)."""
     confirmed_by: list[str] | None = None
     """For reason device: lanewatch's tests that confirm the portal's alarm."""
     release_recommended: bool | None = None

@@ -1176,16 +1176,18 @@ def _clipped_mean(counts: np.ndarray) -> tuple[float, int]:
 
 
 def device_alarm_entry(
-    gamma: bool, neutron: bool, alarms: list[dict[str, Any]], cfg: DetectionConfig
+    gamma: bool, neutron: bool, alarms: list[dict[str, Any]], cfg: DetectionConfig, no_background: bool = False
 ) -> dict[str, Any]:
     """The portal's own alarm (GA lines: ``gamma``, NA lines: ``neutron``) as an ``alarms`` entry ``device``.
 
     It alarms unless ``device_alarm`` is "report"; ``lanewatch`` gives lanewatch's own reading of the same
     occupancy beside it: "alarm" (``confirmed_by`` names the tests that alarm), "norm-consistent" (an excess
-    released as NORM), or "not-significant" at the configured false-alarm probabilities.
+    released as NORM), "no-background" (the occupancy had no background before it, so lanewatch's tests were not
+    run against one: what they found is withheld), or "not-significant" at the configured false-alarm probabilities.
     """
     confirmed = sorted({a["reason"] for a in alarms if a.get("alarm")})
     norm = any(a["reason"] == "norm-consistent" for a in alarms)
+    reading = "alarm" if confirmed else "norm-consistent" if norm else "not-significant"
     return {
         "reason": "device",
         "alarm": cfg.device_alarm == "alarm",
@@ -1194,7 +1196,7 @@ def device_alarm_entry(
         "statistic": None,
         "threshold": None,
         "location_m": None,
-        "lanewatch": "alarm" if confirmed else "norm-consistent" if norm else "not-significant",
+        "lanewatch": "no-background" if no_background and not confirmed else reading,
         "confirmed_by": confirmed,
         "false_alarm_probability": {
             "gamma": cfg.gamma_false_alarm_probability,

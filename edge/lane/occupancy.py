@@ -492,7 +492,13 @@ class Lane:
             # Never an occupancy tested against itself: what the tests found stays as evidence, not as an alarm.
             analysis["alarms"] = [{**a, "alarm": False, "withheld": "no-background"} for a in analysis["alarms"]]
         if occ.device_gamma or occ.device_neutron:
-            device = device_alarm_entry(occ.device_gamma, occ.device_neutron, analysis["alarms"], self.detection)
+            device = device_alarm_entry(
+                occ.device_gamma,
+                occ.device_neutron,
+                analysis["alarms"],
+                self.detection,
+                no_background="no-background" in occ.incomplete,
+            )
             analysis["alarms"].append(device)
         if end_reason not in decision.COMPLETE_ENDS or occ.incomplete:
             log.warning(
