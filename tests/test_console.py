@@ -32,6 +32,7 @@ from lanewatch.edge.console.app import LoginLimiter, create_app, n42_nuclides
 from lanewatch.edge.console.health import Health, HealthHistory, LaneHealth, SensorHealth
 from lanewatch.edge.console.present import INCOMPLETE_NAMES, Clock, incomplete_causes, norm_state, reasons, summary
 from lanewatch.edge.console.users import UserStore, users_path
+from lanewatch.edge.decisions.adjudication import Adjudication
 from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm
 from lanewatch.edge.decisions.journal import Journal
 from lanewatch.edge.model.calibration import Calibrated
@@ -730,6 +731,25 @@ def test_a_lane_with_alarms_awaiting_still_shows_the_vehicle_in_it_now(client: T
     lanes = {lane["id"]: lane for lane in client.get("/wall.json").json()["lanes"]}
     assert lanes["lane1"]["status"] == "provisional" and lanes["lane1"]["awaiting_count"] >= 1
     assert lanes["lane2"]["status"] == "alarm" and lanes["lane2"]["awaiting_count"] >= 1
+
+
+def test_a_lane_with_alarms_awaiting_keeps_the_alarm_headline_while_the_next_vehicle_passes(
+    client: TestClient,
+) -> None:
+    """The next vehicle entering the lane must not headline the tile OCCUPIED over alarms not yet adjudicated: the
+    alarm stays the tile's state and the occupancy is shown beside it."""
+    login(client, "olga")
+    wall = client.app.state.console.wall
+    wall.on_health(Health(reachable=True, ok=True, lanes={"lane1": LaneHealth(occupied=True)}))
+    lanes = {lane["id"]: lane for lane in client.get("/wall.json").json()["lanes"]}
+    assert lanes["lane1"]["awaiting_count"] >= 1
+    assert lanes["lane1"]["status"] == "alarm" and lanes["lane1"]["occupied"] is True
+    assert lanes["lane2"]["status"] == "alarm" and lanes["lane2"]["occupied"] is False
+    for seq in [a["seq"] for lane in lanes.values() for a in lane["awaiting"]]:
+        wall.on_adjudication(Adjudication(id=seq, seq=seq, kind="adjudicate", user="olga", role="operator",
+                                          time="2026-01-15T10:00:00Z", disposition="background"))  # fmt: skip
+    lanes = {lane["id"]: lane for lane in client.get("/wall.json").json()["lanes"]}
+    assert lanes["lane1"]["status"] == "occupied", "nothing awaiting: the vehicle in the lane is the headline"
 
 
 def test_incomplete_decisions_say_why_in_words() -> None:

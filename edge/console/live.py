@@ -202,20 +202,22 @@ class Wall:
             for lane in self.lanes:
                 health = self.health.lanes.get(lane) or LaneHealth()
                 mine = awaiting[lane]
-                # What is in the lane now comes first: alarms of earlier vehicles still awaiting
-                # adjudication stay listed on the tile (and in the banner) while the next truck passes.
+                # An alarm is the headline until it is adjudicated: a provisional alarm of the vehicle in the lane
+                # now, else the alarms of earlier vehicles awaiting adjudication; that the next vehicle is in the
+                # lane is shown beside them ("occupied"), never instead of them.
                 if lane in self.provisional:
                     status = "provisional"
-                elif health.occupied:
-                    status = "occupied"
                 elif mine:
                     status = "alarm"
+                elif health.occupied:
+                    status = "occupied"
                 else:
                     status = "idle"
                 lanes.append(
                     {
                         "id": lane,
                         "status": status,
+                        "occupied": health.occupied,
                         "awaiting": mine[:WALL_ALARMS],
                         "awaiting_count": len(mine),
                         "unacknowledged": unacknowledged[lane],

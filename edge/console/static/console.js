@@ -105,6 +105,9 @@
     if (lane.awaiting_count && lane.status !== "alarm") {
       statebox.append(el("span", { class: "awaiting-count", text: `+ ${lane.awaiting_count} alarm${lane.awaiting_count > 1 ? "s" : ""} awaiting adjudication` }));
     }
+    if (lane.occupied && lane.status !== "occupied") {
+      statebox.append(el("span", { class: "occupancy", text: "vehicle in the lane now: OCCUPIED" }));
+    }
     const head = el("h2", {}, el("span", { text: lane.id }), statebox);
     node.append(head);
     const sensors = el("div", { class: "sensors" });
