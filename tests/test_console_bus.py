@@ -9,6 +9,7 @@ come over the bus; its event says so (``via: bus``), and so do its metrics.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -235,3 +236,33 @@ def test_the_consoles_metrics_pass_promtool_and_healthz_reports(site: Site) -> N
     with urllib.request.urlopen(f"http://{site.http['a']}/healthz", timeout=10) as response:
         health = json.loads(response.read())
     assert health["ok"] and health["journal"]["last_seq"] == 7 and health["service"]["reachable"] is True
+
+
+def test_a_console_stops_at_once_while_a_browser_holds_its_event_stream(site: Site) -> None:
+    """systemd stops the console with SIGTERM while walls are open: their event streams never end by themselves, and
+    the console does not wait for them (it waited until every browser had gone, and systemd killed it)."""
+    a = logged_in(site.url["a"])
+    opened = threading.Event()
+
+    def follow() -> None:
+        with contextlib.suppress(httpx.HTTPError), a.stream("GET", "/events") as stream:
+            for _ in stream.iter_lines():
+                opened.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    assert opened.wait(60), "console a's event stream sent nothing"
+    proc = site.procs[1]
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(120)  # it cancels the stream after SHUTDOWN_GRACE_S; without that bound it never exits
+    except subprocess.TimeoutExpired:
+        code = None
+        proc.kill()
+        proc.wait()
+    a.close()
+    site._start("console-a", [EXE, "console", "--config", str(site.root / "console-a.toml")])
+    site.procs[1] = site.procs.pop()  # in the stopped one's place
+    running = [proc for proc in site.procs if proc.poll() is None]  # (an earlier test stopped one console b)
+    wait_for("console a again", lambda: http_get(site.http["a"], "/healthz")[0] == 200, running)
+    # uvicorn ends by raising the signal it caught again, so a clean stop reads as "killed by SIGTERM"
+    assert code in (0, -signal.SIGTERM), "the console did not stop with an event stream open"

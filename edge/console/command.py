@@ -22,6 +22,11 @@ from lanewatch.edge.config import Config
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE_S = 5
+"""On SIGTERM or SIGINT, the longest wait (s) for requests in progress before they are cancelled: a browser's event
+stream never ends by itself, and without a bound the console would wait for every open wall to be closed (systemd
+kills it after ``TimeoutStopSec``)."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lanewatch console`` (the CLI adds ``--config``)."""
@@ -99,7 +104,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 file=sys.stderr,
             )
             return 1
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", proxy_headers=False, **tls))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, log_level="warning", proxy_headers=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, **tls
+        )
+    )
     scheme = "http" if config.console.plain_http else "https"
     log.info("console: serving %s://%s (metrics and health: %s)", scheme, listen, config.console.http or "off")
     try:
