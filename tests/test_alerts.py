@@ -732,12 +732,24 @@ def test_reasons_read_as_an_operator_would() -> None:
         "withheld: no background reading before the vehicle to test against"
     )
     assert not re.search(r"[<>|]", row), "no comparison operators or bars: words"
-    fused = {"reason": "shielded-source-suspected", "statistic": 22.446, "threshold": 3.0, "location_m": 6.19,
-             "location_sd_m": 0.104, "object": {"lead_mm": 53.3}, "alarm": True}  # fmt: skip
-    assert alerts.format_row(row_of(seq=3, verdict="ALARM", alarms=[fused])).endswith(
-        "Shielded source suspected: dense object, 53 mm lead equivalent 6.2 m behind the front, ± 0.1 m, where the "
-        "radiation rises (22.4 sigma, threshold 3.0)"
-    ), "the place rounded to what its uncertainty supports"
+    # the fusion copies the evidence's signed statistic: the side test's z is below 0 when the second column rose
+    side = {"reason": "gamma-side", "statistic": -14.2, "threshold": 5.09, "side": "second", "location_m": 4.8,
+            "location_sd_m": 0.2, "alarm": True}  # fmt: skip
+    evidence = {key: side[key] for key in ("reason", "statistic", "threshold", "location_m", "location_sd_m")}
+    fused = {"reason": "shielded-source-suspected", "statistic": -14.2, "threshold": 5.09, "location_m": 4.91,
+             "location_sd_m": 0.104, "object": {"lead_mm": 42.2}, "radiation": evidence, "alarm": True}  # fmt: skip
+    row = alerts.format_row(row_of(seq=3, verdict="ALARM", alarms=[side, fused]))
+    assert row.endswith(
+        "Gamma share of one portal column (the second half of the channels) 14.2 sigma (threshold 5.1) 4.8 m behind "
+        "the front, ± 0.2 m; Shielded source suspected: dense object, 42 mm lead equivalent 4.9 m behind the front, "
+        "± 0.1 m, where the radiation alarms: Gamma share of one portal column 14.2 sigma (threshold 5.1)"
+    ), "the place rounded to what its uncertainty supports; the size of the z, its side said by the test's words"
+    assert "-14.2" not in row
+    hotspot = {**evidence, "reason": "gamma-shape (below threshold)", "statistic": -3.46, "threshold": 3.0}
+    weak = alerts.format_row(row_of(seq=4, verdict="ALARM", alarms=[{**fused, "radiation": hotspot}]))
+    assert weak.endswith(
+        "where the radiation rises below the alarm thresholds: Gamma spectrum shape 3.5 sigma (a hotspot from 3.0)"
+    )
 
 
 def test_alerts_reads_a_journal_offline_and_refuses_an_unknown_lane(

@@ -115,6 +115,34 @@ def _num(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) and not isinstance(value, bool) else "?"
 
 
+def _measure(reason: str, stat: float | None, threshold: float | None, expected: float | None = None) -> str:
+    """A radiation test's statistic against its threshold in its unit: `` 14.2 sigma (threshold 5.1)`` (the size
+    of a two-sided z: its sign is the direction or the side, which the reason words), or the neutron counts."""
+    if reason == "neutron":
+        beside = f", {_num(expected, 0)} expected" if expected is not None else ""
+        return f" {_num(stat, 0)} counts in its window{beside} (threshold {_num(threshold, 0)})"
+    return f" {_num(_size(stat))} sigma (threshold {_num(threshold)})"
+
+
+def _size(z: float | None) -> float | None:
+    """The size of a z-score whose sign says a direction or a side (or of a one-sided one)."""
+    return None if z is None else abs(z)
+
+
+def _at_the_object(alarm: Alarm) -> str:
+    """The radiation evidence of a ``shielded-source-suspected`` entry in words: the test that alarms at the object,
+    or the weak hotspot there (below the alarm thresholds)."""
+    evidence = alarm.radiation
+    if evidence is None:
+        return f"where the radiation rises:{_measure('gamma', alarm.statistic, alarm.threshold)}"
+    test = evidence.reason.removesuffix(" (below threshold)")
+    name = TEST_NAMES.get(test, test)
+    if test != evidence.reason:
+        size, hotspot = _num(_size(evidence.statistic)), _num(evidence.threshold)
+        return f"where the radiation rises below the alarm thresholds: {name} {size} sigma (a hotspot from {hotspot})"
+    return f"where the radiation alarms: {name}{_measure(test, evidence.statistic, evidence.threshold)}"
+
+
 def _where(alarm: Alarm) -> str:
     """`` 5.2 m behind the front, ± 0.3 m``, or "" for an entry without a location."""
     location = alarm.location_m
@@ -133,18 +161,13 @@ def reason_text(alarm: Alarm, decision: Told | None = None) -> str:
     reason = alarm.reason
     stat, threshold = alarm.statistic, alarm.threshold
     if reason in TEST_NAMES:
-        size = abs(stat) if stat is not None else stat
+        size = _size(stat)
         name = TEST_NAMES[reason]
         if reason == "gamma-shape" and alarm.direction:
             name += f" {alarm.direction} than background"
         if reason == "gamma-side" and alarm.side:
             name += f" (the {alarm.side} half of the channels)"
-        if reason == "neutron":
-            expected = alarm.expected
-            beside = f", {_num(expected, 0)} expected" if expected is not None else ""
-            measure = f" {_num(stat, 0)} counts in its window{beside} (threshold {_num(threshold, 0)})"
-        else:
-            measure = f" {_num(size)} sigma (threshold {_num(threshold)})"
+        measure = _measure(reason, stat, threshold, alarm.expected)
         crossed = size is None or threshold is None or size > threshold
         if not crossed:
             return f"{name} below its threshold:{measure}{_where(alarm)}"
@@ -156,9 +179,7 @@ def reason_text(alarm: Alarm, decision: Told | None = None) -> str:
         return text
     if reason.endswith("(below threshold)"):
         test = reason.removesuffix(" (below threshold)")
-        return f"{TEST_NAMES.get(test, test)} below its threshold: {_num(stat)} sigma (threshold {_num(threshold)})" + (
-            _where(alarm)
-        )
+        return f"{TEST_NAMES.get(test, test)} below its threshold:{_measure(test, stat, threshold)}{_where(alarm)}"
     if reason == "norm-consistent":
         extent = alarm.extent
         spread = f", spread over {extent:.0%} of the load" if extent is not None else ""
@@ -179,9 +200,8 @@ def reason_text(alarm: Alarm, decision: Told | None = None) -> str:
         return "Tamper: the portal reports its cabinet opened or a detector fault"
     if reason == "shielded-source-suspected":
         lead = alarm.object.lead_mm if alarm.object is not None else None
-        return (
-            f"Shielded source suspected: dense object, {_num(lead, 0)} mm lead equivalent{_where(alarm)}, where the "
-            f"radiation rises ({_num(stat)} sigma, threshold {_num(threshold)})"
+        return f"Shielded source suspected: dense object, {_num(lead, 0)} mm lead equivalent{_where(alarm)}, " + (
+            _at_the_object(alarm)
         )
     if reason == "image-review":
         return (
