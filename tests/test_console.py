@@ -328,8 +328,11 @@ def test_event_table_filters_and_pages(client: TestClient, site: Config) -> None
     assert table_seqs(client, "") == [6, 5, 4, 3, 2, 1, 7]
     assert table_seqs(client, "lane=lane2") == [6, 4, 2]
     assert table_seqs(client, "verdict=CLEAR") == [4, 1]
-    alarms = table_seqs(client, "state=awaiting")
-    assert alarms == [6, 5, 3, 2, 7]
+    # the queues of alarms awaiting adjudication: the oldest first (first come, first served), unless asked
+    assert table_seqs(client, "state=awaiting") == [7, 2, 3, 5, 6]
+    assert table_seqs(client, "state=unacknowledged") == [7, 2, 3, 5, 6]
+    assert table_seqs(client, "state=awaiting&order=newest") == [6, 5, 3, 2, 7]
+    assert table_seqs(client, "order=oldest") == [7, 1, 2, 3, 4, 5, 6]
     with Journal(site.service.journal, readonly=True) as journal:
         end = journal.since(0)[0].end
     day = client.app.state.console.clock.local(end)[:10]
@@ -340,6 +343,7 @@ def test_event_table_filters_and_pages(client: TestClient, site: Config) -> None
     for query, says in (
         ("verdict=BOGUS", "no verdict"),
         ("state=bogus", "no adjudication state"),
+        ("order=sideways", "no order"),
         ("from=garbage", "dates are YYYY-MM-DD"),
         ("from=2026-13-45", "dates are YYYY-MM-DD"),
         (f"from={date.fromisoformat(day) + timedelta(days=1)}&to={day}", "the dates are the wrong way round"),
@@ -364,6 +368,13 @@ def test_event_table_filters_and_pages(client: TestClient, site: Config) -> None
     assert [r.seq for r in second.rows] == [3, 2, 1] and second.newer == 3 and second.older == 1
     assert [r.seq for r in store.events(EventFilter(), 3, before=second.older).rows] == [7]
     assert [r.seq for r in store.events(EventFilter(), 3, after=second.newer).rows] == [6, 5, 4]
+    first = store.events(EventFilter(), 3, oldest_first=True)  # the same pages, the other way
+    assert [r.seq for r in first.rows] == [7, 1, 2] and first.older is None and first.newer == 2
+    second = store.events(EventFilter(), 3, after=first.newer, oldest_first=True)
+    assert [r.seq for r in second.rows] == [3, 4, 5] and second.older == 3 and second.newer == 5
+    last = store.events(EventFilter(), 3, after=second.newer, oldest_first=True)
+    assert [r.seq for r in last.rows] == [6] and last.older == 6 and last.newer is None
+    assert [r.seq for r in store.events(EventFilter(), 3, before=second.older, oldest_first=True).rows] == [7, 1, 2]
     csv = client.get("/decisions?verdict=CLEAR&format=csv")
     assert csv.headers["content-type"].startswith("text/csv") and len(csv.text.strip().splitlines()) == 3
 
@@ -705,19 +716,21 @@ def test_wall_state_has_each_lanes_tile_with_its_background_and_awaiting_alarms(
     assert wall["service"]["reachable"] is None, "no health read yet: the feeds are not running"
 
 
-def test_the_wall_carries_the_newest_alarms_awaiting_and_counts_the_rest(client: TestClient) -> None:
+def test_the_wall_carries_the_oldest_alarms_awaiting_and_counts_the_rest(client: TestClient) -> None:
     """A site with many alarms not yet disposed: every wall update (sent to each browser several times a second)
-    carries the newest few for the banner and each tile, and how many there are."""
+    carries the oldest few for the banner and each tile (the oldest must never drop out of sight), and how many
+    there are."""
     login(client, "olga")
     wall = client.app.state.console.wall
     alarm = client.app.state.console.journal.get(2)
     for seq in range(100, 112):  # twelve more alarms on lane1, none acknowledged
         wall.on_decision(msgspec.structs.replace(alarm, seq=seq, lane="lane1"))
     shown = client.get("/wall.json").json()
-    assert [a["seq"] for a in shown["unacknowledged"]] == [111, 110, 109, 108, 107]
+    # by end, as the queue of alarms awaiting adjudication: 7 ended first, then 2, 3 and the copies of 2 (same end)
+    assert [a["seq"] for a in shown["unacknowledged"]] == [7, 2, 3, 100, 101]
     assert shown["unacknowledged_count"] == 17
     lanes = {lane["id"]: lane for lane in shown["lanes"]}
-    assert [a["seq"] for a in lanes["lane1"]["awaiting"]] == [111, 110, 109, 108, 107]
+    assert [a["seq"] for a in lanes["lane1"]["awaiting"]] == [7, 3, 100, 101, 102]
     mine = [seq for seq in (2, 3, 5, 6, 7) if client.app.state.console.journal.get(seq).lane == "lane1"]
     assert lanes["lane1"]["awaiting_count"] == lanes["lane1"]["unacknowledged"] == 12 + len(mine)
     assert lanes["lane2"]["awaiting_count"] == lanes["lane2"]["unacknowledged"] == 5 - len(mine)

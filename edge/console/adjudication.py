@@ -397,14 +397,21 @@ class Adjudications(SqliteStore):
         )
 
     def awaiting(self, limit: int = 1000) -> list[EventRow]:
-        """ALARM decisions not yet disposed, newest first."""
-        return self.events(EventFilter(state="awaiting"), limit=limit).rows
+        """ALARM decisions not yet disposed, the oldest ``limit`` of them, oldest first (first come, first served)."""
+        return self.events(EventFilter(state="awaiting"), limit=limit, oldest_first=True).rows
 
     def events(
-        self, where: EventFilter, limit: int, before: int | None = None, after: int | None = None, fields: bool = False
+        self,
+        where: EventFilter,
+        limit: int,
+        before: int | None = None,
+        after: int | None = None,
+        fields: bool = False,
+        oldest_first: bool = False,
     ) -> EventPage:
-        """One page of decisions matching ``where``, the latest end first: those after decision ``before`` in that
-        order, or (``after``) the page before decision ``after``; ``fields`` also reads each row's
+        """One page of decisions matching ``where``, the latest end first (``oldest_first``: the earliest first): the
+        page of those that ended before decision ``before``, or (``after``) after decision ``after``, nearest to it
+        first; without either the newest page (``oldest_first``: the oldest); ``fields`` also reads each row's
         :class:`RowFields` in the same query."""
         clauses, params = [], []
         for clause, value in (
@@ -429,7 +436,7 @@ class Adjudications(SqliteStore):
                 " WHERE adjudication_notes MATCH ?)"
             )
             params.append(notes_query(where.text))
-        # Newest first by end time, then seq: the journal's (lane, end), (verdict, end) and (end) indexes give this
+        # By end time, then seq (either way): the journal's (lane, end), (verdict, end) and (end) indexes give this
         # order directly, so a page never sorts the rows a filter matches (a day holds hundreds of thousands);
         # a search in notes sorts its matches (found by the full-text index) by seq and end, not their rows.
         cursor = before if after is None else after
@@ -439,7 +446,10 @@ class Adjudications(SqliteStore):
                 return EventPage([], None, None)
             clauses.append('(d."end", d.seq) < (?, ?)' if after is None else '(d."end", d.seq) > (?, ?)')
             params += [found[0][0], cursor]
-        order = "DESC" if after is None else "ASC"
+        # the query walks away from the cursor (or from the end the page starts at); the rows are shown in the
+        # table's order
+        descending = before is not None or (after is None and not oldest_first)
+        order = "DESC" if descending else "ASC"
         # Two steps: the page's seqs, from the indexes alone where the filter allows (no state, no notes: the
         # journal's indexes hold lane, verdict, end and seq), then the page's rows and bodies by seq.
         sql = "SELECT d.seq FROM decisions d"
@@ -461,7 +471,7 @@ class Adjudications(SqliteStore):
             raise SearchError(f"the search in notes could not be run ({exc}): try plain words") from None
         more = len(seqs) > limit
         seqs = seqs[:limit]
-        if order == "ASC":
+        if descending == oldest_first:
             seqs.reverse()
         marks = ",".join("?" * len(seqs))
         sql = (
@@ -480,7 +490,6 @@ class Adjudications(SqliteStore):
         ]  # fmt: skip
         if not page:
             return EventPage([], None, None)
-        newest_page = after is None and before is None
-        older = page[-1].seq if (more or after is not None) else None
-        newer = None if newest_page or (after is not None and not more) else page[0].seq
-        return EventPage(page, older, newer)
+        has_older, has_newer = (more, cursor is not None) if descending else (cursor is not None, more)
+        oldest, newest = (page[0], page[-1]) if oldest_first else (page[-1], page[0])
+        return EventPage(page, oldest.seq if has_older else None, newest.seq if has_newer else None)

@@ -88,6 +88,8 @@ TICKER_ROWS = 15
 """Decisions the wall lists when it opens (newer ones are added live)."""
 BACKLOG_LIMIT = 500
 """Most decisions replayed to a reconnecting browser (its Last-Event-ID onwards)."""
+ORDERS = {"oldest": "oldest first", "newest": "newest first"}
+"""Orders of the event table (its ``order`` parameter; the default is :func:`oldest_first`'s)."""
 AWAITING_QUEUE = 1000
 """Alarms awaiting adjudication a decision's page reads to link the next one: the oldest of them, first come first
 served."""
@@ -544,7 +546,7 @@ def create_app(
 # ---- decisions: table, detail, adjudication ---------------------------------------------------------
 def _filter(console: Console, params: Any) -> tuple[EventFilter, dict[str, str], str]:
     """The event filter from query parameters (dates in the site's time zone), the values to show, an error."""
-    shown = {key: str(params.get(key) or "") for key in ("lane", "verdict", "state", "from", "to", "q")}
+    shown = {key: str(params.get(key) or "") for key in ("lane", "verdict", "state", "from", "to", "q", "order")}
     error = ""
     since = until = None
     try:
@@ -564,6 +566,8 @@ def _filter(console: Console, params: Any) -> tuple[EventFilter, dict[str, str],
         error = f"no verdict {shown['verdict']!r}: one of {', '.join(VERDICTS)}"
     if shown["state"] and shown["state"] not in STATES:
         error = f"no adjudication state {shown['state']!r}: one of {', '.join(STATES)}"
+    if shown["order"] and shown["order"] not in ORDERS:
+        error = f"no order {shown['order']!r}: one of {', '.join(ORDERS)}"
     where = EventFilter(
         lane=shown["lane"] or None,
         verdict=shown["verdict"] if shown["verdict"] in VERDICTS else None,
@@ -573,6 +577,14 @@ def _filter(console: Console, params: Any) -> tuple[EventFilter, dict[str, str],
         text=shown["q"].strip() or None,  # read by Adjudications.events, which raises SearchError for a bad one
     )
     return where, shown, error
+
+
+def oldest_first(shown: dict[str, str]) -> bool:
+    """Whether the event table lists the oldest first: as asked, else for the queues of alarms awaiting
+    adjudication (first come, first served: the oldest must not page out of sight), and newest first otherwise."""
+    if shown["order"]:
+        return shown["order"] == "oldest"
+    return shown["state"] in ("awaiting", "unacknowledged")
 
 
 def _next_day(day: str) -> str:
@@ -610,8 +622,9 @@ def decision_routes(
             if not error:
                 try:
                     page = adjudications.events(
-                        where, config.console.page_size, page_arg("before"), page_arg("after"), fields=True
-                    )
+                        where, config.console.page_size, page_arg("before"), page_arg("after"), fields=True,
+                        oldest_first=oldest_first(shown),
+                    )  # fmt: skip
                 except SearchError as exc:
                     error = str(exc)
             rows = [
@@ -625,6 +638,7 @@ def decision_routes(
             return render(
                 request, "events.html", session, 400 if error else 200, rows=rows, page=page, shown=shown,
                 error=error, query=query, lanes=lanes, timezone=config.console.timezone,
+                oldest_first=oldest_first(shown), orders=ORDERS,
             )  # fmt: skip
 
         return await run_in_threadpool(build)
@@ -642,7 +656,7 @@ def decision_routes(
             request, "detail.html", session, d=decision, seq=seq, reasons=reasons(decision), model=model_text(decision),
             fielded=fielded_text(decision), state=adjudications.state(seq, decision.verdict), history=history,
             figure=svg, axis=axis_name(decision),
-            awaiting=[r.seq for r in reversed(adjudications.awaiting(AWAITING_QUEUE))],
+            awaiting=[r.seq for r in adjudications.awaiting(AWAITING_QUEUE)],
         )  # fmt: skip
 
     async def preview_png(request: Request) -> Response:

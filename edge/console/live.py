@@ -61,7 +61,8 @@ WALL_INTERVAL_S = 0.1
 """Shortest time (s) between two wall snapshots sent to the browsers: changes in between are sent together (the
 decisions themselves go out at once, each as its own event)."""
 WALL_ALARMS = 5
-"""Alarms awaiting adjudication the wall carries for the banner and for each tile (the newest; the rest are counted):
+"""Alarms awaiting adjudication the wall carries for the banner and for each tile (the oldest, which must never drop out
+of sight, first come first served; the rest are counted and linked):
 it is sent to every browser several times a second, and a site with a thousand alarms not yet disposed made it
 0.7 MB and 30 ms of the console's time each."""
 SPARKLINE = 40
@@ -183,15 +184,15 @@ class Wall:
             self.health = health
 
     def snapshot(self) -> dict[str, Any]:
-        """The whole wall as JSON-ready data (what the browser draws): per lane and in the banner, the newest
-        :data:`WALL_ALARMS` alarms awaiting adjudication and how many there are."""
+        """The whole wall as JSON-ready data (what the browser draws): per lane and in the banner, the oldest
+        :data:`WALL_ALARMS` alarms awaiting adjudication, oldest first, and how many there are."""
         now = time.monotonic()
         with self._lock:
             self.provisional = {k: v for k, v in self.provisional.items() if now - v[0] < PROVISIONAL_HOLD_S}
             awaiting: dict[str, list[Summary]] = {lane: [] for lane in self.lanes}
             unacknowledged: dict[str, int] = dict.fromkeys(self.lanes, 0)
             banner: list[Summary] = []
-            for item in sorted(self.awaiting.values(), key=lambda i: -i.seq):
+            for item in sorted(self.awaiting.values(), key=lambda i: (i.end_utc, i.seq)):  # as the queue's order
                 mine = awaiting.setdefault(item.lane, [])
                 mine.append(item)
                 if item.state == "unacknowledged":

@@ -144,7 +144,7 @@
     if (!container) return;
     container.replaceChildren(...wall.lanes.map(tile));
     const banner = document.getElementById("banner");
-    const alarms = wall.unacknowledged;  // the newest few; wall.unacknowledged_count says how many there are
+    const alarms = wall.unacknowledged;  // the oldest few; wall.unacknowledged_count says how many there are
     state.unacknowledged = wall.unacknowledged_count;
     banner.hidden = alarms.length === 0;
     banner.replaceChildren(...alarms.slice(0, 5).map((a) => el("div", { class: "item" },
@@ -153,7 +153,10 @@
       el("span", { text: `${a.end_local.slice(11)} · ${a.reasons[0] || (a.device_alarm ? "The portal's own alarm" : "")}` }),
       ackForm(a.seq, "Acknowledge"))));
     const more = wall.unacknowledged_count - Math.min(alarms.length, 5);
-    if (more > 0) banner.append(el("div", { text: `and ${more} more unacknowledged` }));
+    if (more > 0) {
+      banner.append(el("div", { class: "more" }, el("a", { href: "/decisions?state=unacknowledged",
+        text: `and ${more} more unacknowledged (the queue, oldest first)` })));
+    }
     const service = document.getElementById("service-state");
     const reachable = wall.service.reachable;
     service.textContent = reachable === false ? "Service unreachable" : reachable ? (wall.service.ok ? "Service ok" : "Service NOT OK") : "";
