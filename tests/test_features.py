@@ -176,3 +176,15 @@ def test_an_xray_section_without_an_image_encodes_as_no_image(benign: list) -> N
         record["xray"] = xray
         v = extract(record)
         assert all(_value(v, n) == 0 for n in FEATURE_NAMES if n.startswith("image_"))
+
+
+def test_the_fielded_sigma_feature_stands_when_the_rule_was_not_evaluated(benign: list) -> None:
+    """A decision whose fielded rule was not evaluated (no background from the portal) gives the model the same
+    statistic against the background it was judged with, as in training, not a zero."""
+    for _, decision in benign[:4]:
+        unevaluated = copy.deepcopy(decision)
+        unevaluated["baseline"].update(max_sigma=None, not_evaluated="background-rejected")
+        unevaluated["baseline_verdict"] = None
+        assert decision["baseline"]["max_sigma"] is not None
+        expected = _value(extract(decision), "fielded_sigma")
+        assert _value(extract(unevaluated), "fielded_sigma") == pytest.approx(expected, abs=2e-3)

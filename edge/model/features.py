@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from lanewatch.kernels.baseline import nsigma_series_ref
+
 SCHEMA_VERSION = "lanewatch-features/1"
 """Name and version of the feature definitions below; recorded in every model file."""
 
@@ -227,6 +229,11 @@ def extract(decision: Mapping[str, Any]) -> np.ndarray:
     out[_INDEX["gross_peak_z"]] = _z(float(gross[near].sum()), float(expected[near].sum()))
     out[_INDEX["gross_off_peak_z"]] = _z(float(gross[~near].sum()), float(expected[~near].sum()))
     sigma = (decision.get("baseline") or {}).get("max_sigma")
+    if not (isinstance(sigma, int | float) and math.isfinite(sigma)) and isinstance(total_cps, int | float):
+        # The fielded rule was not evaluated (no background from the portal): the model reads the same statistic
+        # against the background the occupancy was judged with, as it was trained to.
+        n_1s = max(1, round(1.0 / dt))
+        sigma = float(nsigma_series_ref(gross, total_cps * n_1s * dt, n_1s).max()) if total_cps > 0 else None
     if isinstance(sigma, int | float) and math.isfinite(sigma):
         out[_INDEX["fielded_sigma"]] = sigma
 
