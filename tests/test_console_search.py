@@ -1,6 +1,7 @@
-"""The event table's search in adjudication notes: SQLite's full-text index (FTS5) kept in step with the append-only
-history, built for a journal from before it, combined with the other filters and paging, and what users type
-(quotes, operators of the query language, unicode) never failing the page.
+"""The event table's search in adjudication notes: SQLite's full-text index (FTS5, trigrams) kept in step with the
+append-only history, built for a journal from before it or with the earlier index of words, finding text inside
+words, combined with the other filters and paging, and what users type (quotes, operators of the query language,
+LIKE's wildcards, unicode) never failing the page.
 
 Real journals in temporary directories, the console over HTTP with Starlette's TestClient.
 """
@@ -17,7 +18,14 @@ import pytest
 from starlette.testclient import TestClient
 from test_console import PASSWORD, ROLES, csrf, decisions, login, site_config, table_seqs
 
-from lanewatch.edge.console.adjudication import Adjudications, EventFilter, SearchError, notes_query
+from lanewatch.edge.console.adjudication import (
+    NOTES_TOKENIZER,
+    Adjudications,
+    EventFilter,
+    NotesSearch,
+    SearchError,
+    notes_query,
+)
 from lanewatch.edge.console.app import create_app
 from lanewatch.edge.console.users import UserStore, users_path
 from lanewatch.edge.decisions.journal import Journal
@@ -25,7 +33,7 @@ from lanewatch.edge.decisions.journal import Journal
 NOTES = {
     3: "Kitty litter, 100% clay; driver Müller, papers checked",
     5: "Ceramic tiles for Röntgen GmbH, papers checked",
-    1: "Rescanned clean",
+    1: "Rescanned clean on the X-ray; container MSKU4471230",
     6: "Granite countertops: papers checked at the gate",
 }
 """Decision seq -> the notes of its adjudication (seqs 2, 4 and 7 are left without one)."""
@@ -67,20 +75,35 @@ def store(tmp_path: Path) -> Iterator[Adjudications]:
     store.close()
 
 
-def test_words_and_prefixes_in_any_order_case_and_accents_ignored(store: Adjudications) -> None:
+def test_text_anywhere_in_any_order_case_ignored(store: Adjudications) -> None:
     assert found(store, "litter") == [3]
-    assert found(store, "LIT") == [3], "a word is also the start of one, in any case"
-    assert found(store, "clay kitty") == [3], "every word, in any order"
-    assert found(store, "muller") == found(store, "Müller") == [3]
-    assert found(store, "rontgen") == [5]
-    assert found(store, "kitty tiles") == [], "the words must be in one act's notes"
-    assert found(store, "itter") == [], "a word's start, not any part of it"
+    assert found(store, "LIT") == [3], "the start of a word, in any case"
+    assert found(store, "itter") == [3], "inside a word: litter"
+    assert found(store, "ray") == found(store, "x-ray") == [1], "inside a word: X-ray"
+    assert found(store, "4471") == found(store, "msku447") == [1], "part of a container number"
+    assert found(store, "clay kitty") == [3], "every term, in any order"
+    assert found(store, "MÜLLER") == found(store, "Müller") == [3]
+    if "remove_diacritics" in NOTES_TOKENIZER:
+        assert found(store, "muller") == [3] and found(store, "rontgen") == [5]
+    assert found(store, "kitty tiles") == [], "the terms must be in one act's notes"
     assert found(store, '"kitty litter"') == [3]
+    assert found(store, '"ty lit"') == [3], "a quoted phrase may start and end inside words"
     assert found(store, '"litter kitty"') == [], "a quoted phrase keeps its order"
-    assert found(store, '"kit litter"') == [], "a quoted phrase is of whole words"
     assert found(store, "cs-137") == []
+    assert found(store, "100%") == [3], "punctuation is text"
     assert sorted(found(store, "papers")) == [3, 5, 6]
     index_agrees(store.path)
+
+
+def test_a_term_of_one_or_two_characters_is_looked_for_in_what_the_longer_ones_found(store: Adjudications) -> None:
+    assert found(store, "kitty ay") == [3], "'ay' in 'clay'"
+    assert found(store, "papers GM") == [5], "case ignored"
+    assert found(store, "papers zz") == []
+    assert found(store, "papers 0%") == [3], "LIKE's wildcards are text: '0%' only in '100%'"
+    assert found(store, "papers _c") == [], "'_' is no wildcard ('s checked' has no '_c')"
+    for text in ("ay", "x", "ay zz"):
+        with pytest.raises(SearchError, match="at least 3 characters in a row"):
+            found(store, text)
 
 
 def test_search_keeps_the_filters_and_pages_both_ways(store: Adjudications) -> None:
@@ -129,7 +152,7 @@ def test_a_supervisors_amendment_is_found(store: Adjudications) -> None:
     store.record(
         3, "amend", "sam", "supervisor", disposition="medical", notes="Patient treated with Tc-99m", amends=disposed.id
     )
-    assert found(store, "tc-99m") == found(store, "patient") == [3]
+    assert found(store, "tc-99m") == found(store, "patient") == found(store, "atien") == [3]
     assert found(store, "kitty") == [3], "the amended act's notes stay in the history, and found"
     assert found(store, "99m") == [3]
     index_agrees(store.path)
@@ -175,23 +198,53 @@ def test_a_journal_from_before_the_index_has_it_built_when_a_console_opens_it(tm
         reopened.close()
 
 
+def test_a_journal_with_the_earlier_index_of_words_has_it_rebuilt_as_trigrams(tmp_path: Path) -> None:
+    path = journal_of(tmp_path)
+    adjudicate(Adjudications(path))
+    conn = sqlite3.connect(path)  # the index the console made before it searched inside words
+    conn.executescript(
+        "DROP TRIGGER adjudication_notes_insert; DROP TABLE adjudication_notes;"
+        " CREATE VIRTUAL TABLE adjudication_notes USING fts5(notes, content='adjudications', content_rowid='id',"
+        " tokenize='unicode61 remove_diacritics 2');"
+        " CREATE TRIGGER adjudication_notes_insert AFTER INSERT ON adjudications"
+        " BEGIN INSERT INTO adjudication_notes (rowid, notes) VALUES (new.id, new.notes); END;"
+        " INSERT INTO adjudication_notes (adjudication_notes) VALUES ('rebuild');"
+    )
+    conn.close()
+    store = Adjudications(path)
+    try:
+        assert found(store, "itter") == [3] and found(store, "ray") == [1]
+        store.record(4, "adjudicate", "olga", "operator", disposition="background", notes="Seal 88123 intact")
+        assert found(store, "812") == [4], "the trigger indexes into the new index"
+        index_agrees(path)
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    made = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'adjudication_notes'").fetchone()[0]
+    triggers = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND sql LIKE '%_notes (rowid%'")
+    assert f"tokenize='{NOTES_TOKENIZER}'" in made and triggers.fetchone()[0] == 1
+    conn.close()
+
+
 @pytest.mark.parametrize(
     ("text", "query"),
     [
-        ("kitty lit", '"kitty"* "lit"*'),
-        ('"kitty litter" clay', '"kitty litter" "clay"*'),
-        ('say "hi', '"say"* "hi"'),
-        ('a"b', '"a"* "b"'),
-        ("NEAR(kitty", '"NEAR(kitty"*'),
-        ("x OR y", '"x"* "OR"* "y"*'),
-        ("kit* -clay", '"kit*"* "-clay"*'),
+        ("kitty lit", NotesSearch('"kitty" "lit"')),
+        ('"kitty litter" clay', NotesSearch('"kitty litter" "clay"')),
+        ('say "hi', NotesSearch('"say"', ("%hi%",))),
+        ('a"bcd', NotesSearch('"bcd"', ("%a%",))),
+        ('say "it\'s ok"', NotesSearch('"say" "it\'s ok"')),
+        ("NEAR(kitty", NotesSearch('"NEAR(kitty"')),
+        ("x OR yes", NotesSearch('"yes"', ("%x%", "%OR%"))),
+        ("kit* -clay", NotesSearch('"kit*" "-clay"')),
+        ("100% a_ b\\", NotesSearch('"100%"', ("%a\\_%", "%b\\\\%"))),
     ],
 )
-def test_what_users_type_is_quoted_into_the_query_language(text: str, query: str) -> None:
+def test_what_users_type_is_quoted_into_the_query_language(text: str, query: NotesSearch) -> None:
     assert notes_query(text) == query
 
 
-@pytest.mark.parametrize("text", ["*", '""', '"', "!! ... ??", "🙂", "-"])
+@pytest.mark.parametrize("text", ["*", '""', '"', "!! ... ??", "🙂", "-", "%", "_"])
 def test_a_search_without_a_word_is_refused_in_words(text: str) -> None:
     with pytest.raises(SearchError, match="at least one word"):
         notes_query(text)
@@ -227,9 +280,9 @@ def test_hostile_searches_answer_a_page_or_a_message_never_an_error(client: Test
             assert re.search(r'<p class="error" role="alert">search the notes for at (least|most)', page.text), text
         csv = client.get("/decisions", params={"q": text, "format": "csv"})
         assert csv.status_code == page.status_code, (text, csv.status_code)
-    for text in ("kit*", "-kitty", "(kitty", "Müller", "KITTY 100%", "kitty 🙂"):
+    for text in ("kit", "Müller", "KITTY 100%", "kitty 🙂", "kitty %", '"kitty', "100% clay", "üller"):
         assert table_seqs(client, urlencode({"q": text})) == [3], text
-    for text in ("NEAR(kitty litter, 2)", "notes:kitty", "kitty OR tiles", "kitty AND NOT", "日本語"):
+    for text in ("kit*", "-kitty", "NEAR(kitty litter, 2)", "notes:kitty", "kitty OR tiles", "kitty AND NOT", "日本語"):
         assert table_seqs(client, urlencode({"q": text})) == [], text
     refused = client.get("/decisions", params={"q": "*"})
     assert refused.status_code == 400 and "at least one word" in refused.text

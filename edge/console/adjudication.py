@@ -10,10 +10,12 @@ attachment, nuclides, amends)``
     correction of an earlier adjudication, ``amends`` its id). Triggers refuse UPDATE and DELETE:
     history is never rewritten, an amendment is a new row.
 ``adjudication_notes``
-    SQLite's full-text index (FTS5) of the acts' notes, row for row (its rowid is the act's id; the text stays in
-    ``adjudications``). A trigger indexes each new act in the transaction that appends it (acts are never updated
-    or deleted, so that is all it needs); a journal from before the index has it built when a console first opens
-    it. :func:`notes_query` turns what a user types into the index's query language.
+    SQLite's full-text index (FTS5, trigram tokenizer) of the acts' notes, row for row (its rowid is the act's id;
+    the text stays in ``adjudications``): every run of three characters, so a search finds text anywhere in a word
+    ("ray" in "X-ray", "4471" in a container number). A trigger indexes each new act in the transaction that
+    appends it (acts are never updated or deleted, so that is all it needs); a journal from before the index, or
+    with an index of another tokenizer, has it (re)built when a console first opens it. :func:`notes_query` turns
+    what a user types into the index's query language.
 ``adjudication_state(seq, state, disposition, last_id)``
     The current state of each adjudicated decision (``acknowledged`` or ``disposed``), kept in
     the same transaction as the row that changed it, so the event table filters on it by index.
@@ -93,17 +95,22 @@ SCHEMA = (
     'CREATE INDEX IF NOT EXISTS decisions_seq_end_lane_verdict ON decisions (seq, "end", lane, verdict)',
     "DROP INDEX IF EXISTS decisions_seq_end",
 )
+NOTES_TOKENIZER = "trigram remove_diacritics 1" if sqlite3.sqlite_version_info >= (3, 45, 0) else "trigram"
+"""The notes index's tokenizer: every three characters, case ignored; accents too where SQLite can (3.45 and later)."""
 NOTES_INDEX = (
-    # External content: the index holds the words, ``adjudications`` the text. Case and accents are ignored
-    # ("Röntgen" is found by "rontgen"); words are runs of letters and digits ("Cs-137" is "cs" then "137").
+    # External content: the index holds the trigrams, ``adjudications`` the text.
     "CREATE VIRTUAL TABLE adjudication_notes USING fts5(notes, content='adjudications', content_rowid='id',"
-    " tokenize='unicode61 remove_diacritics 2')",
+    f" tokenize='{NOTES_TOKENIZER}')",
     """CREATE TRIGGER adjudication_notes_insert AFTER INSERT ON adjudications
         BEGIN INSERT INTO adjudication_notes (rowid, notes) VALUES (new.id, new.notes); END""",
     "INSERT INTO adjudication_notes (adjudication_notes) VALUES ('rebuild')",  # the acts recorded before the index
 )
 """The notes' full-text index, created with its trigger and filled from the acts so far in one transaction (so no act
-is recorded between the fill and the trigger), when a journal does not have it yet."""
+is recorded between the fill and the trigger), when a journal does not have it yet, or has it with another
+tokenizer (the earlier index of words, or one made by another SQLite), which is dropped first."""
+MIN_INDEXED = 3
+"""Characters a search term needs for the index to find it (the trigram tokenizer's unit); shorter terms are looked
+for with LIKE in the notes the longer ones found."""
 MAX_SEARCH_TERMS = 16
 """Words and quoted phrases a search in notes may have."""
 READ_PRAGMAS = ("cache_size = -65536", "mmap_size = 268435456")
@@ -140,38 +147,54 @@ class SearchUnavailable(RuntimeError):
 _SEARCH_PART = re.compile(r'"([^"]*)"?|[^\s"]+')
 
 
-def notes_query(text: str) -> str:
-    """The FTS5 query for what a user typed in "notes contain": every word must be in one act's notes, in any order,
-    as a word or the start of one (``lit`` finds "litter"), case and accents ignored; text in double quotes is a
-    phrase of whole words in that order (an unclosed quote runs to the end). Everything is quoted into the query
-    language, so no character the user types is an operator (``*``, ``NEAR(``, ``OR``, ``-``, ``:`` are text).
-    Punctuation alone is no word: raises :class:`SearchError` when nothing searchable is left, or for more than
-    :data:`MAX_SEARCH_TERMS` words and phrases."""
+@dataclass(frozen=True)
+class NotesSearch:
+    """A search in notes as the index runs it: every term must be in one act's notes."""
+
+    match: str
+    """The FTS5 query of the terms of :data:`MIN_INDEXED` characters or more, each quoted as a string."""
+    like: tuple[str, ...] = ()
+    """LIKE patterns (escape ``\\``) of the shorter terms, tried on the notes the index found."""
+
+
+def notes_query(text: str) -> NotesSearch:
+    """The search for what a user typed in "notes contain": every term must be in one act's notes, in any order,
+    anywhere (inside a word too: ``ray`` finds "X-ray"), case ignored; a term is a run of characters without
+    spaces, or text in double quotes with its spaces (an unclosed quote runs to the end). Every term is quoted into
+    the query language, so no character the user types is an operator (``*``, ``NEAR(``, ``OR``, ``-``, ``:``, ``%``
+    are text). A term of one or two characters is looked for only in the notes the longer terms found. Raises
+    :class:`SearchError` when no term has a letter or digit, none has :data:`MIN_INDEXED` characters, or there are
+    more than :data:`MAX_SEARCH_TERMS`."""
     terms = []
     for part in _SEARCH_PART.finditer(text):
-        phrase = part.group(1)
-        words = part.group(0) if phrase is None else phrase
-        if not any(ch.isalnum() for ch in words):
-            continue  # the index holds letters and digits only: this part could only match nothing
-        quoted = '"' + words.replace('"', '""') + '"'
-        terms.append(quoted if phrase is not None else quoted + "*")
+        term = part.group(0) if part.group(1) is None else part.group(1)
+        if any(ch.isalnum() for ch in term):  # punctuation alone is no search ("-", "*", "...")
+            terms.append(term)
     if not terms:
         raise SearchError("search the notes for at least one word (letters or digits)")
     if len(terms) > MAX_SEARCH_TERMS:
         raise SearchError(f"search the notes for at most {MAX_SEARCH_TERMS} words or quoted phrases, not {len(terms)}")
-    return " ".join(terms)
+    indexed = ['"' + term.replace('"', '""') + '"' for term in terms if len(term) >= MIN_INDEXED]
+    if not indexed:
+        raise SearchError(
+            f"search the notes for at least {MIN_INDEXED} characters in a row (one or two are searched only beside a "
+            f"longer word)"
+        )
+    short = tuple("%" + re.sub(r"([\\%_])", r"\\\1", term) + "%" for term in terms if len(term) < MIN_INDEXED)
+    return NotesSearch(" ".join(indexed), short)
 
 
 def require_fts5() -> None:
-    """Raise :class:`SearchUnavailable` unless this Python's SQLite has the full-text module FTS5."""
+    """Raise :class:`SearchUnavailable` unless this Python's SQLite has the full-text module FTS5 and its trigram
+    tokenizer (SQLite 3.34 and later)."""
     conn = sqlite3.connect(":memory:")
     try:
-        conn.execute("CREATE VIRTUAL TABLE probe USING fts5(text)")
+        conn.execute(f"CREATE VIRTUAL TABLE probe USING fts5(text, tokenize='{NOTES_TOKENIZER}')")
     except sqlite3.OperationalError as exc:
         raise SearchUnavailable(
-            f"this Python's SQLite {sqlite3.sqlite_version} has no full-text module FTS5 ({exc}), which the console's "
-            f"search in notes needs: run the console with a Python whose sqlite3 is built with FTS5 (Debian's and "
-            f"python.org's are)"
+            f"this Python's SQLite {sqlite3.sqlite_version} has no full-text module FTS5 with its trigram tokenizer "
+            f"({exc}), which the console's search in notes needs: run the console with a Python whose sqlite3 is "
+            f"3.34 or later, built with FTS5 (Debian's and python.org's are)"
         ) from None
     finally:
         conn.close()
@@ -233,7 +256,10 @@ class Adjudications(SqliteStore):
             Journal(Path(path)).close()  # an empty journal with its schema, as the service would make it
         super().__init__(path, SCHEMA, pragmas=["synchronous = FULL", *READ_PRAGMAS])
         with self._tx() as conn:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'adjudication_notes'").fetchone() is None:
+            found = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'adjudication_notes'").fetchone()
+            if found is None or f"tokenize='{NOTES_TOKENIZER}'" not in found[0]:
+                conn.execute("DROP TRIGGER IF EXISTS adjudication_notes_insert")
+                conn.execute("DROP TABLE IF EXISTS adjudication_notes")
                 for statement in NOTES_INDEX:
                     conn.execute(statement)
 
@@ -431,11 +457,12 @@ class Adjudications(SqliteStore):
             clauses.append("s.state = ?")
             params.append(where.state)
         if where.text:
+            search = notes_query(where.text)
             clauses.append(
                 "d.seq IN (SELECT a.seq FROM adjudication_notes JOIN adjudications a ON a.id = adjudication_notes.rowid"
-                " WHERE adjudication_notes MATCH ?)"
+                " WHERE adjudication_notes MATCH ?" + " AND a.notes LIKE ? ESCAPE '\\'" * len(search.like) + ")"
             )
-            params.append(notes_query(where.text))
+            params += [search.match, *search.like]
         # By end time, then seq (either way): the journal's (lane, end), (verdict, end) and (end) indexes give this
         # order directly, so a page never sorts the rows a filter matches (a day holds hundreds of thousands);
         # a search in notes sorts its matches (found by the full-text index) by seq and end, not their rows.
