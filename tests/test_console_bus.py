@@ -242,17 +242,24 @@ def test_a_console_stops_at_once_while_a_browser_holds_its_event_stream(site: Si
     """systemd stops the console with SIGTERM while walls are open: their event streams never end by themselves, and
     the console does not wait for them (it waited until every browser had gone, and systemd killed it)."""
     a = logged_in(site.url["a"])
-    opened = threading.Event()
+    opened, ended = threading.Event(), threading.Event()
+    names: list[str] = []
 
     def follow() -> None:
         with contextlib.suppress(httpx.HTTPError), a.stream("GET", "/events") as stream:
-            for _ in stream.iter_lines():
+            for line in stream.iter_lines():
                 opened.set()
+                if line.startswith("event: "):
+                    names.append(line[7:])
+        ended.set()
 
     threading.Thread(target=follow, daemon=True).start()
     assert opened.wait(60), "console a's event stream sent nothing"
     proc = site.procs[1]
     proc.send_signal(signal.SIGTERM)
+    # the stream is told and ends, rather than being cut after SHUTDOWN_GRACE_S with the browser none the wiser
+    assert ended.wait(120), "the event stream did not end"
+    assert names[-1:] == ["closing"], f"the stream's last event was not 'closing': {names[-5:]}"
     try:
         code = proc.wait(120)  # it cancels the stream after SHUTDOWN_GRACE_S; without that bound it never exits
     except subprocess.TimeoutExpired:

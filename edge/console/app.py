@@ -57,7 +57,7 @@ from lanewatch.edge.console.adjudication import (
     SearchError,
 )
 from lanewatch.edge.console.health import Health, HealthHistory
-from lanewatch.edge.console.live import Event, Feeds, Hub, Wall, read_health
+from lanewatch.edge.console.live import CLOSING, Event, Feeds, Hub, Wall, read_health
 from lanewatch.edge.console.present import (
     INCOMPLETE_NAMES,
     REASON_NAMES,
@@ -416,6 +416,9 @@ def create_app(
         async def stream() -> AsyncIterator[bytes]:
             sent = 0
             try:
+                if hub.closing:  # the server is shutting down
+                    yield CLOSING.encode()
+                    return
                 yield b"retry: 2000\n\n"
                 yield Event("wall", None, json.dumps(wall.snapshot())).encode()
                 if since is not None:
@@ -438,6 +441,8 @@ def create_app(
                     if event.name == "decision" and event.id is not None and event.id <= sent:
                         continue
                     yield event.encode()
+                    if event is CLOSING:
+                        return
             finally:
                 hub.unsubscribe(queue)
 

@@ -17,15 +17,22 @@ import os
 import socket
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from lanewatch.edge.config import Config
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from lanewatch.edge.console.live import Hub
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5
-"""On SIGTERM or SIGINT, the longest wait (s) for requests in progress before they are cancelled: a browser's event
-stream never ends by itself, and without a bound the console would wait for every open wall to be closed (systemd
-kills it after ``TimeoutStopSec``)."""
+"""On SIGTERM or SIGINT, the longest wait (s) for requests in progress before they are cancelled. The event streams
+end at once (:func:`end_streams_on_exit`); this bounds anything else still being sent (a download), so systemd's stop
+never waits for ``TimeoutStopSec``."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +116,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             app, log_level="warning", proxy_headers=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, **tls
         )
     )
+    end_streams_on_exit(server, app.state.console.hub)
     scheme = "http" if config.console.plain_http else "https"
     log.info("console: serving %s://%s (metrics and health: %s)", scheme, listen, config.console.http or "off")
     try:
@@ -119,6 +127,18 @@ def run(args: argparse.Namespace, config: Config) -> int:
             http.shutdown()
             http.server_close()
     return 0
+
+
+def end_streams_on_exit(server: uvicorn.Server, hub: Hub) -> None:
+    """On SIGTERM or SIGINT, end the event streams at once (each browser is told the console is closing), before
+    uvicorn's graceful shutdown waits for the responses still open: the walls' streams never end by themselves."""
+    handle_exit = server.handle_exit
+
+    def exiting(sig: int, frame: FrameType | None) -> None:
+        hub.close()
+        handle_exit(sig, frame)
+
+    server.handle_exit = exiting  # type: ignore[method-assign]
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -84,12 +84,18 @@ class Event:
         return (head + "".join(f"data: {line}\n" for line in self.data.splitlines()) + "\n").encode()
 
 
+CLOSING = Event("closing", None, "{}")
+"""The last event of every stream when the console shuts down (the browser shows it is not live and reconnects)."""
+
+
 class Hub:
     """Fans events out to the browsers' queues on the event loop; :meth:`publish` may be called from any thread."""
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.queues: set[asyncio.Queue[Event]] = set()
+        self.closing = False
+        """Set by :meth:`close`: the server is shutting down, every stream ends."""
 
     def subscribe(self) -> asyncio.Queue[Event]:
         self.loop = asyncio.get_running_loop()
@@ -104,6 +110,21 @@ class Hub:
         loop = self.loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._fan_out, event)
+
+    def close(self) -> None:
+        """End every open stream: the server is shutting down and waits for its open responses (systemd's stop would
+        wait its whole timeout for the walls open). Each stream is sent a ``closing`` event, then ends; one opened
+        after this ends at once. May be called from a signal handler on the event loop's thread."""
+        self.closing = True
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._close_all)
+
+    def _close_all(self) -> None:
+        for waiting in list(self.queues):
+            while not waiting.empty():
+                waiting.get_nowait()
+            waiting.put_nowait(CLOSING)
 
     def _fan_out(self, event: Event) -> None:
         for waiting in list(self.queues):
