@@ -388,6 +388,28 @@ def test_neutron_source_alarms() -> None:
         assert m >= 1 and sum(counts[start : start + m]) == pytest.approx(hit["statistic"])
 
 
+@pytest.mark.parametrize("speed_kmh", [4.0, 8.0, 12.0])
+def test_neutron_locations_lie_within_their_stated_uncertainty(speed_kmh: float) -> None:
+    """The neutron test and the neutron-gamma test state a 1-sigma band for their location, which holds against the
+    truth: about 95 % within two of it, and no band far wider than the errors (normalized rms not below 0.5)."""
+    neutron = Vehicle(source_m=8.0, neutron_cps=25.0, speed_kmh=speed_kmh)
+    plutonium = Vehicle(
+        length_m=16.0, source_m=8.0, neutron_cps=15.0, cargo_shield=0.12, source_cps=120.0, source_low=0.97,
+        speed_kmh=speed_kmh,
+    )  # fmt: skip
+    found = [
+        entry
+        for vehicle in (neutron, plutonium)
+        for seed in range(40)
+        for reason, entry in alarms(run(vehicle, seed)).items()
+        if reason in ("neutron", "neutron-gamma")
+    ]
+    assert len(found) >= 40, "both vehicles are found (the neutron-gamma test below 5 km/h seldom: neutrons alone do)"
+    errors = np.array([(e["location_m"] - 8.0) / e["location_sd_m"] for e in found])
+    assert np.mean(np.abs(errors) <= 2.0) >= 0.88, errors
+    assert 0.5 <= math.sqrt(np.mean(errors**2)) <= 1.3, errors
+
+
 def test_ship_effect_null_holds_its_false_alarm_probability(monkeypatch: pytest.MonkeyPatch) -> None:
     """Steel cargo blocking 30 % of the background adds spallation bursts at a rate that varies from vehicle to
     vehicle (gamma distributed about 1.5 cps, relative variance 0.4): over 1500 slow passages the neutron alarm

@@ -514,3 +514,42 @@ def test_an_excess_released_as_norm_is_no_hotspot_to_pair_a_shield_with() -> Non
     assert found[0]["radiation_z"] >= FusionConfig().hotspot_z
     norm = next(a for a in fused.alarms if a["reason"] == "norm-consistent")
     assert "high-Z object in the load" in norm["image"]["disagrees_because"] and not norm["release_recommended"]
+
+
+def test_a_radiation_alarm_says_which_image_object_lies_at_its_place() -> None:
+    """A plutonium-like neutron alarm where the image shows a high-Z frame too thin to count as a shield: the alarm
+    carries the frame, and its reason says it with its numbers. A gamma alarm at the lead block carries the block,
+    which the shielded-source finding already says."""
+    from types import SimpleNamespace
+
+    from lanewatch.edge.config import DetectionConfig
+    from lanewatch.edge.console.present import reasons
+    from lanewatch.edge.decisions.decision import Alarm
+    from lanewatch.edge.xray.fusion import fuse
+
+    scan = _bulk_scan_with([(*LEAD_BLOCK, 2.0), (*FRAME, 1.2)])
+    block, frame = sorted(scan.image.objects, key=lambda o: o.lines)
+    analysis = _spread_excess(released=False)
+    frame_m = (FRAME[0] - 50) * SPACING_MM / 1000.0  # the load (the vehicle's front) starts at line 50
+    plutonium = {"reason": "neutron-gamma", "statistic": 4.4, "threshold": 4.1, "location_m": round(frame_m + 0.3, 2),
+                 "location_sd_m": 0.9, "alarm": True}  # fmt: skip
+    gamma = {"reason": "gamma", "statistic": 6.0, "threshold": 4.8, "location_m": 3.1, "location_sd_m": 0.4,
+             "alarm": True}  # fmt: skip
+    analysis["alarms"] = [plutonium, gamma]
+    fused = fuse(analysis, scan, FusionConfig(), DetectionConfig()).alarms
+    by_reason = {a["reason"]: a for a in fused}
+    assert by_reason["neutron-gamma"]["object"]["lines"] == list(frame.lines)
+    assert by_reason["gamma"]["object"]["lines"] == list(block.lines)
+    assert by_reason["shielded-source-suspected"]["object"]["lines"] == list(block.lines)
+    alarms = msgspec.convert(fused, list[Alarm])
+    told = SimpleNamespace(
+        verdict="ALARM", alarms=alarms, device_alarm=False, incomplete=[], end_reason="gx", model=None
+    )
+    said = reasons(told)
+    lead = by_reason["neutron-gamma"]["object"]["lead_mm"]
+    assert said[0] == (
+        f"Neutrons with gamma evidence (plutonium-like) 4.4 sigma (threshold 4.1) {frame_m + 0.3:.1f} m behind the "
+        f"front, ± 0.9 m; the X-ray image shows a high-Z object there, {lead:.0f} mm lead equivalent, 24 mm along by "
+        "200 mm high (not large or thick enough to count as a shield)"
+    )
+    assert said[1] == "Gamma excess 6.0 sigma (threshold 4.8) 3.1 m behind the front, ± 0.4 m", "the finding says it"

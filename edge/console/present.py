@@ -143,6 +143,29 @@ def _at_the_object(alarm: Alarm) -> str:
     return f"where the radiation alarms: {name}{_measure(test, evidence.statistic, evidence.threshold)}"
 
 
+MATERIAL_WORDS = {"high_z": "a high-Z object", "dense": "a dense object (material not resolved)"}
+"""An image object's material class, in words."""
+
+
+def _image_there(alarm: Alarm, decision: Told | None) -> str:
+    """``; the X-ray image shows a high-Z object there, 41 mm lead equivalent, 65 mm along by 40 mm high (not large
+    or thick enough to count as a shield)`` for a radiation alarm with an image object at its place, unless a fused
+    finding of the decision says that object already; else ""."""
+    obj = alarm.object
+    if obj is None or obj.x_m is None:
+        return ""
+    if decision is not None and any(
+        a is not alarm and a.object is not None and a.object.x_m == obj.x_m for a in decision.alarms
+    ):
+        return ""
+    what = MATERIAL_WORDS.get(obj.material or "", f"an object ({obj.material})")
+    size = ""
+    if None not in obj.x_m and obj.z_mm is not None and None not in obj.z_mm:
+        size = f", {1000 * (obj.x_m[1] - obj.x_m[0]):.0f} mm along by {obj.z_mm[1] - obj.z_mm[0]:.0f} mm high"
+    shield = " (not large or thick enough to count as a shield)" if obj.material == "high_z" and not obj.shields else ""
+    return f"; the X-ray image shows {what} there, {_num(obj.lead_mm, 0)} mm lead equivalent{size}{shield}"
+
+
 def _where(alarm: Alarm) -> str:
     """`` 5.2 m behind the front, ± 0.3 m``, or "" for an entry without a location."""
     location = alarm.location_m
@@ -150,7 +173,7 @@ def _where(alarm: Alarm) -> str:
         return ""
     sd = alarm.location_sd_m
     if sd is None or sd <= 0:
-        return f" {location:.1f} m behind the front"
+        return f" {location:.1f} m behind the front (its uncertainty was not recorded)"
     digits = 1 if sd >= 0.1 else 2  # the place to the precision its uncertainty supports
     return f" {location:.{digits}f} m behind the front, ± {sd:.{digits}f} m"
 
@@ -171,7 +194,7 @@ def reason_text(alarm: Alarm, decision: Told | None = None) -> str:
         crossed = size is None or threshold is None or size > threshold
         if not crossed:
             return f"{name} below its threshold:{measure}{_where(alarm)}"
-        text = f"{name}{measure}{_where(alarm)}"
+        text = f"{name}{measure}{_where(alarm)}{_image_there(alarm, decision)}"
         if alarm.withheld:
             text += f"; withheld: {WITHHELD_WORDS.get(alarm.withheld, alarm.withheld)}"
         elif not alarm.alarm:

@@ -211,7 +211,8 @@ class Alarm(_Section):
     image: NormImage | None = None
     """For reason norm-consistent at a lane with a scanner: what the image says about the release."""
     object: ImageObject | None = None
-    """For fused findings: the image object."""
+    """For fused findings: the image object; for a radiation test's alarm: the high-Z or dense image object at its
+    location (within ``[fusion] colocation_sigma``), if any."""
     radiation: RadiationEvidence | None = None
     """For reason shielded-source-suspected: the radiation evidence at the object."""
     false_alarm_probability: FalseAlarmProbabilities | None = None

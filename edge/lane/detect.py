@@ -76,7 +76,7 @@ vehicle that shields throughout), and there are no provisional gamma or neutron 
 
 Times ``t_offset_s`` are seconds from the start of the occupancy to the evidence (the source's closest
 approach); ``location_m`` is that time times the speed: metres from the vehicle's front, with
-``location_sd_m`` its standard deviation.
+``location_sd_m`` its standard deviation (the neutron tests' too: :meth:`OccupancyAnalyzer._neutron_sd_m`).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ from lanewatch.edge.lane.calibration import TOLERANCE, occupancy_ratio
 from lanewatch.kernels.baseline import nsigma_series
 from lanewatch.kernels.locate import half_max_edges, peak_refine, smooth
 from lanewatch.kernels.matched import mf_at, mf_series, point_templates
-from lanewatch.kernels.poisson import count_threshold, ship_window_log_sf, ship_window_null, window_sum_at
+from lanewatch.kernels.poisson import count_log_sf, count_threshold, ship_window_log_sf, ship_window_null, window_sum_at
 from lanewatch.kernels.shape import shape_at, shape_series, shape_span, softening_fit
 from lanewatch.kernels.sideband import projected_rho1, sideband_series
 from lanewatch.kernels.suppression import flank_level_series, softening_covariate_into, span_levels
@@ -612,7 +612,10 @@ class OccupancyAnalyzer:
         if total < needed:
             return []
         k = min(i + 1, m)
-        alarm = _alarm("neutron", total, needed, (i + 1 - 0.5 * k) * self.neutron_dt_s, self.speed_kmh, None)
+        z = _normal_quantile(count_log_sf(int(total), mean, relvar))
+        alarm = _alarm(
+            "neutron", total, needed, (i + 1 - 0.5 * k) * self.neutron_dt_s, self.speed_kmh, self._neutron_sd_m(z)
+        )
         alarm.update(
             expected=round(mean, 2),
             window_s=round(k * self.neutron_dt_s, 3),
@@ -630,6 +633,13 @@ class OccupancyAnalyzer:
     def neutron_window(self) -> int:
         """Samples in the neutron sliding window at the current speed (:func:`neutron_window`)."""
         return neutron_window(self.speed_kmh, self.cfg.source_standoff_m, self.neutron_dt_s)
+
+    def _neutron_sd_m(self, z: float) -> float:
+        """Location uncertainty (m) of a neutron window's centre found at ``z``: the width of a point source's
+        response (``source_standoff_m``, as the gamma tests' 2 d / |z|) and half a neutron sample's travel (the window
+        slides and sums whole samples, so its best centre is known to about half a sample either side)."""
+        step_m = self.speed_kmh / 3.6 * self.neutron_dt_s
+        return math.hypot(2.0 * self.cfg.source_standoff_m / max(abs(z), 1.0), 0.5 * step_m)
 
     def _joint_g(self) -> int:
         """Gamma centres per neutron window centre: the gamma samples within one neutron sample (0: no gamma z,
@@ -683,15 +693,15 @@ class OccupancyAnalyzer:
         if prior is not None and prior["statistic"] - prior["threshold"] >= sums[k] - needed:
             alarms.append({**prior, "alarm": True})
         elif sums[k] >= needed or prior is not None:
-            entry = _alarm("neutron", sums[k], needed, (k + 0.5 * m) * dt, self.speed_kmh, None)
+            sd = self._neutron_sd_m(_normal_quantile(float(log_sf[k])))
+            entry = _alarm("neutron", sums[k], needed, (k + 0.5 * m) * dt, self.speed_kmh, sd)
             alarms.append({**entry, "expected": round(float(means[k]), 2), "window_s": round(m * dt, 3), "alarm": True})
         elif gamma is not None:
             joint = _joint(log_sf, gamma, u)
             if joint is not None:
                 z_neutron, z_gamma, k = joint
-                entry = _alarm(
-                    "neutron-gamma", math.hypot(z_neutron, z_gamma), u, (k + 0.5 * m) * dt, self.speed_kmh, None
-                )
+                z = math.hypot(z_neutron, z_gamma)
+                entry = _alarm("neutron-gamma", z, u, (k + 0.5 * m) * dt, self.speed_kmh, self._neutron_sd_m(z))
                 entry.update(alarm=True, neutron_z=round(z_neutron, 3), gamma_z=round(z_gamma, 3))
                 alarms.append(entry)
         profile = {

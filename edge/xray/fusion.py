@@ -17,7 +17,7 @@ Uncertainty (one standard deviation, m), stated in every fused finding:
 * an image object's edges are known to one analysis cell, ``cell / sqrt(12)``;
 * a radiation location: the analysis' own ``location_sd_m`` (matched filter width over z); a weak
   hotspot found here gets the same formula, ``hypot(2 standoff / z, speed * dt / sqrt(12))``; a
-  location without one (neutron windows) gets ``source_standoff_m``.
+  location without one (a decision journaled before the neutron tests gave theirs) gets ``source_standoff_m``.
 
 A fused finding's ``location_sd_m`` is where its object lies on the radiation's axis: the object's
 edges and the registration of the two axes (both origins), ``hypot(cell, image origin, radiation
@@ -61,6 +61,9 @@ Fused findings (``alarms`` entries of the decision; see :mod:`lanewatch.edge.dec
     inorganic), the mean attenuation of its :data:`HOMOGENEITY_BIN_M` stretches spread by at most
     :data:`HOMOGENEITY_MAX` (interquartile range over median), less than ``too_dark_fraction`` of
     it dark, and no high-Z object of shield size in it. ``image`` gives the numbers and what failed.
+A radiation test's alarm (gamma, gamma-shape, gamma-side, neutron, neutron-gamma)
+    gains ``object``: the nearest listed high-Z or dense image object co-located with its location, whether or not
+    it is large enough to shield a source, so that what the image shows there is said with the alarm.
 ``image-too-dark`` (no alarm)
     At least ``too_dark_fraction`` of the vehicle's image is dark: the image cannot clear the load,
     and says so, with where the longest stretch lies whose height is mostly dark.
@@ -100,6 +103,8 @@ MAX_REGIONS = 20
 """Most dense regions and image objects listed in a decision (the largest)."""
 REGION_MIN_MM2 = 10_000.0
 """Smallest dense region of the imaging pipeline listed in a decision (mm^2): 10 cm x 10 cm."""
+RADIATION_TESTS = ("gamma", "gamma-shape", "gamma-side", "neutron", "neutron-gamma")
+"""The radiation analysis' tests (``alarms`` reasons) whose alarm can have an image object at its place."""
 VEHICLE_CELL = 0.5
 """A cell with less than this share of air pixels is part of the vehicle."""
 _SQRT12 = math.sqrt(12.0)
@@ -313,24 +318,49 @@ class _Context:
         """Location sd (m) of a matched-filter peak of z (the radiation analysis' formula)."""
         return math.hypot(2.0 * self.detection.source_standoff_m / max(abs(z), 1.0), self.step_m / _SQRT12)
 
+    def radiation_sd(self, alarm: dict[str, Any]) -> float:
+        """Standard deviation (m) of an alarm's location on the radiation's axis (``source_standoff_m`` without
+        one)."""
+        return alarm.get("location_sd_m") or self.detection.source_standoff_m
+
+    def colocated(self, alarm: dict[str, Any], obj: ImageObject) -> tuple[float, float] | None:
+        """(distance m, standard deviation m of the two places combined) when ``alarm`` alarms at a location
+        within ``colocation_sigma`` of ``obj``; else None."""
+        if not alarm.get("alarm") or alarm.get("location_m") is None:
+            return None
+        sd = math.sqrt(self.radiation_sd(alarm) ** 2 + self.radiation_origin_sd**2 + self.object_sd() ** 2)
+        d = _distance(float(alarm["location_m"]), self.object_span(obj))
+        return (d, sd) if d <= self.cfg.colocation_sigma * sd else None
+
+    def place_objects(self, alarms: list[dict[str, Any]]) -> None:
+        """Give each radiation alarm the image object at its place (``object``: the nearest listed high-Z or dense
+        object within ``colocation_sigma``), so its reason can say what the image shows there."""
+        for alarm in alarms:
+            if alarm.get("reason") not in RADIATION_TESTS:
+                continue
+            near = [(c[0] / c[1], o) for o in self.listed_objects() if (c := self.colocated(alarm, o)) is not None]
+            if near:
+                alarm["object"] = self.object_entry(min(near, key=lambda pair: pair[0])[1])
+
+    def listed_objects(self) -> list[ImageObject]:
+        """The high-Z and dense objects the decision lists (:data:`MAX_REGIONS`, the largest and densest first)."""
+        objects = (o for o in self.image.objects if o.material in ("high_z", "dense"))
+        return sorted(objects, key=lambda o: -o.lead_mm * o.area_mm2)[:MAX_REGIONS]
+
     def evidence(self, obj: ImageObject, alarms: list[dict[str, Any]]) -> dict[str, Any] | None:
         """The radiation evidence co-located with ``obj``: the closest alarm, else the strongest weak hotspot
         (none when the analysis released its excess as NORM: the hotspot would be the spread load's plateau)."""
-        span, sd_obj, k = self.object_span(obj), self.object_sd(), self.cfg.colocation_sigma
         best: dict[str, Any] | None = None
         for alarm in alarms:
-            if not alarm.get("alarm") or alarm.get("location_m") is None:
-                continue
-            sd_rad = alarm.get("location_sd_m") or self.detection.source_standoff_m
-            sd = math.sqrt(sd_rad**2 + self.radiation_origin_sd**2 + sd_obj**2)
-            d = _distance(float(alarm["location_m"]), span)
-            if d <= k * sd and (best is None or d / sd < best["separation_sigma"]):
+            near = self.colocated(alarm, obj)
+            if near is not None and (best is None or near[0] / near[1] < best["separation_sigma"]):
+                d, sd = near
                 best = {
                     "reason": alarm["reason"],
                     "statistic": alarm.get("statistic"),
                     "threshold": alarm.get("threshold"),
                     "location_m": alarm["location_m"],
-                    "location_sd_m": _r(sd_rad),
+                    "location_sd_m": _r(self.radiation_sd(alarm)),
                     "separation_m": _r(d),
                     "separation_sigma": _r(d / sd),
                 }
@@ -343,7 +373,7 @@ class _Context:
         i = int(near[np.argmax(z[near])])
         if not z[i] >= self.cfg.hotspot_z:
             return None
-        d = _distance(float(x[i]), span)
+        d = _distance(float(x[i]), self.object_span(obj))
         return {
             "reason": f"{which[i]} (below threshold)",
             "statistic": _r(z[i]),
@@ -490,9 +520,7 @@ class _Context:
         reg, image, grid = self.reg, self.image, self.grid
         counts = self.class_px
         total = sum(v for k, v in counts.items() if k != "air")
-        objects = sorted(
-            (o for o in image.objects if o.material in ("high_z", "dense")), key=lambda o: -o.lead_mm * o.area_mm2
-        )[:MAX_REGIONS]
+        objects = self.listed_objects()
         out: dict[str, Any] = {
             "registration": {
                 **reg.summary(),
@@ -555,6 +583,7 @@ def fuse(analysis: dict[str, Any] | None, scan: Scan, cfg: FusionConfig, detecti
             if entry.get("reason") == "norm-consistent":
                 entry["image"] = ctx.norm_image(entry, length)
                 entry["release_recommended"] = entry["image"]["agrees"]
+        ctx.place_objects(alarms)
     fused = ctx.object_findings(alarms)
     dark = ctx.dark_finding()
     if dark is not None:
