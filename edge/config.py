@@ -47,7 +47,7 @@ class ServiceConfig(_Section):
     http: str = "127.0.0.1:9730"
     """host:port of the service's HTTP endpoint: /metrics (Prometheus) and /healthz."""
     stale_after_s: Seconds = 15.0
-    """A lane whose driver sent nothing for this long (s) is reported stale by /healthz."""
+    """A sensor (RPM, X-ray) whose driver sent no data for this long (s) is reported stale by /healthz, and its lane."""
     clock_skew_s: Seconds = 5.0
     """A record stamped more than this (s) ahead of the service's clock is rejected (and counted, and the lane
     reported not ok): a driver's clock that runs ahead would otherwise make the lane's real samples look late."""

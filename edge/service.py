@@ -34,7 +34,7 @@ from lanewatch.edge.config import Config, ConfigError
 from lanewatch.edge.decisions.alertbus import AlertBus, AlertBusError
 from lanewatch.edge.decisions.journal import Journal, JournalError
 from lanewatch.edge.lane import detect
-from lanewatch.edge.lane.devices import LinkState
+from lanewatch.edge.lane.devices import LinkState, lane_link
 from lanewatch.edge.lane.occupancy import Decided, Lane, Provisional
 from lanewatch.edge.model.runtime import ModelRunner
 from lanewatch.edge.ops import keyfiles
@@ -493,22 +493,32 @@ class Service:
 
         Called from the HTTP thread: it reads only plain attributes the loop keeps up to date.
         """
-        now_ns = time.time_ns()
         now_mono_ns = time.monotonic_ns()
-        stale_ns = self.config.service.stale_after_s * 1e9
         lanes = {}
         now_s = time.monotonic()
         for lane_id, lane in self.lanes.items():
-            age = None if lane.last_record_wall_ns is None else (now_ns - lane.last_record_wall_ns) / 1e9
-            fresh = age is not None and age * 1e9 <= stale_ns
             when, why = self.rejected.get(lane_id, (None, ""))
-            link, link_problems = lane.devices.state(now_mono_ns)
+            sensors = lane.devices.sensor_states(now_mono_ns)
+            link, link_problems = lane_link(sensors)
+            ages = [s.age_s for s in sensors if s.age_s is not None]
             lanes[lane_id] = {
                 "link": link.value,
                 "link_up": link.up,
                 "link_problems": link_problems,
-                "last_record_age_s": None if age is None else round(age, 3),
-                "fresh": fresh,
+                # the lane's, as old as its stalest sensor's: a lane is fresh only while every sensor of it is
+                "last_record_age_s": round(max(ages), 3) if len(ages) == len(sensors) else None,
+                "fresh": all(s.fresh for s in sensors),
+                "sensors": {
+                    s.sensor.value: {
+                        "link": s.link.value,
+                        "link_up": s.link.up,
+                        "link_problems": s.problems,
+                        "last_record_age_s": None if s.age_s is None else round(s.age_s, 3),
+                        "fresh": s.fresh,
+                        "problem": s.words,
+                    }
+                    for s in sensors
+                },
                 "occupied": lane.occupancy is not None,
                 "faults": sorted(lane.faults | self.model.faults(lane_id)),
                 "rejected": why if when is not None and now_s - when < self.config.service.rejected_health_s else "",

@@ -111,3 +111,23 @@ def test_the_banner_shows_the_newest_alarms_and_counts_the_rest(client: TestClie
     page.wait_for_selector("#banner .item")
     assert page.locator("#banner .item").count() == 5
     assert page.inner_text("#banner").splitlines()[-1] == "and 12 more unacknowledged"  # 17 in all
+
+
+def test_a_lane_whose_rpm_is_dead_says_so_in_words(client: TestClient, browser_page: Any) -> None:  # noqa: F811
+    """The RPM's driver is silent while the X-ray's still speaks: its chip and the tile's faults say what is wrong,
+    with the age, not only by colour."""
+    login(client, "olga")
+    sensors = [
+        SensorHealth(name="RPM", ok=False, connected=None, fresh=False, age_s=35.2, words="no data for 35 s"),
+        SensorHealth(name="X-ray", ok=True, connected=True, fresh=True, age_s=0.4),
+    ]
+    health = Health(reachable=True, ok=False, lanes={"lane1": LaneHealth(sensors=sensors)})
+    client.app.state.console.wall.on_health(health)
+    page = browser_page
+    page.goto(f"{BASE}/")
+    page.wait_for_selector("#lane-lane1 .faults")
+    shot(page, "wall-rpm-dead")
+    chips = page.locator("#lane-lane1 .sensor")
+    assert chips.all_inner_texts() == ["RPM no data for 35 s", "X-ray ok 0.4 s"]
+    assert chips.nth(0).get_attribute("class").split() == ["sensor", "bad"]
+    assert page.inner_text("#lane-lane1 .faults") == "Faults: RPM no data for 35 s"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from pathlib import Path
 
@@ -14,8 +16,10 @@ from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher
 from lanewatch.edge.bus.records import Kind, Record, StatusValues
 from lanewatch.edge.config import DetectionConfig, LaneConfig, parse
+from lanewatch.edge.console.live import read_health
 from lanewatch.edge.lane.devices import UNKNOWN_AFTER_S, LinkState
 from lanewatch.edge.lane.occupancy import Lane
+from lanewatch.edge.ops import status
 from lanewatch.edge.ops.metrics import DriverMetrics, ServiceMetrics
 from lanewatch.edge.service import JOIN_GRACE_S
 
@@ -40,10 +44,11 @@ def test_lane_link_follows_status_and_goes_unknown_then_stale_when_it_stops() ->
         )
 
     assert state(0) == (LinkState.UNKNOWN, 0.0, 1.0)
-    assert lane.devices.state(0)[1] == ["no status from any driver of the lane yet"]
+    assert lane.devices.state(0)[1] == ["no status from the RPM driver yet"]
     lane.on_record(_status("rpm", 7, up=True), 1 * S)
     assert state(1 * S) == (LinkState.UP, 1.0, 1.0) and lane.link_up is True
-    assert lane.last_record_wall_ns is None, "a status record is no sample: it must not make the lane fresh"
+    rpm = lane.devices.sensor_states(1 * S)[0]
+    assert rpm.age_s is None and not rpm.fresh, "a status record is no sample: it must not make the RPM fresh"
     lane.on_record(_status("rpm", 8, up=False), 2 * S)
     assert state(2 * S)[:2] == (LinkState.DOWN, 0.0) and lane.link_up is False
     lane.on_record(_status("rpm", 9, up=True), 3 * S)
@@ -107,6 +112,81 @@ def test_the_service_learns_the_link_from_status_and_reports_silence(tmp_path: P
         assert missed() == 3 and running.value("lanewatch_bus_sequence_gaps_total", lane="lane1", source="xray") == 1
         assert running.value("lanewatch_bus_records_missed_total", lane="lane1", source="rpm") == 0
     finally:
+        running.close()
+
+
+def test_each_sensor_is_judged_by_its_own_drivers_records(tmp_path: Path, ctx: zmq.Context) -> None:
+    """A lane with a portal (RPM) and a scanner: the RPM driver dies while the X-ray driver goes on talking. The RPM
+    is then stale, in words and with its age, in /healthz, the metrics, ``lanewatch status`` and the console's wall,
+    and the lane is not fresh; the X-ray stays up and fresh."""
+    ports = [free_port() for _ in range(4)]
+    text = f"""
+        [service]
+        journal = "{tmp_path / "journal.db"}"
+        http = "127.0.0.1:{ports[3]}"
+        stale_after_s = 4.0
+        [bus]
+        plaintext = true
+        ingest = "tcp://127.0.0.1:{ports[0]}"
+        alerts = "tcp://127.0.0.1:{ports[1]}"
+        query = "tcp://127.0.0.1:{ports[2]}"
+        [[lanes]]
+        id = "lane1"
+        xray = "127.0.0.1:{free_port()}"
+    """
+    config = parse(text, str(tmp_path / "lanewatch.toml"))
+    running = Running(config)
+    rpm_alive, done = threading.Event(), threading.Event()
+    rpm_alive.set()
+    sock = ingest.driver_publisher(ctx, config.bus.ingest)
+
+    def drivers() -> None:  # one thread: a ZeroMQ socket is not shared between threads
+        rpm = RecordPublisher(sock, "lane1", "rpm", DriverMetrics(CollectorRegistry()))
+        xray = RecordPublisher(sock, "lane1", "xray", DriverMetrics(CollectorRegistry()))
+        for publisher in (rpm, xray):
+            publisher.metrics.connected.labels("lane1").set(1)
+        while not done.wait(0.3):
+            if rpm_alive.is_set():
+                rpm.emit_status()
+                rpm.emit(Kind.GAMMA_BACKGROUND, dt_s=1.0, counts=np.full((4, 1), 100.0))
+            xray.emit_status()  # the scanner is idle; its driver still speaks, and says its link is up
+            xray.emit(Kind.LINK, values={"up": True, "url": "tcp://scanner"})
+
+    thread = threading.Thread(target=drivers, daemon=True)
+    try:
+        assert ingest.wait_for_subscriber(sock, TIMEOUT_S)
+        thread.start()
+        health = running.service.health
+        _wait(lambda: health()["ok"], "both sensors up and fresh")
+        sensors = health()["lanes"]["lane1"]["sensors"]
+        assert sensors["rpm"]["fresh"] and sensors["xray"]["fresh"] and sensors["rpm"]["problem"] == ""
+        for sensor in ("rpm", "xray"):
+            assert running.value("lanewatch_lane_last_record_timestamp_seconds", lane="lane1", sensor=sensor) > 0
+
+        rpm_alive.clear()  # the RPM driver is killed
+        _wait(lambda: not health()["lanes"]["lane1"]["sensors"]["rpm"]["fresh"], "the RPM stale")
+        lane = health()["lanes"]["lane1"]
+        rpm, xray = lane["sensors"]["rpm"], lane["sensors"]["xray"]
+        assert not health()["ok"] and not lane["fresh"] and lane["last_record_age_s"] > 4.0
+        assert re.fullmatch(r"no data for \d+ s", rpm["problem"]), rpm
+        assert rpm["link"] == "stale" and rpm["link_problems"][0].startswith("rpm driver: no status for ")
+        assert xray["fresh"] and xray["link"] == "up" and xray["problem"] == "" and xray["last_record_age_s"] < 4.0
+        _wait(lambda: running.value("lanewatch_sensor_link_state", lane="lane1", sensor="rpm", state="stale"), "gauge")
+        assert running.value("lanewatch_sensor_link_state", lane="lane1", sensor="xray", state="up") == 1
+
+        report = status.check(config, TIMEOUT_S)
+        assert report["exit"] == status.EXIT_UNHEALTHY
+        assert any(re.match(r"RPM no data for \d+ s at the service", p) for p in report["lanes"]["lane1"]["problems"])
+        row = r"^lane1\s+\?\s+NO DATA FOR \d+ s\s+no\s+-\s+connected, fresh"
+        assert re.search(row, status.format_report(report), re.M)
+
+        tile = read_health(config).lanes["lane1"].sensors
+        assert [s.name for s in tile] == ["RPM", "X-ray"]
+        assert re.fullmatch(r"no data for \d+ s", tile[0].words) and not tile[0].ok, tile[0]
+        assert tile[1].ok and tile[1].words == "" and tile[1].fresh, tile[1]
+    finally:
+        done.set()
+        thread.join(10)
         running.close()
 
 

@@ -509,7 +509,16 @@ def healthy_service() -> dict[str, Any]:
     """A service /healthz body in the shape the service produces."""
     return {
         "ok": True,
-        "lanes": {"lane1": {"link_up": True, "last_record_age_s": 0.4, "fresh": True, "occupied": False, "faults": []}},
+        "lanes": {
+            "lane1": {
+                "link_up": True,
+                "last_record_age_s": 0.4,
+                "fresh": True,
+                "sensors": {"rpm": {"link": "up", "link_up": True, "last_record_age_s": 0.4, "fresh": True}},
+                "occupied": False,
+                "faults": [],
+            }
+        },
         "journal": {"path": "/var/lib/lanewatch/lanewatch-journal.db", "writable": True, "last_seq": 12},
         "watchdog": {"enabled": True, "last_ping_age_s": 1.5, "fed": True},
     }
@@ -559,8 +568,11 @@ def test_status_all_healthy(endpoint: Callable, capsys: pytest.CaptureFixture[st
     ("change", "problem"),
     [
         (lambda h: h["lanes"]["lane1"].update(faults=["gamma-high", "tamper"]), "detector faults: gamma-high, tamper"),
-        (lambda h: h["lanes"]["lane1"].update(fresh=False, last_record_age_s=42.0), "no fresh samples"),
-        (lambda h: h["lanes"]["lane1"].update(link_up=False), "driver not connected"),
+        (
+            lambda h: h["lanes"]["lane1"]["sensors"]["rpm"].update(fresh=False, problem="no data for 42 s"),
+            "RPM no data for 42 s at the service",
+        ),
+        (lambda h: h["lanes"]["lane1"]["sensors"]["rpm"].update(link_up=False), "driver not connected"),
         (lambda h: h.update(ok=False) or h["journal"].update(writable=False), "journal"),
         (lambda h: h["watchdog"].update(fed=False, last_ping_age_s=25.0), "watchdog: STARVED"),
     ],
@@ -809,4 +821,4 @@ def test_live_status_command(live: LiveSite, tmp_path: Path) -> None:
     extra.write_text(live.config.read_text() + f'\n[[lanes]]\nid = "lane2"\ndriver_http = "127.0.0.1:{closed}"\n')
     proc = subprocess.run([exe, "status", "--config", str(extra)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "lane2: driver unreachable" in proc.stdout and "lane2: no fresh samples at the service" in proc.stdout
+    assert "lane2: driver unreachable" in proc.stdout and "lane2: RPM: not reported by the service" in proc.stdout

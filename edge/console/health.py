@@ -57,8 +57,11 @@ class SensorHealth(msgspec.Struct, kw_only=True):
     age_s: float | None = None
     """Age (s) of its newest record at the service."""
     ok: bool = False
+    words: str = ""
+    """What is wrong with it, for an operator ("link down", "no data for 35 s", "driver not answering"); "" when
+    it is ok."""
     problem: str = ""
-    """What is wrong with its link, in words."""
+    """Why, in the service's and the driver's words."""
 
 
 class LaneHealth(msgspec.Struct, kw_only=True):

@@ -46,6 +46,7 @@ from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, 
 from lanewatch.edge.ops.metrics import ConsoleMetrics
 from lanewatch.edge.ops.ratelog import RateLimitedLog
 from lanewatch.edge.ops.status import DriverHealth, ServiceHealth, fetch_health
+from lanewatch.edge.ops.status import SensorHealth as ServiceSensor
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,8 @@ class Wall:
                         "last": self.last.get(lane),
                         "background_cps": [round(v, 1) for v in self.background.get(lane, ())],
                         "sensors": health.sensors,
-                        "faults": health.faults,
+                        # a sensor that is down or silent is a fault of the lane, said in words
+                        "faults": health.faults + [f"{s.name} {s.words}" for s in health.sensors if s.words],
                     }
                 )
             return msgspec.to_builtins(
@@ -260,40 +262,37 @@ class Wall:
             )
 
 
-def _sensor(name: str, connected: bool | None, fresh: bool | None, age_s: float | None, problem: str) -> SensorHealth:
-    ok = connected is not False and fresh is not False and not problem
-    return SensorHealth(name=name, connected=connected, fresh=fresh, age_s=age_s, ok=ok, problem=problem)
+def _sensor(name: str, seen: ServiceSensor | None, http: str, timeout_s: float) -> SensorHealth:
+    """One sensor from the service's view of its own driver's records and, when it has one, its driver's /healthz."""
+    connected, fresh, age_s = (seen.link_up, seen.fresh, seen.last_record_age_s) if seen else (None, None, None)
+    words = seen.problem if seen else "not reported by the service"
+    problems = list(seen.link_problems) if seen else []
+    if http:
+        driver, error = fetch_health(http, timeout_s, DriverHealth)
+        if driver is None:
+            problems.append(f"its driver does not answer: {error}")
+            words = words or "driver not answering"
+        else:
+            connected = driver.connected if connected is not False else False
+            words = words or ("" if driver.connected else "link down")
+    return SensorHealth(
+        name=name, connected=connected, fresh=fresh, age_s=age_s, ok=not words, words=words, problem="; ".join(problems)
+    )
 
 
 def read_health(config: Config, timeout_s: float = 1.0) -> Health:
-    """Per lane: occupied, faults, and each sensor's link and freshness, from the service's and drivers' /healthz."""
+    """Per lane: occupied, faults, and each sensor's link and freshness, from the service's view of that sensor's own
+    driver and from the driver's /healthz."""
     service, error = fetch_health(config.service.http, timeout_s, ServiceHealth)
     if service is None:
         return Health(reachable=False, error=error)
     lanes = {}
     for lane in config.lanes:
         seen = service.lanes.get(lane.id)
-        connected = seen.link_up if seen else None
-        problem = "; ".join(seen.link_problems) if seen else ""
-        if lane.driver_http:
-            driver, error = fetch_health(lane.driver_http, timeout_s, DriverHealth)
-            connected = None if driver is None else driver.connected
-            problem = error if driver is None else ""
-        fresh, age_s = (seen.fresh, seen.last_record_age_s) if seen else (None, None)
-        sensors = [_sensor("RPM", connected, fresh, age_s, problem)]
+        reported = seen.sensors if seen else {}
+        sensors = [_sensor("RPM", reported.get("rpm"), lane.driver_http, timeout_s)]
         if lane.xray:
-            xray, error = (
-                fetch_health(lane.xray_http, timeout_s, DriverHealth) if lane.xray_http else (None, "no xray_http")
-            )
-            sensors.append(
-                _sensor(
-                    "X-ray",
-                    None if xray is None else xray.connected,
-                    None if xray is None else xray.ok,
-                    None,
-                    error if xray is None else "",
-                )
-            )
+            sensors.append(_sensor("X-ray", reported.get("xray"), lane.xray_http, timeout_s))
         lanes[lane.id] = LaneHealth(
             occupied=seen.occupied if seen else False, faults=list(seen.faults) if seen else [], sensors=sensors
         )

@@ -43,7 +43,7 @@ from lanewatch.edge.decisions import decision
 from lanewatch.edge.lane.background import BackgroundEstimator
 from lanewatch.edge.lane.calibration import LaneCalibration
 from lanewatch.edge.lane.detect import OccupancyAnalyzer, device_alarm_entry
-from lanewatch.edge.lane.devices import DeviceStates, LinkState
+from lanewatch.edge.lane.devices import DeviceStates, LinkState, Sensor, lane_link
 from lanewatch.edge.ops.metrics import ServiceMetrics
 from lanewatch.edge.xray import fusion
 from lanewatch.edge.xray.fusion import warm_up
@@ -149,10 +149,14 @@ class Lane:
         """What the lane's background lines really count, checked against its occupancies."""
         self.occupancy: _Occupancy | None = None
         self.faults: set[str] = set()
-        self.devices = DeviceStates(ServiceConfig().stale_after_s if stale_after_s is None else stale_after_s)
-        """Device link state reported by each source (driver) of the lane."""
+        self.devices = DeviceStates(
+            ServiceConfig().stale_after_s if stale_after_s is None else stale_after_s,
+            (Sensor.RPM, Sensor.XRAY) if self.has_scanner else (Sensor.RPM,),
+        )
+        """Device link state reported by each source (driver) of the lane, and the age of each sensor's data."""
         self.link_state = LinkState.UNKNOWN
         self._publish_link(LinkState.UNKNOWN)
+        self._update_link(0)
         self.idle_seen: set[str] = set()
         """Sources seen unoccupied (a background or end line) since the service or their link or run started: an
         occupancy that opens with a sample from another source may have begun before we saw it (``partial``)."""
@@ -164,7 +168,6 @@ class Lane:
         """An occupancy cut before its end line (``CUT_ENDS``) at a portal whose counter can be trusted, held until
         the next end line says whether the vehicle's tail followed (one decision for both) or not."""
         self.held_since_mono_ns = 0
-        self.last_record_wall_ns: int | None = None
         self.last_end_wall_ns = 0
         self.setup: dict[str, list[str]] = {}
         self.speed_kmh: float | None = None
@@ -176,9 +179,12 @@ class Lane:
     # ---- records -------------------------------------------------------------------------
     def on_record(self, rec: Record, now_mono_ns: int) -> list[Provisional | Decided]:
         """Apply one record; returns what it caused (provisional alarms, a decision)."""
-        if rec.kind is not Kind.STATUS:  # the driver's heartbeat is no sample: it does not make the lane fresh
-            self.last_record_wall_ns = rec.t_wall_ns
-            self.metrics.last_record.labels(self.id).set(rec.t_wall_ns / 1e9)
+        before = self.devices.sources.get(rec.source)
+        data_before = None if before is None else before.data_mono_ns
+        self.devices.heard(rec, now_mono_ns)
+        heard = self.devices.sources[rec.source]
+        if heard.data_mono_ns != data_before:  # the sensor's data, not a portal driver's heartbeat
+            self.metrics.last_record.labels(self.id, heard.sensor.value).set(rec.t_wall_ns / 1e9)
         events = self._check_run(rec, now_mono_ns)
         return events + _HANDLERS.get(rec.kind, Lane._ignore)(self, rec, now_mono_ns)
 
@@ -232,7 +238,11 @@ class Lane:
         return events
 
     def _update_link(self, now_mono_ns: int) -> None:
-        state, _ = self.devices.state(now_mono_ns)
+        sensors = self.devices.sensor_states(now_mono_ns)
+        for sensor in sensors:
+            for each in LinkState:
+                self.metrics.sensor_link_state.labels(self.id, sensor.sensor.value, each.value).set(each is sensor.link)
+        state, _ = lane_link(sensors)
         if state is not self.link_state:
             self.link_state = state
             self._publish_link(state)

@@ -181,8 +181,10 @@ class ServiceMetrics:
         )
         self.last_record = Gauge(
             "lanewatch_lane_last_record_timestamp_seconds",
-            "Wall-clock time the last record of a lane was stamped by its driver (s since the epoch).",
-            ["lane"],
+            "Wall-clock time the newest data of a lane's sensor (rpm: a sample, not the driver's heartbeat; xray: any "
+            "record of its driver, as the scanner is silent between vehicles) was stamped by its driver (s since the "
+            "epoch).",
+            ["lane", "sensor"],
             registry=r,
         )
         self.link_up = Gauge(
@@ -192,6 +194,12 @@ class ServiceMetrics:
             "lanewatch_lane_link_state",
             "1 for the lane's device link state (up, down, unknown: driver status late, stale: driver silent).",
             ["lane", "state"],
+            registry=r,
+        )
+        self.sensor_link_state = Gauge(
+            "lanewatch_sensor_link_state",
+            "1 for the link state of each sensor (rpm, xray) of a lane, from its own driver's status.",
+            ["lane", "sensor", "state"],
             registry=r,
         )
         self.occupied = Gauge("lanewatch_lane_occupied", "1 while the lane is occupied.", ["lane"], registry=r)

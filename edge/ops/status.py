@@ -2,8 +2,9 @@
 
 Reads the service's ``/healthz`` (``[service].http``) and, for each lane with a
 ``driver_http``, that driver's ``/healthz`` (and its X-ray driver's at ``xray_http`` for a lane
-with a scanner), then prints per lane whether the driver is
-connected, samples are fresh, the lane is occupied and which detector faults are active;
+with a scanner), then prints per lane whether each driver is
+connected, each sensor's data is fresh at the service (the portal's from its own driver's samples, the scanner's from
+its own driver), the lane is occupied and which detector faults are active;
 and whether the journal is writable and the systemd watchdog fed.
 
 Exit status: 0 when everything is healthy, 1 when something is not (a driver down or
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -28,19 +30,41 @@ EXIT_OK, EXIT_UNHEALTHY, EXIT_UNREACHABLE = 0, 1, 2
 T = TypeVar("T")
 
 
-class LaneHealth(msgspec.Struct, kw_only=True):
-    """One lane in the service's ``/healthz`` (what this module and the console read of it)."""
+class SensorHealth(msgspec.Struct, kw_only=True):
+    """One sensor (``rpm``, ``xray``) of a lane in the service's ``/healthz``, from its own driver's records."""
 
     link: str | None = None
-    """The device link as the service sees it: up, down, unknown or stale."""
+    """Its device link as the service sees it: up, down, unknown or stale."""
     link_up: bool | None = None
     """Whether the link is up (None: unknown)."""
     link_problems: list[str] = []
     """Why the link is not up, in words."""
     last_record_age_s: float | None = None
-    """Age (s) of the lane's newest record."""
+    """Age (s) of its newest data (the portal's: a sample; the scanner's: any word of its driver)."""
     fresh: bool = False
-    """The newest record is within ``[service] stale_after_s``."""
+    """Its newest data is within ``[service] stale_after_s``."""
+    problem: str = ""
+    """What is wrong with it, for an operator ("link down", "no data for 35 s"); "" when it is ok."""
+
+
+SENSOR_TITLES = {"rpm": "RPM", "xray": "X-ray"}
+
+
+class LaneHealth(msgspec.Struct, kw_only=True):
+    """One lane in the service's ``/healthz`` (what this module and the console read of it)."""
+
+    link: str | None = None
+    """The device link as the service sees it: its worst sensor's, up, down, unknown or stale."""
+    link_up: bool | None = None
+    """Whether the link is up (None: unknown)."""
+    link_problems: list[str] = []
+    """Why the link is not up, in words."""
+    last_record_age_s: float | None = None
+    """Age (s) of its stalest sensor's newest data."""
+    fresh: bool = False
+    """Every sensor's newest data is within ``[service] stale_after_s``."""
+    sensors: dict[str, SensorHealth] = {}
+    """Each sensor, by ``rpm`` and ``xray``."""
     occupied: bool = False
     faults: list[str] = []
     """Active detector (and model) faults."""
@@ -135,11 +159,12 @@ def _xray(lane: LaneConfig, timeout_s: float) -> tuple[bool | None, list[str], d
 
 
 def _lane_summary(lane: LaneConfig, service_lane: LaneHealth, timeout_s: float) -> dict[str, Any]:
-    """One lane's health from the service's view and, when they have an endpoint, its drivers' (their reports as
-    they answered: the report passes them on)."""
+    """One lane's health from the service's view (each sensor's link and data from its own driver's records) and,
+    when they have an endpoint, its drivers' (their reports as they answered: the report passes them on)."""
     driver_http = lane.driver_http
     problems = []
     driver: dict[str, Any] | None = None
+    rpm = service_lane.sensors.get("rpm") or SensorHealth(problem="not reported by the service")
     if driver_http:
         driver, error = fetch_health(driver_http, timeout_s, dict[str, Any])
         if driver is None:
@@ -150,21 +175,24 @@ def _lane_summary(lane: LaneConfig, service_lane: LaneHealth, timeout_s: float) 
             if not driver.get("ok"):
                 problems.append("driver reports not ok")
     else:
-        connected = service_lane.link_up
+        connected = rpm.link_up
     if connected is False:
         problems.append("driver not connected to its device")
-    if service_lane.link in ("unknown", "stale"):
-        reasons = "; ".join(service_lane.link_problems)
-        problems.append(f"link {service_lane.link} at the service: {reasons}")
-    fresh = service_lane.fresh
-    if not fresh:
-        problems.append("no fresh samples at the service")
+    for name in ("rpm", "xray") if lane.xray else ("rpm",):
+        sensor = service_lane.sensors.get(name)
+        if sensor is None:
+            problems.append(f"{SENSOR_TITLES[name]}: not reported by the service")
+        elif sensor.problem:
+            why = f" ({'; '.join(sensor.link_problems)})" if sensor.link_problems else ""
+            problems.append(f"{SENSOR_TITLES[name]} {sensor.problem} at the service{why}")
     if service_lane.rejected:
         problems.append(f"records rejected: {service_lane.rejected}")
     faults = list(service_lane.faults)
     if faults:
         problems.append("detector faults: " + ", ".join(faults))
     xray_connected, xray_problems, xray = _xray(lane, timeout_s)
+    if lane.xray and not lane.xray_http and "xray" in service_lane.sensors:
+        xray_connected = service_lane.sensors["xray"].link_up  # no endpoint: the service's word for it
     problems += xray_problems
     return {
         "ok": not problems,
@@ -172,8 +200,9 @@ def _lane_summary(lane: LaneConfig, service_lane: LaneHealth, timeout_s: float) 
         "xray": lane.xray or None,
         "xray_connected": xray_connected,
         "xray_driver": xray,
-        "samples_fresh": fresh,
-        "last_record_age_s": service_lane.last_record_age_s,
+        "samples_fresh": rpm.fresh,
+        "last_record_age_s": rpm.last_record_age_s,
+        "sensors": {name: msgspec.to_builtins(sensor) for name, sensor in service_lane.sensors.items()},
         "occupied": service_lane.occupied,
         "faults": faults,
         "problems": problems,
@@ -218,6 +247,16 @@ def _yes_no(value: bool | None, yes: str, no: str) -> str:
     return "?" if value is None else (yes if value else no)
 
 
+def _data(sensor: dict[str, Any] | None) -> str:
+    """A sensor's data at the service, for the table: "fresh (0.4 s)", or what is wrong ("NO DATA FOR 35 s")."""
+    if sensor is None:
+        return "?"
+    if sensor["problem"]:
+        return re.sub(r"(\d) S\b", r"\1 s", sensor["problem"].upper())
+    age = sensor["last_record_age_s"]
+    return "fresh" if age is None else f"fresh ({age:.1f} s)"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     service = report["service"]
@@ -240,16 +279,18 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("watchdog: off (not under systemd)")
     rows = [("lane", "driver", "samples", "occupied", "faults", "x-ray")]
     for lane_id, lane in report["lanes"].items():
-        age = lane["last_record_age_s"]
-        samples = "fresh" if lane["samples_fresh"] else "STALE"
+        sensors = lane.get("sensors", {})
         rows.append(
             (
                 lane_id,
                 _yes_no(lane["driver_connected"], "connected", "DISCONNECTED"),
-                samples if age is None else f"{samples} ({age:.1f} s)",
+                _data(sensors.get("rpm")),
                 "yes" if lane["occupied"] else "no",
                 ", ".join(lane["faults"]).upper() or "-",
-                "-" if not lane["xray"] else _yes_no(lane["xray_connected"], "connected", "DISCONNECTED"),
+                "-"
+                if not lane["xray"]
+                else _yes_no(lane["xray_connected"], "connected", "DISCONNECTED")
+                + (f", {_data(sensors['xray'])}" if "xray" in sensors else ""),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

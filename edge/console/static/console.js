@@ -112,8 +112,9 @@
     node.append(head);
     const sensors = el("div", { class: "sensors" });
     for (const s of lane.sensors) {
-      let text = s.name + (s.connected === false ? " link down" : s.fresh === false ? " stale" : " ok");
-      if (s.age_s !== null && s.age_s !== undefined) text += ` ${s.age_s.toFixed(1)} s`;
+      // what is wrong, in words ("RPM no data for 35 s"), or "ok" and the age of its newest data
+      let text = s.name + (s.words ? ` ${s.words}` : " ok");
+      if (!s.words && s.age_s !== null && s.age_s !== undefined) text += ` ${s.age_s.toFixed(1)} s`;
       sensors.append(el("span", { class: "sensor" + (s.ok ? "" : " bad"), title: s.problem || "", text }));
     }
     if (!lane.sensors.length) sensors.append(el("span", { class: "sensor bad", text: "health unknown" }));
