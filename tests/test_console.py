@@ -14,9 +14,10 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import jsonschema
 import msgspec
@@ -30,7 +31,15 @@ from lanewatch.edge.config import Config, ConfigError, ModelConfig
 from lanewatch.edge.console.adjudication import AdjudicationError, Adjudications, EventFilter, RowFields
 from lanewatch.edge.console.app import LoginLimiter, create_app, n42_nuclides
 from lanewatch.edge.console.health import Health, HealthHistory, LaneHealth, SensorHealth
-from lanewatch.edge.console.present import INCOMPLETE_NAMES, Clock, incomplete_causes, norm_state, reasons, summary
+from lanewatch.edge.console.present import (
+    INCOMPLETE_NAMES,
+    Clock,
+    incomplete_causes,
+    norm_state,
+    reasons,
+    summary,
+    utc_label,
+)
 from lanewatch.edge.console.users import UserStore, users_path
 from lanewatch.edge.decisions.adjudication import Adjudication
 from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm
@@ -525,9 +534,11 @@ def test_adjudications_create_the_journal_when_missing(tmp_path: Path) -> None:
 
 
 # ---- evidence ----------------------------------------------------------------------------------------------
-def test_evidence_zip_has_a_manifest_an_n42_spectutils_reads_and_the_history(client: TestClient, site: Config) -> None:
-    import hashlib
+def test_evidence_zip_has_a_manifest_an_n42_spectutils_reads_and_the_history(
+    client: TestClient, site: Config, tmp_path: Path
+) -> None:
     import io
+    import subprocess
     import zipfile
 
     import SpecUtils
@@ -535,22 +546,33 @@ def test_evidence_zip_has_a_manifest_an_n42_spectutils_reads_and_the_history(cli
     login(client, "olga")
     seq = seq_of(client, "shielded-source-suspected")
     token = csrf(client)
-    client.post(f"/decision/{seq}/adjudicate", data={"csrf": token, "disposition": "test", "notes": "drill"})
+    riid = (DATA / "riid-cs137.n42").read_bytes()
+    form = {"csrf": token, "disposition": "test", "notes": "drill"}
+    client.post(f"/decision/{seq}/adjudicate", data=form, files={"n42": ("handheld scan 1.n42", riid)})
     response = client.get(f"/decision/{seq}/evidence.zip")
     assert response.headers["content-type"] == "application/zip"
     archive = zipfile.ZipFile(io.BytesIO(response.content))
-    files = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
-    manifest = dict(reversed(line.split("  ", 1)) for line in files.pop("MANIFEST.sha256").decode().splitlines())
-    assert manifest == {name: hashlib.sha256(body).hexdigest() for name, body in files.items()}
-    assert {"decision.json", "profile.csv", "neutron.csv", "evidence.png", "xray-preview.png", "occupancy.n42"} <= set(
-        files
+    unpacked = tmp_path / "unpacked"
+    archive.extractall(unpacked)
+    checked = subprocess.run(
+        ["sha256sum", "-c", f"decision-{seq}.sha256"], cwd=unpacked, capture_output=True, text=True, timeout=60
     )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    files = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist() if "/" in name}
+    listed = [line.split("  ", 1)[1] for line in archive.read(f"decision-{seq}.sha256").decode().splitlines()]
+    assert sorted(listed) == sorted(f"decision-{seq}/{name}" for name in files), "every file, and only those"
+    attached = f"attachments/{client.app.state.console.adjudications.history(seq)[0].id}-handheldscan1.n42"
+    assert {"decision.json", "profile.csv", "neutron.csv", "evidence.png", "xray-preview.png", "occupancy.n42",
+            attached} <= set(files)  # fmt: skip
+    assert files[attached] == riid, "the handheld identifier's file as uploaded"
     with Journal(site.service.journal, readonly=True) as journal:
         decision = json.loads(journal.get_json(seq) or b"")
     assert json.loads(files["decision.json"]) == decision
     jsonschema.Draft202012Validator(schema("decision")).validate(json.loads(files["decision.json"]))
     history = json.loads(files["adjudications.json"])["history"]
-    assert [(h["kind"], h["disposition"], h["notes"]) for h in history] == [("adjudicate", "test", "drill")]
+    assert [(h["kind"], h["disposition"], h["notes"], h["attachment_file"]) for h in history] == [
+        ("adjudicate", "test", "drill", attached)
+    ]
     assert files["evidence.png"].startswith(b"\x89PNG")
     assert len(files["profile.csv"].decode().splitlines()) == len(decision["profile"]["gross"]) + 1
 
@@ -561,9 +583,18 @@ def test_evidence_zip_has_a_manifest_an_n42_spectutils_reads_and_the_history(cli
     records = spec.measurements()
     gamma = [m.gammaCountSum() for m in records if m.detectorName() == "gamma"]
     neutron = [m.neutronCountsSum() for m in records if m.detectorName() == "neutron"]
-    assert gamma == [float(c) for c in decision["profile"]["gross"]]
+    assert gamma == [float(c) for c in decision["profile"]["gross"]], "journaled before the channels were kept"
     assert neutron == [float(c) for c in decision["profile"]["neutron"]]
     assert client.app.state.console.users.audit_log()[0].action == "evidence-downloaded"
+
+
+def test_the_evidence_figure_gives_the_end_in_the_sites_time_zone_with_utc(site: Config) -> None:
+    from lanewatch.edge.console.evidence import figure
+
+    decision = read(decisions()[2])
+    title = figure(decision, Clock.named("America/Los_Angeles"))._suptitle.get_text()
+    end = datetime.fromisoformat(decision.end).astimezone(ZoneInfo("America/Los_Angeles"))
+    assert f"ended {end:%Y-%m-%d %H:%M:%S} America/Los_Angeles ({utc_label(decision.end)})" in title
 
 
 def test_lanewatch_evidence_writes_the_same_bundle(client: TestClient, site: Config, tmp_path: Path) -> None:
@@ -579,7 +610,7 @@ def test_lanewatch_evidence_writes_the_same_bundle(client: TestClient, site: Con
     written = zipfile.ZipFile(tmp_path / "out" / "evidence-4.zip")
     served = zipfile.ZipFile(io_of(client.get("/decision/4/evidence.zip").content))
     assert written.namelist() == served.namelist()
-    for name in ("decision-4/decision.json", "decision-4/profile.csv", "decision-4/neutron.csv"):  # n42: own UUID
+    for name in ("decision-4/decision.json", "decision-4/profile.csv", "decision-4/neutron.csv"):  # n42: own time
         assert written.read(name) == served.read(name), name
 
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import base64
 import csv
-import hashlib
+import functools
 import io
 import json
 import subprocess
 import sys
 import threading
 import zipfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 import SpecUtils
 import zmq
@@ -50,8 +52,10 @@ SEED = 8
 """The first shielded Cs-137 vehicle of this seed carries a lead shield the image shows."""
 
 
-def _passage_decisions(scanner_lane: bool) -> list[dict[str, Any]]:
-    """The decision of the first vehicle of ``SEED`` at a lane with (or without) the X-ray scanner simulator."""
+@functools.cache
+def _passage(scanner_lane: bool) -> tuple[list[dict[str, Any]], Any]:
+    """The decision of the first vehicle of ``SEED`` at a lane with (or without) the X-ray scanner simulator, and
+    that vehicle's passage (the counts the portal sent)."""
     detection = DetectionConfig(energy_windows_kev=WINDOWS, occupancy_hold_in_s=HOLD_IN_S)
     lane_config = LaneConfig(id="lane1", xray="127.0.0.1:1" if scanner_lane else "")
     feed = LaneFeed(Lane(lane_config, detection, ServiceMetrics(CollectorRegistry())))
@@ -61,7 +65,11 @@ def _passage_decisions(scanner_lane: bool) -> list[dict[str, Any]]:
     scan = XrayScanner(SEED, pixels=256).scan(passage) if scanner_lane else None
     for when, kind, source, fields in passage_records(passage, scan, t):
         feed(when, kind, source, fields)
-    return feed.decided
+    return feed.decided, passage
+
+
+def _passage_decisions(scanner_lane: bool) -> list[dict[str, Any]]:
+    return _passage(scanner_lane)[0]
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +95,22 @@ def _evidence(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _read_bundle(out: Path, seq: int) -> dict[str, bytes]:
-    """The files of ``out/evidence-SEQ.zip`` (without the manifest), after checking the manifest's SHA-256 sums."""
+    """The files of ``out/evidence-SEQ.zip`` (without the manifest), after ``sha256sum -c`` checked them where the
+    ZIP is unpacked and the manifest was found to list every file."""
+    unpacked = out / f"unpacked-{seq}"
     with zipfile.ZipFile(out / f"evidence-{seq}.zip") as archive:
-        assert all(name.startswith(f"decision-{seq}/") for name in archive.namelist())
-        files = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
-    manifest = dict(reversed(line.split("  ", 1)) for line in files.pop("MANIFEST.sha256").decode().splitlines())
-    assert manifest == {name: hashlib.sha256(body).hexdigest() for name, body in files.items()}
+        names = archive.namelist()
+        archive.extractall(unpacked)
+        files = {name.split("/", 1)[1]: archive.read(name) for name in names if name != f"decision-{seq}.sha256"}
+    assert all(name.startswith(f"decision-{seq}/") for name in names if name != f"decision-{seq}.sha256")
+    checked = subprocess.run(
+        ["sha256sum", "--strict", "-c", f"decision-{seq}.sha256"], cwd=unpacked, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert sorted(line.rsplit(": ", 1)[0] for line in checked.stdout.splitlines()) == sorted(
+        f"decision-{seq}/{name}" for name in files
+    )
     return files
 
 
@@ -116,14 +134,35 @@ def _check_bundle(out: Path, seq: int, stored: dict[str, Any]) -> dict[str, byte
     n42.write_bytes(files["occupancy.n42"])
     spec = SpecUtils.SpecFile()
     spec.loadFile(str(n42), SpecUtils.ParserType.Auto)
-    gamma = [m.gammaCountSum() for m in spec.measurements() if m.detectorName() == "gamma"]
-    assert gamma == [float(c) for c in stored["profile"].get("gross") or []]
+    channels, tubes = stored["profile"]["channels"], stored["profile"]["neutron_channels"]
+    records = {(m.detectorName(), m.sampleNumber()): m for m in spec.measurements()}
+    # every gamma channel's counts per energy window, and every neutron channel's, as the lane received them
+    assert {name for name, _ in records} == {f"gamma-{c + 1}" for c in range(len(channels[0]))} | {
+        f"neutron-{c + 1}" for c in range(len(tubes[0]))
+    }
+    for i, sample in enumerate(channels):
+        for c, windows in enumerate(sample):
+            record = records[(f"gamma-{c + 1}", i + 1)]
+            assert list(record.gammaCounts()) == windows
+            assert list(record.channelEnergies()) == WINDOWS, "the energy windows' edges (keV)"
+    neutron = [sorted((m for m in spec.measurements() if m.detectorName() == f"neutron-{c + 1}"),
+                      key=lambda m: m.startTime()) for c in range(len(tubes[0]))]  # fmt: skip
+    assert [[float(column[i].neutronCountsSum()) for column in neutron] for i in range(len(tubes))] == tubes
+    gross = [sum(r.gammaCountSum() for (name, i), r in records.items() if name.startswith("gamma") and i == j + 1)
+             for j in range(len(channels))]  # fmt: skip
+    assert gross == stored["profile"]["gross"], "the channels add up to what the tests ran on"
+    text = files["occupancy.n42"].decode()
+    creator = f"lanewatch {version('lanewatch')}"
+    assert f"<RadInstrumentDataCreatorName>{creator}<" in text and f"<RadInstrumentComponentVersion>{creator}<" in text
+    assert ">InterSpec<" not in text and "InterSpec could not" not in text
     return files
 
 
 def test_evidence_of_a_fused_decision_from_the_journal_file(journal_path: Path, tmp_path: Path) -> None:
     store = Adjudications(journal_path)
     store.record(1, "acknowledge", "olga", "operator")
+    riid = (Path(__file__).parent / "data" / "riid-cs137.n42").read_bytes()
+    act = store.record(1, "adjudicate", "olga", "operator", disposition="test", attachment=("riid.n42", riid))
     store.close()
     out = tmp_path / "out"
     done = _evidence("1", "--out", str(out), "--journal", str(journal_path))
@@ -135,15 +174,27 @@ def test_evidence_of_a_fused_decision_from_the_journal_file(journal_path: Path, 
     assert journaled is not None
     stored = json.loads(journaled)
     files = _check_bundle(out, 1, stored)
+    sent = np.array(_passage(True)[1].gamma, dtype=float)
+    assert np.array(stored["profile"]["channels"][: len(sent)]).tolist() == sent.tolist(), "as the portal sent them"
     assert files["xray-preview.png"] == base64.b64decode(stored["xray"]["preview"]["png_base64"])
     history = json.loads(files["adjudications.json"])["history"]
-    assert [(h["kind"], h["user"]) for h in history] == [("acknowledge", "olga")]
-    # the console's bundle of the same decision and history: the same files (the N42 file has its own UUID)
+    assert [(h["kind"], h["user"], h["attachment_file"]) for h in history] == [
+        ("acknowledge", "olga", None), ("adjudicate", "olga", f"attachments/{act.id}-riid.n42")
+    ]  # fmt: skip
+    assert files[f"attachments/{act.id}-riid.n42"] == riid, "the handheld identifier's file, as attached"
+    # the console's bundle of the same decision and history: the same files (the N42 file has its own time)
     served = {
-        name.split("/", 1)[1]: body
-        for name, body in _zip_files(bundle(journaled, Adjudications.read_history(journal_path, 1))).items()
+        name.split("/", 1)[-1]: body
+        for name, body in _zip_files(
+            bundle(
+                journaled,
+                Adjudications.read_history(journal_path, 1),
+                "",
+                Adjudications.read_attachments(journal_path, 1),
+            )
+        ).items()
     }
-    assert set(served) == set(files) | {"MANIFEST.sha256"}
+    assert set(served) == set(files) | {"decision-1.sha256"}
     for name in ("decision.json", "profile.csv", "neutron.csv", "evidence.png", "adjudications.json"):
         assert served[name] == files[name], name
 

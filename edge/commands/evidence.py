@@ -4,9 +4,10 @@ Reads decision ``SEQ`` from the journal file of the configuration (read-only; ``
 another file), or from the service's query endpoint (``--query``, or when there is no journal file
 here), and writes ``DIR/evidence-SEQ.zip``: the same bundle the operators' console gives for the
 decision (:func:`lanewatch.edge.console.evidence.bundle`: the decision JSON, the profile as CSV, the
-evidence figure, the X-ray preview, the occupancy as N42.42, the adjudication history and a SHA-256
-manifest). The history is read from the journal file whenever it is here, also with ``--query``; without it the
-bundle's ``adjudications.json`` says the history is not included and why (``history`` null), and so does stderr.
+evidence figure, the X-ray preview, the occupancy as N42.42, the adjudication history with the handheld
+identifiers' N42 files attached to it, and a SHA-256 manifest; its figure's times in ``[console] timezone``). The
+history is read from the journal file whenever it is here, also with ``--query``; without it the bundle's
+``adjudications.json`` says the history is not included and why (``history`` null), and so does stderr.
 
 Prints the bundle's path; errors go to stderr. Exit status 0 when the bundle was written, 1 when the decision
 cannot be read (or its preview cannot be decoded) or the bundle cannot be written, 2 for a bad command line.
@@ -25,6 +26,7 @@ from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.console.adjudication import Adjudication, Adjudications
 from lanewatch.edge.console.evidence import bundle
+from lanewatch.edge.console.present import Clock
 from lanewatch.edge.decisions.journal import Journal, JournalError
 from lanewatch.edge.decisions.subscriber import JournalClient, QueryError, ServiceUnreachable
 
@@ -56,16 +58,22 @@ def _read(args: argparse.Namespace, config: Config) -> bytes | None:
         ctx.term()
 
 
-def _history(args: argparse.Namespace, config: Config) -> tuple[list[Adjudication] | None, str]:
-    """The decision's adjudications from the journal file when it is here, else None and why they are not included
-    (the query endpoint serves decisions only)."""
+def _history(
+    args: argparse.Namespace, config: Config
+) -> tuple[list[Adjudication] | None, dict[int, tuple[str, bytes]], str]:
+    """The decision's adjudications and the files attached to them from the journal file when it is here, else None,
+    no files and why they are not included (the query endpoint serves decisions only)."""
     path = args.journal or Path(config.service.journal)
     if path.exists():
-        return Adjudications.read_history(path, args.seq), ""
-    return None, (
-        f"the adjudication history is not included: it is kept in the journal file ({path}), which is not on this "
-        "machine, and the service's query endpoint serves decisions only; run lanewatch evidence where the journal is "
-        "or download the bundle from the console"
+        return Adjudications.read_history(path, args.seq), Adjudications.read_attachments(path, args.seq), ""
+    return (
+        None,
+        {},
+        (
+            f"the adjudication history is not included: it is kept in the journal file ({path}), which is not on this "
+            "machine, and the service's query endpoint serves decisions only; run lanewatch evidence where the journal "
+            "is or download the bundle from the console"
+        ),
     )
 
 
@@ -83,11 +91,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if journaled is None:
         print(f"lanewatch evidence: no decision numbered {args.seq} in {where}", file=sys.stderr)
         return 1
-    history, missing = _history(args, config)
+    history, attachments, missing = _history(args, config)
     if history is None:
         print(f"lanewatch evidence: decision {args.seq}: {missing}", file=sys.stderr)
     try:
-        body = bundle(journaled, history, missing)
+        body = bundle(journaled, history, missing, attachments, Clock.named(config.console.timezone))
     except msgspec.ValidationError as exc:
         print(f"lanewatch evidence: decision {args.seq} does not fit the decision contract: {exc}", file=sys.stderr)
         return 1

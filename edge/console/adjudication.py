@@ -44,6 +44,7 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -380,14 +381,19 @@ class Adjudications(SqliteStore):
     @classmethod
     def read_history(cls, path: str | Path, seq: int) -> list[Adjudication]:
         """Decision ``seq``'s history from the journal at ``path``, opened read-only (none before any console)."""
-        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'adjudications'").fetchone() is None:
-                return []
-            sql = f"SELECT {cls._COLUMNS} FROM adjudications WHERE seq = ? ORDER BY id"
-            return [cls._row(row) for row in conn.execute(sql, (seq,))]
-        finally:
-            conn.close()
+        sql = f"SELECT {cls._COLUMNS} FROM adjudications WHERE seq = ? ORDER BY id"
+        return [cls._row(row) for row in _read_only(path, sql, (seq,))]
+
+    _ATTACHMENTS = "SELECT id, attachment_name, attachment FROM adjudications WHERE seq = ? AND attachment IS NOT NULL"
+
+    def attachments(self, seq: int) -> dict[int, tuple[str, bytes]]:
+        """The files attached to the acts on decision ``seq``: (name, bytes) by act id."""
+        return {int(i): (str(name), bytes(body)) for i, name, body in self._read(self._ATTACHMENTS, (seq,))}
+
+    @classmethod
+    def read_attachments(cls, path: str | Path, seq: int) -> dict[int, tuple[str, bytes]]:
+        """:meth:`attachments` from the journal at ``path``, opened read-only."""
+        return {int(i): (str(name), bytes(body)) for i, name, body in _read_only(path, cls._ATTACHMENTS, (seq,))}
 
     def after(self, last_id: int, limit: int = 500) -> list[Adjudication]:
         """Acts recorded after id ``last_id`` (by any console), oldest first."""
@@ -520,3 +526,20 @@ class Adjudications(SqliteStore):
         has_older, has_newer = (more, cursor is not None) if descending else (cursor is not None, more)
         oldest, newest = (page[0], page[-1]) if oldest_first else (page[-1], page[0])
         return EventPage(page, oldest.seq if has_older else None, newest.seq if has_newer else None)
+
+
+def _read_only(path: str | Path, sql: str, args: tuple[Any, ...]) -> list[Any]:
+    """The rows of ``sql`` over the journal at ``path``, opened read-only (none before any console made the
+    adjudications table)."""
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'adjudications'").fetchone() is None:
+            return []
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def safe_file_name(name: str) -> str:
+    """A file name of letters, digits, dots, dashes and underscores only (an attachment's, to serve or to bundle)."""
+    return "".join(c for c in name if c.isalnum() or c in "._-") or "attachment.n42"

@@ -55,6 +55,7 @@ from lanewatch.edge.console.adjudication import (
     EventFilter,
     EventPage,
     SearchError,
+    safe_file_name,
 )
 from lanewatch.edge.console.health import Health, HealthHistory
 from lanewatch.edge.console.live import CLOSING, Event, Feeds, Hub, Wall, read_health
@@ -685,7 +686,8 @@ def decision_routes(
         from lanewatch.edge.console.evidence import bundle
 
         try:
-            data = await run_in_threadpool(bundle, journaled, adjudications.history(seq))
+            history, attached = adjudications.history(seq), adjudications.attachments(seq)
+            data = await run_in_threadpool(bundle, journaled, history, "", attached, console.clock)
         except msgspec.ValidationError as exc:
             raise HTTPException(500, f"decision {seq} does not fit the decision contract: {exc}") from None
         audit(session, "evidence-downloaded", f"decision {seq}", request)
@@ -737,7 +739,7 @@ def decision_routes(
         if found is None:
             raise HTTPException(404, "no such attachment")
         name, data = found
-        safe = "".join(c for c in name if c.isalnum() or c in "._-") or "attachment.n42"
+        safe = safe_file_name(name)
         return Response(
             data,
             media_type="application/octet-stream",

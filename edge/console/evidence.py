@@ -17,15 +17,23 @@
 ``xray-preview.png``
     The scanner's preview as the decision carries it (when it has one).
 ``occupancy.n42``
-    The occupancy as an ANSI N42.42-2012 file written with SpecUtils: one gross-count gamma record per
-    sample and one neutron record per neutron sample, with their start and real times (not in the bundle
-    of a decision without radiation samples, such as a scan with no occupancy).
+    The occupancy as an ANSI N42.42-2012 file written with SpecUtils: per gamma sample one record per gamma channel
+    (detectors ``gamma-1``, ``gamma-2``, ...), its channels the lane's energy windows with their edges (keV) as the
+    energy calibration, and per neutron sample one record per neutron channel (``neutron-1``, ...), the counts as
+    the portal sent them, with their start and real times, so each test can be checked from it; lanewatch and its
+    version named as the creator. A decision journaled before the channels were kept gives one gross ``gamma`` and
+    one ``neutron`` record per sample. Not in the bundle of a decision without radiation samples, such as a scan
+    with no occupancy.
 ``adjudications.json``
-    Every act on the decision (acknowledgement, adjudications, amendments), oldest first; ``history`` null and
-    ``history_not_included`` saying why when the history could not be read (``lanewatch evidence --query`` away
-    from the journal file).
-``MANIFEST.sha256``
-    The SHA-256 of every other file, in ``sha256sum`` format (``sha256sum -c`` checks it).
+    Every act on the decision (acknowledgement, adjudications, amendments), oldest first, an attached file named by
+    ``attachment_file``; ``history`` null and ``history_not_included`` saying why when the history could not be read
+    (``lanewatch evidence --query`` away from the journal file).
+``attachments/ID-NAME``
+    The handheld identifiers' N42 files attached to the acts (``ID`` the act's id), as uploaded.
+
+Beside that folder, ``decision-SEQ.sha256`` holds the SHA-256 of every file in it, in ``sha256sum`` format with
+paths relative to the manifest's own folder: ``sha256sum -c decision-SEQ.sha256`` where the ZIP was unpacked
+checks them.
 """
 
 from __future__ import annotations
@@ -36,15 +44,18 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import uuid
 import zipfile
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from lanewatch.edge.console.adjudication import safe_file_name
 from lanewatch.edge.console.figure import MATERIAL_COLOURS
-from lanewatch.edge.console.present import finding_label, parse_utc, reason_text, reasons, utc_label
+from lanewatch.edge.console.present import Clock, finding_label, parse_utc, reason_text, reasons, utc_label
 from lanewatch.edge.decisions.adjudication import Adjudication
 from lanewatch.edge.decisions.decision import Alarm, Decision, Preview, Xray, decode
 from lanewatch.edge.decisions.profile import (
@@ -101,19 +112,20 @@ def profile_csv(decision: Decision) -> tuple[bytes, bytes]:
     return gamma, neutrons
 
 
-def figure_png(decision: Decision) -> bytes:
-    """The evidence figure (see the module docstring) as PNG."""
+def figure_png(decision: Decision, clock: Clock | None = None) -> bytes:
+    """The evidence figure (see the module docstring) as PNG; its title in ``clock``'s time zone (and UTC)."""
     from matplotlib import pyplot as plt
 
-    fig = figure(decision)
+    fig = figure(decision, clock)
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=DPI)
     plt.close(fig)
     return out.getvalue()
 
 
-def figure(decision: Decision) -> Any:
-    """The evidence figure as a matplotlib Figure, laid out (the caller closes it)."""
+def figure(decision: Decision, clock: Clock | None = None) -> Any:
+    """The evidence figure as a matplotlib Figure, laid out (the caller closes it); the end time in the title in
+    ``clock``'s time zone with UTC beside it (UTC alone without a clock)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,7 +152,10 @@ def figure(decision: Decision) -> Any:
     axes = list(axes) if len(panels) > 1 else [axes]
     by = dict(zip(panels, axes, strict=True))
     seq, lane, verdict = decision.seq, decision.lane, decision.verdict
-    fig.suptitle(f"Decision {seq} · {lane} · {verdict} · ended {utc_label(decision.end)}", fontsize=11)
+    ended = utc_label(decision.end)
+    if clock is not None and clock.zone.key != "UTC":
+        ended = f"{clock.local(decision.end)} {clock.zone.key} ({ended})"
+    fig.suptitle(f"Decision {seq} · {lane} · {verdict} · ended {ended}", fontsize=11)
     if xray is not None and preview is not None:
         _image_panel(by["image"], xray, preview, data.image.too_dark)
     if "gamma" in by and rad.gross:
@@ -233,7 +248,7 @@ def _thresholds(
     ax.set_ylim(lo, hi)
     off = 0
     for threshold, label in thresholds:
-        colour = "#1060c0" if label.startswith("shape") else "#c01818"
+        colour = "#1060c0" if label.startswith("shape") else "#0a8a5a" if label.startswith("side") else "#c01818"
         if lo <= threshold <= hi:
             ax.axhline(threshold, color=colour, ls=":", label=label)
             continue
@@ -285,49 +300,117 @@ def _stack_labels(fig: Any, labels: list[Any]) -> None:
 
 
 def occupancy_n42(decision: Decision) -> bytes:
-    """The occupancy's gross gamma counts and neutron counts as an N42.42-2012 file (SpecUtils)."""
+    """The occupancy as an N42.42-2012 file (see the module docstring): written with SpecUtils, then its energy
+    calibrations set to the windows' edges and its creator named (which SpecUtils' Python binding cannot set)."""
     import SpecUtils
 
     profile = decision.profile
     start = parse_utc(decision.start) or datetime.now(UTC)
     spec = SpecUtils.SpecFile()
     dt = float(profile.dt_s or 0.2)
-    for i, counts in enumerate(profile.gross or []):
-        record = SpecUtils.Measurement()
-        record.setGammaCounts([float(counts)], dt, dt)
-        _stamp(record, SpecUtils, i + 1, "gamma", start + timedelta(seconds=i * dt))
-        spec.addMeasurement(record, False)
+    gamma = profile.channels or [[[counts]] for counts in profile.gross or []]
+    for i, sample in enumerate(gamma):
+        for c, windows in enumerate(sample):
+            record = SpecUtils.Measurement()
+            record.setGammaCounts([float(v or 0.0) for v in windows], dt, dt)
+            _stamp(record, SpecUtils, i + 1, f"gamma-{c + 1}" if profile.channels else "gamma", start, i * dt)
+            spec.addMeasurement(record, False)
     neutron_dt = float(profile.neutron_dt_s or 1.0)
-    for i, counts in enumerate(profile.neutron or []):
-        record = SpecUtils.Measurement()
-        record.setNeutronCounts([float(counts)], neutron_dt)
-        _stamp(record, SpecUtils, i + 1, "neutron", start + timedelta(seconds=i * neutron_dt))
-        spec.addMeasurement(record, False)
-    spec.cleanupAfterLoad(True, False, False)
-    spec.setRemarks([f"lanewatch decision {decision.seq}, occupancy {decision.occupancy_id}"])
+    neutron = profile.neutron_channels or [[counts] for counts in profile.neutron or []]
+    for i, sample in enumerate(neutron):
+        for c, counts in enumerate(sample):
+            record = SpecUtils.Measurement()
+            record.setNeutronCounts([float(counts or 0.0)], neutron_dt)
+            name = f"neutron-{c + 1}" if profile.neutron_channels else "neutron"
+            _stamp(record, SpecUtils, i + 1, name, start, i * neutron_dt)
+            spec.addMeasurement(record, False)
+    spec.setUuid(str(uuid.uuid5(uuid.NAMESPACE_URL, f"lanewatch:{decision.lane}:{decision.occupancy_id}")))
+    spec.setInstrumentType("PortalMonitor")
+    spec.setInstrumentId(decision.lane)
+    spec.setRemarks(
+        [f"lanewatch decision {decision.seq}, lane {decision.lane}, occupancy {decision.occupancy_id}"]
+        + ([f"energy windows (keV): {_edges_text(profile.window_edges_kev)}"] if profile.window_edges_kev else [])
+    )
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "occupancy.n42")
         with open(path, "wb") as out:
             spec.write2012N42Xml(out)
-        with open(path, "rb") as written:
-            return written.read()
+        with open(path, encoding="utf-8") as written:
+            return _named_and_calibrated(written.read(), profile.window_edges_kev).encode()
 
 
-def _stamp(record: Any, specutils: Any, sample: int, detector: str, when: datetime) -> None:
+N42_CALIBRATION = re.compile(
+    r"<Remark>Energy calibration not available\.</Remark>\s*<CoefficientValues>[^<]*</CoefficientValues>"
+)
+"""What SpecUtils writes for a spectrum without an energy calibration."""
+N42_UNKNOWN_STATE = re.compile(
+    r"\s*<RadDetectorState [^>]*>\s*<Remark>[^<]*could not determine detector state\.</Remark>\s*"
+    r"</RadDetectorState>"
+)
+"""SpecUtils' placeholder for a detector state nobody reported."""
+
+
+def _edges_text(edges: list[float | None]) -> str:
+    return " ".join(f"{edge:g}" for edge in edges if edge is not None)
+
+
+def _named_and_calibrated(xml: str, edges: list[float | None] | None) -> str:
+    """SpecUtils' N42 XML with lanewatch (and its version) as its creator and software, no placeholder detector
+    states, and each gamma spectrum's channels given the energy windows' edges (keV) when the lane has windows."""
+    creator = f"lanewatch {lanewatch_version()}"
+    xml = xml.replace(
+        "<RadInstrumentDataCreatorName>InterSpec</RadInstrumentDataCreatorName>",
+        f"<RadInstrumentDataCreatorName>{creator}</RadInstrumentDataCreatorName>",
+    ).replace(
+        "<RadInstrumentComponentName>Software</RadInstrumentComponentName>\n"
+        "\t\t\t<RadInstrumentComponentVersion>InterSpec</RadInstrumentComponentVersion>",
+        "<RadInstrumentComponentName>Software</RadInstrumentComponentName>\n"
+        f"\t\t\t<RadInstrumentComponentVersion>{creator}</RadInstrumentComponentVersion>",
+    )
+    xml = N42_UNKNOWN_STATE.sub("", xml)
+    if edges:
+        boundaries = (
+            f"<Remark>Energy windows (keV)</Remark><EnergyBoundaryValues>{_edges_text(edges)}</EnergyBoundaryValues>"
+        )
+        xml = N42_CALIBRATION.sub(boundaries, xml)
+    return xml
+
+
+def lanewatch_version() -> str:
+    """The installed lanewatch's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lanewatch")
+    except PackageNotFoundError:
+        return "unknown version"
+
+
+def _stamp(record: Any, specutils: Any, sample: int, detector: str, start: datetime, offset_s: float) -> None:
     record.setSampleNumber(sample)
     record.setDetectorName(detector)
     record.setOccupancyStatus(specutils.OccupancyStatus.Occupied)
     record.setSourceType(specutils.SourceType.Foreground)
-    record.setStartTime(when)
+    record.setStartTime(start + timedelta(seconds=offset_s))
 
 
-def bundle(journaled: bytes, history: list[Adjudication] | None, missing: str = "") -> bytes:
+def bundle(
+    journaled: bytes,
+    history: list[Adjudication] | None,
+    missing: str = "",
+    attachments: dict[int, tuple[str, bytes]] | None = None,
+    clock: Clock | None = None,
+) -> bytes:
     """The evidence ZIP of the decision whose JSON (as journaled) is ``journaled``, with its adjudication ``history``
-    (see the module docstring); None when the history could not be read, ``missing`` saying why. Raises
-    ``msgspec.ValidationError`` when the decision does not fit the decision contract."""
+    (see the module docstring); None when the history could not be read, ``missing`` saying why. ``attachments``:
+    the files attached to its acts (name and bytes by act id); ``clock``: the site's time zone (UTC without one).
+    Raises ``msgspec.ValidationError`` when the decision does not fit the decision contract."""
     decision = decode(journaled)
     seq = decision.seq
-    acts = None if history is None else [msgspec.to_builtins(h) for h in history]
+    attached = {act: f"attachments/{act}-{safe_file_name(name)}" for act, (name, _) in (attachments or {}).items()}
+    acts = None
+    if history is not None:
+        acts = [{**msgspec.to_builtins(h), "attachment_file": attached.get(h.id)} for h in history]
     record = {"seq": seq, "reasons": reasons(decision), "history": acts}
     if history is None:
         record["history_not_included"] = missing
@@ -336,17 +419,20 @@ def bundle(journaled: bytes, history: list[Adjudication] | None, missing: str = 
         "decision.json": json.dumps(json.loads(journaled), indent=1).encode() + b"\n",
         "profile.csv": gamma,
         "neutron.csv": neutrons,
-        "evidence.png": figure_png(decision),
+        "evidence.png": figure_png(decision, clock),
         "adjudications.json": json.dumps(record, indent=1).encode() + b"\n",
     }
     if decision.profile.gross or decision.profile.neutron:
         files["occupancy.n42"] = occupancy_n42(decision)
     if decision.xray is not None and decision.xray.preview is not None:
         files["xray-preview.png"] = base64.b64decode(decision.xray.preview.png_base64)
-    manifest = "".join(f"{hashlib.sha256(body).hexdigest()}  {name}\n" for name, body in sorted(files.items()))
-    files["MANIFEST.sha256"] = manifest.encode()
+    for act, (_, body) in (attachments or {}).items():
+        files[attached[act]] = body
+    folder = f"decision-{seq}"
+    manifest = "".join(f"{hashlib.sha256(body).hexdigest()}  {folder}/{name}\n" for name, body in sorted(files.items()))
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, body in files.items():
-            archive.writestr(f"decision-{seq}/{name}", body)
+            archive.writestr(f"{folder}/{name}", body)
+        archive.writestr(f"{folder}.sha256", manifest.encode())
     return out.getvalue()

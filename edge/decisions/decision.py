@@ -379,6 +379,10 @@ class Profile(_Section):
     speed_kmh: float | None = None
     gross: Numbers | None = None
     """Gross gamma counts per sample."""
+    channels: list[list[Numbers]] | None = None
+    """Gamma counts per sample, channel and energy window, as the portal sent them."""
+    window_edges_kev: Numbers | None = None
+    """The energy windows' edges (keV) of ``channels`` and ``windows`` (with two windows or more)."""
     expected: Numbers | None = None
     """Expected gamma counts per sample (the background, locally levelled)."""
     sideband_expected: Numbers | None = None
@@ -397,6 +401,8 @@ class Profile(_Section):
     side_threshold: float | None = None
     neutron: Numbers | None = None
     """Neutron counts per neutron sample."""
+    neutron_channels: list[Numbers] | None = None
+    """Neutron counts per neutron sample and channel (tube), as the portal sent them."""
     neutron_dt_s: float | None = None
     neutron_expected: float | None = None
     """Neutron background (counts per neutron sample)."""

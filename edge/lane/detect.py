@@ -432,10 +432,12 @@ class OccupancyAnalyzer:
         self._low = _Grow()
         self._first = _Grow()
         self._win = _Grow((self.windows,))
+        self._channels = _Grow((gamma_channels, self.windows))
         self._dts = _Grow()
         self._expected = _Grow()
         self._softening = _Grow()
         self._neutron = _Grow()
+        self._tubes = _Grow((neutron_channels,))
         self._plan: GammaPlan | None = None
         self._live: Thresholds | None = None
         self._neutron_live_u: float | None = None
@@ -514,6 +516,7 @@ class OccupancyAnalyzer:
         self._low.append(per_window[0])
         self._first.append(sample[: self.gamma_channels // 2].sum())
         self._win.append(per_window)
+        self._channels.append(sample)
         self._dts.append(dt_s)
         self._softening.append(0.0)
         if self._tracked is None:
@@ -591,6 +594,7 @@ class OccupancyAnalyzer:
         if self._neutron.n == 0:
             self.neutron_dt_s = float(dt_s)
         i = self._neutron.append(sample.sum())
+        self._tubes.append(sample)
         if self._neutron_cps is None or self._tracked is None or self._gross.n == 0 or "neutron" in self.raised:
             return []
         if self._neutron_live_u is None:
@@ -706,6 +710,7 @@ class OccupancyAnalyzer:
                 alarms.append(entry)
         profile = {
             "neutron": _finite_list(counts, 1),
+            "neutron_channels": [_finite_list(sample, 1) for sample in self._tubes.view],
             "neutron_expected": round(mean, 3),
             "neutron_ship_expected": _finite_list(SHIP_RATE * h, 2),
             "neutron_dt_s": dt,
@@ -791,7 +796,10 @@ class OccupancyAnalyzer:
             "mf_z": _finite_list(z_gamma),
             "sideband_spread": round(spread, 3),
             "gamma_threshold": round(thr.gross, 3),
+            "channels": [[_finite_list(channel, 1) for channel in sample] for sample in self._channels.view],
         }
+        if self.windows >= 2:
+            profile["window_edges_kev"] = [float(edge) for edge in self.cfg.energy_windows_kev]
         alarms: list[dict[str, Any]] = []
         gamma = self._final("gamma", z_gamma, t_gamma, thr.gross)
         shape = side = None
