@@ -180,7 +180,11 @@ class ConsoleConfig(_Section):
     timezone: str = "UTC"
     """The site's IANA time zone (e.g. Europe/Amsterdam): times are shown and date filters read in it."""
     idle_timeout_s: Seconds = 900.0
-    """A session unused for this long (s) is closed; the next request asks to log in again."""
+    """A session unused for this long (s) is closed; the next request asks to log in again. A lane wall open in a
+    visible browser tab is in use (an alarm station's wall is watched, not clicked): it keeps its session open (a sign
+    every third of this, at most every 60 s). A wall in a hidden tab or a minimised window does not; its live stream
+    then ends with the session and it shows the login page. A form sent after its session ended is not recorded:
+    after logging in the officer is back on the page it was sent from, which says so."""
     login_attempts: Annotated[int, Meta(ge=1, le=1000)] = 5
     """Failed logins allowed for a user name from one client address within ``login_window_s`` (then that name is
     refused from that address until the oldest failure is that old), and in a row for a user name from any address

@@ -178,6 +178,39 @@ def test_idle_session_is_closed(client: TestClient, site: Config) -> None:
     assert client.get("/", follow_redirects=False).headers["location"] == "/login?next=/"
 
 
+def test_a_form_sent_after_the_session_ended_returns_to_its_page_after_login_saying_it_was_not_recorded(
+    client: TestClient, site: Config
+) -> None:
+    login(client, "olga")
+    token = csrf(client, "/decision/3")
+    with sqlite3.connect(users_path(site)) as conn:
+        conn.execute("UPDATE sessions SET last_seen = last_seen - ?", (site.console.idle_timeout_s + 1,))
+    sent = client.post(
+        "/decision/3/adjudicate", data={"csrf": token, "disposition": "norm"}, follow_redirects=False,
+        headers={"Referer": "https://testserver/decision/3"},
+    )  # fmt: skip
+    assert sent.status_code == 303
+    location = "/login?next=/decision/3%3Funrecorded%3D/decision/3/adjudicate&unrecorded=/decision/3/adjudicate"
+    assert sent.headers["location"] == location
+    said = "Your session had ended: the adjudication of decision 3 was NOT recorded. Log in and do it again."
+    assert said in html.unescape(client.get(sent.headers["location"]).text)
+    back = login(client, "olga")  # the login form carries the page to return to
+    assert back.status_code == 303
+    page = client.get("/login?" + sent.headers["location"].split("?", 1)[1])
+    target = html.unescape(re.search(r'name="next" value="([^"]+)"', page.text).group(1))
+    assert target == "/decision/3?unrecorded=/decision/3/adjudicate"
+    shown = client.get(target)
+    assert shown.status_code == 200 and said in html.unescape(shown.text)
+    assert client.app.state.console.adjudications.history(3) == [], "nothing was recorded"
+    # from another site, or with no Referer: back to the wall, not to the form's action (a GET there is 405)
+    client.cookies.clear()
+    sent = client.post("/decision/3/acknowledge", data={}, headers={"Referer": "https://elsewhere/decision/3"},
+                       follow_redirects=False)  # fmt: skip
+    unrecorded = "unrecorded=/decision/3/acknowledge"
+    assert sent.headers["location"] == f"/login?next=/%3F{unrecorded.replace('=', '%3D')}&{unrecorded}"
+    assert client.get("/login").headers["referrer-policy"] == "same-origin", "the browser sends the form's page"
+
+
 def test_users_list_names_a_missing_users_file_and_makes_none(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -28,6 +28,7 @@ from datetime import date, datetime, timedelta
 from datetime import time as time_of_day
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import msgspec
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -58,7 +59,7 @@ from lanewatch.edge.console.adjudication import (
     safe_file_name,
 )
 from lanewatch.edge.console.health import Health, HealthHistory
-from lanewatch.edge.console.live import CLOSING, Event, Feeds, Hub, Wall, read_health
+from lanewatch.edge.console.live import CLOSING, HEARTBEAT, Event, Feeds, Hub, Wall, read_health
 from lanewatch.edge.console.present import (
     INCOMPLETE_NAMES,
     REASON_NAMES,
@@ -83,14 +84,21 @@ LOGIN_COOKIE = "lw_login"
 """Anti-forgery token of the login form (double-submit: cookie and hidden field must match)."""
 MAX_UPLOAD_BYTES = 20 << 20
 """Largest N42 file accepted as a secondary-inspection attachment (bytes)."""
-KEEPALIVE_S = 15.0
-"""An event stream sends a comment this often (s) so proxies keep it open; the session is checked then."""
+HEARTBEAT_S = 5.0
+"""An event stream checks its session and, when nothing else was sent for this long (s), sends a ``heartbeat`` event:
+the wall knows it is live while events or heartbeats arrive, and shows it is not when they stop (the browser waits
+:data:`HEARTBEAT_S` times the wall page's ``data-heartbeat-misses``)."""
+HEARTBEAT_MISSES = 3
+"""Heartbeats a wall may miss before it says the console connection is lost."""
 TICKER_ROWS = 15
 """Decisions the wall lists when it opens (newer ones are added live)."""
 BACKLOG_LIMIT = 500
 """Most decisions replayed to a reconnecting browser (its Last-Event-ID onwards)."""
 ORDERS = {"oldest": "oldest first", "newest": "newest first"}
 """Orders of the event table (its ``order`` parameter; the default is :func:`oldest_first`'s)."""
+ALIVE_MAX_S = 60.0
+"""Longest time (s) between two signs from an open, visible wall that it is in use (a third of the idle timeout when
+shorter)."""
 AWAITING_QUEUE = 1000
 """Alarms awaiting adjudication a decision's page reads to link the next one: the oldest of them, first come first
 served."""
@@ -233,19 +241,22 @@ def _route(scope: Scope) -> str:
 
 class SecurityHeaders:
     """ASGI middleware: a strict content security policy (no inline script, nothing from elsewhere), no framing,
-    no sniffing, no referrer, no caching of pages; HSTS over HTTPS."""
+    no sniffing, no referrer to other sites, no caching of pages; HSTS over HTTPS."""
 
     POLICY = (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
         "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
     )
+    REFERRER = b"same-origin"
+    """The console's own pages send their address with a form (:func:`login_again` returns to it); no other site
+    is told anything."""
 
     def __init__(self, app: ASGIApp, hsts: bool) -> None:
         self.app = app
         self.headers = [
             (b"content-security-policy", self.POLICY.encode()),
             (b"x-content-type-options", b"nosniff"),
-            (b"referrer-policy", b"no-referrer"),
+            (b"referrer-policy", self.REFERRER),
             (b"x-frame-options", b"DENY"),
         ]
         if hsts:
@@ -269,6 +280,36 @@ class SecurityHeaders:
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "?"
+
+
+ACTS = {"acknowledge": "the acknowledgement", "adjudicate": "the adjudication", "amend": "the amendment"}
+
+
+def login_again(request: Request) -> str:
+    """Where a request without a live session is sent: the login page, then back to the page asked for. A form sent
+    (POST) after the session ended is not recorded: back to the page it was sent from (its same-origin Referer, else
+    the wall), which says so (``unrecorded``), never to the form's action (a GET there is 405)."""
+    if request.method in ("GET", "HEAD"):
+        back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return "/login?" + urlencode({"next": back}, safe="/")
+    referer = urlsplit(request.headers.get("referer", ""))
+    same_site = referer.netloc == request.url.netloc and referer.path.startswith("/")
+    page = referer.path + (f"?{referer.query}" if referer.query else "") if same_site else "/"
+    if page.startswith("/login"):
+        page = "/"
+    separator = "&" if "?" in page else "?"
+    unrecorded = urlencode({"unrecorded": request.url.path}, safe="/")
+    return "/login?" + urlencode({"next": page + separator + unrecorded}, safe="/") + "&" + unrecorded
+
+
+def unrecorded_text(path: str) -> str:
+    """What the page sent after its session ended says was not recorded (``path``: the form's action)."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 3 and parts[0] == "decision" and parts[1].isdigit() and parts[2] in ACTS:
+        what = f"{ACTS[parts[2]]} of decision {parts[1]}"
+    else:
+        what = "what you sent"
+    return f"Your session had ended: {what} was NOT recorded. Log in and do it again."
 
 
 def create_app(
@@ -300,6 +341,7 @@ def create_app(
     env.filters["local"] = clock.local
     env.filters["utc"] = utc_label
     env.globals["allows"] = role_allows
+    env.globals["unrecorded_text"] = unrecorded_text
     console = Console(config, users, adjudications, journal, clock, wall, hub, feeds, env, secure, metrics)
     limiter = LoginLimiter(config.console.login_attempts, config.console.login_window_s)
 
@@ -319,7 +361,7 @@ def create_app(
     async def need(request: Request, role: str = "operator") -> Session:
         session = await session_of(request)
         if session is None:
-            raise HTTPException(303, headers={"Location": f"/login?next={request.url.path}"})
+            raise HTTPException(303, headers={"Location": login_again(request)})
         if not role_allows(session.user.role, role):
             raise HTTPException(403, f"this page is for the {role} role and above; you are {session.user.role}")
         return session
@@ -398,8 +440,15 @@ def create_app(
             ]
         )
         return render(
-            request, "wall.html", session, wall=wall.snapshot(), recent=recent, max_mute_s=config.console.max_mute_s
-        )
+            request, "wall.html", session, wall=wall.snapshot(), recent=recent, max_mute_s=config.console.max_mute_s,
+            heartbeat_s=HEARTBEAT_S, heartbeat_misses=HEARTBEAT_MISSES,
+            alive_s=min(ALIVE_MAX_S, config.console.idle_timeout_s / 3),
+        )  # fmt: skip
+
+    async def alive(request: Request) -> Response:
+        """The wall's sign that it is open and visible (see ``[console].idle_timeout_s``): keeps its session open."""
+        await need(request)
+        return Response(status_code=204)
 
     async def wall_json(request: Request) -> Response:
         await need(request)
@@ -429,16 +478,21 @@ def create_app(
                         data = msgspec.json.encode(summary(decision, state, clock)).decode()
                         yield Event("decision", decision.seq, data).encode()
                         sent = decision.seq
+                token = request.cookies.get(SESSION_COOKIE, "")
+                check = time.monotonic() + HEARTBEAT_S
                 while True:
                     try:
-                        event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                        event = await asyncio.wait_for(queue.get(), max(0.0, check - time.monotonic()))
                     except TimeoutError:
-                        token = request.cookies.get(SESSION_COOKIE, "")
-                        if users.session(token, config.console.idle_timeout_s, touch=False) is None:
+                        # the session is checked, not touched: only the wall's own sign that it is visible keeps it
+                        session = await run_in_threadpool(users.session, token, config.console.idle_timeout_s, False)
+                        if session is None:
                             yield Event("logout", None, "{}").encode()
                             return
-                        yield b": keep-alive\n\n"
+                        check = time.monotonic() + HEARTBEAT_S
+                        yield HEARTBEAT.encode()
                         continue
+                    check = time.monotonic() + HEARTBEAT_S
                     if event.name == "decision" and event.id is not None and event.id <= sent:
                         continue
                     yield event.encode()
@@ -508,6 +562,7 @@ def create_app(
         Route("/logout", logout, methods=["POST"]),
         Route("/", wall_page),
         Route("/wall.json", wall_json),
+        Route("/alive", alive),
         Route("/events", events),
         Route("/users", users_page, methods=["GET", "POST"]),
         Route("/audit", audit_page),

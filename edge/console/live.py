@@ -85,6 +85,8 @@ class Event:
         return (head + "".join(f"data: {line}\n" for line in self.data.splitlines()) + "\n").encode()
 
 
+HEARTBEAT = Event("heartbeat", None, "{}")
+"""Sent on a stream with nothing else to send (see :data:`~lanewatch.edge.console.app.HEARTBEAT_S`)."""
 CLOSING = Event("closing", None, "{}")
 """The last event of every stream when the console shuts down (the browser shows it is not live and reconnects)."""
 

@@ -4,8 +4,13 @@
 (function () {
   const csrf = document.querySelector('meta[name="csrf"]')?.content || "";
   const user = document.querySelector('meta[name="user"]')?.content || "";
-  const state = { sounding: false, audio: "off", unacknowledged: 0, lastSeq: 0, connected: false };
+  const zone = document.querySelector('meta[name="timezone"]')?.content || "UTC";
+  const state = { sounding: false, audio: "off", unacknowledged: 0, lastSeq: 0, connected: false, lostSince: null };
   window.lanewatch = state;
+
+  // a time of day in the site's time zone (the configuration's), whatever the browser's
+  const siteClock = new Intl.DateTimeFormat("en-GB", { timeZone: zone, hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
+  function siteTime(ms) { return siteClock.format(new Date(ms)); }
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -113,9 +118,16 @@
     const sensors = el("div", { class: "sensors" });
     for (const s of lane.sensors) {
       // what is wrong, in words ("RPM no data for 35 s"), or "ok" and the age of its newest data
-      let text = s.name + (s.words ? ` ${s.words}` : " ok");
-      if (!s.words && s.age_s !== null && s.age_s !== undefined) text += ` ${s.age_s.toFixed(1)} s`;
-      sensors.append(el("span", { class: "sensor" + (s.ok ? "" : " bad"), title: s.problem || "", text }));
+      const name = s.name + (s.words ? ` ${s.words}` : " ok");
+      const chip = el("span", { class: "sensor" + (s.ok ? "" : " bad"), title: s.problem || "", text: name });
+      if (!s.words && s.age_s !== null && s.age_s !== undefined) {
+        // the age as of now: it keeps growing between updates, and while the console is not reachable
+        chip.dataset.name = name;
+        chip.dataset.ageS = String(s.age_s);
+        chip.dataset.at = String(wallAt);
+        chip.textContent = sensorText(chip);
+      }
+      sensors.append(chip);
     }
     if (!lane.sensors.length) sensors.append(el("span", { class: "sensor bad", text: "health unknown" }));
     node.append(sensors);
@@ -140,9 +152,17 @@
     return node;
   }
 
+  let wallAt = Date.now();  // when the wall drawn was received
+
+  function sensorText(chip) {
+    const age = Number(chip.dataset.ageS) + (Date.now() - Number(chip.dataset.at)) / 1000;
+    return `${chip.dataset.name} ${age.toFixed(1)} s`;
+  }
+
   function drawWall(wall) {
     const container = document.getElementById("wall");
     if (!container) return;
+    wallAt = Date.now();
     container.replaceChildren(...wall.lanes.map(tile));
     const banner = document.getElementById("banner");
     const alarms = wall.unacknowledged;  // the oldest few; wall.unacknowledged_count says how many there are
@@ -162,7 +182,81 @@
     const reachable = wall.service.reachable;
     service.textContent = reachable === false ? "Service unreachable" : reachable ? (wall.service.ok ? "Service ok" : "Service NOT OK") : "";
     service.className = "service" + (reachable === false || wall.service.ok === false ? " down" : "");
+    showConnection();
     updateSound();
+  }
+
+  // ---- is the wall live? ------------------------------------------------------------------------------
+  // The console sends events or heartbeats; when they stop, the stream fails or the console says it is closing,
+  // the wall says at once that it is not live (since when, in site time), greys the tiles (their ages keep
+  // growing) and reconnects; the stream resumes after the last decision seen (the journal fills the gap). A
+  // session that ended meanwhile sends the page to the login, and back here after it.
+  function showConnection() {
+    const bar = document.getElementById("connection");
+    if (!bar) return;
+    const lost = state.lostSince !== null;
+    document.body.classList.toggle("offline", lost);
+    bar.hidden = !lost;
+    if (lost) {
+      bar.textContent = `Console connection lost since ${siteTime(state.lostSince)} (site time, ${zone}): ` +
+        "this wall is NOT live, reconnecting…";
+      const service = document.getElementById("service-state");
+      service.textContent = "Service state unknown";
+      service.className = "service down";
+    }
+  }
+
+  let source = null;
+  let lastMessage = Date.now();
+  let retry = null;
+
+  function lost() {
+    if (source) { source.close(); source = null; }
+    state.connected = false;
+    if (state.lostSince === null) state.lostSince = Date.now();
+    showConnection();
+    if (!retry) retry = setTimeout(reconnect, 2000);
+  }
+
+  async function reconnect() {
+    retry = null;
+    let response;
+    try {
+      response = await fetch("/wall.json", { redirect: "manual", cache: "no-store" });
+    } catch (e) {
+      lost();  // the console does not answer yet
+      return;
+    }
+    if (response.type === "opaqueredirect" || response.status === 401 || response.status === 403) {
+      window.location.href = "/login?next=/";  // the session ended: log in, then back to the wall
+      return;
+    }
+    if (!response.ok) { lost(); return; }
+    drawWall(await response.json());
+    connect();
+  }
+
+  function heard() { lastMessage = Date.now(); }
+
+  function watch(heartbeatS, misses) {
+    setInterval(() => {
+      for (const chip of document.querySelectorAll(".sensor[data-age-s]")) chip.textContent = sensorText(chip);
+      if (source && Date.now() - lastMessage > heartbeatS * misses * 1000) lost();
+    }, 1000);
+  }
+
+  // While the wall is open and visible it is in use: it tells the console so (keeping its session open), every
+  // alive_s and whenever it becomes visible again; a session that had ended is found at once.
+  function keepAlive(aliveS) {
+    const ping = async () => {
+      if (document.visibilityState !== "visible") return;
+      try {
+        const response = await fetch("/alive", { redirect: "manual", cache: "no-store" });
+        if (response.type === "opaqueredirect") window.location.href = "/login?next=/";
+      } catch (e) { /* the console is not reachable: the stream's watch says so */ }
+    };
+    setInterval(ping, aliveS * 1000);
+    document.addEventListener("visibilitychange", ping);
   }
 
   function addTicker(d) {
@@ -180,16 +274,26 @@
   }
 
   function connect() {
-    const source = new EventSource(`/events?since=${state.lastSeq}`);
-    source.addEventListener("open", () => { state.connected = true; });
-    source.addEventListener("wall", (e) => drawWall(JSON.parse(e.data)));
+    heard();
+    source = new EventSource(`/events?since=${state.lastSeq}`);
+    source.addEventListener("open", () => {
+      heard();
+      state.connected = true;
+      state.lostSince = null;
+      showConnection();
+    });
+    source.addEventListener("wall", (e) => { heard(); drawWall(JSON.parse(e.data)); });
     source.addEventListener("decision", (e) => {
+      heard();
       const d = JSON.parse(e.data);
       if (d.seq > state.lastSeq) { state.lastSeq = d.seq; addTicker(d); }
     });
+    source.addEventListener("heartbeat", heard);
+    source.addEventListener("adjudication", heard);
     source.addEventListener("reload", () => window.location.reload());
-    source.addEventListener("logout", () => { window.location.href = "/login"; });
-    source.addEventListener("error", () => { state.connected = false; });
+    source.addEventListener("logout", () => { window.location.href = "/login?next=/"; });
+    source.addEventListener("closing", lost);
+    source.addEventListener("error", lost);
   }
 
   // A decision's page learns when any console records an act on it: reload at once if this user has not started
@@ -232,6 +336,9 @@
     });
     document.addEventListener("click", () => { if (audio && audio.state === "suspended") audio.resume().then(updateSound); });
     setInterval(updateSound, 5000);
+    const wallNode = document.getElementById("wall");
+    watch(Number(wallNode.dataset.heartbeatS), Number(wallNode.dataset.heartbeatMisses));
+    keepAlive(Number(wallNode.dataset.aliveS));
     connect();
   });
 })();
