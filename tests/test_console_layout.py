@@ -110,7 +110,7 @@ def test_the_banner_shows_the_newest_alarms_and_counts_the_rest(client: TestClie
     page.goto(f"{BASE}/")
     page.wait_for_selector("#banner .item")
     assert page.locator("#banner .item").count() == 5
-    assert page.inner_text("#banner").splitlines()[-1] == "and 12 more unacknowledged"  # 17 in all
+    assert page.inner_text("#banner").splitlines()[-1].startswith("and 12 more unacknowledged")  # 17 in all
 
 
 def test_a_lane_whose_rpm_is_dead_says_so_in_words(client: TestClient, browser_page: Any) -> None:  # noqa: F811
