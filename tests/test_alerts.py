@@ -523,7 +523,7 @@ def test_format_row_shows_the_evidence() -> None:
         "Incomplete: it lasted longer than the occupancy timeout"
     )
     clear = typed(dict(make_decision(1), seq=3, alarms=[]))
-    assert alerts.format_row(clear, color=False).split()[-6:] == ["CLEAR", "-", "-", "-", "-", "-"]
+    assert alerts.format_row(clear, color=False).split()[-7:] == ["CLEAR", "-", "-", "-", "-", "-", "-"]
 
 
 def test_format_row_shows_portal_alarm_model_norm_release_state_and_local_time() -> None:
@@ -543,7 +543,15 @@ def test_format_row_shows_portal_alarm_model_norm_release_state_and_local_time()
     assert head.split()[:6] == ["SEQ", "END", "(Europe/Amsterdam)", "LANE", "VERDICT", "FIELDED"]
     assert row.split()[:3] == ["17", "2024-05-01", "14:03:04"], "12:03 UTC is 14:03 in Amsterdam in May"
     cells = row[head.index("PORTAL") : head.index("REASONS")].split()
-    assert cells == ["ALARM", "4.04", "find", "release", "acknowledged"]
+    assert cells == ["ALARM", "4.04", "find", "release", "acknowledged", "-"]
+    # the widest values keep every column under its title: NORM unconfirmed, a disposition in words
+    unconfirmed = typed({**alarm_decision(), "verdict": "CLEAR", "alarms": [
+        {"reason": "norm-consistent", "alarm": False, "extent": 0.7, "release_recommended": False}]})  # fmt: skip
+    disposed = alerts.format_row(unconfirmed, zone=zone, state="disposed", disposition="innocent")
+    assert disposed[head.index("NORM") :].split()[:3] == ["unconfirmed", "disposed", "innocent"]
+    assert disposed[head.index("ADJUDICATION") :].startswith("disposed ")
+    assert disposed[head.index("DISPOSITION") :].startswith("innocent source ")
+    assert disposed[head.index("REASONS") - 2 : head.index("REASONS")] == "  "
     assert row[head.index("REASONS") :] == (
         "The portal's own alarm; Consistent with NORM, spread over 70% of the load: release recommended; the ALARM "
         "stands on its other reasons"

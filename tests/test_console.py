@@ -421,6 +421,50 @@ def test_event_table_filters_and_pages(client: TestClient, site: Config) -> None
     assert csv.headers["content-type"].startswith("text/csv") and len(csv.text.strip().splitlines()) == 3
 
 
+def test_csv_export_carries_every_column_of_the_table_and_says_when_it_is_cut(
+    client: TestClient, site: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export of the event table: the columns the table shows (portal alarm, model, fielded rule, NORM release,
+    adjudication state and disposition), the notes, the time zone named; an export larger than its cap says so."""
+    import csv as csv_module
+    import io
+
+    from lanewatch.edge.console import app as app_module
+
+    login(client, "olga")
+    seq = seq_of(client, "shielded-source-suspected")
+    form = {"csrf": csrf(client), "disposition": "test", "notes": "drill at gate 4"}
+    assert client.post(f"/decision/{seq}/adjudicate", data=form).status_code == 200
+    norm = seq_of(client, "norm-consistent")
+    response = client.get("/decisions?format=csv")
+    assert "X-Lanewatch-Truncated" not in response.headers and response.headers["X-Lanewatch-Rows"] == "7"
+    rows = list(csv_module.DictReader(io.StringIO(response.text)))
+    assert list(rows[0]) == [
+        "seq", "end (Europe/Amsterdam)", "end (UTC)", "lane", "verdict", "portal_alarm", "model", "fielded_rule",
+        "norm_release", "state", "disposition", "reasons", "notes",
+    ]  # fmt: skip
+    by_seq = {int(r["seq"]): r for r in rows}
+    table = client.get("/decisions").text
+    for number, row in by_seq.items():  # what the page shows, the export has
+        cells = re.search(rf'<a href="/decision/{number}">{number}</a></td>(.*?)</tr>', table, re.S).group(1)
+        shown = [
+            html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", cells, re.S)
+        ]
+        assert shown[3:7] == [row["portal_alarm"], row["model"], row["fielded_rule"], row["norm_release"]], shown
+    shielded = by_seq[seq]
+    assert (shielded["state"], shielded["disposition"], shielded["notes"]) == (
+        "disposed",
+        "Test source",
+        "drill at gate 4",
+    )
+    assert shielded["portal_alarm"] == "ALARM" and shielded["fielded_rule"] in ("ALARM", "CLEAR", "not eval.")
+    assert by_seq[norm]["norm_release"] in ("release recommended", "release not confirmed")
+    monkeypatch.setattr(app_module, "CSV_MAX_ROWS", 3)
+    cut = client.get("/decisions?format=csv")
+    assert len(cut.text.strip().splitlines()) == 1 + 3 and cut.headers["X-Lanewatch-Rows"] == "3"
+    assert "the first 3 decisions only" in cut.headers["X-Lanewatch-Truncated"]
+
+
 def test_event_table_shows_local_time_with_utc_on_hover(client: TestClient, site: Config) -> None:
     login(client, "olga")
     with Journal(site.service.journal, readonly=True) as journal:

@@ -10,8 +10,8 @@ line, exactly as journaled. Exit status 1 when the service does not answer withi
 
 The table's columns: SEQ, END (in the site's time zone), LANE, VERDICT, FIELDED (the classic n-sigma rule on the
 same counts: ALARM, CLEAR, or ``not eval.`` without the portal's background to compare with), PORTAL (the portal's
-own alarm), MODEL (the anomaly model's score, ``find`` for a finding), NORM (the NORM release), ADJUDICATION, and the
-reasons in words.
+own alarm), MODEL (the anomaly model's score, ``find`` for a finding), NORM (the NORM release: ``release``, ``held``
+or ``unconfirmed``), ADJUDICATION (the state), DISPOSITION (in a few words), and the reasons in words.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
 from lanewatch.edge.console.adjudication import adjudication_state
 from lanewatch.edge.console.present import fielded_short, norm_state, reason_text, reasons
+from lanewatch.edge.decisions.adjudication import DISPOSITION_SHORT
 from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm, decode, seq_of
 from lanewatch.edge.decisions.journal import VERDICTS, Journal, JournalError
 from lanewatch.edge.decisions.subscriber import AlertSubscriber, JournalClient, QueryError, ServiceUnreachable
@@ -54,8 +55,9 @@ _COLUMNS = (
     ("FIELDED", 10, "<"),
     ("PORTAL", 7, "<"),
     ("MODEL", 11, "<"),
-    ("NORM", 8, "<"),
+    ("NORM", 11, "<"),
     ("ADJUDICATION", 14, "<"),
+    ("DISPOSITION", 15, "<"),
 )
 """Column title, width and alignment; the END title names the site's time zone (``[console].timezone``)."""
 
@@ -163,22 +165,25 @@ def _norm(decision: Decision) -> str:
     return norm_state(decision) or "-"
 
 
-def format_row(decision: Decision, color: bool = False, zone: tzinfo = UTC, state: str = "") -> str:
+def format_row(
+    decision: Decision, color: bool = False, zone: tzinfo = UTC, state: str = "", disposition: str | None = None
+) -> str:
     """One table line: seq, end time (in ``zone``), lane, verdict, the fielded rule's verdict, the portal's own
-    alarm, the anomaly model's score and finding, NORM release, the adjudication ``state``, then the reasons in
-    plain words (the console's, :func:`lanewatch.edge.console.present.reasons`)."""
+    alarm, the anomaly model's score and finding, NORM release, the adjudication ``state`` and ``disposition`` (its
+    code), then the reasons in plain words (the console's, :func:`lanewatch.edge.console.present.reasons`)."""
     verdict = decision.verdict
     baseline = fielded_short(decision)
     values = (str(decision.seq), _time(decision.end, zone), decision.lane, verdict)
     portal = "ALARM" if decision.device_alarm else "-"
-    extra = (portal, _model(decision), _norm(decision), state or "-")
+    disposed = DISPOSITION_SHORT.get(disposition or "", disposition or "-")
+    extra = (portal, _model(decision), _norm(decision), state or "-", disposed)
     row = _cells((*values, baseline, *extra), {3: verdict, 4: baseline, 5: portal}, color, zone)
     return f"{row}  {'; '.join(reasons(decision)) or '-'}"
 
 
 def format_provisional(alarm: ProvisionalAlarm, color: bool = False, zone: tzinfo = UTC) -> str:
     """One table line for a provisional (mid-passage) alarm, as it arrives: no seq, marked PROVISIONAL."""
-    values = ("~", _time(datetime.now(UTC).isoformat(), zone), alarm.lane, "PROVISIONAL", "", "", "", "", "")
+    values = ("~", _time(datetime.now(UTC).isoformat(), zone), alarm.lane, "PROVISIONAL", "", "", "", "", "", "")
     tail = f"  (occupancy {alarm.occupancy_id})" if alarm.occupancy_id else ""
     return f"{_cells(values, {3: 'PROVISIONAL'}, color, zone)}  {reason_text(alarm)}{tail}"
 
@@ -190,7 +195,7 @@ class Table:
     (``states``; None: no state column values)."""
 
     zone: tzinfo = UTC
-    states: Callable[[Decision], str] | None = None
+    states: Callable[[Decision], tuple[str, str | None]] | None = None
     color: bool = False
 
     @classmethod
@@ -206,7 +211,8 @@ class Table:
         """A decision's row (with its adjudication state) or a provisional alarm's."""
         if isinstance(item, ProvisionalAlarm):
             return format_provisional(item, self.color, self.zone)
-        return format_row(item, self.color, self.zone, self.states(item) if self.states else "")
+        state, disposition = self.states(item) if self.states else ("", None)
+        return format_row(item, self.color, self.zone, state, disposition)
 
 
 def _matches(item: Decision | ProvisionalAlarm, args: argparse.Namespace) -> bool:
@@ -240,17 +246,17 @@ def _typed(journaled: Iterable[bytes]) -> Iterator[tuple[Decision, bytes]]:
             print(f"lanewatch alerts: {why}", file=sys.stderr)
 
 
-def _states(path: Path) -> Callable[[Decision], str]:
-    """The adjudication state of a decision, read from the journal file at ``path`` ("" while there is none here: the
-    service may run on another machine, or not have started yet)."""
+def _states(path: Path) -> Callable[[Decision], tuple[str, str | None]]:
+    """The adjudication state and disposition of a decision, read from the journal file at ``path`` ("" while there
+    is none here: the service may run on another machine, or not have started yet)."""
 
-    def state(decision: Decision) -> str:
+    def state(decision: Decision) -> tuple[str, str | None]:
         if not path.exists():
-            return ""
+            return "", None
         try:
             return adjudication_state(path, decision.seq, decision.verdict)
         except sqlite3.Error:
-            return "?"
+            return "?", None
 
     return state
 

@@ -50,7 +50,7 @@ import msgspec
 
 from lanewatch.edge.console.users import now_text, role_allows
 from lanewatch.edge.decisions.adjudication import DISPOSITIONS, KINDS, MAX_NOTES, SECONDARY, Adjudication
-from lanewatch.edge.decisions.decision import Alarm, ModelScore
+from lanewatch.edge.decisions.decision import Alarm, Baseline, ModelScore
 from lanewatch.edge.decisions.journal import Journal, decode_as
 from lanewatch.edge.store import SqliteStore
 
@@ -119,18 +119,20 @@ READ_PRAGMAS = ("cache_size = -65536", "mmap_size = 268435456")
 by memory map (up to 256 MiB) rather than a system call per page."""
 
 
-def adjudication_state(path: str | Path, seq: int, verdict: str) -> str:
-    """Decision ``seq``'s state from the journal file at ``path``, read-only, as :meth:`Adjudications.state` gives it
-    (``unacknowledged`` for an ALARM no console has touched, also before any console ran)."""
+def adjudication_state(path: str | Path, seq: int, verdict: str) -> tuple[str, str | None]:
+    """Decision ``seq``'s state and disposition code from the journal file at ``path``, read-only, as
+    :meth:`Adjudications.state` gives the state (``unacknowledged`` for an ALARM no console has touched, also before
+    any console ran)."""
     conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'adjudication_state'").fetchone() is not None:
-            row = conn.execute("SELECT state FROM adjudication_state WHERE seq = ?", (seq,)).fetchone()
+            sql = "SELECT state, disposition FROM adjudication_state WHERE seq = ?"
+            row = conn.execute(sql, (seq,)).fetchone()
             if row is not None:
-                return str(row[0])
+                return str(row[0]), row[1]
     finally:
         conn.close()
-    return "unacknowledged" if verdict == "ALARM" else ""
+    return ("unacknowledged" if verdict == "ALARM" else ""), None
 
 
 class AdjudicationError(ValueError):
@@ -223,6 +225,8 @@ class RowFields(msgspec.Struct, frozen=True):
     incomplete: list[str] = []
     end_reason: str | None = None
     model: ModelScore | None = None
+    baseline_verdict: str | None = None
+    baseline: Baseline | None = None
 
 
 @dataclass(frozen=True)
@@ -404,6 +408,15 @@ class Adjudications(SqliteStore):
     def last_seq(self) -> int:
         """The journal's newest decision seq (0 when empty)."""
         return int(self._read("SELECT COALESCE(MAX(seq), 0) FROM decisions")[0][0])
+
+    def notes(self, seqs: list[int]) -> dict[int, str]:
+        """The notes of the acts on decisions ``seqs``, oldest first and joined by `` | ``, by seq (none without)."""
+        marks = ",".join("?" * len(seqs))
+        sql = f"SELECT seq, notes FROM adjudications WHERE seq IN ({marks}) AND notes != '' ORDER BY id"
+        out: dict[int, list[str]] = {}
+        for seq, text in self._read(sql, tuple(seqs)) if seqs else []:
+            out.setdefault(int(seq), []).append(str(text))
+        return {seq: " | ".join(texts) for seq, texts in out.items()}
 
     def last_id(self) -> int:
         rows = self._read("SELECT COALESCE(MAX(id), 0) FROM adjudications")

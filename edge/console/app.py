@@ -55,6 +55,7 @@ from lanewatch.edge.console.adjudication import (
     Adjudications,
     EventFilter,
     EventPage,
+    RowFields,
     SearchError,
     safe_file_name,
 )
@@ -62,13 +63,15 @@ from lanewatch.edge.console.health import Health, HealthHistory
 from lanewatch.edge.console.live import CLOSING, HEARTBEAT, Event, Feeds, Hub, Wall, read_health
 from lanewatch.edge.console.present import (
     INCOMPLETE_NAMES,
+    NORM_WORDS,
     REASON_NAMES,
     Clock,
+    fielded_short,
     fielded_text,
     model_short,
     model_text,
+    norm_state,
     reasons,
-    release_recommended,
     summary,
     utc_label,
 )
@@ -689,11 +692,10 @@ def decision_routes(
                 except SearchError as exc:
                     error = str(exc)
             rows = [
-                {"row": row, "reasons": reasons(row.fields)[:2], "model": model_short(row.fields),
-                 "device_alarm": bool(row.fields.device_alarm), "release": release_recommended(row.fields)}
+                {"row": row, **_cells(row.fields), "reasons": reasons(row.fields)[:2]}
                 for row in page.rows
-                if row.fields is not None
-            ]  # fmt: skip
+                if row.fields
+            ]
             query = "&".join(f"{k}={v}" for k, v in shown.items() if v)
             lanes = [lane.id for lane in config.lanes]
             return render(
@@ -811,27 +813,59 @@ def decision_routes(
     ]
 
 
+def _cells(fields: RowFields) -> dict[str, str]:
+    """What the event table (and its CSV) shows of a decision beside its seq, times, lane, verdict and adjudication:
+    the portal's own alarm, the model, the fielded rule and the NORM release."""
+    norm = norm_state(fields)
+    return {
+        "portal": "ALARM" if fields.device_alarm else "-",
+        "model": model_short(fields) or "-",
+        "fielded": fielded_short(fields),
+        "norm": norm,
+        "norm_words": NORM_WORDS.get(norm, "-"),
+    }
+
+
+CSV_MAX_ROWS = 100_000
+"""Most decisions one CSV export holds; a larger export says so in its ``X-Lanewatch-Truncated`` header."""
+CSV_PAGE = 500
+
+
 def _csv(console: Console, where: EventFilter) -> Response:
-    """Every decision of the filter (up to 100,000) as CSV, local and UTC times."""
+    """Every decision of the filter (up to :data:`CSV_MAX_ROWS`, newest first) as CSV with every column of the table,
+    the disposition's name and the acts' notes; local times (the zone in the column's title) and UTC."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["seq", "lane", "verdict", "end_local", "end_utc", "state", "disposition", "reasons"])
-    before = None
-    written = 0
-    while written < 100_000:
-        page = console.adjudications.events(where, 500, before, fields=True)
+    zone = console.clock.zone.key
+    writer.writerow(
+        ["seq", f"end ({zone})", "end (UTC)", "lane", "verdict", "portal_alarm", "model", "fielded_rule",
+         "norm_release", "state", "disposition", "reasons", "notes"]
+    )  # fmt: skip
+    before, written, truncated = None, 0, False
+    while True:
+        page = console.adjudications.events(where, min(CSV_PAGE, CSV_MAX_ROWS - written), before, fields=True)
+        notes = console.adjudications.notes([row.seq for row in page.rows])
         for row in page.rows:
+            cells = _cells(row.fields) if row.fields else {}
             writer.writerow(
-                [row.seq, row.lane, row.verdict, console.clock.local(row.end), row.end, row.state,
-                 row.disposition or "", "; ".join(reasons(row.fields) if row.fields else [])]
+                [row.seq, console.clock.local(row.end), utc_label(row.end), row.lane, row.verdict,
+                 cells.get("portal", ""), cells.get("model", ""), cells.get("fielded", ""), cells.get("norm_words", ""),
+                 row.state, DISPOSITIONS.get(row.disposition or "", row.disposition or ""),
+                 "; ".join(reasons(row.fields) if row.fields else []), notes.get(row.seq, "")]
             )  # fmt: skip
         written += len(page.rows)
         if page.older is None:
             break
+        if written >= CSV_MAX_ROWS:
+            truncated = True
+            break
         before = page.older
-    return PlainTextResponse(
-        out.getvalue(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="decisions.csv"'}
-    )
+    headers = {"Content-Disposition": 'attachment; filename="decisions.csv"', "X-Lanewatch-Rows": str(written)}
+    if truncated:
+        headers["X-Lanewatch-Truncated"] = (
+            f"the first {CSV_MAX_ROWS} decisions only (newest first); narrow the filter (dates, lane) for the rest"
+        )
+    return PlainTextResponse(out.getvalue(), media_type="text/csv", headers=headers)
 
 
 def n42_nuclides(data: bytes) -> list[str]:

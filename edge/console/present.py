@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from lanewatch.edge.decisions.decision import Alarm, Decision, ModelScore
+from lanewatch.edge.decisions.decision import Alarm, Baseline, Decision, ModelScore
 from lanewatch.edge.decisions.profile import Located
 
 
@@ -33,6 +33,10 @@ class Told(Protocol):
     def end_reason(self) -> str | None: ...
     @property
     def model(self) -> ModelScore | None: ...
+    @property
+    def baseline_verdict(self) -> str | None: ...
+    @property
+    def baseline(self) -> Baseline | None: ...
 
 
 TEST_NAMES = {
@@ -343,7 +347,11 @@ def norm_release_text(alarm: Alarm, decision: Told | None) -> str:
     return f"cleared by the radiation tests, release not confirmed: {cause}"
 
 
-def fielded_short(decision: Decision) -> str:
+NORM_WORDS = {"release": "release recommended", "held": "held (alarm)", "unconfirmed": "release not confirmed"}
+""":func:`norm_state` in words, for a table cell."""
+
+
+def fielded_short(decision: Told) -> str:
     """The fielded rule's verdict for a table cell: ``ALARM``, ``CLEAR``, ``not eval.`` (no background to compare
     with) or ``-`` (no radiation data)."""
     if decision.baseline_verdict is not None:

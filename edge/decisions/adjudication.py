@@ -24,6 +24,16 @@ DISPOSITIONS: dict[str, str] = {
     "test": "Test source",
 }
 """Disposition codes and what they mean."""
+DISPOSITION_SHORT: dict[str, str] = {
+    "threat": "threat",
+    "norm": "NORM",
+    "medical": "medical isotope",
+    "innocent": "innocent source",
+    "background": "false alarm",
+    "fault": "device fault",
+    "test": "test source",
+}
+"""Each disposition in a few words, for a table column."""
 SECONDARY: dict[str, str] = {
     "not-performed": "Not performed",
     "no-source": "Performed: no source found",
