@@ -193,7 +193,8 @@ class ConsoleConfig(_Section):
     login_window_s: Seconds = 300.0
     """Window (s) over which failed logins are counted, and the longest backoff (s)."""
     max_mute_s: Seconds = 300.0
-    """Longest time (s) an operator can mute the alarm sound; it sounds again after it."""
+    """How long (s) a user's mute lasts: it silences the alarms sounding when it was pressed, which sound again after
+    it; an alarm journaled after it sounds at once. The user can unmute before."""
     page_size: Annotated[int, Meta(ge=1, le=500)] = 15
     """Rows per page of the event table."""
     adjudication_resync_s: Seconds = 5.0

@@ -7,21 +7,30 @@ console with SIGKILL, as a crash would, and starts it again; screenshots go to `
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
-from test_console import PASSWORD, decisions
+import uvicorn
+from test_console import PASSWORD, decisions, site  # noqa: F401 (a fixture)
 from test_console_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401 (a fixture)
 from test_ops import http_get, wait_for
 
 from lanewatch.edge.commands.demo import free_ports
+from lanewatch.edge.config import Config
+from lanewatch.edge.console.app import create_app
+from lanewatch.edge.console.live import Event
 from lanewatch.edge.console.users import UserStore
 from lanewatch.edge.decisions.journal import Journal
 
@@ -181,3 +190,47 @@ def test_an_open_visible_wall_keeps_its_session_and_an_act_after_it_ended_comes_
         acts = conn.execute("SELECT count(*) FROM adjudications WHERE seq = ?", (int(seq),)).fetchone()[0]
     assert acts == 0, "nothing was recorded"
     page.context.close()
+
+
+def test_mute_silences_the_alarms_sounding_then_a_new_alarm_sounds_and_unmute_ends_it(
+    browser: Any,  # noqa: F811
+    site: Config,  # noqa: F811
+) -> None:
+    """The console in this process (uvicorn, the feeds off): a new alarm is put on its wall as the alert bus would."""
+    app = create_app(site, secure=False, start_feeds=False)
+    port = free_ports(1)[0]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for("uvicorn", lambda: server.started, [])
+        page = browser.new_context(viewport={"width": 1400, "height": 950}).new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.fill("input[name=name]", "olga")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_function("() => document.body.dataset.sound === 'on'")
+        page.click("#mute")
+        page.wait_for_function("() => document.body.dataset.sound === 'muted'")
+        assert page.inner_text("#mute") == "Unmute"
+        until = page.evaluate("() => JSON.parse(localStorage.getItem('lanewatch-mute:olga')).until")
+        local = datetime.fromtimestamp(until / 1000, ZoneInfo(site.console.timezone)).strftime("%H:%M:%S")
+        assert f"Sound muted until {local} (site time)" in page.inner_text("#sound-state")
+        shot(page, "wall-muted.png")
+
+        console = app.state.console  # a new alarm on the other lane: it sounds, the mute was for the earlier ones
+        console.wall.on_decision(msgspec.structs.replace(console.journal.get(2), seq=100, lane="lane1"))
+        console.hub.publish(Event("wall", None, json.dumps(console.wall.snapshot())))
+        page.wait_for_function("() => document.body.dataset.sound === 'on'")
+        assert "muted" not in page.inner_text("#sound-state")
+
+        page.click("#mute")  # now the new one too
+        page.wait_for_function("() => document.body.dataset.sound === 'muted'")
+        page.click("#mute")  # and unmuted before the time is up
+        page.wait_for_function("() => document.body.dataset.sound === 'on'")
+        assert page.inner_text("#mute").startswith("Mute sound")
+        page.context.close()
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -209,17 +209,20 @@ class Wall:
 
     def snapshot(self) -> dict[str, Any]:
         """The whole wall as JSON-ready data (what the browser draws): per lane and in the banner, the oldest
-        :data:`WALL_ALARMS` alarms awaiting adjudication, oldest first, and how many there are."""
+        :data:`WALL_ALARMS` alarms awaiting adjudication, oldest first, and how many there are; the seq of the newest
+        unacknowledged alarm (0: none; a user's mute covers the alarms up to the newest when it was pressed)."""
         now = time.monotonic()
         with self._lock:
             self.provisional = {k: v for k, v in self.provisional.items() if now - v[0] < PROVISIONAL_HOLD_S}
             awaiting: dict[str, list[Summary]] = {lane: [] for lane in self.lanes}
             unacknowledged: dict[str, int] = dict.fromkeys(self.lanes, 0)
             banner: list[Summary] = []
+            newest = 0
             for item in sorted(self.awaiting.values(), key=lambda i: (i.end_utc, i.seq)):  # as the queue's order
                 mine = awaiting.setdefault(item.lane, [])
                 mine.append(item)
                 if item.state == "unacknowledged":
+                    newest = max(newest, item.seq)
                     unacknowledged[item.lane] = unacknowledged.get(item.lane, 0) + 1
                     if len(banner) < WALL_ALARMS:
                         banner.append(item)
@@ -259,6 +262,7 @@ class Wall:
                     "lanes": lanes,
                     "unacknowledged": banner,
                     "unacknowledged_count": sum(unacknowledged.values()),
+                    "newest_unacknowledged": newest,
                     "service": {"reachable": self.health.reachable, "ok": self.health.ok},
                 }
             )

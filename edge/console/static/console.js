@@ -5,7 +5,10 @@
   const csrf = document.querySelector('meta[name="csrf"]')?.content || "";
   const user = document.querySelector('meta[name="user"]')?.content || "";
   const zone = document.querySelector('meta[name="timezone"]')?.content || "UTC";
-  const state = { sounding: false, audio: "off", unacknowledged: 0, lastSeq: 0, connected: false, lostSince: null };
+  const state = {
+    sounding: false, audio: "off", unacknowledged: 0, newestUnacknowledged: 0, lastSeq: 0, connected: false,
+    lostSince: null,
+  };
   window.lanewatch = state;
 
   // a time of day in the site's time zone (the configuration's), whatever the browser's
@@ -32,11 +35,24 @@
   }
 
   // ---- sound: a two-tone beep every 2 s while an alarm is unacknowledged and the user has not muted it ----
-  const muteKey = "lanewatch-mute-until:" + user;
+  // A mute silences the alarms sounding when it was pressed (up to the newest unacknowledged then), for at most
+  // max_mute_s: an alarm journaled after it sounds again. "Unmute" ends it early.
+  const muteKey = "lanewatch-mute:" + user;
   let audio = null;
   let timer = null;
 
-  function mutedUntil() { return Number(localStorage.getItem(muteKey) || 0); }
+  function mute() {
+    try {
+      const stored = JSON.parse(localStorage.getItem(muteKey) || "null");
+      if (stored && stored.until > Date.now()) return stored;
+    } catch (e) { /* not a mute of this version: none */ }
+    return null;
+  }
+
+  function isMuted() {
+    const muting = mute();
+    return muting !== null && state.newestUnacknowledged <= muting.seq;
+  }
 
   function beep() {
     if (!audio) return;
@@ -59,7 +75,8 @@
     const label = document.getElementById("sound-state");
     const enable = document.getElementById("enable-sound");
     if (!label) return;
-    const muted = mutedUntil() > Date.now();
+    const muting = mute();
+    const muted = isMuted();
     const want = state.unacknowledged > 0 && !muted;
     if (want && !audio) audio = new AudioContext();
     state.audio = audio ? audio.state : "off";
@@ -69,8 +86,11 @@
     state.sounding = want && audio && audio.state === "running";
     enable.hidden = !(want && audio && audio.state !== "running");
     document.body.dataset.sound = muted ? "muted" : (state.sounding ? "on" : (want ? "blocked" : "off"));
+    const button = document.getElementById("mute");
+    button.textContent = muted ? "Unmute" : button.dataset.label;
     if (muted) {
-      label.textContent = `Sound muted until ${new Date(mutedUntil()).toLocaleTimeString()}`;
+      label.textContent = `Sound muted until ${siteTime(muting.until)} (site time) for the alarms sounding then; ` +
+        "a new alarm sounds";
     } else if (want && !state.sounding) {
       label.textContent = "The browser blocks the alarm sound: click “Enable alarm sound”.";
     } else {
@@ -167,6 +187,7 @@
     const banner = document.getElementById("banner");
     const alarms = wall.unacknowledged;  // the oldest few; wall.unacknowledged_count says how many there are
     state.unacknowledged = wall.unacknowledged_count;
+    state.newestUnacknowledged = wall.newest_unacknowledged;
     banner.hidden = alarms.length === 0;
     banner.replaceChildren(...alarms.slice(0, 5).map((a) => el("div", { class: "item" },
       el("strong", { text: `ALARM ${a.lane}` }),
@@ -324,12 +345,16 @@
       state.lastSeq = Math.max(state.lastSeq, d.seq);
       addTicker(d);
     }
-    const mute = document.getElementById("mute");
-    mute.addEventListener("click", () => {
-      const seconds = Number(mute.dataset.maxMuteS);
-      localStorage.setItem(muteKey, String(Date.now() + seconds * 1000));
+    const muteButton = document.getElementById("mute");
+    muteButton.addEventListener("click", () => {
+      if (isMuted()) {
+        localStorage.removeItem(muteKey);
+      } else {
+        const seconds = Number(muteButton.dataset.maxMuteS);
+        localStorage.setItem(muteKey, JSON.stringify({ until: Date.now() + seconds * 1000, seq: state.newestUnacknowledged }));
+        setTimeout(updateSound, seconds * 1000 + 50);
+      }
       updateSound();
-      setTimeout(updateSound, seconds * 1000 + 50);
     });
     document.getElementById("enable-sound").addEventListener("click", () => {
       if (audio) audio.resume().then(updateSound);
