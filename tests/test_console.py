@@ -258,6 +258,33 @@ def test_a_form_without_its_csrf_token_is_refused(client: TestClient) -> None:
     assert client.app.state.console.users.audit_log()[0].action == "csrf-refused"
 
 
+def test_refusals_for_the_wrong_role_are_audited_and_acts_name_their_disposition(client: TestClient) -> None:
+    """An operator's amendment and user management, sent with a valid form token, are refused and audited like a
+    refused token; the audit says an act's disposition by its name."""
+    login(client, "olga")
+    seq = seq_of(client, "neutron")
+    token = csrf(client)
+    assert (
+        client.post(f"/decision/{seq}/adjudicate", data={"csrf": token, "disposition": "innocent"}).status_code == 200
+    )
+    act = client.app.state.console.adjudications.history(seq)[0].id
+    amend = {"csrf": token, "amends": str(act), "disposition": "medical", "notes": "a Tc-99m patient"}
+    assert client.post(f"/decision/{seq}/amend", data=amend).status_code == 403
+    add = {"csrf": token, "action": "add", "name": "mallory", "role": "admin", "password": PASSWORD}
+    assert client.post("/users", data=add).status_code == 403
+    log = client.app.state.console.users.audit_log()
+    assert [(e.user, e.action, e.detail) for e in log[:3]] == [
+        ("olga", "role-refused", "POST /users: needs admin, is operator"),
+        ("olga", "role-refused", f"POST /decision/{seq}/amend: needs supervisor, is operator"),
+        ("olga", "adjudicated", f"decision {seq}: Other innocent source"),
+    ]
+    login(client, "sam")
+    assert client.post(f"/decision/{seq}/amend", data={**amend, "csrf": csrf(client)}).status_code == 200
+    assert (
+        client.app.state.console.users.audit_log()[0].detail == f"decision {seq}: Medical isotope (amends act #{act})"
+    )
+
+
 # ---- adjudication ------------------------------------------------------------------------------------
 def test_acknowledge_adjudicate_with_n42_and_supervisor_amends(client: TestClient, site: Config) -> None:
     login(client, "olga")

@@ -366,6 +366,8 @@ def create_app(
         if session is None:
             raise HTTPException(303, headers={"Location": login_again(request)})
         if not role_allows(session.user.role, role):
+            audit(session, "role-refused", f"{request.method} {request.url.path}: needs {role}, is {session.user.role}",
+                  request)  # fmt: skip
             raise HTTPException(403, f"this page is for the {role} role and above; you are {session.user.role}")
         return session
 
@@ -758,6 +760,8 @@ def decision_routes(
         if kind not in ("acknowledge", "adjudicate", "amend"):
             raise HTTPException(404)
         if kind == "amend" and not role_allows(session.user.role, "supervisor"):
+            detail = f"{request.method} {request.url.path}: needs supervisor, is {session.user.role}"
+            audit(session, "role-refused", detail, request)
             raise HTTPException(403, "only a supervisor can amend an adjudication")
         form = await checked_form(request, session)
         attachment, nuclides = None, None
@@ -781,9 +785,10 @@ def decision_routes(
             )  # fmt: skip
         except AdjudicationError as exc:
             raise HTTPException(409, str(exc)) from None
-        detail = f"decision {seq}" + (f": {recorded.disposition}" if recorded.disposition else "")
+        disposition = DISPOSITIONS.get(recorded.disposition or "", recorded.disposition)
+        detail = f"decision {seq}" + (f": {disposition}" if disposition else "")
         if recorded.amends:
-            detail += f" (amends #{recorded.amends})"
+            detail += f" (amends act #{recorded.amends})"
         audit(session, {"acknowledge": "acknowledged", "adjudicate": "adjudicated", "amend": "amended"}[kind],
               detail, request)  # fmt: skip
         console.feeds.recorded(recorded)
