@@ -369,6 +369,14 @@ def test_contradictory_acts_are_refused_with_who_acted_before(site: Config) -> N
             validator.validate(msgspec.to_builtins(act))
     finally:
         store.close()
+    # at a site in another time zone, a refusal gives the earlier act's time in it
+    local = Adjudications(site.service.journal, Clock.named("America/Los_Angeles"))
+    try:
+        when = Clock.named("America/Los_Angeles").local(local.history(second)[0].time, seconds=False)
+        with pytest.raises(AdjudicationError, match=re.escape(f"by olga at {when} (America/Los_Angeles)")):
+            local.record(second, "adjudicate", "olga", "operator", disposition="threat")
+    finally:
+        local.close()
 
 
 def test_a_file_that_is_not_n42_is_refused_and_nothing_recorded(client: TestClient) -> None:

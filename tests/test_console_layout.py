@@ -131,3 +131,28 @@ def test_a_lane_whose_rpm_is_dead_says_so_in_words(client: TestClient, browser_p
     assert chips.all_inner_texts() == ["RPM no data for 35 s", "X-ray ok 0.4 s"]
     assert chips.nth(0).get_attribute("class").split() == ["sensor", "bad"]
     assert page.inner_text("#lane-lane1 .faults") == "Faults: RPM no data for 35 s"
+
+
+def test_a_decision_page_says_which_disposition_another_console_recorded(client: TestClient, browser_page: Any) -> None:  # noqa: F811
+    """An officer is typing notes on a decision when another console disposes of it: the notice names who, the act and
+    the disposition in words, not the act's code, and the typed notes stay."""
+    import json
+
+    login(client, "olga")
+    seq = seq_of(client, "device")
+    page = browser_page
+    sent = {"act": ""}
+
+    def events(route: Any) -> None:  # an event stream that carries the act once it is recorded
+        body = f"retry: 200\n\nevent: adjudication\ndata: {sent['act']}\n\n" if sent["act"] else "retry: 200\n\n"
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+    page.route(f"{BASE}/events**", events)
+    page.goto(f"{BASE}/decision/{seq}")
+    page.fill("textarea[name=notes]", "driver says: ceramic tiles")
+    act = {"id": 1, "seq": seq, "kind": "adjudicate", "disposition": "test", "user": "sam", "role": "supervisor",
+           "time": "2026-12-02T07:51:00Z", "notes": "", "nuclides": []}  # fmt: skip
+    sent["act"] = json.dumps(act)
+    page.wait_for_selector("#updated:not([hidden])")
+    assert page.inner_text("#updated").startswith("sam disposed of this decision as “Test source”.")
+    assert page.input_value("textarea[name=notes]") == "driver says: ceramic tiles"

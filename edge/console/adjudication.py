@@ -48,6 +48,7 @@ from typing import Any
 
 import msgspec
 
+from lanewatch.edge.console.present import Clock
 from lanewatch.edge.console.users import now_text, role_allows
 from lanewatch.edge.decisions.adjudication import DISPOSITIONS, KINDS, MAX_NOTES, SECONDARY, Adjudication
 from lanewatch.edge.decisions.decision import Alarm, Baseline, ModelScore
@@ -255,7 +256,9 @@ class EventPage:
 class Adjudications(SqliteStore):
     """The adjudication tables of the journal at ``path`` (created there if missing), and reads of its decisions."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, clock: Clock | None = None) -> None:
+        self.clock = clock
+        """The site's time zone, for the times in refusals (UTC without one)."""
         require_fts5()
         if not Path(path).exists():
             Journal(Path(path)).close()  # an empty journal with its schema, as the service would make it
@@ -329,8 +332,9 @@ class Adjudications(SqliteStore):
             amends=amends,
         )  # fmt: skip
 
-    @staticmethod
-    def _check_transition(conn: sqlite3.Connection, seq: int, verdict: str, kind: str, amends: int | None) -> None:
+    def _check_transition(
+        self, conn: sqlite3.Connection, seq: int, verdict: str, kind: str, amends: int | None
+    ) -> None:
         """Raise :class:`AdjudicationError` unless ``kind`` may follow decision ``seq``'s acts so far (read in the
         write transaction, so two consoles acting at once cannot both pass)."""
         acts = conn.execute(
@@ -340,7 +344,9 @@ class Adjudications(SqliteStore):
         current = next((a for a in reversed(acts) if a[1] != "acknowledge"), None)  # the disposition that stands
 
         def by(act: tuple) -> str:
-            return f"by {act[3]} at {act[4][:16].replace('T', ' ')} UTC"
+            if self.clock is None or self.clock.zone.key == "UTC":
+                return f"by {act[3]} at {act[4][:16].replace('T', ' ')} UTC"
+            return f"by {act[3]} at {self.clock.local(act[4], seconds=False)} ({self.clock.zone.key})"
 
         if kind == "acknowledge":
             if verdict != "ALARM":

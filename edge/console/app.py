@@ -328,7 +328,7 @@ def create_app(
     ``keys`` are the console's CURVE keys on the alert bus (None: plaintext); ``start_feeds`` False serves the
     journal without following the bus; its metrics go to ``registry`` (default: one of its own)."""
     journal_path = Path(config.service.journal)
-    adjudications = Adjudications(journal_path)
+    adjudications = Adjudications(journal_path, Clock.named(config.console.timezone))
     journal = Journal(journal_path, readonly=True)
     users = UserStore(users_path(config))
     clock = Clock.named(config.console.timezone)

@@ -328,7 +328,11 @@
       const typing = [...document.querySelectorAll("form textarea, form input[type=file], form select")]
         .some((field) => field.value && field.name !== "secondary" && field.name !== "amends");
       if (!typing) { window.location.reload(); return; }
-      notice.replaceChildren(document.createTextNode(`${act.user} recorded “${act.kind}” on this decision. `),
+      const names = JSON.parse(notice.dataset.dispositions || "{}");
+      const what = { acknowledge: "acknowledged this alarm", adjudicate: "disposed of this decision",
+        amend: "amended the disposition of this decision" }[act.kind] || `recorded “${act.kind}” on this decision`;
+      const as = act.disposition ? ` as “${names[act.disposition] || act.disposition}”` : "";
+      notice.replaceChildren(document.createTextNode(`${act.user} ${what}${as}. `),
         el("a", { href: window.location.pathname, text: "Reload to see it" }));
       notice.hidden = false;
     });
