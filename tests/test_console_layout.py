@@ -76,7 +76,7 @@ def test_the_detail_page_fits_an_800_px_window(client: TestClient, browser_page:
 
 def test_an_occupied_lane_with_an_unacknowledged_alarm_shows_the_alarm(client: TestClient, browser_page: Any) -> None:  # noqa: F811
     """Lane 1 has a vehicle in it now and alarms of earlier ones unacknowledged: the tile says both, in its
-    width, and its colour is the alarm's."""
+    width; the alarm is its headline and its colour, the occupancy beside it."""
     login(client, "olga")
     sensors = [SensorHealth(name="rpm", ok=True, connected=True, fresh=True, age_s=0.1)]
     client.app.state.console.wall.on_health(
@@ -84,23 +84,22 @@ def test_an_occupied_lane_with_an_unacknowledged_alarm_shows_the_alarm(client: T
     )
     page = browser_page
     page.goto(f"{BASE}/")
-    page.wait_for_selector("#lane-lane1 .awaiting-count")
+    page.wait_for_selector("#lane-lane1 .occupancy")
     shot(page, "wall-800")
     tile = box(page, "#lane-lane1")
-    assert page.inner_text("#lane-lane1 .status") == "OCCUPIED"
-    count = page.inner_text("#lane-lane1 .awaiting-count")
-    assert count.endswith("alarms awaiting adjudication")
-    assert box(page, "#lane-lane1 .awaiting-count")["right"] <= tile["right"], "the count stays in its tile"
-    assert page.get_attribute("#lane-lane1", "class").split() == ["tile", "occupied", "unacknowledged", "awaiting"]
-    colour = page.eval_on_selector("#lane-lane1", "e => getComputedStyle(e).borderLeftColor")
+    assert page.inner_text("#lane-lane1 .status") == "ALARM AWAITING ADJUDICATION"
+    assert page.inner_text("#lane-lane1 .occupancy").endswith("OCCUPIED")
+    assert box(page, "#lane-lane1 .occupancy")["right"] <= tile["right"], "the occupancy stays in its tile"
+    assert page.get_attribute("#lane-lane1", "class").split() == ["tile", "alarm", "unacknowledged"]
+    colour = page.eval_on_selector("#lane-lane1", "e => getComputedStyle(e).borderTopColor")
     assert colour == "rgb(200, 30, 30)"
     page.eval_on_selector("#lane-lane1", "e => e.style.animation = 'none'")  # its colour between two flashes
     assert page.eval_on_selector("#lane-lane1", "e => getComputedStyle(e).backgroundColor") == "rgb(253, 236, 236)"
 
 
-def test_the_banner_shows_the_newest_alarms_and_counts_the_rest(client: TestClient, browser_page: Any) -> None:  # noqa: F811
-    """The wall carries the newest few unacknowledged alarms and their count; the banner lists five and says how many
-    more there are."""
+def test_the_banner_shows_the_oldest_alarms_and_links_the_rest(client: TestClient, browser_page: Any) -> None:  # noqa: F811
+    """The wall carries the oldest few unacknowledged alarms and their count; the banner lists five, oldest first,
+    and links the queue for the others."""
     login(client, "olga")
     wall = client.app.state.console.wall
     alarm = client.app.state.console.journal.get(2)
@@ -111,6 +110,10 @@ def test_the_banner_shows_the_newest_alarms_and_counts_the_rest(client: TestClie
     page.wait_for_selector("#banner .item")
     assert page.locator("#banner .item").count() == 5
     assert page.inner_text("#banner").splitlines()[-1].startswith("and 12 more unacknowledged")  # 17 in all
+    assert page.locator("#banner .item a").first.inner_text() == "decision 7", "the oldest (by end) first"
+    page.click("#banner .more a")
+    page.wait_for_url(f"{BASE}/decisions?state=unacknowledged")
+    assert page.locator("table.events td a").first.inner_text() == "7", "the queue, oldest first"
 
 
 def test_a_lane_whose_rpm_is_dead_says_so_in_words(client: TestClient, browser_page: Any) -> None:  # noqa: F811
