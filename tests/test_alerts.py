@@ -517,10 +517,11 @@ def test_format_row_shows_the_evidence() -> None:
     incomplete = typed(dict(make_decision(1, verdict="INCOMPLETE"), seq=2, end_reason="timeout"))
     line = alerts.format_row(incomplete, color=False)
     assert line[alerts.header().index("REASONS") :] == (
+        "Screened only in part: it lasted longer than the occupancy timeout (1 s). Re-scan the vehicle or send it to "
+        "secondary inspection; "
         "Gamma excess below its threshold: 3.5 sigma (threshold 4.8) 3.1 m behind the front (its uncertainty was not "
         "recorded); "
-        "Neutron excess below its threshold: 1 counts in its window (threshold 7); "
-        "Incomplete: it lasted longer than the occupancy timeout"
+        "Neutron excess below its threshold: 1 counts in its window (threshold 7)"
     )
     clear = typed(dict(make_decision(1), seq=3, alarms=[]))
     assert alerts.format_row(clear, color=False).split()[-7:] == ["CLEAR", "-", "-", "-", "-", "-", "-"]

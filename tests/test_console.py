@@ -8,11 +8,13 @@ analysis results.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import html
 import json
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -26,9 +28,17 @@ from starlette.testclient import TestClient
 from support import typed
 
 from lanewatch.edge import config as config_module
+from lanewatch.edge.bus.records import Kind, Record
+from lanewatch.edge.commands import alerts
 from lanewatch.edge.commands.schema import schema
-from lanewatch.edge.config import Config, ConfigError, ModelConfig
-from lanewatch.edge.console.adjudication import AdjudicationError, Adjudications, EventFilter, RowFields
+from lanewatch.edge.config import Config, ConfigError, DetectionConfig, ModelConfig
+from lanewatch.edge.console.adjudication import (
+    AdjudicationError,
+    Adjudications,
+    EventFilter,
+    RowFields,
+    adjudication_state,
+)
 from lanewatch.edge.console.app import LoginLimiter, create_app, n42_nuclides
 from lanewatch.edge.console.health import Health, HealthHistory, LaneHealth, SensorHealth
 from lanewatch.edge.console.present import (
@@ -42,13 +52,15 @@ from lanewatch.edge.console.present import (
 )
 from lanewatch.edge.console.users import UserStore, users_path
 from lanewatch.edge.decisions.adjudication import Adjudication
-from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm
+from lanewatch.edge.decisions.decision import Decision, ProvisionalAlarm, build_missed, verdict_of
 from lanewatch.edge.decisions.journal import Journal
+from lanewatch.edge.lane.detect import device_alarm_entry
 from lanewatch.edge.model.calibration import Calibrated
 from lanewatch.edge.model.runtime import apply_policy
 
 DATA = Path(__file__).parent / "data"
 PASSWORD = "correct horse battery"
+S = 1_000_000_000
 ROLES = {"olga": "operator", "sam": "supervisor", "ada": "admin"}
 
 
@@ -337,7 +349,7 @@ def test_contradictory_acts_are_refused_with_who_acted_before(site: Config) -> N
             assert store.history(seq) == before
             return str(exc.value)
 
-        assert "CLEAR, not an alarm: there is nothing to acknowledge" in refused(clear, "acknowledge")
+        assert "CLEAR: there is nothing to acknowledge" in refused(clear, "acknowledge")
         assert "not disposed yet: adjudicate it" in refused(first, "amend", "supervisor", disposition="norm",
                                                               notes="x", amends=1)  # fmt: skip
         ack = store.record(first, "acknowledge", "olga", "operator")
@@ -909,13 +921,86 @@ def test_a_lane_with_alarms_awaiting_keeps_the_alarm_headline_while_the_next_veh
 
 
 def test_incomplete_decisions_say_why_in_words() -> None:
-    partial = RowFields(verdict="INCOMPLETE", end_reason="gx", incomplete=["partial"])
-    assert reasons(partial) == ["Incomplete: its start was not seen (the driver or the service joined mid-vehicle)"]
-    cut = RowFields(verdict="INCOMPLETE", end_reason="link-lost", incomplete=["no-background"])
-    assert reasons(cut) == [
-        "Incomplete: no background reading before it, so its tests are withheld; the link to the portal was lost "
-        "during it"
+    """Every cause once, in words with its numbers (what is missing, for how long), and what the officer must do."""
+    act = "Re-scan the vehicle or send it to secondary inspection"
+    span = {"start_ns": S, "end_ns": 3 * S}
+    partial = RowFields(verdict="INCOMPLETE", end_reason="gx", incomplete=["partial"], samples=11, **span)
+    assert reasons(partial) == [
+        "Screened only in part: its start was not seen (the driver or the service joined mid-vehicle), so its front "
+        f"may not have been measured (11 samples over 2.0 s measured). {act}"
     ]
+    cut = RowFields(verdict="INCOMPLETE", end_reason="link-lost", incomplete=["no-background"], samples=9, **span)
+    assert reasons(cut) == [
+        "Not screened for radiation: no background reading before it, so its tests are withheld; the link to the "
+        f"portal was lost during it, so the rest of the vehicle was not measured (9 samples over 2.0 s measured). {act}"
+    ]
+    missed = RowFields(verdict="INCOMPLETE", end_reason="missed", incomplete=["missed"], device_occupancy=84, end_ns=S)
+    assert reasons(msgspec.structs.replace(missed, start_ns=S - 12 * S)) == [
+        "Not screened for radiation: the portal counted this vehicle (its occupancy 84) but lanewatch received none of "
+        f"its data (it passed within the 12 s before the portal's next end line). {act}"
+    ]
+    scan = RowFields(verdict="INCOMPLETE", end_reason="no-occupancy", incomplete=["no-occupancy"],
+                     start_ns=S, end_ns=5 * S)  # fmt: skip
+    assert reasons(scan) == [
+        "Not screened for radiation: the X-ray scanner imaged a vehicle for 4.0 s but the portal reported no "
+        f"occupancy: no radiation data. {act}"
+    ]
+    assert [incomplete_causes(d) for d in (missed, scan)] == [["missed"], ["no-occupancy"]], "each cause once"
+
+
+def test_a_vehicle_not_screened_awaits_adjudication_like_an_alarm(site: Config) -> None:
+    """A vehicle the portal counted and lanewatch never read (INCOMPLETE, ``missed``) waits for an officer: in the
+    queue, on its lane's tile (the tile's headline when nothing alarms there), in the banner's count (it sounds),
+    in the report's awaiting count and in ``lanewatch alerts``' adjudication column, until it is disposed."""
+    end_ns = time.time_ns()
+    end = Record(Kind.OCCUPANCY_END, "lane2", "rpm", 40, end_ns, 0, values={"device_occupancy": 85})
+    with Journal(site.service.journal) as journal:
+        seq = journal.append(build_missed("lane2", end, 84, end_ns - 12 * S))["seq"]
+        missed = journal.get(seq)
+    assert missed is not None and missed.verdict == "INCOMPLETE"
+    assert adjudication_state(site.service.journal, seq, missed.verdict) == ("unacknowledged", None)
+    table = alerts.Table.of(site)  # as `lanewatch alerts --journal` reads it
+    assert table.line(missed)[table.header().index("ADJUDICATION") :].split()[0] == "unacknowledged"
+    with TestClient(create_app(site, start_feeds=False), base_url="https://testserver") as client:
+        login(client, "olga")
+        console = client.app.state.console
+        assert seq in table_seqs(client, "state=awaiting") and seq in table_seqs(client, "state=unacknowledged")
+        page = html.unescape(client.get(f"/decision/{seq}").text)
+        assert page.count("Not screened for radiation: the portal counted this vehicle (its occupancy 84)") == 1
+        assert "missed; missed" not in page and "no adjudication needed" not in page
+        assert f'action="/decision/{seq}/acknowledge"' in page
+        wall = client.get("/wall.json").json()
+        lanes = {lane["id"]: lane for lane in wall["lanes"]}
+        alarms = sum(1 for d in console.journal.since(0) if d.verdict == "ALARM")
+        assert wall["unacknowledged_count"] == alarms + 1, "it counts (and sounds) as an alarm does"
+        assert seq in [a["seq"] for a in lanes["lane2"]["awaiting"]] and lanes["lane2"]["status"] == "alarm"
+        for other in [a["seq"] for a in lanes["lane2"]["awaiting"] if a["seq"] != seq]:  # lane2's alarms disposed
+            console.wall.on_adjudication(console.adjudications.record(other, "adjudicate", "olga", "operator",
+                                                                      disposition="background"))  # fmt: skip
+        lane2 = next(lane for lane in client.get("/wall.json").json()["lanes"] if lane["id"] == "lane2")
+        assert lane2["status"] == "incomplete" and [a["seq"] for a in lane2["awaiting"]] == [seq]
+        assert lane2["awaiting"][0]["reasons"][0].startswith("Not screened for radiation")
+        login(client, "sam")
+        day = console.clock.local(missed.end)[:10]
+        rows = client.get(f"/reports?day={day}&shift=day&format=csv").text.splitlines()
+        report = {r["lane"]: r for r in csv.DictReader(rows)}
+        assert report["lane2"]["awaiting"] == "1" and report["lane2"]["incomplete"] == "1"
+        token = csrf(client)
+        assert client.post(f"/decision/{seq}/acknowledge", data={"csrf": token}).status_code == 200
+        form = {"csrf": token, "disposition": "fault", "secondary": "not-performed", "notes": "portal driver down"}
+        assert client.post(f"/decision/{seq}/adjudicate", data=form).status_code == 200
+        assert seq not in table_seqs(client, "state=awaiting")
+    assert adjudication_state(site.service.journal, seq, "INCOMPLETE") == ("disposed", "fault")
+
+
+def test_an_alarm_entry_makes_an_incomplete_occupancy_an_alarm() -> None:
+    """The portal's own alarm (or any alarming entry) on an occupancy with missing data is an ALARM; reported only,
+    the occupancy stays INCOMPLETE (and still awaits adjudication)."""
+    for policy, verdict in (("alarm", "ALARM"), ("report", "INCOMPLETE")):
+        device = device_alarm_entry(True, False, [], DetectionConfig(device_alarm=policy))
+        for end_reason, incomplete in (("gx", ["partial", "no-background"]), ("link-lost", []), ("missed", ["missed"])):
+            assert verdict_of({"alarms": [device]}, end_reason, False, incomplete) == verdict
+    assert verdict_of({"alarms": []}, "gx", True, ["partial"]) == "ALARM", "tamper"
 
 
 def test_the_consoles_listening_socket_gives_connections_tcp_nodelay() -> None:

@@ -8,6 +8,7 @@ what the browser draws. Screenshots are saved in ``$LANEWATCH_ARTIFACTS`` (defau
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,10 @@ import pytest
 from starlette.testclient import TestClient
 from test_console import client, login, seq_of, site  # noqa: F401 (fixtures)
 
+from lanewatch.edge.bus.records import Kind, Record
 from lanewatch.edge.console.health import Health, LaneHealth, SensorHealth
+from lanewatch.edge.decisions.decision import build_missed
+from lanewatch.edge.decisions.journal import Journal
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("LANEWATCH_ARTIFACTS", REPO / "test-artifacts")) / "console-layout"
@@ -159,3 +163,37 @@ def test_a_decision_page_says_which_disposition_another_console_recorded(client:
     page.wait_for_selector("#updated:not([hidden])")
     assert page.inner_text("#updated").startswith("sam disposed of this decision as “Test source”.")
     assert page.input_value("textarea[name=notes]") == "driver says: ceramic tiles"
+
+
+def test_a_vehicle_not_screened_is_on_the_wall_and_its_page_says_why(client: TestClient, browser_page: Any) -> None:  # noqa: F811
+    """A vehicle the portal counted and lanewatch never read: on the banner and, with its lane's alarms disposed, the
+    tile's headline; its page says once, in words, what is missing, and offers the acknowledgement."""
+    login(client, "olga")
+    console = client.app.state.console
+    end_ns = time.time_ns()
+    end = Record(Kind.OCCUPANCY_END, "lane2", "rpm", 40, end_ns, 0, values={"device_occupancy": 85})
+    with Journal(console.config.service.journal) as journal:
+        seq = journal.append(build_missed("lane2", end, 84, end_ns - 12 * 1_000_000_000))["seq"]
+        missed = journal.get(seq)
+    for row in console.adjudications.awaiting():
+        if row.lane == "lane2" and row.seq != seq:
+            console.wall.on_adjudication(
+                console.adjudications.record(row.seq, "adjudicate", "olga", "operator", disposition="background")
+            )
+    console.wall.on_decision(missed)
+    page = browser_page
+    page.goto(f"{BASE}/")
+    page.wait_for_selector("#lane-lane2[data-status=incomplete]")
+    shot(page, "wall-not-screened")
+    assert page.inner_text("#lane-lane2 .status") == "NOT SCREENED: AWAITING ADJUDICATION"
+    assert page.get_attribute("#lane-lane2", "class").split() == ["tile", "incomplete", "unacknowledged"]
+    assert f"#{seq} " in page.inner_text("#lane-lane2 .alarms")
+    assert "unacknowledged: Not screened for radiation: the portal counted" in page.inner_text("#lane-lane2 .alarms")
+    assert "INCOMPLETE lane2" in page.inner_text("#banner")
+    page.goto(f"{BASE}/decision/{seq}")
+    page.wait_for_selector("#adjudication")
+    shot(page, "detail-not-screened")
+    why = page.inner_text("section.card:has(> h2:text('Why'))")
+    assert why.count("Not screened for radiation") == 1 and "missed; missed" not in why, why
+    assert "(its occupancy 84)" in why and "within the 12 s before" in why
+    assert page.locator(f"form[action='/decision/{seq}/acknowledge']").count() >= 1

@@ -19,17 +19,20 @@ attachment, nuclides, amends)``
 ``adjudication_state(seq, state, disposition, last_id)``
     The current state of each adjudicated decision (``acknowledged`` or ``disposed``), kept in
     the same transaction as the row that changed it, so the event table filters on it by index.
-    A decision absent from it is ``unacknowledged`` when it is an ALARM (else it needs nothing).
+    A decision absent from it is ``unacknowledged`` when it needs adjudication (:data:`NEEDS_ADJUDICATION`: an
+    ALARM, or an INCOMPLETE decision, a vehicle that crossed the lane without a complete screening, which an officer
+    must have re-scanned or inspected), else it needs nothing.
 
 The acts a decision's state allows (anything else is refused with :class:`AdjudicationError`, saying who
 acted before and when; the check runs in the write transaction, so two consoles acting at once cannot both
 pass it)::
 
-    ALARM:  unacknowledged --acknowledge--> acknowledged --adjudicate--> disposed --amend--> disposed ...
-            unacknowledged --------------adjudicate--------------------> disposed
-    CLEAR, INCOMPLETE:  (needs nothing) --adjudicate--> disposed --amend--> disposed ...
+    ALARM, INCOMPLETE:  unacknowledged --acknowledge--> acknowledged --adjudicate--> disposed --amend--> ...
+                        unacknowledged --------------adjudicate--------------------> disposed
+    CLEAR:  (needs nothing) --adjudicate--> disposed --amend--> disposed ...
 
-- ``acknowledge`` only an ALARM, once, and not after it was disposed (adjudicating implies it);
+- ``acknowledge`` only a decision that needs adjudication, once, and not after it was disposed (adjudicating implies
+  it);
 - ``adjudicate`` once: a second disposition (an operator who had the page open while another disposed
   it) is refused, the decision keeps the first and a supervisor amends it;
 - ``amend`` (supervisors and admins) only a disposed decision, and only the act that stands (the latest
@@ -54,6 +57,17 @@ from lanewatch.edge.decisions.adjudication import DISPOSITIONS, KINDS, MAX_NOTES
 from lanewatch.edge.decisions.decision import Alarm, Baseline, ModelScore
 from lanewatch.edge.decisions.journal import Journal, decode_as
 from lanewatch.edge.store import SqliteStore
+
+NEEDS_ADJUDICATION = ("ALARM", "INCOMPLETE")
+"""Verdicts that wait in the "awaiting adjudication" queue (banner, tiles, sound) until disposed: an alarm, and a
+vehicle that crossed the lane without a complete screening (re-scan or secondary inspection)."""
+
+
+def initial_state(verdict: str) -> str:
+    """The adjudication state of a decision no console has acted on: ``unacknowledged`` when it needs adjudication,
+    else "" (it needs nothing)."""
+    return "unacknowledged" if verdict in NEEDS_ADJUDICATION else ""
+
 
 STATES = ("unacknowledged", "acknowledged", "awaiting", "disposed")
 """Adjudication states a filter may ask for; ``awaiting`` is unacknowledged or acknowledged, not yet disposed."""
@@ -122,7 +136,7 @@ by memory map (up to 256 MiB) rather than a system call per page."""
 
 def adjudication_state(path: str | Path, seq: int, verdict: str) -> tuple[str, str | None]:
     """Decision ``seq``'s state and disposition code from the journal file at ``path``, read-only, as
-    :meth:`Adjudications.state` gives the state (``unacknowledged`` for an ALARM no console has touched, also before
+    :meth:`Adjudications.state` gives the state (:func:`initial_state` for one no console has touched, also before
     any console ran)."""
     conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
     try:
@@ -133,7 +147,7 @@ def adjudication_state(path: str | Path, seq: int, verdict: str) -> tuple[str, s
                 return str(row[0]), row[1]
     finally:
         conn.close()
-    return ("unacknowledged" if verdict == "ALARM" else ""), None
+    return initial_state(verdict), None
 
 
 class AdjudicationError(ValueError):
@@ -228,6 +242,10 @@ class RowFields(msgspec.Struct, frozen=True):
     model: ModelScore | None = None
     baseline_verdict: str | None = None
     baseline: Baseline | None = None
+    start_ns: int = 0
+    end_ns: int = 0
+    samples: int = 0
+    device_occupancy: int | None = None
 
 
 @dataclass(frozen=True)
@@ -349,8 +367,8 @@ class Adjudications(SqliteStore):
             return f"by {act[3]} at {self.clock.local(act[4], seconds=False)} ({self.clock.zone.key})"
 
         if kind == "acknowledge":
-            if verdict != "ALARM":
-                raise AdjudicationError(f"decision {seq} is {verdict}, not an alarm: there is nothing to acknowledge")
+            if verdict not in NEEDS_ADJUDICATION:
+                raise AdjudicationError(f"decision {seq} is {verdict}: there is nothing to acknowledge")
             if current is not None:
                 raise AdjudicationError(
                     f"decision {seq} was disposed already ({DISPOSITIONS[current[2]]}, {by(current)}): there is "
@@ -437,7 +455,7 @@ class Adjudications(SqliteStore):
         rows = self._read("SELECT state FROM adjudication_state WHERE seq = ?", (seq,))
         if rows:
             return str(rows[0][0])
-        return "unacknowledged" if verdict == "ALARM" else ""
+        return initial_state(verdict)
 
     def span(self, since: str, until: str) -> list[tuple[int, str, str, str | None, str | None]]:
         """(seq, lane, verdict, state, disposition) of every decision that ended in [since, until) (UTC text)."""
@@ -465,9 +483,12 @@ class Adjudications(SqliteStore):
         first; without either the newest page (``oldest_first``: the oldest); ``fields`` also reads each row's
         :class:`RowFields` in the same query."""
         clauses, params = [], []
+        # The verdicts read, each by its own walk of the journal's (verdict, end) index: a page of those that need
+        # adjudication (ALARM and INCOMPLETE) merges two walks rather than sorting every decision of both verdicts.
+        needs = where.state in ("unacknowledged", "awaiting")
+        verdicts = [v for v in NEEDS_ADJUDICATION if where.verdict in (None, v)] if needs else [where.verdict]
         for clause, value in (
             ("d.lane = ?", where.lane),
-            ("d.verdict = ?", where.verdict),
             ('d."end" >= ?', where.since),
             ('d."end" < ?', where.until),
         ):
@@ -475,9 +496,9 @@ class Adjudications(SqliteStore):
                 clauses.append(clause)
                 params.append(value)
         if where.state == "unacknowledged":
-            clauses.append("d.verdict = 'ALARM' AND s.state IS NULL")
+            clauses.append("s.state IS NULL")
         elif where.state == "awaiting":
-            clauses.append("d.verdict = 'ALARM' AND (s.state IS NULL OR s.state = 'acknowledged')")
+            clauses.append("(s.state IS NULL OR s.state = 'acknowledged')")
         elif where.state in ("acknowledged", "disposed"):
             clauses.append("s.state = ?")
             params.append(where.state)
@@ -504,7 +525,7 @@ class Adjudications(SqliteStore):
         order = "DESC" if descending else "ASC"
         # Two steps: the page's seqs, from the indexes alone where the filter allows (no state, no notes: the
         # journal's indexes hold lane, verdict, end and seq), then the page's rows and bodies by seq.
-        sql = "SELECT d.seq FROM decisions d"
+        sql = 'SELECT d.seq, d."end" FROM decisions d'
         if where.text:
             # Each match's end, lane and verdict from this compact index, not from its row: the planner takes the
             # table's own key for seq, whose pages (one 14-30 kB decision each) a journal under live writes does not
@@ -512,15 +533,19 @@ class Adjudications(SqliteStore):
             sql += " INDEXED BY decisions_seq_end_lane_verdict"
         if where.state:
             sql += " LEFT JOIN adjudication_state s ON s.seq = d.seq"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += f' ORDER BY d."end" {order}, d.seq {order} LIMIT ?'
-        try:
-            seqs = [row[0] for row in self._read(sql, (*params, limit + 1))]
-        except sqlite3.OperationalError as exc:
-            if not where.text or "fts5" not in str(exc):
-                raise
-            raise SearchError(f"the search in notes could not be run ({exc}): try plain words") from None
+        walked: list[tuple[int, str]] = []  # (seq, end)
+        for verdict in verdicts:
+            each = [*clauses, "d.verdict = ?"] if verdict else clauses
+            query = sql + (" WHERE " + " AND ".join(each) if each else "")
+            query += f' ORDER BY d."end" {order}, d.seq {order} LIMIT ?'
+            try:
+                walked += self._read(query, (*params, *([verdict] if verdict else []), limit + 1))
+            except sqlite3.OperationalError as exc:
+                if not where.text or "fts5" not in str(exc):
+                    raise
+                raise SearchError(f"the search in notes could not be run ({exc}): try plain words") from None
+        walked.sort(key=lambda row: (row[1], row[0]), reverse=descending)
+        seqs = [seq for seq, _ in walked[: limit + 1]]
         more = len(seqs) > limit
         seqs = seqs[:limit]
         if descending == oldest_first:
@@ -535,7 +560,7 @@ class Adjudications(SqliteStore):
         rows = [found[seq] for seq in seqs if seq in found]
         page = [
             EventRow(
-                seq, lane, verdict, start, end, state or ("unacknowledged" if verdict == "ALARM" else ""), disp,
+                seq, lane, verdict, start, end, state or initial_state(verdict), disp,
                 None if body is None else decode_as(encoding, body, RowFields),
             )
             for seq, lane, verdict, start, end, state, disp, encoding, body in rows

@@ -35,7 +35,7 @@ import zmq
 
 from lanewatch.edge.bus.security import Keys
 from lanewatch.edge.config import Config
-from lanewatch.edge.console.adjudication import Adjudications
+from lanewatch.edge.console.adjudication import NEEDS_ADJUDICATION, Adjudications
 from lanewatch.edge.console.health import Health, HealthHistory, LaneHealth, SensorHealth
 from lanewatch.edge.console.present import Clock, Summary, background_cps, parse_utc, reason_text, summary
 from lanewatch.edge.decisions.adjudication import Adjudication
@@ -186,7 +186,7 @@ class Wall:
                 self.last[lane] = item
                 if item.background_cps is not None:
                     self.background.setdefault(lane, deque(maxlen=SPARKLINE)).append(item.background_cps)
-            if item.verdict == "ALARM" and state != "disposed":
+            if item.verdict in NEEDS_ADJUDICATION and state != "disposed":
                 self.awaiting[item.seq] = item
         return item
 
@@ -235,8 +235,10 @@ class Wall:
                 # lane is shown beside them ("occupied"), never instead of them.
                 if lane in self.provisional:
                     status = "provisional"
-                elif mine:
+                elif any(item.verdict == "ALARM" for item in mine):
                     status = "alarm"
+                elif mine:
+                    status = "incomplete"  # vehicles that crossed unscreened wait for an officer
                 elif health.occupied:
                     status = "occupied"
                 else:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from lanewatch.edge.decisions.decision import Alarm, Baseline, Decision, ModelScore
+from lanewatch.edge.decisions.decision import COMPLETE_ENDS, Alarm, Baseline, Decision, ModelScore
 from lanewatch.edge.decisions.profile import Located
 
 
@@ -37,6 +37,14 @@ class Told(Protocol):
     def baseline_verdict(self) -> str | None: ...
     @property
     def baseline(self) -> Baseline | None: ...
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def end_ns(self) -> int: ...
+    @property
+    def samples(self) -> int: ...
+    @property
+    def device_occupancy(self) -> int | None: ...
 
 
 TEST_NAMES = {
@@ -108,11 +116,55 @@ INCOMPLETE_NAMES = {
 
 
 def incomplete_causes(decision: Told) -> list[str]:
-    """The codes that make ``decision`` INCOMPLETE: its ``incomplete`` entries when it ended normally (the portal's
-    end line), else how it ended (as :func:`reasons` words them)."""
-    why = list(decision.incomplete)
+    """The codes that make ``decision`` INCOMPLETE, each once: its ``incomplete`` entries, then how it ended unless
+    that was normal (the portal's end line) or is one of them already (as :func:`incomplete_text` words them)."""
+    why = list(dict.fromkeys(decision.incomplete))
     end = decision.end_reason or "?"
-    return why if why and end in ("gx", "background") else [*why, end]
+    return why if (why and end in COMPLETE_ENDS) or end in why else [*why, end]
+
+
+NOT_SCREENED = frozenset({"missed", "no-occupancy", "no-background", "error"})
+"""Causes after which lanewatch has no radiation result for the vehicle at all."""
+
+
+def _seconds(decision: Told) -> float | None:
+    """The decision's span (s), start to end, when it has one."""
+    start, end = decision.start_ns, decision.end_ns
+    return (end - start) / 1e9 if start and end and end > start else None
+
+
+def _measured(decision: Told) -> str:
+    """`` (12 samples over 3.4 s measured)``: how much of the vehicle the portal's data covers."""
+    seconds = _seconds(decision)
+    return f" ({decision.samples} samples{f' over {seconds:.1f} s' if seconds is not None else ''} measured)"
+
+
+def _incomplete_cause(code: str, decision: Told) -> str:
+    """One cause of an INCOMPLETE decision in words: what data is missing, with its numbers."""
+    seconds = _seconds(decision)
+    if code == "missed":
+        counter = f" (its occupancy {decision.device_occupancy})" if decision.device_occupancy is not None else ""
+        within = f" (it passed within the {seconds:.0f} s before the portal's next end line)" if seconds else ""
+        return f"the portal counted this vehicle{counter} but lanewatch received none of its data{within}"
+    if code == "no-occupancy":
+        scan = f" for {seconds:.1f} s" if seconds else ""
+        return f"the X-ray scanner imaged a vehicle{scan} but the portal reported no occupancy: no radiation data"
+    if code in ("link-lost", "driver-restart", "stalled"):
+        return f"{END_WORDS[code]}, so the rest of the vehicle was not measured{_measured(decision)}"
+    if code == "partial":
+        return f"{INCOMPLETE_WORDS[code]}, so its front may not have been measured{_measured(decision)}"
+    if code == "timeout":
+        return END_WORDS[code] + (f" ({seconds:.0f} s)" if seconds else "")
+    return INCOMPLETE_WORDS.get(code) or END_WORDS.get(code, f"it ended by {code}")
+
+
+def incomplete_text(decision: Told) -> str:
+    """Why ``decision`` is INCOMPLETE, each cause once, in plain words with its numbers, and what the officer must
+    do: the vehicle crossed the lane without a complete screening."""
+    causes = incomplete_causes(decision)
+    head = "Not screened for radiation" if NOT_SCREENED & set(causes) else "Screened only in part"
+    why = "; ".join(_incomplete_cause(c, decision) for c in causes)
+    return f"{head}: {why}. Re-scan the vehicle or send it to secondary inspection"
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -257,19 +309,14 @@ def reasons(decision: Told) -> list[str]:
     """Every reason of ``decision`` in plain words: alarming ones first, then the portal's own alarm, the NORM release
     and the rest."""
     alarms = decision.alarms
-    out = [reason_text(a, decision) for a in alarms if a.alarm]
+    # an INCOMPLETE decision says first that the vehicle was not (wholly) screened: that is what the officer acts on
+    out = [incomplete_text(decision)] if decision.verdict == "INCOMPLETE" else []
+    out += [reason_text(a, decision) for a in alarms if a.alarm]
     if decision.device_alarm and not any(a.reason == "device" for a in alarms):
         out.append("The portal's own alarm")
     # the NORM release (or why there is none) next, so a short summary never shows a released excess without it
     out += [reason_text(a, decision) for a in alarms if not a.alarm and a.reason == "norm-consistent"]
     out += [reason_text(a, decision) for a in alarms if not a.alarm and a.reason != "norm-consistent"]
-    if decision.verdict == "INCOMPLETE":
-        flags = set(decision.incomplete)
-        why = [
-            INCOMPLETE_WORDS.get(c, c) if c in flags else END_WORDS.get(c, f"it ended by {c}")
-            for c in incomplete_causes(decision)
-        ]
-        out.append("Incomplete: " + "; ".join(why))
     return out
 
 
@@ -279,6 +326,8 @@ def model_text(decision: Told) -> str:
     if model is None:
         return ""
     if model.unscored:
+        if decision.verdict == "INCOMPLETE":  # its reasons say what is missing
+            return "not scored: the vehicle's data is incomplete"
         return f"not scored: {model.unscored}"
     if model.calibration == "warming-up":
         seen, needed = model.calibration_occupancies, model.min_occupancies

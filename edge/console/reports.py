@@ -13,7 +13,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from lanewatch.edge.console.adjudication import DISPOSITIONS, Adjudications
+from lanewatch.edge.console.adjudication import DISPOSITIONS, NEEDS_ADJUDICATION, Adjudications
 from lanewatch.edge.console.health import HealthHistory, Uptime
 from lanewatch.edge.console.present import incomplete_causes, parse_utc
 from lanewatch.edge.decisions.journal import Journal
@@ -32,7 +32,7 @@ class LaneReport:
     portal_alarms: int = 0
     dispositions: Counter[str] = field(default_factory=Counter)
     awaiting: int = 0
-    """ALARM decisions not disposed yet."""
+    """Decisions that need adjudication (ALARM, INCOMPLETE) not disposed yet."""
     minutes_to_disposition: list[float] = field(default_factory=list)
     link_interruptions: int = 0
     incomplete_reasons: Counter[str] = field(default_factory=Counter)
@@ -65,7 +65,7 @@ def lane_reports(
         report = reports.setdefault(lane, LaneReport(lane))
         report.vehicles += 1
         report.verdicts[verdict] += 1
-        if verdict == "ALARM" and state != "disposed":
+        if verdict in NEEDS_ADJUDICATION and state != "disposed":
             report.awaiting += 1
         if state == "disposed" and disposition:
             report.dispositions[disposition] += 1

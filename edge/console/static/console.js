@@ -99,7 +99,8 @@
   }
 
   // ---- the wall ---------------------------------------------------------------------------------------
-  const STATUS = { idle: "IDLE", occupied: "OCCUPIED", provisional: "PROVISIONAL ALARM", alarm: "ALARM AWAITING ADJUDICATION" };
+  const STATUS = { idle: "IDLE", occupied: "OCCUPIED", provisional: "PROVISIONAL ALARM", alarm: "ALARM AWAITING ADJUDICATION",
+    incomplete: "NOT SCREENED: AWAITING ADJUDICATION" };
 
   const SVG = "http://www.w3.org/2000/svg";
 
@@ -124,10 +125,11 @@
   function tile(lane) {
     const classes = ["tile", lane.status];
     if (lane.unacknowledged) classes.push("unacknowledged");
-    if (lane.awaiting_count && lane.status !== "alarm") classes.push("awaiting");
+    const headline = lane.status === "alarm" || lane.status === "incomplete";  // the awaiting decisions are the headline
+    if (lane.awaiting_count && !headline) classes.push("awaiting");
     const node = el("article", { class: classes.join(" "), id: `lane-${lane.id}`, "data-status": lane.status });
     const statebox = el("span", { class: "statebox" }, el("span", { class: "status", text: STATUS[lane.status] }));
-    if (lane.awaiting_count && lane.status !== "alarm") {
+    if (lane.awaiting_count && !headline) {
       statebox.append(el("span", { class: "awaiting-count", text: `+ ${lane.awaiting_count} alarm${lane.awaiting_count > 1 ? "s" : ""} awaiting adjudication` }));
     }
     if (lane.occupied && lane.status !== "occupied") {
@@ -190,7 +192,7 @@
     state.newestUnacknowledged = wall.newest_unacknowledged;
     banner.hidden = alarms.length === 0;
     banner.replaceChildren(...alarms.slice(0, 5).map((a) => el("div", { class: "item" },
-      el("strong", { text: `ALARM ${a.lane}` }),
+      el("strong", { text: `${a.verdict} ${a.lane}` }),
       el("a", { href: `/decision/${a.seq}`, text: `decision ${a.seq}` }),
       el("span", { text: `${a.end_local.slice(11)} · ${a.reasons[0] || (a.device_alarm ? "The portal's own alarm" : "")}` }),
       ackForm(a.seq, "Acknowledge"))));
