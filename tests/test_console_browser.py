@@ -217,10 +217,11 @@ def test_operator_sees_an_alarm_acknowledges_adjudicates_finds_and_downloads_it(
     target = ARTIFACTS / f"evidence-{seq}.zip"
     download.save_as(str(target))
     archive = zipfile.ZipFile(io.BytesIO(target.read_bytes()))
-    files = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
-    manifest = files.pop("MANIFEST.sha256").decode().splitlines()
+    sums = f"decision-{seq}.sha256"  # beside the folder, its paths relative to where the ZIP is unpacked
+    manifest = archive.read(sums).decode().splitlines()
+    files = {name: archive.read(name) for name in archive.namelist() if name != sums}
     assert sorted(manifest) == sorted(f"{hashlib.sha256(body).hexdigest()}  {name}" for name, body in files.items())
-    assert "Industrial gauge" in files["adjudications.json"].decode()
+    assert "Industrial gauge" in files[f"decision-{seq}/adjudications.json"].decode()
 
 
 def test_operator_is_refused_the_users_page_and_a_form_without_its_token(browser: Any, site: Site) -> None:
