@@ -394,10 +394,17 @@ def test_contradictory_acts_are_refused_with_who_acted_before(site: Config) -> N
 def test_a_file_that_is_not_n42_is_refused_and_nothing_recorded(client: TestClient) -> None:
     login(client, "olga")
     seq = seq_of(client, "neutron")
-    form = {"csrf": csrf(client), "disposition": "test", "secondary": "no-source"}
+    notes = "driver's papers <ok> & seal 4471"
+    form = {"csrf": csrf(client), "disposition": "test", "secondary": "no-source", "notes": notes}
     response = client.post(f"/decision/{seq}/adjudicate", data=form, files={"n42": ("x.n42", b"not a spectrum")})
     assert response.status_code == 409 and "N42 file is expected" in response.text
     assert client.app.state.console.adjudications.history(seq) == []
+    # the decision's page again, with why, and what was typed kept: only the file has to be chosen again
+    page = response.text
+    assert 'id="refused"' in page and "Choose the file again" in page
+    typed = re.search(r'<textarea name="notes" rows="3">(.*?)</textarea>', page, re.S)
+    assert typed is not None and html.unescape(typed.group(1)) == notes and "<ok>" not in page, "kept, escaped"
+    assert '<option value="test" selected>' in page and '<option value="no-source" selected>' in page
 
 
 def test_n42_nuclides_reads_the_identifiers_analysis() -> None:

@@ -709,19 +709,25 @@ def decision_routes(
         return await run_in_threadpool(build)
 
     async def detail(request: Request) -> Response:
-        session = await need(request)
-        seq = request.path_params["seq"]
+        return detail_page(request, await need(request), request.path_params["seq"])
+
+    def detail_page(
+        request: Request, session: Session, seq: int, status: int = 200, refused: str = "", typed: Any = None
+    ) -> Response:
+        """Decision ``seq``'s page; after a refused form (``typed``: its FormData), with why (``refused``) and what
+        was typed in it kept."""
         decision = journal.get(seq)
         if decision is None:
             raise HTTPException(404, f"no decision numbered {seq}")
         history = adjudications.history(seq)
         preview = decision.xray.preview if decision.xray is not None else None
         svg = figure.svg(decision, f"/decision/{seq}/preview.png" if preview else None)
+        kept = {key: str(typed.get(key) or "") for key in ("disposition", "secondary", "notes")} if typed else {}
         return render(
-            request, "detail.html", session, d=decision, seq=seq, reasons=reasons(decision), model=model_text(decision),
-            fielded=fielded_text(decision), state=adjudications.state(seq, decision.verdict), history=history,
-            figure=svg, axis=axis_name(decision),
-            awaiting=[r.seq for r in adjudications.awaiting(AWAITING_QUEUE)],
+            request, "detail.html", session, status, d=decision, seq=seq, reasons=reasons(decision),
+            model=model_text(decision), fielded=fielded_text(decision),
+            state=adjudications.state(seq, decision.verdict), history=history, figure=svg, axis=axis_name(decision),
+            awaiting=[r.seq for r in adjudications.awaiting(AWAITING_QUEUE)], refused=refused, typed=kept,
         )  # fmt: skip
 
     async def preview_png(request: Request) -> Response:
@@ -770,8 +776,8 @@ def decision_routes(
             data = await upload.read()
             try:
                 nuclides = await run_in_threadpool(n42_nuclides, data)
-            except ValueError as exc:
-                raise HTTPException(409, str(exc)) from None
+            except ValueError as exc:  # the page again, what was typed kept: only the file must be chosen again
+                return detail_page(request, session, seq, 409, f"Not recorded: {exc}. Choose the file again.", form)
             attachment = (Path(upload.filename).name, data)
         amends = form.get("amends")
         try:
