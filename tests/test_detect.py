@@ -144,6 +144,13 @@ def alarms(result: dict) -> dict[str, dict]:
     return {a["reason"]: a for a in result["alarms"] if a["alarm"]}
 
 
+def neutron_alarms(passages: list[Vehicle], cfg: DetectionConfig) -> int:
+    """How many of the passages (seeded by their index) raise a neutron alarm."""
+    return sum(
+        any(reason.startswith("neutron") for reason in alarms(run(v, seed, cfg))) for seed, v in enumerate(passages)
+    )
+
+
 @pytest.fixture(scope="module", autouse=True)
 def compiled() -> None:
     warm_up()
@@ -420,15 +427,10 @@ def test_ship_effect_null_holds_its_false_alarm_probability(monkeypatch: pytest.
     rates = np.random.default_rng(11).gamma(1 / 0.4, 0.4 * 1.5, n)
     passages = [Vehicle(length_m=20.0, speed_kmh=5.0, cargo_shield=0.3, ship_cps=rate) for rate in rates]
 
-    def neutron_alarms() -> int:
-        return sum(
-            any(reason.startswith("neutron") for reason in alarms(run(v, seed, cfg))) for seed, v in enumerate(passages)
-        )
-
     limit = n * p + 3 * math.sqrt(n * p * (1 - p))
-    modelled = neutron_alarms()
+    modelled = neutron_alarms(passages, cfg)
     monkeypatch.setattr(detect, "SHIP_RATE", 0.0)
-    assert modelled <= limit < neutron_alarms(), (modelled, limit)
+    assert modelled <= limit < neutron_alarms(passages, cfg), (modelled, limit)
 
 
 def test_neutron_null_holds_under_steel_that_casts_no_gamma_shadow(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -442,15 +444,10 @@ def test_neutron_null_holds_under_steel_that_casts_no_gamma_shadow(monkeypatch: 
     rates = np.random.default_rng(12).gamma(1 / 0.4, 0.4 * 1.0, n)
     passages = [Vehicle(length_m=20.0, speed_kmh=5.0, shadow="none", ship_cps=rate) for rate in rates]
 
-    def neutron_alarms() -> int:
-        return sum(
-            any(reason.startswith("neutron") for reason in alarms(run(v, seed, cfg))) for seed, v in enumerate(passages)
-        )
-
     limit = n * p + 3 * math.sqrt(n * p * (1 - p))
-    allowed = neutron_alarms()
+    allowed = neutron_alarms(passages, cfg)
     monkeypatch.setattr(detect, "NEUTRON_VEHICLE_SD", 0.0)
-    assert allowed <= limit < neutron_alarms(), (allowed, limit)
+    assert allowed <= limit < neutron_alarms(passages, cfg), (allowed, limit)
 
 
 def test_plutonium_like_source_found_by_neutrons_with_the_gamma_shape() -> None:
