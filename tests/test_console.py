@@ -246,6 +246,34 @@ def test_users_list_names_a_missing_users_file_and_makes_none(
     assert capsys.readouterr().out.split()[:2] == ["olga", "operator"]
 
 
+def test_users_role_and_passwd_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lanewatch users role NAME --role R`` and ``users passwd NAME`` (the password from stdin), audited as the CLI;
+    an unknown user or a short password is refused in words."""
+    import argparse
+    import io
+
+    from lanewatch.edge.console import users
+
+    parser = argparse.ArgumentParser()
+    users.add_arguments(parser)
+    config = site_config(tmp_path)
+    store = UserStore(users_path(config))
+    store.add("olga", "operator", PASSWORD)
+    assert users.run(parser.parse_args(["role", "olga", "--role", "supervisor"]), config) == 0
+    assert users.run(parser.parse_args(["role", "nobody", "--role", "admin"]), config) == 1
+    assert "no user 'nobody'" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert users.run(parser.parse_args(["passwd", "olga"]), config) == 1
+    assert "at least 8 characters" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("a new passphrase\n"))
+    assert users.run(parser.parse_args(["passwd", "olga"]), config) == 0
+    assert store.get("olga").role == "supervisor" and store.verify("olga", "a new passphrase") is not None
+    assert [(e.user, e.action) for e in store.audit_log()[:2]] == [("cli", "password-set"), ("cli", "role-set")]
+    store.close()
+
+
 def test_operator_is_refused_the_users_page_and_an_admin_adds_a_user(client: TestClient) -> None:
     login(client, "olga")
     assert client.get("/users").status_code == 403
@@ -257,6 +285,41 @@ def test_operator_is_refused_the_users_page_and_an_admin_adds_a_user(client: Tes
     assert client.app.state.console.users.get("nina").role == "operator"
     assert "too short" not in client.post("/users", data={**form, "name": "x", "password": "short"}).text
     assert "at least 8 characters" in client.post("/users", data={**form, "name": "x", "password": "short"}).text
+
+
+def test_an_admin_changes_a_role_and_resets_a_password(client: TestClient) -> None:
+    """A role change acts from the user's next request; a new password closes the user's sessions and the old one no
+    longer logs in; an admin cannot change their own role (the site keeps an admin); both are audited."""
+    login(client, "olga")
+    assert client.get("/reports").status_code == 403
+    olga_cookies = dict(client.cookies)
+    login(client, "ada")
+    token = csrf(client, "/users")
+    page = client.post("/users", data={"csrf": token, "action": "role", "name": "olga", "role": "supervisor"})
+    assert page.status_code == 200 and "error" not in page.text.split("<h1>Users</h1>", 1)[1].split("<table", 1)[0]
+    assert client.app.state.console.users.get("olga").role == "supervisor"
+    refused = client.post("/users", data={"csrf": token, "action": "role", "name": "ada", "role": "operator"})
+    assert "you cannot change the role of yourself" in refused.text
+    assert client.app.state.console.users.get("ada").role == "admin"
+    admin_cookies = dict(client.cookies)
+    client.cookies.clear()
+    client.cookies.update(olga_cookies)
+    assert client.get("/reports").status_code == 200, "the open session acts with the new role"
+    client.cookies.clear()
+    client.cookies.update(admin_cookies)
+    short = client.post("/users", data={"csrf": token, "action": "password", "name": "olga", "password": "short"})
+    assert "at least 8 characters" in short.text
+    new = {"csrf": token, "action": "password", "name": "olga", "password": "a new passphrase"}
+    assert "olga has a new password; their sessions were closed" in client.post("/users", data=new).text
+    client.cookies.clear()
+    client.cookies.update(olga_cookies)
+    assert client.get("/reports", follow_redirects=False).status_code == 303, "her session was closed"
+    users = client.app.state.console.users
+    assert users.verify("olga", PASSWORD) is None and users.verify("olga", "a new passphrase") is not None
+    assert [(e.user, e.action, e.detail) for e in users.audit_log()[:2]] == [
+        ("ada", "password-set", "olga"),
+        ("ada", "role-set", "olga as supervisor"),
+    ]
 
 
 def test_a_form_without_its_csrf_token_is_refused(client: TestClient) -> None:

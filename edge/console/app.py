@@ -515,7 +515,7 @@ def create_app(
     # ---- users -----------------------------------------------------------------------------------
     async def users_page(request: Request) -> Response:
         session = await need(request, "admin")
-        error = ""
+        error = notice = ""
         if request.method == "POST":
             form = await checked_form(request, session)
             action = str(form.get("action", ""))
@@ -523,14 +523,21 @@ def create_app(
                 if action == "add":
                     name, role = str(form.get("name", "")), str(form.get("role", ""))
                     users.add(name, role, str(form.get("password", "")), session.user.name, _client(request))
-                elif action in ("disable", "enable"):
+                elif action in ("disable", "enable", "role"):
                     name = str(form.get("name", ""))
-                    if name == session.user.name:
-                        raise UserError("you cannot disable yourself")
-                    users.set_disabled(name, action == "disable", session.user.name, _client(request))
+                    if name == session.user.name:  # so that the site always keeps an admin
+                        raise UserError(f"you cannot {'change the role of' if action == 'role' else action} yourself")
+                    if action == "role":
+                        users.set_role(name, str(form.get("role", "")), session.user.name, _client(request))
+                    else:
+                        users.set_disabled(name, action == "disable", session.user.name, _client(request))
+                elif action == "password":
+                    name = str(form.get("name", ""))
+                    users.set_password(name, str(form.get("password", "")), session.user.name, _client(request))
+                    notice = f"{name} has a new password; their sessions were closed"
             except UserError as exc:
                 error = str(exc)
-        return render(request, "users.html", session, users=users.users(), error=error)
+        return render(request, "users.html", session, users=users.users(), error=error, notice=notice)
 
     async def reports_page(request: Request) -> Response:
         session = await need(request, "supervisor")

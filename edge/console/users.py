@@ -158,12 +158,23 @@ class UserStore(SqliteStore):
         return User(name, role, created, False)
 
     def set_password(self, name: str, password: str, by: str, address: str = "local") -> None:
-        """Give ``name`` a new password (audited); raises :class:`UserError` for an unknown user."""
+        """Give ``name`` a new password (audited) and close their sessions, so that whoever held the old one is out;
+        raises :class:`UserError` for an unknown user or a short password."""
         hashed = self._password_hash(password)
         with self._tx() as conn:
             if conn.execute("UPDATE users SET password = ? WHERE name = ?", (hashed, name)).rowcount == 0:
                 raise UserError(f"no user {name!r}")
+            conn.execute("DELETE FROM sessions WHERE user = ?", (name,))
             self._audit(conn, by, "password-set", name, address)
+
+    def set_role(self, name: str, role: str, by: str, address: str = "local") -> None:
+        """Give ``name`` another role (audited); their open sessions act with it from their next request."""
+        if role not in ROLES:
+            raise UserError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        with self._tx() as conn:
+            if conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, name)).rowcount == 0:
+                raise UserError(f"no user {name!r}")
+            self._audit(conn, by, "role-set", f"{name} as {role}", address)
 
     def set_disabled(self, name: str, disabled: bool, by: str, address: str) -> None:
         """Disable (all its sessions closed) or enable user ``name``."""
@@ -262,7 +273,6 @@ class UserStore(SqliteStore):
         return [AuditEntry(*row) for row in rows]
 
 
-
 # ---- lanewatch users ------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lanewatch users`` (the CLI adds ``--config``)."""
@@ -271,9 +281,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("name", help="user name (letters, digits, . _ - @)")
     add.add_argument("--role", required=True, choices=ROLES, help="operator, supervisor or admin")
     actions = [add, sub.add_parser("list", help="list the console users")]
-    for action in ("disable", "enable"):
-        actions.append(sub.add_parser(action, help=f"{action} a user (disabling closes their sessions)"))
+    for action, text in (
+        ("disable", "disable a user (closes their sessions)"),
+        ("enable", "enable a disabled user"),
+        ("passwd", "give a user a new password (read from a prompt, or stdin; closes their sessions)"),
+        ("role", "give a user another role"),
+    ):
+        actions.append(sub.add_parser(action, help=text))
         actions[-1].add_argument("name")
+    actions[-1].add_argument("--role", required=True, choices=ROLES, help="operator, supervisor or admin")
     for action_parser in actions:  # --config after the action too: `lanewatch users add NAME --config FILE`
         action_parser.add_argument("--config", default=argparse.SUPPRESS, help="configuration file (TOML)")
 
@@ -310,6 +326,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
         elif args.action == "list":
             for user in store.users():
                 print(f"{user.name:24} {user.role:10} {user.created}{'  DISABLED' if user.disabled else ''}")
+        elif args.action == "passwd":
+            store.set_password(args.name, _read_password(), "cli")
+            print(f"{args.name}: password set, their sessions closed")
+        elif args.action == "role":
+            store.set_role(args.name, args.role, "cli")
+            print(f"{args.name}: role {args.role}")
         else:
             store.set_disabled(args.name, args.action == "disable", "cli", "local")
             print(f"{args.name}: {args.action}d")
