@@ -86,17 +86,25 @@ id = "lane2"
     return config_module.parse(text, "test.toml")
 
 
+def seed_site(journal: Path, users: Path | None = None, roles: dict[str, str] = ROLES) -> None:
+    """Journal the decisions of tests/data/console-decisions.json.gz at ``journal``, on lanes 1 and 2 alternately, and
+    give the users database at ``users`` (if any) the users of ``roles`` (name -> role)."""
+    with Journal(journal) as journaled:
+        for i, decision in enumerate(decisions()):
+            decision["lane"] = f"lane{1 + i % 2}"
+            journaled.append(decision)
+    if users is None:
+        return
+    store = UserStore(users)
+    for name, role in roles.items():
+        store.add(name, role, PASSWORD)
+    store.close()
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Config:
     config = site_config(tmp_path)
-    with Journal(config.service.journal) as journal:
-        for i, decision in enumerate(decisions()):
-            decision["lane"] = f"lane{1 + i % 2}"
-            journal.append(decision)
-    store = UserStore(users_path(config))
-    for name, role in ROLES.items():
-        store.add(name, role, PASSWORD)
-    store.close()
+    seed_site(Path(config.service.journal), users_path(config))
     return config
 
 

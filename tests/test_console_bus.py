@@ -23,11 +23,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_console import PASSWORD, decisions
+from test_console import PASSWORD, seed_site
 from test_ops import http_get, wait_for
 
 from lanewatch.edge.commands.demo import free_ports
-from lanewatch.edge.console.users import UserStore
 from lanewatch.edge.decisions.journal import Journal
 
 pytestmark = pytest.mark.slow
@@ -77,13 +76,7 @@ id = "lane2"
                 f"adjudication_resync_s = 3600\n"
             )
             (root / f"console-{name}.toml").write_text(base.replace("[[lanes]]", console + "[[lanes]]", 1))
-        with Journal(root / "journal.db") as journal:
-            for i, decision in enumerate(decisions()):
-                decision["lane"] = f"lane{1 + i % 2}"
-                journal.append(decision)
-        store = UserStore(root / "lanewatch-console.db")
-        store.add("olga", "operator", PASSWORD)
-        store.close()
+        seed_site(root / "journal.db", root / "lanewatch-console.db", {"olga": "operator"})
         config = str(root / "service.toml")
         subprocess.run([EXE, "keys", "--config", config, "init"], check=True, capture_output=True, timeout=60)
         subprocess.run([EXE, "keys", "--config", config, "console", "console-b"], check=True, capture_output=True)

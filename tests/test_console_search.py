@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 import pytest
 from starlette.testclient import TestClient
-from test_console import PASSWORD, ROLES, csrf, decisions, login, site_config, table_seqs
+from test_console import PASSWORD, ROLES, csrf, login, seed_site, site_config, table_seqs
 
 from lanewatch.edge.console.adjudication import (
     NOTES_TOKENIZER,
@@ -28,7 +28,6 @@ from lanewatch.edge.console.adjudication import (
 )
 from lanewatch.edge.console.app import create_app
 from lanewatch.edge.console.users import UserStore, users_path
-from lanewatch.edge.decisions.journal import Journal
 
 NOTES = {
     3: "Kitty litter, 100% clay; driver Müller, papers checked",
@@ -42,10 +41,7 @@ NOTES = {
 def journal_of(tmp_path: Path) -> Path:
     """The seven decisions of tests/data/console-decisions.json.gz journaled on lanes 1 and 2, alternately."""
     path = tmp_path / "journal.db"
-    with Journal(path) as journal:
-        for i, decision in enumerate(decisions()):
-            decision["lane"] = f"lane{1 + i % 2}"
-            journal.append(decision)
+    seed_site(path)
     return path
 
 

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import pytest
 import uvicorn
-from test_console import PASSWORD, decisions, site  # noqa: F401 (a fixture)
+from test_console import PASSWORD, seed_site, site  # noqa: F401 (a fixture)
 from test_console_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401 (a fixture)
 from test_ops import http_get, wait_for
 
@@ -31,8 +31,6 @@ from lanewatch.edge.commands.demo import free_ports
 from lanewatch.edge.config import Config
 from lanewatch.edge.console.app import create_app
 from lanewatch.edge.console.live import Event
-from lanewatch.edge.console.users import UserStore
-from lanewatch.edge.decisions.journal import Journal
 
 pytestmark = pytest.mark.slow
 EXE = str(Path(sys.executable).parent / "lanewatch")
@@ -68,13 +66,7 @@ id = "lane1"
 [[lanes]]
 id = "lane2"
 """)
-        with Journal(root / "journal.db") as journal:
-            for i, decision in enumerate(decisions()):
-                decision["lane"] = f"lane{1 + i % 2}"
-                journal.append(decision)
-        store = UserStore(root / "lanewatch-console.db")
-        store.add("olga", "operator", PASSWORD)
-        store.close()
+        seed_site(root / "journal.db", root / "lanewatch-console.db", {"olga": "operator"})
         self.proc: subprocess.Popen | None = None
         self.start()
 

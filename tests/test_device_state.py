@@ -15,7 +15,7 @@ from support import TIMEOUT_S, Running, free_port
 from lanewatch.edge.bus import ingest
 from lanewatch.edge.bus.driver import RecordPublisher
 from lanewatch.edge.bus.records import Kind, Record, StatusValues
-from lanewatch.edge.config import DetectionConfig, LaneConfig, parse
+from lanewatch.edge.config import Config, DetectionConfig, LaneConfig, parse
 from lanewatch.edge.console.live import read_health
 from lanewatch.edge.lane.devices import UNKNOWN_AFTER_S, LinkState
 from lanewatch.edge.lane.occupancy import Lane
@@ -63,13 +63,15 @@ def test_lane_link_follows_status_and_goes_unknown_then_stale_when_it_stops() ->
     assert lane.devices.state(15 * S)[1] == ["xray driver: device link down"]
 
 
-def test_the_service_learns_the_link_from_status_and_reports_silence(tmp_path: Path, ctx: zmq.Context) -> None:
-    """No LINK edge at all: the status alone sets the link; when it stops, /healthz is not ok and says why."""
+def service_config(tmp_path: Path, service: str = "", lane: str = "") -> Config:
+    """A service of one lane (lane1) on free loopback ports, journal in ``tmp_path``; ``service`` and ``lane`` are
+    extra lines of its [service] and [[lanes]] sections."""
     ports = [free_port() for _ in range(4)]
     text = f"""
         [service]
         journal = "{tmp_path / "journal.db"}"
         http = "127.0.0.1:{ports[3]}"
+        {service}
         [bus]
         plaintext = true
         ingest = "tcp://127.0.0.1:{ports[0]}"
@@ -77,8 +79,14 @@ def test_the_service_learns_the_link_from_status_and_reports_silence(tmp_path: P
         query = "tcp://127.0.0.1:{ports[2]}"
         [[lanes]]
         id = "lane1"
+        {lane}
     """
-    running = Running(parse(text, str(tmp_path / "lanewatch.toml")))
+    return parse(text, str(tmp_path / "lanewatch.toml"))
+
+
+def test_the_service_learns_the_link_from_status_and_reports_silence(tmp_path: Path, ctx: zmq.Context) -> None:
+    """No LINK edge at all: the status alone sets the link; when it stops, /healthz is not ok and says why."""
+    running = Running(service_config(tmp_path))
     try:
         health = running.service.health
         assert health()["lanes"]["lane1"]["link"] == "unknown" and not health()["ok"]
@@ -119,22 +127,7 @@ def test_each_sensor_is_judged_by_its_own_drivers_records(tmp_path: Path, ctx: z
     """A lane with a portal (RPM) and a scanner: the RPM driver dies while the X-ray driver goes on talking. The RPM
     is then stale, in words and with its age, in /healthz, the metrics, ``lanewatch status`` and the console's wall,
     and the lane is not fresh; the X-ray stays up and fresh."""
-    ports = [free_port() for _ in range(4)]
-    text = f"""
-        [service]
-        journal = "{tmp_path / "journal.db"}"
-        http = "127.0.0.1:{ports[3]}"
-        stale_after_s = 4.0
-        [bus]
-        plaintext = true
-        ingest = "tcp://127.0.0.1:{ports[0]}"
-        alerts = "tcp://127.0.0.1:{ports[1]}"
-        query = "tcp://127.0.0.1:{ports[2]}"
-        [[lanes]]
-        id = "lane1"
-        xray = "127.0.0.1:{free_port()}"
-    """
-    config = parse(text, str(tmp_path / "lanewatch.toml"))
+    config = service_config(tmp_path, service="stale_after_s = 4.0", lane=f'xray = "127.0.0.1:{free_port()}"')
     running = Running(config)
     rpm_alive, done = threading.Event(), threading.Event()
     rpm_alive.set()
