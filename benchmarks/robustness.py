@@ -29,7 +29,7 @@ threshold at the analysis' own false-alarm probability per occupancy (gamma plus
 first three cumulants (Cornish-Fisher). It knows the signal's shape and place and the true shadowed
 background, nothing else: no better counts, no lower false-alarm rate. What it knows that the analysis
 cannot is therefore the source's place and strength, the vehicle's own shadow and its ship effect; the
-targets are set against it as it is. Two columns beside it say where the rest goes:
+targets are set against it as it is. Four columns beside it say where the rest goes:
 
 - ``searched``: the same test told the signal but not its place, taking its largest statistic over every
   place the closest approach could be in the occupancy, its threshold for that maximum by the Rice
@@ -38,7 +38,15 @@ targets are set against it as it is. Two columns beside it say where the rest go
 - ``shadow known``: lanewatch's own gross matched filter (its template bank for the speed, summed
   channels and windows) against the true shadowed background, its maximum over the occupancy against
   the same Rice threshold at the whole false-alarm probability: what not knowing the shadow costs the
-  gross test.
+  gross test;
+- ``depth fit``: the same filter told the shape of the vehicle's shadow along the occupancy (the true
+  deficit under the unshadowed background) but not its depth, which it fits together with the source at
+  each centre (weighted least squares): what not knowing one number of the shadow costs a test that must
+  search the occupancy;
+- ``blind``: the bound itself, blind to the shadow's depth and to the ship effect's size: its weights less
+  their projection on the shadow's deficit (per sample, channel and window) and on the ship effect's
+  expected counts, so its statistic's mean does not move with either. It still knows their shapes and the
+  source's place and strength; ``of it`` is lanewatch's detection as a fraction of it.
 
 Run (``--variants`` and ``--n`` for a quick subset)::
 
@@ -106,7 +114,18 @@ def configs() -> dict[str, DetectionConfig]:
     }
 
 
-def bound_detects(passage: Passage, gross: bool, alpha: float, search: bool = False) -> bool:
+def _invariant(w: np.ndarray, nuisance: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``w`` less its projection on ``nuisance`` (weights ``1 / var``): a statistic ``sum w x`` whose mean does not move
+    when the expected counts move along ``nuisance`` by any amount (unchanged when ``nuisance`` is negligible)."""
+    ok = var > 0
+    norm = float(np.sum(nuisance[ok] ** 2 / var[ok]))
+    if norm <= 1e-9 * max(float(np.sum(var[ok])), 1e-300):
+        return w
+    beta = float(np.sum(w[ok] * nuisance[ok])) / norm
+    return np.where(ok, w - beta * nuisance / np.where(ok, var, 1.0), 0.0)
+
+
+def bound_detects(passage: Passage, gross: bool, alpha: float, search: bool = False, blind: bool = False) -> bool:
     """Whether the known-signal likelihood-ratio test detects ``passage``'s source at false-alarm probability ``alpha``
     (module docstring); with ``search`` the test is told the signal but not where along the vehicle it is, and
     takes the largest statistic over every place the source's closest approach could be in the occupancy."""
@@ -120,11 +139,18 @@ def bound_detects(passage: Passage, gross: bool, alpha: float, search: bool = Fa
         nb = ship = ns = np.zeros((0, 1))
     spread = nb + SHIP_DISPERSION * ship
     ratio = ns.shape[0] / n
+    # The shadow: what the vehicle takes from the unshadowed background, per sample, channel and window.
+    unshadowed = np.broadcast_to(passage.background_gamma_cps * GAMMA_DT_S, passage.expected_background.shape)
+    deficit = unshadowed.sum(axis=2) - b if gross else unshadowed - b
 
     def weights(k: int) -> tuple[np.ndarray, np.ndarray]:
         """The statistic's gamma and neutron weights for the source ``k`` gamma samples later than it is."""
         w = np.log1p(_shifted(s, k) / np.maximum(b, 1e-300)) * (b > 0)
-        return w, _shifted(ns, round(k * ratio)) / np.maximum(spread, 1e-9)
+        wn = _shifted(ns, round(k * ratio)) / np.maximum(spread, 1e-9)
+        if blind:
+            w = _invariant(w, deficit, b)
+            wn = _invariant(wn, ship, spread) if wn.size else wn
+        return w, wn
 
     z = NormalDist().inv_cdf(1.0 - alpha)
     shifts = [0]
@@ -159,6 +185,42 @@ def shadow_known_detects(passage: Passage, cfg: DetectionConfig, alpha: float) -
     u = max_threshold(alpha, n, plan.rho1)
     z, _ = mf_series(x, e, np.ones(n), np.zeros(n), plan.bank, plan.halfw, (u * u - 1.0) / 6.0)
     return bool(z.max() > u)
+
+
+def depth_fitted_detects(passage: Passage, cfg: DetectionConfig, alpha: float) -> bool:
+    """Whether lanewatch's gross matched filter finds ``passage``'s source at false-alarm probability ``alpha`` when it
+    is told the shape of the vehicle's shadow along the occupancy but not its depth: at each centre the depth is
+    fitted together with the source (weighted least squares, Poisson weights), as any test must that does not know
+    it (module docstring, ``depth fitted``)."""
+    assert passage.expected_background is not None
+    x = passage.gamma.sum(axis=(1, 2)).astype(np.float64)
+    shadowed = passage.expected_background.sum(axis=(1, 2))
+    unshadowed = np.full_like(shadowed, float(passage.background_gamma_cps.sum()) * GAMMA_DT_S)
+    deficit = unshadowed - shadowed
+    n = x.shape[0]
+    plan = gamma_plan(GAMMA_DT_S, round(passage.speed_kmh, 1), cfg.source_standoff_m)
+    u = max_threshold(alpha, n, plan.rho1)
+    weight = np.where(shadowed > 0, 1.0 / np.maximum(shadowed, 1e-300), 0.0)
+    residual = x - unshadowed
+    s_ss = float(np.sum(deficit * deficit * weight))
+    b_s = float(np.sum(deficit * residual * weight))
+    hmax = (plan.bank.shape[1] - 1) // 2
+
+    def along(f: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """``sum_j f_j w_{j - c}`` for every centre ``c`` (zero beyond the data)."""
+        return np.convolve(np.concatenate((np.zeros(hmax), f, np.zeros(hmax))), w[::-1], mode="valid")
+
+    best = -math.inf
+    for w in plan.bank:
+        s_ww, s_ws, b_w = along(weight, w * w), along(deficit * weight, w), along(residual * weight, w)
+        if s_ss <= 1e-9 * float(np.sum(shadowed)):
+            z = (b_w + along(deficit * weight, w)) / np.sqrt(np.maximum(s_ww, 1e-300))
+        else:
+            det = s_ss * s_ww - s_ws * s_ws
+            ok = det > 1e-12 * s_ss * np.maximum(s_ww, 1e-300)
+            z = np.where(ok, (s_ss * b_w - s_ws * b_s) / np.sqrt(np.maximum(s_ss * det, 1e-300)), -math.inf)
+        best = max(best, float(z.max()))
+    return best > u
 
 
 def _shifted(a: np.ndarray, k: int) -> np.ndarray:
@@ -250,8 +312,11 @@ def run_chunk(chunk: Chunk) -> list[dict[str, Any]]:
                     "fielded": result["baseline_verdict"] == "ALARM",
                     "released": any(a["reason"] == "norm-consistent" for a in result["alarms"]),
                     "bound": category == "threat" and bound_detects(passage, portal == "gross", alpha),
+                    "blind_bound": category == "threat"
+                    and bound_detects(passage, portal == "gross", alpha, blind=True),
                     "search_bound": category == "threat" and bound_detects(passage, portal == "gross", alpha, True),
                     "shadow_known": category == "threat" and shadow_known_detects(passage, cfg, alpha),
+                    "depth_fitted": category == "threat" and depth_fitted_detects(passage, cfg, alpha),
                     "id": f"{chunk.seed}-{passage.index}",
                     "raw": raw_score(result, passage, gamma, f"{chunk.seed}-{passage.index}-{portal}")
                     if chunk.score
@@ -303,6 +368,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     bound = sum(r["bound"] for r in threats)
     search = sum(r["search_bound"] for r in threats)
     known = sum(r["shadow_known"] for r in threats)
+    blind = sum(r["blind_bound"] for r in threats)
+    fitted = sum(r["depth_fitted"] for r in threats)
     false = sum(r["alarm"] for r in by["benign"])
     return {
         "benign": len(by["benign"]),
@@ -316,6 +383,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "search_bound": search / max(len(threats), 1),
         "of_search_bound": detected / max(search, 1),
         "shadow_known": known / max(len(threats), 1),
+        "depth_fitted": fitted / max(len(threats), 1),
+        "blind_bound": blind / max(len(threats), 1),
+        "of_blind_bound": detected / max(blind, 1),
         "norm": len(by["norm"]),
         "norm_alarms": sum(r["alarm"] for r in by["norm"]) / max(len(by["norm"]), 1),
         "norm_fielded": sum(r["fielded"] for r in by["norm"]) / max(len(by["norm"]), 1),
@@ -353,6 +423,7 @@ def report(rows: list[dict[str, Any]], variants: Sequence[str]) -> None:
             f"{'variant':16s} {'benign':>6s} {'FA/1000 [95 %]':>18s} "
             + " ".join(f"{k[:14]:>14s}" for k in kinds)
             + f" {'overall':>11s} {'of bound':>8s} {'searched':>8s} {'of it':>6s} {'shadow kn':>9s} "
+            + f"{'depth fit':>9s} {'blind':>5s} {'of it':>6s} "
             + f"{'NORM lw/fielded':>16s} {'threats released':>16s}  targets"
         )
         print(header)
@@ -368,7 +439,8 @@ def report(rows: list[dict[str, Any]], variants: Sequence[str]) -> None:
             print(
                 f"{name:16s} {s['benign']:6d} {_rate(s):>18s} {cells} "
                 f"{s['detection']:5.2f}/{s['bound']:4.2f} {s['of_bound']:8.3f} {s['search_bound']:8.2f} "
-                f"{s['of_search_bound']:6.3f} {s['shadow_known']:9.2f} "
+                f"{s['of_search_bound']:6.3f} {s['shadow_known']:9.2f} {s['depth_fitted']:9.2f} "
+                f"{s['blind_bound']:5.2f} {s['of_blind_bound']:6.3f} "
                 f"{s['norm_alarms']:7.3f}/{s['norm_fielded']:6.3f} "
                 f"{_released(s):>16s}  {_verdict(s)}"
             )
