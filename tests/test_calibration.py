@@ -4,6 +4,7 @@ itself, one whose lines match no known convention raises calibration-mismatch an
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +156,52 @@ def test_sources_the_portal_alarmed_on_are_no_evidence_against_its_background_li
     benign = decisions[10]
     assert benign["background"]["calibration"]["gamma"]["status"] != "mismatch", benign["background"]
     assert (benign["verdict"], benign["incomplete"], benign["baseline_verdict"]) == ("CLEAR", [], "CLEAR")
+
+
+def test_a_portal_whose_end_line_carries_the_neutron_background_per_tube_is_not_taken_as_summing(
+    running: Running, ctx: zmq.Context
+) -> None:
+    """Real TCP, driver and service: a portal whose background lines count per second and whose GX field 2 is the
+    mean neutron background per tube (not all tubes) reads, with 4 tubes, like lines summed over 5 s. Taken so at
+    once, the lane tested every later vehicle against a fifth of its neutron background (benign vehicles alarmed),
+    and the occupancies that refute it were never counted as evidence: too few counts at the factor applied."""
+    from test_rpm_driver import LineServer
+
+    rng = np.random.default_rng(12)
+    tube_cps, vehicles = 0.7, 8
+
+    def background() -> bytes:
+        gamma = ",".join(f"{c:06d}" for c in rng.poisson(240.0, 4))
+        neutron = ",".join(f"{c:06d}" for c in rng.poisson(tube_cps, 4))
+        return f"GB,{gamma}\r\nNB,{neutron}\r\n".encode()
+
+    lines = [background() for _ in range(12)]  # sent at once: the lane keeps its default 5 s line interval
+    for v in range(vehicles):
+        for i in range(40):  # 8 s of gamma, a neutron line each second
+            lines.append(("GS," + ",".join(f"{c:06d}" for c in rng.poisson(46.0, 4)) + "\r\n").encode())
+            if i % 5 == 4:
+                lines.append(("NS," + ",".join(f"{c:06d}" for c in rng.poisson(tube_cps, 4)) + "\r\n").encode())
+        lines.append(f"GX,{v + 1:06d},{round(tube_cps * 1000):06d},000000,000000\r\n".encode())
+        lines.append(background())
+    server = LineServer()
+    config = running.service.config
+    driver = load_driver("rpm")(_publisher(ctx, config), server.url, backoff_max_s=0.2)
+    stop = threading.Event()
+    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30.0
+        while running.value("lanewatch_lane_link_up", lane="lane1") != 1:  # the link is up: what is sent now is read
+            assert time.monotonic() < deadline, "the driver's link never came up"
+            time.sleep(0.05)
+        server.serve(lines)
+        decisions = _collect(ctx, config, vehicles, timeout_s=60.0)
+    finally:
+        stop.set()
+        t.join(5)
+        server.drop()
+    assert len(decisions) == vehicles
+    for d in decisions[1:]:
+        assert d["background"]["calibration"]["neutron"]["status"] == "consistent", d["background"]
+        assert d["background"]["neutron_cps"] == pytest.approx(4 * tube_cps, rel=0.35), d["background"]
+        assert d["verdict"] == "CLEAR", d["alarms"]

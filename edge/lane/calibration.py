@@ -22,7 +22,9 @@ that, the tracked background of that sensor is not used at all and the lane rais
 without any (INCOMPLETE ``no-background``, its tests' findings kept as evidence, the portal's own alarm
 standing), without a neutron background the neutron tests use the occupancy's own level. The portal's own
 neutron background, when its end-of-occupancy line carries one (GX field 2), is the first evidence: tracked
-over reported is the factor at once.
+over reported is the factor at once, until three occupancies stand alone; nothing says whether that field is all
+tubes or the mean per tube, so where the first occupancies point to another known convention, the one testing
+against the higher background wins meanwhile.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ TOLERANCE = 1.6
 NOMINAL_GAMMA_RATIO = 0.95
 """Typical 90th-percentile gross rate of a vehicle over the unoccupied background (shadow shielding)."""
 MIN_NEUTRON_COUNTS = 5.0
-"""An occupancy with fewer expected neutron counts than this says nothing about the neutron convention."""
+"""An occupancy for which the lines, taken as counts per second, predict fewer neutron counts than this says nothing
+about the neutron convention."""
 
 
 def occupancy_ratio(gross: np.ndarray, dt_s: float, background_cps: float) -> float | None:
@@ -144,7 +147,10 @@ class LaneCalibration:
                 self._decide("gamma")
         if raw.neutron_cps is not None and neutron.size and neutron_dt_s > 0:
             predicted = float(raw.neutron_cps.sum()) * neutron_dt_s * neutron.size
-            if predicted > 0 and predicted * self.neutron.factor >= MIN_NEUTRON_COUNTS:
+            # Evidence where the lines taken as counts per second predict enough counts, whatever factor is applied
+            # now: counting it against the factor would keep a wrong 1/interval from meeting the occupancies that
+            # refute it (a few counts where a factor 1/interval predicts one, or none where 1 predicts several).
+            if predicted >= MIN_NEUTRON_COUNTS:
                 self._ratios["neutron"].append(float(neutron.sum()) / predicted)
                 self._decide("neutron")
 
@@ -154,16 +160,33 @@ class LaneCalibration:
         ratios = self._ratios[sensor]
         ratio = float(np.median(ratios)) if ratios else None
         if sensor == "neutron" and self._device_ratio is not None and (ratio is None or len(ratios) < 3):
-            ratio = self._device_ratio
+            ratio = self._device_ratio if ratio is None else self._device_or_occupancies(self._device_ratio, ratio)
         if ratio is None or not ratio > 0:
             return
         cal.ratio = ratio
+        cal.status, cal.factor = self._convention(ratio)
+
+    def _convention(self, ratio: float) -> tuple[str, float]:
+        """The status and factor a measured-over-predicted ``ratio`` stands for."""
         if abs(math.log(ratio)) <= math.log(TOLERANCE):
-            cal.status, cal.factor = "consistent", 1.0
-        elif abs(math.log(ratio * self.interval_s)) <= math.log(TOLERANCE):
-            cal.status, cal.factor = "calibrated", 1.0 / self.interval_s
-        else:
-            cal.status, cal.factor = "mismatch", 1.0
+            return "consistent", 1.0
+        if abs(math.log(ratio * self.interval_s)) <= math.log(TOLERANCE):
+            return "calibrated", 1.0 / self.interval_s
+        return "mismatch", 1.0
+
+    def _device_or_occupancies(self, device: float, occupancies: float) -> float:
+        """Of the portal's own neutron background (GX field 2) and the first occupancies, the ratio to go by while
+        the occupancies are too few to stand alone.
+
+        Nothing says whether GX field 2 is all tubes or the mean per tube: with 4 tubes the mean per tube reads like
+        lines summed over 5 s. So where both point to a known convention but not the same one, the one that tests
+        against the higher background wins (a background taken a factor too low alarms on every vehicle; one a
+        factor too high only loses sensitivity until the occupancies decide); where the occupancies match no
+        convention (a source among the first vehicles), the device's ratio stands."""
+        (device_status, device_factor), (status, factor) = self._convention(device), self._convention(occupancies)
+        if status == "mismatch" or (device_status != "mismatch" and device_factor >= factor):
+            return device
+        return occupancies
 
     @property
     def mismatch(self) -> dict[str, float]:
