@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +208,51 @@ def test_an_occupancy_whose_start_was_not_seen_is_partial(running: Running, ctx:
     assert tail["background"]["origin"] == "tracked" and tail["baseline_verdict"] == "CLEAR"
     assert tail["baseline"]["max_sigma"] is not None and "not_evaluated" not in tail["baseline"]
     assert (after["verdict"], after["incomplete"]) == ("CLEAR", [])
+
+
+def test_a_vehicle_that_begins_after_the_link_came_up_quiet_is_whole(running: Running, ctx: zmq.Context) -> None:
+    """Real TCP, driver and service: the portal's link drops between vehicles and comes back; the portal is quiet (no
+    vehicle: it sends a gamma sample every 0.2 s while occupied) and the next vehicle arrives before its next
+    background line. Its start was seen and the lane's background is known: decided whole, not ``partial``."""
+    from test_rpm_driver import LineServer
+
+    rng = np.random.default_rng(4)
+
+    def line(kind: str, mean: float) -> bytes:
+        return (kind + "," + ",".join(f"{c:06d}" for c in rng.poisson(mean, 4)) + "\r\n").encode()
+
+    def link_up() -> float:
+        return running.value("lanewatch_lane_link_up", lane="lane1")
+
+    def wait(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 30.0
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    config = running.service.config
+    server = LineServer()
+    driver = load_driver("rpm")(_publisher(ctx, config), server.url, backoff_max_s=0.2)
+    stop = threading.Event()
+    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        wait(lambda: link_up() == 1, "the driver's link never came up")
+        server.serve([line("GB", 240.0) + line("NB", 1.0) for _ in range(6)])
+        wait(lambda: running.value("lanewatch_gamma_background_cps", lane="lane1", channel="1") > 0, "no background")
+        server.drop()
+        wait(lambda: link_up() == 0, "the link never went down")
+        server.listen()
+        wait(lambda: link_up() == 1, "the driver never reconnected")
+        time.sleep(1.5)  # the portal is idle: nothing to send
+        vehicle = [line("GS", 46.0) for _ in range(30)] + [b"GX,000007,000000,000000,000000\r\n"]
+        server.serve(vehicle)
+        (decision,) = _collect(ctx, config, 1)
+    finally:
+        stop.set()
+        t.join(5)
+        server.drop()
+    assert (decision["verdict"], decision["incomplete"], decision["samples"]) == ("CLEAR", [], 30)
 
 
 def test_a_driver_joining_mid_vehicle_decides_the_tail_partial(

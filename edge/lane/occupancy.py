@@ -55,6 +55,9 @@ COUNTER_MODULUS = 1_000_000
 """The portal's occupancy counter (GX field 1) has 6 digits and wraps."""
 MAX_MISSED = 1000
 """Largest forward jump of the portal's occupancy counter taken as vehicles missed; a larger one is a reset."""
+QUIET_START_S = 1.0
+"""A portal's link up this long (s) before its first scan sample was idle when it came up: it sends a gamma sample
+every 0.2 s while occupied (the line protocol), so a vehicle it was in the middle of shows within 0.2 s."""
 CUT_ENDS = ("driver-restart", "link-lost", "stalled", "timeout")
 """End reasons of an occupancy cut before its end line: the portal's next counter tells which vehicle it was."""
 
@@ -160,6 +163,10 @@ class Lane:
         self.idle_seen: set[str] = set()
         """Sources seen unoccupied (a background or end line) since the service or their link or run started: an
         occupancy that opens with a sample from another source may have begun before we saw it (``partial``)."""
+        self.linked_quiet: dict[str, int] = {}
+        """Stamp (ns) of each source's link coming up, until its first scan sample: a portal sends a gamma sample every
+        0.2 s while occupied, so a first sample ``QUIET_START_S`` or more after the link came up began a vehicle whose
+        start was seen, background line or not."""
         self.runs: dict[str, str] = {}
         """The run id each source (driver) last published under: a new one is a restart of that driver."""
         self.last_counter: int | None = None
@@ -200,6 +207,7 @@ class Lane:
             return []
         self._anomaly("source-restart")
         self.idle_seen.discard(rec.source)
+        self.linked_quiet.pop(rec.source, None)
         occ = self.occupancy
         log.warning("lane %s: source %s restarted (run %s, was %s)", self.id, rec.source, rec.run_id, prev)
         events = self._close_scan(rec.source, "driver-restart", now_mono_ns)
@@ -227,6 +235,9 @@ class Lane:
         up = self.devices.sources[rec.source].link_up
         if rec.kind is Kind.LINK or was_up is not up:  # the link (re)started: the source's idle state is unknown
             self.idle_seen.discard(rec.source)
+            self.linked_quiet.pop(rec.source, None)
+            if rec.kind is Kind.LINK and up:
+                self.linked_quiet[rec.source] = rec.t_wall_ns
         self._update_link(now_mono_ns)
         occ = self.occupancy
         lost = not up and (rec.kind is Kind.LINK or bool(was_up))
@@ -470,7 +481,9 @@ class Lane:
             source=rec.source,
             last_wall_ns=rec.t_wall_ns,
         )
-        if rec.source not in self.idle_seen and "occupancy_start" not in rec.flags:
+        linked = self.linked_quiet.pop(rec.source, None)
+        quiet = linked is not None and rec.t_wall_ns - linked >= QUIET_START_S * 1e9
+        if rec.source not in self.idle_seen and "occupancy_start" not in rec.flags and not quiet:
             occ.incomplete.append("partial")
         if background.gamma_cps is None:
             occ.incomplete.append("no-background")
