@@ -205,3 +205,54 @@ def test_a_portal_whose_end_line_carries_the_neutron_background_per_tube_is_not_
         assert d["background"]["calibration"]["neutron"]["status"] == "consistent", d["background"]
         assert d["background"]["neutron_cps"] == pytest.approx(4 * tube_cps, rel=0.35), d["background"]
         assert d["verdict"] == "CLEAR", d["alarms"]
+
+
+def test_lines_summed_over_2_s_are_calibrated_from_the_first_intervals_seen(running: Running, ctx: zmq.Context) -> None:
+    """Real TCP, driver and service: a portal whose background lines come every 2 s and carry their 2 s sums. The
+    interval was an average creeping down from an assumed 5 s, so the lane's first vehicles were tested against
+    lines divided by 3 or 4 (benign vehicles alarmed), or found them a mismatch and tested against nothing."""
+    from test_rpm_driver import LineServer
+
+    rng = np.random.default_rng(21)
+    vehicles, period_s = 5, 2.0
+
+    def line(kind: str, mean: float) -> bytes:
+        return (kind + "," + ",".join(f"{c:06d}" for c in rng.poisson(mean, 4)) + "\r\n").encode()
+
+    server = LineServer()
+    config = running.service.config
+    driver = load_driver("rpm")(_publisher(ctx, config), server.url, backoff_max_s=0.2)
+    stop = threading.Event()
+    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
+    t.start()
+
+    def portal() -> None:
+        conn = server.accept()
+        for _ in range(4):  # idle: a line of 2 s sums every 2 s
+            conn.sendall(line("GB", 230.0 * period_s))
+            time.sleep(period_s)
+        for v in range(vehicles):
+            conn.sendall(
+                b"".join(line("GS", 46.0) for _ in range(40)) + f"GX,{v + 1:06d},000000,000000,000000\r\n".encode()
+            )
+            conn.sendall(line("GB", 230.0 * period_s))
+
+    try:
+        deadline = time.monotonic() + 30.0
+        while running.value("lanewatch_lane_link_up", lane="lane1") != 1:  # the link is up: what is sent now is read
+            assert time.monotonic() < deadline, "the driver's link never came up"
+            time.sleep(0.05)
+        sender = threading.Thread(target=portal, daemon=True)
+        sender.start()
+        decisions = _collect(ctx, config, vehicles, timeout_s=60.0)
+        sender.join(10)
+    finally:
+        stop.set()
+        t.join(5)
+        server.drop()
+    assert len(decisions) == vehicles
+    for d in decisions[1:]:
+        gamma = d["background"]["calibration"]["gamma"]
+        assert gamma["status"] == "calibrated" and gamma["factor"] == pytest.approx(1 / period_s, rel=0.15), gamma
+        assert sum(d["background"]["gamma_cps"]) == pytest.approx(4 * 230.0, rel=0.1), d["background"]
+        assert d["verdict"] == "CLEAR", d["alarms"]

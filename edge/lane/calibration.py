@@ -91,16 +91,25 @@ class LaneCalibration:
         self.neutron = SensorCalibration()
         self._ratios: dict[str, deque[float]] = {"gamma": deque(maxlen=RECENT), "neutron": deque(maxlen=RECENT)}
         self._last_line_s: float | None = None
+        self._steps: deque[float] = deque(maxlen=RECENT)
         self._raw: BackgroundSnapshot | None = None
         self._device_ratio: float | None = None
 
     # ------------------------------------------------------------------ evidence
     def on_background_line(self, t_s: float) -> None:
-        """A background line arrived at ``t_s`` (s, monotonic) while unoccupied: measures the reporting interval."""
+        """A background line arrived at ``t_s`` (s, monotonic) while unoccupied: measures the reporting interval.
+
+        The interval is the median of the last ``RECENT`` steps between lines, so the first step already replaces the
+        assumed one (a lane whose lines come every 2 s is not divided by 5 while an average creeps down to 2), and a
+        sensor calibrated to lines summed over their interval follows it at once."""
         if self._last_line_s is not None:
             step = t_s - self._last_line_s
             if 0.5 <= step <= 30.0:
-                self.interval_s += 0.2 * (step - self.interval_s)
+                self._steps.append(step)
+                self.interval_s = float(np.median(self._steps))
+                for cal in (self.gamma, self.neutron):
+                    if cal.status == "calibrated":
+                        cal.factor = 1.0 / self.interval_s
         self._last_line_s = t_s
 
     def on_occupancy_start(self) -> None:
