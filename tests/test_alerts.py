@@ -523,6 +523,9 @@ def test_format_row_shows_the_evidence() -> None:
         "recorded); "
         "Neutron excess below its threshold: 1 counts in its window (threshold 7)"
     )
+    at_threshold = {"reason": "neutron", "statistic": 7.0, "threshold": 7.0, "location_m": None, "alarm": True}
+    neutron = typed(dict(make_decision(1), seq=4, alarms=[at_threshold]))
+    assert alerts.format_row(neutron, color=False).endswith("Neutron excess 7 counts in its window (threshold 7)")
     clear = typed(dict(make_decision(1), seq=3, alarms=[]))
     assert alerts.format_row(clear, color=False).split()[-7:] == ["CLEAR", "-", "-", "-", "-", "-", "-"]
 
