@@ -63,6 +63,8 @@ class Vehicle:
     norm_span_m: tuple[float, float] | None = None
     """Where the NORM load lies (m behind the front); None: the whole cargo."""
     neutron_cps: float = 0.0
+    neutron_first: float = 0.5
+    """Share of the neutron source's counts in the first column's tubes (0-1): above 0.5 nearer that side."""
     ship_cps: float = 0.0
     """He-3 ship effect: spallation neutrons (cps, all tubes) while the cargo is between the pillars, in bursts of
     1 + Poisson(1) neutrons spread over the tubes."""
@@ -101,7 +103,8 @@ class Vehicle:
         neutron = np.tile(NEUTRON_CPS, (m, 1))
         if self.neutron_cps and self.source_m is not None:
             xn = (np.arange(m) + 0.5) * v
-            neutron = neutron + self.neutron_cps / 4 / (1.0 + ((xn - self.source_m) / d) ** 2)[:, None]
+            tubes = np.repeat([self.neutron_first, 1.0 - self.neutron_first], 2) / 2
+            neutron = neutron + self.neutron_cps * tubes[None, :] / (1.0 + ((xn - self.source_m) / d) ** 2)[:, None]
         gamma, counts = rng.poisson(lam).astype(np.float64), rng.poisson(neutron).astype(np.float64)
         if self.ship_cps:
             xn = (np.arange(m) + 0.5) * v
@@ -142,6 +145,9 @@ def run(vehicle: Vehicle, seed: int, cfg: DetectionConfig = CFG, bg: BackgroundS
 
 def alarms(result: dict) -> dict[str, dict]:
     return {a["reason"]: a for a in result["alarms"] if a["alarm"]}
+
+
+real_tube_sets = detect._tube_sets
 
 
 def neutron_alarms(passages: list[Vehicle], cfg: DetectionConfig) -> int:
@@ -395,6 +401,25 @@ def test_neutron_source_alarms() -> None:
         assert m >= 1 and sum(counts[start : start + m]) == pytest.approx(hit["statistic"])
 
 
+def test_neutron_source_near_one_column_is_found_in_its_tubes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A neutron source near the first column (85 % of its neutrons in that column's tubes) is found more often with
+    each column's tubes tested beside all of them than with all tubes alone (47 against 40 of 60), and the entry
+    names the column; its window's count is that column's."""
+    vehicle = Vehicle(source_m=8.0, neutron_cps=20.0, neutron_first=0.85)
+    results = [run(vehicle, seed) for seed in range(60)]
+    found = [alarms(r).get("neutron") for r in results]
+    monkeypatch.setattr(detect, "_tube_sets", lambda cps, exposure_s: real_tube_sets(cps, exposure_s)[:1])
+    all_tubes = sum("neutron" in alarms(run(vehicle, seed)) for seed in range(60))
+    assert sum(f is not None for f in found) >= all_tubes + 4, (sum(f is not None for f in found), all_tubes)
+    columns = [(r, f) for r, f in zip(results, found, strict=True) if f is not None and "side" in f]
+    assert columns and all(f["side"] == "first" for _, f in columns)
+    for result, hit in columns:
+        dt, tubes = result["profile"]["neutron_dt_s"], np.array(result["profile"]["neutron_channels"])
+        m = round(hit["window_s"] / dt)
+        start = round(hit["location_m"] / (vehicle.speed_kmh / 3.6 * dt) - 0.5 * m)
+        assert tubes[start : start + m, :2].sum() == pytest.approx(hit["statistic"])
+
+
 @pytest.mark.parametrize("speed_kmh", [4.0, 8.0, 12.0])
 def test_neutron_locations_lie_within_their_stated_uncertainty(speed_kmh: float) -> None:
     """The neutron test and the neutron-gamma test state a 1-sigma band for their location, which holds against the
@@ -450,16 +475,40 @@ def test_neutron_null_holds_under_steel_that_casts_no_gamma_shadow(monkeypatch: 
     assert allowed <= limit < neutron_alarms(passages, cfg), (allowed, limit)
 
 
+@pytest.mark.parametrize(("windows", "g", "rho1"), [(1, 1, 0.0), (1, 5, 0.9), (8, 5, 0.6)])
+def test_neutron_tests_hold_their_split_budget(windows: int, g: int, rho1: float) -> None:
+    """Per window, the neutron test (neutron z above ``u``) and the neutron-gamma test (below it, at least
+    ``JOINT_MIN_Z``, and ``z^2 + z_gamma+^2`` above ``u_joint^2``, ``z_gamma`` the largest of ``g`` centres with lag-1
+    autocorrelation ``rho1``) take their shares of the budget: Monte Carlo of normal z's, 400,000 windows."""
+    alpha = 0.2
+    u, u_joint = detect.neutron_threshold(alpha, windows, g, (rho1,))
+    rng = np.random.default_rng(7)
+    n = 400_000
+    z = rng.standard_normal(n)
+    e = rng.standard_normal((n, g))
+    centres = e.copy()  # a chain: consecutive centres correlated by rho1, as along a template's centres
+    for i in range(1, g):
+        centres[:, i] = rho1 * centres[:, i - 1] + math.sqrt(1.0 - rho1**2) * e[:, i]
+    gamma = np.maximum(centres.max(axis=1), 0.0) ** 2
+    alone = np.mean(z > u)
+    joint = np.mean((z <= u) & (z >= detect.JOINT_MIN_Z) & (z * z + gamma > u_joint**2))
+    share = alpha / windows
+    assert alone == pytest.approx((1 - detect.JOINT_SHARE) * share, rel=0.05)
+    assert joint <= detect.JOINT_SHARE * share * 1.05, (joint, share)
+    assert joint >= 0.3 * detect.JOINT_SHARE * share, "the bound on the gamma z's maximum is not far off"
+
+
 def test_plutonium_like_source_found_by_neutrons_with_the_gamma_shape() -> None:
     """A neutron source too weak to be found reliably on its counts alone, with a weak soft gamma emission below
-    the gamma tests' thresholds (plutonium-like): the combined neutron-gamma test finds it most of the time (30 of 40
-    at the default budgets, 34 at the former neutron budget of 9e-4 without the vehicle's allowance)."""
+    the gamma tests' thresholds (plutonium-like): the combined neutron-gamma test finds it most of the time (26 of 40
+    at the default budgets, the combined test on half the neutron budget; 30 when one threshold gave it 85-92 % of it,
+    34 at the former neutron budget of 9e-4 without the vehicle's allowance)."""
     neutron_only = Vehicle(length_m=16.0, source_m=9.0, neutron_cps=15.0, cargo_shield=0.12)
     both = replace(neutron_only, source_cps=120.0, source_low=0.97)
     alone = [alarms(run(neutron_only, seed)) for seed in range(40)]
     joint = [alarms(run(both, seed)) for seed in range(40)]
-    assert sum(bool(a) for a in alone) <= 28
-    assert sum(bool(a) for a in joint) >= 28
+    assert sum(bool(a) for a in alone) <= 10
+    assert sum(bool(a) for a in joint) >= 24
     assert sum("gamma" in a or "gamma-shape" in a for a in joint) <= 4
     found = [a.get("neutron-gamma") for a in joint if "neutron-gamma" in a]
     assert len(found) >= 5
@@ -489,7 +538,8 @@ def test_a_point_source_keeps_its_gamma_evidence_in_the_neutron_gamma_test() -> 
     """What the whole occupancy shares is measured away from the strongest centre, so a source's own excess is
     not taken off its gamma evidence: on gross counts a plutonium-like source (weak neutrons, weak gamma) on an
     8 m van, which lifts the median z of so short a vehicle, is still found most of the time, mostly by the
-    combined test (taking the median of every centre off, it was found in 15 of 40)."""
+    combined test (25 of 40, 15 by the combined test, which has half the neutron budget; taking the median of every
+    centre off, it was found in 15 of 40)."""
     cfg = DetectionConfig(energy_windows_kev=[])
     bg = BackgroundSnapshot(GAMMA_CPS.sum(axis=1, keepdims=True), NEUTRON_CPS.copy(), 200.0, 200.0)
     vehicle = Vehicle(length_m=8.0, cab_m=2.0, source_m=5.0, source_cps=100.0, neutron_cps=10.0, cab_shield=0.0)
@@ -498,7 +548,7 @@ def test_a_point_source_keeps_its_gamma_evidence_in_the_neutron_gamma_test() -> 
         gamma, neutron = vehicle.draw(np.random.default_rng(seed))
         result = analyze(cfg, bg, gamma.sum(axis=2, keepdims=True), neutron, DT, 1.0, vehicle.speed_kmh)
         found.append(alarms(result))
-    assert sum(bool(a) for a in found) >= 28 and sum("neutron-gamma" in a for a in found) >= 12, found
+    assert sum(bool(a) for a in found) >= 23 and sum("neutron-gamma" in a for a in found) >= 12, found
 
 
 def test_whole_occupancy_neutron_excess_is_reported_not_alarmed() -> None:

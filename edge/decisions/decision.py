@@ -195,7 +195,8 @@ class Alarm(_Section):
     direction: Literal["softer", "harder"] | None = None
     """For reason gamma-shape: the spectrum is softer or harder than background."""
     side: Literal["first", "second"] | None = None
-    """For reason gamma-side: the half of the portal's channels whose share of the gross counts rose."""
+    """For reason gamma-side: the half of the portal's channels whose share of the gross counts rose; for reasons
+    neutron and neutron-gamma: the half of the neutron tubes (one column) whose window counts (absent: all tubes)."""
     expected: float | None = None
     """For reason neutron: the counts expected in the window."""
     released_as: str | None = None

@@ -252,11 +252,12 @@ def z_notes(decision: Decision) -> list[str]:
 
 def neutron_thresholds(decision: Decision) -> list[tuple[float, str]]:
     """The neutron test's threshold on the counts-per-sample axis, with its label: the window's sum it had to
-    reach, as a mean per sample over that window (entries without ``window_s`` have none to draw)."""
+    reach, as a mean per sample over that window (entries without ``window_s`` have none to draw, nor those of one
+    column's tubes, ``side``: the profile plots all tubes)."""
     dt = decision.profile.neutron_dt_s
     out = []
     for a in decision.alarms:
-        if a.reason != "neutron":
+        if a.reason != "neutron" or a.side is not None:
             continue
         threshold, window = a.threshold, a.window_s
         if threshold is not None and window is not None and window > 0 and dt:

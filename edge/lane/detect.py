@@ -24,18 +24,23 @@ Tests (kernels in :mod:`kernels`):
   window). A source nearer one column, or shielded more toward the other by the cargo, changes the share where it
   passes. Two-sided: ``side`` "first" or "second", the
   half whose share rose. It finds sources whose excess does not make up the shadow's deficit in the gross counts.
-- ``neutron``: tail test of the neutron counts (all tubes) on sliding windows about as long as a point
-  source takes to pass, against a negative binomial null (:mod:`lanewatch.kernels.poisson`): the tracked background
-  (with its uncertainty) plus the He-3 ship effect of steel cargo, whose expected counts grow with the
-  gamma shadow (the suppression of the gross gamma background over each neutron sample above
-  ``SHIP_KNEE``, times ``SHIP_RATE``) and whose bursts and vehicle-to-vehicle spread widen it
-  (``SHIP_DISPERSION``, ``SHIP_RATE_RELVAR``; fitted by :mod:`benchmarks.ship_effect`), and a relative spread of the
-  background under the vehicle (``NEUTRON_VEHICLE_SD``) for steel whose shadow does not show it. The
+- ``neutron``: tail test of the neutron counts on sliding windows about as long as a point source takes to pass,
+  summed over all tubes and, with an even number of tubes and a tracked background per tube, over each column's
+  tubes (the first half of the tubes one column of the portal, as RPMs number them; ``side`` names the column): a
+  source near one column sends most of its neutrons to that column's tubes (inverse square and the tubes' cosine:
+  about 3.5 to 1 at 1 m off the lane's centre line), while the background, and the spallation of steel between the
+  columns, reach both alike, so a column's null is its share of the tracked background times the null of all tubes
+  (the bursts' dispersion kept whole, which a column's share of them only lowers). Against a negative binomial
+  null (:mod:`lanewatch.kernels.poisson`): the tracked background (with its uncertainty) plus the He-3 ship effect
+  of steel cargo, whose expected counts grow with the gamma shadow (the suppression of the gross gamma background
+  over each neutron sample above ``SHIP_KNEE``, times ``SHIP_RATE``) and whose bursts and vehicle-to-vehicle spread
+  widen it (``SHIP_DISPERSION``, ``SHIP_RATE_RELVAR``; fitted by :mod:`benchmarks.ship_effect`), and a relative
+  spread of the background under the vehicle (``NEUTRON_VEHICLE_SD``) for steel whose shadow does not show it. The
   whole-occupancy excess is reported, not alarmed on.
 - ``neutron-gamma``: a plutonium source weak in both: each window's neutron z (its tail probability as a
-  normal z), when at least ``JOINT_MIN_Z``, combined with the gamma z where the window is centred,
-  ``sqrt(z_n^2 + z_gamma+^2)`` (``z_gamma+`` its positive part, the largest over the gamma samples
-  within half a neutron sample of the centre): the softer-shape z with energy windows (NORM, being
+  normal z, the largest over its tube sets), when at least ``JOINT_MIN_Z``, combined with the gamma z where the
+  window is centred, ``sqrt(z_n^2 + z_gamma+^2)`` (``z_gamma+`` its positive part, the largest over the gamma
+  samples within half a neutron sample of the centre): the softer-shape z with energy windows (NORM, being
   harder, adds nothing), else the gross z against the tracked background less the z the whole occupancy
   shares (the median z of the centres beyond the nominal template's reach from the strongest one, when
   positive: a gamma background that rose since it was tracked lifts every centre where nothing shields, and
@@ -59,10 +64,14 @@ side) and the shape test (half per side);
 within a test the chance that the maximum over centres and templates crosses ``u`` is bounded by Rice's
 up-crossing formula for the template's lag-1 autocorrelation (never more than Bonferroni over the
 centres), and a Cornish-Fisher term corrects each z for the skewness of its counts. The neutron budget
-covers both neutron tests as one: per window, the chance that the neutron z alone passes ``u`` plus the
-chance that it is at least ``JOINT_MIN_Z`` and the combination passes ``u``, the gamma z independent of
-the neutrons and its largest value over the window's gamma samples bounded by the same Rice formula;
-Bonferroni over windows. A window alarms as ``neutron`` when its count alone passes.
+is split between the two neutron tests (``JOINT_SHARE`` the neutron-gamma test's), each on its own threshold:
+per window and tube set, the chance that the neutron z alone passes ``u`` (the neutron test's share), and the
+chance that it stays below ``u`` and at least ``JOINT_MIN_Z`` while the combination passes ``u_joint`` (the
+neutron-gamma test's), the gamma z independent of the neutrons and its largest value over the window's gamma
+samples bounded by the same Rice formula; Bonferroni over windows and tube sets. (One threshold for both gave the
+combined test 85-92 % of the budget, so the neutron test alone needed a z about 0.3 higher, and lost that power
+where the gamma evidence at a window adds nothing, as the gross z under a shadow mostly does.) A window alarms as
+``neutron`` when its count alone passes.
 Provisional alarms use thresholds for the longest occupancy (``occupancy_timeout_s``), final ones for
 the actual number of samples, so every provisional alarm is also a final one.
 
@@ -160,6 +169,9 @@ MAX_NEUTRON_WINDOW = 5
 """Longest sliding window (samples) of the neutron test."""
 JOINT_MIN_Z = 1.0
 """Smallest neutron z of a window for the gamma evidence at its place to count toward the neutron test."""
+JOINT_SHARE = 0.5
+"""Share of the neutron false-alarm budget the neutron-gamma test takes (where the neutron test alone does not
+cross); the neutron test has the rest, on its own threshold. Even, as the gamma budget is split between its tests."""
 MIN_NEUTRON_MEAN = 1e-3
 """Floor on the neutron background mean per sample (counts), so a dead counter cannot alarm on one count."""
 SHIP_KNEE = 0.10
@@ -237,35 +249,53 @@ def _gamma_survival(g: int, rho1: tuple[float, ...]) -> np.ndarray:
     return np.minimum(tail, 1.0)
 
 
-def _window_tail(u: float, survival: np.ndarray) -> float:
-    """Per-window false-alarm probability of the neutron tests at threshold ``u`` (module docstring)."""
-    p = 0.5 * math.erfc(u / math.sqrt(2.0))
-    if u <= JOINT_MIN_Z:
-        return p
-    z = np.linspace(JOINT_MIN_Z, u, 257)
-    index = np.minimum(((u * u - z * z) / TAIL_STEP).astype(np.int64), survival.size - 1)
-    f = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi) * survival[index]
-    return p + float(np.sum(f[1:] + f[:-1])) * 0.5 * (z[1] - z[0])
+def _normal_threshold(p: float) -> float:
+    """The z whose normal upper tail is ``p``."""
+    lo, hi = 0.0, 40.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if 0.5 * math.erfc(mid / math.sqrt(2.0)) > p:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
-def neutron_threshold(alpha: float, windows: int, g: int, rho1: tuple[float, ...]) -> float:
-    """Threshold ``u`` (z) of the neutron tests: ``windows`` windows share ``alpha``; the gamma z of each is the
-    largest over ``g`` centres (0: no gamma evidence) of templates with lag-1 autocorrelations ``rho1``
+def _joint_tail(u_alone: float, u: float, survival: np.ndarray) -> float:
+    """Per-window probability that the neutron-gamma test crosses ``u`` where the neutron test alone stays below
+    ``u_alone``: the neutron z in ``[JOINT_MIN_Z, u_alone)`` and ``z^2 + z_gamma+^2 > u^2`` (module docstring)."""
+    if u_alone <= JOINT_MIN_Z:
+        return 0.0
+    z = np.linspace(JOINT_MIN_Z, u_alone, 257)
+    v = u * u - z * z
+    index = np.minimum((np.maximum(v, 0.0) / TAIL_STEP).astype(np.int64), survival.size - 1)
+    f = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi) * np.where(v < 0.0, 1.0, survival[index])
+    return float(np.sum(f[1:] + f[:-1])) * 0.5 * (z[1] - z[0])
+
+
+def neutron_threshold(alpha: float, windows: int, g: int, rho1: tuple[float, ...]) -> tuple[float, float]:
+    """Thresholds (z) of the neutron test and of the neutron-gamma test: ``windows`` windows share ``alpha``,
+    ``JOINT_SHARE`` of it the neutron-gamma test's; the gamma z of each window is the largest over ``g`` centres (0: no
+    gamma evidence, no neutron-gamma test: its threshold infinite) of templates with lag-1 autocorrelations ``rho1``
     (rounded down to 0.005, which only widens the bound and lets nearby speeds share the result)."""
     return _neutron_threshold(alpha, windows, g, tuple(math.floor(200.0 * r) / 200.0 for r in rho1))
 
 
 @lru_cache(maxsize=4096)
-def _neutron_threshold(alpha: float, windows: int, g: int, rho1: tuple[float, ...]) -> float:
+def _neutron_threshold(alpha: float, windows: int, g: int, rho1: tuple[float, ...]) -> tuple[float, float]:
+    windows = max(windows, 1)
+    if g == 0:
+        return _normal_threshold(alpha / windows), math.inf
+    u_alone = _normal_threshold((1.0 - JOINT_SHARE) * alpha / windows)
     survival = _gamma_survival(g, rho1)
     lo, hi = 0.0, 40.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if max(windows, 1) * _window_tail(mid, survival) > alpha:
+        if windows * _joint_tail(u_alone, mid, survival) > JOINT_SHARE * alpha:
             lo = mid
         else:
             hi = mid
-    return hi
+    return u_alone, hi
 
 
 def neutron_window(speed_kmh: float, standoff_m: float, dt_s: float) -> int:
@@ -394,6 +424,46 @@ def _alarm(
     }
 
 
+@dataclass(frozen=True)
+class _TubeSet:
+    """Neutron tubes whose counts a neutron window sums: all of them, or one column of the portal."""
+
+    side: str | None
+    """None: all tubes; "first" or "second": the first or the second half of the tubes (one column of the portal, as
+    RPMs number them)."""
+    tubes: slice
+    share: float
+    """The set's share of the tracked neutron background, and of the ship effect (spallation in steel between the
+    columns reaches both alike)."""
+    relvar: float
+    """Relative variance of the set's background level: its tracked counts' and the vehicle's
+    (``NEUTRON_VEHICLE_SD``)."""
+
+
+def _tube_sets(background_cps: np.ndarray, exposure_s: float) -> list[_TubeSet]:
+    """The neutron tests' tube sets for a tracked background of ``background_cps`` per tube over ``exposure_s``: all
+    tubes, and with an even number of them each column whose tubes count (module docstring)."""
+
+    def relvar(cps: float) -> float:
+        counts = cps * exposure_s
+        return (1.0 / counts if counts > 0 else 0.0) + NEUTRON_VEHICLE_SD**2
+
+    total = float(background_cps.sum())
+    sets = [_TubeSet(None, slice(None), 1.0, relvar(total))]
+    half = background_cps.size // 2
+    if background_cps.size % 2 == 0 and half:
+        for side, tubes in (("first", slice(0, half)), ("second", slice(half, None))):
+            cps = float(background_cps[tubes].sum())
+            if cps > 0:
+                sets.append(_TubeSet(side, tubes, cps / total, relvar(cps)))
+    return sets
+
+
+def _with_side(entry: dict[str, Any], tube_set: _TubeSet) -> dict[str, Any]:
+    """``entry`` with the column its neutron window counts (``side``), when not all tubes."""
+    return entry if tube_set.side is None else {**entry, "side": tube_set.side}
+
+
 @dataclass
 class _GammaBackground:
     """What the gamma tests expect: counts per sample, its relative variance, the low-window fraction."""
@@ -450,7 +520,8 @@ class OccupancyAnalyzer:
         self._neutron_live_u: float | None = None
         self._tracked: _GammaBackground | None = None
         self._neutron_cps: float | None = None
-        self._neutron_relvar = 0.0
+        self._tube_sets: list[_TubeSet] = []
+        self._neutron_live_log_sf = 0.0
         self._joint_evidence: np.ndarray | None = None
         g = None if background.gamma_cps is None else np.asarray(background.gamma_cps, dtype=np.float64)
         if g is not None and g.shape != (gamma_channels, self.windows):
@@ -477,8 +548,7 @@ class OccupancyAnalyzer:
                 raise ValueError(f"neutron background shape {nb.shape} != ({neutron_channels},)")
             if float(nb.sum()) >= MIN_NEUTRON_CPS:
                 self._neutron_cps = float(nb.sum())
-                counts = self._neutron_cps * background.neutron_exposure_s
-                self._neutron_relvar = (1.0 / counts if counts > 0 else 0.0) + NEUTRON_VEHICLE_SD**2
+                self._tube_sets = _tube_sets(nb, background.neutron_exposure_s)
 
     # ----------------------------------------------------------------- inputs
     def set_speed(self, speed_kmh: float) -> None:
@@ -606,14 +676,14 @@ class OccupancyAnalyzer:
             return []
         if self._neutron_live_u is None:
             n_max = max(1, math.ceil(self.cfg.occupancy_timeout_s / self.neutron_dt_s))
-            self._neutron_live_u = self._neutron_u(n_max)
+            self._neutron_live_u = self._neutron_u(n_max * len(self._tube_sets))[0]
         m = self.neutron_window()
         mean, relvar = ship_window_null(
             self._ship_h(i + 1),
             i,
             m,
             max(self._neutron_cps * self.neutron_dt_s, MIN_NEUTRON_MEAN),
-            self._neutron_relvar,
+            self._tube_sets[0].relvar,
             SHIP_RATE,
             SHIP_RATE_RELVAR,
             SHIP_DISPERSION,
@@ -623,7 +693,8 @@ class OccupancyAnalyzer:
         if total < needed:
             return []
         k = min(i + 1, m)
-        z = _normal_quantile(count_log_sf(int(total), mean, relvar))
+        self._neutron_live_log_sf = count_log_sf(int(total), mean, relvar)
+        z = _normal_quantile(self._neutron_live_log_sf)
         alarm = _alarm(
             "neutron", total, needed, (i + 1 - 0.5 * k) * self.neutron_dt_s, self.speed_kmh, self._neutron_sd_m(z)
         )
@@ -659,8 +730,9 @@ class OccupancyAnalyzer:
             return 0
         return max(1, math.ceil(self.neutron_dt_s / self._gamma_plan().dt_s - 1e-9))
 
-    def _neutron_u(self, windows: int, g: int = 0) -> float:
-        """Threshold (z) of the neutron tests for ``windows`` windows and at least ``g`` gamma centres per window."""
+    def _neutron_u(self, windows: int, g: int = 0) -> tuple[float, float]:
+        """Thresholds (z) of the neutron test and the neutron-gamma test (:func:`neutron_threshold`) for ``windows``
+        windows and at least ``g`` gamma centres per window."""
         alpha = self.cfg.neutron_false_alarm_probability
         if self.gamma_dt_s <= 0.0:
             return neutron_threshold(alpha, windows, 0, (0.0,))
@@ -683,38 +755,48 @@ class OccupancyAnalyzer:
             return [], {}, {"neutron_origin": None, "neutron_cps": None}
         dt = self.neutron_dt_s
         h = self._ship_h(n)
+        sets = self._tube_sets
         if self._neutron_cps is not None:
-            mean, relvar, origin = self._neutron_cps * dt, self._neutron_relvar, "tracked"
+            mean, origin = self._neutron_cps * dt, "tracked"
         else:
             mean, used = _clipped_mean(counts - SHIP_RATE * h)
             relvar, origin = 1.0 / max(mean * used, 1.0) + NEUTRON_VEHICLE_SD**2, "estimated-from-occupancy"
+            sets = [_TubeSet(None, slice(None), 1.0, relvar)]
         mean = max(mean, MIN_NEUTRON_MEAN)
         m = min(self.neutron_window(), n)
-        log_sf, means, relvars = ship_window_log_sf(
-            counts, h, m, mean, relvar, SHIP_RATE, SHIP_RATE_RELVAR, SHIP_DISPERSION
-        )
+        windows = []
+        for ts in sets:
+            x = counts if ts.side is None else self._tubes.view[:, ts.tubes].sum(axis=1)
+            mu, rate = max(ts.share * mean, MIN_NEUTRON_MEAN), ts.share * SHIP_RATE
+            null = ship_window_log_sf(x, h, m, mu, ts.relvar, rate, SHIP_RATE_RELVAR, SHIP_DISPERSION)
+            windows.append((ts, x, *null))
+        log_sfs = np.stack([w[2] for w in windows])
+        best = np.argmin(log_sfs, axis=0)
+        log_sf = log_sfs[best, np.arange(log_sfs.shape[1])]
         gamma, g = self._gamma_by_window(log_sf.size, m)
-        u = self._neutron_u(log_sf.size, g)
+        u, u_joint = self._neutron_u(len(sets) * log_sf.size, g)
         log_u = _log_normal_sf(u)
         k = int(np.argmin(log_sf))
-        sums = np.convolve(counts, np.ones(m), mode="valid")
+        ts, x, _, means, relvars = windows[int(best[k])]
+        total = float(np.sum(x[k : k + m]))
         needed = count_threshold(means[k], relvars[k], log_u)
         alarms = []
         prior = self.raised.get("neutron")
-        if prior is not None and prior["statistic"] - prior["threshold"] >= sums[k] - needed:
+        if prior is not None and self._neutron_live_log_sf <= log_sf[k]:
             alarms.append({**prior, "alarm": True})
-        elif sums[k] >= needed or prior is not None:
+        elif total >= needed or prior is not None:
             sd = self._neutron_sd_m(_normal_quantile(float(log_sf[k])))
-            entry = _alarm("neutron", sums[k], needed, (k + 0.5 * m) * dt, self.speed_kmh, sd)
-            alarms.append({**entry, "expected": round(float(means[k]), 2), "window_s": round(m * dt, 3), "alarm": True})
+            entry = _alarm("neutron", total, needed, (k + 0.5 * m) * dt, self.speed_kmh, sd)
+            entry.update(expected=round(float(means[k]), 2), window_s=round(m * dt, 3), alarm=True)
+            alarms.append(_with_side(entry, ts))
         elif gamma is not None:
-            joint = _joint(log_sf, gamma, u)
+            joint = _joint(log_sf, gamma, u_joint)
             if joint is not None:
                 z_neutron, z_gamma, k = joint
                 z = math.hypot(z_neutron, z_gamma)
-                entry = _alarm("neutron-gamma", z, u, (k + 0.5 * m) * dt, self.speed_kmh, self._neutron_sd_m(z))
+                entry = _alarm("neutron-gamma", z, u_joint, (k + 0.5 * m) * dt, self.speed_kmh, self._neutron_sd_m(z))
                 entry.update(alarm=True, neutron_z=round(z_neutron, 3), gamma_z=round(z_gamma, 3))
-                alarms.append(entry)
+                alarms.append(_with_side(entry, windows[int(best[k])][0]))
         profile = {
             "neutron": _finite_list(counts, 1),
             "neutron_channels": [_finite_list(sample, 1) for sample in self._tubes.view],
