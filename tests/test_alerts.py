@@ -758,6 +758,9 @@ def test_reasons_read_as_an_operator_would() -> None:
         "± 0.1 m, where the radiation alarms: Gamma share of one portal column 14.2 sigma (threshold 5.1)"
     ), "the place rounded to what its uncertainty supports; the size of the z, its side said by the test's words"
     assert "-14.2" not in row
+    column = {"reason": "neutron", "statistic": 49.0, "threshold": 47.0, "expected": 19.5, "side": "first",
+              "location_m": 7.2, "location_sd_m": 1.9, "alarm": True}  # fmt: skip
+    assert "Neutron excess (the first column's tubes)" in alerts.format_row(row_of(seq=5, alarms=[column]))
     hotspot = {**evidence, "reason": "gamma-shape (below threshold)", "statistic": -3.46, "threshold": 3.0}
     weak = alerts.format_row(row_of(seq=4, verdict="ALARM", alarms=[{**fused, "radiation": hotspot}]))
     assert weak.endswith(

@@ -246,6 +246,8 @@ def reason_text(alarm: Alarm, decision: Told | None = None) -> str:
             name += f" {alarm.direction} than background"
         if reason == "gamma-side" and alarm.side:
             name += f" (the {alarm.side} half of the channels)"
+        elif reason in ("neutron", "neutron-gamma") and alarm.side:
+            name += f" (the {alarm.side} column's tubes)"
         measure = _measure(reason, stat, threshold, alarm.expected)
         crossed = size is None or threshold is None or size >= threshold  # the neutron test alarms at its threshold
         if not crossed:
