@@ -13,6 +13,7 @@ BENCHMARKS = (
     "lanes",
     "detection",
     "robustness",
+    "portals",
     "fusion",
     "model",
     "fuzz",
