@@ -24,11 +24,15 @@ import numba
 import numpy as np
 
 
-def point_templates(scales: np.ndarray, truncation: float, max_halfwidth: int) -> tuple[np.ndarray, np.ndarray]:
+def point_templates(
+    scales: np.ndarray, truncation: float, max_halfwidth: int, panel: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Template bank for scales ``s`` (samples): rows of width ``2 H + 1`` centred at column ``H``.
 
     Returns ``(bank (T, 2H+1), halfwidths (T,) int64)``; each row is zero beyond its own half-width,
-    which is ``ceil(truncation * s)`` capped at ``max_halfwidth``.
+    which is ``ceil(truncation * s)`` capped at ``max_halfwidth``. With ``panel`` the shape is a flat detector's
+    ``(1 + (u/s)^2)^-1.5`` (inverse square times the cosine of the incidence on a panel facing the lane), whose
+    tails fall faster than the isotropic ``1 / (1 + (u/s)^2)``; its half-maximum width is 0.766 of the latter's.
     """
     scales = np.asarray(scales, dtype=np.float64)
     halfw = np.minimum(np.ceil(truncation * scales), max_halfwidth).astype(np.int64)
@@ -37,7 +41,11 @@ def point_templates(scales: np.ndarray, truncation: float, max_halfwidth: int) -
     bank = np.zeros((scales.size, 2 * hmax + 1))
     k = np.arange(-hmax, hmax + 1, dtype=np.float64)
     for t, (s, h) in enumerate(zip(scales, halfw, strict=True)):
-        row = s * (np.arctan((k + 0.5) / s) - np.arctan((k - 0.5) / s))
+        hi, lo = (k + 0.5) / s, (k - 0.5) / s
+        if panel:
+            row = hi / np.sqrt(1.0 + hi * hi) - lo / np.sqrt(1.0 + lo * lo)
+        else:
+            row = s * (np.arctan(hi) - np.arctan(lo))
         row[np.abs(k) > h] = 0.0
         bank[t] = row / row.max()
     return bank, halfw

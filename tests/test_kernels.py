@@ -150,6 +150,21 @@ def test_matched_filter_known_value() -> None:
     assert z_cf == pytest.approx(z - 2.0 * np.sum(w**3) * 100 / (np.sum(w**2) * 100) ** 1.5)
 
 
+def test_panel_template_integrates_the_cosine_response() -> None:
+    """With ``panel`` each value is the integral of (1 + (u/s)^2)^-1.5 over its sample, peak-normalised, and at the
+    scale 1.305 s it is as wide at half maximum as the isotropic template of scale s."""
+    rows, halfw = matched.point_templates(np.array([2.0]), 2.5, 40, panel=True)
+    assert halfw[0] == 5
+    k = np.arange(-5, 6)
+    hi, lo = (k + 0.5) / 2, (k - 0.5) / 2
+    expect = hi / np.sqrt(1 + hi * hi) - lo / np.sqrt(1 + lo * lo)
+    close(rows[0], expect / expect.max())
+    u = np.linspace(0.0, 5.0, 50001)
+    s = 1.0 / math.sqrt(2.0 ** (2.0 / 3.0) - 1.0)
+    half_panel = u[np.argmin(np.abs((1 + (u / s) ** 2) ** -1.5 - 0.5))]
+    assert half_panel == pytest.approx(1.0, abs=1e-3)
+
+
 def test_point_template_integrates_the_lorentzian() -> None:
     """Each template value is the integral of 1/(1 + (u/s)^2) over its sample, peak-normalised."""
     rows, halfw = matched.point_templates(np.array([2.0]), 2.5, 40)

@@ -50,7 +50,8 @@ Tests (kernels in :mod:`kernels`):
 A gamma, side or harder-shape alarm is ``norm-consistent`` when its excess (a side alarm's: the gross excess) is
 spread (a uniform load, of any
 length from ``norm_min_extent`` of the vehicle and ``NORM_MIN_LOAD_M`` up, explains it clearly better than any point
-source at the standoff and speed can, ``NORM_PREFERENCE``), holds no point source on top of that load (``NORM_PEAK_Z``),
+source at the standoff and speed can, an isotropic or a flat panel's profile, ``NORM_PREFERENCE``), holds no point
+source on top of that load (``NORM_PEAK_Z``),
 with energy windows is harder than background over the load (the low-window fraction at least ``NORM_HARD_Z`` standard
 deviations below what background would give), and no softer-shape alarm stands; on gross counts the
 spread alone decides. ``norm_verdict`` says whether such alarms are released (they stop alarming) or
@@ -158,6 +159,11 @@ NORM_MODEL_ERROR = 0.1
 """Fraction of a uniform-load model of a NORM excess allowed as model error before a residual counts as a peak."""
 NORM_MIN_LOAD_M = 2.0
 """Shortest load (m) an excess may be spread over to be NORM-consistent: bulk cargo, not a package."""
+PANEL_WIDTHS = (0.6, 0.8, 1.0)
+"""Half-maximum widths, as fractions of the nominal template's, of the flat-panel point-source profiles a NORM load
+must beat besides the bank's (:func:`_point_gain`)."""
+PANEL_HALF_MAX = 1.0 / math.sqrt(2.0 ** (2.0 / 3.0) - 1.0)
+"""Scale of a flat-panel profile ``(1 + (u/s)^2)^-1.5`` as wide at half maximum as ``1 / (1 + u^2)`` (1.305)."""
 NORM_PEAK_Z = 3.0
 """z of a point source on top of a NORM load above which the load is not released."""
 NORM_PREFERENCE = 9.0
@@ -324,6 +330,8 @@ class GammaPlan:
     halfw: np.ndarray
     nominal: np.ndarray
     """The bank's middle template, trimmed to its own width (for smoothing an excess)."""
+    panels: tuple[np.ndarray, ...]
+    """Flat-panel point-source templates (:data:`PANEL_WIDTHS`), each trimmed to its own width."""
     rho1: tuple[float, ...]
     side_rho1: tuple[float, ...]
     """Lag-1 autocorrelations of the sideband statistics (:mod:`lanewatch.kernels.sideband`) of the bank."""
@@ -348,6 +356,13 @@ def gamma_plan(dt_s: float, speed_kmh: float, standoff_m: float) -> GammaPlan:
     hmax = (bank.shape[1] - 1) // 2
     mid = len(BANK_FACTORS) // 2
     nominal = bank[mid, hmax - halfw[mid] : hmax + halfw[mid] + 1].copy()
+    panel_bank, panel_halfw = point_templates(
+        np.array(PANEL_WIDTHS) * PANEL_HALF_MAX * scale, TEMPLATE_TRUNCATION, MAX_HALFWIDTH, panel=True
+    )
+    panel_hmax = (panel_bank.shape[1] - 1) // 2
+    panels = tuple(
+        row[panel_hmax - h : panel_hmax + h + 1].copy() for row, h in zip(panel_bank, panel_halfw, strict=True)
+    )
     width = max(MIN_FLANK, math.ceil(FLANK_SCALES * scale))
     side = max(MIN_FLANK, math.ceil(SIDEBAND_SCALES * scale))
     return GammaPlan(
@@ -356,6 +371,7 @@ def gamma_plan(dt_s: float, speed_kmh: float, standoff_m: float) -> GammaPlan:
         bank=bank,
         halfw=halfw,
         nominal=nominal,
+        panels=panels,
         rho1=tuple(float(np.dot(row[:-1], row[1:]) / np.dot(row, row)) for row in bank),
         side_rho1=tuple(projected_rho1(row[hmax - h : hmax + h + 1], side) for row, h in zip(bank, halfw, strict=True)),
         mid=mid,
@@ -1199,17 +1215,23 @@ def _gain(model: np.ndarray, excess: np.ndarray, variance: np.ndarray) -> float:
 
 
 def _point_gain(excess: np.ndarray, variance: np.ndarray, plan: GammaPlan) -> float:
-    """The best :func:`_gain` of a point source: any centre, templates up to the nominal width.
+    """The best :func:`_gain` of a point source: any centre, any shape a point source's profile can take up to the
+    nominal width.
 
     The bank's wider templates stand for sources farther than the standoff, which cannot be: a source
-    between the pillars is nearer one side than the lane centre line, so its profile is narrower.
+    between the pillars is nearer one side than the lane centre line, so its profile is narrower. Its shape is
+    the bank's (an isotropic detector) or that of flat panels facing the lane (:data:`PANEL_WIDTHS`), whose
+    cosine response makes the tails fall faster: against the bank's shape alone, a strong point source seen by
+    panels is fitted better by a short load, whose profile is flatter on top, and would pass for NORM.
     """
     hmax = (plan.bank.shape[1] - 1) // 2
+    nearer = [
+        row[hmax - h : hmax + h + 1]
+        for factor, row, h in zip(BANK_FACTORS, plan.bank, plan.halfw, strict=True)
+        if factor <= 1.0
+    ]
     best = 0.0
-    for factor, row, h in zip(BANK_FACTORS, plan.bank, plan.halfw, strict=True):
-        if factor > 1.0:
-            continue
-        w = row[hmax - h : hmax + h + 1]
+    for w in nearer + list(plan.panels):
         num = smooth(excess / variance, w)
         den = smooth(1.0 / variance, w * w)
         best = max(best, float(np.max(np.where(num > 0, num * num / den, 0.0))))
