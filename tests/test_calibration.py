@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 from support import Running
+from test_rpm_driver import LineServer
 from test_service import _background, _collect, _config, _occupancy, _publisher
 
 from lanewatch.drivers.sim.lane import LaneSimulator
@@ -98,6 +100,27 @@ def running(tmp_path: Path) -> Iterator[Running]:
     r.close()
 
 
+@contextmanager
+def _linked_driver(running: Running, ctx: zmq.Context) -> Iterator[LineServer]:
+    """A portal's TCP server with lanewatch's RPM driver reading it into the running service, once the driver's link
+    is up (what the server sends from then on is read); the driver stopped and the server dropped on exit."""
+    server = LineServer()
+    driver = load_driver("rpm")(_publisher(ctx, running.service.config), server.url, backoff_max_s=0.2)
+    stop = threading.Event()
+    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30.0
+        while running.value("lanewatch_lane_link_up", lane="lane1") != 1:
+            assert time.monotonic() < deadline, "the driver's link never came up"
+            time.sleep(0.05)
+        yield server
+    finally:
+        stop.set()
+        t.join(5)
+        server.drop()
+
+
 def test_a_lane_whose_background_lines_count_over_5_s_calibrates_and_says_so(
     running: Running, ctx: zmq.Context
 ) -> None:
@@ -165,7 +188,6 @@ def test_a_portal_whose_end_line_carries_the_neutron_background_per_tube_is_not_
     mean neutron background per tube (not all tubes) reads, with 4 tubes, like lines summed over 5 s. Taken so at
     once, the lane tested every later vehicle against a fifth of its neutron background (benign vehicles alarmed),
     and the occupancies that refute it were never counted as evidence: too few counts at the factor applied."""
-    from test_rpm_driver import LineServer
 
     rng = np.random.default_rng(12)
     tube_cps, vehicles = 0.7, 8
@@ -183,23 +205,9 @@ def test_a_portal_whose_end_line_carries_the_neutron_background_per_tube_is_not_
                 lines.append(("NS," + ",".join(f"{c:06d}" for c in rng.poisson(tube_cps, 4)) + "\r\n").encode())
         lines.append(f"GX,{v + 1:06d},{round(tube_cps * 1000):06d},000000,000000\r\n".encode())
         lines.append(background())
-    server = LineServer()
-    config = running.service.config
-    driver = load_driver("rpm")(_publisher(ctx, config), server.url, backoff_max_s=0.2)
-    stop = threading.Event()
-    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
-    t.start()
-    try:
-        deadline = time.monotonic() + 30.0
-        while running.value("lanewatch_lane_link_up", lane="lane1") != 1:  # the link is up: what is sent now is read
-            assert time.monotonic() < deadline, "the driver's link never came up"
-            time.sleep(0.05)
+    with _linked_driver(running, ctx) as server:
         server.serve(lines)
-        decisions = _collect(ctx, config, vehicles, timeout_s=60.0)
-    finally:
-        stop.set()
-        t.join(5)
-        server.drop()
+        decisions = _collect(ctx, running.service.config, vehicles, timeout_s=60.0)
     assert len(decisions) == vehicles
     for d in decisions[1:]:
         assert d["background"]["calibration"]["neutron"]["status"] == "consistent", d["background"]
@@ -211,7 +219,6 @@ def test_lines_summed_over_2_s_are_calibrated_from_the_first_intervals_seen(runn
     """Real TCP, driver and service: a portal whose background lines come every 2 s and carry their 2 s sums. The
     interval was an average creeping down from an assumed 5 s, so the lane's first vehicles were tested against
     lines divided by 3 or 4 (benign vehicles alarmed), or found them a mismatch and tested against nothing."""
-    from test_rpm_driver import LineServer
 
     rng = np.random.default_rng(21)
     vehicles, period_s = 5, 2.0
@@ -219,14 +226,7 @@ def test_lines_summed_over_2_s_are_calibrated_from_the_first_intervals_seen(runn
     def line(kind: str, mean: float) -> bytes:
         return (kind + "," + ",".join(f"{c:06d}" for c in rng.poisson(mean, 4)) + "\r\n").encode()
 
-    server = LineServer()
-    config = running.service.config
-    driver = load_driver("rpm")(_publisher(ctx, config), server.url, backoff_max_s=0.2)
-    stop = threading.Event()
-    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
-    t.start()
-
-    def portal() -> None:
+    def portal(server: LineServer) -> None:
         conn = server.accept()
         for _ in range(4):  # idle: a line of 2 s sums every 2 s
             conn.sendall(line("GB", 230.0 * period_s))
@@ -237,19 +237,11 @@ def test_lines_summed_over_2_s_are_calibrated_from_the_first_intervals_seen(runn
             )
             conn.sendall(line("GB", 230.0 * period_s))
 
-    try:
-        deadline = time.monotonic() + 30.0
-        while running.value("lanewatch_lane_link_up", lane="lane1") != 1:  # the link is up: what is sent now is read
-            assert time.monotonic() < deadline, "the driver's link never came up"
-            time.sleep(0.05)
-        sender = threading.Thread(target=portal, daemon=True)
+    with _linked_driver(running, ctx) as server:
+        sender = threading.Thread(target=portal, args=(server,), daemon=True)
         sender.start()
-        decisions = _collect(ctx, config, vehicles, timeout_s=60.0)
+        decisions = _collect(ctx, running.service.config, vehicles, timeout_s=60.0)
         sender.join(10)
-    finally:
-        stop.set()
-        t.join(5)
-        server.drop()
     assert len(decisions) == vehicles
     for d in decisions[1:]:
         gamma = d["background"]["calibration"]["gamma"]
