@@ -6,10 +6,11 @@ Tests (kernels in :mod:`kernels`):
   one the speed and ``source_standoff_m`` give), in two versions. Against the tracked background as is
   (full sensitivity where nothing shields; a shadow only lowers it). And against the occupancy's own
   level: around each centre a straight-line shadow (any level, any slope) is fitted on sidebands together
-  with the source (:mod:`lanewatch.kernels.sideband`), so the test holds under any shadow a line follows
-  over a few metres; where the shadow is rougher than that (patches, steps), the z's of the occupancy
-  are divided by their own spread below the median (at least 1), measured away from the strongest
-  centre, which a source does not widen. The statistic is the larger z.
+  with the source, and the source is also held against the brighter sideband's level flat across it (a step
+  of the shadow under the template; the smaller z counts: :mod:`lanewatch.kernels.sideband`), so the test
+  holds under any shadow a line or a step follows over a few metres; where the shadow is rougher than that
+  (patches), the z's of the occupancy are divided by their own spread below the median (at least 1), measured
+  away from the strongest centre, which a source does not widen. The statistic is the larger z.
 - ``gamma-shape`` (K >= 2 energy windows): conditional binomial test of the low-window fraction against
   the background's, corrected for the way shielding softens the background (fitted over the rest of the vehicle,
   allowing a section to soften otherwise, ``SHAPE_SECTION_SD``), matched-filter weighted
@@ -1002,12 +1003,17 @@ class OccupancyAnalyzer:
         standard deviation (at least 1): a shadow rougher than a line across each window widens the null
         both ways, a source only raises the upper tail.
         """
-        z_all, level_all = sideband_series(x, e, plan.bank, plan.halfw, plan.side, thr.cf_gross, SHADOW_ROUGHNESS)
-        nominal = z_all[plan.mid]
+        z_line, z_step, level_all = sideband_series(
+            x, e, plan.bank, plan.halfw, plan.side, thr.cf_gross, SHADOW_ROUGHNESS
+        )
+        # The spread of the line's z's: the step's are lowered on purpose wherever the shadow (or a source's own
+        # flank) ramps, which is no roughness.
+        nominal = z_line[plan.mid]
         nominal = nominal[np.isfinite(nominal)]
         spread = 1.0
         if nominal.size >= SPREAD_MIN_CENTRES:
             spread = max(1.0, float(np.median(nominal) - np.quantile(nominal, SPREAD_QUANTILE)))
+        z_all = np.minimum(z_line, z_step)
         t = np.argmax(z_all, axis=0)
         z = z_all[t, np.arange(x.shape[0])] / spread
         level = level_all[plan.mid]
