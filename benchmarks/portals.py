@@ -179,12 +179,12 @@ class Generator:
         self.bg = np.asarray(portal.background_cps, dtype=np.float64)
         self.counter = portal.counter_start
         self.count = 0
-        self.clock = clock
+        self._clock = clock
         self.t0 = clock()
 
     def drift(self) -> float:
         """The site's slow background drift (radon, weather): a factor near 1."""
-        t = self.clock() - self.t0
+        t = self._clock() - self.t0
         return 1.0 + 0.05 * math.sin(t / 170.0) + 0.02 * math.sin(t / 23.0)
 
     def background_lines(self, period_s: float) -> list[str]:
