@@ -51,6 +51,8 @@ PR_SET_PDEATHSIG = 1
 """prctl(2) option: the signal a process gets when its parent dies."""
 READY_TIMEOUT_S = 120.0
 """Longest wait (s) for the service to answer: the first start compiles the kernels."""
+STOP_TIMEOUT_S = 15.0
+"""Longest wait (s) for every part together to stop after SIGTERM before the rest are killed."""
 
 
 def free_ports(count: int, consecutive: bool = False) -> list[int]:
@@ -253,12 +255,15 @@ def demo(args: argparse.Namespace) -> int:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        # Every part stops at once: one deadline for all of them, not one per part in turn.
+        deadline = time.monotonic() + STOP_TIMEOUT_S
         for name, proc in procs.items():
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                print(f"  {name} did not stop in 10 s; killing it", file=sys.stderr)
+                print(f"  {name} did not stop in {STOP_TIMEOUT_S:.0f} s; killing it", file=sys.stderr)
                 proc.kill()
+                proc.wait()
         print(f"\nlanewatch demo stopped; journal kept at {config.service.journal}")
 
 
