@@ -41,9 +41,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from statistics import NormalDist
 
+import msgspec
 import numpy as np
 
 from benchmarks.detection import MEAN_GAP_S, READING_INTERVAL_S, WARM_UP_S, _feed
@@ -202,7 +203,7 @@ def occupancy_rates(data: list[Passage], probabilities: tuple[float, ...]) -> li
     base = DetectionConfig(energy_windows_kev=list(WINDOWS_KEV), occupancy_hold_in_s=HOLD_IN_S)
     out = []
     for probability in probabilities:
-        cfg = replace(base, neutron_false_alarm_probability=probability)
+        cfg = msgspec.structs.replace(base, neutron_false_alarm_probability=probability)
         alarms = 0
         for p in data:
             v = p.vehicle
