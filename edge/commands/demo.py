@@ -216,6 +216,8 @@ def demo(args: argparse.Namespace) -> int:
     print(f"  evidence of a decision:       {exe} evidence SEQ --out DIR --config {cfg_path}")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C stops the demo even when it was started with SIGINT ignored (a background job of a shell script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
 
         def start(name: str) -> None:
