@@ -67,6 +67,7 @@ def inputs(n: int, seed: int = 0) -> dict[str, Any]:
         "b": b,
         "neutron": rng.poisson(14.0, m).astype(np.float64),
         "ship": ship_covariate(suppression.span_levels(x, e, np.full(n, DT_S), 1.0, m), 1.0),
+        "ship_null": tuple(np.full(m - 2, v) for v in (42.0, 0.01, 3.0, 0.5)),
         "bank": plan.bank,
         "halfw": plan.halfw,
         "w": plan.nominal,
@@ -121,9 +122,9 @@ def per_sample_cases(n: int) -> list[tuple[str, Callable[[], Any], Callable[[], 
             lambda: suppression.span_levels_ref(x, e, dts, 1.0, d["ship"].size),
         ),
         (
-            "ship_window_null (neutron)",
-            lambda: poisson.ship_window_null(d["ship"], d["ship"].size - 1, 3, 14.0, 0.003, 10.0, 0.5, 3.4),
-            lambda: poisson.ship_window_null_ref(d["ship"], d["ship"].size - 1, 3, 14.0, 0.003, 10.0, 0.5, 3.4),
+            "ship_threshold (neutron)",
+            lambda: poisson.ship_threshold(42.0, 0.01, 3.0, 0.5, 3.4, -11.0),
+            lambda: poisson.ship_threshold_ref(42.0, 0.01, 3.0, 0.5, 3.4, -11.0),
         ),
         (
             "count_threshold (neutron)",
@@ -164,8 +165,8 @@ def batch_cases(n: int) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]
         ),
         (
             "ship_window_log_sf (neutron)",
-            lambda: poisson.ship_window_log_sf(d["neutron"], d["ship"], 3, 14.0, 0.003, 10.0, 0.5, 3.4),
-            lambda: poisson.ship_window_log_sf_ref(d["neutron"], d["ship"], 3, 14.0, 0.003, 10.0, 0.5, 3.4),
+            lambda: poisson.ship_window_log_sf(d["neutron"], 3, *d["ship_null"], 3.4),
+            lambda: poisson.ship_window_log_sf_ref(d["neutron"], 3, *d["ship_null"], 3.4),
         ),
         ("smooth", lambda: locate.smooth(x - e, w), lambda: locate.smooth_ref(x - e, w)),
         (

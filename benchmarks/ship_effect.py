@@ -176,10 +176,13 @@ def check(data: list[Passage], ship: ShipFit) -> list[tuple[str, int, list[float
     log_sf: list[list[float]] = [[] for _ in bands]
     for p in data:
         h = _covariate(p, ship.knee)
-        sf, mean, _ = ship_window_log_sf(
-            p.counts, h, p.window, p.background, p.relvar, ship.rate, ship.rate_relvar, ship.dispersion
+        m = min(p.window, p.counts.size)
+        expected_ship = ship.rate * np.convolve(h, np.ones(m), mode="valid")
+        none = np.zeros_like(expected_ship)
+        null = detect.window_null(
+            p.background * m, p.relvar, expected_ship, none, none + ship.rate_relvar, ship.dispersion
         )
-        expected_ship = mean - p.background * min(p.window, p.counts.size)
+        sf = ship_window_log_sf(p.counts, m, *null, ship.dispersion)
         for k, (lo, hi, _) in enumerate(bands):
             inside = (expected_ship >= lo) & (expected_ship < hi) if k else expected_ship < hi
             log_sf[k].extend(sf[inside].tolist())

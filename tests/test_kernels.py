@@ -361,39 +361,72 @@ def test_poisson_thresholds_known_values(mu: float) -> None:
 @given(
     x=profiles(max_size=40),
     m=st.integers(1, 6),
-    mu=st.floats(0.5, 50.0),
+    b=st.floats(0.5, 50.0),
     relvar=st.sampled_from([0.0, 0.01]),
     ship=st.tuples(st.floats(0.0, 20.0), st.floats(0.0, 1.0), st.floats(1.0, 5.0)),
-    seed=st.integers(0, 2**32 - 1),
 )
 def test_window_kernels_match_reference(
-    x: np.ndarray, m: int, mu: float, relvar: float, ship: tuple[float, float, float], seed: int
+    x: np.ndarray, m: int, b: float, relvar: float, ship: tuple[float, float, float]
 ) -> None:
-    h = np.random.default_rng(seed).uniform(0.0, 0.3, x.size) * (np.arange(x.size) % 3 > 0)
-    close(
-        poisson.ship_window_log_sf(x, h, m, mu, relvar, *ship),
-        poisson.ship_window_log_sf_ref(x, h, m, mu, relvar, *ship),
-    )
+    windows = x.size - min(m, x.size) + 1
+    spread = np.linspace(0.0, ship[0], windows)
+    args = (np.full(windows, b), np.full(windows, relvar), spread, np.full(windows, ship[1]), ship[2])
+    close(poisson.ship_window_log_sf(x, m, *args), poisson.ship_window_log_sf_ref(x, m, *args))
     for i in range(x.size):
         close(poisson.window_sum_at(x, i, m), poisson.window_sum_at_ref(x, i, m))
-        close(
-            poisson.ship_window_null(h, i, m, mu, relvar, *ship),
-            poisson.ship_window_null_ref(h, i, m, mu, relvar, *ship),
-        )
 
 
-def test_ship_window_null_known_values() -> None:
-    """Without steel the null is the background's (Poisson, or negative binomial with its uncertainty); steel
-    adds rate H to the mean and dispersion rate H + rate_relvar (rate H)^2 to the variance."""
-    h = np.array([0.0, 0.0, 0.1, 0.2])
-    assert poisson.ship_window_null(h, 1, 2, 5.0, 0.0, 10.0, 0.5, 3.0) == pytest.approx((10.0, 0.0))
-    assert poisson.ship_window_null(h, 1, 2, 5.0, 0.01, 10.0, 0.5, 3.0) == pytest.approx((10.0, 0.01))
-    mean, relvar = poisson.ship_window_null(h, 3, 2, 5.0, 0.0, 10.0, 0.5, 3.0)
-    assert mean == pytest.approx(13.0)
-    assert mean + relvar * mean**2 == pytest.approx(10.0 + 3.0 * 3.0 + 0.5 * 9.0)
-    log_sf, means, _ = poisson.ship_window_log_sf(np.array([5.0, 5.0, 7.0, 9.0]), h, 2, 5.0, 0.0, 10.0, 0.5, 3.0)
-    assert means == pytest.approx([10.0, 11.0, 13.0])
-    assert log_sf[0] == pytest.approx(stats.poisson.logsf(9, 10.0))
+@SETTINGS
+@given(
+    k=st.integers(0, 120),
+    b=st.floats(0.05, 60.0),
+    b_relvar=st.sampled_from([0.0, 0.02]),
+    ship=st.floats(0.0, 20.0),
+    ship_relvar=st.sampled_from([0.0, 0.47]),
+    dispersion=st.floats(1.0, 5.0),
+)
+def test_ship_log_sf_matches_reference(
+    k: int, b: float, b_relvar: float, ship: float, ship_relvar: float, dispersion: float
+) -> None:
+    got = poisson.ship_log_sf(k, b, b_relvar, ship, ship_relvar, dispersion)
+    assert got == pytest.approx(
+        poisson.ship_log_sf_ref(k, b, b_relvar, ship, ship_relvar, dispersion), rel=1e-7, abs=1e-10
+    )
+
+
+@SETTINGS
+@given(
+    b=st.floats(0.05, 60.0),
+    ship=st.floats(0.0, 20.0),
+    ship_relvar=st.sampled_from([0.0, 0.47]),
+    log_alpha=st.floats(-20.0, -0.1),
+)
+def test_ship_threshold_matches_reference(b: float, ship: float, ship_relvar: float, log_alpha: float) -> None:
+    k = poisson.ship_threshold(b, 0.01, ship, ship_relvar, 3.4, log_alpha)
+    assert k == poisson.ship_threshold_ref(b, 0.01, ship, ship_relvar, 3.4, log_alpha)
+    assert poisson.ship_log_sf(k, b, 0.01, ship, ship_relvar, 3.4) <= log_alpha
+
+
+def test_ship_bursts_known_values() -> None:
+    """Without bursts the null is the background's (Poisson, or negative binomial with its uncertainty). With a
+    Poisson number of bursts of geometric size (``p = 2 / (dispersion + 1)``) and no background, P(X >= 1) is the
+    chance of at least one burst; where bursts are rare, P(X >= k) is that of one burst of k or more,
+    ``lambda (1 - p)^(k - 1)``; the mean and the variance-to-mean ratio are the ship effect's."""
+    assert poisson.ship_log_sf(9, 10.0, 0.0, 0.0, 0.5, 3.0) == pytest.approx(stats.poisson.logsf(8, 10.0))
+    p = 2.0 / (3.0 + 1.0)
+    assert poisson.ship_log_sf(1, 1e-9, 0.0, 2.0, 0.0, 3.0) == pytest.approx(
+        math.log(1.0 - math.exp(-2.0 * p)), rel=1e-6
+    )
+    rare = 0.002 * p
+    assert poisson.ship_log_sf(12, 1e-9, 0.0, 0.002, 0.0, 3.0) == pytest.approx(
+        math.log(rare * (1.0 - p) ** 11), abs=0.01
+    )
+    k = np.arange(0, 200)
+    log_sf = np.array([poisson.ship_log_sf(int(j), 1e-9, 0.0, 2.0, 0.0, 3.0) for j in k])
+    pmf = -np.diff(np.exp(log_sf))
+    mean = float(np.sum(k[:-1] * pmf))
+    assert mean == pytest.approx(2.0, rel=1e-6)
+    assert float(np.sum((k[:-1] - mean) ** 2 * pmf)) / mean == pytest.approx(3.0, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- location and extent

@@ -31,13 +31,19 @@ Tests (kernels in :mod:`kernels`):
   source near one column sends most of its neutrons to that column's tubes (inverse square and the tubes' cosine:
   about 3.5 to 1 at 1 m off the lane's centre line), while the background, and the spallation of steel between the
   columns, reach both alike, so a column's null is its share of the tracked background times the null of all tubes
-  (the bursts' dispersion kept whole, which a column's share of them only lowers). Against a negative binomial
-  null (:mod:`lanewatch.kernels.poisson`): the tracked background (with its uncertainty) plus the He-3 ship effect
+  (the bursts' dispersion kept whole, which a column's share of them only lowers). The null
+  (:mod:`lanewatch.kernels.poisson`): the tracked background (with its uncertainty) plus the He-3 ship effect
   of steel cargo, whose expected counts grow with the gamma shadow (the suppression of the gross gamma background
-  over each neutron sample above ``SHIP_KNEE``, times ``SHIP_RATE``) and whose bursts and vehicle-to-vehicle spread
-  widen it (``SHIP_DISPERSION``, ``SHIP_RATE_RELVAR``; fitted by :mod:`benchmarks.ship_effect`), and a relative
-  spread of the background under the vehicle (``NEUTRON_VEHICLE_SD``) for steel whose shadow does not show it. The
-  whole-occupancy excess is reported, not alarmed on.
+  over each neutron sample above ``SHIP_KNEE``, times the rate) and whose bursts and vehicle-to-vehicle spread
+  widen it (``SHIP_DISPERSION``, ``SHIP_RATE_RELVAR``; fitted by :mod:`benchmarks.ship_effect`), as a negative
+  binomial of matched moments, and a relative spread of the background under the vehicle (``NEUTRON_VEHICLE_SD``).
+  The vehicle's steel makes bursts wherever it is, and they reach the tubes all along the occupancy: where the
+  window's shadow is lighter than the occupancy's mean (the cab, the vehicle's ends, the hold-in; the mean taken above
+  the gamma level's counting noise, :func:`_ship_spread`) the null adds the difference as bursts of geometric size
+  (variance-to-mean ``SHIP_DISPERSION``), whose tail is far longer than a negative binomial's where they are rare.
+  The rate is the vehicle's own: ``SHIP_RATE`` (spread ``SHIP_RATE_RELVAR``) updated with the occupancy's excess
+  over the background away from each window (:func:`_ship_rate`). The whole-occupancy excess is reported, not
+  alarmed on.
 - ``neutron-gamma``: a plutonium source weak in both: each window's neutron z (its tail probability as a
   normal z, the largest over its tube sets), when at least ``JOINT_MIN_Z``, combined with the gamma z where the
   window is centred, ``sqrt(z_n^2 + z_gamma+^2)`` (``z_gamma+`` its positive part, the largest over the gamma
@@ -108,7 +114,7 @@ from lanewatch.edge.lane.calibration import TOLERANCE, occupancy_ratio
 from lanewatch.kernels.baseline import nsigma_series
 from lanewatch.kernels.locate import half_max_edges, peak_refine, smooth
 from lanewatch.kernels.matched import mf_at, mf_series, point_templates
-from lanewatch.kernels.poisson import count_log_sf, count_threshold, ship_window_log_sf, ship_window_null, window_sum_at
+from lanewatch.kernels.poisson import ship_log_sf, ship_threshold, ship_window_log_sf, window_sum_at
 from lanewatch.kernels.shape import shape_at, shape_series, shape_span, softening_fit
 from lanewatch.kernels.sideband import projected_rho1, sideband_series
 from lanewatch.kernels.suppression import flank_level_series, softening_covariate_into, span_levels
@@ -719,28 +725,26 @@ class OccupancyAnalyzer:
             n_max = max(1, math.ceil(self.cfg.occupancy_timeout_s / self.neutron_dt_s))
             self._neutron_live_u = self._neutron_u(n_max * len(self._tube_sets))[0]
         m = self.neutron_window()
-        mean, relvar = ship_window_null(
-            self._ship_h(i + 1),
-            i,
-            m,
-            max(self._neutron_cps * self.neutron_dt_s, MIN_NEUTRON_MEAN),
+        k = min(i + 1, m)
+        local, spread = self._ship_covariates(i + 1)
+        null = window_null(
+            max(self._neutron_cps * self.neutron_dt_s, MIN_NEUTRON_MEAN) * k,
             self._tube_sets[0].relvar,
-            SHIP_RATE,
+            SHIP_RATE * window_sum_at(local, i, m),
+            SHIP_RATE * window_sum_at(spread, i, m),
             SHIP_RATE_RELVAR,
-            SHIP_DISPERSION,
         )
-        needed = count_threshold(mean, relvar, _log_normal_sf(self._neutron_live_u))
+        needed = ship_threshold(*null, SHIP_DISPERSION, _log_normal_sf(self._neutron_live_u))
         total = window_sum_at(self._neutron.data, i, m)
         if total < needed:
             return []
-        k = min(i + 1, m)
-        self._neutron_live_log_sf = count_log_sf(int(total), mean, relvar)
+        self._neutron_live_log_sf = ship_log_sf(int(total), *null, SHIP_DISPERSION)
         z = _normal_quantile(self._neutron_live_log_sf)
         alarm = _alarm(
             "neutron", total, needed, (i + 1 - 0.5 * k) * self.neutron_dt_s, self.speed_kmh, self._neutron_sd_m(z)
         )
         alarm.update(
-            expected=round(mean, 2),
+            expected=round(null[0] + null[2], 2),
             window_s=round(k * self.neutron_dt_s, 3),
             raised_at_s=round((i + 1) * self.neutron_dt_s, 3),
         )
@@ -781,13 +785,18 @@ class OccupancyAnalyzer:
         g = max(g, self._joint_g()) if self._joint_g() else 0
         return neutron_threshold(alpha, windows, g, (plan.rho1[plan.mid],))
 
-    def _ship_h(self, n: int) -> np.ndarray:
-        """Ship-effect covariate of the first ``n`` neutron samples, from the gamma samples seen so far."""
+    def _ship_covariates(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ship-effect covariates of the first ``n`` neutron samples, from the gamma samples seen so far: the local
+        one (:func:`ship_covariate`) and the spread one (:func:`_ship_spread`)."""
         g = self._gross.n
         if g == 0:
-            return np.zeros(n)
-        level = span_levels(self._gross.data[:g], self._expected.data[:g], self._dts.data[:g], self.neutron_dt_s, n)
-        return ship_covariate(level, self.neutron_dt_s)
+            return np.zeros(n), np.zeros(n)
+        dts = self._dts.data[:g]
+        level = span_levels(self._gross.data[:g], self._expected.data[:g], dts, self.neutron_dt_s, n)
+        h = ship_covariate(level, self.neutron_dt_s)
+        counts = float(self._expected.data[:g].sum()) * self.neutron_dt_s / max(float(dts.sum()), 1e-9)
+        steel = ship_covariate(level, self.neutron_dt_s, SHIP_KNEE + 1.0 / math.sqrt(max(counts, 1.0)))
+        return h, _ship_spread(h, steel)
 
     def _finish_neutron(self) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
         counts = self._neutron.view
@@ -795,7 +804,7 @@ class OccupancyAnalyzer:
         if n == 0:
             return [], {}, {"neutron_origin": None, "neutron_cps": None}
         dt = self.neutron_dt_s
-        h = self._ship_h(n)
+        h, spread = self._ship_covariates(n)
         sets = self._tube_sets
         if self._neutron_cps is not None:
             mean, origin = self._neutron_cps * dt, "tracked"
@@ -808,9 +817,17 @@ class OccupancyAnalyzer:
         windows = []
         for ts in sets:
             x = counts if ts.side is None else self._tubes.view[:, ts.tubes].sum(axis=1)
-            mu, rate = max(ts.share * mean, MIN_NEUTRON_MEAN), ts.share * SHIP_RATE
-            null = ship_window_log_sf(x, h, m, mu, ts.relvar, rate, SHIP_RATE_RELVAR, SHIP_DISPERSION)
-            windows.append((ts, x, *null))
+            mu = max(ts.share * mean, MIN_NEUTRON_MEAN)
+            rate, rate_relvar = _ship_rate(x, h + spread, m, mu, ts.relvar, ts.share * SHIP_RATE)
+            box = np.ones(m)
+            null = window_null(
+                mu * m,
+                ts.relvar,
+                rate * np.convolve(h, box, mode="valid"),
+                rate * np.convolve(spread, box, mode="valid"),
+                rate_relvar,
+            )
+            windows.append((ts, x, ship_window_log_sf(x, m, *null, SHIP_DISPERSION), null))
         log_sfs = np.stack([w[2] for w in windows])
         best = np.argmin(log_sfs, axis=0)
         log_sf = log_sfs[best, np.arange(log_sfs.shape[1])]
@@ -818,9 +835,10 @@ class OccupancyAnalyzer:
         u, u_joint = self._neutron_u(len(sets) * log_sf.size, g)
         log_u = _log_normal_sf(u)
         k = int(np.argmin(log_sf))
-        ts, x, _, means, relvars = windows[int(best[k])]
+        ts, x, _, null = windows[int(best[k])]
         total = float(np.sum(x[k : k + m]))
-        needed = count_threshold(means[k], relvars[k], log_u)
+        null_k = tuple(float(v[k]) for v in null)
+        needed = ship_threshold(*null_k, SHIP_DISPERSION, log_u)
         alarms = []
         prior = self.raised.get("neutron")
         if prior is not None and self._neutron_live_log_sf <= log_sf[k]:
@@ -828,7 +846,7 @@ class OccupancyAnalyzer:
         elif total >= needed or prior is not None:
             sd = self._neutron_sd_m(_normal_quantile(float(log_sf[k])))
             entry = _alarm("neutron", total, needed, (k + 0.5 * m) * dt, self.speed_kmh, sd)
-            entry.update(expected=round(float(means[k]), 2), window_s=round(m * dt, 3), alarm=True)
+            entry.update(expected=round(null_k[0] + null_k[2], 2), window_s=round(m * dt, 3), alarm=True)
             alarms.append(_with_side(entry, ts))
         elif gamma is not None:
             joint = _joint(log_sf, gamma, u_joint)
@@ -1313,6 +1331,63 @@ def _load_width(width: float, psf: np.ndarray) -> float:
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+def _ship_spread(h: np.ndarray, steel: np.ndarray) -> np.ndarray:
+    """The spread ship-effect covariate per neutron sample: how far the local one ``h`` falls short of the vehicle's
+    mean ``steel`` covariate.
+
+    A vehicle's steel makes spallation bursts wherever it is, and they reach the tubes all along the occupancy, also
+    where the shadow there is light (the cab, the vehicle's ends, the hold-in), in sizes with a long tail; so the
+    vehicle's mean covariate counts everywhere, the part the local shadow does not show as bursts
+    (:func:`window_null`). ``steel`` is the covariate with the knee raised by one standard deviation of the gamma
+    level's counting noise over a neutron sample, so that the noise of a low gamma background, which lifts the local
+    covariate where it happens to dip (and averages out of its effect on the mean), makes no bursts.
+    """
+    return np.maximum(float(steel.mean()) - h, 0.0) if h.size else h
+
+
+def window_null(
+    b: Any, b_relvar: float, local: Any, spread: Any, rate_relvar: Any, dispersion: float = SHIP_DISPERSION
+) -> tuple[Any, Any, Any, Any]:
+    """A neutron window's null for :func:`lanewatch.kernels.poisson.ship_log_sf` (scalars or arrays alike):
+    background ``b`` counts (relative variance ``b_relvar``) with the ship effect the window's own shadow shows
+    (``local`` counts) as one negative binomial of matched moments (its variance ``dispersion`` times its mean plus
+    ``rate_relvar`` times its square), and the vehicle's spallation the shadow there does not show (``spread``
+    counts) as bursts of geometric size (:func:`_ship_spread`)."""
+    mean = b + local
+    variance = b + b_relvar * b * b + dispersion * local + rate_relvar * local * local
+    return mean, np.maximum(variance - mean, 0.0) / (mean * mean), spread, rate_relvar
+
+
+def _ship_rate(
+    x: np.ndarray, h: np.ndarray, m: int, mu: float, relvar: float, rate: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The vehicle's own ship-effect rate (counts per unit of covariate ``h``) for every window of ``m`` samples of
+    ``x``, and its relative variance.
+
+    The prior (``rate``, ``SHIP_RATE_RELVAR``) updated with the occupancy's excess over the background (``mu`` a
+    sample, relative variance ``relvar``) away from the window and the sample either side of it, weighted as a
+    normal estimate of variance ``(background + SHIP_DISPERSION * ship) / H^2``. The posterior's mean is at least
+    its standard deviation: a vehicle quieter than its background is no proof of no steel.
+    """
+    n = x.size
+    m = min(m, n)
+    k = np.arange(n - m + 1)
+    cx, ch = np.concatenate(([0.0], np.cumsum(x))), np.concatenate(([0.0], np.cumsum(h)))
+    lo, hi = np.maximum(k - 1, 0), np.minimum(k + m + 1, n)
+    n_out = n - (hi - lo)
+    h_out = ch[n] - (ch[hi] - ch[lo])
+    b_out = mu * n_out
+    excess = cx[n] - (cx[hi] - cx[lo]) - b_out
+    prior_var = SHIP_RATE_RELVAR * rate * rate
+    seen = h_out > 0.0
+    safe = np.where(seen, h_out, 1.0)
+    data_var = (b_out * (1.0 + relvar * b_out) + SHIP_DISPERSION * rate * h_out) / safe**2
+    weight = np.where(seen, prior_var / (prior_var + data_var), 0.0)
+    post_var = prior_var * (1.0 - weight)
+    post_mean = np.maximum(rate + weight * (excess / safe - rate), np.sqrt(post_var))
+    return post_mean, np.where(post_mean > 0.0, post_var / np.where(post_mean > 0.0, post_mean, 1.0) ** 2, 0.0)
 
 
 def _clipped_mean(counts: np.ndarray) -> tuple[float, int]:
