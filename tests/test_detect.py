@@ -342,13 +342,12 @@ def test_gross_counts_spread_excess_is_norm_consistent_under_either_policy(seed:
 
 
 def test_short_norm_load_can_be_norm_consistent_and_a_point_source_cannot() -> None:
-    """An 8 m NORM load in a 24 m vehicle is wider than a point source can be (up to twice the nominal template's
-    width, :data:`detect.POINT_FARTHEST`): with the default configuration it is norm-consistent in many passages (a
-    load this short is only just told from a point source, so not in all), with energy windows and on gross counts;
-    a point source of the same peak where the load is centred never is. A configured smallest fraction of half the
-    vehicle keeps the short load alarming. (A 5 m load is not told from a point source that wide.)"""
-    load = Vehicle(norm_cps=700.0, cargo_shield=0.1, norm_span_m=(6.0, 14.0), length_m=24.0)
-    point = Vehicle(source_cps=700.0, cargo_shield=0.1, source_m=10.0, source_low=load.norm_low, length_m=24.0)
+    """A 5 m NORM load in a 16 m vehicle is wider than a point source can be at the 2 m standoff: with the default
+    configuration it is norm-consistent in many passages (a load this short is only just told from a point source,
+    so not in all), with energy windows and on gross counts; a point source of the same peak where the load is
+    centred never is. A configured smallest fraction of half the vehicle keeps the short load alarming."""
+    load = Vehicle(norm_cps=700.0, cargo_shield=0.1, norm_span_m=(8.0, 13.0))
+    point = Vehicle(source_cps=700.0, cargo_shield=0.1, source_m=10.5, source_low=load.norm_low)
 
     def norm_consistent(vehicle: Vehicle, min_extent: float) -> list[dict]:
         cfg = msgspec.structs.replace(CFG, occupancy_hold_in_s=1.0, norm_min_extent=min_extent)
@@ -408,45 +407,6 @@ def test_gross_counts_strong_point_source_seen_by_flat_panels_is_not_norm_consis
     rate *= peak_excess_cps / rate.sum(axis=1).max()
     background = GAMMA_CPS.sum(axis=1)
     cfg = DetectionConfig(occupancy_hold_in_s=1.0)
-    snapshot = BackgroundSnapshot(
-        gamma_cps=background[:, None], neutron_cps=NEUTRON_CPS, gamma_exposure_s=300.0, neutron_exposure_s=300.0
-    )
-    for seed in range(20):
-        rng = np.random.default_rng(seed)
-        gamma = rng.poisson((background[None, :] + rate) * DT)[:, :, None]
-        neutron = rng.poisson(NEUTRON_CPS[None, :], size=(math.ceil(n * DT), 4))
-        result = analyze(cfg, snapshot, gamma, neutron, DT, 1.0, speed_kmh)
-        assert result["verdict"] == "ALARM", seed
-        assert "norm-consistent" not in {a["reason"] for a in result["alarms"]}, seed
-
-
-@pytest.mark.parametrize(
-    ("half_width_m", "lateral_m", "height_m", "slowing", "peak_sigma"),
-    [(2.5, 0.3, 1.9, 0.15, 13.0), (2.5, 0.0, 0.5, 0.0, 12.0), (2.0, 0.6, 3.0, 0.25, 10.0), (2.4, -0.2, 1.2, 0.2, 16.0)],
-)
-def test_gross_counts_point_source_wider_than_the_nominal_template_is_not_norm_consistent(
-    half_width_m: float, lateral_m: float, height_m: float, slowing: float, peak_sigma: float
-) -> None:
-    """A point source seen by isotropic detectors in a lane wider than the configured standoff, off both panels'
-    heights, in a vehicle slowing during the passage (its speed reported once, at the start): its profile is up to
-    1.5 times the nominal template's width, and a short load fitted it better than any point profile up to the
-    nominal width, so it passed for NORM on gross counts (a shielded Cs-137 at 13 sigma did on an independent
-    portal). Never released now."""
-    panels = [(-half_width_m, 2.6), (-half_width_m, 1.0), (half_width_m, 2.6), (half_width_m, 1.0)]
-    speed_kmh, length_m, source_m = 6.3, 14.0, 8.0
-    v0 = speed_kmh / 3.6
-    accel = -slowing * v0 / (length_m / v0)
-    t_pass = (-v0 + math.sqrt(v0 * v0 + 2.0 * accel * length_m)) / accel if accel else length_m / v0
-    n = math.ceil((t_pass + 1.0) / DT)
-    t = (np.arange(n)[:, None] + np.array([1.0, 3.0, 5.0])[None, :] / 6.0) * DT
-    x = v0 * t + 0.5 * accel * t * t - source_m
-    rate = np.zeros((n, 4))
-    for k, (py, pz) in enumerate(panels):
-        cargo = max(0.0, 1.25 - math.copysign(1.0, py) * lateral_m)  # metres of cargo toward the panel
-        rate[:, k] = (math.exp(-0.35 * cargo) / (x * x + (py - lateral_m) ** 2 + (pz - height_m) ** 2)).mean(axis=1)
-    background = GAMMA_CPS.sum(axis=1)
-    rate *= peak_sigma * math.sqrt(background.sum()) / rate.sum(axis=1).max()
-    cfg = DetectionConfig()
     snapshot = BackgroundSnapshot(
         gamma_cps=background[:, None], neutron_cps=NEUTRON_CPS, gamma_exposure_s=300.0, neutron_exposure_s=300.0
     )

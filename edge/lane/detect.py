@@ -57,9 +57,8 @@ Tests (kernels in :mod:`kernels`):
 A gamma, side or harder-shape alarm is ``norm-consistent`` when its excess (a side alarm's: the gross excess) is
 spread (a uniform load, of any
 length from ``norm_min_extent`` of the vehicle and ``NORM_MIN_LOAD_M`` up, explains it clearly better than any point
-source can, ``NORM_PREFERENCE``: an isotropic or a flat panel's profile, from ``POINT_NEAREST`` to ``POINT_FARTHEST``
-times the nominal width, as a source nearer one column, or farther from the panels than the configured standoff in a
-vehicle that slows during the passage, shows), holds no point source on top of that load (``NORM_PEAK_Z``),
+source at the standoff and speed can, an isotropic or a flat panel's profile, ``NORM_PREFERENCE``), holds no point
+source on top of that load (``NORM_PEAK_Z``),
 with energy windows is harder than background over the load (the low-window fraction at least ``NORM_HARD_Z`` standard
 deviations below what background would give), and no softer-shape alarm stands; on gross counts the
 spread alone decides. ``norm_verdict`` says whether such alarms are released (they stop alarming) or
@@ -167,23 +166,9 @@ NORM_MODEL_ERROR = 0.1
 """Fraction of a uniform-load model of a NORM excess allowed as model error before a residual counts as a peak."""
 NORM_MIN_LOAD_M = 2.0
 """Shortest load (m) an excess may be spread over to be NORM-consistent: bulk cargo, not a package."""
-POINT_NEAREST = 0.6
-"""Narrowest point-source profile a NORM load must beat (:func:`_point_gain`), as a factor of the nominal template's
-half-maximum width: a source against the cargo's wall, nearer one column than the lane's centre line (the bank's
-narrowest)."""
-POINT_FARTHEST = 2.0
-"""Widest point-source profile a NORM load must beat, as a factor of the nominal template's half-maximum width.
-The nominal template is a source on the lane's centre line at ``source_standoff_m`` in a vehicle at the reported speed;
-a real source's profile is wider by each of: a lane wider than configured (a portal whose standoff is left at the
-default: pillars 5 m apart, not 4, 1.25), a source far above or below both panels' heights, its distance to them longer
-than the standoff (1.2 for 1.5 m off at 2.5 m), and a vehicle slowing by up to a quarter during the passage (the
-speed is reported once, 1.33): 1.25 x 1.2 x 1.33 = 2.0. Narrower, a point source 1.5 times the nominal width (a
-shielded Cs-137 at 2.5 m from a portal's panels, in a vehicle slowing by 15 %) was fitted clearly better by a 5 m load
-than by any narrower point profile and released as NORM."""
-POINT_STEP = 1.1
-"""Ratio of successive widths in the point-source family between ``POINT_NEAREST`` and ``POINT_FARTHEST``: a source
-between two widths loses under 0.5 % of its chi-square to the nearer one, a few units for the strongest excesses,
-within ``NORM_PREFERENCE``."""
+PANEL_WIDTHS = (0.6, 0.8, 1.0)
+"""Half-maximum widths, as fractions of the nominal template's, of the flat-panel point-source profiles a NORM load
+must beat besides the bank's (:func:`_point_gain`)."""
 PANEL_HALF_MAX = 1.0 / math.sqrt(2.0 ** (2.0 / 3.0) - 1.0)
 """Scale of a flat-panel profile ``(1 + (u/s)^2)^-1.5`` as wide at half maximum as ``1 / (1 + u^2)`` (1.305)."""
 NORM_PEAK_Z = 3.0
@@ -352,9 +337,8 @@ class GammaPlan:
     halfw: np.ndarray
     nominal: np.ndarray
     """The bank's middle template, trimmed to its own width (for smoothing an excess)."""
-    points: tuple[np.ndarray, ...]
-    """Point-source profiles a NORM load must beat, isotropic and flat-panel, from ``POINT_NEAREST`` to
-    ``POINT_FARTHEST`` of the nominal width (:func:`point_family`), each trimmed to its own width."""
+    panels: tuple[np.ndarray, ...]
+    """Flat-panel point-source templates (:data:`PANEL_WIDTHS`), each trimmed to its own width."""
     rho1: tuple[float, ...]
     side_rho1: tuple[float, ...]
     """Lag-1 autocorrelations of the sideband statistics (:mod:`lanewatch.kernels.sideband`) of the bank."""
@@ -370,21 +354,6 @@ class GammaPlan:
     """Samples in the fielded rule's 1 s window."""
 
 
-def point_family(scale: float) -> tuple[np.ndarray, ...]:
-    """Point-source profiles for a template scale (samples): the isotropic ``1 / (1 + (u/s)^2)`` and a flat panel's
-    ``(1 + (u/s)^2)^-1.5`` (``s`` ``PANEL_HALF_MAX`` times larger, as wide at half maximum), each at half-maximum widths
-    from ``POINT_NEAREST`` to ``POINT_FARTHEST`` of the nominal one in steps of ``POINT_STEP``, trimmed to their own
-    widths (``TEMPLATE_TRUNCATION`` scales, at most ``MAX_HALFWIDTH``)."""
-    count = math.ceil(math.log(POINT_FARTHEST / POINT_NEAREST) / math.log(POINT_STEP) - 1e-9) + 1
-    factors = np.geomspace(POINT_NEAREST, POINT_FARTHEST, count)
-    family: list[np.ndarray] = []
-    for panel, stretch in ((False, 1.0), (True, PANEL_HALF_MAX)):
-        bank, halfw = point_templates(factors * stretch * scale, TEMPLATE_TRUNCATION, MAX_HALFWIDTH, panel=panel)
-        hmax = (bank.shape[1] - 1) // 2
-        family += [row[hmax - h : hmax + h + 1].copy() for row, h in zip(bank, halfw, strict=True)]
-    return tuple(family)
-
-
 @lru_cache(maxsize=256)
 def gamma_plan(dt_s: float, speed_kmh: float, standoff_m: float) -> GammaPlan:
     """The :class:`GammaPlan` for a sample interval (s), speed (km/h) and source standoff (m)."""
@@ -394,6 +363,13 @@ def gamma_plan(dt_s: float, speed_kmh: float, standoff_m: float) -> GammaPlan:
     hmax = (bank.shape[1] - 1) // 2
     mid = len(BANK_FACTORS) // 2
     nominal = bank[mid, hmax - halfw[mid] : hmax + halfw[mid] + 1].copy()
+    panel_bank, panel_halfw = point_templates(
+        np.array(PANEL_WIDTHS) * PANEL_HALF_MAX * scale, TEMPLATE_TRUNCATION, MAX_HALFWIDTH, panel=True
+    )
+    panel_hmax = (panel_bank.shape[1] - 1) // 2
+    panels = tuple(
+        row[panel_hmax - h : panel_hmax + h + 1].copy() for row, h in zip(panel_bank, panel_halfw, strict=True)
+    )
     width = max(MIN_FLANK, math.ceil(FLANK_SCALES * scale))
     side = max(MIN_FLANK, math.ceil(SIDEBAND_SCALES * scale))
     return GammaPlan(
@@ -402,7 +378,7 @@ def gamma_plan(dt_s: float, speed_kmh: float, standoff_m: float) -> GammaPlan:
         bank=bank,
         halfw=halfw,
         nominal=nominal,
-        points=point_family(scale),
+        panels=panels,
         rho1=tuple(float(np.dot(row[:-1], row[1:]) / np.dot(row, row)) for row in bank),
         side_rho1=tuple(projected_rho1(row[hmax - h : hmax + h + 1], side) for row, h in zip(bank, halfw, strict=True)),
         mid=mid,
@@ -1263,16 +1239,23 @@ def _gain(model: np.ndarray, excess: np.ndarray, variance: np.ndarray) -> float:
 
 
 def _point_gain(excess: np.ndarray, variance: np.ndarray, plan: GammaPlan) -> float:
-    """The best :func:`_gain` of a point source: any centre, any profile of the plan's point-source family.
+    """The best :func:`_gain` of a point source: any centre, any shape a point source's profile can take up to the
+    nominal width.
 
-    The family (:func:`point_family`) holds the isotropic shape and that of flat panels facing the lane, whose cosine
-    response makes the tails fall faster (against the isotropic shape alone, a strong point source seen by panels is
-    fitted better by a short load, flatter on top), at every width a point source's profile can take: narrower than
-    the nominal template's for a source nearer one column, wider for one farther from the panels than the configured
-    standoff, or passing while the vehicle slows.
+    The bank's wider templates stand for sources farther than the standoff, which cannot be: a source
+    between the pillars is nearer one side than the lane centre line, so its profile is narrower. Its shape is
+    the bank's (an isotropic detector) or that of flat panels facing the lane (:data:`PANEL_WIDTHS`), whose
+    cosine response makes the tails fall faster: against the bank's shape alone, a strong point source seen by
+    panels is fitted better by a short load, whose profile is flatter on top, and would pass for NORM.
     """
+    hmax = (plan.bank.shape[1] - 1) // 2
+    nearer = [
+        row[hmax - h : hmax + h + 1]
+        for factor, row, h in zip(BANK_FACTORS, plan.bank, plan.halfw, strict=True)
+        if factor <= 1.0
+    ]
     best = 0.0
-    for w in plan.points:
+    for w in nearer + list(plan.panels):
         num = smooth(excess / variance, w)
         den = smooth(1.0 / variance, w * w)
         best = max(best, float(np.max(np.where(num > 0, num * num / den, 0.0))))
