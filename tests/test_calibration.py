@@ -101,6 +101,24 @@ def test_a_mismatch_is_raised_by_the_third_vehicle_and_clears_once_the_lines_agr
     assert cal.mismatch == {}
 
 
+def test_neutron_counters_that_read_nothing_in_occupancies_refute_the_lines() -> None:
+    """A portal whose neutron lines report 12 cps while its occupancies count nothing (Sandia's SRLS in auto mode):
+    a ratio of 0 is evidence like any other, so by the third vehicle the neutron lines are a mismatch, with ratio 0,
+    and not used; they had stayed warming-up, the neutron tests testing against 12 cps where there was nothing."""
+    cal = LaneCalibration(interval_s=5.0)
+    est = BackgroundEstimator(4, 1, 4, 60.0)
+    est.update_gamma(np.full((4, 1), 100.0), 0)
+    est.update_neutron(np.full(4, 3.0), 0)
+    gross = np.full(40, 80.0)
+    for vehicle in range(3):
+        cal.background(est.snapshot())
+        cal.observe(gross, GAMMA_DT_S, np.zeros(8), 1.0)
+        assert cal.as_dict()["neutron"]["status"] == ("mismatch" if vehicle == 2 else "warming-up")
+    assert cal.mismatch == {"neutron": 0.0}
+    assert cal.background(est.snapshot()).neutron_cps is None
+    assert cal.as_dict()["gamma"]["status"] == "consistent"
+
+
 def test_the_portals_own_neutron_background_calibrates_at_once() -> None:
     cal = LaneCalibration(interval_s=5.0)
     cal.on_device_background(14.0, np.array([17.5, 17.5, 17.5, 17.5]))

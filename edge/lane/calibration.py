@@ -190,7 +190,8 @@ class LaneCalibration:
                 ratio, decided = self._device_ratio, device
             elif ratio is None:
                 ratio = self._device_ratio
-        if ratio is None or not ratio > 0:
+        # A ratio of 0 is evidence too: counters that read nothing in occupancies where the lines predict counts.
+        if ratio is None or not ratio >= 0:
             return
         cal.ratio = ratio
         if decided is not None:
@@ -213,7 +214,7 @@ class LaneCalibration:
             for status, factor in (("consistent", 1.0), ("calibrated", 1.0 / self.interval_s))
             if low / factor <= TOLERANCE and high / factor >= 1.0 / TOLERANCE
         ]
-        return min(fits, key=lambda fit: abs(math.log(centre / fit[1])), default=None)
+        return min(fits, key=lambda fit: abs(math.log(max(centre, 1e-9) / fit[1])), default=None)
 
     @property
     def mismatch(self) -> dict[str, float]:
