@@ -146,6 +146,17 @@ def _burst_p(dispersion: float) -> float:
 
 
 @numba.njit(cache=True)
+def _panjer_count(lam: float, relvar: float) -> tuple[float, float, float]:
+    """Panjer's ``(a, b)`` class of a number of bursts of mean ``lam``: Poisson (``relvar`` 0) or negative binomial of
+    relative variance ``relvar``; returns ``a``, ``b`` and the probability of none."""
+    if relvar <= 0.0:
+        return 0.0, lam, math.exp(-lam)
+    alpha = 1.0 / relvar
+    q = lam / (lam + alpha)
+    return q, (alpha - 1.0) * q, math.exp(-alpha * math.log1p(lam * relvar))
+
+
+@numba.njit(cache=True)
 def _ship_parts(
     top: int, b: float, b_relvar: float, ship: float, ship_relvar: float, p: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -161,12 +172,7 @@ def _ship_parts(
     lam, r = ship * p, 1.0 - p
     # Panjer's recursion, s(k) = sum_j (a + c j / k) g(j) s(k - j), in O(1) a step for geometric g(j) = p r^(j-1):
     # t(k) = sum_j g(j) s(k - j), u(k) = sum_j j g(j) s(k - j).
-    if ship_relvar <= 0.0:
-        a, c, s0 = 0.0, lam, math.exp(-lam)
-    else:
-        alpha = 1.0 / ship_relvar
-        q = lam / (lam + alpha)
-        a, c, s0 = q, (alpha - 1.0) * q, math.exp(-alpha * math.log1p(lam * ship_relvar))
+    a, c, s0 = _panjer_count(lam, ship_relvar)
     s = np.empty(top + 1)
     s[0] = s0
     t = 0.0
@@ -333,16 +339,10 @@ def ship_log_sf_ref(k: int, b: float, b_relvar: float, ship: float, ship_relvar:
 def _ship_log_tails_ref(
     top: int, b: float, b_relvar: float, ship: float, ship_relvar: float, dispersion: float
 ) -> np.ndarray:
-    p = 2.0 / (max(dispersion, 1.0) + 1.0)
+    p = _burst_p(dispersion)
     j = np.arange(1, top + 1, dtype=np.float64)
     g = p * (1.0 - p) ** (j - 1.0)
-    lam = ship * p
-    if ship_relvar <= 0:
-        a, c, s0 = 0.0, lam, math.exp(-lam)
-    else:
-        alpha = 1.0 / ship_relvar
-        q = lam / (lam + alpha)
-        a, c, s0 = q, (alpha - 1.0) * q, math.exp(-alpha * math.log1p(lam * ship_relvar))
+    a, c, s0 = _panjer_count(ship * p, ship_relvar)
     s = np.zeros(top + 1)
     s[0] = s0
     for k in range(1, top + 1):

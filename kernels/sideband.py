@@ -152,14 +152,8 @@ def _step_z(
     roughness: float,
 ) -> float:
     """z of the template against the brighter sideband's level held flat across it (module docstring)."""
-    xl = 0.0
-    el = 0.0
-    xr = 0.0
-    er = 0.0
-    num = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
+    # Left and right sidebands' counts and expected counts; the template's sums over the window.
+    xl = el = xr = er = num = s1 = s2 = s3 = 0.0
     for j in range(lo, hi + 1):
         ej = e[j]
         if ej <= 0.0:
